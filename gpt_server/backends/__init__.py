@@ -1,0 +1,1 @@
+"""Backends: one folder per engine, one class implementing the capabilities it declares."""

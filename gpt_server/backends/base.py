@@ -1,0 +1,57 @@
+"""The backend contract every engine implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..config import ModelEntry
+from ..protocol.worker import Event, GenerateRequest
+
+__all__ = ["Backend", "BackendSpec"]
+
+
+@dataclass
+class BackendSpec:
+    """What a backend is given: the model entry and the resources of its worker."""
+
+    entry: ModelEntry
+    model_path: str
+    gpus: list[int] = field(default_factory=list)
+    n_threads: int | None = None
+
+
+class Backend(ABC):
+    """Base class. A backend declares ``capabilities`` and implements those methods."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, spec: BackendSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def load(self) -> None:
+        """Load weights (blocking; the runtime calls it in a thread)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release engine resources."""
+        return None
+
+    @property
+    def capacity(self) -> int:
+        """How many requests the engine runs at once."""
+        return 1
+
+    @property
+    def context_length(self) -> int | None:
+        return None
+
+    def healthy(self) -> bool:
+        return True
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        """Chat/completion: yield deltas, finishes, then one usage event."""
+        raise NotImplementedError
+        yield  # pragma: no cover

@@ -1,0 +1,1 @@
+"""llama.cpp backend (GGUF) with batched decoding of several sequences."""

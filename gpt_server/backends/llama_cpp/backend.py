@@ -1,0 +1,176 @@
+"""The llama.cpp backend: GGUF chat/completions on the batched engine."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator
+from typing import ClassVar
+
+from ...chat.templates import ChatTemplate
+from ...errors import BadRequestError, InternalError, ServiceUnavailableError
+from ...protocol.worker import (
+    DeltaEvent,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerateRequest,
+    UsageEvent,
+)
+from ..base import Backend, BackendSpec
+from .engine import EngineOptions, LlamaEngine, SeqEvent, Sequence
+
+__all__ = ["LlamaCppBackend"]
+
+_DEFAULT_PARALLEL = 4
+
+
+class LlamaCppBackend(Backend):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.engine: LlamaEngine | None = None
+        self.template: ChatTemplate | None = None
+
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        if not os.path.isfile(self.spec.model_path):
+            raise FileNotFoundError(f"GGUF file not found: {self.spec.model_path}")
+        self.engine = LlamaEngine(
+            EngineOptions(
+                model_path=self.spec.model_path,
+                n_ctx=mc.n_ctx or mc.max_model_len,
+                n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
+                n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
+                n_batch=mc.n_batch or 512,
+                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus else 0)),
+            )
+        )
+        eng = self.engine
+        meta = eng.metadata()
+
+        def special(key: str) -> str:
+            tid = meta.get(f"tokenizer.ggml.{key}_token_id")
+            return eng.token_text(int(tid)) if tid is not None and tid.isdigit() else ""
+
+        self.template = ChatTemplate(
+            mc.chat_template or eng.chat_template(), bos_token=special("bos"), eos_token=special("eos")
+        )
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.n_parallel if self.engine else _DEFAULT_PARALLEL
+
+    @property
+    def context_length(self) -> int | None:
+        return self.engine.n_ctx_seq if self.engine else None
+
+    def healthy(self) -> bool:
+        return self.engine is not None and self.engine.healthy()
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued if self.engine else 0
+
+    # ---- request preparation (runs in a thread) ------------------------------
+    def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], str | None]:
+        eng = self.engine
+        assert eng is not None and self.template is not None
+        if req.kind == "chat":
+            text = self.template.render(req.messages or [], **req.chat_template_kwargs)
+            bos = self.template.bos_token
+            # templates that write BOS themselves must not get a second one
+            add_bos = eng.add_bos() and not (bos and text.startswith(bos))
+            toks = eng.tokenize(text, add_special=add_bos, parse_special=True)
+            return [toks], None
+        prompts: list[list[int]] = []
+        for p in req.prompts or []:
+            if isinstance(p, str):
+                prompts.append(eng.tokenize(p, add_special=eng.add_bos(), parse_special=False))
+            else:
+                bad = [t for t in p if not 0 <= t < eng.n_vocab]
+                if bad:
+                    raise BadRequestError(f"token id {bad[0]} is outside the vocabulary (0..{eng.n_vocab - 1})", param="prompt")
+                prompts.append(list(p))
+        return prompts, None
+
+    def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
+        assert self.engine is not None
+        n_ctx = self.engine.n_ctx_seq
+        param = "messages" if req.kind == "chat" else "prompt"
+        longest = max(len(p) for p in prompts)
+        if any(len(p) == 0 for p in prompts):
+            raise BadRequestError("prompt must not be empty", param=param)
+        if longest >= n_ctx:
+            raise BadRequestError(
+                f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
+                f"resulted in {longest} tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        mt = req.params.max_tokens
+        if mt is None:
+            return n_ctx - longest
+        if longest + mt > n_ctx:
+            raise BadRequestError(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{longest + mt} tokens ({longest} in the {param}, {mt} in the completion). "
+                "Please reduce the length of the input or the completion.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return mt
+
+    # ---- generation ------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        eng = self.engine
+        if eng is None or not eng.healthy():
+            raise ServiceUnavailableError("the engine is not running")
+        p = request.params
+        if p.echo and p.logprobs:
+            raise BadRequestError("echo together with logprobs is not supported by the llama_cpp engine", param="echo")
+        prompts, _ = await asyncio.to_thread(self._prepare, request)
+        max_tokens = self._check_lengths(prompts, request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def sink(ev: SeqEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        seqs = [
+            Sequence(index=pi * p.n + i, prompt=toks, params=p, max_tokens=max_tokens, sink=sink, cancelled=cancelled)
+            for pi, toks in enumerate(prompts)
+            for i in range(p.n)
+        ]
+        try:
+            if p.echo:
+                for s in seqs:
+                    yield DeltaEvent(index=s.index, text=eng.detokenize(s.prompt))
+            eng.submit(seqs)
+            remaining = len(seqs)
+            completion = 0
+            while remaining:
+                ev = await queue.get()
+                if ev.text or ev.logprobs:
+                    yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
+                if ev.error is not None:
+                    err = InternalError(ev.error)
+                    yield ErrorEvent(status=err.status, type=err.openai_type, message=ev.error, code="engine_error")
+                    return
+                if ev.finish_reason is not None:
+                    remaining -= 1
+                    completion += ev.completion_tokens
+                    yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
+            prompt_tokens = sum(len(t) for t in prompts)
+            yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion)
+        finally:
+            cancelled.set()
+            eng.wake()

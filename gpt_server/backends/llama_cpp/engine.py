@@ -1,0 +1,406 @@
+"""A batched llama.cpp decode loop on the low-level API of llama-cpp-python.
+
+One context holds ``n_parallel`` sequences (slots). Every step builds one
+``llama_batch`` with the next token of every decoding sequence plus prompt chunks of
+newly admitted ones, decodes it once and samples each sequence on its own — the
+way llama.cpp's own server does. A slot keeps its KV cache after a request ends, so
+a later prompt that shares a prefix (multi-turn chat) skips that part.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+from llama_cpp import _internals
+
+from ...protocol.worker import SamplingParams, TokenLogprob, TopLogprob
+from ..sampling import SamplerState, log_softmax, sample_token
+from ..textstream import TextStream
+
+__all__ = ["EngineOptions", "LlamaEngine", "Sequence", "SeqEvent"]
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+
+
+def _backend_init() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@dataclass
+class EngineOptions:
+    model_path: str
+    n_ctx: int | None = None  # per sequence
+    n_parallel: int = 4
+    n_threads: int | None = None
+    n_batch: int = 512
+    n_gpu_layers: int = 0
+
+
+@dataclass
+class SeqEvent:
+    """What the engine thread reports for one sequence."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Sequence:
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    max_tokens: int
+    sink: Callable[[SeqEvent], None]
+    cancelled: threading.Event
+    # engine-side state
+    sampler: SamplerState | None = None
+    text: TextStream | None = None
+    slot: int = -1
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    generated: list[int] = field(default_factory=list)
+    next_token: int = -1
+    pending_lp: list[TokenLogprob] = field(default_factory=list)
+    done: bool = False
+
+
+@dataclass
+class _Slot:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)  # what the KV cache holds
+    seq: Sequence | None = None
+
+
+class LlamaEngine:
+    """Owns the model, one context and the decode thread."""
+
+    def __init__(self, opts: EngineOptions) -> None:
+        _backend_init()
+        self.opts = opts
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = opts.n_gpu_layers
+        self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
+        self.vocab = self.model.vocab
+        self.n_vocab = self.model.n_vocab()
+        n_ctx_train = self.model.n_ctx_train()
+        self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
+        self.n_parallel = opts.n_parallel
+        self.n_batch = max(opts.n_batch, self.n_parallel)
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = self.n_ctx_seq * self.n_parallel
+        cparams.n_batch = self.n_batch
+        cparams.n_ubatch = min(self.n_batch, 512)
+        cparams.n_seq_max = self.n_parallel
+        cparams.kv_unified = False
+        threads = opts.n_threads or 1
+        cparams.n_threads = threads
+        cparams.n_threads_batch = threads
+        cparams.no_perf = True
+        self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
+        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ctx.ctx) or self.n_ctx_seq
+        self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
+        self._waiting: deque[Sequence] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._failed: str | None = None
+        self._pieces: dict[int, bytes] = {}
+        self.active = 0
+        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
+        self._thread.start()
+
+    # ---- tokens -------------------------------------------------------------
+    def metadata(self) -> dict[str, str]:
+        return self.model.metadata()
+
+    def chat_template(self) -> str | None:
+        raw = llama_cpp.llama_model_chat_template(self.model.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    def token_text(self, token: int) -> str:
+        return self.model.token_get_text(token)
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 8
+        buf = (llama_cpp.llama_token * cap)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (llama_cpp.llama_token * cap)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, 64, 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, -n, 0, False)
+        out = buf.raw[:n]
+        self._pieces[token] = out
+        return out
+
+    def detokenize(self, tokens: list[int]) -> str:
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def add_bos(self) -> bool:
+        return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # ---- requests -----------------------------------------------------------
+    def submit(self, seqs: list[Sequence]) -> None:
+        with self._cond:
+            if self._failed:
+                raise RuntimeError(self._failed)
+            for s in seqs:
+                s.sampler = SamplerState(
+                    params=s.params,
+                    rng=np.random.default_rng(
+                        None if s.params.seed is None else (s.params.seed + s.index) % 2**64
+                    ),
+                    n_vocab=self.n_vocab,
+                    prompt=s.prompt,
+                )
+                s.text = TextStream(s.params.stop)
+                self._waiting.append(s)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    def healthy(self) -> bool:
+        return self._failed is None and self._thread.is_alive()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self.ctx.close()
+        self.model.close()
+
+    # ---- the loop -----------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and not self._waiting and not self._busy():
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    self._admit()
+                self._drop_cancelled()
+                if self._busy():
+                    self._step()
+        except Exception as exc:  # noqa: BLE001 - engine failure must reach every request
+            log.exception("llama.cpp engine loop failed")
+            self._failed = f"engine failure: {exc}"
+            for slot in self._slots:
+                if slot.seq is not None:
+                    self._finish(slot, None, error=self._failed)
+            with self._cond:
+                while self._waiting:
+                    s = self._waiting.popleft()
+                    s.sink(SeqEvent(index=s.index, error=self._failed))
+
+    def _busy(self) -> bool:
+        return any(s.seq is not None for s in self._slots)
+
+    def _admit(self) -> None:
+        """Move waiting sequences into free slots, preferring the longest cached prefix."""
+        while self._waiting:
+            free = [s for s in self._slots if s.seq is None]
+            if not free:
+                return
+            seq = self._waiting.popleft()
+            if seq.cancelled.is_set():
+                seq.sink(SeqEvent(index=seq.index, finish_reason="abort"))
+                continue
+            best, best_len = free[0], -1
+            for slot in free:
+                n = _common_prefix(slot.tokens, seq.prompt)
+                if n > best_len:
+                    best, best_len = slot, n
+            reuse = min(best_len, len(seq.prompt) - 1)
+            llama_cpp.llama_memory_seq_rm(self.memory, best.seq_id, reuse, -1)
+            best.tokens = best.tokens[:reuse]
+            best.seq = seq
+            seq.slot = best.seq_id
+            seq.n_past = reuse
+            self.active += 1
+
+    def _drop_cancelled(self) -> None:
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.cancelled.is_set():
+                self._finish(slot, "abort")
+
+    def _step(self) -> None:
+        b = self._batch
+        n = 0
+        plan: list[tuple[_Slot, int, bool]] = []  # (slot, tokens added, is decode)
+        outputs: list[tuple[_Slot, int]] = []
+        # 1) one token for every decoding sequence
+        for slot in self._slots:
+            s = slot.seq
+            if s is None or s.n_past < len(s.prompt):
+                continue
+            n = self._put(b, n, s.next_token, s.n_past, slot.seq_id, True)
+            plan.append((slot, 1, True))
+            outputs.append((slot, n - 1))
+        # 2) prompt chunks with the remaining budget
+        for slot in self._slots:
+            s = slot.seq
+            if s is None or s.n_past >= len(s.prompt) or n >= self.n_batch:
+                continue
+            take = min(len(s.prompt) - s.n_past, self.n_batch - n)
+            for j in range(take):
+                pos = s.n_past + j
+                last = pos == len(s.prompt) - 1
+                n = self._put(b, n, s.prompt[pos], pos, slot.seq_id, last)
+                if last:
+                    outputs.append((slot, n - 1))
+            plan.append((slot, take, False))
+        if n == 0:
+            return
+        b.n_tokens = n
+        rc = llama_cpp.llama_decode(self.ctx.ctx, b)
+        if rc != 0:
+            msg = f"llama_decode failed with code {rc}"
+            log.error(msg)
+            for slot in self._slots:
+                if slot.seq is not None:
+                    llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+                    slot.tokens = []
+                    self._finish(slot, None, error=msg)
+            return
+        for slot, count, is_decode in plan:
+            s = slot.seq
+            assert s is not None
+            if is_decode:
+                slot.tokens.append(s.next_token)
+            else:
+                slot.tokens.extend(s.prompt[s.n_past : s.n_past + count])
+            s.n_past += count
+        for slot, i in outputs:
+            s = slot.seq
+            if s is None:
+                continue
+            ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, i)
+            logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+            self._sample(slot, s, logits)
+
+    @staticmethod
+    def _put(b: Any, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        b.token[n] = token
+        b.pos[n] = pos
+        b.n_seq_id[n] = 1
+        b.seq_id[n][0] = seq_id
+        b.logits[n] = logits
+        return n + 1
+
+    def _sample(self, slot: _Slot, s: Sequence, logits: np.ndarray) -> None:
+        assert s.sampler is not None and s.text is not None
+        p = s.params
+        lp = log_softmax(logits) if p.logprobs else None
+        tok = sample_token(s.sampler.process(logits), s.sampler)
+        s.sampler.accept(tok)
+        s.generated.append(tok)
+        if lp is not None:
+            s.pending_lp.append(self._logprob(tok, lp, p.top_logprobs))
+        if self.is_eog(tok):
+            self._emit(s, s.text.flush())
+            self._finish(slot, "stop")
+            return
+        text = s.text.push(self.piece(tok))
+        if s.text.stopped:
+            self._emit(s, text)
+            self._finish(slot, "stop")
+            return
+        if len(s.generated) >= s.max_tokens or s.n_past + 1 >= self.n_ctx_seq:
+            self._emit(s, text + s.text.flush())
+            self._finish(slot, "length")
+            return
+        self._emit(s, text)
+        s.next_token = tok
+
+    def _logprob(self, tok: int, lp: np.ndarray, top: int) -> TokenLogprob:
+        piece = self.piece(tok)
+        entry = TokenLogprob(
+            token=piece.decode("utf-8", errors="replace"), logprob=float(lp[tok]), bytes=list(piece)
+        )
+        if top:
+            best = np.argpartition(-lp, top - 1)[:top]
+            best = best[np.argsort(-lp[best], kind="stable")]
+            for t in best:
+                pc = self.piece(int(t))
+                entry.top_logprobs.append(
+                    TopLogprob(token=pc.decode("utf-8", errors="replace"), logprob=float(lp[t]), bytes=list(pc))
+                )
+        return entry
+
+    def _emit(self, s: Sequence, text: str) -> None:
+        if not text:
+            return
+        lps = s.pending_lp or None
+        s.pending_lp = []
+        s.sink(SeqEvent(index=s.index, text=text, logprobs=lps))
+
+    def _finish(self, slot: _Slot, reason: str | None, error: str | None = None) -> None:
+        s = slot.seq
+        slot.seq = None
+        self.active -= 1
+        if s is None or s.done:
+            return
+        s.done = True
+        lps = s.pending_lp or None
+        s.pending_lp = []
+        s.sink(
+            SeqEvent(
+                index=s.index,
+                logprobs=lps,
+                finish_reason=reason,
+                completion_tokens=len(s.generated),
+                error=error,
+            )
+        )
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,1 @@
+"""Shared chat layer: templates, tool-call parsers, reasoning parsers, structured output."""

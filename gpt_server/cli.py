@@ -1,0 +1,153 @@
+"""Command line: `gpt-server serve | controller | worker | gateway | config`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import logging
+import os
+import sys
+from typing import Any
+
+from . import __version__
+from .config import DEFAULT_CONFIG_DATA, ENV_VARS, ConfigError, parse_config, read_config_data
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("gpt_server")
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-c", "--config", metavar="PATH", default=os.environ.get("GPT_SERVER_CONFIG"),
+        help="config.yaml (default: $GPT_SERVER_CONFIG, else the built-in default model)",
+    )
+    p.add_argument("--log-level", default=None, help="debug, info, warning, error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env_help = "\n".join(f"  {k}: {v}" for k, v in ENV_VARS.items())
+    parser = argparse.ArgumentParser(
+        prog="gpt-server",
+        description="One OpenAI-compatible port in front of every model a team self-hosts.",
+        epilog="environment variables:\n" + env_help,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"gpt-server {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="controller + gateway + every worker in the config")
+    _add_config(p)
+    p.add_argument("--host", help="override serve_args.host")
+    p.add_argument("--port", type=int, help="override serve_args.port")
+    p.add_argument("--controller-port", type=int, help="override controller_args.port")
+
+    p = sub.add_parser("controller", help="run only the controller (registry + dispatch)")
+    _add_config(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--dispatch-method", choices=["lottery", "shortest_queue", "round_robin", "least_busy"])
+
+    p = sub.add_parser("worker", help="run one worker replica of one model")
+    _add_config(p)
+    p.add_argument("--model", required=False, help="model name in the config (default: the first enabled)")
+    p.add_argument("--replica", type=int, default=0)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--controller-address")
+    p.add_argument("--advertise-host", help="address other hosts use to reach this worker")
+
+    p = sub.add_parser("gateway", help="run only the gateway, using a remote controller")
+    _add_config(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--controller-address", help="default: serve_args.controller_address or controller_args")
+
+    p = sub.add_parser("check-config", help="validate a config file and exit")
+    _add_config(p)
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    data = read_config_data(args.config) if args.config else copy.deepcopy(DEFAULT_CONFIG_DATA)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{args.config}: the top level must be a mapping")
+    return data, args.config or "built-in default"
+
+
+def _override(data: dict, section: str, key: str, value: Any) -> None:
+    if value is not None:
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            return
+        data[section][key] = value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .server_common import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        data, source = _load(args)
+        if args.command == "serve":
+            _override(data, "serve_args", "host", args.host)
+            _override(data, "serve_args", "port", args.port)
+            _override(data, "controller_args", "port", args.controller_port)
+        elif args.command in ("controller", "gateway"):
+            section = "controller_args" if args.command == "controller" else "serve_args"
+            _override(data, section, "host", args.host)
+            _override(data, section, "port", args.port)
+            if args.command == "controller":
+                _override(data, section, "dispatch_method", args.dispatch_method)
+        cfg = parse_config(data, source=source)
+        if args.command == "check-config":
+            print(f"{source}: ok ({len(cfg.enabled_models())} model(s) enabled)")
+            return 0
+        if args.command == "serve":
+            if not cfg.enabled_models():
+                raise ConfigError(f"{source}: models: no enabled model to serve")
+            from .launcher import serve
+
+            asyncio.run(serve(cfg, data))
+        elif args.command == "controller":
+            from .launcher import run_controller
+
+            asyncio.run(run_controller(cfg))
+        elif args.command == "gateway":
+            from .launcher import run_gateway
+
+            addr = args.controller_address or cfg.serve_args.controller_address or (
+                f"http://{cfg.controller_args.host}:{cfg.controller_args.port}"
+            )
+            asyncio.run(run_gateway(cfg, addr))
+        elif args.command == "worker":
+            from .worker.main import run_worker
+
+            entry = cfg.model(args.model) if args.model else (cfg.enabled_models() or [None])[0]
+            if entry is None:
+                raise ConfigError(f"{source}: models: no enabled model")
+            if not 0 <= args.replica < len(entry.workers):
+                raise ConfigError(f"--replica {args.replica}: model '{entry.name}' has {len(entry.workers)} worker(s)")
+            asyncio.run(
+                run_worker(
+                    cfg, entry, replica=args.replica, host=args.host, port=args.port,
+                    controller_address=args.controller_address, advertise=args.advertise_host,
+                )
+            )
+    except ConfigError as exc:
+        print(f"gpt-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"gpt-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

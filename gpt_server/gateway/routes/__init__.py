@@ -1,0 +1,1 @@
+"""Thin routes: get the service from app.state, call it, return JSON or SSE."""

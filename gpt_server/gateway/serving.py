@@ -1,0 +1,194 @@
+"""Chat and completion serving: one relay call, streamed as SSE or aggregated."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi.responses import Response
+
+from ..errors import TimeoutError_, error_from_body
+from ..protocol.openai import ChatCompletionRequest, CompletionRequest
+from ..protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, TokenLogprob, UsageEvent
+from ..server_common import FastJSONResponse
+from .convert import (
+    chat_logprobs,
+    chat_to_generate,
+    completion_logprobs,
+    completion_to_generate,
+    new_id,
+    usage_dict,
+)
+from .relay import EventStream, Relay
+from .sse import sse_response
+
+__all__ = ["GenerationService"]
+
+
+def _raise(ev: ErrorEvent) -> None:
+    raise error_from_body(ev.status, {"error": {"message": ev.message, "param": ev.param, "code": ev.code, "type": ev.type}})
+
+
+@dataclass
+class _Choice:
+    text: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    length: int = 0
+
+
+class GenerationService:
+    def __init__(self, relay: Relay, *, timeout: float) -> None:
+        self.relay = relay
+        self.timeout = timeout
+
+    async def _collect(self, stream: EventStream, n_choices: int) -> tuple[list[_Choice], UsageEvent]:
+        choices = [_Choice() for _ in range(n_choices)]
+        usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
+        try:
+            async with asyncio.timeout(self.timeout):
+                async for ev in stream:
+                    if isinstance(ev, DeltaEvent):
+                        c = choices[ev.index]
+                        c.text.append(ev.text)
+                        if ev.logprobs:
+                            c.logprobs.extend(ev.logprobs)
+                    elif isinstance(ev, FinishEvent):
+                        choices[ev.index].finish_reason = ev.finish_reason
+                    elif isinstance(ev, UsageEvent):
+                        usage = ev
+                    elif isinstance(ev, ErrorEvent):
+                        _raise(ev)
+        except TimeoutError:
+            raise TimeoutError_(f"the request did not finish within {self.timeout:g} seconds") from None
+        finally:
+            await stream.aclose()
+        return choices, usage
+
+    async def _events(self, stream: EventStream) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        it = stream.__aiter__()
+        try:
+            while True:
+                try:
+                    ev = await asyncio.wait_for(it.__anext__(), max(deadline - loop.time(), 0.001))
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise TimeoutError_(f"the request did not finish within {self.timeout:g} seconds") from None
+                yield ev
+        finally:
+            await it.aclose()
+            await stream.aclose()
+
+    # ---- chat ---------------------------------------------------------------
+    async def chat(self, req: ChatCompletionRequest) -> Response:
+        rid = new_id("chatcmpl")
+        gen = chat_to_generate(req, rid)
+        stream = await self.relay.open(req.model, gen)
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage))
+        choices, usage = await self._collect(stream, req.n)
+        body = {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": "".join(c.text), "refusal": None, "tool_calls": None},
+                    "logprobs": chat_logprobs(c.logprobs) if req.logprobs else None,
+                    "finish_reason": c.finish_reason or "stop",
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+        }
+        return FastJSONResponse(body)
+
+    async def _chat_chunks(
+        self, stream: EventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": None}
+        extra = {"usage": None} if include_usage else {}
+
+        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+            return {
+                **base,
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                **extra,
+            }
+
+        for i in range(req.n):
+            yield chunk(i, {"role": "assistant", "content": ""})
+        async for ev in self._events(stream):
+            if isinstance(ev, DeltaEvent):
+                lp = chat_logprobs(ev.logprobs) if (req.logprobs and ev.logprobs) else None
+                yield chunk(ev.index, {"content": ev.text}, logprobs=lp)
+            elif isinstance(ev, FinishEvent):
+                yield chunk(ev.index, {}, finish=ev.finish_reason)
+            elif isinstance(ev, UsageEvent):
+                if include_usage:
+                    yield {**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}
+            elif isinstance(ev, ErrorEvent):
+                _raise(ev)
+
+    # ---- completions ----------------------------------------------------------
+    async def completion(self, req: CompletionRequest) -> Response:
+        rid = new_id("cmpl")
+        gen = completion_to_generate(req, rid)
+        n_choices = len(gen.prompts or []) * req.n
+        stream = await self.relay.open(req.model, gen)
+        created = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage))
+        choices, usage = await self._collect(stream, n_choices)
+        body = {
+            "id": rid,
+            "object": "text_completion",
+            "created": created,
+            "model": req.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": i,
+                    "text": "".join(c.text),
+                    "logprobs": completion_logprobs(c.logprobs, 0) if req.logprobs is not None else None,
+                    "finish_reason": c.finish_reason or "stop",
+                }
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+        }
+        return FastJSONResponse(body)
+
+    async def _completion_chunks(
+        self, stream: EventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
+    ) -> AsyncIterator[dict[str, Any]]:
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
+        extra = {"usage": None} if include_usage else {}
+        offsets: dict[int, int] = {}
+        async for ev in self._events(stream):
+            if isinstance(ev, DeltaEvent):
+                lp = None
+                if req.logprobs is not None and ev.logprobs:
+                    lp = completion_logprobs(ev.logprobs, offsets.get(ev.index, 0))
+                offsets[ev.index] = offsets.get(ev.index, 0) + len(ev.text)
+                yield {**base, "choices": [{"index": ev.index, "text": ev.text, "logprobs": lp, "finish_reason": None}], **extra}
+            elif isinstance(ev, FinishEvent):
+                yield {**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}
+            elif isinstance(ev, UsageEvent):
+                if include_usage:
+                    yield {**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}
+            elif isinstance(ev, ErrorEvent):
+                _raise(ev)
+

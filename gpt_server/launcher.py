@@ -1,0 +1,222 @@
+"""`gpt-server serve`: controller + gateway in this process, one process per worker replica."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from .config import Config
+from .controller.app import build_controller_app
+from .controller.client import LocalController, RemoteController
+from .controller.dispatch import make_policy
+from .controller.registry import Registry
+from .gateway.app import build_app
+from .server_common import bind_socket, make_server
+from .worker.main import backend_available
+
+__all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
+
+log = logging.getLogger("gpt_server.launcher")
+
+
+def _pdeathsig() -> None:  # runs in the child before exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
+
+
+@dataclass
+class WorkerProcess:
+    model: str
+    replica: int
+    args: list[str]
+    env: dict[str, str]
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}#{self.replica}"
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gpt_server.cli", *self.args, env=self.env, preexec_fn=_pdeathsig
+        )
+        self.started_at = time.monotonic()
+        log.info("started worker %s (pid %d)", self.label, self.proc.pid)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        p = self.proc
+        if p is None or p.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+        try:
+            await asyncio.wait_for(p.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            await p.wait()
+
+
+class Supervisor:
+    """Starts worker processes, restarts crashed ones with backoff, stops them all."""
+
+    def __init__(self, workers: list[WorkerProcess]) -> None:
+        self.workers = workers
+        self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for w in self.workers:
+            await w.start()
+            self._tasks.append(asyncio.create_task(self._watch(w)))
+
+    async def _watch(self, w: WorkerProcess) -> None:
+        backoff = 1.0
+        while not self.stopping:
+            assert w.proc is not None
+            code = await w.proc.wait()
+            if self.stopping:
+                return
+            ran = time.monotonic() - w.started_at
+            if ran > 60:
+                backoff = 1.0
+            log.error("worker %s exited with code %s after %.1fs; restarting in %.0fs", w.label, code, ran, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 30.0)
+            if self.stopping:
+                return
+            w.restarts += 1
+            await w.start()
+
+    async def stop(self) -> None:
+        self.stopping = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
+
+
+def _connect_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _worker_processes(cfg: Config, config_path: str, controller_address: str) -> list[WorkerProcess]:
+    entries = cfg.enabled_models()
+    cpu_workers = sum(len(e.workers) for e in entries if not any(w.gpus for w in e.workers))
+    threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+    out = []
+    for e in entries:
+        for i, w in enumerate(e.workers):
+            env = dict(os.environ)
+            if w.gpus:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
+            else:
+                env.setdefault("GPT_SERVER_THREADS", str(threads))
+                env.setdefault("OMP_NUM_THREADS", str(threads))
+            args = ["worker", "-c", config_path, "--model", e.name, "--replica", str(i), "--controller-address", controller_address]
+            out.append(WorkerProcess(model=e.name, replica=i, args=args, env=env))
+    return out
+
+
+async def _wait_ready(registry: Registry, workers: list[WorkerProcess], timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last_log = 0.0
+    while True:
+        registered = {(r.info.model_name, r.info.replica) for r in registry.workers.values()}
+        waiting = [w for w in workers if (w.model, w.replica) not in registered]
+        if not waiting:
+            return
+        now = loop.time()
+        if now > deadline:
+            log.error("workers not ready after %.0fs: %s", timeout, ", ".join(w.label for w in waiting))
+            return
+        if now - last_log > 5:
+            log.info("waiting for %d worker(s) to load: %s", len(waiting), ", ".join(w.label for w in waiting))
+            last_log = now
+        await asyncio.sleep(0.1)
+
+
+def _install_stop(event: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, event.set)
+
+
+async def serve(cfg: Config, config_data: dict | None) -> None:
+    """Run controller + gateway here and every worker replica as a child process."""
+    for e in cfg.enabled_models():
+        backend_available(e)
+    ca, sa = cfg.controller_args, cfg.serve_args
+    registry = Registry(make_policy(ca.dispatch_method))
+    csock = bind_socket(ca.host, ca.port)
+    gsock = bind_socket(sa.host, sa.port)
+    controller_address = cfg.model_worker_args.controller_address or (
+        f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
+    )
+    # workers read the same validated settings from a private file
+    fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
+    with os.fdopen(fd, "wb") as f:
+        f.write(orjson.dumps(config_data or {}))
+    cserver = make_server(build_controller_app(registry, secret=cfg.secret()), csock)
+    gserver = make_server(build_app(cfg, LocalController(registry)), gsock)
+    stop = asyncio.Event()
+    _install_stop(stop)
+    tasks = [
+        asyncio.create_task(cserver.serve(sockets=[csock])),
+        asyncio.create_task(gserver.serve(sockets=[gsock])),
+    ]
+    workers = _worker_processes(cfg, cfg_path, controller_address)
+    sup = Supervisor(workers)
+    try:
+        await sup.start()
+        ready = asyncio.create_task(_wait_ready(registry, workers, cfg.model_worker_args.startup_timeout))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if ready.done():
+            host, port = gsock.getsockname()[:2]
+            names = sorted({n for e in cfg.enabled_models() for n in e.names})
+            log.info("GPT Server ready on http://%s:%d/v1 serving %s", host, port, ", ".join(names))
+        await stopper
+    finally:
+        log.info("shutting down")
+        gserver.should_exit = True
+        await sup.stop()
+        cserver.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(OSError):
+            os.unlink(cfg_path)
+
+
+async def run_controller(cfg: Config) -> None:
+    ca = cfg.controller_args
+    registry = Registry(make_policy(ca.dispatch_method))
+    sock = bind_socket(ca.host, ca.port)
+    server = make_server(build_controller_app(registry, secret=cfg.secret()), sock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    log.info("controller listening on %s:%d (%s)", ca.host, sock.getsockname()[1], ca.dispatch_method)
+    await server.serve(sockets=[sock])
+
+
+async def run_gateway(cfg: Config, controller_address: str) -> None:
+    sa = cfg.serve_args
+    sock = bind_socket(sa.host, sa.port)
+    server = make_server(build_app(cfg, RemoteController(controller_address, secret=cfg.secret())), sock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+    log.info("gateway listening on %s:%d, controller %s", sa.host, sock.getsockname()[1], controller_address)
+    await server.serve(sockets=[sock])

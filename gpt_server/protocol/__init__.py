@@ -1,0 +1,1 @@
+"""Wire schemas: OpenAI-facing (``openai``) and internal controller/worker (``worker``)."""

@@ -1,0 +1,194 @@
+"""OpenAI-facing request schemas (chat completions, completions).
+
+Mirrors the OpenAI reference: unknown fields are accepted and logged, every count a
+request can set has an upper bound. Conversion to engine parameters lives in plain
+functions in ``gpt_server.gateway.convert``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "LIMITS",
+    "OpenAIBaseModel",
+    "ChatMessage",
+    "ChatCompletionRequest",
+    "CompletionRequest",
+    "StreamOptions",
+]
+
+log = logging.getLogger(__name__)
+
+
+class _Limits:
+    max_n = 16
+    max_messages = 2048
+    max_stop = 16
+    max_stop_len = 256
+    max_logit_bias = 1024
+    max_top_logprobs = 20
+    max_prompts = 64
+    max_tokens = 1_000_000
+    max_text_chars = 4_000_000
+
+
+LIMITS = _Limits()
+
+
+class OpenAIBaseModel(BaseModel):
+    """Extra fields are allowed (clients send vendor extensions) and logged once."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    @model_validator(mode="after")
+    def _log_extra(self) -> OpenAIBaseModel:
+        if self.model_extra:
+            log.debug("ignoring unknown fields in %s: %s", type(self).__name__, sorted(self.model_extra))
+        return self
+
+
+class TextPart(OpenAIBaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(OpenAIBaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ImagePart(OpenAIBaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(OpenAIBaseModel):
+    data: str
+    format: str
+
+
+class AudioPart(OpenAIBaseModel):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class RefusalPart(OpenAIBaseModel):
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | RefusalPart, Field(discriminator="type")
+]
+
+
+class FunctionCall(OpenAIBaseModel):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(OpenAIBaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+
+    @model_validator(mode="after")
+    def _content_required(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"content is required for role '{self.role}'")
+        return self
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = False
+
+
+class _SamplingFields(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=-1, le=100_000)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    n: int = Field(default=1, ge=1, le=LIMITS.max_n)
+    stop: str | list[Annotated[str, Field(min_length=1, max_length=LIMITS.max_stop_len)]] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**64 - 1)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    user: str | None = Field(default=None, max_length=512)
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> _SamplingFields:
+        if isinstance(self.stop, list) and len(self.stop) > LIMITS.max_stop:
+            raise ValueError(f"stop: at most {LIMITS.max_stop} stop sequences are allowed")
+        if isinstance(self.stop, str) and not (0 < len(self.stop) <= LIMITS.max_stop_len):
+            raise ValueError(f"stop: must be 1 to {LIMITS.max_stop_len} characters")
+        if self.logit_bias and len(self.logit_bias) > LIMITS.max_logit_bias:
+            raise ValueError(f"logit_bias: at most {LIMITS.max_logit_bias} entries are allowed")
+        if self.logit_bias:
+            for key in self.logit_bias:
+                if not key.lstrip("-").isdigit():
+                    raise ValueError(f"logit_bias: key '{key[:32]}' is not a token id")
+        return self
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=LIMITS.max_messages)
+    max_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_tokens)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_tokens)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=LIMITS.max_top_logprobs)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs: requires logprobs to be true")
+        return self
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: (
+        Annotated[str, Field(max_length=LIMITS.max_text_chars)]
+        | list[Annotated[str, Field(max_length=LIMITS.max_text_chars)]]
+        | list[int]
+        | list[list[int]]
+    )
+    max_tokens: int | None = Field(default=16, ge=1, le=LIMITS.max_tokens)
+    echo: bool = False
+    suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=LIMITS.max_top_logprobs)
+    best_of: int | None = Field(default=None, ge=1, le=LIMITS.max_n)
+
+    @model_validator(mode="after")
+    def _check_prompt(self) -> CompletionRequest:
+        if isinstance(self.prompt, list):
+            if not self.prompt:
+                raise ValueError("prompt: must not be empty")
+            if len(self.prompt) > LIMITS.max_prompts and not isinstance(self.prompt[0], int):
+                raise ValueError(f"prompt: at most {LIMITS.max_prompts} prompts are allowed")
+        return self

@@ -1,0 +1,161 @@
+"""Internal controller <-> worker <-> gateway protocol (typed, versioned).
+
+Workers stream NDJSON lines, each one ``Event``; streams carry deltas only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "SECRET_HEADER",
+    "WorkerInfo",
+    "Heartbeat",
+    "HeartbeatReply",
+    "DispatchRequest",
+    "DispatchReply",
+    "ModelEntryInfo",
+    "SamplingParams",
+    "GenerateRequest",
+    "TopLogprob",
+    "TokenLogprob",
+    "DeltaEvent",
+    "FinishEvent",
+    "UsageEvent",
+    "ErrorEvent",
+    "Event",
+    "EVENT_ADAPTER",
+]
+
+PROTOCOL_VERSION = 1
+SECRET_HEADER = "X-GPT-Server-Secret"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class WorkerInfo(_Strict):
+    """What a worker tells the controller when it registers."""
+
+    protocol_version: int = PROTOCOL_VERSION
+    worker_id: str
+    address: str = Field(description="base URL others can reach, e.g. http://10.0.0.5:41234")
+    model_name: str
+    aliases: list[str] = []
+    model_kind: str = "auto"
+    capabilities: list[str] = []
+    capacity: int = Field(ge=1, description="requests the engine runs at once")
+    context_length: int | None = None
+    heartbeat_interval: float = 3.0
+    pid: int | None = None
+    replica: int = 0
+
+
+class Heartbeat(_Strict):
+    worker_id: str
+    queue_length: int = 0
+    active: int = 0
+    healthy: bool = True
+
+
+class HeartbeatReply(_Strict):
+    known: bool
+
+
+class DispatchRequest(_Strict):
+    model: str
+    exclude: list[str] = []
+
+
+class DispatchReply(_Strict):
+    worker_id: str
+    address: str
+    model_name: str
+
+
+class ModelEntryInfo(_Strict):
+    id: str
+    model_name: str
+    model_kind: str
+    created: int
+    workers: int
+    context_length: int | None = None
+
+
+class SamplingParams(_Strict):
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    stop: list[str] = []
+    seed: int | None = None
+    n: int = 1
+    logprobs: bool = False
+    top_logprobs: int = 0
+    logit_bias: dict[int, float] = {}
+    echo: bool = False
+
+
+class GenerateRequest(_Strict):
+    request_id: str
+    model: str
+    kind: Literal["chat", "completion"]
+    messages: list[dict] | None = None
+    prompts: list[str | list[int]] | None = None
+    params: SamplingParams = SamplingParams()
+    chat_template_kwargs: dict = {}
+
+
+class TopLogprob(_Strict):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Strict):
+    token: str
+    logprob: float | None
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = []
+
+
+class DeltaEvent(_Strict):
+    t: Literal["delta"] = "delta"
+    index: int
+    text: str
+    logprobs: list[TokenLogprob] | None = None
+
+
+class FinishEvent(_Strict):
+    t: Literal["finish"] = "finish"
+    index: int
+    finish_reason: Literal["stop", "length", "tool_calls", "content_filter", "abort"]
+
+
+class UsageEvent(_Strict):
+    t: Literal["usage"] = "usage"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ErrorEvent(_Strict):
+    t: Literal["error"] = "error"
+    status: int
+    type: str
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+Event = Annotated[
+    DeltaEvent | FinishEvent | UsageEvent | ErrorEvent, Field(discriminator="t")
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -1,0 +1,194 @@
+"""Pieces every HTTP app here shares: error rendering, body limits, logging, serving."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+import orjson
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import GatewayError, error_body
+
+__all__ = [
+    "FastJSONResponse",
+    "install_error_handlers",
+    "error_response",
+    "validation_message",
+    "BodyLimitMiddleware",
+    "setup_logging",
+    "bind_socket",
+    "serve_app",
+]
+
+log = logging.getLogger("gpt_server")
+
+
+class FastJSONResponse(Response):
+    """JSON rendered with orjson."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: GatewayError) -> FastJSONResponse:
+    return FastJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
+
+
+def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """First validation error → (message, param) in the OpenAI style."""
+    if not errors:
+        return "invalid request", None
+    e = errors[0]
+    loc = [str(p) for p in e.get("loc", ()) if p not in ("body",)]
+    # drop pydantic's union-member markers such as 'str' or 'list[int]'
+    loc = [p for p in loc if not any(ch in p for ch in "[]") and p not in ("str", "int", "float", "function-after")]
+    param = ".".join(loc) or None
+    msg = str(e.get("msg", "invalid value")).removeprefix("Value error, ")
+    if e.get("type") == "json_invalid":
+        return "the request body is not valid JSON", None
+    if e.get("type") == "missing":
+        return f"'{param}' is a required property", param
+    return (f"{param}: {msg}" if param else msg), param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(GatewayError)
+    async def _gateway_error(request: Request, exc: GatewayError) -> FastJSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> FastJSONResponse:
+        message, param = validation_message(list(exc.errors()))
+        return FastJSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> FastJSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        etype = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return FastJSONResponse(
+            error_body(str(exc.detail), etype, None, code),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> FastJSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return FastJSONResponse(
+            error_body("internal server error", "server_error", None, "internal_error"), status_code=500
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies above ``limit`` bytes with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for k, v in scope.get("headers", []):
+            if k == b"content-length":
+                try:
+                    too_big = int(v) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._reject(send)
+                    return
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        async def tracking_send(msg: Message) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = orjson.dumps(
+            error_body(f"request body larger than {self.limit} bytes", "invalid_request_error", None, "request_too_large")
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def setup_logging(level: str | None = None) -> None:
+    lvl = (level or os.environ.get("GPT_SERVER_LOG_LEVEL") or "info").upper()
+    logging.basicConfig(
+        level=getattr(logging, lvl, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
+    if lvl != "DEBUG":
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind now (port 0 = ephemeral) so the real port is known before serving."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def make_server(app: ASGIApp, sock: socket.socket) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    return server
+
+
+async def serve_app(app: ASGIApp, sock: socket.socket) -> uvicorn.Server:
+    server = make_server(app, sock)
+    asyncio.get_running_loop()
+    await server.serve(sockets=[sock])
+    return server

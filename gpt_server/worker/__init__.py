@@ -1,0 +1,1 @@
+"""The worker: one generic runtime for every backend."""
