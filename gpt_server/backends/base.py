@@ -5,12 +5,24 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..config import ModelEntry
 from ..protocol.worker import Event, GenerateRequest
 
-__all__ = ["Backend", "BackendSpec"]
+__all__ = ["Backend", "BackendSpec", "BinaryResult", "InvokeResult"]
+
+
+@dataclass
+class BinaryResult:
+    """A non-JSON result (audio, image bytes), whole or streamed in chunks."""
+
+    media_type: str
+    body: bytes | AsyncIterator[bytes]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+InvokeResult = dict[str, Any] | BinaryResult
 
 
 @dataclass
@@ -50,6 +62,17 @@ class Backend(ABC):
 
     def healthy(self) -> bool:
         return True
+
+    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+        """Non-generation capabilities (embed, rerank, classify, transcribe, speech, image …).
+
+        ``payload`` is the capability's request as plain JSON data (binary inputs as
+        base64). Return a JSON-able dict, or a ``BinaryResult``. Raise ``GatewayError``
+        subclasses for client errors.
+        """
+        from ..errors import BadRequestError
+
+        raise BadRequestError(f"this model does not support {capability}", param="model")
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         """Chat/completion: yield deltas, finishes, then one usage event."""

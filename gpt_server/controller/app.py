@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Request
 from pydantic import BaseModel
 
-from ..errors import AuthenticationError, NotFoundError, ServiceUnavailableError
+from ..errors import AuthenticationError
 from ..protocol.worker import (
     SECRET_HEADER,
     DispatchReply,
@@ -79,12 +79,7 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
 
     @app.post("/controller/dispatch")
     async def dispatch(req: DispatchRequest) -> DispatchReply:
-        reply = registry.dispatch(req.model, req.exclude)
-        if reply is None:
-            if registry.knows(req.model):
-                raise ServiceUnavailableError(f"no ready worker for model '{req.model}'")
-            raise NotFoundError(f"The model '{req.model}' does not exist", param="model")
-        return reply
+        return registry.dispatch_or_raise(req.model, req.exclude, req.capability)
 
     @app.get("/controller/models")
     async def models() -> list[ModelEntryInfo]:

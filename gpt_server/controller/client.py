@@ -15,7 +15,7 @@ __all__ = ["ControllerClient", "LocalController", "RemoteController"]
 
 
 class ControllerClient(Protocol):
-    async def dispatch(self, model: str, exclude: list[str]) -> DispatchReply: ...
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply: ...
     async def models(self) -> list[ModelEntryInfo]: ...
     async def workers(self) -> list[dict]: ...
     async def report_failure(self, worker_id: str) -> None: ...
@@ -28,15 +28,8 @@ class LocalController:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def dispatch(self, model: str, exclude: list[str]) -> DispatchReply:
-        from ..errors import NotFoundError
-
-        reply = self.registry.dispatch(model, exclude)
-        if reply is None:
-            if self.registry.knows(model):
-                raise ServiceUnavailableError(f"no ready worker for model '{model}'")
-            raise NotFoundError(f"The model '{model}' does not exist", param="model")
-        return reply
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
+        return self.registry.dispatch_or_raise(model, exclude, capability)
 
     async def models(self) -> list[ModelEntryInfo]:
         return self.registry.models()
@@ -71,8 +64,9 @@ class RemoteController:
             raise error_from_body(resp.status_code, body)
         return resp.json()
 
-    async def dispatch(self, model: str, exclude: list[str]) -> DispatchReply:
-        data = await self._call("POST", "/controller/dispatch", DispatchRequest(model=model, exclude=exclude).model_dump())
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
+        body = DispatchRequest(model=model, exclude=exclude, capability=capability).model_dump()
+        data = await self._call("POST", "/controller/dispatch", body)
         return DispatchReply.model_validate(data)
 
     async def models(self) -> list[ModelEntryInfo]:

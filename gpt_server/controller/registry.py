@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from ..errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from ..protocol.worker import DispatchReply, Heartbeat, ModelEntryInfo, WorkerInfo
 from .dispatch import Policy
 
@@ -100,8 +101,14 @@ class Registry:
             r for r in self.workers.values() if model in r.names and r.healthy and not r.expired(now)
         ]
 
-    def dispatch(self, model: str, exclude: list[str] | tuple[str, ...] = ()) -> DispatchReply | None:
-        cands = [c for c in self.candidates(model) if c.worker_id not in exclude]
+    def dispatch(
+        self, model: str, exclude: list[str] | tuple[str, ...] = (), capability: str | None = None
+    ) -> DispatchReply | None:
+        cands = [
+            c
+            for c in self.candidates(model)
+            if c.worker_id not in exclude and (capability is None or capability in c.info.capabilities)
+        ]
         if not cands:
             return None
         rec = self.policy.choose(model, cands)
@@ -112,6 +119,25 @@ class Registry:
 
     def knows(self, model: str) -> bool:
         return any(model in r.names for r in self.workers.values())
+
+    def dispatch_or_raise(
+        self, model: str, exclude: list[str] | tuple[str, ...] = (), capability: str | None = None
+    ) -> DispatchReply:
+        """Dispatch, or raise the error a client should see (404 / 400 / 503)."""
+        reply = self.dispatch(model, exclude, capability)
+        if reply is not None:
+            return reply
+        recs = [r for r in self.workers.values() if model in r.names]
+        if not recs:
+            raise NotFoundError(f"The model '{model}' does not exist", param="model")
+        if capability is not None and not any(capability in r.info.capabilities for r in recs):
+            raise BadRequestError(
+                f"model '{model}' does not support {capability} (it supports: "
+                f"{', '.join(sorted(set().union(*(r.info.capabilities for r in recs))))})",
+                param="model",
+                code="unsupported_model_capability",
+            )
+        raise ServiceUnavailableError(f"no ready worker for model '{model}'")
 
     def models(self) -> list[ModelEntryInfo]:
         now = self.clock()
@@ -130,5 +156,6 @@ class Registry:
                         created=self.created.get(n, int(time.time())),
                         workers=1,
                         context_length=r.info.context_length,
+                        capabilities=list(r.info.capabilities),
                     )
         return sorted(out.values(), key=lambda m: m.id)

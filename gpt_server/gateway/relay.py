@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
+import orjson
 from pydantic import ValidationError
 
 from ..controller.client import ControllerClient
-from ..errors import GatewayError, ServiceUnavailableError, UpstreamError, error_from_body
+from ..errors import GatewayError, ServiceUnavailableError, error_from_body
 from ..protocol.worker import (
     EVENT_ADAPTER,
     SECRET_HEADER,
@@ -17,6 +19,7 @@ from ..protocol.worker import (
     ErrorEvent,
     Event,
     GenerateRequest,
+    InvokeRequest,
 )
 
 __all__ = ["Relay", "EventStream"]
@@ -81,21 +84,33 @@ class Relay:
         await self.client.aclose()
 
     async def open(self, model: str, request: GenerateRequest) -> EventStream:
+        """Start a chat/completion on a worker; the stream of events it answers."""
         payload = request.__pydantic_serializer__.to_json(request)
+        resp, target = await self._send(model, request.kind, "/worker/generate", payload)
+        return EventStream(resp, target)
+
+    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> httpx.Response:
+        """Call a non-generation capability; the worker's response, body not yet read.
+
+        The caller must read or ``aclose()`` it. JSON results have content-type
+        application/json; binary results (audio, images) carry their own media type.
+        """
+        req = InvokeRequest(request_id=request_id, model=model, capability=capability, payload=payload)
+        resp, _ = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
+        return resp
+
+    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[httpx.Response, DispatchReply]:
         exclude: list[str] = []
         last: GatewayError | None = None
         for _ in range(self.max_retries + 1):
             try:
-                target = await self.controller.dispatch(model, exclude)
+                target = await self.controller.dispatch(model, exclude, capability)
             except GatewayError as exc:
                 if last is not None and exc.status in (404, 503):
                     raise last from None
                 raise
             req = self.client.build_request(
-                "POST",
-                f"{target.address}/worker/generate",
-                content=payload,
-                headers={"content-type": "application/json"},
+                "POST", f"{target.address}{path}", content=payload, headers={"content-type": "application/json"}
             )
             try:
                 resp = await self.client.send(req, stream=True)
@@ -106,12 +121,10 @@ class Relay:
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
                 continue
             if resp.status_code == 200:
-                return EventStream(resp, target)
+                return resp, target
             raw = await resp.aread()
             await resp.aclose()
             try:
-                import orjson
-
                 body = orjson.loads(raw)
             except ValueError:
                 body = None
@@ -120,8 +133,6 @@ class Relay:
                 exclude.append(target.worker_id)
                 last = err
                 continue
-            if resp.status_code >= 500 and not isinstance(err, GatewayError):
-                err = UpstreamError(f"worker answered HTTP {resp.status_code}")
             raise err
         assert last is not None
         raise last

@@ -18,6 +18,7 @@ __all__ = [
     "DispatchRequest",
     "DispatchReply",
     "ModelEntryInfo",
+    "InvokeRequest",
     "SamplingParams",
     "GenerateRequest",
     "TopLogprob",
@@ -69,6 +70,7 @@ class HeartbeatReply(_Strict):
 class DispatchRequest(_Strict):
     model: str
     exclude: list[str] = []
+    capability: str | None = None
 
 
 class DispatchReply(_Strict):
@@ -84,6 +86,16 @@ class ModelEntryInfo(_Strict):
     created: int
     workers: int
     context_length: int | None = None
+    capabilities: list[str] = []
+
+
+class InvokeRequest(_Strict):
+    """A non-generation call (embed, rerank, classify, transcribe, speech, image …)."""
+
+    request_id: str
+    model: str
+    capability: str
+    payload: dict
 
 
 class SamplingParams(_Strict):

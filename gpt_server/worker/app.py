@@ -7,11 +7,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
+from ..backends.base import BinaryResult
 from ..controller.app import secret_guard
 from ..errors import BadRequestError, GatewayError, InternalError
-from ..protocol.worker import ErrorEvent, Event, GenerateRequest
+from ..protocol.worker import ErrorEvent, Event, GenerateRequest, InvokeRequest
 from ..server_common import FastJSONResponse, error_response, install_error_handlers
 from .runtime import WorkerRuntime
 
@@ -116,5 +117,36 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
                 await cleanup()
 
         return _CleanupStream(body(), cleanup, media_type="application/x-ndjson")
+
+    @app.post("/worker/invoke")
+    async def invoke(req: InvokeRequest):  # noqa: ANN202
+        if req.capability not in runtime.backend.capabilities:
+            raise BadRequestError(f"model '{runtime.model_name}' does not support {req.capability}", param="model")
+        runtime.admit()
+        released = False
+
+        async def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                runtime.release()
+
+        try:
+            result = await runtime.backend.invoke(req.capability, req.payload)
+        except GatewayError:
+            await release()
+            raise
+        except Exception as exc:
+            await release()
+            runtime.last_error = str(exc)
+            log.exception("%s failed", req.capability)
+            raise InternalError(f"{req.capability} failed: {type(exc).__name__}") from exc
+        if isinstance(result, BinaryResult):
+            if isinstance(result.body, bytes):
+                await release()
+                return Response(result.body, media_type=result.media_type, headers=result.headers)
+            return _CleanupStream(result.body, release, media_type=result.media_type, headers=result.headers)
+        await release()
+        return FastJSONResponse(result)
 
     return app

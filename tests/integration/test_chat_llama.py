@@ -273,7 +273,8 @@ def test_concurrent_requests_progress_together(client: openai.OpenAI) -> None:
 
     def run(i: int) -> None:
         s = client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": f"Write a poem number {i}."}], max_tokens=60, temperature=0.8, seed=i, stream=True
+            model="smollm2", messages=[{"role": "user", "content": f"Write a poem number {i}."}], max_tokens=60, temperature=0.8, seed=i, stream=True,
+            logit_bias={"2": -100},  # no end-of-turn: every stream runs its full length
         )
         for chunk in s:
             if chunk.choices and chunk.choices[0].delta.content and i not in first_token_at:

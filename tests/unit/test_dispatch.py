@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from collections import Counter
+
+from gpt_server.controller.dispatch import make_policy
+from gpt_server.controller.registry import Registry
+from gpt_server.protocol.worker import Heartbeat, WorkerInfo
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _registry(policy: str, clock: Clock | None = None) -> Registry:
+    reg = Registry(make_policy(policy), clock=clock or Clock())
+    for i, cap in enumerate((4, 4)):
+        reg.register(
+            WorkerInfo(worker_id=f"w{i}", address=f"http://h:{i}", model_name="m", aliases=["alias"], capacity=cap, heartbeat_interval=1.0)
+        )
+    return reg
+
+
+def test_round_robin_alternates() -> None:
+    reg = _registry("round_robin")
+    picks = [reg.dispatch("m").worker_id for _ in range(6)]
+    assert picks == ["w0", "w1"] * 3
+
+
+def test_shortest_queue_prefers_idle() -> None:
+    reg = _registry("shortest_queue")
+    reg.heartbeat(Heartbeat(worker_id="w0", queue_length=3))
+    reg.heartbeat(Heartbeat(worker_id="w1", queue_length=0))
+    picks = Counter(reg.dispatch("alias").worker_id for _ in range(3))
+    assert picks["w1"] == 3  # w1 reaches load 3 only after three dispatches
+    assert reg.dispatch("m").worker_id in {"w0", "w1"}
+
+
+def test_lottery_uses_both() -> None:
+    reg = _registry("lottery")
+    picks = Counter(reg.dispatch("m").worker_id for _ in range(200))
+    assert picks["w0"] > 50 and picks["w1"] > 50
+
+
+def test_exclude_and_unknown() -> None:
+    reg = _registry("least_busy")
+    assert reg.dispatch("m", exclude=["w0"]).worker_id == "w1"
+    assert reg.dispatch("m", exclude=["w0", "w1"]) is None
+    assert reg.dispatch("other") is None and not reg.knows("other")
+
+
+def test_expiry_after_three_missed_heartbeats() -> None:
+    clock = Clock()
+    reg = _registry("shortest_queue", clock)
+    clock.t = 2.5
+    assert reg.heartbeat(Heartbeat(worker_id="w0"))
+    clock.t = 3.5
+    assert reg.expire() == ["w1"]
+    assert [m.id for m in reg.models()] == ["alias", "m"]
+    assert not reg.heartbeat(Heartbeat(worker_id="w1"))  # unknown: the worker must re-register
+    clock.t = 6.0
+    reg.expire()
+    assert reg.models() == []
