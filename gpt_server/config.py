@@ -62,6 +62,17 @@ WORK_MODES = (
 )
 MODEL_KINDS = ("auto", "embedding", "rerank", "moderation", "asr", "tts", "image")
 
+# the engine used when an entry names a model_type but no work_mode
+DEFAULT_WORK_MODE: dict[str, str] = {
+    "auto": "llama_cpp",
+    "embedding": "sentence_transformers",
+    "rerank": "sentence_transformers",
+    "moderation": "sentence_transformers",
+    "asr": "faster_whisper",
+    "tts": "piper",
+    "image": "diffusers",
+}
+
 # gpt_server's model_type values: (kind, work_mode override or None)
 LEGACY_MODEL_TYPES: dict[str, tuple[str, str | None]] = {
     **{
@@ -155,6 +166,11 @@ class ModelConfig(_Section):
     api_base: str | None = None
     api_key_env: str | None = None
     max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
+    # --- embeddings / rerank / moderation (issue 5) ---
+    # --- transformers backend (issue 6) ---
+    # --- engine servers and upstream relay (issue 7) ---
+    # --- speech (issue 9) ---
+    # --- images (issue 10) ---
 
 
 class WorkerSpec(_Section):
@@ -167,7 +183,7 @@ class ModelEntry(_Section):
     enable: bool = True
     model_config_: ModelConfig = Field(alias="model_config")
     model_type: str = Field("auto", description="auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
-    work_mode: str = Field("llama_cpp", description="engine: " + ", ".join(WORK_MODES))
+    work_mode: str | None = Field(None, description="engine (default by model_type): " + ", ".join(WORK_MODES))
     device: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
     workers: list[WorkerSpec] = Field(default_factory=lambda: [WorkerSpec()], min_length=1, max_length=256)
     kind: str = Field("auto", description="normalised model kind (derived)")
@@ -202,6 +218,8 @@ class ModelEntry(_Section):
             raise ValueError(
                 f"model_type '{self.model_type}' is unknown; use one of {', '.join(MODEL_KINDS)}"
             )
+        if self.work_mode is None:
+            self.work_mode = DEFAULT_WORK_MODE.get(self.kind, "llama_cpp")
         if self.work_mode not in WORK_MODES:
             raise ValueError(
                 f"work_mode '{self.work_mode}' is unknown; use one of {', '.join(WORK_MODES)}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -34,8 +35,18 @@ class LazyRegistry(Generic[T]):
         return sorted(self._targets)
 
     def __contains__(self, name: str) -> bool:
+        """Known and importable (its module exists in this build)."""
         self._load_entry_points()
-        return name in self._targets
+        if name not in self._targets:
+            return False
+        module = self._targets[name].partition(":")[0]
+        try:
+            return importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            return False
+
+    def available(self) -> list[str]:
+        return [n for n in self.names() if n in self]
 
     def get(self, name: str) -> T:
         if name in self._loaded:
@@ -53,5 +64,24 @@ BACKENDS: LazyRegistry[type] = LazyRegistry(
     "backends",
     {
         "llama_cpp": "gpt_server.backends.llama_cpp.backend:LlamaCppBackend",
+        # issue 5
+        "sentence_transformers": "gpt_server.backends.sentence_transformers.backend:SentenceTransformersBackend",
+        "infinity": "gpt_server.backends.infinity.backend:InfinityBackend",
+        # issue 6
+        "hf": "gpt_server.backends.hf.backend:HFBackend",
+        # issue 7
+        "openai": "gpt_server.backends.relay.backend:OpenAIRelayBackend",
+        "vllm": "gpt_server.backends.relay.backend:EngineServerBackend",
+        "sglang": "gpt_server.backends.relay.backend:EngineServerBackend",
+        "lmdeploy-turbomind": "gpt_server.backends.relay.backend:EngineServerBackend",
+        "lmdeploy-pytorch": "gpt_server.backends.relay.backend:EngineServerBackend",
+        "trtllm": "gpt_server.backends.relay.backend:EngineServerBackend",
+        # issue 9
+        "faster_whisper": "gpt_server.backends.faster_whisper.backend:FasterWhisperBackend",
+        "piper": "gpt_server.backends.piper.backend:PiperBackend",
+        # issue 10
+        "diffusers": "gpt_server.backends.diffusers.backend:DiffusersBackend",
+        # issue 4 (benchmark only)
+        "echo": "gpt_server.backends.echo.backend:EchoBackend",
     },
 )

@@ -14,7 +14,7 @@ from ..controller.client import ControllerClient
 from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
 from .auth import api_key_guard
 from .relay import Relay
-from .routes import chat, completions, models
+from .routes import route_modules
 from .serving import GenerationService
 
 __all__ = ["build_app"]
@@ -44,8 +44,11 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     install_error_handlers(app)
 
     v1 = APIRouter(dependencies=[Depends(api_key_guard(sa.api_keys))])
-    for r in (chat.router, completions.router, models.router):
-        v1.include_router(r)
+    for mod in route_modules():
+        if hasattr(mod, "router"):
+            v1.include_router(mod.router)
+        if hasattr(mod, "public_router"):
+            app.include_router(mod.public_router)
     app.include_router(v1)
 
     @app.get("/health", include_in_schema=False)

@@ -23,7 +23,7 @@ def backend_available(entry: ModelEntry) -> None:
     if entry.work_mode not in BACKENDS:
         raise ConfigError(
             f"models.{entry.name}.work_mode: engine '{entry.work_mode}' is not available in this build "
-            f"(available: {', '.join(BACKENDS.names())})"
+            f"(available: {', '.join(BACKENDS.available())})"
         )
 
 

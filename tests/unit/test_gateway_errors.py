@@ -18,7 +18,7 @@ def client() -> TestClient:
     cfg = parse_config({"serve_args": {"api_keys": "k1"}, "models": []})
     reg = Registry(make_policy("round_robin"))
     # a registered worker nobody listens for: dispatch succeeds, connection fails
-    reg.register(WorkerInfo(worker_id="dead", address="http://127.0.0.1:9", model_name="m", capacity=1))
+    reg.register(WorkerInfo(worker_id="dead", address="http://127.0.0.1:9", model_name="m", capacity=1, capabilities=["chat", "completion"]))
     with TestClient(build_app(cfg, LocalController(reg))) as c:
         c.headers["Authorization"] = "Bearer k1"
         yield c
