@@ -6,8 +6,14 @@ import uuid
 from typing import Any
 
 from ..errors import BadRequestError
-from ..protocol.openai import ChatCompletionRequest, CompletionRequest
-from ..protocol.worker import GenerateRequest, SamplingParams, TokenLogprob
+from ..protocol.openai import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from ..protocol.worker import (
+    GenerateRequest,
+    SamplingParams,
+    StructuredSpec,
+    TokenLogprob,
+    ToolSpec,
+)
 
 __all__ = [
     "chat_to_generate",
@@ -41,27 +47,68 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
     )
 
 
-def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateRequest:
-    rf = req.response_format
-    if rf and rf.get("type") not in (None, "text"):
-        raise BadRequestError(
-            f"response_format type '{rf.get('type')}' is not supported yet",
-            param="response_format",
-            code="unsupported_parameter",
-        )
+_RESERVED_TEMPLATE_KEYS = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"}
+
+
+def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     tc = req.tool_choice
-    if req.tools and tc not in (None, "none", "auto"):
-        raise BadRequestError(
-            "tool_choice 'required' or a named tool is not supported yet",
-            param="tool_choice",
-            code="unsupported_parameter",
-        )
+    if not req.tools or tc == "none":
+        if isinstance(tc, NamedToolChoice) or tc == "required":
+            raise BadRequestError("tool_choice needs tools", param="tool_choice")
+        return None
+    tools = [t.model_dump(exclude_none=True, by_alias=True) for t in req.tools]
+    names = [t.function.name for t in req.tools]
+    if len(set(names)) != len(names):
+        raise BadRequestError("tool names must be unique", param="tools")
+    parallel = req.parallel_tool_calls is not False
+    if isinstance(tc, NamedToolChoice):
+        if tc.function.name not in names:
+            raise BadRequestError(f"tool_choice names '{tc.function.name}', which is not in tools", param="tool_choice")
+        return ToolSpec(tools=tools, choice="named", name=tc.function.name, parallel=parallel)
+    return ToolSpec(tools=tools, choice="required" if tc == "required" else "auto", parallel=parallel)
+
+
+def _structured(req: ChatCompletionRequest) -> StructuredSpec | None:
+    given = [
+        k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, k) is not None
+    ]
+    rf = req.response_format
+    if rf is not None and rf.type != "text":
+        given.append("response_format")
+    if len(given) > 1:
+        raise BadRequestError(f"only one of {', '.join(given)} may be given", param=given[1])
+    if rf is not None and rf.type == "json_object":
+        return StructuredSpec(type="json_object")
+    if rf is not None and rf.type == "json_schema":
+        assert rf.json_schema is not None
+        return StructuredSpec(type="json_schema", json_schema=rf.json_schema.schema_, strict=bool(rf.json_schema.strict))
+    if req.guided_json is not None:
+        return StructuredSpec(type="json_schema", json_schema=req.guided_json)
+    if req.guided_regex is not None:
+        return StructuredSpec(type="regex", pattern=req.guided_regex)
+    if req.guided_choice is not None:
+        if not req.guided_choice:
+            raise BadRequestError("guided_choice must not be empty", param="guided_choice")
+        return StructuredSpec(type="choice", choices=req.guided_choice)
+    if req.guided_grammar is not None:
+        return StructuredSpec(type="grammar", grammar=req.guided_grammar)
+    return None
+
+
+def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateRequest:
+    tools = _tool_spec(req)
+    structured = _structured(req)
+    if tools is not None and tools.enforce and structured is not None:
+        raise BadRequestError("tool_choice required/named cannot be combined with response_format", param="response_format")
     params = _sampling(req, req.max_completion_tokens or req.max_tokens)
     params.logprobs = req.logprobs
     params.top_logprobs = req.top_logprobs or 0
-    kwargs: dict[str, Any] = {}
-    if req.tools and tc != "none":
-        kwargs["tools"] = req.tools
+    kwargs: dict[str, Any] = dict(req.chat_template_kwargs or {})
+    bad = _RESERVED_TEMPLATE_KEYS & set(kwargs)
+    if bad:
+        raise BadRequestError(f"chat_template_kwargs may not set {', '.join(sorted(bad))}", param="chat_template_kwargs")
+    if req.enable_thinking is not None:
+        kwargs["enable_thinking"] = req.enable_thinking
     return GenerateRequest(
         request_id=request_id,
         model=req.model,
@@ -69,6 +116,8 @@ def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateReq
         messages=[m.model_dump(exclude_none=True) for m in req.messages],
         params=params,
         chat_template_kwargs=kwargs,
+        tools=tools,
+        structured=structured,
     )
 
 

@@ -12,7 +12,14 @@ from fastapi.responses import Response
 
 from ..errors import TimeoutError_, error_from_body
 from ..protocol.openai import ChatCompletionRequest, CompletionRequest
-from ..protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, TokenLogprob, UsageEvent
+from ..protocol.worker import (
+    DeltaEvent,
+    ErrorEvent,
+    FinishEvent,
+    TokenLogprob,
+    ToolCallDelta,
+    UsageEvent,
+)
 from ..server_common import FastJSONResponse
 from .convert import (
     chat_logprobs,
@@ -35,9 +42,47 @@ def _raise(ev: ErrorEvent) -> None:
 @dataclass
 class _Choice:
     text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
-    length: int = 0
+
+    def add_calls(self, deltas: list[ToolCallDelta]) -> None:
+        for d in deltas:
+            call = self.tool_calls.setdefault(d.index, {"id": d.id, "type": "function", "function": {"name": d.name, "arguments": ""}})
+            if d.id:
+                call["id"] = d.id
+                call["function"]["name"] = d.name
+            call["function"]["arguments"] += d.arguments
+
+    def message(self) -> dict[str, Any]:
+        text = "".join(self.text)
+        calls = [self.tool_calls[i] for i in sorted(self.tool_calls)]
+        msg: dict[str, Any] = {
+            "role": "assistant",
+            "content": text if text or not calls else None,
+            "refusal": None,
+            "tool_calls": calls or None,
+        }
+        if self.reasoning:
+            msg["reasoning_content"] = "".join(self.reasoning)
+        return msg
+
+
+def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
+    delta: dict[str, Any] = {}
+    if ev.reasoning:
+        delta["reasoning_content"] = ev.reasoning
+    if ev.text:
+        delta["content"] = ev.text
+    if ev.tool_calls:
+        delta["tool_calls"] = [
+            {"index": d.index, "id": d.id, "type": "function", "function": {"name": d.name, "arguments": d.arguments}}
+            if d.id
+            else {"index": d.index, "function": {"arguments": d.arguments}}
+            for d in ev.tool_calls
+        ]
+    return delta
 
 
 class GenerationService:
@@ -54,6 +99,10 @@ class GenerationService:
                     if isinstance(ev, DeltaEvent):
                         c = choices[ev.index]
                         c.text.append(ev.text)
+                        if ev.reasoning:
+                            c.reasoning.append(ev.reasoning)
+                        if ev.tool_calls:
+                            c.add_calls(ev.tool_calls)
                         if ev.logprobs:
                             c.logprobs.extend(ev.logprobs)
                     elif isinstance(ev, FinishEvent):
@@ -104,7 +153,7 @@ class GenerationService:
             "choices": [
                 {
                     "index": i,
-                    "message": {"role": "assistant", "content": "".join(c.text), "refusal": None, "tool_calls": None},
+                    "message": c.message(),
                     "logprobs": chat_logprobs(c.logprobs) if req.logprobs else None,
                     "finish_reason": c.finish_reason or "stop",
                 }
@@ -132,7 +181,9 @@ class GenerationService:
         async for ev in self._events(stream):
             if isinstance(ev, DeltaEvent):
                 lp = chat_logprobs(ev.logprobs) if (req.logprobs and ev.logprobs) else None
-                yield chunk(ev.index, {"content": ev.text}, logprobs=lp)
+                delta = _chunk_delta(ev)
+                if delta or lp:
+                    yield chunk(ev.index, delta, logprobs=lp)
             elif isinstance(ev, FinishEvent):
                 yield chunk(ev.index, {}, finish=ev.finish_reason)
             elif isinstance(ev, UsageEvent):

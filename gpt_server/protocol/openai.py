@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
@@ -32,6 +33,9 @@ class _Limits:
     max_logit_bias = 1024
     max_top_logprobs = 20
     max_prompts = 64
+    max_tools = 128
+    max_choices = 256
+    max_grammar_chars = 65536
     max_tokens = 1_000_000
     max_text_chars = 4_000_000
 
@@ -42,7 +46,7 @@ LIMITS = _Limits()
 class OpenAIBaseModel(BaseModel):
     """Extra fields are allowed (clients send vendor extensions) and logged once."""
 
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+    model_config = ConfigDict(extra="allow", protected_namespaces=(), populate_by_name=True)
 
     @model_validator(mode="after")
     def _log_extra(self) -> OpenAIBaseModel:
@@ -112,6 +116,45 @@ class ChatMessage(OpenAIBaseModel):
         return self
 
 
+class FunctionDef(OpenAIBaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    description: str | None = Field(default=None, max_length=16384)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: FunctionDef
+
+
+class NamedFunction(OpenAIBaseModel):
+    name: str
+
+
+class NamedToolChoice(OpenAIBaseModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JsonSchemaFormat(OpenAIBaseModel):
+    name: str = Field(default="response", max_length=256)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(OpenAIBaseModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and (self.json_schema is None or self.json_schema.schema_ is None):
+            raise ValueError("response_format: json_schema.schema is required for type json_schema")
+        return self
+
+
 class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
@@ -159,15 +202,24 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_tokens)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=LIMITS.max_top_logprobs)
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[Tool] | None = Field(default=None, max_length=LIMITS.max_tools)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
+    # extensions (vLLM names)
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
+    guided_choice: list[Annotated[str, Field(max_length=1024)]] | None = Field(default=None, max_length=LIMITS.max_choices)
+    guided_grammar: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
+    chat_template_kwargs: dict[str, Any] | None = None
+    enable_thinking: bool | None = None
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
+        if self.chat_template_kwargs and len(orjson.dumps(self.chat_template_kwargs)) > 65536:
+            raise ValueError("chat_template_kwargs: at most 64 KiB")
         return self
 
 

@@ -21,6 +21,9 @@ __all__ = [
     "InvokeRequest",
     "SamplingParams",
     "GenerateRequest",
+    "StructuredSpec",
+    "ToolSpec",
+    "ToolCallDelta",
     "TopLogprob",
     "TokenLogprob",
     "DeltaEvent",
@@ -116,6 +119,30 @@ class SamplingParams(_Strict):
     echo: bool = False
 
 
+class StructuredSpec(_Strict):
+    """Constrained decoding for the output (response_format and guided_* extensions)."""
+
+    type: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
+    json_schema: dict | None = None
+    strict: bool = False
+    pattern: str | None = None
+    choices: list[str] | None = None
+    grammar: str | None = None
+
+
+class ToolSpec(_Strict):
+    """The tools offered and how the model must use them (tool_choice)."""
+
+    tools: list[dict]
+    choice: Literal["auto", "required", "named"] = "auto"
+    name: str | None = None
+    parallel: bool = True
+
+    @property
+    def enforce(self) -> bool:
+        return self.choice in ("required", "named")
+
+
 class GenerateRequest(_Strict):
     request_id: str
     model: str
@@ -124,6 +151,8 @@ class GenerateRequest(_Strict):
     prompts: list[str | list[int]] | None = None
     params: SamplingParams = SamplingParams()
     chat_template_kwargs: dict = {}
+    tools: ToolSpec | None = None
+    structured: StructuredSpec | None = None
 
 
 class TopLogprob(_Strict):
@@ -139,11 +168,20 @@ class TokenLogprob(_Strict):
     top_logprobs: list[TopLogprob] = []
 
 
+class ToolCallDelta(_Strict):
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
 class DeltaEvent(_Strict):
     t: Literal["delta"] = "delta"
     index: int
     text: str
     logprobs: list[TokenLogprob] | None = None
+    reasoning: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class FinishEvent(_Strict):

@@ -6,9 +6,15 @@ import asyncio
 import os
 import threading
 from collections.abc import AsyncIterator
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+from ...chat.postprocess import postprocess
+from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
+from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
+from ...chat.tool_parsers import ToolParser, detect_tool_parser
+from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, InternalError, ServiceUnavailableError
 from ...protocol.worker import (
     DeltaEvent,
@@ -22,6 +28,15 @@ from ..base import Backend, BackendSpec
 from .engine import EngineOptions, LlamaEngine, SeqEvent, Sequence
 
 __all__ = ["LlamaCppBackend"]
+
+
+@dataclass
+class _ChatPlan:
+    """How one request is decoded and parsed."""
+
+    tool_parser: ToolParser | None = None
+    reasoning: ThinkParser | None = None
+    grammar: Any = None
 
 _DEFAULT_PARALLEL = 4
 
@@ -58,6 +73,18 @@ class LlamaCppBackend(Backend):
         self.template = ChatTemplate(
             mc.chat_template or eng.chat_template(), bos_token=special("bos"), eos_token=special("eos")
         )
+        self.tool_parser_name = mc.tool_call_parser or detect_tool_parser(self.template.source)
+        self.reasoning_parser_name = mc.reasoning_parser or detect_reasoning_parser(self.template.source)
+        self.grammars = GrammarFactory(self._tokenizer_info, eng.n_vocab)
+
+    def _tokenizer_info(self) -> Any:
+        import xgrammar as xgr
+
+        eng = self.engine
+        assert eng is not None
+        vocab = [eng.piece(i) for i in range(eng.n_vocab)]
+        stops = [i for i in range(eng.n_vocab) if eng.is_eog(i)]
+        return xgr.TokenizerInfo(vocab, xgr.VocabType.RAW, vocab_size=eng.n_vocab, stop_token_ids=stops)
 
     def close(self) -> None:
         if self.engine is not None:
@@ -80,16 +107,24 @@ class LlamaCppBackend(Backend):
         return self.engine.queued if self.engine else 0
 
     # ---- request preparation (runs in a thread) ------------------------------
-    def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], str | None]:
+    def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:
         eng = self.engine
         assert eng is not None and self.template is not None
+        plan = _ChatPlan()
+        plan.tool_parser, enforced = parser_for_request(self.tool_parser_name, req.tools)
+        if req.tools is not None and req.tools.enforce or req.structured is not None:
+            plan.grammar = self.grammars.compile(req.structured, req.tools, enforced)
         if req.kind == "chat":
-            text = self.template.render(req.messages or [], **req.chat_template_kwargs)
+            messages = prepare_tool_messages(req.messages or [], req.tools, plan.tool_parser, self.template.source)
+            tools = req.tools.tools if req.tools is not None else None
+            text = self.template.render(messages, tools=tools, **req.chat_template_kwargs)
+            if self.reasoning_parser_name:
+                plan.reasoning = ThinkParser(open_in_prompt=starts_in_reasoning(text))
             bos = self.template.bos_token
             # templates that write BOS themselves must not get a second one
             add_bos = eng.add_bos() and not (bos and text.startswith(bos))
             toks = eng.tokenize(text, add_special=add_bos, parse_special=True)
-            return [toks], None
+            return [toks], plan
         prompts: list[list[int]] = []
         for p in req.prompts or []:
             if isinstance(p, str):
@@ -99,7 +134,7 @@ class LlamaCppBackend(Backend):
                 if bad:
                     raise BadRequestError(f"token id {bad[0]} is outside the vocabulary (0..{eng.n_vocab - 1})", param="prompt")
                 prompts.append(list(p))
-        return prompts, None
+        return prompts, plan
 
     def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
         assert self.engine is not None
@@ -133,10 +168,21 @@ class LlamaCppBackend(Backend):
         eng = self.engine
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
+        prompts, plan = await asyncio.to_thread(self._prepare, request)
+        events = self._generate(request, prompts, plan)
+        try:
+            async for ev in postprocess(events, plan.tool_parser, plan.reasoning):
+                yield ev
+        finally:
+            await events.aclose()
+
+    async def _generate(self, request: GenerateRequest, prompts: list[list[int]], plan: _ChatPlan) -> AsyncIterator[Event]:
+        eng = self.engine
+        if eng is None or not eng.healthy():
+            raise ServiceUnavailableError("the engine is not running")
         p = request.params
         if p.echo and p.logprobs:
             raise BadRequestError("echo together with logprobs is not supported by the llama_cpp engine", param="echo")
-        prompts, _ = await asyncio.to_thread(self._prepare, request)
         max_tokens = self._check_lengths(prompts, request)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
@@ -146,7 +192,15 @@ class LlamaCppBackend(Backend):
             loop.call_soon_threadsafe(queue.put_nowait, ev)
 
         seqs = [
-            Sequence(index=pi * p.n + i, prompt=toks, params=p, max_tokens=max_tokens, sink=sink, cancelled=cancelled)
+            Sequence(
+                index=pi * p.n + i,
+                prompt=toks,
+                params=p,
+                max_tokens=max_tokens,
+                sink=sink,
+                cancelled=cancelled,
+                constraint=self.grammars.constraint(plan.grammar) if plan.grammar is not None else None,
+            )
             for pi, toks in enumerate(prompts)
             for i in range(p.n)
         ]

@@ -80,6 +80,7 @@ class Sequence:
     next_token: int = -1
     pending_lp: list[TokenLogprob] = field(default_factory=list)
     done: bool = False
+    constraint: Any = None  # chat.structured.GrammarConstraint, or None
 
 
 @dataclass
@@ -335,8 +336,13 @@ class LlamaEngine:
         assert s.sampler is not None and s.text is not None
         p = s.params
         lp = log_softmax(logits) if p.logprobs else None
-        tok = sample_token(s.sampler.process(logits), s.sampler)
+        processed = s.sampler.process(logits)
+        if s.constraint is not None:
+            s.constraint.mask(processed)
+        tok = sample_token(processed, s.sampler)
         s.sampler.accept(tok)
+        if s.constraint is not None and not s.constraint.accept(tok):
+            log.error("grammar rejected token %d", tok)
         s.generated.append(tok)
         if lp is not None:
             s.pending_lp.append(self._logprob(tok, lp, p.top_logprobs))

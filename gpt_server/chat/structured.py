@@ -1,0 +1,125 @@
+"""Grammar-constrained decoding with xgrammar: JSON object / JSON schema / regex / choice /
+EBNF grammar, and tool calls enforced to each tool's JSON-schema ``parameters``.
+
+JSON is generated compact (no free whitespace) and, as in OpenAI's strict mode, objects
+whose schema leaves ``additionalProperties`` unspecified get no extra keys: the output
+still validates against the schema, and small models cannot wander off.
+
+Engines hand us raw logits as numpy arrays; a ``GrammarConstraint`` masks them and
+follows the sampled tokens. xgrammar (and torch, which it imports) load on first use.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadRequestError
+from ..protocol.worker import StructuredSpec, ToolSpec
+
+__all__ = ["GrammarFactory", "GrammarConstraint", "tool_call_schema", "ebnf_literal"]
+
+
+def ebnf_literal(text: str) -> str:
+    return json.dumps(text)  # EBNF string literals share JSON's escapes
+
+
+def tool_call_schema(tools: Sequence[dict[str, Any]], args_key: str) -> dict[str, Any]:
+    """JSON schema of one call object: ``{"name": <one of the tools>, args_key: <its parameters>}``."""
+    variants = []
+    for t in tools:
+        fn = t.get("function", {})
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        variants.append(
+            {
+                "type": "object",
+                "properties": {"name": {"const": fn["name"]}, args_key: params},
+                "required": ["name", args_key],
+                "additionalProperties": False,
+            }
+        )
+    return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+class GrammarConstraint:
+    """Per-sequence matcher: masks logits, follows accepted tokens."""
+
+    def __init__(self, compiled: Any, n_vocab: int) -> None:
+        import xgrammar as xgr
+
+        self._matcher = xgr.GrammarMatcher(compiled)
+        self._bitmask = np.zeros(xgr.get_bitmask_shape(1, n_vocab), dtype=np.int32)
+        self.n_vocab = n_vocab
+
+    def mask(self, logits: np.ndarray) -> np.ndarray:
+        self._matcher.fill_next_token_bitmask(self._bitmask)
+        allowed = np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[: logits.shape[0]].astype(bool)
+        logits[~allowed] = -np.inf
+        return logits
+
+    def accept(self, token: int) -> bool:
+        return bool(self._matcher.accept_token(token))
+
+    def done(self) -> bool:
+        return bool(self._matcher.is_terminated())
+
+
+class GrammarFactory:
+    """Compiles grammars for one tokenizer; the tokenizer info is built on first use."""
+
+    def __init__(self, tokenizer_info: Callable[[], Any], n_vocab: int) -> None:
+        self._make_info = tokenizer_info
+        self._compiler: Any = None
+        self._lock = threading.Lock()
+        self.n_vocab = n_vocab
+
+    def _get_compiler(self) -> Any:
+        with self._lock:
+            if self._compiler is None:
+                import xgrammar as xgr
+
+                self._compiler = xgr.GrammarCompiler(self._make_info(), cache_enabled=True)
+            return self._compiler
+
+    def compile(
+        self, spec: StructuredSpec | None, tools: ToolSpec | None, enforced: tuple[str, str, str] | None
+    ) -> Any | None:
+        """The compiled grammar for a request, or None when it is unconstrained. Blocking."""
+        import xgrammar as xgr
+
+        comp = self._get_compiler()
+        try:
+            if tools is not None and tools.enforce and enforced is not None:
+                prefix, suffix, key = enforced
+                chosen = [t for t in tools.tools if tools.name is None or t["function"]["name"] == tools.name]
+                schema = json.dumps(tool_call_schema(chosen, key))
+                parts = [xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)]
+                if prefix:
+                    parts.insert(0, xgr.Grammar.from_ebnf(f"root ::= {ebnf_literal(prefix)}"))
+                if suffix:
+                    parts.append(xgr.Grammar.from_ebnf(f"root ::= {ebnf_literal(suffix)}"))
+                return comp.compile_grammar(xgr.Grammar.concat(*parts) if len(parts) > 1 else parts[0])
+            if spec is None:
+                return None
+            if spec.type == "json_object":
+                return comp.compile_builtin_json_grammar()
+            if spec.type == "json_schema":
+                return comp.compile_json_schema(json.dumps(spec.json_schema or {}), any_whitespace=False, strict_mode=True)
+            if spec.type == "regex":
+                return comp.compile_regex(spec.pattern or "")
+            if spec.type == "choice":
+                alts = " | ".join(ebnf_literal(c) for c in spec.choices or [])
+                return comp.compile_grammar(f"root ::= {alts}")
+            if spec.type == "grammar":
+                return comp.compile_grammar(spec.grammar or "")
+        except (RuntimeError, ValueError, TypeError) as exc:
+            param = "tools" if tools is not None and tools.enforce else "response_format"
+            raise BadRequestError(f"cannot build a decoding grammar: {exc}", param=param, code="invalid_grammar") from exc
+        raise BadRequestError(f"unknown structured output type '{spec.type}'", param="response_format")
+
+    def constraint(self, compiled: Any) -> GrammarConstraint:
+        return GrammarConstraint(compiled, self.n_vocab)

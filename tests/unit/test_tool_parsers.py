@@ -1,0 +1,127 @@
+"""Contract suite every tool parser passes: streaming equals non-streaming, and the result
+does not change when the model output is split into random chunks."""
+
+from __future__ import annotations
+
+import random
+
+import orjson
+import pytest
+
+from gpt_server.chat.reasoning import StreamingReasoningExtractor, ThinkParser, starts_in_reasoning
+from gpt_server.chat.tool_parsers import TOOL_PARSERS, StreamingToolExtractor, detect_tool_parser, get_tool_parser
+
+W = '{"city": "Paris", "days": 3}'
+CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict]]]]] = {
+    "hermes": [
+        (f'<tool_call>\n{{"name": "weather", "arguments": {W}}}\n</tool_call>', None, [("weather", {"city": "Paris", "days": 3})]),
+        (f'Let me check. <tool_call>{{"name": "a", "arguments": {{}}}}</tool_call>\n<tool_call>{{"name": "b", "arguments": {W}}}</tool_call>', "Let me check.", [("a", {}), ("b", {"city": "Paris", "days": 3})]),
+        ("Just text, no calls <tool", "Just text, no calls <tool", []),
+        ('<tool_call>{"name": "s", "arguments": "{\\"q\\": 1}"}</tool_call>', None, [("s", {"q": 1})]),
+    ],
+    "llama3_json": [
+        (f'{{"name": "weather", "parameters": {W}}}', None, [("weather", {"city": "Paris", "days": 3})]),
+        (f'<|python_tag|>{{"name": "a", "parameters": {{}}}}; {{"name": "b", "parameters": {W}}}', None, [("a", {}), ("b", {"city": "Paris", "days": 3})]),
+        ("Hello there, friend.", "Hello there, friend.", []),
+    ],
+    "mistral": [
+        (f'[TOOL_CALLS][{{"name": "weather", "arguments": {W}}}, {{"name": "x", "arguments": {{}}}}]', None, [("weather", {"city": "Paris", "days": 3}), ("x", {})]),
+        (f"Sure.[TOOL_CALLS]weather[ARGS]{W}", "Sure.", [("weather", {"city": "Paris", "days": 3})]),
+        ("No tools [TOOL", "No tools [TOOL", []),
+    ],
+    "glm4": [
+        ("<tool_call>weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>", None, [("weather", {"city": "Paris", "days": 3})]),
+        ("I will look. <tool_call>now\n</tool_call>", "I will look.", [("now", {})]),
+    ],
+    "deepseek_v3": [
+        (f"<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>weather\n```json\n{W}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>", None, [("weather", {"city": "Paris", "days": 3})]),
+        (f"Ok<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>weather<｜tool▁sep｜>{W}<｜tool▁call▁end｜><｜tool▁call▁begin｜>b<｜tool▁sep｜>{{}}<｜tool▁call▁end｜><｜tool▁calls▁end｜>", "Ok", [("weather", {"city": "Paris", "days": 3}), ("b", {})]),
+    ],
+    "pythonic": [
+        ('[weather(city="Paris", days=3), now()]', None, [("weather", {"city": "Paris", "days": 3}), ("now", {})]),
+        ("[1, 2, 3] is a list", "[1, 2, 3] is a list", []),
+        ("plain answer", "plain answer", []),
+    ],
+}
+
+
+def _stream(parser_name: str, text: str, rng: random.Random) -> tuple[str, list[dict]]:
+    ex = StreamingToolExtractor(get_tool_parser(parser_name))
+    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 15))))
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    content, calls = "", {}
+    for i, p in enumerate(pieces + [""]):
+        c, deltas = ex.feed(p, final=i == len(pieces))
+        content += c
+        for d in deltas:
+            slot = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+            if d.id:
+                assert slot["id"] is None and d.name, "id and name come first, once"
+                slot["id"], slot["name"] = d.id, d.name
+            else:
+                assert slot["id"] is not None, "arguments only after the call's id and name"
+            slot["arguments"] += d.arguments
+    return content, [calls[i] for i in sorted(calls)]
+
+
+@pytest.mark.parametrize("parser_name", sorted(CASES))
+def test_parser_contract(parser_name: str) -> None:
+    parser = get_tool_parser(parser_name)
+    rng = random.Random(parser_name)
+    for text, content, expected in CASES[parser_name]:
+        full = parser.parse(text, final=True)
+        assert [(c.name, orjson.loads(c.arguments)) for c in full.calls] == expected, text
+        assert (full.content or None) == content, text
+        for _ in range(60):
+            s_content, s_calls = _stream(parser_name, text, rng)
+            assert s_content == full.content
+            assert [(c["name"], c["arguments"]) for c in s_calls] == [(c.name, c.arguments) for c in full.calls]
+
+
+def test_every_registered_parser_has_cases() -> None:
+    assert set(TOOL_PARSERS.names()) - {"qwen"} == set(CASES)
+
+
+def test_detect_from_template() -> None:
+    assert detect_tool_parser("{% if tools %}<tool_call>{% endif %}") == "hermes"
+    assert detect_tool_parser("[TOOL_CALLS]") == "mistral"
+    assert detect_tool_parser("<|python_tag|>") == "llama3_json"
+    assert detect_tool_parser(None) == "hermes"
+
+
+def test_format_calls_round_trip() -> None:
+    calls = [{"id": "c1", "type": "function", "function": {"name": "weather", "arguments": W}}]
+    for name in CASES:
+        p = get_tool_parser(name)
+        parsed = p.parse(p.format_calls(calls), final=True)
+        assert [(c.name, orjson.loads(c.arguments)) for c in parsed.calls] == [("weather", {"city": "Paris", "days": 3})], name
+
+
+@pytest.mark.parametrize(
+    ("text", "open_in_prompt", "reasoning", "content"),
+    [
+        ("<think>Let me think.</think>\n\nThe answer is 4.", False, "Let me think.", "The answer is 4."),
+        ("Let me think.</think>The answer.", True, "Let me think.", "The answer."),
+        ("No reasoning here.", False, "", "No reasoning here."),
+        ("<think>unfinished", False, "unfinished", ""),
+    ],
+)
+def test_reasoning_split(text: str, open_in_prompt: bool, reasoning: str, content: str) -> None:
+    p = ThinkParser(open_in_prompt=open_in_prompt)
+    assert p.parse(text, final=True) == (reasoning, content)
+    rng = random.Random(text)
+    for _ in range(40):
+        ex = StreamingReasoningExtractor(p)
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 10))))
+        r = c = ""
+        for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True):
+            dr, dc = ex.feed(text[a:b])
+            r, c = r + dr, c + dc
+        dr, dc = ex.feed("", final=True)
+        assert (r + dr, c + dc) == (reasoning, content)
+
+
+def test_starts_in_reasoning() -> None:
+    assert starts_in_reasoning("<|assistant|><think>\n")
+    assert not starts_in_reasoning("<|assistant|><think>\n\n</think>\n\n")
+    assert not starts_in_reasoning("<|assistant|>")
