@@ -233,3 +233,50 @@ def test_langchain(server: Server) -> None:
         assert isinstance(d["year"], int)
         j = llm.with_structured_output(json_schema, method=method).invoke("Name a movie.")
         assert isinstance(j["title"], str)
+
+
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
+    "{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def think_server(tmp_path_factory: pytest.TempPathFactory):
+    entry = smollm_entry(chat_template=THINK_TEMPLATE, reasoning_parser="deepseek_r1")
+    srv = Server(base_config(models=[entry]), tmp_path_factory.mktemp("think"), "reasoning")
+    try:
+        srv.wait_workers(1)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_reasoning_split_non_stream_and_stream(think_server: Server) -> None:
+    """The template opens <think>; everything up to </think> is reasoning_content."""
+    client = openai.OpenAI(base_url=f"{think_server.base_url}/v1", api_key="x", max_retries=0, timeout=60)
+    kw: dict[str, Any] = dict(
+        model="smollm2",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=40,
+        temperature=0,
+        extra_body={"guided_regex": r"[a-z]{3,8}( [a-z]{2,8}){1,3}\.</think>[A-Z][a-z]{2,8}( [a-z]{2,8}){0,2}\."},
+    )
+    msg = client.chat.completions.create(**kw).choices[0].message
+    raw = msg.model_dump()
+    assert raw["reasoning_content"] and "</think>" not in raw["reasoning_content"]
+    assert msg.content and msg.content[0].isupper() and "<think>" not in msg.content
+    reasoning, content = "", ""
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        if chunk.choices:
+            d = chunk.choices[0].delta.model_dump()
+            reasoning += d.get("reasoning_content") or ""
+            content += d.get("content") or ""
+    assert (reasoning, content) == (raw["reasoning_content"], msg.content)
+    # enable_thinking=false is forwarded to the template: the think block is closed in the prompt
+    off = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=12, temperature=0, extra_body={"enable_thinking": False}
+    ).choices[0].message
+    assert not off.model_dump().get("reasoning_content") and off.content
