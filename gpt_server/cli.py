@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import logging
 import os
@@ -88,7 +87,7 @@ def _override(data: dict, section: str, key: str, value: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .server_common import setup_logging
+    from .server_common import run_async, setup_logging
 
     setup_logging(args.log_level)
     try:
@@ -112,18 +111,18 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{source}: models: no enabled model to serve")
             from .launcher import serve
 
-            asyncio.run(serve(cfg, data))
+            run_async(serve(cfg, data))
         elif args.command == "controller":
             from .launcher import run_controller
 
-            asyncio.run(run_controller(cfg))
+            run_async(run_controller(cfg))
         elif args.command == "gateway":
             from .launcher import run_gateway
 
             addr = args.controller_address or cfg.serve_args.controller_address or (
                 f"http://{cfg.controller_args.host}:{cfg.controller_args.port}"
             )
-            asyncio.run(run_gateway(cfg, addr))
+            run_async(run_gateway(cfg, addr))
         elif args.command == "worker":
             from .worker.main import run_worker
 
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{source}: models: no enabled model")
             if not 0 <= args.replica < len(entry.workers):
                 raise ConfigError(f"--replica {args.replica}: model '{entry.name}' has {len(entry.workers)} worker(s)")
-            asyncio.run(
+            run_async(
                 run_worker(
                     cfg, entry, replica=args.replica, host=args.host, port=args.port,
                     controller_address=args.controller_address, advertise=args.advertise_host,

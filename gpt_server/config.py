@@ -116,6 +116,8 @@ class ServeArgs(_Section):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body accepted")
     request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -167,9 +169,53 @@ class ModelConfig(_Section):
     api_key_env: str | None = None
     max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
     # --- embeddings / rerank / moderation (issue 5) ---
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="embed/rerank/classify: most items run in one forward pass (default 32)"
+    )
+    batch_wait_ms: float | None = Field(
+        None, ge=0, le=1000,
+        description="embed/rerank/classify: how long a batch waits for more requests under concurrent load (default 3 ms; a lone request runs at once)",
+    )
+    max_seq_length: int | None = Field(
+        None, ge=8, le=1_048_576, description="embed/rerank/classify: tokens kept per input (longer inputs are truncated)"
+    )
+    normalize_embeddings: bool | None = Field(
+        None, description="L2-normalise embeddings (default: as the model's own pipeline does)"
+    )
+    matryoshka_dims: list[int] | None = Field(
+        None, max_length=64, description="embedding sizes a request's `dimensions` may ask for (truncate + renormalise); none = full size only"
+    )
+    moderation_threshold: float | None = Field(
+        None, ge=0, le=1, description="moderation: a category is flagged at this score or above (default 0.5)"
+    )
+    moderation_label_map: dict[str, str] | None = Field(
+        None, description="moderation: model label → OpenAI category (or 'none' for a benign label), overriding name matching"
+    )
+    class_labels: list[str] | None = Field(
+        None, max_length=1024, description="scikit-learn classifier dirs: label names in the order of the model's classes_"
+    )
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _check_matryoshka_dims(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(d < 1 or d > 65536 for d in v):
+            raise ValueError("sizes must be between 1 and 65536")
+        return v
+
     # --- transformers backend (issue 6) ---
     # --- engine servers and upstream relay (issue 7) ---
     # --- speech (issue 9) ---
+    compute_type: str | None = Field(
+        None, max_length=32, description="faster-whisper/CTranslate2 compute type (default int8 on CPU, float16 on GPU)"
+    )
+    beam_size: int | None = Field(None, ge=1, le=16, description="faster-whisper beam size (default 5)")
+    max_audio_seconds: float | None = Field(
+        None, gt=0, le=86_400, description="longest audio accepted for transcription (default 3600 s)"
+    )
+    voices: dict[str, int | str] | None = Field(
+        None, description="TTS voice name → speaker id/name of the voice model (OpenAI names map to the default voice)"
+    )
+    max_input_chars: int | None = Field(None, ge=1, le=100_000, description="longest TTS input accepted (default 4096)")
     # --- images (issue 10) ---
 
 

@@ -170,7 +170,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(config_data or {}))
     cserver = make_server(build_controller_app(registry, secret=cfg.secret()), csock)
-    gserver = make_server(build_app(cfg, LocalController(registry)), gsock)
+    gserver = make_server(build_app(cfg, LocalController(registry)), gsock, graceful=sa.shutdown_timeout)
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [
@@ -190,8 +190,9 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
             log.info("GPT Server ready on http://%s:%d/v1 serving %s", host, port, ", ".join(names))
         await stopper
     finally:
-        log.info("shutting down")
+        log.info("shutting down: draining in-flight requests (up to %.0fs)", sa.shutdown_timeout)
         gserver.should_exit = True
+        await asyncio.gather(tasks[1], return_exceptions=True)  # the gateway drains first
         await sup.stop()
         cserver.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -214,7 +215,12 @@ async def run_controller(cfg: Config) -> None:
 async def run_gateway(cfg: Config, controller_address: str) -> None:
     sa = cfg.serve_args
     sock = bind_socket(sa.host, sa.port)
-    server = make_server(build_app(cfg, RemoteController(controller_address, secret=cfg.secret())), sock)
+    server = make_server(
+        build_app(
+            cfg,
+            RemoteController(controller_address, secret=cfg.secret(), dispatch_method=cfg.controller_args.dispatch_method),
+        ), sock, graceful=sa.shutdown_timeout
+    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))

@@ -26,7 +26,8 @@ __all__ = [
     "BodyLimitMiddleware",
     "setup_logging",
     "bind_socket",
-    "serve_app",
+    "make_server",
+    "run_async",
 ]
 
 log = logging.getLogger("gpt_server")
@@ -173,13 +174,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: ASGIApp, sock: socket.socket) -> uvicorn.Server:
+def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(graceful) or None,
         lifespan="on",
     )
     server = uvicorn.Server(config)
@@ -187,8 +188,10 @@ def make_server(app: ASGIApp, sock: socket.socket) -> uvicorn.Server:
     return server
 
 
-async def serve_app(app: ASGIApp, sock: socket.socket) -> uvicorn.Server:
-    server = make_server(app, sock)
-    asyncio.get_running_loop()
-    await server.serve(sockets=[sock])
-    return server
+def run_async(coro: Any) -> Any:
+    """Run the main coroutine on uvloop when it is installed, else asyncio."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Protocol
 
 import httpx
 
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
-from ..protocol.worker import SECRET_HEADER, DispatchReply, DispatchRequest, ModelEntryInfo
+from ..protocol.worker import SECRET_HEADER, DispatchReply, ModelEntryInfo, WorkerInfo
 from .app import worker_view
+from .dispatch import make_policy
 from .registry import Registry
 
 __all__ = ["ControllerClient", "LocalController", "RemoteController"]
@@ -45,11 +48,29 @@ class LocalController:
 
 
 class RemoteController:
-    """A controller in another process or on another host."""
+    """A controller in another process or on another host.
 
-    def __init__(self, address: str, *, secret: str | None = None, timeout: float = 5.0) -> None:
+    The gateway keeps a mirror of the controller's worker list, refreshed in the
+    background, and dispatches from it: no controller round trip per request, and
+    traffic keeps flowing to known workers while the controller restarts.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        secret: str | None = None,
+        timeout: float = 5.0,
+        dispatch_method: str = "shortest_queue",
+        refresh: float = 1.0,
+    ) -> None:
         headers = {SECRET_HEADER: secret} if secret else {}
         self.client = httpx.AsyncClient(base_url=address.rstrip("/"), headers=headers, timeout=timeout)
+        self.mirror = Registry(make_policy(dispatch_method))
+        self.refresh = refresh
+        self._loaded_at = -1e9
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
 
     async def _call(self, method: str, path: str, json: dict | None = None) -> object:
         try:
@@ -64,26 +85,67 @@ class RemoteController:
             raise error_from_body(resp.status_code, body)
         return resp.json()
 
+    async def _reload(self) -> None:
+        async with self._lock:
+            data = await self._call("GET", "/controller/workers")
+            assert isinstance(data, list)
+            fresh = Registry(self.mirror.policy)
+            for w in data:
+                info = WorkerInfo.model_validate({k: w[k] for k in WorkerInfo.model_fields if k in w})
+                fresh.register(info)
+                rec = fresh.workers[info.worker_id]
+                rec.queue_length = int(w.get("queue_length", 0))
+                rec.healthy = bool(w.get("healthy", True))
+                rec.info = info.model_copy(update={"heartbeat_interval": 1e9})  # expiry is the controller's job
+            fresh.created.update(self.mirror.created)
+            self.mirror.workers = fresh.workers
+            self.mirror.created = fresh.created
+            self._loaded_at = time.monotonic()
+
+    async def _refresher(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh)
+            try:
+                await self._reload()
+            except GatewayError:
+                pass  # keep serving from the last known list
+
+    async def _ensure(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._refresher())
+        if time.monotonic() - self._loaded_at > 3 * self.refresh:
+            try:
+                await self._reload()
+            except GatewayError:
+                if not self.mirror.workers:
+                    raise
+
     async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
-        body = DispatchRequest(model=model, exclude=exclude, capability=capability).model_dump()
-        data = await self._call("POST", "/controller/dispatch", body)
-        return DispatchReply.model_validate(data)
+        await self._ensure()
+        try:
+            return self.mirror.dispatch_or_raise(model, exclude, capability)
+        except GatewayError as exc:
+            if exc.status != 404:
+                raise
+            await self._reload()  # a model we have not seen yet: ask once more
+            return self.mirror.dispatch_or_raise(model, exclude, capability)
 
     async def models(self) -> list[ModelEntryInfo]:
-        data = await self._call("GET", "/controller/models")
-        assert isinstance(data, list)
-        return [ModelEntryInfo.model_validate(d) for d in data]
+        await self._ensure()
+        return self.mirror.models()
 
     async def workers(self) -> list[dict]:
-        data = await self._call("GET", "/controller/workers")
-        assert isinstance(data, list)
-        return data
+        await self._ensure()
+        return [worker_view(r) for r in self.mirror.workers.values()]
 
     async def report_failure(self, worker_id: str) -> None:
+        self.mirror.report_failure(worker_id)
         try:
             await self._call("POST", "/controller/report_failure", {"worker_id": worker_id})
         except GatewayError:
             pass
 
     async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
         await self.client.aclose()

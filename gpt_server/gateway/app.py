@@ -6,13 +6,17 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
 from ..config import Config
 from ..controller.client import ControllerClient
+from ..errors import GatewayError
 from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
 from .auth import api_key_guard
+from .metrics import Metrics, MetricsMiddleware
 from .relay import Relay
 from .routes import route_modules
 from .serving import GenerationService
@@ -40,7 +44,9 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     app.state.config = config
     app.state.controller = controller
     app.state.relay = relay
-    app.state.generation = GenerationService(relay, timeout=sa.request_timeout)
+    metrics = Metrics()
+    app.state.metrics = metrics
+    app.state.generation = GenerationService(relay, timeout=sa.request_timeout, metrics=metrics)
     install_error_handlers(app)
 
     v1 = APIRouter(dependencies=[Depends(api_key_guard(sa.api_keys))])
@@ -58,9 +64,25 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
             return FastJSONResponse({"status": "ok", "models": len(ready)})
         return FastJSONResponse({"status": "unavailable", "models": 0}, status_code=503)
 
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(api_key_guard(sa.api_keys))])
+    async def prometheus_metrics(request: Request) -> Response:
+        try:
+            workers = await request.app.state.controller.workers()
+        except GatewayError:
+            workers = []
+        return Response(metrics.render(workers), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/", include_in_schema=False)
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
     app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes)
+    if sa.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sa.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

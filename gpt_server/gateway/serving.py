@@ -15,6 +15,7 @@ from ..protocol.openai import ChatCompletionRequest, CompletionRequest
 from ..protocol.worker import (
     DeltaEvent,
     ErrorEvent,
+    Event,
     FinishEvent,
     TokenLogprob,
     ToolCallDelta,
@@ -29,6 +30,7 @@ from .convert import (
     new_id,
     usage_dict,
 )
+from .metrics import Metrics
 from .relay import EventStream, Relay
 from .sse import sse_response
 
@@ -86,16 +88,22 @@ def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
 
 
 class GenerationService:
-    def __init__(self, relay: Relay, *, timeout: float) -> None:
+    def __init__(self, relay: Relay, *, timeout: float, metrics: Metrics | None = None) -> None:
         self.relay = relay
         self.timeout = timeout
+        self.metrics = metrics
+
+    def _events_of(self, stream: EventStream, model: str) -> AsyncIterator[Event]:
+        if self.metrics is None:
+            return stream.__aiter__()
+        return self.metrics.metered(stream.__aiter__(), model, stream.target.worker_id)
 
     async def _collect(self, stream: EventStream, n_choices: int) -> tuple[list[_Choice], UsageEvent]:
         choices = [_Choice() for _ in range(n_choices)]
         usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
         try:
             async with asyncio.timeout(self.timeout):
-                async for ev in stream:
+                async for ev in self._events_of(stream, stream.target.model_name):
                     if isinstance(ev, DeltaEvent):
                         c = choices[ev.index]
                         c.text.append(ev.text)
@@ -120,7 +128,7 @@ class GenerationService:
     async def _events(self, stream: EventStream) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
-        it = stream.__aiter__()
+        it = self._events_of(stream, stream.target.model_name)
         try:
             while True:
                 try:

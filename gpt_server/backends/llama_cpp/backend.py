@@ -181,6 +181,9 @@ class LlamaCppBackend(Backend):
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
         p = request.params
+        max_n = self.spec.entry.model_config_.max_n
+        if max_n is not None and p.n > max_n:
+            raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
         if p.echo and p.logprobs:
             raise BadRequestError("echo together with logprobs is not supported by the llama_cpp engine", param="echo")
         max_tokens = self._check_lengths(prompts, request)

@@ -1,0 +1,89 @@
+"""Prometheus metrics for the gateway (prometheus-client), one registry per app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..protocol.worker import DeltaEvent, Event, UsageEvent
+
+__all__ = ["Metrics", "MetricsMiddleware"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gpt_server_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.duration = Histogram("gpt_server_http_request_duration_seconds", "Time to the response head", ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.errors = Counter("gpt_server_errors", "Error responses by route and OpenAI error type", ["route", "type"], registry=r)
+        self.ttft = Histogram("gpt_server_time_to_first_token_seconds", "Time to first token", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.e2e = Histogram("gpt_server_generation_seconds", "End-to-end generation time", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.tokens = Counter("gpt_server_tokens", "Tokens processed", ["model", "worker", "kind"], registry=r)
+        self.queue = Gauge("gpt_server_worker_queue_length", "Requests queued or running on a worker", ["model", "worker"], registry=r)
+        self.healthy = Gauge("gpt_server_worker_healthy", "1 when the worker is healthy", ["model", "worker"], registry=r)
+
+    async def metered(self, events: AsyncIterator[Event], model: str, worker: str) -> AsyncIterator[Event]:
+        start = time.perf_counter()
+        first = True
+        async for ev in events:
+            if first and isinstance(ev, DeltaEvent):
+                self.ttft.labels(model).observe(time.perf_counter() - start)
+                first = False
+            elif isinstance(ev, UsageEvent):
+                self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
+                self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
+                self.e2e.labels(model).observe(time.perf_counter() - start)
+            yield ev
+
+    def render(self, workers: list[dict]) -> bytes:
+        self.queue.clear()
+        self.healthy.clear()
+        for w in workers:
+            self.queue.labels(w["model_name"], w["worker_id"]).set(w.get("queue_length", 0))
+            self.healthy.labels(w["model_name"], w["worker_id"]).set(1 if w.get("healthy") else 0)
+        return generate_latest(self.registry)
+
+
+_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout"}
+
+
+class MetricsMiddleware:
+    """Counts requests and errors by route template and status; times the response head."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def wrapped(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+                self.metrics.duration.labels(_route(scope)).observe(time.perf_counter() - start)
+            await send(msg)
+
+        try:
+            await self.app(scope, receive, wrapped)
+        finally:
+            route = _route(scope)
+            self.metrics.requests.labels(route, str(status)).inc()
+            if status >= 400:
+                self.metrics.errors.labels(route, _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")).inc()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path or "unmatched"
