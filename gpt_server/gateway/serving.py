@@ -126,20 +126,12 @@ class GenerationService:
         return choices, usage
 
     async def _events(self, stream: EventStream) -> AsyncIterator[Any]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
         it = self._events_of(stream, stream.target.model_name)
         try:
-            while True:
-                try:
-                    ev = await asyncio.wait_for(it.__anext__(), max(deadline - loop.time(), 0.001))
-                except StopAsyncIteration:
-                    return
-                except TimeoutError:
-                    raise TimeoutError_(f"the request did not finish within {self.timeout:g} seconds") from None
+            async for ev in it:
                 yield ev
         finally:
-            await it.aclose()
+            await it.aclose()  # type: ignore[attr-defined]
             await stream.aclose()
 
     # ---- chat ---------------------------------------------------------------
@@ -150,7 +142,7 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage))
+            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage), timeout=self.timeout)
         choices, usage = await self._collect(stream, req.n)
         body = {
             "id": rid,
@@ -209,7 +201,7 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage))
+            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage), timeout=self.timeout)
         choices, usage = await self._collect(stream, n_choices)
         body = {
             "id": rid,

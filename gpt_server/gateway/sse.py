@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from fastapi.responses import StreamingResponse
 
-from ..errors import GatewayError, InternalError
+from ..errors import GatewayError, InternalError, TimeoutError_
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "sse_response"]
 
@@ -24,52 +24,60 @@ def frame(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def _guarded(chunks: AsyncIterator[Any]) -> AsyncIterator[bytes]:
-    try:
-        async for c in chunks:
-            yield frame(c)
-    except GatewayError as exc:
-        yield frame(exc.body())
-    except asyncio.CancelledError:
-        raise
-    except Exception:  # noqa: BLE001 - a stream must end with an error event, not a cut
-        log.exception("stream failed")
-        yield frame(InternalError("internal error while streaming").body())
-    yield DONE
+async def _pump(chunks: AsyncIterator[Any], keepalive: float, timeout: float | None) -> AsyncIterator[bytes]:
+    """One producer task per stream (so the deadline is a plain ``asyncio.timeout``), a
+    bounded queue for backpressure, a keep-alive comment when the stream is idle."""
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=256)
+    last_put = [asyncio.get_running_loop().time()]
 
+    async def put(item: bytes | None) -> None:
+        await queue.put(item)
+        last_put[0] = asyncio.get_running_loop().time()
 
-async def _keepalive(source: AsyncIterator[bytes], interval: float) -> AsyncIterator[bytes]:
-    it = source.__aiter__()
-    nxt: asyncio.Future[bytes] = asyncio.ensure_future(it.__anext__())
+    async def produce() -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                async for c in chunks:
+                    await put(frame(c))
+        except TimeoutError:
+            await put(frame(TimeoutError_(f"the request did not finish within {timeout:g} seconds").body()))
+        except GatewayError as exc:
+            await put(frame(exc.body()))
+        except Exception:  # noqa: BLE001 - a stream must end with an error event, not a cut
+            log.exception("stream failed")
+            await put(frame(InternalError("internal error while streaming").body()))
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await put(DONE)
+        await put(None)
+
+    async def ping() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(keepalive)
+            if loop.time() - last_put[0] >= keepalive:
+                await put(KEEPALIVE)
+
+    producer = asyncio.create_task(produce())
+    pinger = asyncio.create_task(ping())
     try:
         while True:
-            done, _ = await asyncio.wait({nxt}, timeout=interval)
-            if not done:
-                yield KEEPALIVE
-                continue
-            try:
-                item = nxt.result()
-            except StopAsyncIteration:
+            item = await queue.get()
+            if item is None:
                 return
             yield item
-            nxt = asyncio.ensure_future(it.__anext__())
     finally:
-        if not nxt.done():
-            nxt.cancel()
-            try:
-                await nxt
-            except (asyncio.CancelledError, StopAsyncIteration):
-                pass
-            except Exception:  # noqa: BLE001
-                pass
-        aclose = getattr(source, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        pinger.cancel()
+        if not producer.done():
+            producer.cancel()  # the client left: stop generating
+        await asyncio.gather(producer, pinger, return_exceptions=True)
 
 
-def sse_response(chunks: AsyncIterator[Any], *, keepalive: float = 15.0) -> StreamingResponse:
+def sse_response(chunks: AsyncIterator[Any], *, keepalive: float = 15.0, timeout: float | None = None) -> StreamingResponse:
     return StreamingResponse(
-        _keepalive(_guarded(chunks), keepalive),
+        _pump(chunks, keepalive, timeout),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
