@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import orjson
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 
 from ..errors import UpstreamError
+from ..server_common import ClosingStreamingResponse
 from .convert import new_id
 from .relay import Relay
 
@@ -51,4 +52,4 @@ async def call_passthrough(request: Request, model: str, capability: str, payloa
         finally:
             await resp.aclose()
 
-    return StreamingResponse(body(), media_type=media_type, headers=passthrough)
+    return ClosingStreamingResponse(body(), media_type=media_type, headers=passthrough)

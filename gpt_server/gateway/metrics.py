@@ -31,15 +31,20 @@ class Metrics:
     async def metered(self, events: AsyncIterator[Event], model: str, worker: str) -> AsyncIterator[Event]:
         start = time.perf_counter()
         first = True
-        async for ev in events:
-            if first and isinstance(ev, DeltaEvent):
-                self.ttft.labels(model).observe(time.perf_counter() - start)
-                first = False
-            elif isinstance(ev, UsageEvent):
-                self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
-                self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
-                self.e2e.labels(model).observe(time.perf_counter() - start)
-            yield ev
+        try:
+            async for ev in events:
+                if first and isinstance(ev, DeltaEvent):
+                    self.ttft.labels(model).observe(time.perf_counter() - start)
+                    first = False
+                elif isinstance(ev, UsageEvent):
+                    self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
+                    self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
+                    self.e2e.labels(model).observe(time.perf_counter() - start)
+                yield ev
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()  # close the upstream now, not when garbage-collected
 
     def render(self, workers: list[dict]) -> bytes:
         self.queue.clear()

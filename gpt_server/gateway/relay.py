@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,10 +57,12 @@ class EventStream:
                 code="worker_lost",
             )
         finally:
-            await self.response.aclose()
+            await self.aclose()
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        # In a task that is being cancelled (the client left), httpx's close would be
+        # skipped and the worker would keep generating: close in a task of its own.
+        await asyncio.shield(asyncio.ensure_future(self.response.aclose()))
 
 
 class Relay:

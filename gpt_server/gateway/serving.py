@@ -178,19 +178,30 @@ class GenerationService:
 
         for i in range(req.n):
             yield chunk(i, {"role": "assistant", "content": ""})
-        async for ev in self._events(stream):
-            if isinstance(ev, DeltaEvent):
-                lp = chat_logprobs(ev.logprobs) if (req.logprobs and ev.logprobs) else None
-                delta = _chunk_delta(ev)
-                if delta or lp:
-                    yield chunk(ev.index, delta, logprobs=lp)
-            elif isinstance(ev, FinishEvent):
-                yield chunk(ev.index, {}, finish=ev.finish_reason)
-            elif isinstance(ev, UsageEvent):
-                if include_usage:
-                    yield {**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}
-            elif isinstance(ev, ErrorEvent):
-                _raise(ev)
+        events = self._events(stream)
+        try:
+            async for ev in events:
+                for out in self._chat_event(ev, req, chunk, base, include_usage):
+                    yield out
+        finally:
+            await events.aclose()
+
+    def _chat_event(
+        self, ev: Event, req: ChatCompletionRequest, chunk: Any, base: dict[str, Any], include_usage: bool
+    ) -> list[dict[str, Any]]:
+        if isinstance(ev, DeltaEvent):
+            lp = chat_logprobs(ev.logprobs) if (req.logprobs and ev.logprobs) else None
+            delta = _chunk_delta(ev)
+            return [chunk(ev.index, delta, logprobs=lp)] if delta or lp else []
+        if isinstance(ev, FinishEvent):
+            return [chunk(ev.index, {}, finish=ev.finish_reason)]
+        if isinstance(ev, UsageEvent):
+            if include_usage:
+                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+            return []
+        if isinstance(ev, ErrorEvent):
+            _raise(ev)
+        return []
 
     # ---- completions ----------------------------------------------------------
     async def completion(self, req: CompletionRequest) -> Response:
@@ -228,18 +239,33 @@ class GenerationService:
         base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
         offsets: dict[int, int] = {}
-        async for ev in self._events(stream):
-            if isinstance(ev, DeltaEvent):
-                lp = None
-                if req.logprobs is not None and ev.logprobs:
-                    lp = completion_logprobs(ev.logprobs, offsets.get(ev.index, 0))
-                offsets[ev.index] = offsets.get(ev.index, 0) + len(ev.text)
-                yield {**base, "choices": [{"index": ev.index, "text": ev.text, "logprobs": lp, "finish_reason": None}], **extra}
-            elif isinstance(ev, FinishEvent):
-                yield {**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}
-            elif isinstance(ev, UsageEvent):
-                if include_usage:
-                    yield {**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}
-            elif isinstance(ev, ErrorEvent):
-                _raise(ev)
+        events = self._events(stream)
+        try:
+            async for ev in events:
+                for out in self._completion_event(ev, req, base, extra, offsets, include_usage):
+                    yield out
+        finally:
+            await events.aclose()
 
+    def _completion_event(
+        self,
+        ev: Event,
+        req: CompletionRequest,
+        base: dict[str, Any],
+        extra: dict[str, Any],
+        offsets: dict[int, int],
+        include_usage: bool,
+    ) -> list[dict[str, Any]]:
+        if isinstance(ev, DeltaEvent):
+            lp = None
+            if req.logprobs is not None and ev.logprobs:
+                lp = completion_logprobs(ev.logprobs, offsets.get(ev.index, 0))
+            offsets[ev.index] = offsets.get(ev.index, 0) + len(ev.text)
+            return [{**base, "choices": [{"index": ev.index, "text": ev.text, "logprobs": lp, "finish_reason": None}], **extra}]
+        if isinstance(ev, FinishEvent):
+            return [{**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}]
+        if isinstance(ev, UsageEvent) and include_usage:
+            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+        if isinstance(ev, ErrorEvent):
+            _raise(ev)
+        return []

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi.responses import StreamingResponse
 
 from ..errors import GatewayError, InternalError, TimeoutError_
+from ..server_common import ClosingStreamingResponse
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "sse_response"]
 
@@ -75,8 +75,8 @@ async def _pump(chunks: AsyncIterator[Any], keepalive: float, timeout: float | N
         await asyncio.gather(producer, pinger, return_exceptions=True)
 
 
-def sse_response(chunks: AsyncIterator[Any], *, keepalive: float = 15.0, timeout: float | None = None) -> StreamingResponse:
-    return StreamingResponse(
+def sse_response(chunks: AsyncIterator[Any], *, keepalive: float = 15.0, timeout: float | None = None) -> ClosingStreamingResponse:
+    return ClosingStreamingResponse(
         _pump(chunks, keepalive, timeout),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

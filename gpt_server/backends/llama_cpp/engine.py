@@ -110,13 +110,14 @@ class LlamaEngine:
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = min(self.n_batch, 512)
         cparams.n_seq_max = self.n_parallel
-        cparams.kv_unified = False
+        cparams.kv_unified = True
         threads = opts.n_threads or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
-        self.n_ctx_seq = llama_cpp.llama_n_ctx_seq(self.ctx.ctx) or self.n_ctx_seq
+        # one unified KV pool of n_parallel × n_ctx_seq cells: every slot (including the
+        # prefix it keeps for reuse) is capped at n_ctx_seq, so the pool cannot run out
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]

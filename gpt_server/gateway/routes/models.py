@@ -15,6 +15,7 @@ def _card(m) -> dict:  # noqa: ANN001
         "owned_by": "gpt-server",
         "root": m.model_name,
         "kind": m.model_kind,
+        "capabilities": m.capabilities,
         "max_model_len": m.context_length,
         "workers": m.workers,
     }

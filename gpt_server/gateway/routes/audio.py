@@ -1,0 +1,141 @@
+"""OpenAI audio API: /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech.
+
+Uploads are read from the multipart form, bounded, and sent to the ASR worker base64 in
+the JSON payload; the worker answers a verbose transcript that is formatted here.
+Speech is relayed as the worker streams it (whole file, chunked audio or SSE events).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from ...errors import BadRequestError, PayloadTooLargeError, UpstreamError
+from ...protocol.audio import (
+    AUDIO_LIMITS,
+    SpeechRequest,
+    TranscriptionForm,
+    TranscriptResult,
+    format_transcript,
+)
+from ...server_common import FastJSONResponse, validation_message
+from ..invoke import call_json, call_passthrough
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+# the multipart form, for /docs (the route reads and validates it itself)
+_FORM_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "model"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "language": {"type": "string"},
+                        "prompt": {"type": "string"},
+                        "response_format": {"type": "string", "enum": ["json", "text", "srt", "verbose_json", "vtt"]},
+                        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+                        "timestamp_granularities[]": {"type": "array", "items": {"type": "string", "enum": ["segment", "word"]}},
+                        "stream": {"type": "boolean"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+async def _read_form(request: Request) -> tuple[TranscriptionForm, UploadFile]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequestError("send the audio as multipart/form-data with a 'file' field", param="file")
+    try:
+        form = await request.form(max_files=1, max_fields=AUDIO_LIMITS.max_form_fields, max_part_size=64 * 1024)
+    except MultiPartException as exc:
+        raise BadRequestError(f"malformed multipart form: {exc.message}") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise BadRequestError("the 'file' field (an audio file) is required", param="file")
+    fields: dict[str, Any] = {k: v for k, v in form.items() if isinstance(v, str) and not k.startswith("timestamp_granularities")}
+    grans = form.getlist("timestamp_granularities[]") + form.getlist("timestamp_granularities")
+    fields["timestamp_granularities"] = [g for g in grans if isinstance(g, str)]
+    try:
+        parsed = TranscriptionForm.model_validate(fields)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise BadRequestError(message, param=param) from None
+    return parsed, upload
+
+
+async def _read_upload(upload: UploadFile) -> bytes:
+    data = await upload.read(AUDIO_LIMITS.max_upload_bytes + 1)
+    await upload.close()
+    if len(data) > AUDIO_LIMITS.max_upload_bytes:
+        raise PayloadTooLargeError(f"the audio file is larger than {AUDIO_LIMITS.max_upload_bytes} bytes", param="file")
+    if not data:
+        raise BadRequestError("the audio file is empty", param="file", code="invalid_audio")
+    return data
+
+
+async def _transcribe(request: Request, task: str) -> Response:
+    form, upload = await _read_form(request)
+    data = await _read_upload(upload)
+    payload = {
+        "file_b64": base64.b64encode(data).decode("ascii"),
+        "language": form.language if task == "transcribe" else None,
+        "prompt": form.prompt,
+        "temperature": form.temperature,
+        "task": task,
+        "word_timestamps": form.response_format == "verbose_json" and "word" in form.timestamp_granularities,
+        "stream": form.stream,
+    }
+    if form.stream:  # SSE of transcript.text.delta / transcript.text.done, relayed as it comes
+        return await call_passthrough(request, form.model, task, payload)
+    raw = await call_json(request, form.model, task, payload)
+    try:
+        result = TranscriptResult.model_validate(raw)
+    except ValidationError as exc:
+        raise UpstreamError("the model worker sent a malformed transcript") from exc
+    body, media_type = format_transcript(result, form.response_format, form.timestamp_granularities)
+    if isinstance(body, dict):
+        return FastJSONResponse(body)
+    return Response(body, media_type=media_type)
+
+
+@router.post("/v1/audio/transcriptions", openapi_extra=_FORM_SCHEMA)
+async def create_transcription(request: Request) -> Response:
+    return await _transcribe(request, "transcribe")
+
+
+@router.post("/v1/audio/translations", openapi_extra=_FORM_SCHEMA)
+async def create_translation(request: Request) -> Response:
+    return await _transcribe(request, "translate")
+
+
+@router.post("/v1/audio/speech")
+async def create_speech(body: SpeechRequest, request: Request) -> Response:
+    if body.stream_format == "sse":
+        mode = "sse"
+    elif body.stream or (body.stream is None and body.stream_format == "audio"):
+        mode = "audio"
+    else:
+        mode = "file"
+    payload = {
+        "input": body.input,
+        "voice": body.voice,
+        "response_format": body.response_format,
+        "speed": body.speed,
+        "stream_mode": mode,
+    }
+    return await call_passthrough(request, body.model, "speech", payload)

@@ -1,0 +1,82 @@
+"""GET /v1/dashboard: every configured model and every live worker, for the web UI.
+
+Workers report cumulative counters in their heartbeats (requests, completion tokens,
+last error, state); clients compute rates from successive reads.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+
+from ...config import Config
+
+__all__ = ["router", "worker_state", "model_rows"]
+
+router = APIRouter()
+
+
+def worker_state(w: dict) -> str:
+    """loading / ready / draining / unhealthy, as the dashboard shows it."""
+    if not w.get("healthy", True):
+        return "unhealthy"
+    return str(w.get("state") or "ready")
+
+
+def _model_state(configured: int, workers: list[dict]) -> str:
+    states = [w["state"] for w in workers]
+    if "ready" in states:
+        return "ready"
+    if not workers:
+        return "loading" if configured else "gone"
+    return "unhealthy" if "unhealthy" in states else states[0]
+
+
+def model_rows(config: Config, workers: list[dict]) -> list[dict]:
+    """One row per configured (enabled) model, plus any model only seen through a worker."""
+    by_model: dict[str, list[dict]] = {}
+    for w in workers:
+        by_model.setdefault(w["model_name"], []).append(w)
+    rows: list[dict] = []
+    seen: set[str] = set()
+    for m in config.enabled_models():
+        ws = by_model.get(m.name, [])
+        seen.add(m.name)
+        rows.append(_row(m.name, m.alias, m.kind, m.work_mode, len(m.workers), ws))
+    for name, ws in sorted(by_model.items()):
+        if name not in seen:
+            info = ws[0]
+            rows.append(_row(name, info.get("aliases", []), info.get("model_kind", "auto"), None, 0, ws))
+    return rows
+
+
+def _row(name: str, aliases: list[str], kind: str, work_mode: str | None, configured: int, ws: list[dict]) -> dict:
+    caps = sorted({c for w in ws for c in w.get("capabilities", [])})
+    return {
+        "name": name,
+        "aliases": list(aliases),
+        "kind": kind,
+        "work_mode": work_mode,
+        "capabilities": caps,
+        "configured_workers": configured,
+        "ready_workers": sum(1 for w in ws if w["state"] == "ready"),
+        "state": _model_state(configured, ws),
+        "requests_total": sum(int(w.get("requests_total", 0)) for w in ws),
+        "tokens_total": sum(int(w.get("tokens_total", 0)) for w in ws),
+        "queue_length": sum(int(w.get("queue_length", 0)) for w in ws),
+    }
+
+
+@router.get("/v1/dashboard")
+async def dashboard(request: Request) -> dict:
+    workers = [dict(w) for w in await request.app.state.controller.workers()]
+    for w in workers:
+        w["state"] = worker_state(w)
+    workers.sort(key=lambda w: (w["model_name"], w.get("replica", 0), w["worker_id"]))
+    return {
+        "object": "dashboard",
+        "time": time.time(),
+        "models": model_rows(request.app.state.config, workers),
+        "workers": workers,
+    }

@@ -1,0 +1,19 @@
+"""POST /v1/embeddings (OpenAI)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ...protocol.embeddings import EmbeddingRequest, embed_payload
+from ..invoke import call_json
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.post("/v1/embeddings")
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
+    result = await call_json(request, body.model, "embed", embed_payload(body))
+    result["model"] = body.model
+    return result

@@ -1,0 +1,196 @@
+"""OpenAI images API: /v1/images/generations, /v1/images/edits, /v1/images/variations,
+and the generated files at /v1/files/images/<id>.
+
+The worker always answers base64; for ``response_format=url`` the images are written to
+the gateway's image store and the response carries absolute URLs to this gateway. A
+client that hangs up cancels the job: the call to the worker is dropped, and the worker
+stops the pipeline at its next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+
+from ...errors import (
+    BadRequestError,
+    InternalError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UpstreamError,
+)
+from ...protocol.images import (
+    IMAGE_LIMITS,
+    ImageEditForm,
+    ImageGenerationRequest,
+    ImageJob,
+    ImageJobResult,
+    ImageVariationForm,
+)
+from ...server_common import FastJSONResponse, validation_message
+from ..files import MEDIA_TYPES, ImageStore
+from ..invoke import call_json
+
+__all__ = ["router", "public_router"]
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+public_router = APIRouter()
+
+_JOB_FIELDS = set(ImageJob.model_fields) - {"images_b64", "mask_b64"}
+
+def _store(request: Request) -> ImageStore:
+    store = getattr(request.app.state, "image_store", None)
+    if store is None:
+        sa = request.app.state.config.serve_args
+        store = ImageStore(sa.images_dir, sa.images_ttl)
+        store.start()
+        request.app.state.image_store = store
+    return store
+
+async def _call_watching(request: Request, model: str, capability: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+    """``call_json``, dropped as soon as the client disconnects (None then)."""
+    task = asyncio.create_task(call_json(request, model, capability, payload))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                log.info("images: client disconnected; cancelling the %s job", capability)
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+
+def _check_result(raw: dict[str, Any]) -> ImageJobResult:
+    err = raw.get("error")
+    if isinstance(err, dict):  # a failure after the worker had started its response
+        message = str(err.get("message") or "image generation failed")
+        if raw.get("status") == 400:
+            raise BadRequestError(message, param=err.get("param"), code=err.get("code"))
+        raise InternalError(message)
+    try:
+        return ImageJobResult.model_validate(raw)
+    except ValidationError as exc:
+        raise UpstreamError("the model worker sent a malformed image result") from exc
+
+async def _respond(request: Request, result: ImageJobResult, response_format: str) -> FastJSONResponse:
+    data: list[dict[str, Any]] = []
+    if response_format == "url":
+        store = _store(request)
+        base = str(request.base_url).rstrip("/")
+        for item in result.data:
+            name = await asyncio.to_thread(store.save, base64.b64decode(item.b64_json), result.output_format)
+            data.append({"url": f"{base}/v1/files/images/{name}", "revised_prompt": item.revised_prompt})
+    else:
+        data = [{"b64_json": item.b64_json, "revised_prompt": item.revised_prompt} for item in result.data]
+    body = {
+        "created": result.created,
+        "data": data,
+        "background": "opaque",
+        "output_format": result.output_format,
+        "quality": result.quality,
+        "size": result.size,
+        "usage": result.usage,
+    }
+    headers = {"x-image-seed": str(result.seed), "x-image-steps": str(result.steps)}
+    return FastJSONResponse(body, headers=headers)
+
+async def _run(request: Request, model: str, capability: str, job: ImageJob, response_format: str) -> Response:
+    raw = await _call_watching(request, model, capability, job.model_dump())
+    if raw is None:
+        return Response(status_code=499)
+    return await _respond(request, _check_result(raw), response_format)
+
+@router.post("/v1/images/generations")
+async def create_image(body: ImageGenerationRequest, request: Request) -> Response:
+    if body.background == "transparent":
+        raise BadRequestError("background 'transparent' is not supported by diffusion models", param="background")
+    job = ImageJob.model_validate(body.model_dump(include=_JOB_FIELDS))
+    return await _run(request, body.model, "image", job, body.response_format)
+
+# ---- multipart: edits and variations ----------------------------------------------------
+async def _read_form(request: Request, schema: type[ImageEditForm] | type[ImageVariationForm]) -> tuple[Any, list[str], str | None]:
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequestError("send the image as multipart/form-data with an 'image' field", param="image")
+    try:
+        form = await request.form(
+            max_files=IMAGE_LIMITS.max_images + 1, max_fields=IMAGE_LIMITS.max_form_fields, max_part_size=256 * 1024
+        )
+    except MultiPartException as exc:
+        raise BadRequestError(f"malformed multipart form: {exc.message}") from None
+    uploads = [u for key in ("image", "image[]") for u in form.getlist(key) if isinstance(u, UploadFile)]
+    if not uploads:
+        raise BadRequestError("the 'image' field (an image file) is required", param="image")
+    if len(uploads) > IMAGE_LIMITS.max_images:
+        raise BadRequestError(f"at most {IMAGE_LIMITS.max_images} images", param="image")
+    mask = form.get("mask")
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    try:
+        parsed = schema.model_validate(fields)
+    except ValidationError as exc:
+        message, param = validation_message(exc.errors())
+        raise BadRequestError(message, param=param) from None
+    images = [await _read_upload(u, "image") for u in uploads]
+    mask_b64 = await _read_upload(mask, "mask") if isinstance(mask, UploadFile) else None
+    return parsed, images, mask_b64
+
+async def _read_upload(upload: UploadFile, param: str) -> str:
+    data = await upload.read(IMAGE_LIMITS.max_upload_bytes + 1)
+    await upload.close()
+    if len(data) > IMAGE_LIMITS.max_upload_bytes:
+        raise PayloadTooLargeError(f"the {param} file is larger than {IMAGE_LIMITS.max_upload_bytes} bytes", param=param)
+    if not data:
+        raise BadRequestError(f"the {param} file is empty", param=param)
+    return base64.b64encode(data).decode("ascii")
+
+def _form_schema(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    props = {
+        "image": {"type": "string", "format": "binary"},
+        "model": {"type": "string"},
+        "n": {"type": "integer", "minimum": 1, "maximum": IMAGE_LIMITS.max_n},
+        "size": {"type": "string"},
+        "response_format": {"type": "string", "enum": ["url", "b64_json"]},
+        "output_format": {"type": "string", "enum": sorted(MEDIA_TYPES)},
+        "steps": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": 0},
+        **fields,
+    }
+    schema = {"type": "object", "required": required, "properties": props}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+_EDIT_SCHEMA = _form_schema(
+    {"prompt": {"type": "string"}, "mask": {"type": "string", "format": "binary"}, "strength": {"type": "number"}},
+    ["image", "prompt", "model"],
+)
+
+@router.post("/v1/images/edits", openapi_extra=_EDIT_SCHEMA)
+async def edit_image(request: Request) -> Response:
+    form, images, mask_b64 = await _read_form(request, ImageEditForm)
+    job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images, "mask_b64": mask_b64})
+    return await _run(request, form.model, "image_edit", job, form.response_format)
+
+@router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image", "model"]))
+async def create_variation(request: Request) -> Response:
+    form, images, _ = await _read_form(request, ImageVariationForm)
+    job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images})
+    return await _run(request, form.model, "image_variation", job, form.response_format)
+
+# ---- generated files (no API key: the id is an unguessable capability) ---------------------
+@public_router.get("/v1/files/images/{name}", include_in_schema=False)
+async def get_image_file(name: str, request: Request) -> Response:
+    path = _store(request).path(name)
+    if path is None:
+        raise NotFoundError("no such image (it may have expired)", param="name", code="not_found")
+    fmt = name.rsplit(".", 1)[1]
+    return FileResponse(path, media_type=MEDIA_TYPES[fmt], headers={"cache-control": "private, max-age=3600"})
