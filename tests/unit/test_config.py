@@ -67,10 +67,27 @@ def test_cli_invalid_config_exits_nonzero(tmp_path) -> None:  # noqa: ANN001
     assert "serve_args.port" in r.stderr
     r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "serve", "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "cannot read" in r.stderr
-    bad.write_text("models:\n  - m:\n      model_config: {model_name_or_path: /x}\n      work_mode: vllm\n")
+    bad.write_text("models:\n  - m:\n      model_config: {model_name_or_path: /x}\n      work_mode: warp\n")
     r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(bad)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "not available in this build" in r.stderr
+    assert r.returncode == 2 and "work_mode 'warp' is unknown" in r.stderr
     good = tmp_path / "good.yaml"
     good.write_text(EXACT_CONFIG)
     r = subprocess.run([sys.executable, "-m", "gpt_server.cli", "check-config", "-c", str(good)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_engine_missing_from_build_is_refused() -> None:
+    from gpt_server.backends.registry import LazyRegistry
+    from gpt_server.config import parse_config as pc
+    from gpt_server.worker import main as worker_main
+
+    reg = LazyRegistry("backends", {"llama_cpp": "gpt_server.backends.llama_cpp.backend:LlamaCppBackend", "hf": "no_such_module.x:Y"})
+    assert "llama_cpp" in reg and "hf" not in reg and reg.available() == ["llama_cpp"]
+    entry = pc({"models": [{"m": {"model_config": {"model_name_or_path": "/x"}, "work_mode": "hf"}}]}).models[0]
+    original = worker_main.BACKENDS
+    worker_main.BACKENDS = reg
+    try:
+        with pytest.raises(ConfigError, match="not available in this build"):
+            worker_main.backend_available(entry)
+    finally:
+        worker_main.BACKENDS = original
