@@ -1,0 +1,1 @@
+"""faster-whisper backend (Whisper on CTranslate2): transcriptions and translations."""

@@ -1,0 +1,176 @@
+"""faster-whisper (CTranslate2 Whisper): ``transcribe`` and ``translate`` capabilities.
+
+Uploads arrive base64 in the payload, are decoded with PyAV (soundfile as fallback) to
+16 kHz mono off the event loop, and the model's verbose transcript is returned; the
+gateway formats it (json, text, srt, vtt, verbose_json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, ClassVar
+
+import orjson
+
+from ...audio.decode import MAX_DECODE_SECONDS, decode_audio
+from ...audio.stream import stream_from_thread
+from ...errors import BadRequestError
+from ..base import Backend, BackendSpec, BinaryResult, InvokeResult
+
+__all__ = ["FasterWhisperBackend"]
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+
+
+def _payload_audio(payload: dict[str, Any]) -> bytes:
+    raw = payload.get("file_b64")
+    if not isinstance(raw, str) or not raw:
+        raise BadRequestError("the audio file is missing", param="file")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequestError("the audio file is not valid base64", param="file") from None
+
+
+def _sse_line(event: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+class FasterWhisperBackend(Backend):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"transcribe", "translate"})
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.model: Any = None
+        mc = spec.entry.model_config_
+        self._capacity = mc.n_parallel or 1
+        self._sem = asyncio.Semaphore(self._capacity)
+        self.max_seconds = mc.max_audio_seconds or MAX_DECODE_SECONDS
+        self.beam_size = mc.beam_size or 5
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        mc = self.spec.entry.model_config_
+        on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
+        device = "cuda" if on_gpu else "cpu"
+        compute_type = mc.compute_type or ("float16" if on_gpu else "int8")
+        threads = mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1)
+        self.model = WhisperModel(
+            self.spec.model_path,
+            device=device,
+            compute_type=compute_type,
+            cpu_threads=threads,
+            num_workers=self._capacity,
+            local_files_only=True,
+        )
+        log.info("faster-whisper %s on %s (%s, multilingual=%s)", self.spec.model_path, device, compute_type, self.multilingual)
+
+    @property
+    def multilingual(self) -> bool:
+        return bool(self.model.model.is_multilingual)
+
+    def _options(self, payload: dict[str, Any], task: str) -> dict[str, Any]:
+        language = payload.get("language") or None
+        if language is not None:
+            language = language.lower()
+            if language not in self.model.supported_languages:
+                raise BadRequestError(
+                    f"language '{language}' is not supported by this model "
+                    f"(supported: {', '.join(self.model.supported_languages[:20])}"
+                    f"{' …' if len(self.model.supported_languages) > 20 else ''})",
+                    param="language",
+                )
+        temperature = float(payload.get("temperature") or 0.0)
+        return {
+            "language": language,
+            # an English-only model's output is already English: translation = transcription
+            "task": task if self.multilingual else "transcribe",
+            "initial_prompt": payload.get("prompt") or None,
+            "temperature": temperature if temperature > 0 else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+            "beam_size": self.beam_size,
+            "word_timestamps": bool(payload.get("word_timestamps")),
+        }
+
+    def _segments(self, audio: Any, options: dict[str, Any]) -> tuple[Iterator[dict[str, Any]], Any]:
+        """Transcribe lazily: (segments as plain dicts, as they are decoded; transcription info)."""
+        segments_iter, info = self.model.transcribe(audio, **options)
+
+        def plain() -> Iterator[dict[str, Any]]:
+            for i, seg in enumerate(segments_iter):
+                yield {
+                    "id": i,
+                    "seek": int(seg.seek),
+                    "start": round(float(seg.start), 3),
+                    "end": round(float(seg.end), 3),
+                    "text": seg.text,
+                    "tokens": list(seg.tokens),
+                    "temperature": float(seg.temperature or 0.0),
+                    "avg_logprob": float(seg.avg_logprob),
+                    "compression_ratio": float(seg.compression_ratio),
+                    "no_speech_prob": float(seg.no_speech_prob),
+                    "words": [
+                        {"word": w.word, "start": round(float(w.start), 3), "end": round(float(w.end), 3)}
+                        for w in (seg.words or [])
+                    ],
+                }
+
+        return plain(), info
+
+    def _decode(self, data: bytes) -> Any:
+        return decode_audio(data, SAMPLE_RATE, self.max_seconds)
+
+    def _run(self, data: bytes, options: dict[str, Any], task: str) -> dict[str, Any]:
+        segs, info = self._segments(self._decode(data), options)
+        segments = list(segs)
+        words = [w for s in segments for w in s.pop("words")]
+        result: dict[str, Any] = {
+            "task": task,
+            "language": info.language,
+            "duration": round(float(info.duration), 3),
+            "text": "".join(s["text"] for s in segments).strip(),
+            "segments": segments,
+        }
+        if options["word_timestamps"]:
+            result["words"] = words
+        return result
+
+    def _sse(self, audio: Any, options: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
+        """OpenAI transcript stream: transcript.text.delta per segment, then transcript.text.done."""
+        segs, _ = self._segments(audio, options)
+        parts: list[str] = []
+        for seg in segs:
+            if stop.is_set():
+                return
+            delta = seg["text"] if parts else seg["text"].lstrip()
+            parts.append(delta)
+            yield _sse_line({"type": "transcript.text.delta", "delta": delta})
+        yield _sse_line({"type": "transcript.text.done", "text": "".join(parts).strip()})
+
+    async def _stream(self, audio: Any, options: dict[str, Any]) -> AsyncIterator[bytes]:
+        async with self._sem:
+            async for chunk in stream_from_thread(lambda stop: self._sse(audio, options, stop)):
+                yield chunk
+
+    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+        if capability not in self.capabilities:
+            return await super().invoke(capability, payload)
+        data = _payload_audio(payload)
+        options = self._options(payload, capability)
+        if payload.get("stream"):
+            audio = await asyncio.to_thread(self._decode, data)  # a bad file is a 400 before the stream starts
+            return BinaryResult("text/event-stream", self._stream(audio, options))
+        async with self._sem:
+            return await asyncio.to_thread(self._run, data, options, capability)

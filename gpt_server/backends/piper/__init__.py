@@ -1,0 +1,1 @@
+"""Piper backend (ONNX VITS voices): text-to-speech, whole files or streamed sentence by sentence."""

@@ -1,0 +1,121 @@
+"""Piper text-to-speech: the ``speech`` capability.
+
+Synthesis goes sentence by sentence (Piper's own sentence split) and each sentence is
+encoded as soon as it exists, so a streamed response starts after the first sentence.
+Modes (``stream_mode`` in the payload): ``file`` (the whole file, exact headers),
+``audio`` (chunked raw audio) and ``sse`` (OpenAI ``speech.audio.delta`` events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+from ...audio.encode import MEDIA_TYPES, SPEECH_FORMATS, SpeechEncoder, output_rate
+from ...audio.stream import sse_audio_events, stream_from_thread
+from ...errors import BadRequestError
+from ..base import Backend, BackendSpec, BinaryResult
+from .voice import VoiceMap, load_voice
+
+__all__ = ["PiperBackend"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_INPUT_CHARS = 4096
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class PiperBackend(Backend):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"speech"})
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        mc = spec.entry.model_config_
+        self.voice: Any = None
+        self.voices: VoiceMap | None = None
+        self.max_input_chars = mc.max_input_chars or DEFAULT_MAX_INPUT_CHARS
+        # espeak-ng (phonemizer) is process-global C state: one sentence at a time
+        self._engine_lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.entry.model_config_.n_parallel or 2
+
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        threads = mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1)
+        on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
+        self.voice = load_voice(self.spec.model_path, threads, use_cuda=on_gpu)
+        cfg = self.voice.config
+        self.voices = VoiceMap(dict(cfg.speaker_id_map), cfg.num_speakers, mc.voices)
+        log.info("piper voice %s: %d Hz, %d speaker(s)", self.spec.model_path, cfg.sample_rate, cfg.num_speakers)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.voice.config.sample_rate)
+
+    def _plan(self, payload: dict[str, Any]) -> tuple[str, Any, str, str]:
+        """Validate the request; (text, synthesis config, format, stream mode)."""
+        from piper.config import SynthesisConfig
+
+        text = payload.get("input")
+        if isinstance(text, str):  # control characters (NUL …) break the phonemizer: speak them as spaces
+            text = _CONTROL.sub(" ", text)
+        if not isinstance(text, str) or not text.strip():
+            raise BadRequestError("input must be non-empty text", param="input")
+        if len(text) > self.max_input_chars:
+            raise BadRequestError(f"input is longer than {self.max_input_chars} characters", param="input")
+        fmt = payload.get("response_format") or "mp3"
+        if fmt not in SPEECH_FORMATS:
+            raise BadRequestError(f"response_format must be one of {', '.join(SPEECH_FORMATS)}", param="response_format")
+        speed = float(payload.get("speed") or 1.0)
+        if not 0.25 <= speed <= 4.0:
+            raise BadRequestError("speed must be between 0.25 and 4.0", param="speed")
+        mode = payload.get("stream_mode") or "file"
+        if mode not in ("file", "audio", "sse"):
+            raise BadRequestError("unknown stream mode", param="stream_format")
+        speaker = self.voices.resolve(str(payload.get("voice") or "alloy"))
+        cfg = SynthesisConfig(speaker_id=speaker, length_scale=self.voice.config.length_scale / speed)
+        return text, cfg, fmt, mode
+
+    def _sentences(self, text: str, cfg: Any, stop: threading.Event | None = None) -> Iterator[Any]:
+        """Piper audio chunks, one per sentence; the engine lock is held only while synthesizing."""
+        gen = iter(self.voice.synthesize(text, cfg))
+        while stop is None or not stop.is_set():
+            with self._engine_lock:
+                chunk = next(gen, None)
+            if chunk is None:
+                return
+            yield chunk
+
+    def _encode_stream(self, text: str, cfg: Any, fmt: str, stop: threading.Event) -> Iterator[bytes]:
+        enc = SpeechEncoder(fmt, self.sample_rate, streaming=True)
+        for chunk in self._sentences(text, cfg, stop):
+            yield enc.feed(chunk.audio_int16_array)
+        if not stop.is_set():
+            yield enc.finish()
+
+    def _encode_file(self, text: str, cfg: Any, fmt: str) -> bytes:
+        enc = SpeechEncoder(fmt, self.sample_rate, streaming=False)
+        parts = [enc.feed(chunk.audio_int16_array) for chunk in self._sentences(text, cfg)]
+        parts.append(enc.finish())
+        return b"".join(parts)
+
+    async def invoke(self, capability: str, payload: dict[str, Any]) -> BinaryResult | dict[str, Any]:
+        if capability != "speech":
+            return await super().invoke(capability, payload)
+        text, cfg, fmt, mode = self._plan(payload)
+        media_type = MEDIA_TYPES[fmt]
+        headers = {"x-audio-sample-rate": str(output_rate(fmt, self.sample_rate))}
+        if mode == "file":
+            body = await asyncio.to_thread(self._encode_file, text, cfg, fmt)
+            return BinaryResult(media_type, body, headers)
+        chunks = stream_from_thread(lambda stop: self._encode_stream(text, cfg, fmt, stop))
+        if mode == "sse":
+            return BinaryResult("text/event-stream", sse_audio_events(chunks), headers)
+        return BinaryResult(media_type, chunks, headers)

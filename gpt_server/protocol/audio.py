@@ -1,0 +1,164 @@
+"""OpenAI audio API: wire schemas and transcript formatting (json, text, srt, vtt, verbose_json).
+
+Transcription forms arrive as multipart; the gateway reads the form and validates the
+fields with ``TranscriptionForm``. Speech requests are JSON (``SpeechRequest``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .openai import OpenAIBaseModel
+
+__all__ = [
+    "AUDIO_LIMITS",
+    "OPENAI_VOICES",
+    "TranscriptionForm",
+    "SpeechRequest",
+    "TranscriptResult",
+    "Segment",
+    "Word",
+    "format_transcript",
+    "srt_timestamp",
+    "vtt_timestamp",
+]
+
+
+class _AudioLimits:
+    max_upload_bytes = 25 * 1024 * 1024  # OpenAI's limit; serve_args.max_body_bytes also applies
+    max_prompt_chars = 4096
+    max_input_chars = 4096  # TTS input; a model's max_input_chars may lower/raise it up to 100k
+    max_form_fields = 32
+
+
+AUDIO_LIMITS = _AudioLimits()
+
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar",
+)
+
+TranscriptFormat = Literal["json", "text", "srt", "verbose_json", "vtt"]
+
+
+class TranscriptionForm(BaseModel):
+    """The non-file fields of /v1/audio/transcriptions and /v1/audio/translations."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    language: str | None = Field(None, min_length=2, max_length=16, pattern=r"^[A-Za-z_-]+$")
+    prompt: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
+    response_format: TranscriptFormat = "json"
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    timestamp_granularities: list[Literal["segment", "word"]] = Field(default_factory=list, max_length=2)
+    stream: bool = False
+
+    @field_validator("language", "prompt", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
+class SpeechRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    input: str = Field(min_length=1, max_length=100_000)
+    voice: str | dict[str, Any] = "alloy"
+    instructions: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_format: Literal["audio", "sse"] | None = None
+    stream: bool | None = Field(None, description="extension: true = chunked audio as it is synthesized")
+
+    @field_validator("voice")
+    @classmethod
+    def _voice_name(cls, v: Any) -> Any:
+        if isinstance(v, dict):  # {"id": "voice_..."} custom voice objects
+            vid = v.get("id")
+            if not isinstance(vid, str) or not vid:
+                raise ValueError("a voice object needs a string 'id'")
+            return vid
+        if not v or len(v) > 256:
+            raise ValueError("voice must be a non-empty name of at most 256 characters")
+        return v
+
+
+class Word(BaseModel):
+    word: str
+    start: float
+    end: float
+
+
+class Segment(BaseModel):
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+class TranscriptResult(BaseModel):
+    """What an ASR worker returns (always the verbose form; the gateway formats it)."""
+
+    task: Literal["transcribe", "translate"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[Segment] = Field(default_factory=list)
+    words: list[Word] | None = None
+
+
+def _clock(seconds: float, sep: str) -> str:
+    ms = max(0, int(round(seconds * 1000)))
+    h, rem = divmod(ms, 3_600_000)
+    m, rem = divmod(rem, 60_000)
+    s, ms = divmod(rem, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{sep}{ms:03d}"
+
+
+def srt_timestamp(seconds: float) -> str:
+    return _clock(seconds, ",")
+
+
+def vtt_timestamp(seconds: float) -> str:
+    return _clock(seconds, ".")
+
+
+def _cues(result: TranscriptResult) -> list[tuple[float, float, str]]:
+    return [(s.start, max(s.end, s.start), s.text.strip()) for s in result.segments if s.text.strip()]
+
+
+def _srt(result: TranscriptResult) -> str:
+    blocks = [f"{i}\n{srt_timestamp(a)} --> {srt_timestamp(b)}\n{t}\n" for i, (a, b, t) in enumerate(_cues(result), 1)]
+    return "\n".join(blocks)
+
+
+def _vtt(result: TranscriptResult) -> str:
+    blocks = [f"{vtt_timestamp(a)} --> {vtt_timestamp(b)}\n{t}\n" for a, b, t in _cues(result)]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def format_transcript(
+    result: TranscriptResult, response_format: str, granularities: list[str]
+) -> tuple[str | dict[str, Any], str]:
+    """The body and media type OpenAI answers for ``response_format``."""
+    if response_format == "text":
+        return result.text + "\n", "text/plain; charset=utf-8"
+    if response_format == "srt":
+        return _srt(result), "text/plain; charset=utf-8"
+    if response_format == "vtt":
+        return _vtt(result), "text/vtt; charset=utf-8"
+    if response_format == "verbose_json":
+        body = result.model_dump(exclude_none=True)
+        if granularities and "segment" not in granularities:
+            body.pop("segments", None)
+        if "word" not in granularities:
+            body.pop("words", None)
+        return body, "application/json"
+    return {"text": result.text}, "application/json"
