@@ -113,8 +113,12 @@ def _connect_host(host: str) -> str:
 
 def _worker_processes(cfg: Config, config_path: str, controller_address: str) -> list[WorkerProcess]:
     entries = cfg.enabled_models()
-    cpu_workers = sum(len(e.workers) for e in entries if not any(w.gpus for w in e.workers))
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+    cores = os.cpu_count() or 1
+    cpu_workers = sum(1 for e in entries for w in e.workers if not w.gpus)
+    llm_workers = sum(1 for e in entries if e.kind == "auto" for w in e.workers if not w.gpus)
+    # chat engines are the CPU-hungry ones: they share all cores; other kinds get an even share
+    llm_threads = max(1, cores // max(llm_workers, 1))
+    other_threads = max(1, cores // max(cpu_workers, 1))
     out = []
     for e in entries:
         for i, w in enumerate(e.workers):
@@ -122,6 +126,7 @@ def _worker_processes(cfg: Config, config_path: str, controller_address: str) ->
             if w.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
             else:
+                threads = llm_threads if e.kind == "auto" else other_threads
                 env.setdefault("GPT_SERVER_THREADS", str(threads))
                 env.setdefault("OMP_NUM_THREADS", str(threads))
             args = ["worker", "-c", config_path, "--model", e.name, "--replica", str(i), "--controller-address", controller_address]
