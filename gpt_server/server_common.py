@@ -12,13 +12,14 @@ import orjson
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import GatewayError, error_body
 
 __all__ = [
+    "ClosingStreamingResponse",
     "FastJSONResponse",
     "install_error_handlers",
     "error_response",
@@ -31,6 +32,20 @@ __all__ = [
 ]
 
 log = logging.getLogger("gpt_server")
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A stream whose iterator is always closed when the response ends, however it ends
+    (client gone before the first byte, a failed send, cancellation), so the work behind
+    it stops at once instead of whenever the garbage collector finalises it."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
 
 class FastJSONResponse(Response):
