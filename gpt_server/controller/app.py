@@ -104,4 +104,8 @@ def worker_view(rec) -> dict:  # noqa: ANN001
         "healthy": rec.healthy,
         "dispatched_total": rec.dispatched_total,
         "failures": rec.failures,
+        "requests_total": rec.requests_total,
+        "tokens_total": rec.tokens_total,
+        "last_error": rec.last_error,
+        "state": rec.state,
     }

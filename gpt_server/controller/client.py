@@ -96,6 +96,9 @@ class RemoteController:
                 rec = fresh.workers[info.worker_id]
                 rec.queue_length = int(w.get("queue_length", 0))
                 rec.healthy = bool(w.get("healthy", True))
+                for key in ("active", "requests_total", "tokens_total", "last_error", "state"):  # dashboard
+                    if key in w:
+                        setattr(rec, key, w[key])
                 rec.info = info.model_copy(update={"heartbeat_interval": 1e9})  # expiry is the controller's job
             fresh.created.update(self.mirror.created)
             self.mirror.workers = fresh.workers

@@ -29,6 +29,10 @@ class WorkerRecord:
     dispatched_total: int = 0
     failures: int = 0
     names: frozenset[str] = field(default_factory=frozenset)
+    requests_total: int = 0
+    tokens_total: int = 0
+    last_error: str | None = None
+    state: str = "ready"
 
     @property
     def worker_id(self) -> str:
@@ -72,6 +76,8 @@ class Registry:
         rec.active = hb.active
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0
+        rec.requests_total, rec.tokens_total = hb.requests_total, hb.tokens_total
+        rec.last_error, rec.state = hb.last_error, hb.state
         return True
 
     def unregister(self, worker_id: str) -> bool:

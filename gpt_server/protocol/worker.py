@@ -64,6 +64,11 @@ class Heartbeat(_Strict):
     queue_length: int = 0
     active: int = 0
     healthy: bool = True
+    # counters for the dashboard (issue 11); rates are computed from successive reads
+    requests_total: int = 0
+    tokens_total: int = 0
+    last_error: str | None = None
+    state: str = "ready"
 
 
 class HeartbeatReply(_Strict):

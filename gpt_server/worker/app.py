@@ -12,7 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 from ..backends.base import BinaryResult
 from ..controller.app import secret_guard
 from ..errors import BadRequestError, GatewayError, InternalError
-from ..protocol.worker import ErrorEvent, Event, GenerateRequest, InvokeRequest
+from ..protocol.worker import ErrorEvent, Event, GenerateRequest, InvokeRequest, UsageEvent
 from ..server_common import FastJSONResponse, error_response, install_error_handlers
 from .runtime import WorkerRuntime
 
@@ -93,6 +93,8 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
             log.exception("generation failed")
             raise InternalError(f"generation failed: {type(exc).__name__}") from exc
 
+        if isinstance(first, UsageEvent):
+            runtime.tokens_total += first.completion_tokens
         done = False
 
         async def cleanup() -> None:
@@ -106,6 +108,8 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
             try:
                 yield _line(first)
                 async for ev in agen:
+                    if isinstance(ev, UsageEvent):
+                        runtime.tokens_total += ev.completion_tokens
                     yield _line(ev)
             except GatewayError as exc:
                 yield _error_line(exc)

@@ -64,6 +64,7 @@ class WorkerRuntime:
         self.state = "loading"
         self.inflight = 0
         self.requests_total = 0
+        self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.last_error: str | None = None
         self._client: httpx.AsyncClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -150,6 +151,10 @@ class WorkerRuntime:
                         queue_length=self.inflight,
                         active=self.inflight,
                         healthy=self.ready(),
+                        requests_total=self.requests_total,
+                        tokens_total=self.tokens_total,
+                        last_error=self.last_error[:500] if self.last_error else None,
+                        state=self.state if self.backend.healthy() else "unhealthy",
                     )
                     resp = await self._client.post("/controller/heartbeat", json=hb.model_dump())
                     if resp.status_code == 200 and not HeartbeatReply.model_validate(resp.json()).known:

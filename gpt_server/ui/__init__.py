@@ -1,0 +1,1 @@
+"""The web playground and dashboard (static assets under ``static/``, served at /ui)."""

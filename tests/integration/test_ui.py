@@ -1,0 +1,206 @@
+"""The web playground and dashboard at /ui, driven in headless chromium against a real server.
+
+A real `gpt-server serve` runs the packaged SmolLM2 GGUF behind an API key. The browser enters
+the key, streams a chat answer, and watches the dashboard show the worker ready with live rates.
+Screenshots go to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gpt_server.config import parse_config
+from gpt_server.gateway.routes.dashboard import model_rows
+from tests.helpers import ARTIFACTS, Server, base_config, smollm_entry
+from tests.ui_helpers import browser_page
+
+KEY = "ui-test-key"
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather for a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
+    srv = Server(cfg, tmp_path_factory.mktemp("ui"), "ui")
+    try:
+        srv.wait_workers(1)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_static_files_served_without_key_and_confined(server: Server) -> None:
+    r = httpx.get(f"{server.base_url}/ui", follow_redirects=True, timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert '<script type="module" src="js/app.js">' in r.text
+    for asset in ("style.css", "js/app.js", "js/markdown.js", "js/highlight.js"):
+        a = httpx.get(f"{server.base_url}/ui/{asset}", timeout=10)
+        assert a.status_code == 200, asset
+        assert "http://" not in a.text and "https://cdn" not in a.text, f"{asset} must not load remote code"
+    for bad in ("../routes/ui.py", "..%2f..%2fconfig.py", "nope.js", "../__init__.py"):
+        assert httpx.get(f"{server.base_url}/ui/{bad}", timeout=10).status_code == 404, bad
+
+
+def test_dashboard_and_models_need_key_and_report_workers(server: Server) -> None:
+    assert httpx.get(f"{server.base_url}/v1/dashboard", timeout=10).status_code == 401
+    d = httpx.get(f"{server.base_url}/v1/dashboard", headers=server.headers(), timeout=10).json()
+    (w,) = d["workers"]
+    assert w["state"] == "ready" and w["address"].startswith("http://127.0.0.1:")
+    assert {"queue_length", "requests_total", "tokens_total", "last_error", "capacity"} <= set(w)
+    (m,) = d["models"]
+    assert m["name"] == "smollm2" and m["state"] == "ready" and m["ready_workers"] == 1
+    assert "chat" in m["capabilities"] and m["work_mode"] == "llama_cpp"
+    cards = httpx.get(f"{server.base_url}/v1/models", headers=server.headers(), timeout=10).json()["data"]
+    assert all("chat" in c["capabilities"] for c in cards)
+
+
+def test_configured_model_without_worker_shows_loading() -> None:
+    other = smollm_entry("other", replicas=2)
+    other["other"]["alias"] = "other-alias"
+    cfg = parse_config(base_config(models=[smollm_entry(), other]))
+    worker = {"worker_id": "w1", "model_name": "smollm2", "state": "ready", "capabilities": ["chat"], "tokens_total": 5}
+    rows = {r["name"]: r for r in model_rows(cfg, [worker])}
+    assert rows["smollm2"]["state"] == "ready" and rows["smollm2"]["tokens_total"] == 5
+    assert rows["other"]["state"] == "loading" and rows["other"]["configured_workers"] == 2
+    sick = {**worker, "state": "unhealthy"}
+    assert model_rows(cfg, [sick])[0]["state"] == "unhealthy"
+
+
+def _png() -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (220, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _shot(page, name: str) -> Path:  # noqa: ANN001
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+STREAM_WATCH = """() => {
+  window.__seen = new Set();
+  new MutationObserver(() => {
+    const b = document.querySelector('#chat-log .msg.assistant .body');
+    if (b && b.textContent) window.__seen.add(b.textContent.length);
+  }).observe(document.querySelector('#chat-log'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_browser_chat_streams_and_dashboard_is_live(server: Server) -> None:
+    # the page runs under its own strict CSP (no eval): every probe below is a function
+    with browser_page(server.base_url) as (page, foreign):
+        page.goto(f"{server.base_url}/ui/")
+        page.wait_for_selector("#banner:not([hidden])")
+        assert "API key" in page.inner_text("#banner")
+        page.fill("#api-key", KEY)
+        page.click("#save-key")
+        page.wait_for_function("() => document.querySelectorAll('#chat-model option').length >= 2")
+        assert page.evaluate("() => localStorage.getItem('gpt-server.api-key')") == KEY
+        options = page.eval_on_selector_all("#chat-model option", "os => os.map(o => o.value)")
+        assert {"smollm2", "gpt-3.5-turbo"} <= set(options)
+        assert page.is_hidden("#tabs button[data-tab=embeddings]")  # no embedding model served
+
+        page.fill("#chat-max-tokens", "48")
+        page.fill("#chat-system", "You are a helpful assistant.")
+        page.evaluate(STREAM_WATCH)
+        page.fill("#chat-input", "Write one sentence about the sea.")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#chat-log .msg.user")
+        page.wait_for_function(
+            "() => document.querySelector('#chat-log .msg.assistant .meta')?.textContent.includes('completion tokens')",
+            timeout=120_000,
+        )
+        reply = page.inner_text("#chat-log .msg.assistant .body").strip()
+        assert len(reply) > 3
+        assert page.evaluate("() => window.__seen.size") >= 2, "the reply should appear piece by piece"
+        assert page.locator("#chat-log .msg.error").count() == 0
+        _shot(page, "ui_chat")
+
+        # tool calls come back as cards (tool_choice=required is enforced by constrained decoding)
+        page.click("#chat-clear")
+        assert page.locator("#chat-log .msg").count() == 0
+        page.click("#chat-tools-box summary")
+        page.fill("#chat-tools", json.dumps([WEATHER_TOOL]))
+        page.select_option("#chat-tool-choice", "required")
+        page.fill("#chat-temperature", "0")
+        page.fill("#chat-max-tokens", "128")
+        page.fill("#chat-input", "What is the weather in Rome?")
+        page.click("#chat-send")
+        page.wait_for_selector("#chat-log .msg.assistant .tool-card", timeout=120_000)
+        page.wait_for_function("() => !document.querySelector('#chat-send').disabled", timeout=120_000)
+        assert "get_weather" in page.inner_text("#chat-log .tool-card .name")
+        args = json.loads(page.inner_text("#chat-log .tool-card pre"))
+        assert isinstance(args, dict) and "city" in args
+        _shot(page, "ui_tool_call")
+        page.fill("#chat-tools", "")
+
+        # image attach: the message goes out as OpenAI content parts with a data: URL
+        sent: list[dict] = []
+        page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/v1/chat/completions") and r.method == "POST" else None)
+        page.click("#chat-clear")
+        page.set_input_files("#chat-image", files=[{"name": "red.png", "mimeType": "image/png", "buffer": _png()}])
+        page.wait_for_selector("#chat-attachments img")
+        page.fill("#chat-max-tokens", "8")
+        page.fill("#chat-input", "Describe this image.")
+        page.click("#chat-send")
+        page.wait_for_selector("#chat-log .msg.user img.thumb")
+        page.wait_for_function("() => !document.querySelector('#chat-send').disabled", timeout=120_000)
+        parts = sent[-1]["messages"][-1]["content"]
+        assert parts[0] == {"type": "text", "text": "Describe this image."}
+        assert parts[1]["type"] == "image_url" and parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
+        # a text-only model either answers or refuses: the UI shows one or the other
+        errors = page.locator("#chat-log .msg.error").all_inner_texts()
+        answers = [t.strip() for t in page.locator("#chat-log .msg.assistant .body").all_inner_texts() if t.strip()]
+        assert errors or answers
+        if errors:  # no empty assistant bubble is left behind a refusal
+            assert "400" in errors[0] and not page.locator("#chat-log .msg.assistant").count()
+        _shot(page, "ui_image_attach")
+
+        # Markdown + highlighting, run in the page itself (escapes HTML, highlights code)
+        html = page.evaluate(
+            "async () => (await import('/ui/js/markdown.js')).renderMarkdown("
+            "'**b** <script>x</script>\\n\\n```python\\ndef f():\\n    return 1\\n```')"
+        )
+        assert "<strong>b</strong> &lt;script&gt;" in html
+        assert '<span class="tok-kw">def</span>' in html and '<span class="tok-num">1</span>' in html
+
+        page.click("#tabs button[data-tab=dashboard]")
+        row = "#dash-workers tbody tr[data-worker]"
+        page.wait_for_selector(f"{row} .state.ready")
+        assert "127.0.0.1" in page.inner_text(row)
+        assert page.inner_text("#dash-models tbody tr[data-model=smollm2] .state") == "ready"
+        # a request while the dashboard polls: its token rate shows up
+        page.evaluate(
+            """(key) => fetch('/v1/chat/completions', {method: 'POST',
+                 headers: {'Content-Type': 'application/json', 'Authorization': 'Bearer ' + key},
+                 body: JSON.stringify({model: 'smollm2', max_tokens: 32,
+                   messages: [{role: 'user', content: 'Count to five.'}]})})""",
+            KEY,
+        )
+        page.wait_for_function(
+            f"() => {{ const c = document.querySelectorAll('{row} td'); return c.length && parseFloat(c[9].textContent) > 0; }}",
+            timeout=60_000,
+        )
+        cells = page.eval_on_selector_all(f"{row} td", "cs => cs.map(c => c.textContent)")
+        assert int(cells[7]) >= 2, cells  # requests_total from the worker's heartbeat
+        assert re.fullmatch(r"\d+(\.\d)?", cells[9]), cells
+        _shot(page, "ui_dashboard")
+        assert not foreign, f"the UI must not reach outside the server: {foreign}"
