@@ -52,6 +52,7 @@ WORK_MODES = (
     "lmdeploy-turbomind",
     "lmdeploy-pytorch",
     "trtllm",
+    "llama_cpp_server",
     "openai",
     "sentence_transformers",
     "infinity",
@@ -118,6 +119,13 @@ class ServeArgs(_Section):
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
+    # images (issue 10): where response_format=url files live, and for how long
+    images_dir: str | None = Field(
+        None, description="directory of generated images served at /v1/files/images/<id> (default: <tmp>/gpt_server_images)"
+    )
+    images_ttl: float = Field(
+        3600.0, ge=1, le=30 * 86400, description="seconds a generated image stays downloadable before cleanup"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -203,7 +211,28 @@ class ModelConfig(_Section):
         return v
 
     # --- transformers backend (issue 6) ---
+    allow_private_media_urls: bool = Field(
+        False, description="let image_url fetch private/loopback/link-local addresses (off: public hosts only)"
+    )
+    max_media_bytes: int | None = Field(
+        None, ge=1024, le=512 * 1024 * 1024, description="largest image (data: or fetched) accepted (default 20 MiB)"
+    )
+    media_fetch_timeout: float | None = Field(
+        None, gt=0, le=300, description="seconds allowed to fetch one remote image (default 10)"
+    )
     # --- engine servers and upstream relay (issue 7) ---
+    startup_timeout: float | None = Field(
+        None, ge=1, le=86_400, description="engine servers: seconds to wait for the engine's health endpoint (default 900)"
+    )
+    engine_port: int | None = Field(
+        None, ge=1, le=65535, description="engine servers: loopback port of the engine server (default: a free port)"
+    )
+    engine_env: dict[str, str] | None = Field(
+        None, description="engine servers: extra environment variables for the engine process"
+    )
+    upstream_timeout: float | None = Field(
+        None, gt=0, le=86_400, description="relay: seconds the upstream may stay silent during a request (default 600)"
+    )
     # --- speech (issue 9) ---
     compute_type: str | None = Field(
         None, max_length=32, description="faster-whisper/CTranslate2 compute type (default int8 on CPU, float16 on GPU)"
@@ -217,6 +246,25 @@ class ModelConfig(_Section):
     )
     max_input_chars: int | None = Field(None, ge=1, le=100_000, description="longest TTS input accepted (default 4096)")
     # --- images (issue 10) ---
+    image_min_size: int | None = Field(
+        None, ge=8, le=16384, description="images: smallest width/height accepted, in pixels (default 64)"
+    )
+    image_max_size: int | None = Field(
+        None, ge=8, le=16384, description="images: largest width/height accepted, in pixels (default 1024)"
+    )
+    default_image_size: str | None = Field(
+        None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
+        description="images: size used when a request gives none or 'auto' (default: the model's native size)",
+    )
+    num_inference_steps: int | None = Field(
+        None, ge=1, le=1000, description="images: denoising steps at quality 'auto'/'medium' (default 30)"
+    )
+    max_inference_steps: int | None = Field(
+        None, ge=1, le=1000, description="images: most steps a request may ask for (default 100)"
+    )
+    guidance_scale: float | None = Field(
+        None, ge=0, le=50, description="images: classifier-free guidance scale (default: the pipeline's)"
+    )
 
 
 class WorkerSpec(_Section):

@@ -76,6 +76,7 @@ BACKENDS: LazyRegistry[type] = LazyRegistry(
         "lmdeploy-turbomind": "gpt_server.backends.relay.backend:EngineServerBackend",
         "lmdeploy-pytorch": "gpt_server.backends.relay.backend:EngineServerBackend",
         "trtllm": "gpt_server.backends.relay.backend:EngineServerBackend",
+        "llama_cpp_server": "gpt_server.backends.relay.backend:EngineServerBackend",
         # issue 9
         "faster_whisper": "gpt_server.backends.faster_whisper.backend:FasterWhisperBackend",
         "piper": "gpt_server.backends.piper.backend:PiperBackend",

@@ -1,0 +1,1 @@
+"""Relay backends: engine servers on loopback and remote OpenAI-compatible upstreams."""

@@ -1,0 +1,211 @@
+"""Relay backends: a remote OpenAI-compatible upstream, or an engine server we start ourselves.
+
+``work_mode: openai`` relays to ``model_config.api_base``; ``vllm``, ``sglang``,
+``lmdeploy-turbomind``, ``lmdeploy-pytorch``, ``trtllm`` (and ``llama_cpp_server``) start the
+engine's own OpenAI-compatible server on a loopback port as a supervised child process and
+relay to it. Both stream deltas through without buffering.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ...config import ConfigError
+from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
+from ...protocol.embeddings import EmbedPayload
+from ...protocol.worker import Event, GenerateRequest
+from ..base import Backend, BackendSpec, InvokeResult
+from .client import UpstreamClient
+from .commands import LaunchSpec, build_command
+from .process import EngineProcess, ProcessOptions
+
+__all__ = ["RelayBackend", "OpenAIRelayBackend", "EngineServerBackend"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_CAPACITY = 64
+_DEFAULT_TIMEOUT = 600.0
+_DEFAULT_STARTUP = 900.0
+
+
+def _capabilities(kind: str) -> frozenset[str]:
+    if kind == "auto":
+        return frozenset({"chat", "completion"})
+    if kind == "embedding":
+        return frozenset({"embed"})
+    raise ConfigError(f"model_type '{kind}' cannot be relayed yet (chat LLMs and embeddings can)")
+
+
+class RelayBackend(Backend):
+    """Common part: capabilities by model kind, chat/completion streams, embeddings."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.capabilities = _capabilities(spec.entry.kind)  # type: ignore[misc]
+        self.client: UpstreamClient | None = None
+        self.upstream_model = spec.entry.name
+
+    @property
+    def capacity(self) -> int:
+        return self.spec.entry.model_config_.n_parallel or _DEFAULT_CAPACITY
+
+    @property
+    def context_length(self) -> int | None:
+        mc = self.spec.entry.model_config_
+        return mc.max_model_len or mc.n_ctx
+
+    def _timeout(self) -> float:
+        return self.spec.entry.model_config_.upstream_timeout or _DEFAULT_TIMEOUT
+
+    def _ready_client(self) -> UpstreamClient:
+        if self.client is None or not self.healthy():
+            raise ServiceUnavailableError("the upstream engine is not ready (starting or restarting)")
+        return self.client
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        client = self._ready_client()
+        max_n = self.spec.entry.model_config_.max_n
+        if max_n is not None and request.params.n > max_n:
+            raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
+        async for ev in client.generate(request, self.upstream_model):
+            yield ev
+
+    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+        if capability != "embed" or capability not in self.capabilities:
+            return await super().invoke(capability, payload)
+        p = EmbedPayload.model_validate(payload)
+        body: dict[str, Any] = {"model": self.upstream_model, "input": p.inputs, "encoding_format": p.encoding_format}
+        if p.dimensions is not None:
+            body["dimensions"] = p.dimensions
+        data = await self._ready_client().post_json("/embeddings", body)
+        _check_embeddings(data, len(p.inputs))
+        data.pop("model", None)  # the gateway stamps the name the client used
+        data.setdefault("object", "list")
+        return data
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+def _check_embeddings(data: dict[str, Any], n_inputs: int) -> None:
+    """One flat vector (or base64 string) per input, else the upstream is misconfigured."""
+    items = data.get("data")
+    if not isinstance(items, list) or len(items) != n_inputs:
+        raise UpstreamError(f"upstream returned {len(items) if isinstance(items, list) else 'no'} embeddings for {n_inputs} inputs")
+    for item in items:
+        vec = item.get("embedding") if isinstance(item, dict) else None
+        if isinstance(vec, str):
+            continue
+        if not isinstance(vec, list) or not vec or not isinstance(vec[0], (int, float)):
+            raise UpstreamError(
+                "upstream returned token-level (unpooled) embeddings; configure pooling on the upstream server",
+                code="upstream_bad_embeddings",
+            )
+
+
+class OpenAIRelayBackend(RelayBackend):
+    """``work_mode: openai``: any OpenAI-compatible URL (``model_config.api_base``)."""
+
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        if not mc.api_base:
+            raise ConfigError(f"models.{self.spec.entry.name}.model_config.api_base is required with work_mode openai")
+        key = None
+        if mc.api_key_env:
+            key = os.environ.get(mc.api_key_env)
+            if not key:
+                raise ConfigError(
+                    f"models.{self.spec.entry.name}.model_config.api_key_env: environment variable "
+                    f"'{mc.api_key_env}' is not set"
+                )
+        self.upstream_model = mc.model_name_or_path
+        self.client = UpstreamClient(mc.api_base, key, self._timeout(), name=f"upstream {mc.api_base}")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class EngineServerBackend(RelayBackend):
+    """vLLM, SGLang, LMDeploy, TensorRT-LLM (and llama.cpp's server) as a managed child."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.process: EngineProcess | None = None
+        self._tmpdir: str | None = None
+
+    def launch_spec(self, port: int, api_key: str | None) -> LaunchSpec:
+        entry = self.spec.entry
+        mc = entry.model_config_
+        template_file = None
+        if mc.chat_template:
+            self._tmpdir = self._tmpdir or tempfile.mkdtemp(prefix="gpt-server-engine-")
+            template_file = os.path.join(self._tmpdir, "chat_template.jinja")
+            with open(template_file, "w", encoding="utf-8") as f:
+                f.write(mc.chat_template)
+        return LaunchSpec(
+            engine=entry.work_mode or "",
+            model_path=self.spec.model_path,
+            served_name=entry.name,
+            port=port,
+            config=mc,
+            gpus=list(self.spec.gpus),
+            host=self.host,
+            api_key=api_key,
+            chat_template_file=template_file,
+            embedding=entry.kind == "embedding",
+        )
+
+    def _engine_env(self) -> dict[str, str]:
+        mc = self.spec.entry.model_config_
+        env = dict(mc.engine_env or {})
+        if self.spec.gpus:
+            env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in self.spec.gpus))
+        if self.spec.n_threads:
+            env.setdefault("OMP_NUM_THREADS", str(self.spec.n_threads))
+        return env
+
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        port = mc.engine_port or _free_port(self.host)
+        api_key = "gs-" + secrets.token_hex(16)  # only we may talk to the engine
+        command = build_command(self.launch_spec(port, api_key))
+        base = f"http://{self.host}:{port}"
+        self.process = EngineProcess(
+            ProcessOptions(
+                argv=command.argv,
+                health_url=base + command.health_path,
+                name=f"{self.spec.entry.work_mode}:{self.spec.entry.name}",
+                env=self._engine_env(),
+                headers={"Authorization": f"Bearer {api_key}"},
+                secrets=[api_key],
+                startup_timeout=mc.startup_timeout or _DEFAULT_STARTUP,
+            )
+        )
+        self.process.start()
+        self.client = UpstreamClient(base + "/v1", api_key, self._timeout(), name=f"engine {self.spec.entry.work_mode}")
+
+    def healthy(self) -> bool:
+        return self.process is not None and self.process.healthy()
+
+    def close(self) -> None:
+        super().close()
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None

@@ -1,0 +1,185 @@
+"""Streaming client of an upstream OpenAI-compatible server, speaking our event protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from ...errors import GatewayError, ServiceUnavailableError, UpstreamError
+from ...protocol.worker import DeltaEvent, ErrorEvent, Event, GenerateRequest, UsageEvent
+from .translate import chunk_events, upstream_body, upstream_error
+
+__all__ = ["UpstreamClient"]
+
+log = logging.getLogger(__name__)
+
+
+def _error_event(exc: GatewayError) -> ErrorEvent:
+    return ErrorEvent(status=exc.status, type=exc.openai_type, message=exc.message, param=exc.param, code=exc.code)
+
+
+def _usage(usage: Any, fallback_completion: int) -> UsageEvent:
+    if isinstance(usage, dict):
+        return UsageEvent(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
+    # the upstream ignores stream_options.include_usage: one chunk is one token on the
+    # engines we know (vLLM, llama.cpp); the prompt size is unknown
+    return UsageEvent(prompt_tokens=0, completion_tokens=fallback_completion)
+
+
+class UpstreamClient:
+    """One ``httpx.AsyncClient`` (created in the worker's event loop) for one upstream."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, name: str = "upstream") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.name = name
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = httpx.Timeout(connect=10.0, read=timeout, write=60.0, pool=None)
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=self._headers,
+                timeout=self._timeout,
+                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
+            )
+            self._loop = asyncio.get_running_loop()
+        return self._client
+
+    def close(self) -> None:
+        """Close from any thread (the worker calls backend.close in a thread)."""
+        client, loop = self._client, self._loop
+        self._client = None
+        if client is None or loop is None or loop.is_closed():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(5)
+        except Exception:  # noqa: BLE001 - best effort at shutdown
+            pass
+
+    def _unreachable(self, exc: Exception) -> GatewayError:
+        return ServiceUnavailableError(f"{self.name} at {self.base_url} is unreachable ({type(exc).__name__})")
+
+    # ---- JSON endpoints -----------------------------------------------------------
+    async def post_json(self, path: str, body: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
+        try:
+            if fresh:  # on a new connection: the pooled ones may be the broken ones
+                async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as c:
+                    resp = await c.post(path, json=body)
+            else:
+                resp = await self._http().post(path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise self._unreachable(exc) from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"{self.name} failed: {type(exc).__name__}: {exc}") from None
+        data = _json_or_none(resp.content)
+        if resp.status_code != 200:
+            raise upstream_error(resp.status_code, data, resp.headers.get("retry-after"))
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{self.name} answered something that is not a JSON object")
+        return data
+
+    # ---- streaming generation -------------------------------------------------------
+    async def generate(self, req: GenerateRequest, model: str) -> AsyncIterator[Event]:
+        path, body = upstream_body(req, model)
+        state = _StreamState()
+        try:
+            async with self._http().stream("POST", path, json=body) as resp:
+                if resp.status_code != 200:
+                    data = _json_or_none(await resp.aread())
+                    raise upstream_error(resp.status_code, data, resp.headers.get("retry-after"))
+                async for ev in self._read_sse(resp, req.kind, state):
+                    yield ev
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            if state.chunks:
+                yield _error_event(UpstreamError(f"lost the connection to {self.name} mid-stream"))
+                return
+            raise self._unreachable(exc) from None
+        except httpx.TimeoutException as exc:
+            if not state.chunks:
+                raise UpstreamError(f"{self.name} did not answer in time ({type(exc).__name__})") from None
+            yield _error_event(UpstreamError(f"{self.name} went silent mid-stream ({type(exc).__name__})"))
+            return
+        except httpx.HTTPError as exc:
+            if state.chunks:
+                yield _error_event(UpstreamError(f"lost the connection to {self.name} mid-stream ({type(exc).__name__})"))
+                return
+            log.info("%s dropped an empty stream (%s); asking again without streaming", self.name, type(exc).__name__)
+        if state.errored:
+            return
+        if not state.done:
+            if not state.chunks:
+                # some servers (llama.cpp's) report request errors by dropping an empty
+                # stream: ask again without streaming to learn the real answer
+                async for ev in self._replay(req, model, body, path):
+                    yield ev
+                return
+            yield _error_event(UpstreamError(f"{self.name} closed the stream before it finished"))
+            return
+        yield _usage(state.usage, state.deltas)
+
+    async def _read_sse(self, resp: httpx.Response, kind: str, state: _StreamState) -> AsyncIterator[Event]:
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                state.done = True
+                return
+            chunk = _json_or_none(data.encode())
+            if not isinstance(chunk, dict):
+                state.errored = True
+                yield _error_event(UpstreamError(f"{self.name} sent an unreadable stream chunk"))
+                return
+            state.chunks += 1
+            if chunk.get("error"):
+                state.errored = True
+                yield _error_event(_stream_error(chunk))
+                return
+            if chunk.get("usage"):
+                state.usage = chunk["usage"]
+            for ev in chunk_events(chunk, kind):
+                if isinstance(ev, DeltaEvent):
+                    state.deltas += 1
+                yield ev
+
+    async def _replay(self, req: GenerateRequest, model: str, body: dict[str, Any], path: str) -> AsyncIterator[Event]:
+        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        data = await self.post_json(path, plain, fresh=True)
+        events = chunk_events(data, req.kind)
+        for ev in events:
+            yield ev
+        yield _usage(data.get("usage"), sum(isinstance(e, DeltaEvent) for e in events))
+
+
+class _StreamState:
+    def __init__(self) -> None:
+        self.chunks = 0
+        self.deltas = 0
+        self.done = False
+        self.errored = False
+        self.usage: Any = None
+
+
+def _stream_error(chunk: dict[str, Any]) -> GatewayError:
+    err = chunk.get("error")
+    code = err.get("code") if isinstance(err, dict) else None
+    status = code if isinstance(code, int) and 400 <= code < 600 else 500
+    return upstream_error(status, chunk)
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None

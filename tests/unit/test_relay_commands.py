@@ -1,0 +1,188 @@
+"""Launch commands built for each engine server from a model entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt_server.backends.relay.commands import ENGINES, LaunchSpec, build_command
+from gpt_server.backends.relay.translate import upstream_body, upstream_error
+from gpt_server.config import ConfigError, ModelConfig, parse_config
+from gpt_server.errors import BadRequestError, RateLimitError, UpstreamError
+from gpt_server.protocol.worker import GenerateRequest, SamplingParams, StructuredSpec, ToolSpec
+
+FULL = dict(
+    model_name_or_path="/models/qwen",
+    python="/venvs/eng/bin/python",
+    max_model_len=8192,
+    gpu_memory_utilization=0.85,
+    dtype="bfloat16",
+    enable_prefix_caching=True,
+    lora={"sql": "/loras/sql", "chat": "/loras/chat"},
+    tool_call_parser="hermes",
+    reasoning_parser="deepseek_r1",
+    engine_args=["--seed", "7"],
+)
+
+
+def spec(engine: str, gpus: list[int] | None = None, **cfg: object) -> LaunchSpec:
+    return LaunchSpec(
+        engine=engine,
+        model_path="/models/qwen",
+        served_name="qwen",
+        port=41000,
+        config=ModelConfig(**cfg),  # type: ignore[arg-type]
+        gpus=gpus if gpus is not None else [2, 3],
+        api_key="k",
+    )
+
+
+def pairs(argv: list[str]) -> dict[str, str]:
+    return {a: b for a, b in zip(argv, argv[1:], strict=False) if a.startswith("-")}
+
+
+def test_vllm_full() -> None:
+    cmd = build_command(spec("vllm", **FULL))
+    argv = cmd.argv
+    assert argv[:3] == ["/venvs/eng/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    p = pairs(argv)
+    assert p["--model"] == "/models/qwen" and p["--served-model-name"] == "qwen"
+    assert p["--host"] == "127.0.0.1" and p["--port"] == "41000"
+    assert p["--tensor-parallel-size"] == "2"
+    assert p["--max-model-len"] == "8192" and p["--gpu-memory-utilization"] == "0.85"
+    assert p["--dtype"] == "bfloat16" and "--enable-prefix-caching" in argv
+    i = argv.index("--lora-modules")
+    assert "--enable-lora" in argv and argv[i + 1 : i + 3] == ["sql=/loras/sql", "chat=/loras/chat"]
+    assert "--enable-auto-tool-choice" in argv and p["--tool-call-parser"] == "hermes"
+    assert p["--reasoning-parser"] == "deepseek_r1" and p["--api-key"] == "k"
+    assert argv[-2:] == ["--seed", "7"]  # engine_args last
+    assert cmd.health_path == "/health"
+
+
+def test_vllm_minimal_single_gpu_and_prefix_cache_off() -> None:
+    argv = build_command(spec("vllm", gpus=[], model_name_or_path="m", enable_prefix_caching=False)).argv
+    p = pairs(argv)
+    assert p["--tensor-parallel-size"] == "1"
+    assert "--no-enable-prefix-caching" in argv
+    for flag in ("--max-model-len", "--dtype", "--enable-lora", "--tool-call-parser", "--reasoning-parser"):
+        assert flag not in argv
+
+
+def test_sglang_full() -> None:
+    argv = build_command(spec("sglang", **FULL)).argv
+    assert argv[1:3] == ["-m", "sglang.launch_server"]
+    p = pairs(argv)
+    assert p["--model-path"] == "/models/qwen" and p["--served-model-name"] == "qwen"
+    assert p["--tp-size"] == "2" and p["--context-length"] == "8192"
+    assert p["--mem-fraction-static"] == "0.85" and p["--dtype"] == "bfloat16"
+    assert "--disable-radix-cache" not in argv
+    assert "--enable-lora" in argv and "sql=/loras/sql" in argv
+    assert p["--tool-call-parser"] == "hermes" and p["--reasoning-parser"] == "deepseek_r1"
+    off = build_command(spec("sglang", model_name_or_path="m", enable_prefix_caching=False)).argv
+    assert "--disable-radix-cache" in off
+
+
+@pytest.mark.parametrize("engine,backend", [("lmdeploy-turbomind", "turbomind"), ("lmdeploy-pytorch", "pytorch")])
+def test_lmdeploy(engine: str, backend: str) -> None:
+    cfg = {k: v for k, v in FULL.items() if k != "lora"}
+    argv = build_command(spec(engine, **cfg)).argv
+    assert argv[0] == "/venvs/eng/bin/lmdeploy" and argv[1:4] == ["serve", "api_server", "/models/qwen"]
+    p = pairs(argv)
+    assert p["--backend"] == backend and p["--tp"] == "2" and p["--model-name"] == "qwen"
+    assert p["--server-name"] == "127.0.0.1" and p["--server-port"] == "41000"
+    assert p["--session-len"] == "8192" and p["--cache-max-entry-count"] == "0.85"
+    assert "--enable-prefix-caching" in argv and p["--api-keys"] == "k"
+    assert p["--tool-call-parser"] == "hermes" and p["--reasoning-parser"] == "deepseek_r1"
+
+
+def test_lmdeploy_lora_needs_pytorch_backend() -> None:
+    argv = build_command(spec("lmdeploy-pytorch", **FULL)).argv
+    assert "--adapters" in argv and "chat=/loras/chat" in argv
+    with pytest.raises(ConfigError, match="lora"):
+        build_command(spec("lmdeploy-turbomind", **FULL))
+
+
+def test_trtllm() -> None:
+    argv = build_command(
+        spec("trtllm", model_name_or_path="m", python="/venvs/trt/bin/python", max_model_len=4096,
+             gpu_memory_utilization=0.9, reasoning_parser="deepseek-r1")
+    ).argv
+    assert argv[:2] == ["/venvs/trt/bin/trtllm-serve", "/models/qwen"]
+    p = pairs(argv)
+    assert p["--tp_size"] == "2" and p["--max_seq_len"] == "4096"
+    assert p["--kv_cache_free_gpu_memory_fraction"] == "0.9" and p["--served_model_name"] == "qwen"
+    with pytest.raises(ConfigError, match="dtype"):
+        build_command(spec("trtllm", **FULL))
+
+
+def test_llama_cpp_server() -> None:
+    cmd = build_command(spec("llama_cpp_server", gpus=[], model_name_or_path="m", n_ctx=1024, n_threads=2))
+    assert cmd.argv[1:3] == ["-m", "llama_cpp.server"] and cmd.health_path == "/v1/models"
+    p = pairs(cmd.argv)
+    assert p["--model_alias"] == "qwen" and p["--n_ctx"] == "1024" and p["--n_threads"] == "2"
+    assert "--n_gpu_layers" not in p
+    on_gpu = pairs(build_command(spec("llama_cpp_server", gpus=[0], model_name_or_path="m")).argv)
+    assert on_gpu["--n_gpu_layers"] == "-1"
+    with pytest.raises(ConfigError, match="tool_call_parser"):
+        build_command(spec("llama_cpp_server", model_name_or_path="m", tool_call_parser="hermes"))
+
+
+def test_every_engine_has_a_command_and_health_path() -> None:
+    for engine in ENGINES:
+        cmd = build_command(spec(engine, model_name_or_path="m"))
+        assert cmd.argv and cmd.health_path.startswith("/")
+    with pytest.raises(ConfigError):
+        build_command(spec("openai", model_name_or_path="m"))
+
+
+def test_config_accepts_engine_fields_and_bounds() -> None:
+    data = {"models": [{"m": {"work_mode": "vllm", "model_config": {"model_name_or_path": "/x", "startup_timeout": 30,
+                                                                     "engine_port": 40000, "upstream_timeout": 5}}}]}
+    cfg = parse_config(data)
+    assert cfg.models[0].model_config_.startup_timeout == 30
+    data["models"][0]["m"]["model_config"]["engine_port"] = 70000
+    with pytest.raises(ConfigError, match="engine_port"):
+        parse_config(data)
+
+
+def _req(**kw: object) -> GenerateRequest:
+    base = dict(request_id="r", model="m", kind="chat", messages=[{"role": "user", "content": "hi"}])
+    return GenerateRequest(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_upstream_body_chat() -> None:
+    req = _req(
+        params=SamplingParams(max_tokens=5, temperature=0, top_k=5, stop=["x"], n=2, logprobs=True, top_logprobs=3),
+        tools=ToolSpec(tools=[{"type": "function", "function": {"name": "f"}}], choice="named", name="f"),
+        structured=None,
+    )
+    path, body = upstream_body(req, "up-model")
+    assert path == "/chat/completions"
+    assert body["model"] == "up-model" and body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    assert body["max_tokens"] == 5 and body["top_k"] == 5 and body["n"] == 2 and body["stop"] == ["x"]
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "f"}}
+    assert "min_p" not in body and "repetition_penalty" not in body  # defaults are not sent
+
+
+def test_upstream_body_completion_and_structured() -> None:
+    req = GenerateRequest(request_id="r", model="m", kind="completion", prompts=["a", [1, 2]],
+                          params=SamplingParams(logprobs=True, top_logprobs=2, echo=True))
+    path, body = upstream_body(req, "u")
+    assert path == "/completions" and body["prompt"] == ["a", [1, 2]] and body["logprobs"] == 2 and body["echo"]
+    js = _req(structured=StructuredSpec(type="json_schema", json_schema={"type": "object"}))
+    assert upstream_body(js, "u")[1]["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    with pytest.raises(BadRequestError):
+        upstream_body(_req(structured=StructuredSpec(type="regex", pattern="a+")), "u")
+
+
+def test_upstream_error_mapping() -> None:
+    e400 = upstream_error(400, {"error": {"message": "too long", "param": "messages", "code": "context_length_exceeded"}})
+    assert isinstance(e400, BadRequestError) and e400.param == "messages" and e400.message == "too long"
+    vllm_style = upstream_error(400, {"object": "error", "message": "bad", "type": "BadRequestError", "code": 400})
+    assert vllm_style.status == 400 and vllm_style.message == "bad"
+    e404 = upstream_error(404, {"error": {"message": "The model `x` does not exist."}})
+    assert isinstance(e404, UpstreamError) and e404.status == 502 and e404.code == "upstream_model_not_found"
+    e429 = upstream_error(429, {"detail": "slow down"}, retry_after="7")
+    assert isinstance(e429, RateLimitError) and e429.headers["Retry-After"] == "7"
+    assert upstream_error(503, None).status == 502
+    assert upstream_error(401, {}).status == 502
