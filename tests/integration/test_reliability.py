@@ -74,7 +74,7 @@ def test_kill_worker_under_load(tmp_path) -> None:  # noqa: ANN001
         assert lost, "some streams ran on the killed worker"
         assert all(r["error"]["code"] == "worker_lost" for r in lost)
         # requests after the kill go to the surviving replica
-        for i in range(4):
+        for _ in range(4):
             r = httpx.post(url, json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
             assert r.status_code == 200, r.text
     finally:

@@ -9,7 +9,12 @@ import orjson
 import pytest
 
 from gpt_server.chat.reasoning import StreamingReasoningExtractor, ThinkParser, starts_in_reasoning
-from gpt_server.chat.tool_parsers import TOOL_PARSERS, StreamingToolExtractor, detect_tool_parser, get_tool_parser
+from gpt_server.chat.tool_parsers import (
+    TOOL_PARSERS,
+    StreamingToolExtractor,
+    detect_tool_parser,
+    get_tool_parser,
+)
 
 W = '{"city": "Paris", "days": 3}'
 CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict]]]]] = {

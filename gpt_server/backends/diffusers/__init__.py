@@ -1,0 +1,1 @@
+"""Image generation and editing with diffusers pipelines (``work_mode: diffusers``)."""
