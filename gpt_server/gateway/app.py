@@ -16,6 +16,7 @@ from ..controller.client import ControllerClient
 from ..errors import GatewayError
 from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
 from .auth import api_key_guard
+from .files import ImageStore
 from .metrics import Metrics, MetricsMiddleware
 from .relay import Relay
 from .routes import route_modules
@@ -28,9 +29,13 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     sa = config.serve_args
     relay = Relay(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout)
 
+    image_store = ImageStore(sa.images_dir, sa.images_ttl)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        image_store.start()  # expiry sweep; files are never wiped at start-up
         yield
+        image_store.stop()
         await relay.aclose()
         await controller.aclose()
 
@@ -44,6 +49,7 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     app.state.config = config
     app.state.controller = controller
     app.state.relay = relay
+    app.state.image_store = image_store
     metrics = Metrics()
     app.state.metrics = metrics
     app.state.generation = GenerationService(relay, timeout=sa.request_timeout, metrics=metrics)
