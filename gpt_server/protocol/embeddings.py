@@ -1,0 +1,168 @@
+"""Embeddings: the OpenAI wire schema, the internal worker payload, and the result shape.
+
+``POST /v1/embeddings`` accepts ``input`` as a string, a list of strings, a list of token
+ids or a list of token-id lists. The worker answers the final OpenAI body (the gateway
+only stamps ``model``): vectors as float lists, or as base64 of little-endian float32
+(what the openai SDK asks for by default and decodes with ``numpy.frombuffer``).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..errors import BadRequestError
+from .openai import OpenAIBaseModel
+
+__all__ = [
+    "EMBED_LIMITS",
+    "EmbeddingInput",
+    "EmbeddingRequest",
+    "EmbedPayload",
+    "embed_payload",
+    "check_dimensions",
+    "fit_dimensions",
+    "encode_vector",
+    "embedding_response",
+]
+
+
+class _EmbedLimits:
+    max_inputs = 2048  # OpenAI's limit on inputs per request
+    max_text_chars = 1_000_000
+    max_token_ids = 131_072
+    max_dimensions = 65_536
+
+
+EMBED_LIMITS = _EmbedLimits()
+
+EmbeddingInput = str | list[int]
+
+
+def _check_ids(ids: list[Any], where: str) -> list[int]:
+    if not ids:
+        raise ValueError(f"{where} is an empty token list")
+    if len(ids) > EMBED_LIMITS.max_token_ids:
+        raise ValueError(f"{where} has more than {EMBED_LIMITS.max_token_ids} tokens")
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise ValueError(f"{where} must hold non-negative integer token ids")
+    return ids
+
+
+def _check_text(s: str, where: str) -> str:
+    if not s:
+        raise ValueError(f"{where} is an empty string")
+    if len(s) > EMBED_LIMITS.max_text_chars:
+        raise ValueError(f"{where} is longer than {EMBED_LIMITS.max_text_chars} characters")
+    return s
+
+
+def normalise_input(v: Any) -> list[EmbeddingInput]:
+    """string | [string] | [int] | [[int]] → a list of inputs (strings or id lists)."""
+    if isinstance(v, str):
+        return [_check_text(v, "input")]
+    if not isinstance(v, list):
+        raise ValueError("must be a string, a list of strings, a list of token ids or a list of token-id lists")
+    if not v:
+        raise ValueError("must not be empty")
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return [_check_ids(v, "input")]
+    if len(v) > EMBED_LIMITS.max_inputs:
+        raise ValueError(f"holds more than {EMBED_LIMITS.max_inputs} inputs")
+    out: list[EmbeddingInput] = []
+    for i, x in enumerate(v):
+        if isinstance(x, str):
+            out.append(_check_text(x, f"input[{i}]"))
+        elif isinstance(x, list):
+            out.append(_check_ids(x, f"input[{i}]"))
+        else:
+            raise ValueError(f"input[{i}] must be a string or a list of token ids")
+    return out
+
+
+class EmbeddingRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    input: Any
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)
+    user: str | None = Field(default=None, max_length=256)
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: Any) -> list[EmbeddingInput]:
+        return normalise_input(v)
+
+
+class EmbedPayload(BaseModel):
+    """What the gateway sends a worker for the ``embed`` capability."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[EmbeddingInput] = Field(min_length=1, max_length=EMBED_LIMITS.max_inputs)
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)
+
+
+def embed_payload(body: EmbeddingRequest) -> dict[str, Any]:
+    return {"inputs": body.input, "encoding_format": body.encoding_format, "dimensions": body.dimensions}
+
+
+def check_dimensions(dimensions: int | None, full: int, allowed: list[int] | None) -> int | None:
+    """The size to truncate to (None = full size); 400 where the model does not allow it.
+
+    ``allowed`` is the list of Matryoshka sizes the model was trained for (from its
+    config); a model without it only accepts its full size.
+    """
+    if dimensions is None or dimensions == full:
+        return None
+    if dimensions > full:
+        raise BadRequestError(
+            f"dimensions={dimensions} is larger than this model's embedding size ({full})", param="dimensions"
+        )
+    if not allowed:
+        raise BadRequestError(
+            f"this model does not support shortened embeddings; omit dimensions or use {full}",
+            param="dimensions",
+            code="unsupported_dimensions",
+        )
+    if dimensions not in allowed:
+        sizes = ", ".join(str(d) for d in sorted({*allowed, full}))
+        raise BadRequestError(
+            f"dimensions={dimensions} is not supported by this model (supported: {sizes})",
+            param="dimensions",
+            code="unsupported_dimensions",
+        )
+    return dimensions
+
+
+def fit_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Truncate to the first ``dimensions`` values and L2-renormalise (Matryoshka)."""
+    if dimensions is None:
+        return vectors
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)
+
+
+def encode_vector(vec: np.ndarray, encoding_format: str) -> list[float] | str:
+    v = np.ascontiguousarray(vec, dtype="<f4")
+    if encoding_format == "base64":
+        return base64.b64encode(v.tobytes()).decode("ascii")
+    return v.tolist()
+
+
+def embedding_response(vectors: np.ndarray, token_counts: list[int], encoding_format: str) -> dict[str, Any]:
+    """The OpenAI body, without ``model`` (the gateway stamps the name the client used)."""
+    tokens = int(sum(token_counts))
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": encode_vector(vec, encoding_format)}
+            for i, vec in enumerate(vectors)
+        ],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -1,0 +1,172 @@
+"""Moderation and classification: wire schemas, worker payload, label → category mapping.
+
+``POST /v1/moderations`` answers OpenAI's shape: every OpenAI category is present;
+a model label is folded into the OpenAI category its name matches (``insult`` →
+``harassment``, ``identity_hate`` → ``hate`` …, or the config's
+``moderation_label_map``); labels that match none keep their own name. Benign labels
+(``safe``, ``neutral``, ``clean`` …) never flag. ``flagged`` is true when any
+non-benign score reaches the threshold (config default, ``threshold`` in the request
+overrides). ``POST /v1/classify`` returns the raw label scores.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .openai import OpenAIBaseModel
+
+__all__ = [
+    "CLASSIFY_LIMITS",
+    "OPENAI_CATEGORIES",
+    "BENIGN",
+    "ModerationRequest",
+    "ClassifyRequest",
+    "ClassifyPayload",
+    "classify_payload",
+    "label_categories",
+    "moderation_result",
+    "classify_result",
+]
+
+
+class _ClassifyLimits:
+    max_inputs = 2048
+    max_text_chars = 1_000_000
+
+
+CLASSIFY_LIMITS = _ClassifyLimits()
+
+OPENAI_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+BENIGN = "none"  # what a benign label maps to
+
+_ALIASES: dict[str, str] = {
+    **{c.replace("/", "_").replace("-", "_"): c for c in OPENAI_CATEGORIES},
+    **dict.fromkeys(
+        ("insult", "insults", "toxic", "toxicity", "severe_toxic", "severe_toxicity", "abuse", "abusive",
+         "offensive", "profanity", "profane", "obscene", "bullying", "harassing", "harmful", "unsafe"),
+        "harassment",
+    ),
+    **dict.fromkeys(("threat", "threats", "threatening", "intimidation"), "harassment/threatening"),
+    **dict.fromkeys(("identity_hate", "identity_attack", "hateful", "hate_speech", "racism", "sexism"), "hate"),
+    **dict.fromkeys(("suicide", "selfharm", "self_injury"), "self-harm"),
+    **dict.fromkeys(("sexual_explicit", "sexually_explicit", "nsfw", "porn", "explicit", "nudity"), "sexual"),
+    **dict.fromkeys(("sexual_minor", "csam", "child_abuse"), "sexual/minors"),
+    **dict.fromkeys(("violent", "gore", "graphic_violence"), "violence"),
+    **dict.fromkeys(("illegal", "drugs", "weapons", "crime", "criminal"), "illicit"),
+    **dict.fromkeys(
+        ("safe", "neutral", "normal", "ok", "clean", "benign", "none", "non_toxic", "nontoxic", "not_toxic",
+         "sfw", "appropriate", "acceptable", "no_hate", "not_offensive", "non_offensive"),
+        BENIGN,
+    ),
+}
+
+
+def _norm(label: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def label_categories(labels: list[str], overrides: dict[str, str] | None = None) -> list[str]:
+    """The category each label reports under: an OpenAI category, ``none`` (benign) or itself."""
+    ov = {_norm(k): v for k, v in (overrides or {}).items()}
+    out = []
+    for label in labels:
+        key = _norm(label)
+        if key in ov:
+            out.append(ov[key])
+        else:
+            out.append(_ALIASES.get(key, label))
+    return out
+
+
+def _inputs(v: Any) -> list[str]:
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not items:
+        raise ValueError("must be a string or a non-empty list of strings")
+    if len(items) > CLASSIFY_LIMITS.max_inputs:
+        raise ValueError(f"holds more than {CLASSIFY_LIMITS.max_inputs} inputs")
+    for i, s in enumerate(items):
+        if isinstance(s, dict) and s.get("type") == "text" and isinstance(s.get("text"), str):
+            items[i] = s = s["text"]  # OpenAI's multi-modal input, text parts
+        if not isinstance(s, str):
+            raise ValueError(f"input[{i}] must be a string (only text is supported by this server)")
+        if len(s) > CLASSIFY_LIMITS.max_text_chars:
+            raise ValueError(f"input[{i}] is longer than {CLASSIFY_LIMITS.max_text_chars} characters")
+    return items
+
+
+class ModerationRequest(OpenAIBaseModel):
+    model: str | None = Field(default=None, min_length=1, max_length=256)
+    input: Any
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="extension: flag at this score")
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: Any) -> list[str]:
+        return _inputs(v)
+
+
+class ClassifyRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    input: Any
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: Any) -> list[str]:
+        return _inputs(v)
+
+
+class ClassifyPayload(BaseModel):
+    """What the gateway sends a worker for ``moderate`` and ``classify``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1, max_length=CLASSIFY_LIMITS.max_inputs)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+def classify_payload(inputs: list[str], threshold: float | None = None) -> dict[str, Any]:
+    return {"inputs": inputs, "threshold": threshold}
+
+
+def moderation_result(scores: list[float], categories: list[str], threshold: float) -> dict[str, Any]:
+    """One OpenAI moderation result from one input's label scores."""
+    cat_scores: dict[str, float] = dict.fromkeys(OPENAI_CATEGORIES, 0.0)
+    for score, cat in zip(scores, categories, strict=True):
+        if cat == BENIGN:
+            continue
+        cat_scores[cat] = max(cat_scores.get(cat, 0.0), float(score))
+    flags = {cat: s >= threshold and s > 0.0 for cat, s in cat_scores.items()}
+    return {
+        "flagged": any(flags.values()),
+        "categories": flags,
+        "category_scores": cat_scores,
+        "category_applied_input_types": {cat: ["text"] for cat in cat_scores},
+    }
+
+
+def classify_result(index: int, scores: list[float], labels: list[str]) -> dict[str, Any]:
+    best = max(range(len(scores)), key=lambda i: scores[i])
+    return {
+        "index": index,
+        "label": labels[best],
+        "probs": [float(s) for s in scores],
+        "num_classes": len(labels),
+        "scores": {lab: float(s) for lab, s in zip(labels, scores, strict=True)},
+    }

@@ -1,0 +1,110 @@
+"""Rerank: the Cohere / Jina wire schema, the worker payload, and the result shape.
+
+Served at ``/v1/rerank`` (Cohere v1, Jina, Dify), ``/rerank`` and ``/v2/rerank`` (Cohere
+v2). Documents are strings, ``{"text": ...}`` objects, or ``{"content": [{"type":
+"text", "text": ...}]}`` (Dify's multimodal shape, text parts only).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .openai import OpenAIBaseModel
+
+__all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "rerank_payload", "rerank_response"]
+
+
+class _RerankLimits:
+    max_documents = 10_000
+    max_text_chars = 1_000_000
+
+
+RERANK_LIMITS = _RerankLimits()
+
+
+def _doc_text(d: Any, i: int) -> str:
+    where = f"documents[{i}]"
+    if isinstance(d, str):
+        text = d
+    elif isinstance(d, dict) and isinstance(d.get("text"), str):
+        text = d["text"]
+    elif isinstance(d, dict) and isinstance(d.get("content"), list):
+        parts = d["content"]
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+            raise ValueError(f"{where}: only text content parts are supported by this server")
+        text = "\n".join(p["text"] for p in parts)
+    else:
+        raise ValueError(f"{where} must be a string or an object with a 'text' field")
+    if len(text) > RERANK_LIMITS.max_text_chars:
+        raise ValueError(f"{where} is longer than {RERANK_LIMITS.max_text_chars} characters")
+    return text
+
+
+class RerankRequest(OpenAIBaseModel):
+    model: str = Field(min_length=1, max_length=256)
+    query: str = Field(min_length=1, max_length=RERANK_LIMITS.max_text_chars)
+    documents: list[Any] = Field(max_length=RERANK_LIMITS.max_documents)
+    top_n: int | None = Field(default=None, ge=0, le=RERANK_LIMITS.max_documents)
+    return_documents: bool | None = None
+    max_tokens_per_doc: int | None = Field(default=None, ge=1, le=1_000_000)
+
+    @field_validator("query", mode="before")
+    @classmethod
+    def _query(cls, v: Any) -> Any:
+        if isinstance(v, dict) and isinstance(v.get("text"), str):  # {"text": ...} query objects
+            return v["text"]
+        return v
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, v: list[Any]) -> list[str]:
+        return [_doc_text(d, i) for i, d in enumerate(v)]
+
+
+class RerankPayload(BaseModel):
+    """What the gateway sends a worker for the ``rerank`` capability."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    documents: list[str] = Field(max_length=RERANK_LIMITS.max_documents)
+    top_n: int | None = Field(default=None, ge=0)
+    return_documents: bool = True
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+
+def rerank_payload(body: RerankRequest, *, default_return_documents: bool) -> dict[str, Any]:
+    rd = body.return_documents if body.return_documents is not None else default_return_documents
+    return {
+        "query": body.query,
+        "documents": body.documents,
+        "top_n": body.top_n,
+        "return_documents": rd,
+        "max_tokens_per_doc": body.max_tokens_per_doc,
+    }
+
+
+def rerank_response(
+    scores: list[float], documents: list[str], *, top_n: int | None, return_documents: bool, tokens: int
+) -> dict[str, Any]:
+    """Results sorted by score (ties keep input order), cut to ``top_n``; Cohere meta + usage."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if top_n is not None:
+        order = order[:top_n]
+    results = []
+    for i in order:
+        r: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
+        if return_documents:
+            r["document"] = {"text": documents[i]}
+        results.append(r)
+    return {
+        "results": results,
+        "meta": {
+            "api_version": {"version": "2"},
+            "billed_units": {"search_units": 1, "input_tokens": tokens},
+            "tokens": {"input_tokens": tokens, "output_tokens": 0},
+        },
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

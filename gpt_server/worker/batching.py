@@ -1,0 +1,259 @@
+"""A dynamic batcher for engines that take batches (embeddings, rerank, classifiers).
+
+Requests submit lists of items; the batcher groups the items of requests that arrive
+close together (up to ``max_batch_size`` items) and runs them through one blocking
+``run_batch`` call on a dedicated thread, so forward passes never run on the event loop.
+Results are split back per request, in order.
+
+Waiting policy: a lone request on an idle engine runs at once (no added latency at
+concurrency 1). Once traffic is concurrent (the last batch held several requests, or
+requests were queued behind it), a new batch waits up to ``max_wait_ms`` for more
+requests before it starts, unless it is already full. Requests that arrive while a
+batch runs simply queue for the next one.
+
+Failure isolation: ``run_batch`` may return an exception instance in place of an
+item's output (a bad input found while preparing it): only the request holding that
+item fails. If ``run_batch`` raises for a batch of several requests, each request is
+run again on its own, so one bad input fails only its own request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+__all__ = ["DynamicBatcher", "BatcherStats", "BatcherClosedError"]
+
+log = logging.getLogger(__name__)
+
+I = TypeVar("I")  # noqa: E741 - item type
+O = TypeVar("O")  # noqa: E741 - output type
+
+
+class BatcherClosedError(RuntimeError):
+    """The batcher was closed before the request ran."""
+
+
+@dataclass
+class BatcherStats:
+    batches: int = 0
+    items: int = 0
+    largest_batch: int = 0
+    retried_alone: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        mean = self.items / self.batches if self.batches else 0.0
+        return {
+            "batches": self.batches,
+            "items": self.items,
+            "largest_batch": self.largest_batch,
+            "mean_batch": round(mean, 2),
+            "retried_alone": self.retried_alone,
+        }
+
+
+@dataclass
+class _Job(Generic[I]):
+    items: list[I]
+    future: asyncio.Future[list[Any]] = field(repr=False)
+
+
+class DynamicBatcher(Generic[I, O]):
+    """Group items of concurrent requests into batches for a blocking ``run_batch``.
+
+    ``run_batch(items) -> outputs`` must return one output per item (or an exception
+    instance for an item that cannot be processed) and must not depend on which other
+    items share the batch.
+    """
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[I]], Sequence[O | BaseException]],
+        *,
+        max_batch_size: int = 32,
+        max_wait_ms: float = 3.0,
+        name: str = "batcher",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if max_wait_ms < 0:
+            raise ValueError("max_wait_ms must be >= 0")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000.0
+        self.name = name
+        self.stats = BatcherStats()
+        self._queue: deque[_Job[I]] = deque()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
+        self._task: asyncio.Task[None] | None = None
+        self._concurrent = False
+        self._closed = False
+
+    # ---- public -----------------------------------------------------------------
+    async def submit(self, items: Sequence[I]) -> list[O]:
+        """Run ``items`` (possibly together with other requests' items); their outputs."""
+        if self._closed:
+            raise BatcherClosedError(f"{self.name} is closed")
+        if not items:
+            return []
+        self._ensure_started()
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[list[Any]]] = []
+        for start in range(0, len(items), self.max_batch_size):
+            job = _Job(list(items[start : start + self.max_batch_size]), loop.create_future())
+            self._queue.append(job)
+            self._pending += len(job.items)
+            futures.append(job.future)
+        self._wakeup.set()
+        try:
+            parts = await asyncio.gather(*futures)
+        except BaseException:
+            for f in futures:
+                f.cancel()  # queued parts are dropped, not run
+            raise
+        return [out for part in parts for out in part]
+
+    @property
+    def queued_items(self) -> int:
+        return self._pending
+
+    def shutdown(self) -> None:
+        """Refuse new requests and release the thread (sync; for a backend's ``close``).
+
+        Call it after in-flight requests have drained; ``close`` also fails queued ones.
+        """
+        self._closed = True
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def close(self) -> None:
+        """Stop the loop and fail queued requests."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(BatcherClosedError(f"{self.name} is closed"))
+        self._pending = 0
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---- loop -------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=self.name)
+
+    async def _loop(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            if self._concurrent:
+                await self._gather_window()
+            batch = self._take()
+            had_backlog = bool(self._queue)
+            if not batch:
+                continue
+            self._concurrent = len(batch) > 1 or had_backlog
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(BatcherClosedError(f"{self.name} is closed"))
+                raise
+
+    async def _gather_window(self) -> None:
+        """Wait up to ``max_wait`` for more items, unless a full batch is already queued."""
+        if self.max_wait <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while self._pending < self.max_batch_size:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Job[I]]:
+        batch: list[_Job[I]] = []
+        size = 0
+        while self._queue:
+            job = self._queue[0]
+            if job.future.done():  # cancelled by its caller
+                self._queue.popleft()
+                self._pending -= len(job.items)
+                continue
+            if batch and size + len(job.items) > self.max_batch_size:
+                break
+            self._queue.popleft()
+            self._pending -= len(job.items)
+            batch.append(job)
+            size += len(job.items)
+        return batch
+
+    async def _run(self, batch: list[_Job[I]]) -> None:
+        items = [it for job in batch for it in job.items]
+        self._record(len(items))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: batch of %d items from %d requests (%d queued)", self.name, len(items), len(batch), self._pending)
+        try:
+            outputs = await self._call(items)
+        except Exception as exc:  # noqa: BLE001 - isolate the culprit below
+            if len(batch) == 1:
+                _fail(batch[0], exc)
+                return
+            log.warning("%s: a batch of %d requests failed (%s); running them one by one", self.name, len(batch), exc)
+            for job in batch:
+                if job.future.done():
+                    continue
+                self.stats.retried_alone += 1
+                try:
+                    _settle(job, await self._call(job.items))
+                except Exception as exc2:  # noqa: BLE001
+                    _fail(job, exc2)
+            return
+        offset = 0
+        for job in batch:
+            _settle(job, outputs[offset : offset + len(job.items)])
+            offset += len(job.items)
+
+    async def _call(self, items: list[I]) -> Sequence[O | BaseException]:
+        loop = asyncio.get_running_loop()
+        outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+        if len(outputs) != len(items):
+            raise RuntimeError(f"{self.name}: run_batch returned {len(outputs)} outputs for {len(items)} items")
+        return outputs
+
+    def _record(self, n: int) -> None:
+        self.stats.batches += 1
+        self.stats.items += n
+        self.stats.largest_batch = max(self.stats.largest_batch, n)
+
+
+def _settle(job: _Job[Any], outputs: Sequence[Any]) -> None:
+    if job.future.done():
+        return
+    for out in outputs:
+        if isinstance(out, BaseException):
+            job.future.set_exception(out)
+            return
+    job.future.set_result(list(outputs))
+
+
+def _fail(job: _Job[Any], exc: BaseException) -> None:
+    if not job.future.done():
+        job.future.set_exception(exc)
