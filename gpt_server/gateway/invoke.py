@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
@@ -26,11 +26,11 @@ async def call_json(request: Request, model: str, capability: str, payload: dict
     """Invoke ``capability`` on a worker serving ``model``; its JSON result."""
     resp = await _relay(request).invoke(model, capability, payload, new_id("req"))
     try:
-        raw = await resp.aread()
-    except httpx.HTTPError as exc:
+        raw = await resp.read()
+    except (TimeoutError, aiohttp.ClientError) as exc:
         raise UpstreamError("the model worker stopped responding") from exc
     finally:
-        await resp.aclose()
+        resp.close()
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -45,11 +45,11 @@ async def call_passthrough(request: Request, model: str, capability: str, payloa
 
     async def body() -> AsyncIterator[bytes]:
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.content.iter_any():
                 yield chunk
-        except httpx.HTTPError:
+        except (TimeoutError, aiohttp.ClientError):
             return  # the worker died mid-body: the client sees a short body, the log has the cause
         finally:
-            await resp.aclose()
+            resp.close()
 
     return ClosingStreamingResponse(body(), media_type=media_type, headers=passthrough)

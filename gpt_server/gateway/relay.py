@@ -1,13 +1,17 @@
-"""Relay a request to a worker: dispatch, retry other replicas before the first byte."""
+"""Relay a request to a worker: dispatch, retry other replicas before the first byte.
+
+The gateway talks to workers with aiohttp: pooled keep-alive connections, and a
+response can be closed synchronously. That matters when a client hangs up: the
+connection to the worker is cut at once, so the worker stops generating.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 from pydantic import ValidationError
 
@@ -28,27 +32,34 @@ __all__ = ["Relay", "EventStream"]
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 503}
+_JSON = {"content-type": "application/json"}
 
 
 class EventStream:
     """Worker events, parsed; a broken connection becomes a final error event."""
 
-    def __init__(self, response: httpx.Response, target: DispatchReply) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply) -> None:
         self.response = response
         self.target = target
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        buf = b""
         try:
-            async for line in self.response.aiter_lines():
-                if not line:
-                    continue
-                try:
-                    yield EVENT_ADAPTER.validate_json(line)
-                except ValidationError:
-                    log.error("worker %s sent a malformed event", self.target.worker_id)
-                    yield ErrorEvent(status=502, type="server_error", message="malformed event from worker", code="upstream_error")
-                    return
-        except httpx.HTTPError as exc:
+            async for chunk in self.response.content.iter_any():
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if not line:
+                        continue
+                    try:
+                        yield EVENT_ADAPTER.validate_json(line)
+                    except ValidationError:
+                        log.error("worker %s sent a malformed event", self.target.worker_id)
+                        yield ErrorEvent(status=502, type="server_error", message="malformed event from worker", code="upstream_error")
+                        return
+            if buf.strip():
+                yield EVENT_ADAPTER.validate_json(buf)
+        except (TimeoutError, aiohttp.ClientError, ValidationError) as exc:
             log.warning("lost worker %s mid-stream: %s", self.target.worker_id, type(exc).__name__)
             yield ErrorEvent(
                 status=502,
@@ -57,12 +68,14 @@ class EventStream:
                 code="worker_lost",
             )
         finally:
-            await self.aclose()
+            self.close()
+
+    def close(self) -> None:
+        """Cut the connection to the worker now (synchronous: safe while being cancelled)."""
+        self.response.close()
 
     async def aclose(self) -> None:
-        # In a task that is being cancelled (the client left), httpx's close would be
-        # skipped and the worker would keep generating: close in a task of its own.
-        await asyncio.shield(asyncio.ensure_future(self.response.aclose()))
+        self.close()
 
 
 class Relay:
@@ -76,15 +89,23 @@ class Relay:
     ) -> None:
         self.controller = controller
         self.max_retries = max_retries
-        headers = {SECRET_HEADER: secret} if secret else {}
-        self.client = httpx.AsyncClient(
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
-        )
+        self._headers = {SECRET_HEADER: secret} if secret else {}
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                timeout=self._timeout,
+                headers=self._headers,
+                auto_decompress=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
     async def open(self, model: str, request: GenerateRequest) -> EventStream:
         """Start a chat/completion on a worker; the stream of events it answers."""
@@ -92,17 +113,17 @@ class Relay:
         resp, target = await self._send(model, request.kind, "/worker/generate", payload)
         return EventStream(resp, target)
 
-    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> httpx.Response:
+    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> aiohttp.ClientResponse:
         """Call a non-generation capability; the worker's response, body not yet read.
 
-        The caller must read or ``aclose()`` it. JSON results have content-type
+        The caller must read it or ``close()`` it. JSON results have content-type
         application/json; binary results (audio, images) carry their own media type.
         """
         req = InvokeRequest(request_id=request_id, model=model, capability=capability, payload=payload)
         resp, _ = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
         return resp
 
-    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[httpx.Response, DispatchReply]:
+    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[aiohttp.ClientResponse, DispatchReply]:
         exclude: list[str] = []
         last: GatewayError | None = None
         for _ in range(self.max_retries + 1):
@@ -112,27 +133,28 @@ class Relay:
                 if last is not None and exc.status in (404, 503):
                     raise last from None
                 raise
-            req = self.client.build_request(
-                "POST", f"{target.address}{path}", content=payload, headers={"content-type": "application/json"}
-            )
             try:
-                resp = await self.client.send(req, stream=True)
-            except httpx.TransportError as exc:
+                resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
+            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)
                 exclude.append(target.worker_id)
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
                 continue
-            if resp.status_code == 200:
+            if resp.status == 200:
                 return resp, target
-            raw = await resp.aread()
-            await resp.aclose()
+            try:
+                raw = await resp.read()
+            except aiohttp.ClientError:
+                raw = b""
+            finally:
+                resp.release()
             try:
                 body = orjson.loads(raw)
             except ValueError:
                 body = None
-            err = error_from_body(resp.status_code, body)
-            if resp.status_code in _RETRY_STATUS:
+            err = error_from_body(resp.status, body)
+            if resp.status in _RETRY_STATUS:
                 exclude.append(target.worker_id)
                 last = err
                 continue
