@@ -60,7 +60,7 @@ async def run_worker(
     runtime = WorkerRuntime(
         backend,
         model_name=entry.name,
-        aliases=entry.alias,
+        aliases=[*entry.alias, *getattr(backend, "extra_model_names", [])],  # e.g. LoRA adapters
         model_kind=entry.kind,
         address=f"http://{_url_host(adv)}:{real_port}",
         controller_address=ctrl,

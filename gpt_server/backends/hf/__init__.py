@@ -1,0 +1,1 @@
+"""The transformers backend (work_mode: hf)."""

@@ -1,0 +1,255 @@
+"""The transformers backend (``work_mode: hf``): chat/completions, vision and LoRA on the batched engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ...chat.postprocess import postprocess
+from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
+from ...chat.structured import GrammarFactory
+from ...chat.templates import ChatTemplate
+from ...chat.tool_parsers import ToolParser, detect_tool_parser
+from ...chat.tools import parser_for_request, prepare_tool_messages
+from ...errors import BadRequestError, InternalError, ServiceUnavailableError
+from ...media import MediaPolicy
+from ...protocol.worker import (
+    DeltaEvent,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerateRequest,
+    UsageEvent,
+)
+from ..base import Backend, BackendSpec
+from .engine import HFEngine, SeqEvent, Sequence
+from .loading import LoadedModel, load_model
+from .vision import render_vision, vision_messages
+
+__all__ = ["HFBackend"]
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_PARALLEL = 4
+
+
+@dataclass
+class _Plan:
+    """How one request is decoded and parsed."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    extra: dict[str, Any] | None = None  # vision processor tensors
+    tool_parser: ToolParser | None = None
+    reasoning: ThinkParser | None = None
+    grammar: Any = None
+
+
+class HFBackend(Backend):
+    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        mc = spec.entry.model_config_
+        self.adapters: dict[str, str] = dict(mc.lora or {})
+        self.engine: HFEngine | None = None
+        self.loaded: LoadedModel | None = None
+        self.template: ChatTemplate | None = None
+        self.media = MediaPolicy(
+            max_bytes=mc.max_media_bytes or MediaPolicy.max_bytes,
+            timeout=mc.media_fetch_timeout or MediaPolicy.timeout,
+            allow_private=bool(mc.allow_private_media_urls),
+        )
+
+    @property
+    def extra_model_names(self) -> list[str]:
+        """LoRA adapters are served under their own model names."""
+        return list(self.adapters)
+
+    def load(self) -> None:
+        mc = self.spec.entry.model_config_
+        threads = mc.n_threads or self.spec.n_threads
+        self.loaded = lm = load_model(self.spec.model_path, mc, self.spec.gpus, threads)
+        self.engine = HFEngine(
+            lm.model,
+            lm.tokens,
+            max_active=mc.n_parallel or _DEFAULT_PARALLEL,
+            n_ctx=lm.n_ctx,
+            set_adapter=lm.set_adapter,
+        )
+        tok = lm.tokenizer
+        self.template = ChatTemplate(
+            mc.chat_template or lm.chat_template, bos_token=tok.bos_token or "", eos_token=tok.eos_token or ""
+        )
+        self.tool_parser_name = mc.tool_call_parser or detect_tool_parser(self.template.source)
+        self.reasoning_parser_name = mc.reasoning_parser or detect_reasoning_parser(self.template.source)
+        self.grammars = GrammarFactory(self._tokenizer_info, lm.tokens.n_vocab)
+
+    def _tokenizer_info(self) -> Any:
+        import xgrammar as xgr
+
+        lm = self.loaded
+        assert lm is not None
+        return xgr.TokenizerInfo.from_huggingface(
+            lm.tokenizer, vocab_size=lm.tokens.n_vocab, stop_token_ids=sorted(lm.tokens.eos_ids)
+        )
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+        self.loaded = None
+
+    @property
+    def capacity(self) -> int:
+        return self.engine.max_active if self.engine else (self.spec.entry.model_config_.n_parallel or _DEFAULT_PARALLEL)
+
+    @property
+    def context_length(self) -> int | None:
+        return self.loaded.n_ctx if self.loaded else None
+
+    def healthy(self) -> bool:
+        return self.engine is not None and self.engine.healthy()
+
+    @property
+    def queued(self) -> int:
+        return self.engine.queued if self.engine else 0
+
+    # ---- request preparation (runs in a thread) ------------------------------
+    def _adapter_for(self, model: str) -> str | None:
+        return model if model in self.adapters else None
+
+    def _prepare(self, req: GenerateRequest) -> _Plan:
+        lm, tpl = self.loaded, self.template
+        assert lm is not None and tpl is not None
+        plan = _Plan()
+        plan.tool_parser, enforced = parser_for_request(self.tool_parser_name, req.tools)
+        if req.tools is not None and req.tools.enforce or req.structured is not None:
+            plan.grammar = self.grammars.compile(req.structured, req.tools, enforced)
+        if req.kind == "chat":
+            messages = prepare_tool_messages(req.messages or [], req.tools, plan.tool_parser, tpl.source)
+            tools = req.tools.tools if req.tools is not None else None
+            if lm.processor is not None:
+                vmsgs, images = vision_messages(messages, self.media)
+                text = render_vision(tpl, vmsgs, **({"tools": tools} if tools else {}), **req.chat_template_kwargs)
+                plan.prompts, plan.extra = lm.process_vision(text, images)
+            else:
+                text = tpl.render(messages, tools=tools, **req.chat_template_kwargs)
+                plan.prompts = [lm.encode(text, add_special=not (tpl.bos_token and text.startswith(tpl.bos_token)))]
+            if self.reasoning_parser_name:
+                plan.reasoning = ThinkParser(open_in_prompt=starts_in_reasoning(text))
+            return plan
+        n_vocab = lm.tokens.n_vocab
+        for p in req.prompts or []:
+            if isinstance(p, str):
+                plan.prompts.append(lm.encode(p, add_special=True))
+            else:
+                bad = [t for t in p if not 0 <= t < n_vocab]
+                if bad:
+                    raise BadRequestError(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})", param="prompt")
+                plan.prompts.append(list(p))
+        return plan
+
+    def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
+        assert self.loaded is not None
+        n_ctx = self.loaded.n_ctx
+        param = "messages" if req.kind == "chat" else "prompt"
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise BadRequestError("prompt must not be empty", param=param)
+        longest = max(len(p) for p in prompts)
+        if longest >= n_ctx:
+            raise BadRequestError(
+                f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
+                f"resulted in {longest} tokens.",
+                param=param,
+                code="context_length_exceeded",
+            )
+        mt = req.params.max_tokens
+        if mt is None:
+            return n_ctx - longest
+        if longest + mt > n_ctx:
+            raise BadRequestError(
+                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+                f"{longest + mt} tokens ({longest} in the {param}, {mt} in the completion). "
+                "Please reduce the length of the input or the completion.",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        return mt
+
+    # ---- generation ------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        if self.engine is None or not self.engine.healthy():
+            raise ServiceUnavailableError("the engine is not running")
+        plan = await asyncio.to_thread(self._prepare, request)
+        events = self._generate(request, plan)
+        try:
+            async for ev in postprocess(events, plan.tool_parser, plan.reasoning):
+                yield ev
+        finally:
+            await events.aclose()
+
+    def _sequences(self, request: GenerateRequest, plan: _Plan, max_tokens: int, sink: Any, cancelled: threading.Event) -> list[Sequence]:
+        p = request.params
+        adapter = self._adapter_for(request.model)
+        return [
+            Sequence(
+                index=pi * p.n + i,
+                prompt=toks,
+                params=p,
+                max_tokens=max_tokens,
+                sink=sink,
+                cancelled=cancelled,
+                adapter=adapter,
+                group=request.request_id if plan.extra else "",
+                extra=plan.extra,
+                constraint=self.grammars.constraint(plan.grammar) if plan.grammar is not None else None,
+            )
+            for pi, toks in enumerate(plan.prompts)
+            for i in range(p.n)
+        ]
+
+    async def _generate(self, request: GenerateRequest, plan: _Plan) -> AsyncIterator[Event]:
+        eng, lm = self.engine, self.loaded
+        if eng is None or lm is None or not eng.healthy():
+            raise ServiceUnavailableError("the engine is not running")
+        p = request.params
+        max_n = self.spec.entry.model_config_.max_n
+        if max_n is not None and p.n > max_n:
+            raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
+        if p.echo and p.logprobs:
+            raise BadRequestError("echo together with logprobs is not supported by the hf engine", param="echo")
+        max_tokens = self._check_lengths(plan.prompts, request)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+        cancelled = threading.Event()
+
+        def sink(ev: SeqEvent) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+        seqs = self._sequences(request, plan, max_tokens, sink, cancelled)
+        try:
+            if p.echo:
+                for s in seqs:
+                    yield DeltaEvent(index=s.index, text=lm.tokens.detokenize(s.prompt))
+            eng.submit(seqs)
+            remaining, completion = len(seqs), 0
+            while remaining:
+                ev = await queue.get()
+                if ev.text or ev.logprobs:
+                    yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
+                if ev.error is not None:
+                    err = InternalError(ev.error)
+                    yield ErrorEvent(status=err.status, type=err.openai_type, message=ev.error, code="engine_error")
+                    return
+                if ev.finish_reason is not None:
+                    remaining -= 1
+                    completion += ev.completion_tokens
+                    yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
+            yield UsageEvent(prompt_tokens=sum(len(t) for t in plan.prompts), completion_tokens=completion)
+        finally:
+            cancelled.set()
+            eng.wake()
