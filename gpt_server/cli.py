@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)
+
+    # issue 4: the benchmark lives in bench/ (a source checkout); its own parser reads the rest
+    sub.add_parser("bench", help="paired benchmark (bench/README.md); --help after it for options", add_help=False)
     return parser
 
 
@@ -85,7 +88,23 @@ def _override(data: dict, section: str, key: str, value: Any) -> None:
         data[section][key] = value
 
 
+def _bench(argv: list[str]) -> int:
+    """`gpt-server bench ...`: hand the arguments to bench.run (imported lazily)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isdir(os.path.join(root, "bench")) and root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        from bench.run import main as bench_main
+    except ImportError as exc:
+        print(f"gpt-server bench: needs a source checkout with bench/ ({exc})", file=sys.stderr)
+        return 2
+    return bench_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw[:1] == ["bench"]:
+        return _bench(raw[1:])
     args = build_parser().parse_args(argv)
     from .server_common import run_async, setup_logging
 

@@ -8,7 +8,7 @@ from typing import Any
 import jsonschema
 import openai
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tests.helpers import Server, base_config, smollm_entry
 
@@ -29,7 +29,11 @@ ADD = {
     "function": {
         "name": "add",
         "description": "Add two integers",
-        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]},
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer", "minimum": -1000000, "maximum": 1000000}, "b": {"type": "integer", "minimum": -1000000, "maximum": 1000000}},
+            "required": ["a", "b"],
+        },
     },
 }
 SEARCH = {
@@ -182,12 +186,12 @@ def test_structured_stream_equals_non_stream_and_extensions(client: openai.OpenA
 
 
 class Person(BaseModel):
-    name: str
-    age: int
+    name: str = Field(max_length=40)
+    age: int = Field(ge=0, le=150)
 
 
 def test_openai_sdk_parse(client: openai.OpenAI) -> None:
-    r = client.chat.completions.parse(model="smollm2", messages=[{"role": "user", "content": "Invent a person."}], response_format=Person, max_tokens=80)
+    r = client.chat.completions.parse(model="smollm2", messages=[{"role": "user", "content": "Invent a person."}], response_format=Person, max_tokens=200, temperature=0)
     p = r.choices[0].message.parsed
     assert isinstance(p, Person) and isinstance(p.age, int)
 
@@ -198,7 +202,7 @@ def test_langchain(server: Server) -> None:
     from langchain_openai import ChatOpenAI
     from typing_extensions import TypedDict
 
-    llm = ChatOpenAI(base_url=f"{server.base_url}/v1", api_key="x", model="smollm2", max_tokens=96, temperature=0.3, max_retries=0)
+    llm = ChatOpenAI(base_url=f"{server.base_url}/v1", api_key="x", model="smollm2", max_tokens=96, temperature=0, max_retries=0)
 
     @tool
     def add(a: int, b: int) -> int:
@@ -218,14 +222,14 @@ def test_langchain(server: Server) -> None:
     assert final.content is not None
 
     class Movie(BaseModel):
-        title: str
-        year: int
+        title: str = Field(max_length=60)
+        year: int = Field(ge=1800, le=2100)
 
     class MovieDict(TypedDict):
         title: str
         year: int
 
-    json_schema = {"title": "movie", "type": "object", "properties": {"title": {"type": "string"}, "year": {"type": "integer"}}, "required": ["title", "year"]}
+    json_schema = {"title": "movie", "type": "object", "properties": {"title": {"type": "string", "maxLength": 60}, "year": {"type": "integer", "minimum": 1800, "maximum": 2100}}, "required": ["title", "year"]}
     for method in ("function_calling", "json_schema"):
         m = llm.with_structured_output(Movie, method=method).invoke("Name a movie.")
         assert isinstance(m, Movie)

@@ -1,0 +1,1 @@
+"""A no-op benchmark backend (issue 4)."""

@@ -1,0 +1,86 @@
+"""A small run of the benchmark tool (bench/): echo pair and a tiny llama pair.
+
+Not a timing gate: it checks the tool runs end to end against real servers and that
+the JSON it writes is sane (counts add up, percentiles ordered, ratios computed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.run import build_parser, run
+
+MAX_TOKENS = 4
+ECHO_REQUESTS = 20
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("bench")
+    args = build_parser().parse_args([
+        "--pairs", "direct,echo", "--concurrency", "1,2", "--modes", "stream,nostream", "--rounds", "2",
+        "--max-tokens", str(MAX_TOKENS), "--min-requests", "2", "--requests-per-user", "1",
+        "--echo-requests", str(ECHO_REQUESTS), "--echo-max-tokens", str(MAX_TOKENS),
+        "--threads", "1", "--n-parallel", "2", "--n-ctx", "512", "--out", str(out),
+    ])
+    t0 = time.monotonic()
+    res = run(args)
+    assert time.monotonic() - t0 < 60
+    return res, out
+
+
+def _check_summary(s: dict[str, Any], requests: int, stream: bool) -> None:
+    assert s["requests"] == requests and s["ok"] == requests and s["errors"] == 0, s["first_error"]
+    assert 0 < s["output_tokens"] <= MAX_TOKENS * requests
+    assert s["requests_per_s"] > 0 and s["output_tokens_per_s"] > 0
+    assert 0 <= s["goodput_req_per_s"] <= s["requests_per_s"]
+    e2e = s["e2e_ms"]
+    assert 0 < e2e["p50"] <= e2e["p90"] <= e2e["p99"]
+    if stream:
+        assert s["ttft_ms"]["p50"] is not None and 0 < s["ttft_ms"]["p50"] <= e2e["p99"]
+    else:
+        assert s["ttft_ms"]["p50"] is None
+
+
+def test_files_written(results: tuple[dict[str, Any], Path]) -> None:
+    res, out = results
+    on_disk = json.loads((out / "results.json").read_text())
+    assert set(on_disk["pairs"]) == {"direct", "echo"}
+    report = (out / "report.md").read_text()
+    assert "| mode | c |" in report and "Targets (issue 4)" in report
+    for pair in ("direct", "echo"):
+        assert (out / f"{pair}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("pair", ["direct", "echo"])
+def test_pair_rows_are_sane(results: tuple[dict[str, Any], Path], pair: str) -> None:
+    res, _ = results
+    rows = res["pairs"][pair]["rows"]
+    assert sorted((r["mode"], r["concurrency"]) for r in rows) == [
+        ("nostream", 1), ("nostream", 2), ("stream", 1), ("stream", 2)
+    ]
+    for r in rows:
+        stream = r["mode"] == "stream"
+        per_round = ECHO_REQUESTS if pair == "echo" else max(2, r["concurrency"])
+        n = per_round * 2  # two rounds per side
+        for side in ("A", "B"):
+            _check_summary(r[side], n, stream)
+        assert r["ratio"] is not None and r["ratio"] > 0
+        assert r["delta_e2e_p50_ms"] == pytest.approx(r["A"]["e2e_ms"]["p50"] - r["B"]["e2e_ms"]["p50"], abs=1e-2)
+        if pair == "echo":  # the echo worker returns exactly max_tokens events
+            assert r["A"]["output_tokens"] == r["B"]["output_tokens"] == MAX_TOKENS * n
+
+
+def test_memory_recorded(results: tuple[dict[str, Any], Path]) -> None:
+    res, _ = results
+    for group in ("llama", "echo"):
+        procs = res["rss"][group]
+        assert procs["gateway"]["idle_mb"] > 10
+        workers = [k for k in procs if k.startswith("worker:")]
+        assert workers and all(procs[w]["idle_mb"] > 10 for w in workers)
+    assert res["rss"]["llama"]["agent:direct_llama"]["idle_mb"] > 10
