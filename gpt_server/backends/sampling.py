@@ -82,6 +82,9 @@ def sample_token(logits: np.ndarray, state: SamplerState) -> int:
         x = x[ids]
         n = x.shape[0]
     e = np.exp(x - x.max())
+    if p.top_p >= 1.0 and p.min_p <= 0.0:  # the common case: sample the whole distribution
+        choice = _draw(e, state.rng)
+        return int(ids[choice]) if ids is not None else choice
     total = e.sum()
     if p.top_p < 1.0:
         kk = min(_FAST_K, n)
@@ -101,6 +104,13 @@ def sample_token(logits: np.ndarray, state: SamplerState) -> int:
     if p.min_p > 0.0:
         keep = cand >= p.min_p * cand.max()
         idx, cand = idx[keep], cand[keep]
-    cand = cand / cand.sum()
-    choice = int(idx[state.rng.choice(len(idx), p=cand)])
+    choice = int(idx[_draw(cand, state.rng)])
     return int(ids[choice]) if ids is not None else choice
+
+
+def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """Index drawn with probability proportional to ``weights`` (inverse CDF: a cumulative
+    sum and one binary search, about half the cost of ``rng.choice(p=...)`` on a vocabulary)."""
+    cum = np.cumsum(weights)
+    i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
+    return min(i, len(weights) - 1)

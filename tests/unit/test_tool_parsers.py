@@ -23,6 +23,7 @@ CASES: dict[str, list[tuple[str, str | None, list[tuple[str, dict]]]]] = {
         (f'Let me check. <tool_call>{{"name": "a", "arguments": {{}}}}</tool_call>\n<tool_call>{{"name": "b", "arguments": {W}}}</tool_call>', "Let me check.", [("a", {}), ("b", {"city": "Paris", "days": 3})]),
         ("Just text, no calls <tool", "Just text, no calls <tool", []),
         ('<tool_call>{"name": "s", "arguments": "{\\"q\\": 1}"}</tool_call>', None, [("s", {"q": 1})]),
+        ('<tool_call>{"name": "w", "arguments": {"city": "Paris\'}}</tool_call>x"}}</tool_call>', None, [("w", {"city": "Paris'}}</tool_call>x"})]),
     ],
     "llama3_json": [
         (f'{{"name": "weather", "parameters": {W}}}', None, [("weather", {"city": "Paris", "days": 3})]),
