@@ -25,6 +25,7 @@ from ...protocol.worker import (
     UsageEvent,
 )
 from ..base import Backend, BackendSpec
+from ..limits import completion_budget
 from .engine import EngineOptions, LlamaEngine, SeqEvent, Sequence
 
 __all__ = ["LlamaCppBackend"]
@@ -138,30 +139,7 @@ class LlamaCppBackend(Backend):
 
     def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
         assert self.engine is not None
-        n_ctx = self.engine.n_ctx_seq
-        param = "messages" if req.kind == "chat" else "prompt"
-        longest = max(len(p) for p in prompts)
-        if any(len(p) == 0 for p in prompts):
-            raise BadRequestError("prompt must not be empty", param=param)
-        if longest >= n_ctx:
-            raise BadRequestError(
-                f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
-                f"resulted in {longest} tokens.",
-                param=param,
-                code="context_length_exceeded",
-            )
-        mt = req.params.max_tokens
-        if mt is None:
-            return n_ctx - longest
-        if longest + mt > n_ctx:
-            raise BadRequestError(
-                f"This model's maximum context length is {n_ctx} tokens. However, you requested "
-                f"{longest + mt} tokens ({longest} in the {param}, {mt} in the completion). "
-                "Please reduce the length of the input or the completion.",
-                param="max_tokens",
-                code="context_length_exceeded",
-            )
-        return mt
+        return completion_budget(prompts, req, self.engine.n_ctx_seq)
 
     # ---- generation ------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:

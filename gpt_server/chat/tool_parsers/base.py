@@ -27,6 +27,7 @@ __all__ = [
     "parse_json_call",
     "finish_content",
     "new_call_id",
+    "call_parts",
 ]
 
 
@@ -84,6 +85,16 @@ def parse_json_call(body: str, complete: bool) -> ParsedCall | None:
     return ParsedCall(name=name, arguments=args)
 
 
+def call_parts(call: dict[str, Any]) -> tuple[str, Any]:
+    """(name, decoded arguments) of an OpenAI tool call from the message history."""
+    fn = call.get("function", {})
+    raw = fn.get("arguments") or "{}"
+    try:
+        return fn.get("name"), orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return fn.get("name"), {}
+
+
 def finish_content(parts: list[str], final: bool, has_calls: bool) -> str:
     text = "".join(parts).lstrip()
     if final:
@@ -105,13 +116,8 @@ class ToolParser:
         """Render earlier assistant tool calls as this model would have written them."""
         out = []
         for c in calls:
-            fn = c.get("function", {})
-            args = fn.get("arguments") or "{}"
-            try:
-                args_obj = orjson.loads(args)
-            except orjson.JSONDecodeError:
-                args_obj = args
-            out.append("<tool_call>\n" + orjson.dumps({"name": fn.get("name"), "arguments": args_obj}).decode() + "\n</tool_call>")
+            name, args = call_parts(c)
+            out.append("<tool_call>\n" + orjson.dumps({"name": name, "arguments": args}).decode() + "\n</tool_call>")
         return "\n".join(out)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from ..incremental import hold_partial
-from .base import ParsedCall, ParseResult, ToolParser, finish_content
+from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 
 __all__ = ["Glm4ToolParser"]
 
@@ -64,14 +64,10 @@ class Glm4ToolParser(ToolParser):
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
         out = []
         for c in calls:
-            fn = c.get("function", {})
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError:
-                args = {}
+            name, args = call_parts(c)
             kv = "".join(
                 f"<arg_key>{k}</arg_key><arg_value>{v if isinstance(v, str) else orjson.dumps(v).decode()}</arg_value>"
                 for k, v in (args.items() if isinstance(args, dict) else [])
             )
-            out.append(f"{START}{fn.get('name')}\n{kv}{END}")
+            out.append(f"{START}{name}\n{kv}{END}")
         return "\n".join(out)

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from ..incremental import hold_partial, raw_json_value
-from .base import ParseResult, ToolParser, parse_json_call
+from .base import ParseResult, ToolParser, call_parts, parse_json_call
 
 __all__ = ["Llama3JsonToolParser"]
 
@@ -49,10 +49,6 @@ class Llama3JsonToolParser(ToolParser):
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
         out = []
         for c in calls:
-            fn = c.get("function", {})
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError:
-                args = {}
-            out.append(orjson.dumps({"name": fn.get("name"), "parameters": args}).decode())
+            name, args = call_parts(c)
+            out.append(orjson.dumps({"name": name, "parameters": args}).decode())
         return "; ".join(out)

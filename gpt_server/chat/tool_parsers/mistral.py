@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from ..incremental import hold_partial, raw_json_value
-from .base import ParsedCall, ParseResult, ToolParser, finish_content, parse_json_call
+from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content, parse_json_call
 
 __all__ = ["MistralToolParser"]
 
@@ -65,10 +65,6 @@ class MistralToolParser(ToolParser):
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
         items = []
         for c in calls:
-            fn = c.get("function", {})
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError:
-                args = {}
-            items.append({"name": fn.get("name"), "arguments": args})
+            name, args = call_parts(c)
+            items.append({"name": name, "arguments": args})
         return TAG + orjson.dumps(items).decode()

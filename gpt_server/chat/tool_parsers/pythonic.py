@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from .base import ParsedCall, ParseResult, ToolParser, finish_content
+from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 
 __all__ = ["PythonicToolParser"]
 
@@ -53,11 +53,7 @@ class PythonicToolParser(ToolParser):
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
         items = []
         for c in calls:
-            fn = c.get("function", {})
-            try:
-                args = orjson.loads(fn.get("arguments") or "{}")
-            except orjson.JSONDecodeError:
-                args = {}
+            name, args = call_parts(c)
             kv = ", ".join(f"{k}={v!r}" for k, v in (args.items() if isinstance(args, dict) else []))
-            items.append(f"{fn.get('name')}({kv})")
+            items.append(f"{name}({kv})")
         return "[" + ", ".join(items) + "]"

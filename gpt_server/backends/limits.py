@@ -1,0 +1,35 @@
+"""Context-length checks shared by the token-level engines."""
+
+from __future__ import annotations
+
+from ..errors import BadRequestError
+from ..protocol.worker import GenerateRequest
+
+__all__ = ["completion_budget"]
+
+
+def completion_budget(prompts: list[list[int]], req: GenerateRequest, n_ctx: int) -> int:
+    """Tokens each choice may generate; 400 when a prompt or the request does not fit."""
+    param = "messages" if req.kind == "chat" else "prompt"
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise BadRequestError("prompt must not be empty", param=param)
+    longest = max(len(p) for p in prompts)
+    if longest >= n_ctx:
+        raise BadRequestError(
+            f"This model's maximum context length is {n_ctx} tokens. However, your {param} "
+            f"resulted in {longest} tokens.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    mt = req.params.max_tokens
+    if mt is None:
+        return n_ctx - longest
+    if longest + mt > n_ctx:
+        raise BadRequestError(
+            f"This model's maximum context length is {n_ctx} tokens. However, you requested "
+            f"{longest + mt} tokens ({longest} in the {param}, {mt} in the completion). "
+            "Please reduce the length of the input or the completion.",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return mt
