@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..errors import BadRequestError
 from ..protocol.worker import GenerateRequest
 
-__all__ = ["completion_budget"]
+__all__ = ["completion_budget", "check_sampling"]
 
 
 def completion_budget(prompts: list[list[int]], req: GenerateRequest, n_ctx: int) -> int:
@@ -33,3 +33,12 @@ def completion_budget(prompts: list[list[int]], req: GenerateRequest, n_ctx: int
             code="context_length_exceeded",
         )
     return mt
+
+
+def check_sampling(req: GenerateRequest, max_n: int | None, engine: str) -> None:
+    """Limits of the model entry and what the token engines cannot do."""
+    p = req.params
+    if max_n is not None and p.n > max_n:
+        raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
+    if p.echo and p.logprobs:
+        raise BadRequestError(f"echo together with logprobs is not supported by the {engine} engine", param="echo")

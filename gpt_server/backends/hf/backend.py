@@ -15,19 +15,16 @@ from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
-from ...errors import BadRequestError, InternalError, ServiceUnavailableError
+from ...errors import BadRequestError, ServiceUnavailableError
 from ...media import MediaPolicy
 from ...protocol.worker import (
-    DeltaEvent,
-    ErrorEvent,
     Event,
-    FinishEvent,
     GenerateRequest,
-    UsageEvent,
 )
 from ..base import Backend, BackendSpec
-from ..limits import completion_budget
-from .engine import HFEngine, SeqEvent, Sequence
+from ..limits import check_sampling, completion_budget
+from ..sequences import stream_sequences
+from .engine import HFEngine, Sequence
 from .loading import LoadedModel, load_model
 from .vision import render_vision, vision_messages
 
@@ -195,39 +192,13 @@ class HFBackend(Backend):
         if eng is None or lm is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
         p = request.params
-        max_n = self.spec.entry.model_config_.max_n
-        if max_n is not None and p.n > max_n:
-            raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
-        if p.echo and p.logprobs:
-            raise BadRequestError("echo together with logprobs is not supported by the hf engine", param="echo")
+        check_sampling(request, self.spec.entry.model_config_.max_n, "hf")
         max_tokens = self._check_lengths(plan.prompts, request)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        cancelled = threading.Event()
-
-        def sink(ev: SeqEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, ev)
-
-        seqs = self._sequences(request, plan, max_tokens, sink, cancelled)
-        try:
-            if p.echo:
-                for s in seqs:
-                    yield DeltaEvent(index=s.index, text=lm.tokens.detokenize(s.prompt))
-            eng.submit(seqs)
-            remaining, completion = len(seqs), 0
-            while remaining:
-                ev = await queue.get()
-                if ev.text or ev.logprobs:
-                    yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
-                if ev.error is not None:
-                    err = InternalError(ev.error)
-                    yield ErrorEvent(status=err.status, type=err.openai_type, message=ev.error, code="engine_error")
-                    return
-                if ev.finish_reason is not None:
-                    remaining -= 1
-                    completion += ev.completion_tokens
-                    yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
-            yield UsageEvent(prompt_tokens=sum(len(t) for t in plan.prompts), completion_tokens=completion)
-        finally:
-            cancelled.set()
-            eng.wake()
+        async for ev in stream_sequences(
+            lambda sink, cancelled: self._sequences(request, plan, max_tokens, sink, cancelled),
+            eng.submit,
+            eng.wake,
+            prompt_tokens=sum(len(t) for t in plan.prompts),
+            echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
+        ):
+            yield ev

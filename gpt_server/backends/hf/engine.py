@@ -25,27 +25,16 @@ from typing import Any
 import numpy as np
 
 from ...protocol.worker import SamplingParams, TokenLogprob
-from ..sampling import SamplerState, log_softmax, sample_token
+from ..sampling import SamplerState
+from ..sequences import SeqEvent, finish, sample_step
 from ..textstream import TextStream
 from .tokens import TokenTable
 
-__all__ = ["HFEngine", "Sequence", "SeqEvent", "LogitsHook"]
+__all__ = ["HFEngine", "Sequence", "LogitsHook"]
 
 log = logging.getLogger(__name__)
 
 LogitsHook = Callable[[list[int], np.ndarray], np.ndarray]
-
-
-@dataclass
-class SeqEvent:
-    """What the engine thread reports for one sequence."""
-
-    index: int
-    text: str = ""
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    error: str | None = None
 
 
 @dataclass
@@ -266,7 +255,8 @@ class HFEngine:
         for i in rows:
             if reason is not None:
                 self._finish(cohort.rows[i], reason)
-        keep = [i for i in range(len(cohort.rows)) if i not in set(rows)]
+        dropped = set(rows)
+        keep = [i for i in range(len(cohort.rows)) if i not in dropped]
         cohort.rows = [cohort.rows[i] for i in keep]
         cohort.next_ids = [cohort.next_ids[i] for i in keep] if cohort.next_ids else []
         if keep:
@@ -276,52 +266,18 @@ class HFEngine:
 
     # ---- sampling -------------------------------------------------------------
     def _sample(self, s: Sequence, logits: np.ndarray, prompt_len: int) -> int:
-        assert s.sampler is not None and s.text is not None
-        p = s.params
-        lp = log_softmax(logits) if p.logprobs else None
-        processed = s.sampler.process(logits)
-        if s.constraint is not None:
-            s.constraint.mask(processed)
-        if s.logits_hook is not None:
-            processed = s.logits_hook(s.generated, processed)
-        tok = sample_token(processed, s.sampler)
-        s.sampler.accept(tok)
-        if s.constraint is not None and not s.constraint.accept(tok):
-            log.error("grammar rejected token %d", tok)
-        s.generated.append(tok)
-        if lp is not None:
-            s.pending_lp.append(self.tokens.logprob(tok, lp, p.top_logprobs))
-        if tok in self.tokens.eos_ids:
-            self._emit(s, s.text.flush())
-            self._finish(s, "stop")
-            return tok
-        text = s.text.push(self.tokens.piece(tok))
-        if s.text.stopped:
-            self._emit(s, text)
-            self._finish(s, "stop")
-            return tok
-        if len(s.generated) >= s.max_tokens or prompt_len + len(s.generated) >= self.n_ctx:
-            self._emit(s, text + s.text.flush())
-            self._finish(s, "length")
-            return tok
-        self._emit(s, text)
+        tok, reason = sample_step(
+            s,
+            logits,
+            is_eos=self.tokens.eos_ids.__contains__,
+            piece=self.tokens.piece,
+            text_of=self.tokens.text_of,
+            context_full=prompt_len + len(s.generated) >= self.n_ctx,
+            hook=s.logits_hook,
+        )
+        if reason is not None:
+            self._finish(s, reason)
         return tok
 
-    def _emit(self, s: Sequence, text: str) -> None:
-        if not text:
-            return
-        lps = s.pending_lp or None
-        s.pending_lp = []
-        s.sink(SeqEvent(index=s.index, text=text, logprobs=lps))
-
     def _finish(self, s: Sequence, reason: str | None, error: str | None = None) -> None:
-        if s.done:
-            return
-        s.done = True
-        lps = s.pending_lp or None
-        s.pending_lp = []
-        s.sink(
-            SeqEvent(
-                index=s.index, logprobs=lps, finish_reason=reason, completion_tokens=len(s.generated), error=error
-            )
-        )
+        finish(s, reason, error)

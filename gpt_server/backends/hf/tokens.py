@@ -11,10 +11,6 @@ import json
 import re
 from typing import Any
 
-import numpy as np
-
-from ...protocol.worker import TokenLogprob, TopLogprob
-
 __all__ = ["TokenTable"]
 
 _BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -75,17 +71,6 @@ class TokenTable:
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
-    def _text(self, token: int) -> tuple[str, list[int]]:
+    def text_of(self, token: int) -> tuple[str, list[int]]:
         pc = self.piece(token)
         return pc.decode("utf-8", errors="replace"), list(pc)
-
-    def logprob(self, tok: int, lp: np.ndarray, top: int) -> TokenLogprob:
-        text, raw = self._text(tok)
-        entry = TokenLogprob(token=text, logprob=float(lp[tok]), bytes=raw)
-        if top:
-            best = np.argpartition(-lp, top - 1)[:top]
-            best = best[np.argsort(-lp[best], kind="stable")]
-            for t in best:
-                ttext, traw = self._text(int(t))
-                entry.top_logprobs.append(TopLogprob(token=ttext, logprob=float(lp[t]), bytes=traw))
-        return entry

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,18 +15,15 @@ from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
-from ...errors import BadRequestError, InternalError, ServiceUnavailableError
+from ...errors import BadRequestError, ServiceUnavailableError
 from ...protocol.worker import (
-    DeltaEvent,
-    ErrorEvent,
     Event,
-    FinishEvent,
     GenerateRequest,
-    UsageEvent,
 )
 from ..base import Backend, BackendSpec
-from ..limits import completion_budget
-from .engine import EngineOptions, LlamaEngine, SeqEvent, Sequence
+from ..limits import check_sampling, completion_budget
+from ..sequences import SeqEvent, stream_sequences
+from .engine import EngineOptions, LlamaEngine, Sequence
 
 __all__ = ["LlamaCppBackend"]
 
@@ -159,53 +156,29 @@ class LlamaCppBackend(Backend):
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
         p = request.params
-        max_n = self.spec.entry.model_config_.max_n
-        if max_n is not None and p.n > max_n:
-            raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
-        if p.echo and p.logprobs:
-            raise BadRequestError("echo together with logprobs is not supported by the llama_cpp engine", param="echo")
+        check_sampling(request, self.spec.entry.model_config_.max_n, "llama_cpp")
         max_tokens = self._check_lengths(prompts, request)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        cancelled = threading.Event()
 
-        def sink(ev: SeqEvent) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, ev)
+        def make(sink: Callable[[SeqEvent], None], cancelled: threading.Event) -> list[Sequence]:
+            return [
+                Sequence(
+                    index=pi * p.n + i,
+                    prompt=toks,
+                    params=p,
+                    max_tokens=max_tokens,
+                    sink=sink,
+                    cancelled=cancelled,
+                    constraint=self.grammars.constraint(plan.grammar) if plan.grammar is not None else None,
+                )
+                for pi, toks in enumerate(prompts)
+                for i in range(p.n)
+            ]
 
-        seqs = [
-            Sequence(
-                index=pi * p.n + i,
-                prompt=toks,
-                params=p,
-                max_tokens=max_tokens,
-                sink=sink,
-                cancelled=cancelled,
-                constraint=self.grammars.constraint(plan.grammar) if plan.grammar is not None else None,
-            )
-            for pi, toks in enumerate(prompts)
-            for i in range(p.n)
-        ]
-        try:
-            if p.echo:
-                for s in seqs:
-                    yield DeltaEvent(index=s.index, text=eng.detokenize(s.prompt))
-            eng.submit(seqs)
-            remaining = len(seqs)
-            completion = 0
-            while remaining:
-                ev = await queue.get()
-                if ev.text or ev.logprobs:
-                    yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
-                if ev.error is not None:
-                    err = InternalError(ev.error)
-                    yield ErrorEvent(status=err.status, type=err.openai_type, message=ev.error, code="engine_error")
-                    return
-                if ev.finish_reason is not None:
-                    remaining -= 1
-                    completion += ev.completion_tokens
-                    yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
-            prompt_tokens = sum(len(t) for t in prompts)
-            yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion)
-        finally:
-            cancelled.set()
-            eng.wake()
+        async for ev in stream_sequences(
+            make,
+            eng.submit,
+            eng.wake,
+            prompt_tokens=sum(len(t) for t in prompts),
+            echo=(lambda s: eng.detokenize(s.prompt)) if p.echo else None,
+        ):
+            yield ev

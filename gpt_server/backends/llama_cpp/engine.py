@@ -21,11 +21,12 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-from ...protocol.worker import SamplingParams, TokenLogprob, TopLogprob
-from ..sampling import SamplerState, log_softmax, sample_token
+from ...protocol.worker import SamplingParams, TokenLogprob
+from ..sampling import SamplerState
+from ..sequences import SeqEvent, finish, sample_step
 from ..textstream import TextStream
 
-__all__ = ["EngineOptions", "LlamaEngine", "Sequence", "SeqEvent"]
+__all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +50,6 @@ class EngineOptions:
     n_threads: int | None = None
     n_batch: int = 512
     n_gpu_layers: int = 0
-
-
-@dataclass
-class SeqEvent:
-    """What the engine thread reports for one sequence."""
-
-    index: int
-    text: str = ""
-    logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None
-    completion_tokens: int = 0
-    error: str | None = None
 
 
 @dataclass
@@ -334,76 +323,29 @@ class LlamaEngine:
         return n + 1
 
     def _sample(self, slot: _Slot, s: Sequence, logits: np.ndarray) -> None:
-        assert s.sampler is not None and s.text is not None
-        p = s.params
-        lp = log_softmax(logits) if p.logprobs else None
-        processed = s.sampler.process(logits)
-        if s.constraint is not None:
-            s.constraint.mask(processed)
-        tok = sample_token(processed, s.sampler)
-        s.sampler.accept(tok)
-        if s.constraint is not None and not s.constraint.accept(tok):
-            log.error("grammar rejected token %d", tok)
-        s.generated.append(tok)
-        if lp is not None:
-            s.pending_lp.append(self._logprob(tok, lp, p.top_logprobs))
-        if self.is_eog(tok):
-            self._emit(s, s.text.flush())
-            self._finish(slot, "stop")
-            return
-        text = s.text.push(self.piece(tok))
-        if s.text.stopped:
-            self._emit(s, text)
-            self._finish(slot, "stop")
-            return
-        if len(s.generated) >= s.max_tokens or s.n_past + 1 >= self.n_ctx_seq:
-            self._emit(s, text + s.text.flush())
-            self._finish(slot, "length")
-            return
-        self._emit(s, text)
-        s.next_token = tok
-
-    def _logprob(self, tok: int, lp: np.ndarray, top: int) -> TokenLogprob:
-        piece = self.piece(tok)
-        entry = TokenLogprob(
-            token=piece.decode("utf-8", errors="replace"), logprob=float(lp[tok]), bytes=list(piece)
+        tok, reason = sample_step(
+            s,
+            logits,
+            is_eos=self.is_eog,
+            piece=self.piece,
+            text_of=self._text_of,
+            context_full=s.n_past + 1 >= self.n_ctx_seq,
         )
-        if top:
-            best = np.argpartition(-lp, top - 1)[:top]
-            best = best[np.argsort(-lp[best], kind="stable")]
-            for t in best:
-                pc = self.piece(int(t))
-                entry.top_logprobs.append(
-                    TopLogprob(token=pc.decode("utf-8", errors="replace"), logprob=float(lp[t]), bytes=list(pc))
-                )
-        return entry
+        if reason is not None:
+            self._finish(slot, reason)
+        else:
+            s.next_token = tok
 
-    def _emit(self, s: Sequence, text: str) -> None:
-        if not text:
-            return
-        lps = s.pending_lp or None
-        s.pending_lp = []
-        s.sink(SeqEvent(index=s.index, text=text, logprobs=lps))
+    def _text_of(self, tok: int) -> tuple[str, list[int]]:
+        piece = self.piece(tok)
+        return piece.decode("utf-8", errors="replace"), list(piece)
 
     def _finish(self, slot: _Slot, reason: str | None, error: str | None = None) -> None:
         s = slot.seq
         slot.seq = None
         self.active -= 1
-        if s is None or s.done:
-            return
-        s.done = True
-        lps = s.pending_lp or None
-        s.pending_lp = []
-        s.sink(
-            SeqEvent(
-                index=s.index,
-                logprobs=lps,
-                finish_reason=reason,
-                completion_tokens=len(s.generated),
-                error=error,
-            )
-        )
-
+        if s is not None:
+            finish(s, reason, error)
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))

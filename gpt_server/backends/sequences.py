@@ -1,0 +1,180 @@
+"""What every token-level engine does per sequence, written once.
+
+An engine thread owns the model; for each sequence it hands the logits of the last
+position to ``sample_step``, which samples (penalties, grammar, logprobs), feeds the
+text stream (stop strings, UTF-8) and reports deltas and the finish through the
+sequence's ``sink``. ``stream_sequences`` is the asyncio side: it submits the
+sequences and turns what the sinks report into protocol events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import InternalError
+from ..protocol.worker import (
+    DeltaEvent,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    TokenLogprob,
+    TopLogprob,
+    UsageEvent,
+)
+from .sampling import SamplerState, log_softmax, sample_token
+from .textstream import TextStream
+
+__all__ = ["SeqEvent", "SeqLike", "sample_step", "emit", "finish", "token_logprob", "stream_sequences"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SeqEvent:
+    """What the engine thread reports for one sequence."""
+
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+class SeqLike(Protocol):
+    index: int
+    params: Any
+    max_tokens: int
+    sink: Callable[[SeqEvent], None]
+    sampler: SamplerState | None
+    text: TextStream | None
+    generated: list[int]
+    pending_lp: list[TokenLogprob]
+    done: bool
+    constraint: Any
+
+
+def token_logprob(tok: int, lp: np.ndarray, top: int, text_of: Callable[[int], tuple[str, list[int]]]) -> TokenLogprob:
+    """The logprob entry of ``tok`` with its ``top`` alternatives (``text_of`` → text, bytes)."""
+    text, raw = text_of(tok)
+    entry = TokenLogprob(token=text, logprob=float(lp[tok]), bytes=raw)
+    if top:
+        best = np.argpartition(-lp, top - 1)[:top]
+        for t in best[np.argsort(-lp[best], kind="stable")]:
+            ttext, traw = text_of(int(t))
+            entry.top_logprobs.append(TopLogprob(token=ttext, logprob=float(lp[t]), bytes=traw))
+    return entry
+
+
+def emit(s: SeqLike, text: str) -> None:
+    if not text:
+        return
+    lps = s.pending_lp or None
+    s.pending_lp = []
+    s.sink(SeqEvent(index=s.index, text=text, logprobs=lps))
+
+
+def finish(s: SeqLike, reason: str | None, error: str | None = None) -> None:
+    """Report the end of a sequence once (with any logprobs still waiting for text)."""
+    if s.done:
+        return
+    s.done = True
+    lps = s.pending_lp or None
+    s.pending_lp = []
+    s.sink(SeqEvent(index=s.index, logprobs=lps, finish_reason=reason, completion_tokens=len(s.generated), error=error))
+
+
+def sample_step(
+    s: SeqLike,
+    logits: np.ndarray,
+    *,
+    is_eos: Callable[[int], bool],
+    piece: Callable[[int], bytes],
+    text_of: Callable[[int], tuple[str, list[int]]],
+    context_full: bool,
+    hook: Callable[[list[int], np.ndarray], np.ndarray] | None = None,
+) -> tuple[int, str | None]:
+    """Sample the next token of ``s`` and emit its text; (token, finish reason or None).
+
+    The caller releases its own resources (slot, batch row) when a reason comes back,
+    then calls ``finish``. ``context_full``: no room for another token after this one.
+    """
+    assert s.sampler is not None and s.text is not None
+    p = s.params
+    lp = log_softmax(logits) if p.logprobs else None
+    processed = s.sampler.process(logits)
+    if s.constraint is not None:
+        s.constraint.mask(processed)
+    if hook is not None:
+        processed = hook(s.generated, processed)
+    tok = sample_token(processed, s.sampler)
+    s.sampler.accept(tok)
+    if s.constraint is not None and not s.constraint.accept(tok):
+        log.error("grammar rejected token %d", tok)
+    s.generated.append(tok)
+    if lp is not None:
+        s.pending_lp.append(token_logprob(tok, lp, p.top_logprobs, text_of))
+    if is_eos(tok):
+        emit(s, s.text.flush())
+        return tok, "stop"
+    text = s.text.push(piece(tok))
+    if s.text.stopped:
+        emit(s, text)
+        return tok, "stop"
+    if len(s.generated) >= s.max_tokens or context_full:
+        emit(s, text + s.text.flush())
+        return tok, "length"
+    emit(s, text)
+    return tok, None
+
+
+async def stream_sequences(
+    make: Callable[[Callable[[SeqEvent], None], threading.Event], list[Any]],
+    submit: Callable[[list[Any]], None],
+    wake: Callable[[], None],
+    *,
+    prompt_tokens: int,
+    echo: Callable[[Any], str] | None = None,
+) -> AsyncIterator[Event]:
+    """Run sequences on an engine thread; their deltas, finishes and one usage event.
+
+    ``make(sink, cancelled)`` builds the sequences; leaving early (client gone) sets
+    ``cancelled`` and wakes the engine so it drops them at its next step.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
+    cancelled = threading.Event()
+
+    def sink(ev: SeqEvent) -> None:
+        loop.call_soon_threadsafe(queue.put_nowait, ev)
+
+    seqs: Sequence[Any] = make(sink, cancelled)
+    try:
+        if echo is not None:
+            for s in seqs:
+                yield DeltaEvent(index=s.index, text=echo(s))
+        submit(list(seqs))
+        remaining, completion = len(seqs), 0
+        while remaining:
+            ev = await queue.get()
+            if ev.text or ev.logprobs:
+                yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
+            if ev.error is not None:
+                err = InternalError(ev.error)
+                yield ErrorEvent(status=err.status, type=err.openai_type, message=ev.error, code="engine_error")
+                return
+            if ev.finish_reason is not None:
+                remaining -= 1
+                completion += ev.completion_tokens
+                yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
+        yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion)
+    finally:
+        cancelled.set()
+        wake()
