@@ -28,21 +28,23 @@ class Metrics:
         self.queue = Gauge("gpt_server_worker_queue_length", "Requests queued or running on a worker", ["model", "worker"], registry=r)
         self.healthy = Gauge("gpt_server_worker_healthy", "1 when the worker is healthy", ["model", "worker"], registry=r)
 
-    async def metered(self, events: AsyncIterator[Event], model: str, worker: str) -> AsyncIterator[Event]:
+    async def metered(self, batches: AsyncIterator[list[Event]], model: str, worker: str) -> AsyncIterator[list[Event]]:
+        """Pass batches of events through, recording time to first token, tokens and duration."""
         start = time.perf_counter()
         first = True
         try:
-            async for ev in events:
-                if first and isinstance(ev, DeltaEvent):
-                    self.ttft.labels(model).observe(time.perf_counter() - start)
-                    first = False
-                elif isinstance(ev, UsageEvent):
-                    self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
-                    self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
-                    self.e2e.labels(model).observe(time.perf_counter() - start)
-                yield ev
+            async for batch in batches:
+                for ev in batch:
+                    if first and isinstance(ev, DeltaEvent):
+                        self.ttft.labels(model).observe(time.perf_counter() - start)
+                        first = False
+                    elif isinstance(ev, UsageEvent):
+                        self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
+                        self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
+                        self.e2e.labels(model).observe(time.perf_counter() - start)
+                yield batch
         finally:
-            aclose = getattr(events, "aclose", None)
+            aclose = getattr(batches, "aclose", None)
             if aclose is not None:
                 await aclose()  # close the upstream now, not when garbage-collected
 

@@ -36,39 +36,60 @@ _JSON = {"content-type": "application/json"}
 
 
 class EventStream:
-    """Worker events, parsed; a broken connection becomes a final error event."""
+    """Worker events, parsed; a broken connection becomes a final error event.
+
+    ``batches()`` yields the events of one network read together, so a caller can
+    answer them with one write; iterating the stream itself yields them one by one.
+    """
 
     def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply) -> None:
         self.response = response
         self.target = target
 
-    async def __aiter__(self) -> AsyncIterator[Event]:
+    async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
         try:
             async for chunk in self.response.content.iter_any():
                 buf += chunk
+                if b"\n" not in chunk:
+                    continue
                 *lines, buf = buf.split(b"\n")
+                events: list[Event] = []
                 for line in lines:
                     if not line:
                         continue
                     try:
-                        yield EVENT_ADAPTER.validate_json(line)
+                        events.append(EVENT_ADAPTER.validate_json(line))
                     except ValidationError:
                         log.error("worker %s sent a malformed event", self.target.worker_id)
-                        yield ErrorEvent(status=502, type="server_error", message="malformed event from worker", code="upstream_error")
+                        events.append(ErrorEvent(status=502, type="server_error", message="malformed event from worker", code="upstream_error"))
+                        yield events
                         return
+                if events:
+                    yield events
             if buf.strip():
-                yield EVENT_ADAPTER.validate_json(buf)
+                yield [EVENT_ADAPTER.validate_json(buf)]
         except (TimeoutError, aiohttp.ClientError, ValidationError) as exc:
             log.warning("lost worker %s mid-stream: %s", self.target.worker_id, type(exc).__name__)
-            yield ErrorEvent(
-                status=502,
-                type="server_error",
-                message="the model worker stopped responding during generation",
-                code="worker_lost",
-            )
+            yield [
+                ErrorEvent(
+                    status=502,
+                    type="server_error",
+                    message="the model worker stopped responding during generation",
+                    code="worker_lost",
+                )
+            ]
         finally:
             self.close()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                for ev in batch:
+                    yield ev
+        finally:
+            await batches.aclose()
 
     def close(self) -> None:
         """Cut the connection to the worker now (synchronous: safe while being cancelled)."""

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi.responses import Response
 
-from ..errors import TimeoutError_, error_from_body
+from ..errors import GatewayError, TimeoutError_, error_from_body
 from ..protocol.openai import ChatCompletionRequest, CompletionRequest
 from ..protocol.worker import (
     DeltaEvent,
@@ -93,45 +93,61 @@ class GenerationService:
         self.timeout = timeout
         self.metrics = metrics
 
-    def _events_of(self, stream: EventStream, model: str) -> AsyncIterator[Event]:
+    def _batches(self, stream: EventStream) -> AsyncIterator[list[Event]]:
+        """The worker's events, a list per network read, metered."""
         if self.metrics is None:
-            return stream.__aiter__()
-        return self.metrics.metered(stream.__aiter__(), model, stream.target.worker_id)
+            return stream.batches()
+        return self.metrics.metered(stream.batches(), stream.target.model_name, stream.target.worker_id)
 
     async def _collect(self, stream: EventStream, n_choices: int) -> tuple[list[_Choice], UsageEvent]:
         choices = [_Choice() for _ in range(n_choices)]
         usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
+        batches = self._batches(stream)
         try:
             async with asyncio.timeout(self.timeout):
-                async for ev in self._events_of(stream, stream.target.model_name):
-                    if isinstance(ev, DeltaEvent):
-                        c = choices[ev.index]
-                        c.text.append(ev.text)
-                        if ev.reasoning:
-                            c.reasoning.append(ev.reasoning)
-                        if ev.tool_calls:
-                            c.add_calls(ev.tool_calls)
-                        if ev.logprobs:
-                            c.logprobs.extend(ev.logprobs)
-                    elif isinstance(ev, FinishEvent):
-                        choices[ev.index].finish_reason = ev.finish_reason
-                    elif isinstance(ev, UsageEvent):
-                        usage = ev
-                    elif isinstance(ev, ErrorEvent):
-                        _raise(ev)
+                async for batch in batches:
+                    for ev in batch:
+                        if isinstance(ev, DeltaEvent):
+                            c = choices[ev.index]
+                            c.text.append(ev.text)
+                            if ev.reasoning:
+                                c.reasoning.append(ev.reasoning)
+                            if ev.tool_calls:
+                                c.add_calls(ev.tool_calls)
+                            if ev.logprobs:
+                                c.logprobs.extend(ev.logprobs)
+                        elif isinstance(ev, FinishEvent):
+                            choices[ev.index].finish_reason = ev.finish_reason
+                        elif isinstance(ev, UsageEvent):
+                            usage = ev
+                        elif isinstance(ev, ErrorEvent):
+                            _raise(ev)
         except TimeoutError:
             raise TimeoutError_(f"the request did not finish within {self.timeout:g} seconds") from None
         finally:
+            await batches.aclose()  # type: ignore[attr-defined]
             await stream.aclose()
         return choices, usage
 
-    async def _events(self, stream: EventStream) -> AsyncIterator[Any]:
-        it = self._events_of(stream, stream.target.model_name)
+    async def _chunk_batches(self, stream: EventStream, convert: Callable[[Event], list[dict[str, Any]]]) -> AsyncIterator[list[dict[str, Any]]]:
+        """The chunks of each batch of worker events (one client write per batch). An error
+        event ends the stream after the chunks before it have gone out."""
+        batches = self._batches(stream)
         try:
-            async for ev in it:
-                yield ev
+            async for batch in batches:
+                out: list[dict[str, Any]] = []
+                failed: ErrorEvent | None = None
+                for ev in batch:
+                    if isinstance(ev, ErrorEvent):
+                        failed = ev
+                        break
+                    out.extend(convert(ev))
+                if out:
+                    yield out
+                if failed is not None:
+                    _raise(failed)
         finally:
-            await it.aclose()  # type: ignore[attr-defined]
+            await batches.aclose()  # type: ignore[attr-defined]
             await stream.aclose()
 
     # ---- chat ---------------------------------------------------------------
@@ -165,7 +181,7 @@ class GenerationService:
 
     async def _chat_chunks(
         self, stream: EventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
 
@@ -176,13 +192,20 @@ class GenerationService:
                 **extra,
             }
 
-        for i in range(req.n):
-            yield chunk(i, {"role": "assistant", "content": ""})
-        events = self._events(stream)
+        head = [chunk(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
+        events = self._chunk_batches(stream, lambda ev: self._chat_event(ev, req, chunk, base, include_usage))
         try:
-            async for ev in events:
-                for out in self._chat_event(ev, req, chunk, base, include_usage):
-                    yield out
+            async for out in events:
+                if head:  # the role chunks go out with the first tokens (the worker answers with them)
+                    out, head = head + out, []
+                yield out
+        except GatewayError:
+            if head:
+                yield head
+            raise
+        else:
+            if head:
+                yield head
         finally:
             await events.aclose()
 
@@ -199,8 +222,6 @@ class GenerationService:
             if include_usage:
                 return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
             return []
-        if isinstance(ev, ErrorEvent):
-            _raise(ev)
         return []
 
     # ---- completions ----------------------------------------------------------
@@ -235,15 +256,14 @@ class GenerationService:
 
     async def _completion_chunks(
         self, stream: EventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncIterator[list[dict[str, Any]]]:
         base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
         offsets: dict[int, int] = {}
-        events = self._events(stream)
+        events = self._chunk_batches(stream, lambda ev: self._completion_event(ev, req, base, extra, offsets, include_usage))
         try:
-            async for ev in events:
-                for out in self._completion_event(ev, req, base, extra, offsets, include_usage):
-                    yield out
+            async for out in events:
+                yield out
         finally:
             await events.aclose()
 
@@ -266,6 +286,4 @@ class GenerationService:
             return [{**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}]
         if isinstance(ev, UsageEvent) and include_usage:
             return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
-        if isinstance(ev, ErrorEvent):
-            _raise(ev)
         return []

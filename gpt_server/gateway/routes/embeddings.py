@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ...protocol.embeddings import EmbeddingRequest, embed_payload
+from ...server_common import FastJSONResponse
 from ..invoke import call_json
 
 __all__ = ["router"]
@@ -13,7 +14,7 @@ router = APIRouter()
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> dict:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> FastJSONResponse:
     result = await call_json(request, body.model, "embed", embed_payload(body))
     result["model"] = body.model
-    return result
+    return FastJSONResponse(result)  # rendered once by orjson, no response-model pass

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from ...errors import NotFoundError
 from ...protocol.moderation import ClassifyRequest, ModerationRequest, classify_payload
+from ...server_common import FastJSONResponse
 from ..convert import new_id
 from ..invoke import call_json
 
@@ -22,13 +23,13 @@ async def _default_moderation_model(request: Request) -> str:
 
 
 @router.post("/v1/moderations")
-async def create_moderation(body: ModerationRequest, request: Request) -> dict:
+async def create_moderation(body: ModerationRequest, request: Request) -> FastJSONResponse:
     model = body.model or await _default_moderation_model(request)
     result = await call_json(request, model, "moderate", classify_payload(body.input, body.threshold))
-    return {"id": new_id("modr"), "model": model, **result}
+    return FastJSONResponse({"id": new_id("modr"), "model": model, **result})
 
 
 @router.post("/v1/classify")
-async def classify(body: ClassifyRequest, request: Request) -> dict:
+async def classify(body: ClassifyRequest, request: Request) -> FastJSONResponse:
     result = await call_json(request, body.model, "classify", classify_payload(body.input))
-    return {"id": new_id("classify"), "model": body.model, "object": "list", **result}
+    return FastJSONResponse({"id": new_id("classify"), "model": body.model, "object": "list", **result})

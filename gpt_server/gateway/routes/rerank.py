@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ...protocol.rerank import RerankRequest, rerank_payload
+from ...server_common import FastJSONResponse
 from ..convert import new_id
 from ..invoke import call_json
 
@@ -13,18 +14,18 @@ __all__ = ["router"]
 router = APIRouter()
 
 
-async def _rerank(body: RerankRequest, request: Request, *, return_documents: bool) -> dict:
+async def _rerank(body: RerankRequest, request: Request, *, return_documents: bool) -> FastJSONResponse:
     payload = rerank_payload(body, default_return_documents=return_documents)
     result = await call_json(request, body.model, "rerank", payload)
-    return {"id": new_id("rerank"), "model": body.model, **result}
+    return FastJSONResponse({"id": new_id("rerank"), "model": body.model, **result})
 
 
 @router.post("/v1/rerank")
 @router.post("/rerank")
-async def rerank_v1(body: RerankRequest, request: Request) -> dict:
+async def rerank_v1(body: RerankRequest, request: Request) -> FastJSONResponse:
     return await _rerank(body, request, return_documents=True)
 
 
 @router.post("/v2/rerank")
-async def rerank_v2(body: RerankRequest, request: Request) -> dict:
+async def rerank_v2(body: RerankRequest, request: Request) -> FastJSONResponse:
     return await _rerank(body, request, return_documents=False)
