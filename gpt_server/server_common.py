@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -78,17 +79,16 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(GatewayError)
+def install_error_handlers(app: Starlette) -> None:
+    """OpenAI-format errors for a FastAPI or a plain Starlette app."""
+
     async def _gateway_error(request: Request, exc: GatewayError) -> FastJSONResponse:
         return error_response(exc)
 
-    @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> FastJSONResponse:
         message, param = validation_message(list(exc.errors()))
         return FastJSONResponse(error_body(message, "invalid_request_error", param, None), status_code=400)
 
-    @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> FastJSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         etype = "invalid_request_error" if exc.status_code < 500 else "server_error"
@@ -98,12 +98,16 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> FastJSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return FastJSONResponse(
             error_body("internal server error", "server_error", None, "internal_error"), status_code=500
         )
+
+    app.add_exception_handler(GatewayError, _gateway_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _unexpected)
 
 
 class BodyLimitMiddleware:

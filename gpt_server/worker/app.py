@@ -1,24 +1,49 @@
-"""The worker's HTTP routes, written once for every backend."""
+"""The worker's HTTP routes, written once for every backend.
+
+This is the internal gateway → worker API, so it runs on plain Starlette routes: the
+body is validated by pydantic straight from its bytes, and there is no dependency
+solving or response-model pass per request (FastAPI's cost, paid once already at
+the gateway). The internal secret is checked by a small ASGI middleware.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..backends.base import BinaryResult
-from ..controller.app import secret_guard
-from ..errors import BadRequestError, GatewayError, InternalError
-from ..protocol.worker import ErrorEvent, Event, GenerateRequest, InvokeRequest, UsageEvent
-from ..server_common import FastJSONResponse, error_response, install_error_handlers
+from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
+from ..protocol.worker import (
+    SECRET_HEADER,
+    ErrorEvent,
+    Event,
+    GenerateRequest,
+    InvokeRequest,
+    UsageEvent,
+)
+from ..server_common import (
+    FastJSONResponse,
+    error_response,
+    install_error_handlers,
+    validation_message,
+)
 from .runtime import WorkerRuntime
 
 __all__ = ["build_worker_app"]
 
 log = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
 
 
 def _line(ev: Event) -> bytes:
@@ -27,6 +52,39 @@ def _line(ev: Event) -> bytes:
 
 def _error_line(exc: GatewayError) -> bytes:
     return _line(ErrorEvent(status=exc.status, type=exc.openai_type, message=exc.message, param=exc.param, code=exc.code))
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """The request body as ``model``; a 400 in the OpenAI shape when it does not fit."""
+    raw = await request.body()
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        errors = [dict(e) for e in exc.errors()]
+        if errors and errors[0].get("type") == "json_invalid":
+            raise BadRequestError("the request body is not valid JSON") from None
+        message, param = validation_message(errors)  # type: ignore[arg-type]
+        raise BadRequestError(message, param=param) from None
+
+
+class _SecretMiddleware:
+    """401 for any HTTP request without the internal secret (when one is set)."""
+
+    def __init__(self, app: ASGIApp, secret: str) -> None:
+        self.app = app
+        self.secret = secret.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope.get("headers", ()) if k == _SECRET_KEY), b"")
+            if not hmac.compare_digest(given, self.secret):
+                resp = error_response(AuthenticationError("missing or wrong internal secret", code="invalid_secret"))
+                await resp(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_SECRET_KEY = SECRET_HEADER.lower().encode()
 
 
 class _CleanupStream(StreamingResponse):
@@ -43,38 +101,30 @@ class _CleanupStream(StreamingResponse):
             await self._cleanup()
 
 
-def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
+def build_worker_app(runtime: WorkerRuntime) -> Starlette:
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         yield
         await runtime.stop()
 
-    app = FastAPI(
-        title=f"GPT Server worker ({runtime.model_name})",
-        lifespan=lifespan,
-        dependencies=[Depends(secret_guard(runtime.secret))],
-    )
-    app.state.runtime = runtime
-    install_error_handlers(app)
-
-    @app.get("/worker/health")
-    async def health() -> FastJSONResponse:
+    async def health(request: Request) -> Response:
         ok = runtime.ready()
         return FastJSONResponse({"status": runtime.state if ok else "unhealthy"}, status_code=200 if ok else 503)
 
-    @app.get("/worker/info")
-    async def info() -> dict:
-        return {
-            **runtime.info().model_dump(),
-            "state": runtime.state,
-            "inflight": runtime.inflight,
-            "requests_total": runtime.requests_total,
-            "last_error": runtime.last_error,
-        }
+    async def info(request: Request) -> Response:
+        return FastJSONResponse(
+            {
+                **runtime.info().model_dump(),
+                "state": runtime.state,
+                "inflight": runtime.inflight,
+                "requests_total": runtime.requests_total,
+                "last_error": runtime.last_error,
+            }
+        )
 
-    @app.post("/worker/generate")
-    async def generate(req: GenerateRequest):  # noqa: ANN202
+    async def generate(request: Request) -> Response:
+        req = await _parse(request, GenerateRequest)
         if "chat" not in runtime.backend.capabilities and req.kind == "chat":
             raise BadRequestError(f"model '{runtime.model_name}' does not support chat", param="model")
         runtime.admit()
@@ -122,8 +172,8 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
 
         return _CleanupStream(body(), cleanup, media_type="application/x-ndjson")
 
-    @app.post("/worker/invoke")
-    async def invoke(req: InvokeRequest):  # noqa: ANN202
+    async def invoke(request: Request) -> Response:
+        req = await _parse(request, InvokeRequest)
         if req.capability not in runtime.backend.capabilities:
             raise BadRequestError(f"model '{runtime.model_name}' does not support {req.capability}", param="model")
         runtime.admit()
@@ -136,7 +186,7 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
                 runtime.release()
 
         try:
-            result = await runtime.backend.invoke(req.capability, req.payload)
+            result: Any = await runtime.backend.invoke(req.capability, req.payload)
         except GatewayError:
             await release()
             raise
@@ -153,4 +203,17 @@ def build_worker_app(runtime: WorkerRuntime) -> FastAPI:
         await release()
         return FastJSONResponse(result)
 
+    app = Starlette(
+        routes=[
+            Route("/worker/health", health, methods=["GET"]),
+            Route("/worker/info", info, methods=["GET"]),
+            Route("/worker/generate", generate, methods=["POST"]),
+            Route("/worker/invoke", invoke, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    if runtime.secret:
+        app.add_middleware(_SecretMiddleware, secret=runtime.secret)
     return app
