@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,7 +39,12 @@ log = logging.getLogger("gpt_server")
 class ClosingStreamingResponse(StreamingResponse):
     """A stream whose iterator is always closed when the response ends, however it ends
     (client gone before the first byte, a failed send, cancellation), so the work behind
-    it stops at once instead of whenever the garbage collector finalises it."""
+    it stops at once instead of whenever the garbage collector finalises it. ``on_close``
+    runs then too (an iterator that never started has no cleanup of its own)."""
+
+    def __init__(self, content: Any, *, on_close: Callable[[], Any] | None = None, **kw: Any) -> None:
+        super().__init__(content, **kw)
+        self._on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -47,6 +53,8 @@ class ClosingStreamingResponse(StreamingResponse):
             aclose = getattr(self.body_iterator, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if self._on_close is not None:
+                self._on_close()
 
 
 class FastJSONResponse(Response):

@@ -103,6 +103,7 @@ def worker_view(rec) -> dict:  # noqa: ANN001
         "active": rec.active,
         "healthy": rec.healthy,
         "dispatched_total": rec.dispatched_total,
+        "gateway_inflight": rec.tracked,  # requests the in-process gateway has open on it
         "failures": rec.failures,
         "requests_total": rec.requests_total,
         "tokens_total": rec.tokens_total,

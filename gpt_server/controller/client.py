@@ -22,6 +22,7 @@ class ControllerClient(Protocol):
     async def models(self) -> list[ModelEntryInfo]: ...
     async def workers(self) -> list[dict]: ...
     async def report_failure(self, worker_id: str) -> None: ...
+    def done(self, worker_id: str) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -32,7 +33,10 @@ class LocalController:
         self.registry = registry
 
     async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
-        return self.registry.dispatch_or_raise(model, exclude, capability)
+        return self.registry.dispatch_or_raise(model, exclude, capability, track=True)
+
+    def done(self, worker_id: str) -> None:
+        self.registry.done(worker_id)
 
     async def models(self) -> list[ModelEntryInfo]:
         return self.registry.models()
@@ -90,11 +94,15 @@ class RemoteController:
             data = await self._call("GET", "/controller/workers")
             assert isinstance(data, list)
             fresh = Registry(self.mirror.policy)
+            old = self.mirror.workers
             for w in data:
                 info = WorkerInfo.model_validate({k: w[k] for k in WorkerInfo.model_fields if k in w})
                 fresh.register(info)
                 rec = fresh.workers[info.worker_id]
                 rec.queue_length = int(w.get("queue_length", 0))
+                prev = old.get(info.worker_id)
+                rec.tracked = prev.tracked if prev is not None else 0  # our own requests carry over
+                rec.others = max(0, rec.queue_length - rec.tracked)
                 rec.healthy = bool(w.get("healthy", True))
                 for key in ("active", "requests_total", "tokens_total", "last_error", "state"):  # dashboard
                     if key in w:
@@ -126,12 +134,15 @@ class RemoteController:
     async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
         await self._ensure()
         try:
-            return self.mirror.dispatch_or_raise(model, exclude, capability)
+            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True)
         except GatewayError as exc:
             if exc.status != 404:
                 raise
             await self._reload()  # a model we have not seen yet: ask once more
-            return self.mirror.dispatch_or_raise(model, exclude, capability)
+            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True)
+
+    def done(self, worker_id: str) -> None:
+        self.mirror.done(worker_id)
 
     async def models(self) -> list[ModelEntryInfo]:
         await self._ensure()

@@ -25,8 +25,10 @@ class WorkerRecord:
     queue_length: int = 0
     active: int = 0
     healthy: bool = True
-    dispatched_since_beat: int = 0
+    dispatched_since_beat: int = 0  # untracked dispatches since the last heartbeat
     dispatched_total: int = 0
+    tracked: int = 0  # requests this process dispatched and has not finished (exact)
+    others: int = 0  # the rest of the worker's queue at its last heartbeat (other gateways)
     failures: int = 0
     names: frozenset[str] = field(default_factory=frozenset)
     requests_total: int = 0
@@ -44,7 +46,8 @@ class WorkerRecord:
 
     @property
     def load(self) -> int:
-        return self.queue_length + self.dispatched_since_beat
+        """Requests on the worker: ours exactly, the others' as of the last heartbeat."""
+        return self.tracked + self.others + self.dispatched_since_beat
 
     def expired(self, now: float) -> bool:
         return now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
@@ -73,6 +76,7 @@ class Registry:
             return False
         rec.last_seen = self.clock()
         rec.queue_length = hb.queue_length
+        rec.others = max(0, hb.queue_length - rec.tracked)
         rec.active = hb.active
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0
@@ -108,8 +112,16 @@ class Registry:
         ]
 
     def dispatch(
-        self, model: str, exclude: list[str] | tuple[str, ...] = (), capability: str | None = None
+        self,
+        model: str,
+        exclude: list[str] | tuple[str, ...] = (),
+        capability: str | None = None,
+        *,
+        track: bool = False,
     ) -> DispatchReply | None:
+        """Choose a worker. ``track``: the caller reports the end of the request with
+        ``done(worker_id)``, so the load it puts on the worker is known exactly (not
+        only at the next heartbeat)."""
         cands = [
             c
             for c in self.candidates(model)
@@ -119,18 +131,32 @@ class Registry:
             return None
         rec = self.policy.choose(model, cands)
         assert isinstance(rec, WorkerRecord)
-        rec.dispatched_since_beat += 1
+        if track:
+            rec.tracked += 1
+        else:
+            rec.dispatched_since_beat += 1
         rec.dispatched_total += 1
         return DispatchReply(worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name)
 
     def knows(self, model: str) -> bool:
         return any(model in r.names for r in self.workers.values())
 
+    def done(self, worker_id: str) -> None:
+        """A tracked request dispatched to ``worker_id`` has ended."""
+        rec = self.workers.get(worker_id)
+        if rec is not None and rec.tracked > 0:
+            rec.tracked -= 1
+
     def dispatch_or_raise(
-        self, model: str, exclude: list[str] | tuple[str, ...] = (), capability: str | None = None
+        self,
+        model: str,
+        exclude: list[str] | tuple[str, ...] = (),
+        capability: str | None = None,
+        *,
+        track: bool = False,
     ) -> DispatchReply:
         """Dispatch, or raise the error a client should see (404 / 400 / 503)."""
-        reply = self.dispatch(model, exclude, capability)
+        reply = self.dispatch(model, exclude, capability, track=track)
         if reply is not None:
             return reply
         recs = [r for r in self.workers.values() if model in r.names]

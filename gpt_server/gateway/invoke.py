@@ -52,4 +52,4 @@ async def call_passthrough(request: Request, model: str, capability: str, payloa
         finally:
             resp.close()
 
-    return ClosingStreamingResponse(body(), media_type=media_type, headers=passthrough)
+    return ClosingStreamingResponse(body(), media_type=media_type, headers=passthrough, on_close=resp.close)

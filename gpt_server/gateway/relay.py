@@ -8,7 +8,7 @@ connection to the worker is cut at once, so the worker stops generating.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -27,7 +27,7 @@ from ..protocol.worker import (
     InvokeRequest,
 )
 
-__all__ = ["Relay", "EventStream"]
+__all__ = ["Relay", "EventStream", "WorkerResponse"]
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,10 @@ class EventStream:
     answer them with one write; iterating the stream itself yields them one by one.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
         self.response = response
         self.target = target
+        self._on_close = on_close
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
@@ -94,9 +95,31 @@ class EventStream:
     def close(self) -> None:
         """Cut the connection to the worker now (synchronous: safe while being cancelled)."""
         self.response.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()  # the dispatcher's count of requests on that worker
 
     async def aclose(self) -> None:
         self.close()
+
+
+class WorkerResponse:
+    """A worker's answer to an invoke, body not yet read; ``close()`` when done with it."""
+
+    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None]) -> None:
+        self.response = response
+        self.headers = response.headers
+        self.content = response.content
+        self._on_close: Callable[[], None] | None = on_close
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    def close(self) -> None:
+        self.response.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
 
 
 class Relay:
@@ -132,17 +155,17 @@ class Relay:
         """Start a chat/completion on a worker; the stream of events it answers."""
         payload = request.__pydantic_serializer__.to_json(request)
         resp, target = await self._send(model, request.kind, "/worker/generate", payload)
-        return EventStream(resp, target)
+        return EventStream(resp, target, lambda: self.controller.done(target.worker_id))
 
-    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> aiohttp.ClientResponse:
+    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> WorkerResponse:
         """Call a non-generation capability; the worker's response, body not yet read.
 
         The caller must read it or ``close()`` it. JSON results have content-type
         application/json; binary results (audio, images) carry their own media type.
         """
         req = InvokeRequest(request_id=request_id, model=model, capability=capability, payload=payload)
-        resp, _ = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
-        return resp
+        resp, target = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
+        return WorkerResponse(resp, lambda: self.controller.done(target.worker_id))
 
     async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[aiohttp.ClientResponse, DispatchReply]:
         exclude: list[str] = []
@@ -157,11 +180,15 @@ class Relay:
             try:
                 resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+                self.controller.done(target.worker_id)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)
                 exclude.append(target.worker_id)
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
                 continue
+            except BaseException:  # cancelled (client gone, deadline): not on that worker any more
+                self.controller.done(target.worker_id)
+                raise
             if resp.status == 200:
                 return resp, target
             try:
@@ -170,6 +197,7 @@ class Relay:
                 raw = b""
             finally:
                 resp.release()
+                self.controller.done(target.worker_id)
             try:
                 body = orjson.loads(raw)
             except ValueError:

@@ -158,7 +158,7 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage), timeout=self.timeout)
+            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage), timeout=self.timeout, on_close=stream.close)
         choices, usage = await self._collect(stream, req.n)
         body = {
             "id": rid,
@@ -233,7 +233,7 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage), timeout=self.timeout)
+            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage), timeout=self.timeout, on_close=stream.close)
         choices, usage = await self._collect(stream, n_choices)
         body = {
             "id": rid,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -43,7 +43,14 @@ class SSEResponse(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, batches: AsyncIterator[list[Any]], *, keepalive: float = 15.0, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        batches: AsyncIterator[list[Any]],
+        *,
+        keepalive: float = 15.0,
+        timeout: float | None = None,
+        on_close: Callable[[], Any] | None = None,
+    ) -> None:
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
         self.background = None
@@ -51,6 +58,7 @@ class SSEResponse(Response):
         self.batches = batches
         self.keepalive = keepalive
         self.timeout = timeout
+        self.on_close = on_close  # runs last, also when the iterator never started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -94,6 +102,8 @@ class SSEResponse(Response):
             aclose = getattr(self.batches, "aclose", None)
             if aclose is not None:
                 await aclose()
+            if self.on_close is not None:
+                self.on_close()
 
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before [DONE] (an error event, or nothing)."""
@@ -112,5 +122,11 @@ class SSEResponse(Response):
         return b""
 
 
-def sse_response(batches: AsyncIterator[list[Any]], *, keepalive: float = 15.0, timeout: float | None = None) -> SSEResponse:
-    return SSEResponse(batches, keepalive=keepalive, timeout=timeout)
+def sse_response(
+    batches: AsyncIterator[list[Any]],
+    *,
+    keepalive: float = 15.0,
+    timeout: float | None = None,
+    on_close: Callable[[], Any] | None = None,
+) -> SSEResponse:
+    return SSEResponse(batches, keepalive=keepalive, timeout=timeout, on_close=on_close)

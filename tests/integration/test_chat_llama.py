@@ -318,3 +318,17 @@ def test_health_and_docs(server: Server) -> None:
     assert r.status_code == 200 and "swagger" in r.text.lower()
     spec = httpx.get(f"{server.base_url}/openapi.json").json()
     assert "/v1/chat/completions" in spec["paths"]
+
+
+def test_dispatcher_counts_return_to_zero(server: Server) -> None:
+    """Last in this module: after every kind of request above (streams, errors, a client
+    that hung up) the gateway's count of its open requests per worker is back to 0, so
+    shortest_queue keeps balancing on real load."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        counts = [w["gateway_inflight"] for w in server.workers()]
+        if counts == [0] * len(counts):
+            break
+        time.sleep(0.2)
+    assert counts == [0, 0], counts
+    assert sum(w["dispatched_total"] for w in server.workers()) > 20

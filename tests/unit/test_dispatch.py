@@ -64,3 +64,32 @@ def test_expiry_after_three_missed_heartbeats() -> None:
     clock.t = 6.0
     reg.expire()
     assert reg.models() == []
+
+
+def test_tracked_requests_balance_exactly_between_heartbeats() -> None:
+    """A gateway counts its own open requests exactly: a heartbeat that arrives while
+    requests are being dispatched (and does not count them yet) cannot skew the split."""
+    reg = _registry("shortest_queue")
+    picks = [reg.dispatch("m", track=True).worker_id for _ in range(3)]
+    # a heartbeat sent before the last of those reached w0 reports one request less
+    w0 = picks.count("w0")
+    reg.heartbeat(Heartbeat(worker_id="w0", queue_length=max(0, w0 - 1)))
+    picks += [reg.dispatch("m", track=True).worker_id for _ in range(3)]
+    assert Counter(picks) == Counter({"w0": 3, "w1": 3})
+    # finished requests free their worker at once, before any heartbeat
+    for _ in range(3):
+        reg.done("w1")
+    assert [reg.dispatch("m", track=True).worker_id for _ in range(3)] == ["w1"] * 3
+
+
+def test_other_gateways_load_comes_from_heartbeats() -> None:
+    reg = _registry("shortest_queue")
+    reg.dispatch("m", track=True, exclude=["w1"])  # one request of ours on w0
+    reg.heartbeat(Heartbeat(worker_id="w0", queue_length=1))  # only ours
+    reg.heartbeat(Heartbeat(worker_id="w1", queue_length=3))  # three from another gateway
+    assert reg.workers["w0"].load == 1 and reg.workers["w1"].load == 3
+    assert reg.dispatch("m", track=True).worker_id == "w0"
+    reg.done("w0")
+    reg.done("w0")
+    reg.done("w0")  # more done() than dispatches never goes negative
+    assert reg.workers["w0"].load == 0
