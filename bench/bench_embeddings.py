@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
+import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -67,10 +68,13 @@ def direct(model, seconds: float, batch: int) -> tuple[int, float]:  # noqa: ANN
 
 
 async def via_gateway(url: str, model: str, concurrency: int, seconds: float, items: int) -> tuple[int, float]:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+    # aiohttp with a keep-alive pool, as the main benchmark's load generator: the client
+    # must cost as little as possible (httpx spends ~0.5 ms more CPU per request)
+    conn = aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60)
+    async with aiohttp.ClientSession(base_url=url, connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as client:
         count = 0
         stop = time.perf_counter() + 0.3
+        headers = {"Content-Type": "application/json"}
 
         async def one(k: int) -> None:
             nonlocal count
@@ -78,8 +82,10 @@ async def via_gateway(url: str, model: str, concurrency: int, seconds: float, it
             while time.perf_counter() < stop:
                 body = {"model": model, "input": [SENTENCE.format(k * 1000 + i + j) for j in range(items)],
                         "encoding_format": "base64"}
-                r = await client.post("/v1/embeddings", json=body)
-                r.raise_for_status()
+                async with client.post("/v1/embeddings", data=orjson.dumps(body), headers=headers) as r:
+                    data = await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"HTTP {r.status}: {data[:200]!r}")
                 count += items
                 i += items
 
