@@ -1,0 +1,87 @@
+"""Two checkouts' gateways against the same in-process engine, in one run (a regression check).
+
+Not a test. Starts ``gpt-server serve`` from this checkout ("new") and from another one
+("old", e.g. ``git worktree add /tmp/old <commit>``), each with the packaged SmolLM2 GGUF on
+llama.cpp, plus the in-process ``LlamaEngine`` baseline, then runs alternating closed-loop
+rounds (order flipping each round) so that load from elsewhere hits all three alike:
+
+    .venv/bin/python bench/ab_gateways.py --old /tmp/old --concurrency 1 --requests 8 --rounds 12
+
+Prints tok/s, TTFT/TPOT p50 and each gateway ÷ direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import bench.servers as servers  # noqa: E402
+from bench.metrics import SLO, Sample, summarise  # noqa: E402
+from bench.run import LLAMA_MODEL, _env, _llama_entry, build_parser  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old", required=True, help="the other checkout (its gpt_server package is served)")
+    ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=8, help="requests per round")
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--nostream", action="store_true")
+    a = ap.parse_args()
+    from gpt_server.config import resolve_model_path
+
+    args = build_parser().parse_args(["--threads", str(a.threads), "--n-parallel", "8", "--max-tokens", str(a.max_tokens)])
+    out = ROOT / "bench" / "results" / "ab"
+    out.mkdir(parents=True, exist_ok=True)
+    old_root = Path(a.old).resolve()
+    servers.ROOT = old_root  # the old gateway and its workers import the old package
+    old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**_env(args), "PYTHONPATH": str(old_root)})
+    servers.ROOT = ROOT
+    new = servers.Gateway([_llama_entry(args)], out, "gateway_new", _env(args))
+    sides: dict[str, servers.Agent] = {}
+    try:
+        old.wait()
+        new.wait()
+        sides = {
+            "old": servers.Agent({"kind": "openai_chat", "base_url": old.base_url, "model": "smollm2"}, out, "ab_old"),
+            "new": servers.Agent({"kind": "openai_chat", "base_url": new.base_url, "model": "smollm2"}, out, "ab_new"),
+            "direct": servers.Agent(
+                {"kind": "direct_llama", "model_path": resolve_model_path(LLAMA_MODEL), "n_parallel": 8,
+                 "n_threads": a.threads, "n_ctx": 2048},
+                out, "ab_direct", _env(args),
+            ),
+        }
+        sides["direct"].wait()
+        spec = {"concurrency": a.concurrency, "requests": a.requests, "stream": not a.nostream, "max_tokens": a.max_tokens}
+        for agent in sides.values():
+            agent.round({**spec, "requests": 4})  # warm-up
+        got: dict[str, list[dict]] = {k: [] for k in sides}
+        names = list(sides)
+        for r in range(a.rounds):
+            for k in names if r % 2 == 0 else names[::-1]:
+                got[k].append(sides[k].round(spec))
+        res = {}
+        for k, rounds in got.items():
+            samples = [Sample(**x) for rr in rounds for x in rr["samples"]]
+            res[k] = s = summarise(samples, sum(rr["wall"] for rr in rounds), SLO(2000, 200), 0)
+            print(f"{k:7s} tok/s {s['output_tokens_per_s']:8.1f}  TTFT p50 {s['ttft_ms']['p50']}  "
+                  f"TPOT p50 {s['tpot_ms']['p50']}  E2E p50 {s['e2e_ms']['p50']}  errors {s['errors']}")
+        d = res["direct"]["output_tokens_per_s"]
+        print(f"c={a.concurrency}: old ÷ direct {res['old']['output_tokens_per_s'] / d:.3f}, "
+              f"new ÷ direct {res['new']['output_tokens_per_s'] / d:.3f}")
+    finally:
+        for agent in sides.values():
+            agent.stop()
+        old.stop()
+        new.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
