@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import socket
@@ -40,7 +41,7 @@ class ClosingStreamingResponse(StreamingResponse):
     """A stream whose iterator is always closed when the response ends, however it ends
     (client gone before the first byte, a failed send, cancellation), so the work behind
     it stops at once instead of whenever the garbage collector finalises it. ``on_close``
-    runs then too (an iterator that never started has no cleanup of its own)."""
+    (sync or async) runs then too: an iterator that never started has no cleanup of its own."""
 
     def __init__(self, content: Any, *, on_close: Callable[[], Any] | None = None, **kw: Any) -> None:
         super().__init__(content, **kw)
@@ -54,7 +55,9 @@ class ClosingStreamingResponse(StreamingResponse):
             if aclose is not None:
                 await aclose()
             if self._on_close is not None:
-                self._on_close()
+                done = self._on_close()
+                if inspect.isawaitable(done):
+                    await done
 
 
 class FastJSONResponse(Response):

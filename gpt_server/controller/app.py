@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
@@ -19,6 +18,7 @@ from ..protocol.worker import (
     HeartbeatReply,
     ModelEntryInfo,
     WorkerInfo,
+    secret_matches,
 )
 from ..server_common import install_error_handlers
 from .registry import Registry
@@ -34,8 +34,7 @@ def secret_guard(secret: str | None):  # noqa: ANN201 - FastAPI dependency
     async def check(request: Request) -> None:
         if not secret:
             return
-        given = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(given.encode(), secret.encode()):
+        if not secret_matches(request.headers.get(SECRET_HEADER, ""), secret):
             raise AuthenticationError("missing or wrong internal secret", code="invalid_secret")
 
     return check

@@ -99,10 +99,9 @@ class RemoteController:
                 info = WorkerInfo.model_validate({k: w[k] for k in WorkerInfo.model_fields if k in w})
                 fresh.register(info)
                 rec = fresh.workers[info.worker_id]
-                rec.queue_length = int(w.get("queue_length", 0))
                 prev = old.get(info.worker_id)
                 rec.tracked = prev.tracked if prev is not None else 0  # our own requests carry over
-                rec.others = max(0, rec.queue_length - rec.tracked)
+                rec.observe_queue(int(w.get("queue_length", 0)))
                 rec.healthy = bool(w.get("healthy", True))
                 for key in ("active", "requests_total", "tokens_total", "last_error", "state"):  # dashboard
                     if key in w:

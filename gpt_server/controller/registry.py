@@ -49,6 +49,11 @@ class WorkerRecord:
         """Requests on the worker: ours exactly, the others' as of the last heartbeat."""
         return self.tracked + self.others + self.dispatched_since_beat
 
+    def observe_queue(self, queue_length: int) -> None:
+        """A reported queue length (heartbeat, or the controller's list): what is not ours."""
+        self.queue_length = queue_length
+        self.others = max(0, queue_length - self.tracked)
+
     def expired(self, now: float) -> bool:
         return now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
 
@@ -75,8 +80,7 @@ class Registry:
         if rec is None:
             return False
         rec.last_seen = self.clock()
-        rec.queue_length = hb.queue_length
-        rec.others = max(0, hb.queue_length - rec.tracked)
+        rec.observe_queue(hb.queue_length)
         rec.active = hb.active
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0

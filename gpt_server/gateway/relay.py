@@ -35,17 +35,40 @@ _RETRY_STATUS = {429, 503}
 _JSON = {"content-type": "application/json"}
 
 
-class EventStream:
+class WorkerResponse:
+    """A worker's answer, body not yet read; ``close()`` when done with it. Closing cuts
+    the connection (synchronous: safe while being cancelled) and tells the dispatcher,
+    once, that the request has left that worker."""
+
+    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None] | None = None) -> None:
+        self.response = response
+        self.headers = response.headers
+        self.content = response.content
+        self._on_close = on_close
+
+    async def read(self) -> bytes:
+        return await self.response.read()
+
+    def close(self) -> None:
+        self.response.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+
+class EventStream(WorkerResponse):
     """Worker events, parsed; a broken connection becomes a final error event.
 
     ``batches()`` yields the events of one network read together, so a caller can
-    answer them with one write; iterating the stream itself yields them one by one.
+    answer them with one write.
     """
 
     def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
-        self.response = response
+        super().__init__(response, on_close)
         self.target = target
-        self._on_close = on_close
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
@@ -82,44 +105,6 @@ class EventStream:
             ]
         finally:
             self.close()
-
-    async def __aiter__(self) -> AsyncIterator[Event]:
-        batches = self.batches()
-        try:
-            async for batch in batches:
-                for ev in batch:
-                    yield ev
-        finally:
-            await batches.aclose()
-
-    def close(self) -> None:
-        """Cut the connection to the worker now (synchronous: safe while being cancelled)."""
-        self.response.close()
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()  # the dispatcher's count of requests on that worker
-
-    async def aclose(self) -> None:
-        self.close()
-
-
-class WorkerResponse:
-    """A worker's answer to an invoke, body not yet read; ``close()`` when done with it."""
-
-    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None]) -> None:
-        self.response = response
-        self.headers = response.headers
-        self.content = response.content
-        self._on_close: Callable[[], None] | None = on_close
-
-    async def read(self) -> bytes:
-        return await self.response.read()
-
-    def close(self) -> None:
-        self.response.close()
-        on_close, self._on_close = self._on_close, None
-        if on_close is not None:
-            on_close()
 
 
 class Relay:

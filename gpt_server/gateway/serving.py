@@ -32,7 +32,7 @@ from .convert import (
 )
 from .metrics import Metrics
 from .relay import EventStream, Relay
-from .sse import sse_response
+from .sse import SSEResponse
 
 __all__ = ["GenerationService"]
 
@@ -158,7 +158,8 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._chat_chunks(stream, req, rid, created, include_usage), timeout=self.timeout, on_close=stream.close)
+            chunks = self._chat_chunks(stream, req, rid, created, include_usage)
+            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.close)
         choices, usage = await self._collect(stream, req.n)
         body = {
             "id": rid,
@@ -233,7 +234,8 @@ class GenerationService:
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return sse_response(self._completion_chunks(stream, req, rid, created, include_usage), timeout=self.timeout, on_close=stream.close)
+            chunks = self._completion_chunks(stream, req, rid, created, include_usage)
+            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.close)
         choices, usage = await self._collect(stream, n_choices)
         body = {
             "id": rid,

@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError, TimeoutError_
 
-__all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse", "sse_response"]
+__all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse"]
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,3 @@ class SSEResponse(Response):
             return frame(InternalError("internal error while streaming").body())
         return b""
 
-
-def sse_response(
-    batches: AsyncIterator[list[Any]],
-    *,
-    keepalive: float = 15.0,
-    timeout: float | None = None,
-    on_close: Callable[[], Any] | None = None,
-) -> SSEResponse:
-    return SSEResponse(batches, keepalive=keepalive, timeout=timeout, on_close=on_close)

@@ -5,6 +5,7 @@ Workers stream NDJSON lines, each one ``Event``; streams carry deltas only.
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 __all__ = [
     "PROTOCOL_VERSION",
     "SECRET_HEADER",
+    "secret_matches",
     "WorkerInfo",
     "Heartbeat",
     "HeartbeatReply",
@@ -36,6 +38,12 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 SECRET_HEADER = "X-GPT-Server-Secret"
+
+
+def secret_matches(given: str | bytes, secret: str) -> bool:
+    """Constant-time check of an internal-secret header value."""
+    raw = given.encode() if isinstance(given, str) else given
+    return hmac.compare_digest(raw, secret.encode())
 
 
 class _Strict(BaseModel):

@@ -9,7 +9,6 @@ the gateway). The internal secret is checked by a small ASGI middleware.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
@@ -17,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,8 +29,10 @@ from ..protocol.worker import (
     GenerateRequest,
     InvokeRequest,
     UsageEvent,
+    secret_matches,
 )
 from ..server_common import (
+    ClosingStreamingResponse,
     FastJSONResponse,
     error_response,
     install_error_handlers,
@@ -56,14 +57,10 @@ def _error_line(exc: GatewayError) -> bytes:
 
 async def _parse(request: Request, model: type[M]) -> M:
     """The request body as ``model``; a 400 in the OpenAI shape when it does not fit."""
-    raw = await request.body()
     try:
-        return model.model_validate_json(raw)
+        return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        errors = [dict(e) for e in exc.errors()]
-        if errors and errors[0].get("type") == "json_invalid":
-            raise BadRequestError("the request body is not valid JSON") from None
-        message, param = validation_message(errors)  # type: ignore[arg-type]
+        message, param = validation_message(exc.errors())  # type: ignore[arg-type]
         raise BadRequestError(message, param=param) from None
 
 
@@ -72,12 +69,12 @@ class _SecretMiddleware:
 
     def __init__(self, app: ASGIApp, secret: str) -> None:
         self.app = app
-        self.secret = secret.encode()
+        self.secret = secret
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             given = next((v for k, v in scope.get("headers", ()) if k == _SECRET_KEY), b"")
-            if not hmac.compare_digest(given, self.secret):
+            if not secret_matches(given, self.secret):
                 resp = error_response(AuthenticationError("missing or wrong internal secret", code="invalid_secret"))
                 await resp(scope, receive, send)
                 return
@@ -85,20 +82,6 @@ class _SecretMiddleware:
 
 
 _SECRET_KEY = SECRET_HEADER.lower().encode()
-
-
-class _CleanupStream(StreamingResponse):
-    """A stream whose cleanup runs even when the client leaves before the first byte."""
-
-    def __init__(self, content: AsyncIterator[bytes], cleanup, **kw) -> None:  # noqa: ANN001
-        super().__init__(content, **kw)
-        self._cleanup = cleanup
-
-    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._cleanup()
 
 
 def build_worker_app(runtime: WorkerRuntime) -> Starlette:
@@ -170,7 +153,7 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
             finally:
                 await cleanup()
 
-        return _CleanupStream(body(), cleanup, media_type="application/x-ndjson")
+        return ClosingStreamingResponse(body(), on_close=cleanup, media_type="application/x-ndjson")
 
     async def invoke(request: Request) -> Response:
         req = await _parse(request, InvokeRequest)
@@ -199,7 +182,7 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
             if isinstance(result.body, bytes):
                 await release()
                 return Response(result.body, media_type=result.media_type, headers=result.headers)
-            return _CleanupStream(result.body, release, media_type=result.media_type, headers=result.headers)
+            return ClosingStreamingResponse(result.body, on_close=release, media_type=result.media_type, headers=result.headers)
         await release()
         return FastJSONResponse(result)
 
