@@ -1,11 +1,14 @@
-"""Two checkouts' gateways against the same in-process engine, in one run (a regression check).
+"""Two gateways against the same in-process engine, in one run (a regression check).
 
-Not a test. Starts ``gpt-server serve`` from this checkout ("new") and from another one
-("old", e.g. ``git worktree add /tmp/old <commit>``), each with the packaged SmolLM2 GGUF on
-llama.cpp, plus the in-process ``LlamaEngine`` baseline, then runs alternating closed-loop
-rounds (order flipping each round) so that load from elsewhere hits all three alike:
+Not a test. Starts ``gpt-server serve`` from this checkout ("new") and either from another
+one (``--old``, e.g. ``git worktree add /tmp/old <commit>``) or, with ``--in-process``, from
+this checkout with the worker running inside the gateway process ("inproc"), each with the
+packaged SmolLM2 GGUF on llama.cpp, plus the in-process ``LlamaEngine`` baseline, then runs
+alternating closed-loop rounds (order flipping each round) so that load from elsewhere hits
+all three alike:
 
     .venv/bin/python bench/ab_gateways.py --old /tmp/old --concurrency 1 --requests 8 --rounds 12
+    .venv/bin/python bench/ab_gateways.py --in-process --concurrency 1 --requests 8 --rounds 12
 
 Prints tok/s, TTFT/TPOT p50 and each gateway ÷ direct.
 """
@@ -26,7 +29,9 @@ from bench.run import LLAMA_MODEL, _env, _llama_entry, build_parser  # noqa: E40
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--old", required=True, help="the other checkout (its gpt_server package is served)")
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--old", help="the other checkout (its gpt_server package is served)")
+    which.add_argument("--in-process", action="store_true", help="compare with this checkout's in_process worker")
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--requests", type=int, default=8, help="requests per round")
     ap.add_argument("--rounds", type=int, default=12)
@@ -39,17 +44,24 @@ def main() -> int:
     args = build_parser().parse_args(["--threads", str(a.threads), "--n-parallel", "8", "--max-tokens", str(a.max_tokens)])
     out = ROOT / "bench" / "results" / "ab"
     out.mkdir(parents=True, exist_ok=True)
-    old_root = Path(a.old).resolve()
-    servers.ROOT = old_root  # the old gateway and its workers import the old package
-    old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**_env(args), "PYTHONPATH": str(old_root)})
-    servers.ROOT = ROOT
+    if a.in_process:
+        other = "inproc"
+        entry = _llama_entry(args)
+        next(iter(entry.values()))["workers"] = [{"gpus": [], "in_process": True}]
+        old = servers.Gateway([entry], out, "gateway_inproc", _env(args))
+    else:
+        other = "old"
+        old_root = Path(a.old).resolve()
+        servers.ROOT = old_root  # the old gateway and its workers import the old package
+        old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**_env(args), "PYTHONPATH": str(old_root)})
+        servers.ROOT = ROOT
     new = servers.Gateway([_llama_entry(args)], out, "gateway_new", _env(args))
     sides: dict[str, servers.Agent] = {}
     try:
         old.wait()
         new.wait()
         sides = {
-            "old": servers.Agent({"kind": "openai_chat", "base_url": old.base_url, "model": "smollm2"}, out, "ab_old"),
+            other: servers.Agent({"kind": "openai_chat", "base_url": old.base_url, "model": "smollm2"}, out, f"ab_{other}"),
             "new": servers.Agent({"kind": "openai_chat", "base_url": new.base_url, "model": "smollm2"}, out, "ab_new"),
             "direct": servers.Agent(
                 {"kind": "direct_llama", "model_path": resolve_model_path(LLAMA_MODEL), "n_parallel": 8,
@@ -73,7 +85,7 @@ def main() -> int:
             print(f"{k:7s} tok/s {s['output_tokens_per_s']:8.1f}  TTFT p50 {s['ttft_ms']['p50']}  "
                   f"TPOT p50 {s['tpot_ms']['p50']}  E2E p50 {s['e2e_ms']['p50']}  errors {s['errors']}")
         d = res["direct"]["output_tokens_per_s"]
-        print(f"c={a.concurrency}: old ÷ direct {res['old']['output_tokens_per_s'] / d:.3f}, "
+        print(f"c={a.concurrency}: {other} ÷ direct {res[other]['output_tokens_per_s'] / d:.3f}, "
               f"new ÷ direct {res['new']['output_tokens_per_s'] / d:.3f}")
     finally:
         for agent in sides.values():

@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-tpot-ms", type=float, default=200.0)
     p.add_argument("--out", default=None, help="output folder (default bench/results/run-<time>)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--in-process", action="store_true",
+                   help="chat and embedding workers run inside the gateway process (workers: [{in_process: true}])")
     return p
 
 
@@ -123,9 +125,13 @@ def _gateway_cpu(res: dict[str, Any], group: str, pairs: tuple[str, ...]) -> Non
         res.setdefault("gateway_cpu_ms_per_request", {})[group] = round(cpu / n * 1e3, 3)
 
 
+def _workers(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return [{"gpus": [], "in_process": True}] if getattr(args, "in_process", False) else [{"gpus": []}]
+
+
 def _llama_entry(args: argparse.Namespace) -> dict[str, Any]:
     mc = {"model_name_or_path": LLAMA_MODEL, "n_ctx": args.n_ctx, "n_parallel": args.n_parallel, "n_threads": args.threads}
-    return {"smollm2": {"model_config": mc, "work_mode": "llama_cpp", "device": "cpu", "workers": [{"gpus": []}]}}
+    return {"smollm2": {"model_config": mc, "work_mode": "llama_cpp", "device": "cpu", "workers": _workers(args)}}
 
 
 def _env(args: argparse.Namespace) -> dict[str, str]:
@@ -183,7 +189,7 @@ def _run_embed_pair(runner: Runner, res: dict[str, Any]) -> None:
         return
     args, out = runner.args, runner.out
     entry = {"minilm": {"model_config": {"model_name_or_path": EMBED_MODEL}, "model_type": "embedding",
-                        "work_mode": "sentence_transformers", "device": "cpu", "workers": [{"gpus": []}]}}
+                        "work_mode": "sentence_transformers", "device": "cpu", "workers": _workers(args)}}
     print("pair embed: gateway embeddings (A) vs sentence-transformers in-process (B)", flush=True)
     with ExitStack() as stack:
         gw = Gateway([entry], out, "gateway_embed", _env(args))

@@ -113,7 +113,7 @@ class Gateway:
     def pids(self) -> dict[str, int]:
         out = {"gateway": self.proc.pid}
         for w in self.workers:
-            if w.get("pid"):
+            if w.get("pid") and w["pid"] != self.proc.pid:  # in_process workers are in the gateway's RSS
                 out[f"worker:{w['model_name']}:{w.get('replica', 0)}"] = w["pid"]
         return out
 

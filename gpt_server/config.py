@@ -270,6 +270,14 @@ class ModelConfig(_Section):
 
 class WorkerSpec(_Section):
     gpus: list[int] | None = Field(default=None, description="GPU indices for this replica")
+    in_process: bool = Field(
+        False,
+        description=(
+            "CPU only: run this replica inside the gateway process (`gpt-server serve`), called without a "
+            "socket. Saves a process hop per token and the worker process's memory; a crash of the engine "
+            "then stops the gateway too, and the replica is not restarted on its own"
+        ),
+    )
 
 
 class ModelEntry(_Section):
@@ -322,6 +330,8 @@ class ModelEntry(_Section):
         for i, w in enumerate(self.workers):
             if self.device == "cpu" and w.gpus:
                 raise ValueError(f"workers[{i}].gpus must be empty with device: cpu")
+            if w.in_process and w.gpus:
+                raise ValueError(f"workers[{i}].in_process runs on CPU only: leave gpus empty")
         return self
 
     @property

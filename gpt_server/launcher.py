@@ -1,4 +1,5 @@
-"""`gpt-server serve`: controller + gateway in this process, one process per worker replica."""
+"""`gpt-server serve`: controller + gateway in this process, one process per worker replica
+(or, for replicas with ``in_process: true``, the worker app in this process too)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from . import inproc
 from .config import Config
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
@@ -22,7 +24,9 @@ from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .gateway.app import build_app
 from .server_common import bind_socket, make_server
-from .worker.main import backend_available
+from .worker.app import build_worker_app
+from .worker.main import backend_available, build_runtime
+from .worker.runtime import WorkerRuntime
 
 __all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
 
@@ -111,17 +115,23 @@ def _connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-def _worker_processes(cfg: Config, config_path: str, controller_address: str) -> list[WorkerProcess]:
+def _thread_shares(cfg: Config) -> tuple[int, int]:
+    """CPU threads per chat-engine replica and per other CPU replica."""
     entries = cfg.enabled_models()
     cores = os.cpu_count() or 1
     cpu_workers = sum(1 for e in entries for w in e.workers if not w.gpus)
     llm_workers = sum(1 for e in entries if e.kind == "auto" for w in e.workers if not w.gpus)
     # chat engines are the CPU-hungry ones: they share all cores; other kinds get an even share
-    llm_threads = max(1, cores // max(llm_workers, 1))
-    other_threads = max(1, cores // max(cpu_workers, 1))
+    return max(1, cores // max(llm_workers, 1)), max(1, cores // max(cpu_workers, 1))
+
+
+def _worker_processes(cfg: Config, config_path: str, controller_address: str) -> list[WorkerProcess]:
+    llm_threads, other_threads = _thread_shares(cfg)
     out = []
-    for e in entries:
+    for e in cfg.enabled_models():
         for i, w in enumerate(e.workers):
+            if w.in_process:
+                continue
             env = dict(os.environ)
             if w.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
@@ -134,7 +144,55 @@ def _worker_processes(cfg: Config, config_path: str, controller_address: str) ->
     return out
 
 
-async def _wait_ready(registry: Registry, workers: list[WorkerProcess], timeout: float) -> None:
+@dataclass
+class LocalWorker:
+    """A replica with ``in_process: true``: its worker app runs in this process."""
+
+    model: str
+    replica: int
+    runtime: WorkerRuntime
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model}#{self.replica} (in process)"
+
+    async def start(self) -> None:
+        inproc.register(self.runtime.address, build_worker_app(self.runtime))
+        self.task = asyncio.create_task(self._load())
+
+    async def _load(self) -> None:
+        try:
+            await self.runtime.start()
+        except Exception:
+            self.runtime.state = "failed"
+            log.exception("in-process worker %s failed to load; it is not served", self.label)
+
+    async def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.runtime.state != "failed":
+            await self.runtime.stop()
+        inproc.unregister(self.runtime.address)
+
+
+def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
+    llm_threads, other_threads = _thread_shares(cfg)
+    out = []
+    for e in cfg.enabled_models():
+        for i, w in enumerate(e.workers):
+            if not w.in_process:
+                continue
+            runtime = build_runtime(
+                cfg, e, replica=i, address=f"{inproc.SCHEME}{e.name}-{i}", controller_address=controller_address,
+                n_threads=llm_threads if e.kind == "auto" else other_threads,
+            )
+            out.append(LocalWorker(model=e.name, replica=i, runtime=runtime))
+    return out
+
+
+async def _wait_ready(registry: Registry, workers: list[WorkerProcess | LocalWorker], timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last_log = 0.0
@@ -183,10 +241,13 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
     workers = _worker_processes(cfg, cfg_path, controller_address)
+    local = _local_workers(cfg, controller_address)
     sup = Supervisor(workers)
     try:
+        for lw in local:
+            await lw.start()
         await sup.start()
-        ready = asyncio.create_task(_wait_ready(registry, workers, cfg.model_worker_args.startup_timeout))
+        ready = asyncio.create_task(_wait_ready(registry, [*workers, *local], cfg.model_worker_args.startup_timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
@@ -199,6 +260,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         gserver.should_exit = True
         await asyncio.gather(tasks[1], return_exceptions=True)  # the gateway drains first
         await sup.stop()
+        await asyncio.gather(*(lw.stop() for lw in local), return_exceptions=True)
         cserver.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(OSError):

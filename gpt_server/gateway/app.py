@@ -16,6 +16,7 @@ from ..controller.client import ControllerClient
 from ..errors import GatewayError
 from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
 from .auth import api_key_guard
+from .fastlane import FastLane, plain_routes
 from .files import ImageStore
 from .metrics import Metrics, MetricsMiddleware
 from .relay import Relay
@@ -55,10 +56,13 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     app.state.generation = GenerationService(relay, timeout=sa.request_timeout, metrics=metrics)
     install_error_handlers(app)
 
-    v1 = APIRouter(dependencies=[Depends(api_key_guard(sa.api_keys))])
+    guard = api_key_guard(sa.api_keys)
+    v1 = APIRouter(dependencies=[Depends(guard)])
+    plain: dict = {}
     for mod in route_modules():
         if hasattr(mod, "router"):
             v1.include_router(mod.router)
+            plain.update(plain_routes(mod.router.routes))
         if hasattr(mod, "public_router"):
             app.include_router(mod.public_router)
     app.include_router(v1)
@@ -82,6 +86,7 @@ def build_app(config: Config, controller: ControllerClient) -> FastAPI:
     async def root() -> RedirectResponse:
         return RedirectResponse("/docs")
 
+    app.add_middleware(FastLane, routes=plain, guard=guard)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes)
     if sa.cors_origins:
         app.add_middleware(

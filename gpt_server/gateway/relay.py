@@ -2,7 +2,9 @@
 
 The gateway talks to workers with aiohttp: pooled keep-alive connections, and a
 response can be closed synchronously. That matters when a client hangs up: the
-connection to the worker is cut at once, so the worker stops generating.
+connection to the worker is cut at once, so the worker stops generating. A worker
+running in this process (``inproc://`` address) is called through ``inproc.post``,
+which answers with the same response interface.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import aiohttp
 import orjson
 from pydantic import ValidationError
 
+from .. import inproc
 from ..controller.client import ControllerClient
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
 from ..protocol.worker import (
@@ -32,6 +35,7 @@ __all__ = ["Relay", "EventStream", "WorkerResponse"]
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 503}
+_Response = aiohttp.ClientResponse | inproc.LocalResponse
 _JSON = {"content-type": "application/json"}
 
 
@@ -40,7 +44,7 @@ class WorkerResponse:
     the connection (synchronous: safe while being cancelled) and tells the dispatcher,
     once, that the request has left that worker."""
 
-    def __init__(self, response: aiohttp.ClientResponse, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, response: _Response, on_close: Callable[[], None] | None = None) -> None:
         self.response = response
         self.headers = response.headers
         self.content = response.content
@@ -66,7 +70,7 @@ class EventStream(WorkerResponse):
     answer them with one write.
     """
 
-    def __init__(self, response: aiohttp.ClientResponse, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
         super().__init__(response, on_close)
         self.target = target
 
@@ -152,7 +156,7 @@ class Relay:
         resp, target = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
         return WorkerResponse(resp, lambda: self.controller.done(target.worker_id))
 
-    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[aiohttp.ClientResponse, DispatchReply]:
+    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[_Response, DispatchReply]:
         exclude: list[str] = []
         last: GatewayError | None = None
         for _ in range(self.max_retries + 1):
@@ -163,7 +167,10 @@ class Relay:
                     raise last from None
                 raise
             try:
-                resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
+                if inproc.is_local(target.address):
+                    resp = await inproc.post(target.address, path, payload, self._headers)
+                else:
+                    resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 self.controller.done(target.worker_id)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)

@@ -14,7 +14,7 @@ from ..server_common import bind_socket, make_server
 from .app import build_worker_app
 from .runtime import WorkerRuntime, advertise_host
 
-__all__ = ["run_worker", "backend_available"]
+__all__ = ["run_worker", "build_runtime", "backend_available"]
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,40 @@ def backend_available(entry: ModelEntry) -> None:
             f"models.{entry.name}.work_mode: engine '{entry.work_mode}' is not available in this build "
             f"(available: {', '.join(BACKENDS.available())})"
         )
+
+
+def build_runtime(
+    cfg: Config,
+    entry: ModelEntry,
+    *,
+    replica: int,
+    address: str,
+    controller_address: str,
+    n_threads: int | None,
+) -> WorkerRuntime:
+    """The backend (not loaded yet) and the runtime around it, for one replica."""
+    backend_available(entry)
+    mwa = cfg.model_worker_args
+    gpus = (entry.workers[replica].gpus if replica < len(entry.workers) else None) or []
+    spec = BackendSpec(
+        entry=entry,
+        model_path=resolve_model_path(entry.model_config_.model_name_or_path),
+        gpus=gpus,
+        n_threads=n_threads,
+    )
+    backend = BACKENDS.get(entry.work_mode)(spec)
+    return WorkerRuntime(
+        backend,
+        model_name=entry.name,
+        aliases=[*entry.alias, *getattr(backend, "extra_model_names", [])],  # e.g. LoRA adapters
+        model_kind=entry.kind,
+        address=address,
+        controller_address=controller_address,
+        limit=mwa.limit_worker_concurrency,
+        heartbeat_interval=mwa.heartbeat_interval,
+        secret=cfg.secret(),
+        replica=replica,
+    )
 
 
 async def run_worker(
@@ -43,13 +77,6 @@ async def run_worker(
     if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     threads = os.environ.get("GPT_SERVER_THREADS")
-    spec = BackendSpec(
-        entry=entry,
-        model_path=resolve_model_path(entry.model_config_.model_name_or_path),
-        gpus=gpus,
-        n_threads=int(threads) if threads else None,
-    )
-    backend = BACKENDS.get(entry.work_mode)(spec)
     bind_host = host or mwa.host
     sock = bind_socket(bind_host, port if port is not None else (mwa.port + replica if mwa.port else 0))
     real_port = sock.getsockname()[1]
@@ -57,17 +84,9 @@ async def run_worker(
         f"http://{_connect_host(cfg.controller_args.host)}:{cfg.controller_args.port}"
     )
     adv = advertise_host(bind_host, ctrl, advertise or mwa.advertise_host)
-    runtime = WorkerRuntime(
-        backend,
-        model_name=entry.name,
-        aliases=[*entry.alias, *getattr(backend, "extra_model_names", [])],  # e.g. LoRA adapters
-        model_kind=entry.kind,
-        address=f"http://{_url_host(adv)}:{real_port}",
-        controller_address=ctrl,
-        limit=mwa.limit_worker_concurrency,
-        heartbeat_interval=mwa.heartbeat_interval,
-        secret=cfg.secret(),
-        replica=replica,
+    runtime = build_runtime(
+        cfg, entry, replica=replica, address=f"http://{_url_host(adv)}:{real_port}",
+        controller_address=ctrl, n_threads=int(threads) if threads else None,
     )
     server = make_server(build_worker_app(runtime), sock)
     loop = asyncio.get_running_loop()

@@ -1,0 +1,207 @@
+"""In-process workers: a worker's ASGI app called from the gateway's own event loop.
+
+A worker replica configured with ``in_process: true`` runs inside the gateway process.
+Its app is the same Starlette app a worker process serves, registered here under an
+``inproc://`` address; the relay calls it through ``post`` instead of a socket. The
+bytes are the same (JSON request, NDJSON or binary answer), so admission, errors,
+cancellation and usage behave exactly as over HTTP. What is saved is the hop: no
+loopback connection, no second process to wake per token.
+
+When the caller closes a response that is still streaming, the app's task is cancelled
+at once (its iterator and ``on_close`` still run), so generation stops as it does when
+the gateway cuts a worker connection. A handler the caller left before it answered runs
+on to its first send, and is cancelled there: it is never cancelled mid-way before it
+has answered, as under uvicorn. So the bridge declares ASGI spec 2.4 and Starlette needs
+no disconnect-listening task per response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict, CIMultiDictProxy
+from starlette.types import ASGIApp, Message
+
+__all__ = ["SCHEME", "register", "unregister", "is_local", "post", "LocalResponse"]
+
+log = logging.getLogger(__name__)
+
+SCHEME = "inproc://"
+_APPS: dict[str, ASGIApp] = {}
+_RUNNING: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
+_QUEUE_CHUNKS = 64  # chunks buffered before the app's send waits (a socket's send buffer)
+
+
+def register(address: str, app: ASGIApp) -> None:
+    if not address.startswith(SCHEME):
+        raise ValueError(f"in-process worker address must start with {SCHEME}")
+    _APPS[address] = app
+
+
+def unregister(address: str) -> None:
+    _APPS.pop(address, None)
+
+
+def is_local(address: str) -> bool:
+    return address.startswith(SCHEME)
+
+
+_END = object()
+
+
+class _Content:
+    """The body as it is sent; ``iter_any`` yields what is ready in one piece (as one
+    network read would), so the caller can answer several events with one write."""
+
+    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+        self._queue = queue
+        self._ended = False
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        while not self._ended:
+            parts: list[bytes] = []
+            item = await self._queue.get()
+            while True:
+                if item is _END:
+                    self._ended = True
+                    break
+                if isinstance(item, BaseException):
+                    self._ended = True
+                    if parts:
+                        yield b"".join(parts)
+                    raise item
+                parts.append(item)
+                if self._queue.empty():
+                    break
+                item = self._queue.get_nowait()
+            if parts:
+                yield b"".join(parts)
+
+
+class LocalResponse:
+    """The part of ``aiohttp.ClientResponse`` the relay uses, for an in-process call."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_CHUNKS)
+        self.content = _Content(self._queue)
+        self.closed = asyncio.Event()
+        self.started = False  # status and headers sent
+        self.finished = False  # the last body message sent
+        self.task: asyncio.Task[None] | None = None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.content.iter_any()])
+
+    def close(self) -> None:
+        """The caller is done: a response still streaming is cancelled; one not started
+        yet is cancelled at its first send (``receive`` reports the hang-up meanwhile)."""
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        # unblock a send waiting on a full queue; what is left is never read
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        if self.started and not self.finished and self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    release = close
+
+
+async def post(address: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> LocalResponse:
+    """POST ``body`` to the in-process app at ``address``; returns once the response
+    has started (status and headers known), its body still streaming."""
+    app = _APPS.get(address)
+    if app is None:
+        raise aiohttp.ClientConnectionError(f"no in-process worker at {address}")
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw_headers,
+        "client": ("inproc", 0),
+        "server": ("inproc", 0),
+    }
+    resp = LocalResponse()
+    loop = asyncio.get_running_loop()
+    started: asyncio.Future[None] = loop.create_future()
+    body_sent = False
+
+    async def receive() -> Message:
+        nonlocal body_sent
+        if not body_sent:
+            body_sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await resp.closed.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if resp.closed.is_set():
+            if resp.task is not None and not resp.task.done():
+                resp.task.cancel()  # nobody reads it: stop here (the finally blocks still run)
+            return
+        kind = message["type"]
+        if kind == "http.response.start":
+            resp.status = int(message["status"])
+            resp.headers = CIMultiDictProxy(
+                CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", ()))
+            )
+            resp.started = True
+            if not started.done():
+                started.set_result(None)
+        elif kind == "http.response.body":
+            chunk = message.get("body", b"")
+            if chunk:
+                await resp._queue.put(chunk)
+            if not message.get("more_body", False):
+                resp.finished = True
+                await resp._queue.put(_END)
+
+    async def run() -> None:
+        try:
+            await app(scope, receive, send)
+        except asyncio.CancelledError:
+            if not resp.closed.is_set():  # not ours: the loop is shutting down
+                if not started.done():
+                    started.set_exception(aiohttp.ClientConnectionError("in-process worker stopped"))
+                raise
+            return
+        except Exception as exc:  # noqa: BLE001 - becomes the caller's connection error
+            if not resp.closed.is_set():
+                log.exception("in-process worker %s failed on %s", address, path)
+            err = aiohttp.ClientPayloadError(f"in-process worker failed: {type(exc).__name__}")
+            if not started.done():
+                started.set_exception(aiohttp.ClientConnectionError(str(err)))
+            elif not resp.finished and not resp.closed.is_set():
+                with contextlib.suppress(asyncio.QueueFull):
+                    resp._queue.put_nowait(err)
+            return
+        if not started.done():
+            started.set_exception(aiohttp.ClientConnectionError("in-process worker sent no response"))
+        elif not resp.finished and not resp.closed.is_set():
+            resp._queue.put_nowait(aiohttp.ClientPayloadError("in-process worker ended without finishing its response"))
+
+    resp.task = asyncio.create_task(run(), name=f"inproc {address}{path}")
+    _RUNNING.add(resp.task)
+    resp.task.add_done_callback(_RUNNING.discard)
+    try:
+        await asyncio.shield(started)
+    except BaseException:
+        resp.close()  # cancelled while waiting: the app sees the hang-up, as over a socket
+        started.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it now
+        raise
+    return resp
