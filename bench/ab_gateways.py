@@ -38,24 +38,27 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nostream", action="store_true")
+    ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for both gateways and their workers (not the direct engine)")
     a = ap.parse_args()
     from gpt_server.config import resolve_model_path
 
     args = build_parser().parse_args(["--threads", str(a.threads), "--n-parallel", "8", "--max-tokens", str(a.max_tokens)])
+    genv = {**_env(args), **dict(kv.split("=", 1) for kv in a.gateway_env)}
     out = ROOT / "bench" / "results" / "ab"
     out.mkdir(parents=True, exist_ok=True)
     if a.in_process:
         other = "inproc"
         entry = _llama_entry(args)
         next(iter(entry.values()))["workers"] = [{"gpus": [], "in_process": True}]
-        old = servers.Gateway([entry], out, "gateway_inproc", _env(args))
+        old = servers.Gateway([entry], out, "gateway_inproc", genv)
     else:
         other = "old"
         old_root = Path(a.old).resolve()
         servers.ROOT = old_root  # the old gateway and its workers import the old package
-        old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**_env(args), "PYTHONPATH": str(old_root)})
+        old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**genv, "PYTHONPATH": str(old_root)})
         servers.ROOT = ROOT
-    new = servers.Gateway([_llama_entry(args)], out, "gateway_new", _env(args))
+    new = servers.Gateway([_llama_entry(args)], out, "gateway_new", genv)
     sides: dict[str, servers.Agent] = {}
     try:
         old.wait()

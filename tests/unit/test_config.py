@@ -57,6 +57,7 @@ def test_errors_name_the_key() -> None:
     assert "used by both" in _err({"models": [{"a": {**m, "alias": "x"}}, {"b": {**m, "alias": "x"}}]})
     assert "controller_args.dispatch_method" in _err({"controller_args": {"dispatch_method": "random"}})
     assert "gpus must be empty" in _err({"models": [{"m": {**m, "device": "cpu", "workers": [{"gpus": [0]}]}}]})
+    assert "in_process runs on CPU only" in _err({"models": [{"m": {**m, "workers": [{"gpus": [0], "in_process": True}]}}]})
 
 
 def test_cli_invalid_config_exits_nonzero(tmp_path) -> None:  # noqa: ANN001
