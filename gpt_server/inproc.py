@@ -27,7 +27,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.types import ASGIApp, Message
 
-__all__ = ["SCHEME", "register", "unregister", "is_local", "post", "LocalResponse"]
+__all__ = ["SCHEME", "register", "unregister", "is_local", "reachable", "post", "LocalResponse"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,11 @@ def unregister(address: str) -> None:
 
 def is_local(address: str) -> bool:
     return address.startswith(SCHEME)
+
+
+def reachable(address: str) -> bool:
+    """False for another process's in-process worker (a gateway elsewhere cannot call it)."""
+    return not address.startswith(SCHEME) or address in _APPS
 
 
 _END = object()

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import httpx
 
+from .. import inproc
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
 from ..protocol.worker import SECRET_HEADER, DispatchReply, ModelEntryInfo, WorkerInfo
 from .app import worker_view
@@ -97,6 +98,8 @@ class RemoteController:
             old = self.mirror.workers
             for w in data:
                 info = WorkerInfo.model_validate({k: w[k] for k in WorkerInfo.model_fields if k in w})
+                if not inproc.reachable(info.address):
+                    continue  # in the process of another gateway: only that one can call it
                 fresh.register(info)
                 rec = fresh.workers[info.worker_id]
                 prev = old.get(info.worker_id)

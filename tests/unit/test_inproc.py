@@ -140,3 +140,48 @@ def test_failures_look_like_connection_errors(state: dict) -> None:
 def test_address_scheme_checked() -> None:
     with pytest.raises(ValueError):
         inproc.register("http://127.0.0.1:1", _app({}))
+
+
+def test_remote_gateways_skip_other_processes_in_process_workers() -> None:
+    """A gateway that mirrors a controller over HTTP cannot call an in-process worker of
+    the `serve` process that registered it: it must not list or dispatch to it (nor report
+    it failed for everyone)."""
+    import httpx
+
+    from gpt_server.controller.client import RemoteController
+    from gpt_server.errors import GatewayError
+
+    def worker(model: str, address: str) -> dict:
+        return {"worker_id": f"{model}-0", "address": address, "model_name": model, "model_kind": "auto",
+                "capabilities": ["chat"], "capacity": 4, "heartbeat_interval": 1.0, "queue_length": 0, "healthy": True}
+
+    listed = [worker("elsewhere", "inproc://elsewhere-0"), worker("remote", "http://10.0.0.5:9000")]
+    reports: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/controller/workers":
+            return httpx.Response(200, json=listed)
+        reports.append(request.url.path)
+        return httpx.Response(200, json={})
+
+    async def main() -> None:
+        rc = RemoteController("http://ctrl:1")
+        await rc.client.aclose()
+        rc.client = httpx.AsyncClient(base_url="http://ctrl:1", transport=httpx.MockTransport(handler))
+        try:
+            assert [m.id for m in await rc.models()] == ["remote"]
+            assert (await rc.dispatch("remote", [])).address == "http://10.0.0.5:9000"
+            with pytest.raises(GatewayError) as e:
+                await rc.dispatch("elsewhere", [])
+            assert e.value.status == 404
+            inproc.register("inproc://elsewhere-0", _app({}))  # now it is this process's own
+            try:
+                await rc._reload()
+                assert (await rc.dispatch("elsewhere", [])).address == "inproc://elsewhere-0"
+            finally:
+                inproc.unregister("inproc://elsewhere-0")
+        finally:
+            await rc.aclose()
+        assert reports == []
+
+    asyncio.run(main())
