@@ -7,6 +7,7 @@ direct figures call SentenceTransformer.encode in this process: one sentence per
 (concurrency 1) and 32 sentences per call (the best a caller holding 32 items can do).
 
     .venv/bin/python bench/bench_embeddings.py [--seconds 8] [--threads 1] [--items 1] [--in-process]
+    .venv/bin/python bench/bench_embeddings.py --threads 2 --three-way 16   # c=1: direct / process / in process
 
 Targets (issue 5): gateway ≥ 0.9× direct at concurrency 1; batched ≥ 2× unbatched at 32.
 """
@@ -118,6 +119,30 @@ def measure(url: str, seconds: float, rounds: int, items: int) -> dict[str, floa
     return {name: done[name] / spent[name] for name in modes}
 
 
+def three_way(rounds: int, seconds: float) -> dict[str, float]:
+    """Concurrency 1 only: the engine direct, a gateway with a worker process and one with
+    the worker in process, interleaved (order flipping each round); items/s each."""
+    tmp = ROOT / "bench" / "results"
+    srvs = {
+        name: Server(base_config(models=[_entry("m", ip)]), tmp, f"bench_embeddings_{name}")
+        for name, ip in (("process", False), ("in_process", True))
+    }
+    try:
+        for s in srvs.values():
+            s.wait_workers(1)
+        model = load_direct()
+        got = {k: [0, 0.0] for k in ("direct", *srvs)}
+        for r in range(rounds):
+            for k in list(got) if r % 2 == 0 else list(got)[::-1]:
+                n, dt = direct(model, seconds, 1) if k == "direct" else asyncio.run(via_gateway(srvs[k].base_url, "m", 1, seconds, 1))
+                got[k][0] += n
+                got[k][1] += dt
+    finally:
+        for s in srvs.values():
+            s.stop()
+    return {k: n / dt for k, (n, dt) in got.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0, help="per mode, split into rounds")
@@ -125,9 +150,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per worker and for the direct call")
     ap.add_argument("--items", type=int, default=1, help="inputs per request")
     ap.add_argument("--in-process", action="store_true", help="the workers run inside the gateway process")
+    ap.add_argument("--three-way", type=int, metavar="ROUNDS", default=0,
+                    help="instead: concurrency 1, direct vs worker process vs in process, ROUNDS rounds of 2 s each")
     args = ap.parse_args()
     os.environ["GPT_SERVER_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.three_way:
+        rates = three_way(args.three_way, 2.0)
+        for k, v in rates.items():
+            print(f"  {k:12s} {v:8.1f} items/s  ÷ direct {v / rates['direct']:.3f}  "
+                  f"added {1e3 / v - 1e3 / rates['direct']:+.2f} ms per request")
+        return 0
 
     tmp = ROOT / "bench" / "results"
     tmp.mkdir(parents=True, exist_ok=True)

@@ -169,16 +169,18 @@ class LocalWorker:
             log.exception("in-process worker %s failed to load; it is not served", self.label)
 
     async def stop(self) -> None:
-        if self.task is not None and not self.task.done():
+        inproc.unregister(self.runtime.address)
+        if self.task is not None and not self.task.done():  # still loading: nothing to drain
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
+            return
         if self.runtime.state != "failed":
             await self.runtime.stop()
-        inproc.unregister(self.runtime.address)
 
 
 def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
     llm_threads, other_threads = _thread_shares(cfg)
+    fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
     out = []
     for e in cfg.enabled_models():
         for i, w in enumerate(e.workers):
@@ -186,7 +188,7 @@ def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
                 continue
             runtime = build_runtime(
                 cfg, e, replica=i, address=f"{inproc.SCHEME}{e.name}-{i}", controller_address=controller_address,
-                n_threads=llm_threads if e.kind == "auto" else other_threads,
+                n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
             )
             out.append(LocalWorker(model=e.name, replica=i, runtime=runtime))
     return out
