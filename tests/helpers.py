@@ -121,6 +121,20 @@ class Server:
         return self.proc.stop()
 
 
+def hang_up_long_stream(server: Server, model: str, events: int = 5) -> None:
+    """Start a chat stream that only a disconnect can end and hang up after ``events``."""
+    body = {
+        "model": model, "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
+        "stream": True, "temperature": 1.0, "logit_bias": {"2": -100},  # no end-of-turn token
+    }
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=60) as r:
+        got = 0
+        for line in r.iter_lines():
+            got += line.startswith("data: ")
+            if got >= events:
+                break
+
+
 def base_config(api_keys: str | None = None, dispatch: str = "shortest_queue", models: list | None = None) -> dict[str, Any]:
     serve: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
     if api_keys:

