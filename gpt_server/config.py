@@ -330,8 +330,8 @@ class ModelEntry(_Section):
         for i, w in enumerate(self.workers):
             if self.device == "cpu" and w.gpus:
                 raise ValueError(f"workers[{i}].gpus must be empty with device: cpu")
-            if w.in_process and w.gpus:
-                raise ValueError(f"workers[{i}].in_process runs on CPU only: leave gpus empty")
+            if w.in_process and (w.gpus or self.device in ("gpu", "cuda")):
+                raise ValueError(f"workers[{i}].in_process runs on CPU only: leave gpus empty, device cpu or auto")
         return self
 
     @property

@@ -18,7 +18,6 @@ no disconnect-listening task per response.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -63,14 +62,20 @@ class _Content:
     """The body as it is sent; ``iter_any`` yields what is ready in one piece (as one
     network read would), so the caller can answer several events with one write."""
 
-    def __init__(self, queue: asyncio.Queue[Any]) -> None:
+    def __init__(self, queue: asyncio.Queue[Any], read_timeout: float | None) -> None:
         self._queue = queue
         self._ended = False
+        self._read_timeout = read_timeout  # as aiohttp's sock_read: the longest wait for more
 
     async def iter_any(self) -> AsyncIterator[bytes]:
         while not self._ended:
             parts: list[bytes] = []
-            item = await self._queue.get()
+            try:
+                async with asyncio.timeout(self._read_timeout):
+                    item = await self._queue.get()
+            except TimeoutError:
+                self._ended = True
+                raise aiohttp.ServerTimeoutError("in-process worker sent nothing within the read timeout") from None
             while True:
                 if item is _END:
                     self._ended = True
@@ -91,11 +96,11 @@ class _Content:
 class LocalResponse:
     """The part of ``aiohttp.ClientResponse`` the relay uses, for an in-process call."""
 
-    def __init__(self) -> None:
+    def __init__(self, read_timeout: float | None = None) -> None:
         self.status = 0
         self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
         self._queue: asyncio.Queue[Any] = asyncio.Queue(_QUEUE_CHUNKS)
-        self.content = _Content(self._queue)
+        self.content = _Content(self._queue, read_timeout)
         self.closed = asyncio.Event()
         self.started = False  # status and headers sent
         self.finished = False  # the last body message sent
@@ -110,18 +115,33 @@ class LocalResponse:
         if self.closed.is_set():
             return
         self.closed.set()
-        # unblock a send waiting on a full queue; what is left is never read
-        while not self._queue.empty():
-            self._queue.get_nowait()
+        # unblock a send waiting on a full queue; what is left is never read, and a
+        # reader still waiting sees the end
+        self._end_now(_END)
         if self.started and not self.finished and self.task is not None and not self.task.done():
             self.task.cancel()
 
     release = close
 
+    def _end_now(self, item: Any) -> None:
+        """End the body with ``item`` at once (dropping what is queued)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(item)
 
-async def post(address: str, path: str, body: bytes, headers: dict[str, str] | None = None) -> LocalResponse:
+    async def _end(self, item: Any) -> None:
+        """End the body with ``item`` after what is queued (``close`` makes room)."""
+        if not self.closed.is_set():
+            await self._queue.put(item)
+
+
+async def post(
+    address: str, path: str, body: bytes, headers: dict[str, str] | None = None, *, read_timeout: float | None = None
+) -> LocalResponse:
     """POST ``body`` to the in-process app at ``address``; returns once the response
-    has started (status and headers known), its body still streaming."""
+    has started (status and headers known), its body still streaming. ``read_timeout``
+    bounds the wait for the response to start and for each read, as aiohttp's
+    ``sock_read`` does (``aiohttp.ServerTimeoutError``)."""
     app = _APPS.get(address)
     if app is None:
         raise aiohttp.ClientConnectionError(f"no in-process worker at {address}")
@@ -141,7 +161,7 @@ async def post(address: str, path: str, body: bytes, headers: dict[str, str] | N
         "client": ("inproc", 0),
         "server": ("inproc", 0),
     }
-    resp = LocalResponse()
+    resp = LocalResponse(read_timeout)
     loop = asyncio.get_running_loop()
     started: asyncio.Future[None] = loop.create_future()
     body_sent = False
@@ -174,7 +194,7 @@ async def post(address: str, path: str, body: bytes, headers: dict[str, str] | N
                 await resp._queue.put(chunk)
             if not message.get("more_body", False):
                 resp.finished = True
-                await resp._queue.put(_END)
+                await resp._end(_END)
 
     async def run() -> None:
         try:
@@ -183,6 +203,8 @@ async def post(address: str, path: str, body: bytes, headers: dict[str, str] | N
             if not resp.closed.is_set():  # not ours: the loop is shutting down
                 if not started.done():
                     started.set_exception(aiohttp.ClientConnectionError("in-process worker stopped"))
+                elif not resp.finished:
+                    resp._end_now(aiohttp.ClientPayloadError("in-process worker stopped"))
                 raise
             return
         except Exception as exc:  # noqa: BLE001 - becomes the caller's connection error
@@ -191,20 +213,24 @@ async def post(address: str, path: str, body: bytes, headers: dict[str, str] | N
             err = aiohttp.ClientPayloadError(f"in-process worker failed: {type(exc).__name__}")
             if not started.done():
                 started.set_exception(aiohttp.ClientConnectionError(str(err)))
-            elif not resp.finished and not resp.closed.is_set():
-                with contextlib.suppress(asyncio.QueueFull):
-                    resp._queue.put_nowait(err)
+            elif not resp.finished:
+                await resp._end(err)
             return
         if not started.done():
             started.set_exception(aiohttp.ClientConnectionError("in-process worker sent no response"))
-        elif not resp.finished and not resp.closed.is_set():
-            resp._queue.put_nowait(aiohttp.ClientPayloadError("in-process worker ended without finishing its response"))
+        elif not resp.finished:
+            await resp._end(aiohttp.ClientPayloadError("in-process worker ended without finishing its response"))
 
     resp.task = asyncio.create_task(run(), name=f"inproc {address}{path}")
     _RUNNING.add(resp.task)
     resp.task.add_done_callback(_RUNNING.discard)
     try:
-        await asyncio.shield(started)
+        async with asyncio.timeout(read_timeout):
+            await asyncio.shield(started)
+    except TimeoutError:
+        resp.close()
+        started.add_done_callback(lambda f: f.cancelled() or f.exception())
+        raise aiohttp.ServerTimeoutError(f"in-process worker did not answer within {read_timeout:g} s") from None
     except BaseException:
         resp.close()  # cancelled while waiting: the app sees the hang-up, as over a socket
         started.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it now

@@ -170,7 +170,9 @@ class LocalWorker:
 
     async def stop(self) -> None:
         inproc.unregister(self.runtime.address)
-        if self.task is not None and not self.task.done():  # still loading: nothing to drain
+        if self.task is None:  # never started
+            return
+        if not self.task.done():  # still loading: nothing to drain
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
             return
@@ -186,8 +188,8 @@ def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
         for i, w in enumerate(e.workers):
             if not w.in_process:
                 continue
-            runtime = build_runtime(
-                cfg, e, replica=i, address=f"{inproc.SCHEME}{e.name}-{i}", controller_address=controller_address,
+            runtime = build_runtime(  # the pid keeps addresses apart across serve processes
+                cfg, e, replica=i, address=f"{inproc.SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=controller_address,
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
             )
             out.append(LocalWorker(model=e.name, replica=i, runtime=runtime))
@@ -200,7 +202,10 @@ async def _wait_ready(registry: Registry, workers: list[WorkerProcess | LocalWor
     last_log = 0.0
     while True:
         registered = {(r.info.model_name, r.info.replica) for r in registry.workers.values()}
-        waiting = [w for w in workers if (w.model, w.replica) not in registered]
+        waiting = [
+            w for w in workers
+            if (w.model, w.replica) not in registered and not (isinstance(w, LocalWorker) and w.runtime.state == "failed")
+        ]
         if not waiting:
             return
         now = loop.time()
@@ -230,6 +235,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     controller_address = cfg.model_worker_args.controller_address or (
         f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
     )
+    local = _local_workers(cfg, controller_address)  # before anything that needs cleaning up
     # workers read the same validated settings from a private file
     fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
     with os.fdopen(fd, "wb") as f:
@@ -243,7 +249,6 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
     workers = _worker_processes(cfg, cfg_path, controller_address)
-    local = _local_workers(cfg, controller_address)
     sup = Supervisor(workers)
     try:
         for lw in local:

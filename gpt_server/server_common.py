@@ -51,13 +51,15 @@ class ClosingStreamingResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            if self._on_close is not None:
-                done = self._on_close()
-                if inspect.isawaitable(done):
-                    await done
+            try:
+                aclose = getattr(self.body_iterator, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if self._on_close is not None:
+                    done = self._on_close()
+                    if inspect.isawaitable(done):
+                        await done
 
 
 class FastJSONResponse(Response):

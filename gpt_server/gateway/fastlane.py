@@ -17,7 +17,7 @@ from typing import Any, get_type_hints
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -74,7 +74,11 @@ class FastLane:
         try:
             await self.guard(request)
             try:
-                body = model.model_validate_json(await request.body())
+                raw = await request.body()
+            except ClientDisconnect:
+                return  # gone while sending the body: nobody to answer
+            try:
+                body = model.model_validate_json(raw)
             except ValidationError as exc:
                 message, param = validation_message(exc.errors())  # type: ignore[arg-type]
                 raise BadRequestError(message, param=param) from None

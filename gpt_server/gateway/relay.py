@@ -168,7 +168,7 @@ class Relay:
                 raise
             try:
                 if inproc.is_local(target.address):
-                    resp = await inproc.post(target.address, path, payload, self._headers)
+                    resp = await inproc.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
                 else:
                     resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:

@@ -48,7 +48,7 @@ def client(server: Server) -> openai.OpenAI:
 def test_workers_run_where_configured(server: Server) -> None:
     by_model = {w["model_name"]: w for w in server.workers()}
     gateway_pid = server.proc.popen.pid
-    assert by_model["local"]["address"] == "inproc://local-0" and by_model["local"]["pid"] == gateway_pid
+    assert by_model["local"]["address"] == f"inproc://{gateway_pid}/local-0" and by_model["local"]["pid"] == gateway_pid
     assert by_model["minilm"]["address"].startswith("inproc://") and by_model["minilm"]["pid"] == gateway_pid
     assert by_model["remote"]["address"].startswith("http://") and by_model["remote"]["pid"] != gateway_pid
 

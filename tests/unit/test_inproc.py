@@ -52,11 +52,29 @@ def _app(state: dict) -> Starlette:
     async def boom(request: Request) -> Response:
         raise RuntimeError("broken handler")
 
+    async def fail_mid_stream(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(200):  # more chunks than the bridge buffers: the sender waits
+                yield f"{i}\n".encode()
+            raise RuntimeError("engine died")
+
+        return StreamingResponse(gen())
+
+    async def stall(request: Request) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            yield b"first\n"
+            await asyncio.sleep(30)
+            yield b"never\n"
+
+        return StreamingResponse(gen())
+
     return Starlette(routes=[
         Route("/echo", echo, methods=["POST"]),
         Route("/stream", stream, methods=["POST"]),
         Route("/slow", slow_start, methods=["POST"]),
         Route("/boom", boom, methods=["POST"]),
+        Route("/fail", fail_mid_stream, methods=["POST"]),
+        Route("/stall", stall, methods=["POST"]),
     ])
 
 
@@ -133,6 +151,42 @@ def test_failures_look_like_connection_errors(state: dict) -> None:
         r = await inproc.post("inproc://t", "/boom", b"{}")  # Starlette answers a 500 first
         assert r.status == 500
         r.close()
+
+    asyncio.run(main())
+
+
+def test_failure_after_a_full_buffer_reaches_the_reader(state: dict) -> None:
+    """The error comes after every chunk, even when the sender had to wait for room."""
+
+    async def main() -> None:
+        r = await inproc.post("inproc://t", "/fail", b"{}")
+        await asyncio.sleep(0.1)  # let the app fill the buffer and wait
+        got = b""
+        with pytest.raises(aiohttp.ClientPayloadError):
+            async with asyncio.timeout(5):
+                async for chunk in r.content.iter_any():
+                    got += chunk
+        assert got == b"".join(f"{i}\n".encode() for i in range(200))
+        r.close()
+
+    asyncio.run(main())
+
+
+def test_read_timeout_and_close_end_a_waiting_reader(state: dict) -> None:
+    async def main() -> None:
+        r = await inproc.post("inproc://t", "/stall", b"{}", read_timeout=0.2)
+        it = r.content.iter_any()
+        assert await it.__anext__() == b"first\n"
+        with pytest.raises(aiohttp.ServerTimeoutError):
+            await it.__anext__()
+        r.close()
+
+        r = await inproc.post("inproc://t", "/stall", b"{}")
+        reader = asyncio.create_task(r.read())
+        await asyncio.sleep(0.05)
+        r.close()  # the caller gives up: a reader already waiting ends too
+        async with asyncio.timeout(2):
+            assert await reader == b"first\n"
 
     asyncio.run(main())
 
