@@ -20,6 +20,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,20 @@ async def via_gateway(url: str, model: str, concurrency: int, seconds: float, it
         return count, time.perf_counter() - t0
 
 
+def interleave(modes: dict[str, Callable[[float], tuple[int, float]]], rounds: int, slice_s: float) -> dict[str, float]:
+    """Run every mode for ``slice_s`` per round, the order flipping each round, so that load
+    from elsewhere hits them alike; items/s of each."""
+    done = dict.fromkeys(modes, 0)
+    spent = dict.fromkeys(modes, 0.0)
+    for r in range(rounds):
+        for name in list(modes) if r % 2 == 0 else list(modes)[::-1]:
+            n, dt = modes[name](slice_s)
+            done[name] += n
+            spent[name] += dt
+    return {name: done[name] / spent[name] for name in modes}
+
+
 def measure(url: str, seconds: float, rounds: int, items: int) -> dict[str, float]:
-    """Interleave short rounds of every mode so that load from elsewhere hits them alike."""
     model = load_direct()
     modes = {
         "direct_c1": lambda d: direct(model, d, items),
@@ -109,19 +122,12 @@ def measure(url: str, seconds: float, rounds: int, items: int) -> dict[str, floa
             for c in (1, 32)
         },
     }
-    done = dict.fromkeys(modes, 0)
-    spent = dict.fromkeys(modes, 0.0)
-    for _ in range(rounds):
-        for name, run in modes.items():
-            n, dt = run(seconds / rounds)
-            done[name] += n
-            spent[name] += dt
-    return {name: done[name] / spent[name] for name in modes}
+    return interleave(modes, rounds, seconds / rounds)
 
 
 def three_way(rounds: int, seconds: float) -> dict[str, float]:
     """Concurrency 1 only: the engine direct, a gateway with a worker process and one with
-    the worker in process, interleaved (order flipping each round); items/s each."""
+    the worker in process; items/s each."""
     tmp = ROOT / "bench" / "results"
     srvs = {
         name: Server(base_config(models=[_entry("m", ip)]), tmp, f"bench_embeddings_{name}")
@@ -131,16 +137,14 @@ def three_way(rounds: int, seconds: float) -> dict[str, float]:
         for s in srvs.values():
             s.wait_workers(1)
         model = load_direct()
-        got = {k: [0, 0.0] for k in ("direct", *srvs)}
-        for r in range(rounds):
-            for k in list(got) if r % 2 == 0 else list(got)[::-1]:
-                n, dt = direct(model, seconds, 1) if k == "direct" else asyncio.run(via_gateway(srvs[k].base_url, "m", 1, seconds, 1))
-                got[k][0] += n
-                got[k][1] += dt
+        modes = {
+            "direct": lambda d: direct(model, d, 1),
+            **{k: (lambda d, url=s.base_url: asyncio.run(via_gateway(url, "m", 1, d, 1))) for k, s in srvs.items()},
+        }
+        return interleave(modes, rounds, seconds)
     finally:
         for s in srvs.values():
             s.stop()
-    return {k: n / dt for k, (n, dt) in got.items()}
 
 
 def main() -> int:
