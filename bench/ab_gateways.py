@@ -9,8 +9,11 @@ all three alike:
 
     .venv/bin/python bench/ab_gateways.py --old /tmp/old --concurrency 1 --requests 8 --rounds 12
     .venv/bin/python bench/ab_gateways.py --in-process --concurrency 1 --requests 8 --rounds 12
+    .venv/bin/python bench/ab_gateways.py --in-process --bare --concurrency 1 --requests 8 --rounds 12
 
-Prints tok/s, TTFT/TPOT p50 and each gateway ÷ direct.
+Prints tok/s, TTFT/TPOT p50 and each gateway ÷ direct. ``--bare`` adds a fourth side: the
+same engine behind a bare HTTP server (``bench/bare.py``), the floor for any HTTP server
+on this machine; each gateway is then also compared with it.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--nostream", action="store_true")
+    ap.add_argument("--bare", action="store_true",
+                    help="add the same engine behind a bare HTTP server (bench.bare): the floor for any HTTP gateway")
     ap.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for both gateways and their workers (not the direct engine)")
     a = ap.parse_args()
@@ -59,6 +64,11 @@ def main() -> int:
         old = servers.Gateway([_llama_entry(args)], out, "gateway_old", {**genv, "PYTHONPATH": str(old_root)})
         servers.ROOT = ROOT
     new = servers.Gateway([_llama_entry(args)], out, "gateway_new", genv)
+    bare = None
+    if a.bare:
+        bare = servers.BareServer(
+            ["--llama", resolve_model_path(LLAMA_MODEL), "--threads", str(a.threads), "--n-parallel", "8"], out, "bare", _env(args)
+        )
     sides: dict[str, servers.Agent] = {}
     try:
         old.wait()
@@ -72,6 +82,9 @@ def main() -> int:
                 out, "ab_direct", _env(args),
             ),
         }
+        if bare is not None:
+            bare.wait()
+            sides["bare"] = servers.Agent({"kind": "openai_chat", "base_url": bare.base_url, "model": "smollm2"}, out, "ab_bare")
         sides["direct"].wait()
         spec = {"concurrency": a.concurrency, "requests": a.requests, "stream": not a.nostream, "max_tokens": a.max_tokens}
         for agent in sides.values():
@@ -88,13 +101,19 @@ def main() -> int:
             print(f"{k:7s} tok/s {s['output_tokens_per_s']:8.1f}  TTFT p50 {s['ttft_ms']['p50']}  "
                   f"TPOT p50 {s['tpot_ms']['p50']}  E2E p50 {s['e2e_ms']['p50']}  errors {s['errors']}")
         d = res["direct"]["output_tokens_per_s"]
-        print(f"c={a.concurrency}: {other} ÷ direct {res[other]['output_tokens_per_s'] / d:.3f}, "
-              f"new ÷ direct {res['new']['output_tokens_per_s'] / d:.3f}")
+        print(f"c={a.concurrency}: " + ", ".join(f"{k} ÷ direct {res[k]['output_tokens_per_s'] / d:.3f}" for k in res if k != "direct"))
+        if "bare" in res:
+            b, bt = res["bare"]["output_tokens_per_s"], res["bare"]["ttft_ms"]["p50"]
+            print("vs bare HTTP: " + ", ".join(
+                f"{k} ÷ bare {res[k]['output_tokens_per_s'] / b:.3f} (TTFT p50 +{res[k]['ttft_ms']['p50'] - bt:.2f} ms)"
+                for k in (other, "new")) + f"; bare TTFT p50 over direct +{bt - res['direct']['ttft_ms']['p50']:.2f} ms")
     finally:
         for agent in sides.values():
             agent.stop()
         old.stop()
         new.stop()
+        if bare is not None:
+            bare.stop()
     return 0
 
 

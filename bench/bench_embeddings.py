@@ -8,6 +8,7 @@ direct figures call SentenceTransformer.encode in this process: one sentence per
 
     .venv/bin/python bench/bench_embeddings.py [--seconds 8] [--threads 1] [--items 1] [--in-process]
     .venv/bin/python bench/bench_embeddings.py --threads 2 --three-way 16   # c=1: direct / process / in process
+    .venv/bin/python bench/bench_embeddings.py --threads 2 --three-way 16 --bare   # + a bare HTTP server (the floor)
 
 Targets (issue 5): gateway ≥ 0.9× direct at concurrency 1; batched ≥ 2× unbatched at 32.
 """
@@ -125,17 +126,24 @@ def measure(url: str, seconds: float, rounds: int, items: int) -> dict[str, floa
     return interleave(modes, rounds, seconds / rounds)
 
 
-def three_way(rounds: int, seconds: float) -> dict[str, float]:
+def three_way(rounds: int, seconds: float, bare: bool = False) -> dict[str, float]:
     """Concurrency 1 only: the engine direct, a gateway with a worker process and one with
-    the worker in process; items/s each."""
+    the worker in process (and, with ``bare``, the engine behind a bare HTTP server,
+    bench/bare.py: the floor for any HTTP server here); items/s each."""
+    from bench.servers import BareServer
+    from gpt_server.config import resolve_model_path
+
     tmp = ROOT / "bench" / "results"
-    srvs = {
+    srvs: dict[str, Any] = {
         name: Server(base_config(models=[_entry("m", ip)]), tmp, f"bench_embeddings_{name}")
         for name, ip in (("process", False), ("in_process", True))
     }
+    if bare:
+        srvs["bare"] = BareServer(["--st", resolve_model_path(MODEL), "--threads", os.environ["GPT_SERVER_THREADS"]],
+                                  tmp, "bench_embeddings_bare")
     try:
         for s in srvs.values():
-            s.wait_workers(1)
+            s.wait() if isinstance(s, BareServer) else s.wait_workers(1)
         model = load_direct()
         modes = {
             "direct": lambda d: direct(model, d, 1),
@@ -156,11 +164,12 @@ def main() -> int:
     ap.add_argument("--in-process", action="store_true", help="the workers run inside the gateway process")
     ap.add_argument("--three-way", type=int, metavar="ROUNDS", default=0,
                     help="instead: concurrency 1, direct vs worker process vs in process, ROUNDS rounds of 2 s each")
+    ap.add_argument("--bare", action="store_true", help="with --three-way: add the engine behind a bare HTTP server (the floor)")
     args = ap.parse_args()
     os.environ["GPT_SERVER_THREADS"] = os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.three_way:
-        rates = three_way(args.three_way, 2.0)
+        rates = three_way(args.three_way, 2.0, args.bare)
         for k, v in rates.items():
             print(f"  {k:12s} {v:8.1f} items/s  ÷ direct {v / rates['direct']:.3f}  "
                   f"added {1e3 / v - 1e3 / rates['direct']:+.2f} ms per request")

