@@ -25,10 +25,32 @@ from typing import Any
 
 import orjson
 
-__all__ = ["build_app", "main"]
+__all__ = ["build_app", "lifespan", "read_body", "main"]
 
 _SSE = [(b"content-type", b"text/event-stream")]
 _JSON = [(b"content-type", b"application/json")]
+
+
+async def lifespan(receive: Any, send: Any, on_shutdown: Any = None) -> None:
+    """Answer an ASGI lifespan scope."""
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Any) -> bytes:
+    raw = b""
+    while True:
+        msg = await receive()
+        raw += msg.get("body", b"")
+        if not msg.get("more_body"):
+            return raw
 
 
 def build_app(llama: Any = None, st: Any = None) -> Any:
@@ -92,25 +114,13 @@ def build_app(llama: Any = None, st: Any = None) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                msg = await receive()
-                if msg["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif msg["type"] == "lifespan.shutdown":
-                    pool.shutdown(wait=False)
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send, lambda: pool.shutdown(wait=False))
+            return
         if scope["method"] == "GET":  # readiness
             await send({"type": "http.response.start", "status": 200, "headers": _JSON})
             await send({"type": "http.response.body", "body": b"{}"})
             return
-        raw = b""
-        while True:
-            msg = await receive()
-            raw += msg.get("body", b"")
-            if not msg.get("more_body"):
-                break
-        req = orjson.loads(raw)
+        req = orjson.loads(await read_body(receive))
         await (chat if scope["path"] == "/v1/chat/completions" else embed)(req, send)
 
     return app

@@ -25,6 +25,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bare import lifespan, read_body  # noqa: E402
 from bench.loadgen import HttpTarget, RoundSpec, run_round  # noqa: E402
 from bench.servers import free_port  # noqa: E402
 
@@ -46,19 +47,9 @@ FULL = (
 
 async def app(scope, receive, send):  # noqa: ANN001, ANN201 - a bare ASGI app
     if scope["type"] == "lifespan":
-        while True:
-            msg = await receive()
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif msg["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    body = b""
-    while True:
-        msg = await receive()
-        body += msg.get("body", b"")
-        if not msg.get("more_body"):
-            break
+        await lifespan(receive, send)
+        return
+    body = await read_body(receive)
     if b'"stream":true' in body.replace(b" ", b""):
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
         await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
