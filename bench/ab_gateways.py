@@ -105,8 +105,8 @@ def main() -> int:
         if "bare" in res:
             b, bt = res["bare"]["output_tokens_per_s"], res["bare"]["ttft_ms"]["p50"]
             print("vs bare HTTP: " + ", ".join(
-                f"{k} ÷ bare {res[k]['output_tokens_per_s'] / b:.3f} (TTFT p50 +{res[k]['ttft_ms']['p50'] - bt:.2f} ms)"
-                for k in (other, "new")) + f"; bare TTFT p50 over direct +{bt - res['direct']['ttft_ms']['p50']:.2f} ms")
+                f"{k} ÷ bare {res[k]['output_tokens_per_s'] / b:.3f} (TTFT p50 {res[k]['ttft_ms']['p50'] - bt:+.2f} ms)"
+                for k in (other, "new")) + f"; bare TTFT p50 over direct {bt - res['direct']['ttft_ms']['p50']:+.2f} ms")
     finally:
         for agent in sides.values():
             agent.stop()
