@@ -18,9 +18,7 @@ import argparse
 import asyncio
 import base64
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -54,44 +52,25 @@ async def read_body(receive: Any) -> bytes:
 
 
 def build_app(llama: Any = None, st: Any = None) -> Any:
-    pool = ThreadPoolExecutor(1, thread_name_prefix="bare-st")
+    """``llama``: a ``DirectLlama``; ``st``: a ``DirectST`` (its engine thread runs ``encode``)."""
 
     async def chat(req: dict[str, Any], send: Any) -> None:
-        from gpt_server.backends.llama_cpp.engine import SeqEvent, Sequence
-        from gpt_server.protocol.worker import SamplingParams
-
         toks = await asyncio.to_thread(llama._tokens, req["messages"][-1]["content"])
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        params = SamplingParams(max_tokens=req["max_tokens"], temperature=0.0)
-        cancelled = threading.Event()
-        seq = Sequence(
-            index=0, prompt=toks, params=params, max_tokens=req["max_tokens"],
-            sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), cancelled=cancelled,
-        )
         base = {"id": "bare", "object": "chat.completion.chunk", "created": int(time.time()), "model": req["model"]}
         stream = bool(req.get("stream"))
         if stream:
             await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        llama.engine.submit([seq])
         text: list[str] = []
-        try:
-            while True:
-                ev = await queue.get()
-                if ev.error is not None:
-                    raise RuntimeError(ev.error)
-                if ev.text and stream:
-                    chunk = {**base, "choices": [{"index": 0, "delta": {"content": ev.text}, "finish_reason": None}]}
-                    await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
-                elif ev.text:
-                    text.append(ev.text)
-                if ev.finish_reason is not None:
-                    usage = {"prompt_tokens": len(toks), "completion_tokens": ev.completion_tokens,
-                             "total_tokens": len(toks) + ev.completion_tokens}
-                    break
-        finally:
-            cancelled.set()
-            llama.engine.wake()
+        async for ev in llama.events(toks, req["max_tokens"]):
+            if ev.error is not None:
+                raise RuntimeError(ev.error)
+            if ev.text and stream:
+                chunk = {**base, "choices": [{"index": 0, "delta": {"content": ev.text}, "finish_reason": None}]}
+                await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(chunk) + b"\n\n", "more_body": True})
+            elif ev.text:
+                text.append(ev.text)
+        usage = {"prompt_tokens": len(toks), "completion_tokens": ev.completion_tokens,
+                 "total_tokens": len(toks) + ev.completion_tokens}
         if stream:
             last = {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": ev.finish_reason}], "usage": usage}
             await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(last) + b"\n\ndata: [DONE]\n\n"})
@@ -103,9 +82,7 @@ def build_app(llama: Any = None, st: Any = None) -> Any:
 
     async def embed(req: dict[str, Any], send: Any) -> None:
         inputs = req["input"] if isinstance(req["input"], list) else [req["input"]]
-        vecs = await asyncio.get_running_loop().run_in_executor(
-            pool, lambda: st.encode(inputs, show_progress_bar=False, convert_to_numpy=True)
-        )
+        vecs = await asyncio.get_running_loop().run_in_executor(st.pool, st.encode, inputs)
         data = [{"object": "embedding", "index": i, "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode()}
                 for i, v in enumerate(vecs)]
         body = {"object": "list", "model": req["model"], "data": data, "usage": {"prompt_tokens": 0, "total_tokens": 0}}
@@ -114,7 +91,7 @@ def build_app(llama: Any = None, st: Any = None) -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await lifespan(receive, send, lambda: pool.shutdown(wait=False))
+            await lifespan(receive, send)
             return
         if scope["method"] == "GET":  # readiness
             await send({"type": "http.response.start", "status": 200, "headers": _JSON})
@@ -141,19 +118,18 @@ def main() -> int:
 
         llama = DirectLlama(a.llama, a.n_parallel, a.threads, a.n_ctx)
     if a.st:
-        import torch
-        from sentence_transformers import SentenceTransformer
+        from .direct import DirectST
 
-        torch.set_num_threads(a.threads)
-        st = SentenceTransformer(a.st, device="cpu")
+        st = DirectST(a.st, a.threads)
     from gpt_server.server_common import bind_socket, make_server, run_async
 
     sock = bind_socket("127.0.0.1", a.port)
     try:
         run_async(make_server(build_app(llama, st), sock).serve(sockets=[sock]))
     finally:
-        if llama is not None:
-            llama.shutdown()
+        for engine in (llama, st):
+            if engine is not None:
+                engine.shutdown()
     return 0
 
 

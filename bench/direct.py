@@ -9,8 +9,10 @@ on one engine thread (requests queue for it, as callers sharing one model would)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -52,33 +54,42 @@ class DirectLlama:
     def shutdown(self) -> None:
         self.engine.close()
 
-    async def __call__(self, i: int, spec: RoundSpec) -> Sample:
+    async def events(self, toks: list[int], max_tokens: int) -> AsyncIterator[Any]:
+        """Greedy generation of ``toks`` on the engine thread: its ``SeqEvent``s up to the
+        one that finishes (or carries an error)."""
         from gpt_server.backends.llama_cpp.engine import SeqEvent, Sequence
         from gpt_server.protocol.worker import SamplingParams
 
-        timer = _Timer()
-        toks = await asyncio.to_thread(self._tokens, chat_prompt(i))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
-        params = SamplingParams(max_tokens=spec.max_tokens, temperature=0.0)
         cancelled = threading.Event()
         seq = Sequence(
-            index=0, prompt=toks, params=params, max_tokens=spec.max_tokens,
+            index=0, prompt=toks, params=SamplingParams(max_tokens=max_tokens, temperature=0.0), max_tokens=max_tokens,
             sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), cancelled=cancelled,
         )
         self.engine.submit([seq])
         try:
             while True:
                 ev = await queue.get()
+                yield ev
+                if ev.error is not None or ev.finish_reason is not None:
+                    return
+        finally:
+            cancelled.set()
+            self.engine.wake()
+
+    async def __call__(self, i: int, spec: RoundSpec) -> Sample:
+        timer = _Timer()
+        toks = await asyncio.to_thread(self._tokens, chat_prompt(i))
+        async with contextlib.aclosing(self.events(toks, spec.max_tokens)) as events:
+            async for ev in events:
                 if ev.text:
                     timer.content()
                 if ev.error is not None:
                     return Sample(ok=False, e2e=0.0, error=ev.error)
                 if ev.finish_reason is not None:
                     return timer.sample(ev.completion_tokens, spec.stream)
-        finally:
-            cancelled.set()
-            self.engine.wake()
+        return Sample(ok=False, e2e=0.0, error="the engine ended without a finish")
 
 
 class DirectST:
@@ -102,14 +113,14 @@ class DirectST:
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False)
 
-    def _encode(self, texts: list[str]) -> Any:
+    def encode(self, texts: list[str]) -> Any:
         return self.model.encode(texts, show_progress_bar=False, convert_to_numpy=True)
 
     async def __call__(self, i: int, spec: RoundSpec) -> Sample:
         timer = _Timer()
         texts = embed_inputs(i, spec.items)
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self.pool, self._encode, texts)
+            out = await asyncio.get_running_loop().run_in_executor(self.pool, self.encode, texts)
         except Exception as exc:  # noqa: BLE001 - a failed call is a failed sample
             return Sample(ok=False, e2e=0.0, error=f"{type(exc).__name__}: {exc}"[:300])
         if len(out) != len(texts):
