@@ -19,6 +19,7 @@ on this machine; each gateway is then also compared with it.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -28,6 +29,16 @@ sys.path.insert(0, str(ROOT))
 import bench.servers as servers  # noqa: E402
 from bench.metrics import SLO, Sample, summarise  # noqa: E402
 from bench.run import LLAMA_MODEL, _env, _llama_entry, build_parser  # noqa: E402
+
+
+def _tps(rnd: dict) -> float:
+    """Output tokens/s of one round."""
+    return sum(x["tokens"] for x in rnd["samples"] if x["ok"]) / max(rnd["wall"], 1e-9)
+
+
+def _spread(ratios: list[float]) -> str:
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return f"{statistics.median(ratios):.3f} [{q[0]:.3f}–{q[2]:.3f}] ({min(ratios):.3f}–{max(ratios):.3f})"
 
 
 def main() -> int:
@@ -102,6 +113,10 @@ def main() -> int:
                   f"TPOT p50 {s['tpot_ms']['p50']}  E2E p50 {s['e2e_ms']['p50']}  errors {s['errors']}")
         d = res["direct"]["output_tokens_per_s"]
         print(f"c={a.concurrency}: " + ", ".join(f"{k} ÷ direct {res[k]['output_tokens_per_s'] / d:.3f}" for k in res if k != "direct"))
+        # each round's ratio to the direct round run beside it: how much the rounds agree
+        print("per-round ÷ direct, median [quartiles] (min–max): " + ", ".join(
+            f"{k} {_spread([_tps(x) / _tps(y) for x, y in zip(got[k], got['direct'], strict=True)])}"
+            for k in res if k != "direct"))
         if "bare" in res:
             b, bt = res["bare"]["output_tokens_per_s"], res["bare"]["ttft_ms"]["p50"]
             print("vs bare HTTP: " + ", ".join(

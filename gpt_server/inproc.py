@@ -7,6 +7,12 @@ bytes are the same (JSON request, NDJSON or binary answer), so admission, errors
 cancellation and usage behave exactly as over HTTP. What is saved is the hop: no
 loopback connection, no second process to wake per token.
 
+Chat and completions go one step further (``generate``): the worker's ``Generation``
+(the same code its HTTP route streams from) is started here and its events are
+iterated as objects in the gateway's request task. No NDJSON per token, no second
+task and no queue between them; a hang-up cancels that task, which stops the engine's
+sequence as closing the connection would.
+
 When the caller closes a response that is still streaming, the app's task is cancelled
 at once (its iterator and ``on_close`` still run), so generation stops as it does when
 the gateway cuts a worker connection. A handler the caller left before it answered runs
@@ -19,31 +25,58 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from starlette.types import ASGIApp, Message
 
-__all__ = ["SCHEME", "register", "unregister", "is_local", "reachable", "post", "LocalResponse"]
+__all__ = [
+    "SCHEME",
+    "register",
+    "unregister",
+    "is_local",
+    "reachable",
+    "post",
+    "LocalResponse",
+    "LocalGeneration",
+    "generates",
+    "generate",
+]
 
 log = logging.getLogger(__name__)
 
 SCHEME = "inproc://"
 _APPS: dict[str, ASGIApp] = {}
+_GENERATE: dict[str, Callable[[Any], Awaitable[LocalGeneration]]] = {}
 _RUNNING: set[asyncio.Task[None]] = set()  # the loop holds tasks weakly
 _QUEUE_CHUNKS = 64  # chunks buffered before the app's send waits (a socket's send buffer)
 
 
-def register(address: str, app: ASGIApp) -> None:
+class LocalGeneration(Protocol):
+    """A generation started on a worker in this process (``worker.generation.Generation``)."""
+
+    def events(self) -> AsyncIterator[Any]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def register(
+    address: str, app: ASGIApp, generate: Callable[[Any], Awaitable[LocalGeneration]] | None = None
+) -> None:
+    """``app`` answers every route; ``generate`` (a ``GenerateRequest`` → its started
+    generation), when given, serves chat/completions without the bytes in between."""
     if not address.startswith(SCHEME):
         raise ValueError(f"in-process worker address must start with {SCHEME}")
     _APPS[address] = app
+    if generate is not None:
+        _GENERATE[address] = generate
 
 
 def unregister(address: str) -> None:
     _APPS.pop(address, None)
+    _GENERATE.pop(address, None)
 
 
 def is_local(address: str) -> bool:
@@ -53,6 +86,21 @@ def is_local(address: str) -> bool:
 def reachable(address: str) -> bool:
     """False for another process's in-process worker (a gateway elsewhere cannot call it)."""
     return not address.startswith(SCHEME) or address in _APPS
+
+
+def generates(address: str) -> bool:
+    """True when ``address`` is a worker in this process that starts generations directly."""
+    return address in _GENERATE
+
+
+async def generate(address: str, request: Any) -> LocalGeneration:
+    """Start ``request`` on the in-process worker at ``address``: admission, errors (raised
+    as ``GatewayError``) and the first event as the worker's HTTP route has them; the events
+    are then iterated by the caller, in its own task."""
+    start = _GENERATE.get(address)
+    if start is None:
+        raise aiohttp.ClientConnectionError(f"no in-process worker at {address}")
+    return await start(request)
 
 
 _END = object()

@@ -25,8 +25,9 @@ from .controller.registry import Registry
 from .gateway.app import build_app
 from .server_common import bind_socket, make_server
 from .worker.app import build_worker_app
+from .worker.generation import Generation
 from .worker.main import backend_available, build_runtime
-from .worker.runtime import WorkerRuntime
+from .worker.runtime import RegistryLink, WorkerRuntime
 
 __all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
 
@@ -158,7 +159,8 @@ class LocalWorker:
         return f"{self.model}#{self.replica} (in process)"
 
     async def start(self) -> None:
-        inproc.register(self.runtime.address, build_worker_app(self.runtime))
+        runtime = self.runtime
+        inproc.register(runtime.address, build_worker_app(runtime), lambda req: Generation.start(runtime, req))
         self.task = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -180,9 +182,11 @@ class LocalWorker:
             await self.runtime.stop()
 
 
-def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
+def _local_workers(cfg: Config, controller_address: str, registry: Registry) -> list[LocalWorker]:
     llm_threads, other_threads = _thread_shares(cfg)
     fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
+    # the gateway of this process dispatches from this registry: call it directly, no HTTP
+    link = RegistryLink(registry)
     out = []
     for e in cfg.enabled_models():
         for i, w in enumerate(e.workers):
@@ -191,6 +195,7 @@ def _local_workers(cfg: Config, controller_address: str) -> list[LocalWorker]:
             runtime = build_runtime(  # the pid keeps addresses apart across serve processes
                 cfg, e, replica=i, address=f"{inproc.SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=controller_address,
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
+                controller=link,
             )
             out.append(LocalWorker(model=e.name, replica=i, runtime=runtime))
     return out
@@ -235,7 +240,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     controller_address = cfg.model_worker_args.controller_address or (
         f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
     )
-    local = _local_workers(cfg, controller_address)  # before anything that needs cleaning up
+    local = _local_workers(cfg, controller_address, registry)  # before anything that needs cleaning up
     # workers read the same validated settings from a private file
     fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
     with os.fdopen(fd, "wb") as f:

@@ -9,9 +9,11 @@ which answers with the same response interface.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
@@ -30,13 +32,14 @@ from ..protocol.worker import (
     InvokeRequest,
 )
 
-__all__ = ["Relay", "EventStream", "WorkerResponse"]
+__all__ = ["Relay", "EventStream", "LocalEventStream", "WorkerResponse"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 503}
 _Response = aiohttp.ClientResponse | inproc.LocalResponse
 _JSON = {"content-type": "application/json"}
+T = TypeVar("T")
 
 
 class WorkerResponse:
@@ -111,6 +114,34 @@ class EventStream(WorkerResponse):
             self.close()
 
 
+class LocalEventStream:
+    """The events of a worker in this process, iterated in the caller's own task (one
+    event a batch: no network read to group them). ``aclose()`` stops the generation and
+    tells the dispatcher, once."""
+
+    def __init__(self, generation: inproc.LocalGeneration, target: DispatchReply, on_close: Callable[[], None]) -> None:
+        self.generation = generation
+        self.target = target
+        self._on_close: Callable[[], None] | None = on_close
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        try:
+            async with contextlib.aclosing(self.generation.events()) as events:
+                async for ev in events:
+                    yield [ev]
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        on_close, self._on_close = self._on_close, None
+        if on_close is None:
+            return
+        try:
+            await self.generation.aclose()
+        finally:
+            on_close()
+
+
 class Relay:
     def __init__(
         self,
@@ -140,11 +171,24 @@ class Relay:
         if self._session is not None:
             await self._session.close()
 
-    async def open(self, model: str, request: GenerateRequest) -> EventStream:
+    async def open(self, model: str, request: GenerateRequest) -> EventStream | LocalEventStream:
         """Start a chat/completion on a worker; the stream of events it answers."""
-        payload = request.__pydantic_serializer__.to_json(request)
-        resp, target = await self._send(model, request.kind, "/worker/generate", payload)
-        return EventStream(resp, target, lambda: self.controller.done(target.worker_id))
+        payload = b""
+
+        async def call(target: DispatchReply) -> _Response | inproc.LocalGeneration:
+            nonlocal payload
+            if inproc.generates(target.address):  # in this process: the events themselves
+                async with asyncio.timeout(self._timeout.sock_read):
+                    return await inproc.generate(target.address, request)
+            if not payload:
+                payload = request.__pydantic_serializer__.to_json(request)
+            return await self._post(target, "/worker/generate", payload)
+
+        result, target = await self._send(model, request.kind, call)
+        on_close = self._releaser(target)
+        if isinstance(result, (aiohttp.ClientResponse, inproc.LocalResponse)):
+            return EventStream(result, target, on_close)
+        return LocalEventStream(result, target, on_close)
 
     async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> WorkerResponse:
         """Call a non-generation capability; the worker's response, body not yet read.
@@ -153,10 +197,37 @@ class Relay:
         application/json; binary results (audio, images) carry their own media type.
         """
         req = InvokeRequest(request_id=request_id, model=model, capability=capability, payload=payload)
-        resp, target = await self._send(model, capability, "/worker/invoke", req.__pydantic_serializer__.to_json(req))
-        return WorkerResponse(resp, lambda: self.controller.done(target.worker_id))
+        body = req.__pydantic_serializer__.to_json(req)
+        resp, target = await self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body))
+        return WorkerResponse(resp, self._releaser(target))
 
-    async def _send(self, model: str, capability: str, path: str, payload: bytes) -> tuple[_Response, DispatchReply]:
+    def _releaser(self, target: DispatchReply) -> Callable[[], None]:
+        return lambda: self.controller.done(target.worker_id)
+
+    async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
+        """POST to a worker; its response if 200, else the error it answered, raised."""
+        if inproc.is_local(target.address):
+            resp = await inproc.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
+        else:
+            resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
+        if resp.status == 200:
+            return resp
+        try:
+            raw = await resp.read()
+        except aiohttp.ClientError:
+            raw = b""
+        finally:
+            resp.release()
+        try:
+            body = orjson.loads(raw)
+        except ValueError:
+            body = None
+        raise error_from_body(resp.status, body)
+
+    async def _send(self, model: str, capability: str, call: Callable[[DispatchReply], Awaitable[T]]) -> tuple[T, DispatchReply]:
+        """Dispatch and ``call`` the chosen worker; other replicas are tried when one cannot
+        be reached or answers 429/503. The worker is the dispatcher's until the caller
+        releases it (success) or at once (failure)."""
         exclude: list[str] = []
         last: GatewayError | None = None
         for _ in range(self.max_retries + 1):
@@ -167,38 +238,21 @@ class Relay:
                     raise last from None
                 raise
             try:
-                if inproc.is_local(target.address):
-                    resp = await inproc.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
-                else:
-                    resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
+                return await call(target), target
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
                 self.controller.done(target.worker_id)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)
                 exclude.append(target.worker_id)
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
-                continue
+            except GatewayError as exc:
+                self.controller.done(target.worker_id)
+                if exc.status not in _RETRY_STATUS:
+                    raise
+                exclude.append(target.worker_id)
+                last = exc
             except BaseException:  # cancelled (client gone, deadline): not on that worker any more
                 self.controller.done(target.worker_id)
                 raise
-            if resp.status == 200:
-                return resp, target
-            try:
-                raw = await resp.read()
-            except aiohttp.ClientError:
-                raw = b""
-            finally:
-                resp.release()
-                self.controller.done(target.worker_id)
-            try:
-                body = orjson.loads(raw)
-            except ValueError:
-                body = None
-            err = error_from_body(resp.status, body)
-            if resp.status in _RETRY_STATUS:
-                exclude.append(target.worker_id)
-                last = err
-                continue
-            raise err
         assert last is not None
         raise last

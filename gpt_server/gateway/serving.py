@@ -31,7 +31,7 @@ from .convert import (
     usage_dict,
 )
 from .metrics import Metrics
-from .relay import EventStream, Relay
+from .relay import EventStream, LocalEventStream, Relay
 from .sse import SSEResponse
 
 __all__ = ["GenerationService"]
@@ -93,13 +93,13 @@ class GenerationService:
         self.timeout = timeout
         self.metrics = metrics
 
-    def _batches(self, stream: EventStream) -> AsyncIterator[list[Event]]:
+    def _batches(self, stream: EventStream | LocalEventStream) -> AsyncIterator[list[Event]]:
         """The worker's events, a list per network read, metered."""
         if self.metrics is None:
             return stream.batches()
         return self.metrics.metered(stream.batches(), stream.target.model_name, stream.target.worker_id)
 
-    async def _collect(self, stream: EventStream, n_choices: int) -> tuple[list[_Choice], UsageEvent]:
+    async def _collect(self, stream: EventStream | LocalEventStream, n_choices: int) -> tuple[list[_Choice], UsageEvent]:
         choices = [_Choice() for _ in range(n_choices)]
         usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
         batches = self._batches(stream)
@@ -129,7 +129,7 @@ class GenerationService:
             await stream.aclose()
         return choices, usage
 
-    async def _chunk_batches(self, stream: EventStream, convert: Callable[[Event], list[dict[str, Any]]]) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _chunk_batches(self, stream: EventStream | LocalEventStream, convert: Callable[[Event], list[dict[str, Any]]]) -> AsyncIterator[list[dict[str, Any]]]:
         """The chunks of each batch of worker events (one client write per batch). An error
         event ends the stream after the chunks before it have gone out."""
         batches = self._batches(stream)
@@ -159,7 +159,7 @@ class GenerationService:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = self._chat_chunks(stream, req, rid, created, include_usage)
-            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.close)
+            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.aclose)
         choices, usage = await self._collect(stream, req.n)
         body = {
             "id": rid,
@@ -181,7 +181,7 @@ class GenerationService:
         return FastJSONResponse(body)
 
     async def _chat_chunks(
-        self, stream: EventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
+        self, stream: EventStream | LocalEventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
         base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
@@ -235,7 +235,7 @@ class GenerationService:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = self._completion_chunks(stream, req, rid, created, include_usage)
-            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.close)
+            return SSEResponse(chunks, timeout=self.timeout, on_close=stream.aclose)
         choices, usage = await self._collect(stream, n_choices)
         body = {
             "id": rid,
@@ -257,7 +257,7 @@ class GenerationService:
         return FastJSONResponse(body)
 
     async def _completion_chunks(
-        self, stream: EventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
+        self, stream: EventStream | LocalEventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
         base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}

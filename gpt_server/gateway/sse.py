@@ -10,6 +10,7 @@ stops), one sends a keep-alive comment when nothing was written for a while.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -58,7 +59,7 @@ class SSEResponse(Response):
         self.batches = batches
         self.keepalive = keepalive
         self.timeout = timeout
-        self.on_close = on_close  # runs last, also when the iterator never started
+        self.on_close = on_close  # runs last (sync or async), also when the iterator never started
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -103,7 +104,9 @@ class SSEResponse(Response):
             if aclose is not None:
                 await aclose()
             if self.on_close is not None:
-                self.on_close()
+                done = self.on_close()
+                if inspect.isawaitable(done):
+                    await done
 
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before [DONE] (an error event, or nothing)."""

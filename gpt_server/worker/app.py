@@ -24,11 +24,9 @@ from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
 from ..protocol.worker import (
     SECRET_HEADER,
-    ErrorEvent,
     Event,
     GenerateRequest,
     InvokeRequest,
-    UsageEvent,
     secret_matches,
 )
 from ..server_common import (
@@ -38,6 +36,7 @@ from ..server_common import (
     install_error_handlers,
     validation_message,
 )
+from .generation import Generation
 from .runtime import WorkerRuntime
 
 __all__ = ["build_worker_app"]
@@ -49,10 +48,6 @@ M = TypeVar("M", bound=BaseModel)
 
 def _line(ev: Event) -> bytes:
     return ev.__pydantic_serializer__.to_json(ev) + b"\n"
-
-
-def _error_line(exc: GatewayError) -> bytes:
-    return _line(ErrorEvent(status=exc.status, type=exc.openai_type, message=exc.message, param=exc.param, code=exc.code))
 
 
 async def _parse(request: Request, model: type[M]) -> M:
@@ -108,52 +103,17 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
 
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
-        if "chat" not in runtime.backend.capabilities and req.kind == "chat":
-            raise BadRequestError(f"model '{runtime.model_name}' does not support chat", param="model")
-        runtime.admit()
-        agen = runtime.backend.generate(req)
         try:
-            first = await agen.__anext__()
-        except StopAsyncIteration:
-            runtime.release()
-            raise InternalError("the engine produced no output") from None
+            gen = await Generation.start(runtime, req)
         except GatewayError as exc:
-            runtime.release()
             return error_response(exc)
-        except Exception as exc:
-            runtime.release()
-            runtime.last_error = str(exc)
-            log.exception("generation failed")
-            raise InternalError(f"generation failed: {type(exc).__name__}") from exc
-
-        if isinstance(first, UsageEvent):
-            runtime.tokens_total += first.completion_tokens
-        done = False
-
-        async def cleanup() -> None:
-            nonlocal done
-            if not done:
-                done = True
-                await agen.aclose()
-                runtime.release()
 
         async def body() -> AsyncIterator[bytes]:
-            try:
-                yield _line(first)
-                async for ev in agen:
-                    if isinstance(ev, UsageEvent):
-                        runtime.tokens_total += ev.completion_tokens
+            async with contextlib.aclosing(gen.events()) as events:
+                async for ev in events:
                     yield _line(ev)
-            except GatewayError as exc:
-                yield _error_line(exc)
-            except Exception as exc:  # noqa: BLE001 - must end the stream with an error event
-                runtime.last_error = str(exc)
-                log.exception("generation failed mid-stream")
-                yield _error_line(InternalError(f"generation failed: {type(exc).__name__}"))
-            finally:
-                await cleanup()
 
-        return ClosingStreamingResponse(body(), on_close=cleanup, media_type="application/x-ndjson")
+        return ClosingStreamingResponse(body(), on_close=gen.aclose, media_type="application/x-ndjson")
 
     async def invoke(request: Request) -> Response:
         req = await _parse(request, InvokeRequest)

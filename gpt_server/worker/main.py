@@ -12,7 +12,7 @@ from ..backends.registry import BACKENDS
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
 from ..server_common import bind_socket, make_server
 from .app import build_worker_app
-from .runtime import WorkerRuntime, advertise_host
+from .runtime import ControllerLink, WorkerRuntime, advertise_host
 
 __all__ = ["run_worker", "build_runtime", "backend_available"]
 
@@ -35,6 +35,7 @@ def build_runtime(
     address: str,
     controller_address: str,
     n_threads: int | None,
+    controller: ControllerLink | None = None,
 ) -> WorkerRuntime:
     """The backend (not loaded yet) and the runtime around it, for one replica."""
     backend_available(entry)
@@ -58,6 +59,7 @@ def build_runtime(
         heartbeat_interval=mwa.heartbeat_interval,
         secret=cfg.secret(),
         replica=replica,
+        controller=controller,
     )
 
 

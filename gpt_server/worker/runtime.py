@@ -1,4 +1,9 @@
-"""Worker runtime: load the backend, register, heartbeat, admit, drain."""
+"""Worker runtime: load the backend, register, heartbeat, admit, drain.
+
+A worker reaches its controller through a link: HTTP for a worker process (or a worker
+on another host), the registry itself for an ``in_process`` replica whose controller
+runs in the same process (no HTTP round trip through its own event loop per heartbeat).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import os
 import socket
 import uuid
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 import httpx
@@ -15,7 +21,10 @@ from ..backends.base import Backend
 from ..errors import RateLimitError, ServiceUnavailableError
 from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerInfo
 
-__all__ = ["WorkerRuntime", "advertise_host"]
+if TYPE_CHECKING:
+    from ..controller.registry import Registry
+
+__all__ = ["WorkerRuntime", "ControllerLink", "ControllerUnreachable", "HttpControllerLink", "RegistryLink", "advertise_host"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,77 @@ def advertise_host(bind_host: str, controller_address: str | None, configured: s
         return socket.gethostbyname(socket.gethostname())
 
 
+class ControllerLink(Protocol):
+    """How a worker talks to its controller; failures raise ``ControllerUnreachable``."""
+
+    async def register(self, info: WorkerInfo) -> None: ...
+
+    async def heartbeat(self, hb: Heartbeat) -> bool:
+        """False when the controller does not know this worker (register again)."""
+        ...
+
+    async def unregister(self, worker_id: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ControllerUnreachable(Exception):
+    pass
+
+
+class HttpControllerLink:
+    """The controller's internal HTTP routes."""
+
+    def __init__(self, address: str, secret: str | None) -> None:
+        headers = {SECRET_HEADER: secret} if secret else {}
+        self.address = address.rstrip("/")
+        self._client = httpx.AsyncClient(base_url=self.address, headers=headers, timeout=5.0)
+
+    async def _post(self, path: str, body: dict) -> httpx.Response:
+        try:
+            resp = await self._client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise ControllerUnreachable(type(exc).__name__) from exc
+        if resp.status_code != 200:
+            raise ControllerUnreachable(f"HTTP {resp.status_code} on {path}")
+        return resp
+
+    async def register(self, info: WorkerInfo) -> None:
+        await self._post("/controller/register", info.model_dump())
+
+    async def heartbeat(self, hb: Heartbeat) -> bool:
+        resp = await self._post("/controller/heartbeat", hb.model_dump())
+        try:
+            return HeartbeatReply.model_validate(resp.json()).known
+        except ValueError as exc:
+            raise ControllerUnreachable("malformed heartbeat reply") from exc
+
+    async def unregister(self, worker_id: str) -> None:
+        await self._post("/controller/unregister", {"worker_id": worker_id})
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class RegistryLink:
+    """The controller's registry in this process (an ``in_process`` replica under ``serve``)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    async def register(self, info: WorkerInfo) -> None:
+        self.registry.register(info)
+
+    async def heartbeat(self, hb: Heartbeat) -> bool:
+        return self.registry.heartbeat(hb)
+
+    async def unregister(self, worker_id: str) -> None:
+        self.registry.unregister(worker_id)
+
+    async def aclose(self) -> None:
+        return None
+
+
 class WorkerRuntime:
     def __init__(
         self,
@@ -49,7 +129,9 @@ class WorkerRuntime:
         heartbeat_interval: float,
         secret: str | None,
         replica: int = 0,
+        controller: ControllerLink | None = None,
     ) -> None:
+        """``controller``: how to reach the controller; HTTP to ``controller_address`` when None."""
         self.backend = backend
         self.model_name = model_name
         self.aliases = aliases
@@ -66,7 +148,7 @@ class WorkerRuntime:
         self.requests_total = 0
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.last_error: str | None = None
-        self._client: httpx.AsyncClient | None = None
+        self._link: ControllerLink | None = controller
         self._task: asyncio.Task[None] | None = None
         self._registered = False
 
@@ -76,17 +158,17 @@ class WorkerRuntime:
         await asyncio.to_thread(self.backend.load)
         self.state = "ready"
         log.info("%s ready: capacity %d, context %s", self.model_name, self.backend.capacity, self.backend.context_length)
-        if self.controller_address:
-            headers = {SECRET_HEADER: self.secret} if self.secret else {}
-            self._client = httpx.AsyncClient(base_url=self.controller_address, headers=headers, timeout=5.0)
+        if self._link is None and self.controller_address:
+            self._link = HttpControllerLink(self.controller_address, self.secret)
+        if self._link is not None:
             self._task = asyncio.create_task(self._heartbeat_loop())
 
     async def stop(self, drain_timeout: float = 10.0) -> None:
         self.state = "draining"
-        if self._client is not None:
+        if self._link is not None:
             try:
-                await self._client.post("/controller/unregister", json={"worker_id": self.worker_id})
-            except httpx.HTTPError:
+                await self._link.unregister(self.worker_id)
+            except ControllerUnreachable:
                 pass
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
@@ -94,8 +176,8 @@ class WorkerRuntime:
             await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
-        if self._client is not None:
-            await self._client.aclose()
+        if self._link is not None:
+            await self._link.aclose()
         await asyncio.to_thread(self.backend.close)
 
     def info(self) -> WorkerInfo:
@@ -133,14 +215,14 @@ class WorkerRuntime:
 
     # ---- controller ---------------------------------------------------------------
     async def _register(self) -> None:
-        assert self._client is not None
-        resp = await self._client.post("/controller/register", json=self.info().model_dump())
-        resp.raise_for_status()
+        assert self._link is not None
+        await self._link.register(self.info())
         self._registered = True
         log.info("registered with controller %s as %s (%s)", self.controller_address, self.worker_id, self.address)
 
     async def _heartbeat_loop(self) -> None:
-        assert self._client is not None
+        link = self._link
+        assert link is not None
         while True:
             try:
                 if not self._registered:
@@ -156,14 +238,11 @@ class WorkerRuntime:
                         last_error=self.last_error[:500] if self.last_error else None,
                         state=self.state if self.backend.healthy() else "unhealthy",
                     )
-                    resp = await self._client.post("/controller/heartbeat", json=hb.model_dump())
-                    if resp.status_code == 200 and not HeartbeatReply.model_validate(resp.json()).known:
+                    if not await link.heartbeat(hb):
                         log.warning("controller forgot this worker; registering again")
                         await self._register()
-                    elif resp.status_code != 200:
-                        self._registered = False
-            except (httpx.HTTPError, ValueError) as exc:
+            except ControllerUnreachable as exc:
                 if self._registered:
-                    log.warning("controller unreachable (%s); will register again", type(exc).__name__)
+                    log.warning("controller unreachable (%s); will register again", exc)
                 self._registered = False
             await asyncio.sleep(self.heartbeat_interval if self._registered else min(1.0, self.heartbeat_interval))

@@ -1,0 +1,95 @@
+"""One chat/completion on a worker, from admission to the last event, written once.
+
+The worker's HTTP route streams a ``Generation``'s events as NDJSON; a gateway in the
+same process (``in_process: true`` replicas) iterates the same events as objects, in
+its own request task: no serialisation, no second task and no queue per token.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from ..errors import BadRequestError, GatewayError, InternalError
+from ..protocol.worker import ErrorEvent, Event, GenerateRequest, UsageEvent
+from .runtime import WorkerRuntime
+
+__all__ = ["Generation", "error_event"]
+
+log = logging.getLogger(__name__)
+
+
+def error_event(exc: GatewayError) -> ErrorEvent:
+    return ErrorEvent(status=exc.status, type=exc.openai_type, message=exc.message, param=exc.param, code=exc.code)
+
+
+class Generation:
+    """An admitted generation whose first event is known.
+
+    ``start`` raises a ``GatewayError`` (bad request, 429/503 admission, an engine that
+    fails before its first event) with nothing left held. After it, ``events()`` yields
+    every event, a failure mid-stream as a final ``ErrorEvent``; ``aclose()`` (also run
+    when ``events()`` ends or is closed) stops the engine's work and frees the slot, once.
+    """
+
+    def __init__(self, runtime: WorkerRuntime, agen: AsyncIterator[Event], first: Event) -> None:
+        self.runtime = runtime
+        self._agen = agen
+        self._first = first
+        self._closed = False
+
+    @classmethod
+    async def start(cls, runtime: WorkerRuntime, req: GenerateRequest) -> Generation:
+        if "chat" not in runtime.backend.capabilities and req.kind == "chat":
+            raise BadRequestError(f"model '{runtime.model_name}' does not support chat", param="model")
+        runtime.admit()
+        agen = runtime.backend.generate(req)
+        try:
+            first = await agen.__anext__()
+        except StopAsyncIteration:
+            runtime.release()
+            raise InternalError("the engine produced no output") from None
+        except GatewayError:
+            runtime.release()
+            raise
+        except Exception as exc:
+            runtime.release()
+            runtime.last_error = str(exc)
+            log.exception("generation failed")
+            raise InternalError(f"generation failed: {type(exc).__name__}") from exc
+        except BaseException:  # cancelled before the first event: stop the engine's work
+            try:
+                await agen.aclose()  # type: ignore[attr-defined]
+            finally:
+                runtime.release()
+            raise
+        return cls(runtime, agen, first)
+
+    async def events(self) -> AsyncIterator[Event]:
+        runtime = self.runtime
+        try:
+            ev = self._first
+            while True:
+                if isinstance(ev, UsageEvent):
+                    runtime.tokens_total += ev.completion_tokens
+                yield ev
+                ev = await self._agen.__anext__()
+        except StopAsyncIteration:
+            pass
+        except GatewayError as exc:
+            yield error_event(exc)
+        except Exception as exc:  # noqa: BLE001 - the stream must end with an error event
+            runtime.last_error = str(exc)
+            log.exception("generation failed mid-stream")
+            yield error_event(InternalError(f"generation failed: {type(exc).__name__}"))
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._agen.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.runtime.release()

@@ -1,0 +1,275 @@
+"""Generations on ``in_process`` workers, iterated as objects by the relay (no NDJSON).
+
+Real worker runtimes (the echo backend, swapped for small failing backends to reach the
+error paths) registered the way ``serve`` does it, the real registry and relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gpt_server import inproc
+from gpt_server.backends.echo.backend import EchoBackend
+from gpt_server.config import Config
+from gpt_server.controller.client import LocalController
+from gpt_server.controller.dispatch import make_policy
+from gpt_server.controller.registry import Registry
+from gpt_server.errors import BadRequestError, InternalError
+from gpt_server.gateway.relay import LocalEventStream, Relay
+from gpt_server.launcher import LocalWorker, _local_workers
+from gpt_server.protocol.worker import (
+    EVENT_ADAPTER,
+    DeltaEvent,
+    ErrorEvent,
+    FinishEvent,
+    GenerateRequest,
+    SamplingParams,
+    UsageEvent,
+)
+
+
+def _config(replicas: int) -> Config:
+    entry = {"model_config": {"model_name_or_path": "echo"}, "work_mode": "echo", "device": "cpu",
+             "workers": [{"gpus": [], "in_process": True} for _ in range(replicas)]}
+    return Config.model_validate({"model_worker_args": {"heartbeat_interval": 0.05}, "models": [{"echo": entry}]})
+
+
+def _request(max_tokens: int = 5) -> GenerateRequest:
+    return GenerateRequest(request_id="r1", model="echo", kind="chat", messages=[{"role": "user", "content": "one two three"}],
+                           params=SamplingParams(max_tokens=max_tokens))
+
+
+class _Env:
+    def __init__(self, registry: Registry, workers: list[LocalWorker]) -> None:
+        self.registry = registry
+        self.workers = workers
+        self.relay = Relay(LocalController(registry), max_retries=2)
+
+    def counts(self) -> list[tuple[int, int]]:
+        """(dispatcher's open requests, worker's admitted requests) per replica."""
+        recs = {r.info.replica: r for r in self.registry.workers.values()}
+        return [(recs[w.replica].tracked, w.runtime.inflight) for w in self.workers]
+
+
+async def _start(replicas: int) -> _Env:
+    registry = Registry(make_policy("shortest_queue"))
+    workers = _local_workers(_config(replicas), "http://127.0.0.1:9", registry)
+    for w in workers:
+        await w.start()
+    async with asyncio.timeout(10):
+        while len(registry.workers) < replicas:
+            await asyncio.sleep(0.01)
+    return _Env(registry, workers)
+
+
+async def _stop(env: _Env) -> None:
+    await env.relay.aclose()
+    for w in env.workers:
+        await w.stop()
+
+
+async def _events(stream) -> list:  # noqa: ANN001
+    return [ev async for batch in stream.batches() for ev in batch]
+
+
+def test_objects_equal_the_http_route_bytes() -> None:
+    async def go() -> None:
+        env = await _start(1)
+        try:
+            stream = await env.relay.open("echo", _request())
+            assert isinstance(stream, LocalEventStream)
+            local = await _events(stream)
+            # the same worker's HTTP route (through the byte bridge) answers the same events
+            address = env.workers[0].runtime.address
+            resp = await inproc.post(address, "/worker/generate", _request().model_dump_json().encode())
+            raw = await resp.read()
+            over_http = [EVENT_ADAPTER.validate_json(line) for line in raw.splitlines() if line]
+            assert local == over_http
+            assert [type(e) for e in local] == [DeltaEvent] * 5 + [FinishEvent, UsageEvent]
+            assert "".join(e.text for e in local if isinstance(e, DeltaEvent)) == "one two three one two"
+            assert env.counts() == [(0, 0)]
+            assert env.workers[0].runtime.tokens_total == 10  # both generations counted
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_a_replica_that_refuses_is_skipped() -> None:
+    async def go() -> None:
+        env = await _start(2)
+        try:
+            env.workers[0].runtime.state = "draining"  # admission answers 503
+            for _ in range(3):
+                stream = await env.relay.open("echo", _request())
+                assert stream.target.worker_id == env.workers[1].runtime.worker_id
+                assert isinstance((await _events(stream))[-1], UsageEvent)
+            assert env.counts() == [(0, 0), (0, 0)]
+        finally:
+            env.workers[0].runtime.state = "ready"
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+class _Endless(EchoBackend):
+    """Streams until closed; records that its generator was closed."""
+
+    closed = False
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator:
+        try:
+            i = 0
+            while True:
+                yield DeltaEvent(index=0, text=f" {i}")
+                i += 1
+                await asyncio.sleep(0.001)
+        finally:
+            _Endless.closed = True
+
+
+class _FailsFirst(EchoBackend):
+    async def generate(self, request: GenerateRequest) -> AsyncIterator:
+        if request.params.max_tokens == 1:
+            raise BadRequestError("max_tokens too small", param="max_tokens")
+        raise RuntimeError("engine exploded")
+        yield  # an async generator
+
+
+class _FailsLater(EchoBackend):
+    async def generate(self, request: GenerateRequest) -> AsyncIterator:
+        yield DeltaEvent(index=0, text="partial")
+        raise RuntimeError("engine died")
+
+
+def test_closing_mid_stream_stops_the_engine_and_releases() -> None:
+    async def go() -> None:
+        env = await _start(1)
+        rt = env.workers[0].runtime
+        rt.backend = _Endless(rt.backend.spec)
+        try:
+            stream = await env.relay.open("echo", _request())
+            batches = stream.batches()
+            for _ in range(3):
+                assert isinstance((await anext(batches))[0], DeltaEvent)
+            assert env.counts() == [(1, 1)]
+            await batches.aclose()
+            assert _Endless.closed and env.counts() == [(0, 0)]
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_cancelling_the_reader_stops_the_engine() -> None:
+    """A client that hangs up cancels the request's task, which is where the events are read."""
+
+    async def go() -> None:
+        env = await _start(1)
+        rt = env.workers[0].runtime
+        rt.backend = _Endless(rt.backend.spec)
+        _Endless.closed = False
+        try:
+            stream = await env.relay.open("echo", _request())
+            seen = asyncio.Event()
+
+            async def read() -> None:
+                async for _ in stream.batches():
+                    seen.set()
+
+            task = asyncio.create_task(read())
+            await seen.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert _Endless.closed and env.counts() == [(0, 0)]
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_errors_before_the_first_event_are_raised() -> None:
+    async def go() -> None:
+        env = await _start(2)
+        for w in env.workers:
+            w.runtime.backend = _FailsFirst(w.runtime.backend.spec)
+        try:
+            with pytest.raises(BadRequestError) as e:
+                await env.relay.open("echo", _request(max_tokens=1))
+            assert e.value.status == 400 and e.value.param == "max_tokens"
+            with pytest.raises(InternalError) as e:
+                await env.relay.open("echo", _request())
+            assert e.value.status == 500 and "RuntimeError" in e.value.message
+            assert env.counts() == [(0, 0), (0, 0)]
+            assert any(w.runtime.last_error == "engine exploded" for w in env.workers)
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_an_error_mid_stream_is_the_last_event() -> None:
+    async def go() -> None:
+        env = await _start(1)
+        rt = env.workers[0].runtime
+        rt.backend = _FailsLater(rt.backend.spec)
+        try:
+            events = await _events(await env.relay.open("echo", _request()))
+            assert events[0] == DeltaEvent(index=0, text="partial")
+            assert isinstance(events[-1], ErrorEvent) and events[-1].status == 500 and len(events) == 2
+            assert env.counts() == [(0, 0)]
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_heartbeats_reach_the_registry_without_http() -> None:
+    """The controller forgets the worker (as after a restart): the next heartbeat registers it again."""
+
+    async def go() -> None:
+        env = await _start(1)
+        rt = env.workers[0].runtime
+        try:
+            assert rt._link is not None and type(rt._link).__name__ == "RegistryLink"
+            env.registry.unregister(rt.worker_id)
+            async with asyncio.timeout(5):
+                while rt.worker_id not in env.registry.workers:
+                    await asyncio.sleep(0.01)
+            rt.requests_total = 7
+            async with asyncio.timeout(5):
+                while env.registry.workers[rt.worker_id].requests_total != 7:
+                    await asyncio.sleep(0.01)
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
+
+
+def test_request_bytes_are_not_needed_in_process() -> None:
+    """The request object itself reaches the backend: nothing is serialised on the way."""
+
+    async def go() -> None:
+        env = await _start(1)
+        rt = env.workers[0].runtime
+        seen: list[GenerateRequest] = []
+
+        class _Spy(EchoBackend):
+            async def generate(self, request: GenerateRequest) -> AsyncIterator:
+                seen.append(request)
+                async for ev in super().generate(request):
+                    yield ev
+
+        rt.backend = _Spy(rt.backend.spec)
+        try:
+            req = _request()
+            await _events(await env.relay.open("echo", req))
+            assert len(seen) == 1 and seen[0] is req
+        finally:
+            await _stop(env)
+
+    asyncio.run(go())
