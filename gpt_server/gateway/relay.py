@@ -4,7 +4,8 @@ The gateway talks to workers with aiohttp: pooled keep-alive connections, and a
 response can be closed synchronously. That matters when a client hangs up: the
 connection to the worker is cut at once, so the worker stops generating. A worker
 running in this process (``inproc://`` address) is called through ``inproc.post``,
-which answers with the same response interface.
+which answers with the same response interface; its chat/completions are started
+with ``inproc.generate`` and their events read as objects (``LocalEventStream``).
 """
 
 from __future__ import annotations

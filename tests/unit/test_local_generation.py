@@ -7,6 +7,7 @@ error paths) registered the way ``serve`` does it, the real registry and relay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -71,46 +72,52 @@ async def _stop(env: _Env) -> None:
         await w.stop()
 
 
+@contextlib.asynccontextmanager
+async def _served(replicas: int = 1, backend: type[EchoBackend] | None = None) -> AsyncIterator[_Env]:
+    """Echo replicas in this process (their backend swapped for ``backend``), stopped after."""
+    env = await _start(replicas)
+    if backend is not None:
+        for w in env.workers:
+            w.runtime.backend = backend(w.runtime.backend.spec)
+    try:
+        yield env
+    finally:
+        await _stop(env)
+
+
 async def _events(stream) -> list:  # noqa: ANN001
     return [ev async for batch in stream.batches() for ev in batch]
 
 
 def test_objects_equal_the_http_route_bytes() -> None:
     async def go() -> None:
-        env = await _start(1)
-        try:
+        async with _served() as env:
             stream = await env.relay.open("echo", _request())
             assert isinstance(stream, LocalEventStream)
             local = await _events(stream)
             # the same worker's HTTP route (through the byte bridge) answers the same events
             address = env.workers[0].runtime.address
             resp = await inproc.post(address, "/worker/generate", _request().model_dump_json().encode())
-            raw = await resp.read()
-            over_http = [EVENT_ADAPTER.validate_json(line) for line in raw.splitlines() if line]
+            over_http = [EVENT_ADAPTER.validate_json(line) for line in (await resp.read()).splitlines() if line]
             assert local == over_http
             assert [type(e) for e in local] == [DeltaEvent] * 5 + [FinishEvent, UsageEvent]
             assert "".join(e.text for e in local if isinstance(e, DeltaEvent)) == "one two three one two"
             assert env.counts() == [(0, 0)]
             assert env.workers[0].runtime.tokens_total == 10  # both generations counted
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
 
 def test_a_replica_that_refuses_is_skipped() -> None:
     async def go() -> None:
-        env = await _start(2)
-        try:
+        async with _served(2) as env:
             env.workers[0].runtime.state = "draining"  # admission answers 503
             for _ in range(3):
                 stream = await env.relay.open("echo", _request())
                 assert stream.target.worker_id == env.workers[1].runtime.worker_id
                 assert isinstance((await _events(stream))[-1], UsageEvent)
             assert env.counts() == [(0, 0), (0, 0)]
-        finally:
             env.workers[0].runtime.state = "ready"
-            await _stop(env)
 
     asyncio.run(go())
 
@@ -147,19 +154,14 @@ class _FailsLater(EchoBackend):
 
 def test_closing_mid_stream_stops_the_engine_and_releases() -> None:
     async def go() -> None:
-        env = await _start(1)
-        rt = env.workers[0].runtime
-        rt.backend = _Endless(rt.backend.spec)
-        try:
-            stream = await env.relay.open("echo", _request())
-            batches = stream.batches()
+        _Endless.closed = False
+        async with _served(backend=_Endless) as env:
+            batches = (await env.relay.open("echo", _request())).batches()
             for _ in range(3):
                 assert isinstance((await anext(batches))[0], DeltaEvent)
             assert env.counts() == [(1, 1)]
             await batches.aclose()
             assert _Endless.closed and env.counts() == [(0, 0)]
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
@@ -168,11 +170,8 @@ def test_cancelling_the_reader_stops_the_engine() -> None:
     """A client that hangs up cancels the request's task, which is where the events are read."""
 
     async def go() -> None:
-        env = await _start(1)
-        rt = env.workers[0].runtime
-        rt.backend = _Endless(rt.backend.spec)
         _Endless.closed = False
-        try:
+        async with _served(backend=_Endless) as env:
             stream = await env.relay.open("echo", _request())
             seen = asyncio.Event()
 
@@ -186,18 +185,13 @@ def test_cancelling_the_reader_stops_the_engine() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert _Endless.closed and env.counts() == [(0, 0)]
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
 
 def test_errors_before_the_first_event_are_raised() -> None:
     async def go() -> None:
-        env = await _start(2)
-        for w in env.workers:
-            w.runtime.backend = _FailsFirst(w.runtime.backend.spec)
-        try:
+        async with _served(2, backend=_FailsFirst) as env:
             with pytest.raises(BadRequestError) as e:
                 await env.relay.open("echo", _request(max_tokens=1))
             assert e.value.status == 400 and e.value.param == "max_tokens"
@@ -206,24 +200,17 @@ def test_errors_before_the_first_event_are_raised() -> None:
             assert e.value.status == 500 and "RuntimeError" in e.value.message
             assert env.counts() == [(0, 0), (0, 0)]
             assert any(w.runtime.last_error == "engine exploded" for w in env.workers)
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
 
 def test_an_error_mid_stream_is_the_last_event() -> None:
     async def go() -> None:
-        env = await _start(1)
-        rt = env.workers[0].runtime
-        rt.backend = _FailsLater(rt.backend.spec)
-        try:
+        async with _served(backend=_FailsLater) as env:
             events = await _events(await env.relay.open("echo", _request()))
             assert events[0] == DeltaEvent(index=0, text="partial")
             assert isinstance(events[-1], ErrorEvent) and events[-1].status == 500 and len(events) == 2
             assert env.counts() == [(0, 0)]
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
@@ -232,10 +219,9 @@ def test_heartbeats_reach_the_registry_without_http() -> None:
     """The controller forgets the worker (as after a restart): the next heartbeat registers it again."""
 
     async def go() -> None:
-        env = await _start(1)
-        rt = env.workers[0].runtime
-        try:
-            assert rt._link is not None and type(rt._link).__name__ == "RegistryLink"
+        async with _served() as env:
+            rt = env.workers[0].runtime
+            assert type(rt._link).__name__ == "RegistryLink"
             env.registry.unregister(rt.worker_id)
             async with asyncio.timeout(5):
                 while rt.worker_id not in env.registry.workers:
@@ -244,32 +230,26 @@ def test_heartbeats_reach_the_registry_without_http() -> None:
             async with asyncio.timeout(5):
                 while env.registry.workers[rt.worker_id].requests_total != 7:
                     await asyncio.sleep(0.01)
-        finally:
-            await _stop(env)
 
     asyncio.run(go())
 
 
-def test_request_bytes_are_not_needed_in_process() -> None:
-    """The request object itself reaches the backend: nothing is serialised on the way."""
+class _Spy(EchoBackend):
+    seen: list[GenerateRequest] = []
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator:
+        _Spy.seen.append(request)
+        async for ev in super().generate(request):
+            yield ev
+
+
+def test_the_request_object_itself_reaches_the_backend() -> None:
+    """Nothing is serialised on the way in process."""
 
     async def go() -> None:
-        env = await _start(1)
-        rt = env.workers[0].runtime
-        seen: list[GenerateRequest] = []
-
-        class _Spy(EchoBackend):
-            async def generate(self, request: GenerateRequest) -> AsyncIterator:
-                seen.append(request)
-                async for ev in super().generate(request):
-                    yield ev
-
-        rt.backend = _Spy(rt.backend.spec)
-        try:
+        async with _served(backend=_Spy) as env:
             req = _request()
             await _events(await env.relay.open("echo", req))
-            assert len(seen) == 1 and seen[0] is req
-        finally:
-            await _stop(env)
+            assert len(_Spy.seen) == 1 and _Spy.seen[0] is req
 
     asyncio.run(go())
