@@ -74,15 +74,18 @@ def normalise_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if msg.get("role") == "developer":
             msg["role"] = "system"
         msg["content"] = _content_text(m.get("content")) or ""
-        if msg.get("tool_calls"):
+        if msg.get("tool_calls"):  # copies: the caller's request is not written into
+            calls = []
             for tc in msg["tool_calls"]:
-                fn = tc.get("function", {})
+                fn = dict(tc.get("function", {}))
                 args = fn.get("arguments")
                 if isinstance(args, str):
                     try:
                         fn["arguments_json"] = orjson.loads(args) if args else {}
                     except orjson.JSONDecodeError:
                         fn["arguments_json"] = args
+                calls.append({**tc, "function": fn})
+            msg["tool_calls"] = calls
         out.append(msg)
     return out
 

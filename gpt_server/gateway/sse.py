@@ -100,13 +100,15 @@ class SSEResponse(Response):
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            aclose = getattr(self.batches, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            if self.on_close is not None:
-                done = self.on_close()
-                if inspect.isawaitable(done):
-                    await done
+            try:
+                aclose = getattr(self.batches, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if self.on_close is not None:
+                    done = self.on_close()
+                    if inspect.isawaitable(done):
+                        await done
 
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before [DONE] (an error event, or nothing)."""

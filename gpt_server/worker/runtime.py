@@ -218,7 +218,8 @@ class WorkerRuntime:
         assert self._link is not None
         await self._link.register(self.info())
         self._registered = True
-        log.info("registered with controller %s as %s (%s)", self.controller_address, self.worker_id, self.address)
+        where = self.controller_address if isinstance(self._link, HttpControllerLink) else "in this process"
+        log.info("registered with controller %s as %s (%s)", where, self.worker_id, self.address)
 
     async def _heartbeat_loop(self) -> None:
         link = self._link
@@ -226,7 +227,8 @@ class WorkerRuntime:
         while True:
             try:
                 if not self._registered:
-                    await self._register()
+                    if self.state != "draining":  # a worker on its way out is not offered again
+                        await self._register()
                 else:
                     hb = Heartbeat(
                         worker_id=self.worker_id,
@@ -238,11 +240,14 @@ class WorkerRuntime:
                         last_error=self.last_error[:500] if self.last_error else None,
                         state=self.state if self.backend.healthy() else "unhealthy",
                     )
-                    if not await link.heartbeat(hb):
+                    if not await link.heartbeat(hb) and self.state != "draining":
                         log.warning("controller forgot this worker; registering again")
                         await self._register()
             except ControllerUnreachable as exc:
                 if self._registered:
                     log.warning("controller unreachable (%s); will register again", exc)
+                self._registered = False
+            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+                log.exception("heartbeat failed; will register again")
                 self._registered = False
             await asyncio.sleep(self.heartbeat_interval if self._registered else min(1.0, self.heartbeat_interval))

@@ -18,7 +18,7 @@ from gpt_server.config import Config
 from gpt_server.controller.client import LocalController
 from gpt_server.controller.dispatch import make_policy
 from gpt_server.controller.registry import Registry
-from gpt_server.errors import BadRequestError, InternalError
+from gpt_server.errors import BadRequestError, InternalError, ServiceUnavailableError
 from gpt_server.gateway.relay import LocalEventStream, Relay
 from gpt_server.launcher import LocalWorker, _local_workers
 from gpt_server.protocol.worker import (
@@ -44,26 +44,28 @@ def _request(max_tokens: int = 5) -> GenerateRequest:
 
 
 class _Env:
-    def __init__(self, registry: Registry, workers: list[LocalWorker]) -> None:
+    def __init__(self, registry: Registry, workers: list[LocalWorker], timeout: float) -> None:
         self.registry = registry
         self.workers = workers
-        self.relay = Relay(LocalController(registry), max_retries=2)
+        self.relay = Relay(LocalController(registry), max_retries=2, timeout=timeout)
+
+    def record(self, replica: int):  # noqa: ANN201
+        return next(r for r in self.registry.workers.values() if r.info.replica == replica)
 
     def counts(self) -> list[tuple[int, int]]:
         """(dispatcher's open requests, worker's admitted requests) per replica."""
-        recs = {r.info.replica: r for r in self.registry.workers.values()}
-        return [(recs[w.replica].tracked, w.runtime.inflight) for w in self.workers]
+        return [(self.record(w.replica).tracked, w.runtime.inflight) for w in self.workers]
 
 
-async def _start(replicas: int) -> _Env:
-    registry = Registry(make_policy("shortest_queue"))
+async def _start(replicas: int, policy: str, timeout: float) -> _Env:
+    registry = Registry(make_policy(policy))
     workers = _local_workers(_config(replicas), "http://127.0.0.1:9", registry)
     for w in workers:
         await w.start()
     async with asyncio.timeout(10):
         while len(registry.workers) < replicas:
             await asyncio.sleep(0.01)
-    return _Env(registry, workers)
+    return _Env(registry, workers, timeout)
 
 
 async def _stop(env: _Env) -> None:
@@ -73,9 +75,11 @@ async def _stop(env: _Env) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _served(replicas: int = 1, backend: type[EchoBackend] | None = None) -> AsyncIterator[_Env]:
+async def _served(
+    replicas: int = 1, backend: type[EchoBackend] | None = None, policy: str = "shortest_queue", timeout: float = 600.0
+) -> AsyncIterator[_Env]:
     """Echo replicas in this process (their backend swapped for ``backend``), stopped after."""
-    env = await _start(replicas)
+    env = await _start(replicas, policy, timeout)
     if backend is not None:
         for w in env.workers:
             w.runtime.backend = backend(w.runtime.backend.spec)
@@ -110,12 +114,13 @@ def test_objects_equal_the_http_route_bytes() -> None:
 
 def test_a_replica_that_refuses_is_skipped() -> None:
     async def go() -> None:
-        async with _served(2) as env:
+        async with _served(2, policy="round_robin") as env:  # replica 0 is tried in turn
             env.workers[0].runtime.state = "draining"  # admission answers 503
             for _ in range(3):
                 stream = await env.relay.open("echo", _request())
                 assert stream.target.worker_id == env.workers[1].runtime.worker_id
                 assert isinstance((await _events(stream))[-1], UsageEvent)
+            assert env.record(0).dispatched_total >= 1  # it was asked, and refused
             assert env.counts() == [(0, 0), (0, 0)]
             env.workers[0].runtime.state = "ready"
 
@@ -144,6 +149,19 @@ class _FailsFirst(EchoBackend):
             raise BadRequestError("max_tokens too small", param="max_tokens")
         raise RuntimeError("engine exploded")
         yield  # an async generator
+
+
+class _SlowStart(EchoBackend):
+    """Its first event takes longer than the relay waits."""
+
+    closed = 0
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator:
+        try:
+            await asyncio.sleep(30)
+            yield DeltaEvent(index=0, text="late")
+        finally:
+            _SlowStart.closed += 1
 
 
 class _FailsLater(EchoBackend):
@@ -200,6 +218,18 @@ def test_errors_before_the_first_event_are_raised() -> None:
             assert e.value.status == 500 and "RuntimeError" in e.value.message
             assert env.counts() == [(0, 0), (0, 0)]
             assert any(w.runtime.last_error == "engine exploded" for w in env.workers)
+
+    asyncio.run(go())
+
+
+def test_a_first_event_past_the_timeout_frees_both_replicas() -> None:
+    async def go() -> None:
+        _SlowStart.closed = 0
+        async with _served(2, backend=_SlowStart, timeout=0.2) as env:
+            with pytest.raises(ServiceUnavailableError):
+                await env.relay.open("echo", _request())
+            assert _SlowStart.closed == 2  # both were tried and both generations stopped
+            assert env.counts() == [(0, 0), (0, 0)]
 
     asyncio.run(go())
 

@@ -131,3 +131,15 @@ def test_starts_in_reasoning() -> None:
     assert starts_in_reasoning("<|assistant|><think>\n")
     assert not starts_in_reasoning("<|assistant|><think>\n\n</think>\n\n")
     assert not starts_in_reasoning("<|assistant|>")
+
+
+def test_normalise_messages_does_not_write_into_the_request() -> None:
+    """In process the gateway's own request reaches the template: it must come back unchanged."""
+    from gpt_server.chat.templates import normalise_messages
+
+    msgs = [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}]}]
+    before = orjson.dumps(msgs)
+    out = normalise_messages(msgs)
+    assert out[0]["tool_calls"][0]["function"]["arguments_json"] == {"a": 1}
+    assert orjson.dumps(msgs) == before
