@@ -23,6 +23,7 @@ from .errors import GatewayError, error_body
 
 __all__ = [
     "ClosingStreamingResponse",
+    "aclose_then",
     "FastJSONResponse",
     "install_error_handlers",
     "error_response",
@@ -51,15 +52,21 @@ class ClosingStreamingResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            try:
-                aclose = getattr(self.body_iterator, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            finally:
-                if self._on_close is not None:
-                    done = self._on_close()
-                    if inspect.isawaitable(done):
-                        await done
+            await aclose_then(self.body_iterator, self._on_close)
+
+
+async def aclose_then(iterator: Any, on_close: Callable[[], Any] | None) -> None:
+    """Close ``iterator`` if it can be closed, then run ``on_close`` (sync or async), also
+    when closing failed."""
+    try:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    finally:
+        if on_close is not None:
+            done = on_close()
+            if inspect.isawaitable(done):
+                await done
 
 
 class FastJSONResponse(Response):

@@ -10,7 +10,6 @@ stops), one sends a keep-alive comment when nothing was written for a while.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -20,6 +19,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError, TimeoutError_
+from ..server_common import aclose_then
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse"]
 
@@ -100,15 +100,7 @@ class SSEResponse(Response):
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            try:
-                aclose = getattr(self.batches, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            finally:
-                if self.on_close is not None:
-                    done = self.on_close()
-                    if inspect.isawaitable(done):
-                        await done
+            await aclose_then(self.batches, self.on_close)
 
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before [DONE] (an error event, or nothing)."""
