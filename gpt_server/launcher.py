@@ -182,7 +182,7 @@ class LocalWorker:
             await self.runtime.stop()
 
 
-def _local_workers(cfg: Config, controller_address: str, registry: Registry) -> list[LocalWorker]:
+def _local_workers(cfg: Config, registry: Registry) -> list[LocalWorker]:
     llm_threads, other_threads = _thread_shares(cfg)
     fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
     # the gateway of this process dispatches from this registry: call it directly, no HTTP
@@ -193,7 +193,7 @@ def _local_workers(cfg: Config, controller_address: str, registry: Registry) -> 
             if not w.in_process:
                 continue
             runtime = build_runtime(  # the pid keeps addresses apart across serve processes
-                cfg, e, replica=i, address=f"{inproc.SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=controller_address,
+                cfg, e, replica=i, address=f"{inproc.SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=None,
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
                 controller=link,
             )
@@ -240,7 +240,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     controller_address = cfg.model_worker_args.controller_address or (
         f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
     )
-    local = _local_workers(cfg, controller_address, registry)  # before anything that needs cleaning up
+    local = _local_workers(cfg, registry)  # before anything that needs cleaning up
     # workers read the same validated settings from a private file
     fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
     with os.fdopen(fd, "wb") as f:

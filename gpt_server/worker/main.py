@@ -33,7 +33,7 @@ def build_runtime(
     *,
     replica: int,
     address: str,
-    controller_address: str,
+    controller_address: str | None,
     n_threads: int | None,
     controller: ControllerLink | None = None,
 ) -> WorkerRuntime:

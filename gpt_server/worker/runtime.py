@@ -218,7 +218,7 @@ class WorkerRuntime:
         assert self._link is not None
         await self._link.register(self.info())
         self._registered = True
-        where = self.controller_address if isinstance(self._link, HttpControllerLink) else "in this process"
+        where = self.controller_address or "in this process"
         log.info("registered with controller %s as %s (%s)", where, self.worker_id, self.address)
 
     async def _heartbeat_loop(self) -> None:

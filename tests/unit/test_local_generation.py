@@ -59,7 +59,7 @@ class _Env:
 
 async def _start(replicas: int, policy: str, timeout: float) -> _Env:
     registry = Registry(make_policy(policy))
-    workers = _local_workers(_config(replicas), "http://127.0.0.1:9", registry)
+    workers = _local_workers(_config(replicas), registry)
     for w in workers:
         await w.start()
     async with asyncio.timeout(10):
