@@ -175,12 +175,12 @@ def _run_chat_pairs(runner: Runner, pairs: list[str], res: dict[str, Any]) -> No
 
 
 def _run_embed_pair(runner: Runner, res: dict[str, Any]) -> None:
-    from gpt_server.backends.registry import BACKENDS
+    from gpt_server.backends.registry import engines
     from gpt_server.config import ConfigError, resolve_model_path
 
     try:
         path = resolve_model_path(EMBED_MODEL)
-        ok = "sentence_transformers" in BACKENDS
+        ok = "sentence_transformers" in engines() and engines()["sentence_transformers"].available()
     except ConfigError as exc:
         ok, path = False, str(exc)
     if not ok:

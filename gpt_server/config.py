@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "ConfigError",
@@ -25,9 +26,6 @@ __all__ = [
     "WorkerSpec",
     "ModelEntry",
     "Config",
-    "WORK_MODES",
-    "MODEL_KINDS",
-    "LEGACY_MODEL_TYPES",
     "ENV_VARS",
     "load_config",
     "parse_config",
@@ -43,60 +41,6 @@ ENV_VARS: dict[str, str] = {
     "GPT_SERVER_LOG_LEVEL": "log level (debug, info, warning, error); default info",
     "GPT_SERVER_SECRET": "shared secret for controller and worker internal routes",
     "GPT_SERVER_THREADS": "CPU threads per worker (set by the launcher: chat engines share the cores)",
-}
-
-WORK_MODES = (
-    "llama_cpp",
-    "hf",
-    "vllm",
-    "sglang",
-    "lmdeploy-turbomind",
-    "lmdeploy-pytorch",
-    "trtllm",
-    "llama_cpp_server",
-    "openai",
-    "sentence_transformers",
-    "infinity",
-    "faster_whisper",
-    "piper",
-    "diffusers",
-    "echo",
-)
-MODEL_KINDS = ("auto", "embedding", "rerank", "moderation", "asr", "tts", "image")
-
-# the engine used when an entry names a model_type but no work_mode
-DEFAULT_WORK_MODE: dict[str, str] = {
-    "auto": "llama_cpp",
-    "embedding": "sentence_transformers",
-    "rerank": "sentence_transformers",
-    "moderation": "sentence_transformers",
-    "asr": "faster_whisper",
-    "tts": "piper",
-    "image": "diffusers",
-}
-
-# gpt_server's model_type values: (kind, work_mode override or None)
-LEGACY_MODEL_TYPES: dict[str, tuple[str, str | None]] = {
-    **{
-        name: ("auto", None)
-        for name in (
-            "qwen", "qwen2", "qwen3", "chatglm", "glm4", "llama", "baichuan", "internlm",
-            "internlm2", "deepseek", "yi", "mixtral", "mistral", "phi", "gemma", "minicpmv",
-            "internvl", "internvl2", "glm4v", "qwen2vl", "qwen2_vl", "qwen_vl", "llava",
-            "minimax", "kimi", "chat", "llm",
-        )
-    },
-    "embedding_infinity": ("embedding", "infinity"),
-    "embedding_sentence_transformers": ("embedding", "sentence_transformers"),
-    "embeddings": ("embedding", None),
-    "reranker": ("rerank", None),
-    "classify": ("moderation", None),
-    "funasr": ("asr", None),
-    "whisper": ("asr", None),
-    "spark_tts": ("tts", None),
-    "cosyvoice": ("tts", None),
-    "flux": ("image", None),
-    "sd": ("image", None),
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
@@ -141,10 +85,19 @@ class ServeArgs(_Section):
 class ControllerArgs(_Section):
     host: str = Field("127.0.0.1", description="controller bind address")
     port: int = Field(21001, ge=0, le=65535, description="controller port")
-    dispatch_method: Literal["lottery", "shortest_queue", "round_robin", "least_busy"] = Field(
-        "shortest_queue", description="how a replica is chosen for each request"
+    dispatch_method: str = Field(
+        "shortest_queue", description="how a replica is chosen for each request (lottery, shortest_queue, round_robin, least_busy)"
     )
     secret: str | None = Field(None, description="shared secret for internal routes (else $GPT_SERVER_SECRET)")
+
+    @field_validator("dispatch_method")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        from .controller.dispatch import POLICIES
+
+        if v not in POLICIES:
+            raise ValueError(f"unknown dispatch_method '{v}'; use one of {', '.join(POLICIES)}")
+        return v
 
 
 class ModelWorkerArgs(_Section):
@@ -158,114 +111,19 @@ class ModelWorkerArgs(_Section):
 
 
 class ModelConfig(_Section):
+    """``model_config``: the keys every engine takes. Each engine's ``Options`` (declared in
+    its folder under ``gpt_server/backends/``) extends it with the engine's own keys, and the
+    entry's ``model_config`` is validated by the chosen engine's ``Options``."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
+
     model_name_or_path: str = Field(description="model file/dir, or pkg:<package>/<path>")
-    n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="context length per sequence")
-    n_parallel: int | None = Field(None, ge=1, le=256, description="sequences decoded together")
-    n_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for the engine")
-    n_batch: int | None = Field(None, ge=16, le=65536, description="max tokens per engine step")
-    n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to GPU (llama.cpp)")
-    chat_template: str | None = Field(None, description="Jinja chat template overriding the model's")
-    tool_call_parser: str | None = None
-    reasoning_parser: str | None = None
-    max_model_len: int | None = Field(None, ge=64)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    dtype: str | None = None
-    enable_prefix_caching: bool | None = None
-    lora: dict[str, str] | None = None
-    engine_args: list[str] | None = None
-    python: str | None = None
-    api_base: str | None = None
-    api_key_env: str | None = None
-    max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
-    # --- embeddings / rerank / moderation (issue 5) ---
-    max_batch_size: int | None = Field(
-        None, ge=1, le=4096, description="embed/rerank/classify: most items run in one forward pass (default 32)"
-    )
-    batch_wait_ms: float | None = Field(
-        None, ge=0, le=1000,
-        description="embed/rerank/classify: how long a batch waits for more requests under concurrent load (default 3 ms; a lone request runs at once)",
-    )
-    max_seq_length: int | None = Field(
-        None, ge=8, le=1_048_576, description="embed/rerank/classify: tokens kept per input (longer inputs are truncated)"
-    )
-    normalize_embeddings: bool | None = Field(
-        None, description="L2-normalise embeddings (default: as the model's own pipeline does)"
-    )
-    matryoshka_dims: list[int] | None = Field(
-        None, max_length=64, description="embedding sizes a request's `dimensions` may ask for (truncate + renormalise); none = full size only"
-    )
-    moderation_threshold: float | None = Field(
-        None, ge=0, le=1, description="moderation: a category is flagged at this score or above (default 0.5)"
-    )
-    moderation_label_map: dict[str, str] | None = Field(
-        None, description="moderation: model label → OpenAI category (or 'none' for a benign label), overriding name matching"
-    )
-    class_labels: list[str] | None = Field(
-        None, max_length=1024, description="scikit-learn classifier dirs: label names in the order of the model's classes_"
-    )
 
-    @field_validator("matryoshka_dims")
-    @classmethod
-    def _check_matryoshka_dims(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and any(d < 1 or d > 65536 for d in v):
-            raise ValueError("sizes must be between 1 and 65536")
-        return v
 
-    # --- transformers backend (issue 6) ---
-    allow_private_media_urls: bool = Field(
-        False, description="let image_url fetch private/loopback/link-local addresses (off: public hosts only)"
-    )
-    max_media_bytes: int | None = Field(
-        None, ge=1024, le=512 * 1024 * 1024, description="largest image (data: or fetched) accepted (default 20 MiB)"
-    )
-    media_fetch_timeout: float | None = Field(
-        None, gt=0, le=300, description="seconds allowed to fetch one remote image (default 10)"
-    )
-    # --- engine servers and upstream relay (issue 7) ---
-    startup_timeout: float | None = Field(
-        None, ge=1, le=86_400, description="engine servers: seconds to wait for the engine's health endpoint (default 900)"
-    )
-    engine_port: int | None = Field(
-        None, ge=1, le=65535, description="engine servers: loopback port of the engine server (default: a free port)"
-    )
-    engine_env: dict[str, str] | None = Field(
-        None, description="engine servers: extra environment variables for the engine process"
-    )
-    upstream_timeout: float | None = Field(
-        None, gt=0, le=86_400, description="relay: seconds the upstream may stay silent during a request (default 600)"
-    )
-    # --- speech (issue 9) ---
-    compute_type: str | None = Field(
-        None, max_length=32, description="faster-whisper/CTranslate2 compute type (default int8 on CPU, float16 on GPU)"
-    )
-    beam_size: int | None = Field(None, ge=1, le=16, description="faster-whisper beam size (default 5)")
-    max_audio_seconds: float | None = Field(
-        None, gt=0, le=86_400, description="longest audio accepted for transcription (default 3600 s)"
-    )
-    voices: dict[str, int | str] | None = Field(
-        None, description="TTS voice name → speaker id/name of the voice model (OpenAI names map to the default voice)"
-    )
-    max_input_chars: int | None = Field(None, ge=1, le=100_000, description="longest TTS input accepted (default 4096)")
-    # --- images (issue 10) ---
-    image_min_size: int | None = Field(
-        None, ge=8, le=16384, description="images: smallest width/height accepted, in pixels (default 64)"
-    )
-    image_max_size: int | None = Field(
-        None, ge=8, le=16384, description="images: largest width/height accepted, in pixels (default 1024)"
-    )
-    default_image_size: str | None = Field(
-        None, pattern=r"^[0-9]{1,5}x[0-9]{1,5}$",
-        description="images: size used when a request gives none or 'auto' (default: the model's native size)",
-    )
-    num_inference_steps: int | None = Field(
-        None, ge=1, le=1000, description="images: denoising steps at quality 'auto'/'medium' (default 30)"
-    )
-    max_inference_steps: int | None = Field(
-        None, ge=1, le=1000, description="images: most steps a request may ask for (default 100)"
-    )
-    guidance_scale: float | None = Field(
-        None, ge=0, le=50, description="images: classifier-free guidance scale (default: the pipeline's)"
-    )
+class _RawModelConfig(ModelConfig):
+    """``model_config`` before the engine is known: the engine's ``Options`` check the rest."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, protected_namespaces=())
 
 
 class WorkerSpec(_Section):
@@ -285,8 +143,8 @@ class ModelEntry(_Section):
     alias: list[str] = Field(default_factory=list, description="other names (comma separated or a list)")
     enable: bool = True
     model_config_: ModelConfig = Field(alias="model_config")
-    model_type: str = Field("auto", description="auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
-    work_mode: str | None = Field(None, description="engine (default by model_type): " + ", ".join(WORK_MODES))
+    model_type: str = Field("auto", description="model kind: auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
+    work_mode: str | None = Field(None, description="engine (default: the kind's default engine)")
     device: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
     workers: list[WorkerSpec] = Field(default_factory=lambda: [WorkerSpec()], min_length=1, max_length=256)
     kind: str = Field("auto", description="normalised model kind (derived)")
@@ -308,24 +166,38 @@ class ModelEntry(_Section):
                 raise ValueError(f"alias '{a}' is not a valid model id (letters, digits, . _ : + -)")
         return v
 
+    @field_validator("model_config_", mode="before")
+    @classmethod
+    def _raw_options(cls, v: Any) -> Any:
+        # validated in full by the engine's Options once work_mode is known (Config._engine_options)
+        if isinstance(v, ModelConfig) and not isinstance(v, _RawModelConfig):
+            return v
+        return _RawModelConfig.model_validate(v.model_dump() if isinstance(v, BaseModel) else v)
+
     @model_validator(mode="after")
     def _normalise(self) -> ModelEntry:
+        from .backends.registry import engines
+        from .protocol.kinds import kinds, legacy_model_types
+
+        known_kinds = kinds()
         mt = self.model_type.lower()
-        if mt in MODEL_KINDS:
+        if mt in known_kinds:
             self.kind = mt
-        elif mt in LEGACY_MODEL_TYPES:
-            self.kind, wm = LEGACY_MODEL_TYPES[mt]
+        elif mt in (legacy := legacy_model_types()):
+            self.kind, wm = legacy[mt]
             if wm is not None:
                 self.work_mode = wm
         else:
-            raise ValueError(
-                f"model_type '{self.model_type}' is unknown; use one of {', '.join(MODEL_KINDS)}"
-            )
+            raise ValueError(f"model_type '{self.model_type}' is unknown; use one of {', '.join(known_kinds)}")
         if self.work_mode is None:
-            self.work_mode = DEFAULT_WORK_MODE.get(self.kind, "llama_cpp")
-        if self.work_mode not in WORK_MODES:
+            self.work_mode = known_kinds[self.kind].default_engine
+        registry = engines()
+        if self.work_mode not in registry:
+            raise ValueError(f"work_mode '{self.work_mode}' is unknown; use one of {', '.join(sorted(registry))}")
+        served = registry[self.work_mode].kinds
+        if self.kind not in served:
             raise ValueError(
-                f"work_mode '{self.work_mode}' is unknown; use one of {', '.join(WORK_MODES)}"
+                f"work_mode '{self.work_mode}' cannot serve model_type '{self.kind}' (it serves {', '.join(sorted(served))})"
             )
         for i, w in enumerate(self.workers):
             if self.device == "cpu" and w.gpus:
@@ -363,6 +235,46 @@ class Config(_Section):
                 raise ValueError(f"entry {i}: model name '{name}' is not a valid model id")
             out.append({**body, "name": str(name)})
         return out
+
+    @model_validator(mode="after")
+    def _engine_options(self) -> Config:
+        """Each entry's ``model_config`` validated by its engine's ``Options``; every error
+        located at ``models[i].model_config.<key>``."""
+        from pydantic_core import InitErrorDetails
+
+        from .backends.registry import engines
+
+        registry = engines()
+        errors: list[InitErrorDetails] = []
+        for i, m in enumerate(self.models):
+            if not isinstance(m.model_config_, _RawModelConfig):
+                continue
+            engine = registry[m.work_mode or ""]
+            try:
+                m.model_config_ = engine.options.model_validate(m.model_config_.model_dump(exclude_unset=True))
+            except ValidationError as exc:
+                for e in exc.errors():
+                    if e["type"] == "extra_forbidden":
+                        others = sorted(n for n, o in registry.items() if e["loc"][0] in o.options.model_fields)
+                        hint = f" for work_mode {m.work_mode}" + (f" (an option of {', '.join(others)})" if others else "")
+                        errors.append(
+                            InitErrorDetails(
+                                type=PydanticCustomError("unknown_option", "unknown key{hint}", {"hint": hint}),
+                                loc=("models", i, "model_config", *e["loc"]),
+                                input=e["input"],
+                            )
+                        )
+                    else:
+                        errors.append(
+                            InitErrorDetails(
+                                type=PydanticCustomError(e["type"], "{msg}", {"msg": e["msg"]}),
+                                loc=("models", i, "model_config", *e["loc"]),
+                                input=e["input"],
+                            )
+                        )
+        if errors:
+            raise ValidationError.from_exception_data("Config", errors)
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -75,7 +75,7 @@ class Proc:
 class Server:
     """`gpt-server serve -c <file>` with the given config."""
 
-    def __init__(self, config: dict[str, Any], tmp_dir: Path, name: str) -> None:
+    def __init__(self, config: dict[str, Any], tmp_dir: Path, name: str, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.port = config["serve_args"]["port"]
         self.controller_port = config["controller_args"]["port"]
@@ -84,7 +84,7 @@ class Server:
         self.config_path = tmp_dir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.expected_workers = sum(len(next(iter(m.values()))["workers"]) for m in config["models"])
-        self.proc = Proc(["serve", "-c", str(self.config_path)], name)
+        self.proc = Proc(["serve", "-c", str(self.config_path)], name, env=env)
 
     @property
     def base_url(self) -> str:

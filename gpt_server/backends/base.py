@@ -5,12 +5,17 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from ..config import ModelEntry
+from pydantic import BaseModel
+
+from ..config import ModelConfig, ModelEntry
+from ..protocol.kinds import Capability
 from ..protocol.worker import Event, GenerateRequest
 
-__all__ = ["Backend", "BackendSpec", "BinaryResult", "InvokeResult"]
+__all__ = ["Backend", "BackendSpec", "BinaryResult", "InvokeResult", "payload_as"]
+
+P = TypeVar("P", bound=BaseModel)
 
 
 @dataclass
@@ -25,6 +30,14 @@ class BinaryResult:
 InvokeResult = dict[str, Any] | BinaryResult
 
 
+def payload_as(payload: BaseModel, model: type[P]) -> P:
+    """``payload`` narrowed to the payload model its capability declares (the worker
+    validated it already; a mismatch is a bug, not a client error)."""
+    if not isinstance(payload, model):
+        raise TypeError(f"expected a {model.__name__} payload, got {type(payload).__name__}")
+    return payload
+
+
 @dataclass
 class BackendSpec:
     """What a backend is given: the model entry and the resources of its worker."""
@@ -36,12 +49,18 @@ class BackendSpec:
 
 
 class Backend(ABC):
-    """Base class. A backend declares ``capabilities`` and implements those methods."""
+    """Base class. A backend declares ``capabilities`` and implements those methods.
+
+    ``options`` is the entry's ``model_config`` as the engine's own ``Options`` model
+    (declared with the engine in its folder's ``__init__.py``); a subclass narrows its type.
+    """
 
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    options: ModelConfig
 
     def __init__(self, spec: BackendSpec) -> None:
         self.spec = spec
+        self.options = spec.entry.model_config_
 
     @abstractmethod
     def load(self) -> None:
@@ -63,12 +82,12 @@ class Backend(ABC):
     def healthy(self) -> bool:
         return True
 
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
         """Non-generation capabilities (embed, rerank, classify, transcribe, speech, image …).
 
-        ``payload`` is the capability's request as plain JSON data (binary inputs as
-        base64). Return a JSON-able dict, or a ``BinaryResult``. Raise ``GatewayError``
-        subclasses for client errors.
+        ``payload`` is an instance of ``capability.payload``, already validated at the
+        worker boundary. Return a JSON-able dict, or a ``BinaryResult``. Raise
+        ``GatewayError`` subclasses for client errors.
         """
         from ..errors import BadRequestError
 

@@ -1,88 +1,127 @@
-"""One lazy registry per plugin family: name → "module:Class", plus entry points."""
+"""The engines this build knows: the one list of ``work_mode`` names.
+
+Each engine folder under ``gpt_server/backends/`` declares ``ENGINES`` (one or more
+:class:`Engine`) in its ``__init__.py``, which stays light: the options model and where the
+backend class lives, not the engine library itself. A third-party package adds engines
+through the entry-point group ``gpt_server.backends``: each entry point names an
+:class:`Engine` (or a sequence of them), or a ``Backend`` subclass with an ``Options``
+class and a ``kinds`` set. Nothing else lists engines; config validation, the worker and
+the docs all read this registry.
+"""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
+import pkgutil
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["LazyRegistry", "BACKENDS"]
+from ..config import ModelConfig
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from .base import Backend
+
+__all__ = ["Engine", "ENTRY_POINT_GROUP", "engines", "engine", "refresh"]
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "gpt_server.backends"
 
 
-class LazyRegistry(Generic[T]):
-    def __init__(self, family: str, builtins: dict[str, str]) -> None:
-        self.family = family
-        self._targets = dict(builtins)
-        self._loaded: dict[str, T] = {}
-        self._eps_loaded = False
+@dataclass(frozen=True)
+class Engine:
+    """One ``work_mode``: its options model, the kinds it serves, and its backend class."""
 
-    def register(self, name: str, target: str) -> None:
-        self._targets[name] = target
-        self._loaded.pop(name, None)
+    name: str
+    backend: str  # "package.module:Class", imported only when a worker starts
+    options: type[ModelConfig]
+    kinds: frozenset[str]
+    description: str = ""
 
-    def _load_entry_points(self) -> None:
-        if self._eps_loaded:
-            return
-        self._eps_loaded = True
-        for ep in entry_points(group=f"gpt_server.{self.family}"):
-            self._targets.setdefault(ep.name, ep.value)
-
-    def names(self) -> list[str]:
-        self._load_entry_points()
-        return sorted(self._targets)
-
-    def __contains__(self, name: str) -> bool:
-        """Known and importable (its module exists in this build)."""
-        self._load_entry_points()
-        if name not in self._targets:
-            return False
-        module = self._targets[name].partition(":")[0]
+    def available(self) -> bool:
+        """The backend's module exists in this build (its engine library may still be missing)."""
+        module = self.backend.partition(":")[0]
         try:
             return importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
+        except (ModuleNotFoundError, ValueError):
             return False
 
-    def available(self) -> list[str]:
-        return [n for n in self.names() if n in self]
-
-    def get(self, name: str) -> T:
-        if name in self._loaded:
-            return self._loaded[name]
-        self._load_entry_points()
-        if name not in self._targets:
-            raise KeyError(f"no {self.family} named '{name}' (known: {', '.join(self.names())})")
-        module, _, attr = self._targets[name].partition(":")
-        obj = getattr(importlib.import_module(module), attr)
-        self._loaded[name] = obj
-        return obj
+    def load(self) -> type[Backend]:
+        module, _, attr = self.backend.partition(":")
+        cls: type[Backend] = getattr(importlib.import_module(module), attr)
+        return cls
 
 
-BACKENDS: LazyRegistry[type] = LazyRegistry(
-    "backends",
-    {
-        "llama_cpp": "gpt_server.backends.llama_cpp.backend:LlamaCppBackend",
-        # issue 5
-        "sentence_transformers": "gpt_server.backends.sentence_transformers.backend:SentenceTransformersBackend",
-        "infinity": "gpt_server.backends.infinity.backend:InfinityBackend",
-        # issue 6
-        "hf": "gpt_server.backends.hf.backend:HFBackend",
-        # issue 7
-        "openai": "gpt_server.backends.relay.backend:OpenAIRelayBackend",
-        "vllm": "gpt_server.backends.relay.backend:EngineServerBackend",
-        "sglang": "gpt_server.backends.relay.backend:EngineServerBackend",
-        "lmdeploy-turbomind": "gpt_server.backends.relay.backend:EngineServerBackend",
-        "lmdeploy-pytorch": "gpt_server.backends.relay.backend:EngineServerBackend",
-        "trtllm": "gpt_server.backends.relay.backend:EngineServerBackend",
-        "llama_cpp_server": "gpt_server.backends.relay.backend:EngineServerBackend",
-        # issue 9
-        "faster_whisper": "gpt_server.backends.faster_whisper.backend:FasterWhisperBackend",
-        "piper": "gpt_server.backends.piper.backend:PiperBackend",
-        # issue 10
-        "diffusers": "gpt_server.backends.diffusers.backend:DiffusersBackend",
-        # issue 4 (benchmark only)
-        "echo": "gpt_server.backends.echo.backend:EchoBackend",
-    },
-)
+_ENGINES: dict[str, Engine] | None = None
+
+
+def _builtin() -> Iterable[Engine]:
+    package = importlib.import_module(__package__ or "gpt_server.backends")
+    for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        if not mod.ispkg:
+            continue
+        declared = getattr(importlib.import_module(f"{package.__name__}.{mod.name}"), "ENGINES", ())
+        yield from declared
+
+
+def _as_engines(name: str, value: str, obj: Any) -> list[Engine]:
+    if isinstance(obj, Engine):
+        return [obj]
+    if isinstance(obj, (list, tuple)) and all(isinstance(e, Engine) for e in obj):
+        return list(obj)
+    if isinstance(obj, type):  # a Backend subclass: its Options and kinds declare the rest
+        return [
+            Engine(
+                name=name,
+                backend=value,
+                options=getattr(obj, "Options", ModelConfig),
+                kinds=frozenset(getattr(obj, "kinds", ())),
+                description=(obj.__doc__ or "").strip().split("\n")[0],
+            )
+        ]
+    raise TypeError(f"entry point '{name}' = '{value}' is neither an Engine nor a Backend class")
+
+
+def _plugins(taken: set[str]) -> Iterable[Engine]:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            found = _as_engines(ep.name, ep.value, ep.load())
+        except Exception as exc:  # a broken plug-in must not take the server down
+            log.warning("engine plug-in '%s' (%s) could not be loaded: %s", ep.name, ep.value, exc)
+            continue
+        for e in found:
+            if e.name in taken:
+                log.warning("engine plug-in '%s' ignored: work_mode '%s' is already defined", ep.value, e.name)
+                continue
+            taken.add(e.name)
+            yield e
+
+
+def engines() -> dict[str, Engine]:
+    """Every engine of this build and of installed plug-ins, by ``work_mode``."""
+    global _ENGINES
+    if _ENGINES is None:
+        found: dict[str, Engine] = {}
+        for e in _builtin():
+            if e.name in found:
+                raise RuntimeError(f"work_mode '{e.name}' is declared by two engine folders")
+            found[e.name] = e
+        for e in _plugins(set(found)):
+            found[e.name] = e
+        _ENGINES = found
+    return dict(_ENGINES)
+
+
+def engine(name: str) -> Engine:
+    """The engine called ``name`` (KeyError when none is)."""
+    return engines()[name]
+
+
+def refresh() -> None:
+    """Forget what was discovered (after installing a plug-in at run time)."""
+    global _ENGINES
+    _ENGINES = None

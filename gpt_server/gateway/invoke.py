@@ -9,8 +9,10 @@ import aiohttp
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from ..errors import UpstreamError
+from ..protocol.kinds import Capability
 from ..server_common import ClosingStreamingResponse
 from .convert import new_id
 from .relay import Relay
@@ -22,7 +24,7 @@ def _relay(request: Request) -> Relay:
     return request.app.state.relay
 
 
-async def call_json(request: Request, model: str, capability: str, payload: dict[str, Any]) -> dict[str, Any]:
+async def call_json(request: Request, model: str, capability: Capability, payload: BaseModel) -> dict[str, Any]:
     """Invoke ``capability`` on a worker serving ``model``; its JSON result."""
     resp = await _relay(request).invoke(model, capability, payload, new_id("req"))
     try:
@@ -37,7 +39,7 @@ async def call_json(request: Request, model: str, capability: str, payload: dict
         raise UpstreamError("the model worker sent a malformed result") from exc
 
 
-async def call_passthrough(request: Request, model: str, capability: str, payload: dict[str, Any]) -> Response:
+async def call_passthrough(request: Request, model: str, capability: Capability, payload: BaseModel) -> Response:
     """Invoke ``capability`` and stream the worker's body (audio, images …) to the client as is."""
     resp = await _relay(request).invoke(model, capability, payload, new_id("req"))
     media_type = resp.headers.get("content-type", "application/octet-stream")

@@ -14,15 +14,16 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import inproc
 from ..controller.client import ControllerClient
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
+from ..protocol.kinds import Capability
 from ..protocol.worker import (
     EVENT_ADAPTER,
     SECRET_HEADER,
@@ -30,7 +31,7 @@ from ..protocol.worker import (
     ErrorEvent,
     Event,
     GenerateRequest,
-    InvokeRequest,
+    invoke_body,
 )
 
 __all__ = ["Relay", "EventStream", "LocalEventStream", "WorkerResponse"]
@@ -191,14 +192,14 @@ class Relay:
             return EventStream(result, target, on_close)
         return LocalEventStream(result, target, on_close)
 
-    async def invoke(self, model: str, capability: str, payload: dict[str, Any], request_id: str) -> WorkerResponse:
+    async def invoke(self, model: str, capability: Capability, payload: BaseModel, request_id: str) -> WorkerResponse:
         """Call a non-generation capability; the worker's response, body not yet read.
 
-        The caller must read it or ``close()`` it. JSON results have content-type
-        application/json; binary results (audio, images) carry their own media type.
+        ``payload`` is the capability's payload model. The caller must read the response or
+        ``close()`` it. JSON results have content-type application/json; binary results
+        (audio, images) carry their own media type.
         """
-        req = InvokeRequest(request_id=request_id, model=model, capability=capability, payload=payload)
-        body = req.__pydantic_serializer__.to_json(req)
+        body = invoke_body(request_id, model, capability, payload)
         resp, target = await self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body))
         return WorkerResponse(resp, self._releaser(target))
 

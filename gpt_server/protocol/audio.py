@@ -10,13 +10,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
+from .worker import WireBytes
 
 __all__ = [
     "AUDIO_LIMITS",
     "OPENAI_VOICES",
     "TranscriptionForm",
     "SpeechRequest",
+    "SpeechFormat",
+    "StreamMode",
+    "TranscribePayload",
+    "SpeechPayload",
+    "TRANSCRIBE",
+    "TRANSLATE",
+    "SPEECH",
     "TranscriptResult",
     "Segment",
     "Word",
@@ -61,12 +70,17 @@ class TranscriptionForm(BaseModel):
         return None if v == "" else v
 
 
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+# how synthesized speech travels back: one file, chunked audio as it is made, or SSE events
+StreamMode = Literal["file", "audio", "sse"]
+
+
 class SpeechRequest(OpenAIBaseModel):
     model: str = Field(min_length=1, max_length=256)
     input: str = Field(min_length=1, max_length=100_000)
     voice: str | dict[str, Any] = "alloy"
     instructions: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
-    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    response_format: SpeechFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] | None = None
     stream: bool | None = Field(None, description="extension: true = chunked audio as it is synthesized")
@@ -82,6 +96,64 @@ class SpeechRequest(OpenAIBaseModel):
         if not v or len(v) > 256:
             raise ValueError("voice must be a non-empty name of at most 256 characters")
         return v
+
+
+class TranscribePayload(BaseModel):
+    """What the gateway sends a worker for ``transcribe`` and ``translate``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    file: WireBytes = Field(description="the audio file's bytes (base64 on the wire)")
+    language: str | None = Field(None, min_length=2, max_length=16, pattern=r"^[A-Za-z_-]+$")
+    prompt: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    word_timestamps: bool = False
+    stream: bool = False
+
+    @field_validator("file")
+    @classmethod
+    def _audio_size(cls, v: bytes) -> bytes:
+        if not v:
+            raise ValueError("the audio file is empty")
+        if len(v) > AUDIO_LIMITS.max_upload_bytes:
+            raise ValueError(f"the audio file is larger than {AUDIO_LIMITS.max_upload_bytes} bytes")
+        return v
+
+
+class SpeechPayload(BaseModel):
+    """What the gateway sends a worker for ``speech``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field(min_length=1, max_length=100_000)
+    voice: str = Field("alloy", min_length=1, max_length=256)
+    response_format: SpeechFormat = "mp3"
+    speed: float = Field(1.0, ge=0.25, le=4.0)
+    stream_mode: StreamMode = "file"
+
+
+TRANSCRIBE = declare_capability("transcribe", TranscribePayload)
+TRANSLATE = declare_capability("translate", TranscribePayload)
+SPEECH = declare_capability("speech", SpeechPayload)
+
+declare_kind(
+    Kind(
+        name="asr",
+        capabilities=frozenset({TRANSCRIBE, TRANSLATE}),
+        default_engine="faster_whisper",
+        description="speech to text (/v1/audio/transcriptions, /v1/audio/translations)",
+        legacy_names=("funasr", "whisper"),
+    )
+)
+declare_kind(
+    Kind(
+        name="tts",
+        capabilities=frozenset({SPEECH}),
+        default_engine="piper",
+        description="text to speech (/v1/audio/speech)",
+        legacy_names=("spark_tts", "cosyvoice"),
+    )
+)
 
 
 class Word(BaseModel):

@@ -15,6 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import BadRequestError
+from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "EmbeddingInput",
     "EmbeddingRequest",
     "EmbedPayload",
+    "EMBED",
     "embed_payload",
     "check_dimensions",
     "fit_dimensions",
@@ -107,8 +109,21 @@ class EmbedPayload(BaseModel):
     dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)
 
 
-def embed_payload(body: EmbeddingRequest) -> dict[str, Any]:
-    return {"inputs": body.input, "encoding_format": body.encoding_format, "dimensions": body.dimensions}
+EMBED = declare_capability("embed", EmbedPayload)
+declare_kind(
+    Kind(
+        name="embedding",
+        capabilities=frozenset({EMBED}),
+        default_engine="sentence_transformers",
+        description="text embeddings (/v1/embeddings)",
+        legacy_names=("embeddings",),
+        legacy_engines={"embedding_infinity": "infinity", "embedding_sentence_transformers": "sentence_transformers"},
+    )
+)
+
+
+def embed_payload(body: EmbeddingRequest) -> EmbedPayload:
+    return EmbedPayload(inputs=body.input, encoding_format=body.encoding_format, dimensions=body.dimensions)
 
 
 def check_dimensions(dimensions: int | None, full: int, allowed: list[int] | None) -> int | None:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
 __all__ = [
@@ -22,6 +23,9 @@ __all__ = [
     "ImageEditForm",
     "ImageVariationForm",
     "ImageJob",
+    "IMAGE",
+    "IMAGE_EDIT",
+    "IMAGE_VARIATION",
     "ImageJobResult",
     "GeneratedImage",
     "parse_size",
@@ -115,7 +119,7 @@ class ImageVariationForm(_ImageParams):
 
 
 class ImageJob(BaseModel):
-    """What the gateway sends the worker (capability image_generate / image_edit / image_variation)."""
+    """What the gateway sends the worker (capability image / image_edit / image_variation)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -132,6 +136,20 @@ class ImageJob(BaseModel):
     output_compression: int | None = Field(None, ge=0, le=100)
     images_b64: list[str] = Field(default_factory=list, max_length=IMAGE_LIMITS.max_images)
     mask_b64: str | None = None
+
+
+IMAGE = declare_capability("image", ImageJob)
+IMAGE_EDIT = declare_capability("image_edit", ImageJob)
+IMAGE_VARIATION = declare_capability("image_variation", ImageJob)
+declare_kind(
+    Kind(
+        name="image",
+        capabilities=frozenset({IMAGE, IMAGE_EDIT, IMAGE_VARIATION}),
+        default_engine="diffusers",
+        description="image generation, edits and variations (/v1/images/*)",
+        legacy_names=("flux", "sd"),
+    )
+)
 
 
 class GeneratedImage(BaseModel):

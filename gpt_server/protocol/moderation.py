@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
 __all__ = [
@@ -25,6 +26,8 @@ __all__ = [
     "ModerationRequest",
     "ClassifyRequest",
     "ClassifyPayload",
+    "MODERATE",
+    "CLASSIFY",
     "classify_payload",
     "label_categories",
     "moderation_result",
@@ -141,8 +144,21 @@ class ClassifyPayload(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
-def classify_payload(inputs: list[str], threshold: float | None = None) -> dict[str, Any]:
-    return {"inputs": inputs, "threshold": threshold}
+MODERATE = declare_capability("moderate", ClassifyPayload)
+CLASSIFY = declare_capability("classify", ClassifyPayload)
+declare_kind(
+    Kind(
+        name="moderation",
+        capabilities=frozenset({MODERATE, CLASSIFY}),
+        default_engine="sentence_transformers",
+        description="moderation and text classification (/v1/moderations, /v1/classify)",
+        legacy_names=("classify",),
+    )
+)
+
+
+def classify_payload(inputs: list[str], threshold: float | None = None) -> ClassifyPayload:
+    return ClassifyPayload(inputs=inputs, threshold=threshold)
 
 
 def moderation_result(scores: list[float], categories: list[str], threshold: float) -> dict[str, Any]:

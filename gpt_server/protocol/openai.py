@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .kinds import Kind, declare_capability, declare_kind
+
 __all__ = [
     "LIMITS",
     "OpenAIBaseModel",
@@ -20,6 +22,8 @@ __all__ = [
     "ChatCompletionRequest",
     "CompletionRequest",
     "StreamOptions",
+    "CHAT",
+    "COMPLETION",
 ]
 
 log = logging.getLogger(__name__)
@@ -244,3 +248,21 @@ class CompletionRequest(_SamplingFields):
             if len(self.prompt) > LIMITS.max_prompts and not isinstance(self.prompt[0], int):
                 raise ValueError(f"prompt: at most {LIMITS.max_prompts} prompts are allowed")
         return self
+
+
+CHAT = declare_capability("chat")
+COMPLETION = declare_capability("completion")
+declare_kind(
+    Kind(
+        name="auto",
+        capabilities=frozenset({CHAT, COMPLETION}),
+        default_engine="llama_cpp",
+        description="chat and completion LLMs (/v1/chat/completions, /v1/completions)",
+        legacy_names=(
+            "qwen", "qwen2", "qwen3", "chatglm", "glm4", "llama", "baichuan", "internlm",
+            "internlm2", "deepseek", "yi", "mixtral", "mistral", "phi", "gemma", "minicpmv",
+            "internvl", "internvl2", "glm4v", "qwen2vl", "qwen2_vl", "qwen_vl", "llava",
+            "minimax", "kimi", "chat", "llm",
+        ),
+    )
+)

@@ -11,9 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
-__all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "rerank_payload", "rerank_response"]
+__all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "RERANK", "rerank_payload", "rerank_response"]
 
 
 class _RerankLimits:
@@ -75,15 +76,27 @@ class RerankPayload(BaseModel):
     max_tokens_per_doc: int | None = Field(default=None, ge=1)
 
 
-def rerank_payload(body: RerankRequest, *, default_return_documents: bool) -> dict[str, Any]:
+RERANK = declare_capability("rerank", RerankPayload)
+declare_kind(
+    Kind(
+        name="rerank",
+        capabilities=frozenset({RERANK}),
+        default_engine="sentence_transformers",
+        description="cross-encoder reranking (/v1/rerank)",
+        legacy_names=("reranker",),
+    )
+)
+
+
+def rerank_payload(body: RerankRequest, *, default_return_documents: bool) -> RerankPayload:
     rd = body.return_documents if body.return_documents is not None else default_return_documents
-    return {
-        "query": body.query,
-        "documents": body.documents,
-        "top_n": body.top_n,
-        "return_documents": rd,
-        "max_tokens_per_doc": body.max_tokens_per_doc,
-    }
+    return RerankPayload(
+        query=body.query,
+        documents=body.documents,
+        top_n=body.top_n,
+        return_documents=rd,
+        max_tokens_per_doc=body.max_tokens_per_doc,
+    )
 
 
 def rerank_response(

@@ -5,15 +5,19 @@ Workers stream NDJSON lines, each one ``Event``; streams carry deltas only.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter
 
 __all__ = [
     "PROTOCOL_VERSION",
     "SECRET_HEADER",
     "secret_matches",
+    "WireBytes",
     "WorkerInfo",
     "Heartbeat",
     "HeartbeatReply",
@@ -21,6 +25,7 @@ __all__ = [
     "DispatchReply",
     "ModelEntryInfo",
     "InvokeRequest",
+    "invoke_body",
     "SamplingParams",
     "GenerateRequest",
     "StructuredSpec",
@@ -44,6 +49,23 @@ def secret_matches(given: str | bytes, secret: str) -> bool:
     """Constant-time check of an internal-secret header value."""
     raw = given.encode() if isinstance(given, str) else given
     return hmac.compare_digest(raw, secret.encode())
+
+
+def _from_base64(v: Any) -> Any:
+    if isinstance(v, str):
+        try:
+            return base64.b64decode(v, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("not valid base64") from None
+    return v
+
+
+# bytes in Python; base64 text in JSON (a payload built in the gateway holds the raw bytes)
+WireBytes = Annotated[
+    bytes,
+    BeforeValidator(_from_base64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str, when_used="json"),
+]
 
 
 class _Strict(BaseModel):
@@ -106,12 +128,27 @@ class ModelEntryInfo(_Strict):
 
 
 class InvokeRequest(_Strict):
-    """A non-generation call (embed, rerank, classify, transcribe, speech, image …)."""
+    """A non-generation call (embed, rerank, classify, transcribe, speech, image …).
+
+    ``payload`` travels as JSON data; the worker validates it once, with the payload model
+    its capability declares (``protocol.kinds``), before the backend sees it."""
 
     request_id: str
     model: str
     capability: str
     payload: dict
+
+
+def invoke_body(request_id: str, model: str, capability: str, payload: BaseModel) -> bytes:
+    """An ``InvokeRequest`` as JSON bytes, the payload model serialised once."""
+    return orjson.dumps(
+        {
+            "request_id": request_id,
+            "model": model,
+            "capability": str(capability),
+            "payload": orjson.Fragment(payload.__pydantic_serializer__.to_json(payload)),
+        }
+    )
 
 
 class SamplingParams(_Strict):

@@ -8,6 +8,7 @@ the gateway). The internal secret is checked by a small ASGI middleware.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
+from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
     Event,
@@ -45,9 +47,17 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+# bodies above this are parsed in a thread (a 25 MiB audio upload must not stall other streams)
+_PARSE_OFF_LOOP_BYTES = 256 * 1024
+
 
 def _line(ev: Event) -> bytes:
     return ev.__pydantic_serializer__.to_json(ev) + b"\n"
+
+
+def _bad_request(exc: ValidationError) -> BadRequestError:
+    message, param = validation_message(exc.errors())  # type: ignore[arg-type]
+    return BadRequestError(message, param=param)
 
 
 async def _parse(request: Request, model: type[M]) -> M:
@@ -55,8 +65,25 @@ async def _parse(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        message, param = validation_message(exc.errors())  # type: ignore[arg-type]
-        raise BadRequestError(message, param=param) from None
+        raise _bad_request(exc) from None
+
+
+def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple[Capability, BaseModel]:
+    """An invoke body as (capability, its typed payload): the one place a payload is validated."""
+    try:
+        req = InvokeRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _bad_request(exc) from None
+    try:
+        cap = capability(req.capability)
+    except KeyError:
+        raise BadRequestError(f"unknown capability '{req.capability}'", param="capability") from None
+    if cap not in served or cap.payload is None:
+        raise BadRequestError(f"model '{model_name}' does not support {cap}", param="model")
+    try:
+        return cap, cap.parse(req.payload)
+    except ValidationError as exc:
+        raise _bad_request(exc) from None
 
 
 class _SecretMiddleware:
@@ -116,9 +143,12 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
         return ClosingStreamingResponse(body(), on_close=gen.aclose, media_type="application/x-ndjson")
 
     async def invoke(request: Request) -> Response:
-        req = await _parse(request, InvokeRequest)
-        if req.capability not in runtime.backend.capabilities:
-            raise BadRequestError(f"model '{runtime.model_name}' does not support {req.capability}", param="model")
+        body = await request.body()
+        served = runtime.backend.capabilities
+        if len(body) > _PARSE_OFF_LOOP_BYTES:
+            cap, payload = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
+        else:
+            cap, payload = _typed_invoke(body, served, runtime.model_name)
         runtime.admit()
         released = False
 
@@ -129,15 +159,15 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
                 runtime.release()
 
         try:
-            result: Any = await runtime.backend.invoke(req.capability, req.payload)
+            result: Any = await runtime.backend.invoke(cap, payload)
         except GatewayError:
             await release()
             raise
         except Exception as exc:
             await release()
             runtime.last_error = str(exc)
-            log.exception("%s failed", req.capability)
-            raise InternalError(f"{req.capability} failed: {type(exc).__name__}") from exc
+            log.exception("%s failed", cap)
+            raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
         if isinstance(result, BinaryResult):
             if isinstance(result.body, bytes):
                 await release()

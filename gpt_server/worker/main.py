@@ -8,7 +8,7 @@ import os
 import signal
 
 from ..backends.base import BackendSpec
-from ..backends.registry import BACKENDS
+from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
 from ..server_common import bind_socket, make_server
 from .app import build_worker_app
@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def backend_available(entry: ModelEntry) -> None:
-    if entry.work_mode not in BACKENDS:
+    from ..backends.registry import engines
+
+    known = engines()
+    if entry.work_mode not in known or not known[entry.work_mode].available():
+        ready = sorted(n for n, e in known.items() if e.available())
         raise ConfigError(
             f"models.{entry.name}.work_mode: engine '{entry.work_mode}' is not available in this build "
-            f"(available: {', '.join(BACKENDS.available())})"
+            f"(available: {', '.join(ready)})"
         )
 
 
@@ -47,7 +51,7 @@ def build_runtime(
         gpus=gpus,
         n_threads=n_threads,
     )
-    backend = BACKENDS.get(entry.work_mode)(spec)
+    backend = engine(entry.work_mode or "").load()(spec)
     return WorkerRuntime(
         backend,
         model_name=entry.name,

@@ -77,18 +77,15 @@ def test_cli_invalid_config_exits_nonzero(tmp_path) -> None:  # noqa: ANN001
     assert r.returncode == 0, r.stderr
 
 
-def test_engine_missing_from_build_is_refused() -> None:
-    from gpt_server.backends.registry import LazyRegistry
+def test_engine_missing_from_build_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpt_server.backends import registry
+    from gpt_server.backends.hf import HFOptions
     from gpt_server.config import parse_config as pc
     from gpt_server.worker import main as worker_main
 
-    reg = LazyRegistry("backends", {"llama_cpp": "gpt_server.backends.llama_cpp.backend:LlamaCppBackend", "hf": "no_such_module.x:Y"})
-    assert "llama_cpp" in reg and "hf" not in reg and reg.available() == ["llama_cpp"]
+    missing = registry.Engine(name="hf", backend="no_such_module.x:Y", options=HFOptions, kinds=frozenset({"auto"}))
+    assert registry.engine("llama_cpp").available() and not missing.available()
     entry = pc({"models": [{"m": {"model_config": {"model_name_or_path": "/x"}, "work_mode": "hf"}}]}).models[0]
-    original = worker_main.BACKENDS
-    worker_main.BACKENDS = reg
-    try:
-        with pytest.raises(ConfigError, match="not available in this build"):
-            worker_main.backend_available(entry)
-    finally:
-        worker_main.BACKENDS = original
+    monkeypatch.setattr(registry, "_ENGINES", {**registry.engines(), "hf": missing})
+    with pytest.raises(ConfigError, match="not available in this build"):
+        worker_main.backend_available(entry)

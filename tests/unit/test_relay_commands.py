@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_server.backends.relay.commands import ENGINES, LaunchSpec, build_command
+from gpt_server.backends.relay.commands import LAUNCHERS, LaunchSpec, build_command
+from gpt_server.backends.relay.options import EngineServerOptions
 from gpt_server.backends.relay.translate import upstream_body, upstream_error
-from gpt_server.config import ConfigError, ModelConfig, parse_config
+from gpt_server.config import ConfigError, parse_config
 from gpt_server.errors import BadRequestError, RateLimitError, UpstreamError
 from gpt_server.protocol.worker import GenerateRequest, SamplingParams, StructuredSpec, ToolSpec
 
@@ -30,7 +31,7 @@ def spec(engine: str, gpus: list[int] | None = None, **cfg: object) -> LaunchSpe
         model_path="/models/qwen",
         served_name="qwen",
         port=41000,
-        config=ModelConfig(**cfg),  # type: ignore[arg-type]
+        config=EngineServerOptions(**cfg),  # type: ignore[arg-type]
         gpus=gpus if gpus is not None else [2, 3],
         api_key="k",
     )
@@ -127,7 +128,7 @@ def test_llama_cpp_server() -> None:
 
 
 def test_every_engine_has_a_command_and_health_path() -> None:
-    for engine in ENGINES:
+    for engine in LAUNCHERS:
         cmd = build_command(spec(engine, model_name_or_path="m"))
         assert cmd.argv and cmd.health_path.startswith("/")
     with pytest.raises(ConfigError):

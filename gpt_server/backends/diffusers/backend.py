@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel
 
 from ...errors import BadRequestError, error_body
-from ...protocol.images import ImageJob
-from ...server_common import validation_message
-from ..base import Backend, BackendSpec, BinaryResult
+from ...protocol.images import IMAGE, IMAGE_VARIATION, ImageJob
+from ...protocol.kinds import Capability
+from ..base import Backend, BackendSpec, BinaryResult, payload_as
+from . import DiffusersOptions
 from .codec import decode_image, encode_image, mask_from
 from .params import ModelLimits, Plan, plan_job
 from .pipelines import PipelineSet, default_pixels, load_pipelines
@@ -44,6 +45,7 @@ class DiffusersBackend(Backend):
     image-variation pipelines (set once the pipeline is loaded)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"image", "image_edit"})
+    options: DiffusersOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
@@ -55,7 +57,7 @@ class DiffusersBackend(Backend):
     def load(self) -> None:
         import torch
 
-        mc = self.spec.entry.model_config_
+        mc = self.options
         on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
         if not on_gpu:
             torch.set_num_threads(mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1))
@@ -66,7 +68,7 @@ class DiffusersBackend(Backend):
         log.info("image limits: %s", self.limits)
 
     def _limits(self) -> ModelLimits:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         lo, hi = mc.image_min_size or 64, mc.image_max_size or 1024
         if lo > hi:
             raise ValueError(f"image_min_size {lo} is larger than image_max_size {hi}")
@@ -83,26 +85,22 @@ class DiffusersBackend(Backend):
         self.pipes = None
 
     # ---- requests -----------------------------------------------------------------
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> BinaryResult | dict[str, Any]:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> BinaryResult | dict[str, Any]:
         if capability not in self.capabilities:
             return await super().invoke(capability, payload)
-        try:
-            job = ImageJob.model_validate(payload)
-        except ValidationError as exc:
-            message, param = validation_message(exc.errors())
-            raise BadRequestError(message, param=param) from None
+        job = payload_as(payload, ImageJob)
         run = await asyncio.to_thread(self._prepare, capability, job)
         return BinaryResult("application/json", self._result_body(run))
 
-    def _prepare(self, capability: str, job: ImageJob) -> Callable[[threading.Event], dict[str, Any]]:
+    def _prepare(self, capability: Capability, job: ImageJob) -> Callable[[threading.Event], dict[str, Any]]:
         """Validate and decode everything a client can get wrong (→ 400) before the body starts."""
         assert self.pipes is not None
-        if capability == "image":
+        if capability == IMAGE:
             pipe = self.pipes.get("text2image") or self.pipes.base
             plan = plan_job(job, self.limits)
             return lambda cancel: self._generate(pipe, job, plan, {}, cancel)
         image = self._single_image(job)
-        if capability == "image_variation":
+        if capability == IMAGE_VARIATION:
             plan = plan_job(job, self.limits, input_size=image.size)
             extra = {"image": image.convert("RGB").resize((plan.width, plan.height))}
             return lambda cancel: self._generate(self.pipes.base, job, plan, extra, cancel)
@@ -217,7 +215,7 @@ class DiffusersBackend(Backend):
         }
         if job.negative_prompt and "negative_prompt" in params:
             kwargs["negative_prompt"] = job.negative_prompt
-        guidance = job.guidance_scale if job.guidance_scale is not None else self.spec.entry.model_config_.guidance_scale
+        guidance = job.guidance_scale if job.guidance_scale is not None else self.options.guidance_scale
         if guidance is not None and "guidance_scale" in params:
             kwargs["guidance_scale"] = guidance
         on_step = _step_callback(tag, plan.steps, cancel)
@@ -260,6 +258,7 @@ def _step_callback(tag: str, total: int, cancel: threading.Event) -> Callable[..
         total_now = int(getattr(pipe, "num_timesteps", 0) or total)
         log.info("%s: step %d/%d", tag, step + 1, total_now)
         if cancel.is_set():
+
             log.info("%s: cancelled (client gone) after step %d/%d", tag, step + 1, total_now)
             raise JobCancelled
         return callback_kwargs

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from ...protocol.worker import DeltaEvent, Event, FinishEvent, GenerateRequest, UsageEvent
 from ..base import Backend, BackendSpec
+from . import EchoOptions
 
 __all__ = ["EchoBackend", "MAX_EVENTS", "DEFAULT_EVENTS"]
 
@@ -47,10 +48,11 @@ class EchoBackend(Backend):
     """Chat and completion that echo their input immediately (benchmark only)."""
 
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    options: EchoOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        self._capacity = spec.entry.model_config_.n_parallel or _DEFAULT_CAPACITY
+        self._capacity = self.options.n_parallel or _DEFAULT_CAPACITY
 
     def load(self) -> None:
         return None
@@ -77,6 +79,7 @@ class EchoBackend(Backend):
             prompt_tokens += max(1, len(text.split()))
             pieces = _pieces(text, n)
             for _ in range(p.n):
+
                 if p.echo:
                     yield DeltaEvent(index=index, text=text)
                 for piece in pieces:

@@ -8,8 +8,6 @@ gateway formats it (json, text, srt, vtt, verbose_json).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import os
 import threading
@@ -17,11 +15,15 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any, ClassVar
 
 import orjson
+from pydantic import BaseModel
 
 from ...audio.decode import MAX_DECODE_SECONDS, decode_audio
 from ...audio.stream import stream_from_thread
 from ...errors import BadRequestError
-from ..base import Backend, BackendSpec, BinaryResult, InvokeResult
+from ...protocol.audio import TranscribePayload
+from ...protocol.kinds import Capability
+from ..base import Backend, BackendSpec, BinaryResult, InvokeResult, payload_as
+from . import FasterWhisperOptions
 
 __all__ = ["FasterWhisperBackend"]
 
@@ -30,27 +32,18 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 
 
-def _payload_audio(payload: dict[str, Any]) -> bytes:
-    raw = payload.get("file_b64")
-    if not isinstance(raw, str) or not raw:
-        raise BadRequestError("the audio file is missing", param="file")
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequestError("the audio file is not valid base64", param="file") from None
-
-
 def _sse_line(event: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(event) + b"\n\n"
 
 
 class FasterWhisperBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"transcribe", "translate"})
+    options: FasterWhisperOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
         self.model: Any = None
-        mc = spec.entry.model_config_
+        mc = self.options
         self._capacity = mc.n_parallel or 1
         self._sem = asyncio.Semaphore(self._capacity)
         self.max_seconds = mc.max_audio_seconds or MAX_DECODE_SECONDS
@@ -63,7 +56,7 @@ class FasterWhisperBackend(Backend):
     def load(self) -> None:
         from faster_whisper import WhisperModel
 
-        mc = self.spec.entry.model_config_
+        mc = self.options
         on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
         device = "cuda" if on_gpu else "cpu"
         compute_type = mc.compute_type or ("float16" if on_gpu else "int8")
@@ -82,8 +75,8 @@ class FasterWhisperBackend(Backend):
     def multilingual(self) -> bool:
         return bool(self.model.model.is_multilingual)
 
-    def _options(self, payload: dict[str, Any], task: str) -> dict[str, Any]:
-        language = payload.get("language") or None
+    def _options(self, p: TranscribePayload, task: Capability) -> dict[str, Any]:
+        language = p.language
         if language is not None:
             language = language.lower()
             if language not in self.model.supported_languages:
@@ -93,15 +86,15 @@ class FasterWhisperBackend(Backend):
                     f"{' …' if len(self.model.supported_languages) > 20 else ''})",
                     param="language",
                 )
-        temperature = float(payload.get("temperature") or 0.0)
+        temperature = p.temperature
         return {
             "language": language,
             # an English-only model's output is already English: translation = transcription
-            "task": task if self.multilingual else "transcribe",
-            "initial_prompt": payload.get("prompt") or None,
+            "task": str(task) if self.multilingual else "transcribe",
+            "initial_prompt": p.prompt or None,
             "temperature": temperature if temperature > 0 else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
             "beam_size": self.beam_size,
-            "word_timestamps": bool(payload.get("word_timestamps")),
+            "word_timestamps": p.word_timestamps,
         }
 
     def _segments(self, audio: Any, options: dict[str, Any]) -> tuple[Iterator[dict[str, Any]], Any]:
@@ -164,12 +157,14 @@ class FasterWhisperBackend(Backend):
             async for chunk in stream_from_thread(lambda stop: self._sse(audio, options, stop)):
                 yield chunk
 
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
         if capability not in self.capabilities:
             return await super().invoke(capability, payload)
-        data = _payload_audio(payload)
-        options = self._options(payload, capability)
-        if payload.get("stream"):
+        p = payload_as(payload, TranscribePayload)
+        data = p.file
+        options = self._options(p, capability)
+        if p.stream:
+
             audio = await asyncio.to_thread(self._decode, data)  # a bad file is a 400 before the stream starts
             return BinaryResult("text/event-stream", self._stream(audio, options))
         async with self._sem:

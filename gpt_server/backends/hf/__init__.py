@@ -1,1 +1,30 @@
 """The transformers backend (work_mode: hf)."""
+
+from __future__ import annotations
+
+from ..options import (
+    ChatOptions,
+    DTypeOptions,
+    LoraOptions,
+    MediaOptions,
+    ParallelOptions,
+    ThreadOptions,
+)
+from ..registry import Engine
+
+__all__ = ["HFOptions", "ENGINES"]
+
+
+class HFOptions(ChatOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions):
+    pass
+
+
+ENGINES = (
+    Engine(
+        name="hf",
+        backend="gpt_server.backends.hf.backend:HFBackend",
+        options=HFOptions,
+        kinds=frozenset({"auto"}),
+        description="transformers models: chat, completions, vision, LoRA adapters",
+    ),
+)

@@ -24,6 +24,7 @@ from ...protocol.worker import (
 from ..base import Backend, BackendSpec
 from ..limits import check_sampling, completion_budget
 from ..sequences import stream_sequences
+from . import HFOptions
 from .engine import HFEngine, Sequence
 from .loading import LoadedModel, load_model
 from .vision import render_vision, vision_messages
@@ -48,10 +49,11 @@ class _Plan:
 
 class HFBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    options: HFOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        mc = spec.entry.model_config_
+        mc = self.options
         self.adapters: dict[str, str] = dict(mc.lora or {})
         self.engine: HFEngine | None = None
         self.loaded: LoadedModel | None = None
@@ -68,7 +70,7 @@ class HFBackend(Backend):
         return list(self.adapters)
 
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         threads = mc.n_threads or self.spec.n_threads
         self.loaded = lm = load_model(self.spec.model_path, mc, self.spec.gpus, threads)
         self.engine = HFEngine(
@@ -103,7 +105,7 @@ class HFBackend(Backend):
 
     @property
     def capacity(self) -> int:
-        return self.engine.max_active if self.engine else (self.spec.entry.model_config_.n_parallel or _DEFAULT_PARALLEL)
+        return self.engine.max_active if self.engine else (self.options.n_parallel or _DEFAULT_PARALLEL)
 
     @property
     def context_length(self) -> int | None:
@@ -192,7 +194,7 @@ class HFBackend(Backend):
         if eng is None or lm is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
         p = request.params
-        check_sampling(request, self.spec.entry.model_config_.max_n, "hf")
+        check_sampling(request, self.options.max_n, "hf")
         max_tokens = self._check_lengths(plan.prompts, request)
         async for ev in stream_sequences(
             lambda sink, cancelled: self._sequences(request, plan, max_tokens, sink, cancelled),
@@ -201,4 +203,5 @@ class HFBackend(Backend):
             prompt_tokens=sum(len(t) for t in plan.prompts),
             echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
         ):
+
             yield ev

@@ -7,8 +7,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import ModelConfig, resolve_model_path
+from ...config import resolve_model_path
 from ...errors import BadRequestError
+from . import HFOptions
 from .tokens import TokenTable
 
 __all__ = ["LoadedModel", "load_model", "resolve_dtype"]
@@ -103,7 +104,7 @@ def _load_adapters(model: Any, lora: dict[str, str]) -> Any:
     return model.eval()
 
 
-def load_model(path: str, mc: ModelConfig, gpus: list[int], threads: int | None) -> LoadedModel:
+def load_model(path: str, mc: HFOptions, gpus: list[int], threads: int | None) -> LoadedModel:
     import torch
     from transformers import (
         AutoConfig,

@@ -25,11 +25,14 @@ from typing import Any
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 
 from ...config import ConfigError
 from ...errors import BadRequestError, GatewayError, UpstreamError, error_from_body
+from ...protocol.kinds import Capability
 from ..base import BackendSpec
 from ..sentence_transformers.tasks import TextTaskBackend
+from . import InfinityOptions
 
 __all__ = ["InfinityBackend", "STARTUP_TIMEOUT"]
 
@@ -53,9 +56,11 @@ def _die_with_parent() -> None:
 
 
 class InfinityBackend(TextTaskBackend):
+    options: InfinityOptions
+
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        mc = spec.entry.model_config_
+        mc = self.options
         if not mc.python:
             raise ConfigError(
                 f"models.{spec.entry.name}.model_config.python: work_mode infinity needs the path of a Python "
@@ -84,7 +89,7 @@ class InfinityBackend(TextTaskBackend):
         self._probe()
 
     def _command(self) -> list[str]:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         device = {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}.get(self.spec.entry.device, "auto")
         cmd = [
             self.python, "-m", "infinity_emb.cli", "v2",
@@ -102,7 +107,7 @@ class InfinityBackend(TextTaskBackend):
 
     def _env(self) -> dict[str, str]:
         env = {**os.environ, "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
-        threads = self.spec.entry.model_config_.n_threads or self.spec.n_threads
+        threads = self.options.n_threads or self.spec.n_threads
         if threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
         env.pop("PYTHONPATH", None)  # never leak this server's packages into infinity's interpreter
@@ -203,6 +208,7 @@ class InfinityBackend(TextTaskBackend):
 
     async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
         if any(not isinstance(x, str) for x in items):
+
             raise BadRequestError("the infinity engine takes text inputs only, not token ids", param="input")
         texts = [x for x in items if isinstance(x, str)]
         body, counts = await asyncio.gather(
@@ -239,7 +245,7 @@ class InfinityBackend(TextTaskBackend):
             rows.append([by_label.get(lab, 0.0) for lab in self.labels])
         return rows, counts
 
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> Any:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> Any:
         try:
             return await super().invoke(capability, payload)
         except GatewayError:

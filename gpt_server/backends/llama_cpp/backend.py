@@ -23,6 +23,7 @@ from ...protocol.worker import (
 from ..base import Backend, BackendSpec
 from ..limits import check_sampling, completion_budget
 from ..sequences import SeqEvent, stream_sequences
+from . import LlamaCppOptions
 from .engine import EngineOptions, LlamaEngine, Sequence
 
 __all__ = ["LlamaCppBackend"]
@@ -41,6 +42,7 @@ _DEFAULT_PARALLEL = 4
 
 class LlamaCppBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    options: LlamaCppOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
@@ -48,7 +50,7 @@ class LlamaCppBackend(Backend):
         self.template: ChatTemplate | None = None
 
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         if not os.path.isfile(self.spec.model_path):
             raise FileNotFoundError(f"GGUF file not found: {self.spec.model_path}")
         self.engine = LlamaEngine(
@@ -156,7 +158,7 @@ class LlamaCppBackend(Backend):
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
         p = request.params
-        check_sampling(request, self.spec.entry.model_config_.max_n, "llama_cpp")
+        check_sampling(request, self.options.max_n, "llama_cpp")
         max_tokens = self._check_lengths(prompts, request)
 
         def make(sink: Callable[[SeqEvent], None], cancelled: threading.Event) -> list[Sequence]:
@@ -181,4 +183,5 @@ class LlamaCppBackend(Backend):
             prompt_tokens=sum(len(t) for t in prompts),
             echo=(lambda s: eng.detokenize(s.prompt)) if p.echo else None,
         ):
+
             yield ev

@@ -16,10 +16,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
-from ...audio.encode import MEDIA_TYPES, SPEECH_FORMATS, SpeechEncoder, output_rate
+from pydantic import BaseModel
+
+from ...audio.encode import MEDIA_TYPES, SpeechEncoder, output_rate
 from ...audio.stream import sse_audio_events, stream_from_thread
 from ...errors import BadRequestError
-from ..base import Backend, BackendSpec, BinaryResult
+from ...protocol.audio import SPEECH, SpeechPayload
+from ...protocol.kinds import Capability
+from ..base import Backend, BackendSpec, BinaryResult, payload_as
+from . import PiperOptions
 from .voice import VoiceMap, load_voice
 
 __all__ = ["PiperBackend"]
@@ -32,10 +37,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 class PiperBackend(Backend):
     capabilities: ClassVar[frozenset[str]] = frozenset({"speech"})
+    options: PiperOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        mc = spec.entry.model_config_
+        mc = self.options
         self.voice: Any = None
         self.voices: VoiceMap | None = None
         self.max_input_chars = mc.max_input_chars or DEFAULT_MAX_INPUT_CHARS
@@ -44,10 +50,10 @@ class PiperBackend(Backend):
 
     @property
     def capacity(self) -> int:
-        return self.spec.entry.model_config_.n_parallel or 2
+        return self.options.n_parallel or 2
 
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         threads = mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1)
         on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
         self.voice = load_voice(self.spec.model_path, threads, use_cuda=on_gpu)
@@ -59,29 +65,19 @@ class PiperBackend(Backend):
     def sample_rate(self) -> int:
         return int(self.voice.config.sample_rate)
 
-    def _plan(self, payload: dict[str, Any]) -> tuple[str, Any, str, str]:
-        """Validate the request; (text, synthesis config, format, stream mode)."""
+    def _plan(self, p: SpeechPayload) -> tuple[str, Any]:
+        """What the payload model cannot check itself; (text, synthesis config)."""
         from piper.config import SynthesisConfig
 
-        text = payload.get("input")
-        if isinstance(text, str):  # control characters (NUL …) break the phonemizer: speak them as spaces
-            text = _CONTROL.sub(" ", text)
-        if not isinstance(text, str) or not text.strip():
+        text = _CONTROL.sub(" ", p.input)  # control characters (NUL …) break the phonemizer: speak them as spaces
+        if not text.strip():
             raise BadRequestError("input must be non-empty text", param="input")
         if len(text) > self.max_input_chars:
             raise BadRequestError(f"input is longer than {self.max_input_chars} characters", param="input")
-        fmt = payload.get("response_format") or "mp3"
-        if fmt not in SPEECH_FORMATS:
-            raise BadRequestError(f"response_format must be one of {', '.join(SPEECH_FORMATS)}", param="response_format")
-        speed = float(payload.get("speed") or 1.0)
-        if not 0.25 <= speed <= 4.0:
-            raise BadRequestError("speed must be between 0.25 and 4.0", param="speed")
-        mode = payload.get("stream_mode") or "file"
-        if mode not in ("file", "audio", "sse"):
-            raise BadRequestError("unknown stream mode", param="stream_format")
-        speaker = self.voices.resolve(str(payload.get("voice") or "alloy"))
-        cfg = SynthesisConfig(speaker_id=speaker, length_scale=self.voice.config.length_scale / speed)
-        return text, cfg, fmt, mode
+        assert self.voices is not None and self.voice is not None
+        speaker = self.voices.resolve(p.voice)
+        cfg = SynthesisConfig(speaker_id=speaker, length_scale=self.voice.config.length_scale / p.speed)
+        return text, cfg
 
     def _sentences(self, text: str, cfg: Any, stop: threading.Event | None = None) -> Iterator[Any]:
         """Piper audio chunks, one per sentence; the engine lock is held only while synthesizing."""
@@ -98,6 +94,7 @@ class PiperBackend(Backend):
         for chunk in self._sentences(text, cfg, stop):
             yield enc.feed(chunk.audio_int16_array)
         if not stop.is_set():
+
             yield enc.finish()
 
     def _encode_file(self, text: str, cfg: Any, fmt: str) -> bytes:
@@ -106,10 +103,12 @@ class PiperBackend(Backend):
         parts.append(enc.finish())
         return b"".join(parts)
 
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> BinaryResult | dict[str, Any]:
-        if capability != "speech":
+    async def invoke(self, capability: Capability, payload: BaseModel) -> BinaryResult | dict[str, Any]:
+        if capability != SPEECH:
             return await super().invoke(capability, payload)
-        text, cfg, fmt, mode = self._plan(payload)
+        p = payload_as(payload, SpeechPayload)
+        text, cfg = self._plan(p)
+        fmt, mode = p.response_format, p.stream_mode
         media_type = MEDIA_TYPES[fmt]
         headers = {"x-audio-sample-rate": str(output_rate(fmt, self.sample_rate))}
         if mode == "file":

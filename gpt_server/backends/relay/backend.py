@@ -17,13 +17,17 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic import BaseModel
+
 from ...config import ConfigError
 from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
-from ...protocol.embeddings import EmbedPayload
+from ...protocol.embeddings import EMBED, EmbedPayload
+from ...protocol.kinds import Capability, kind
 from ...protocol.worker import Event, GenerateRequest
-from ..base import Backend, BackendSpec, InvokeResult
+from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from .client import UpstreamClient
 from .commands import LaunchSpec, build_command
+from .options import EngineServerOptions, RelayOptions, UpstreamOptions
 from .process import EngineProcess, ProcessOptions
 
 __all__ = ["RelayBackend", "OpenAIRelayBackend", "EngineServerBackend"]
@@ -35,34 +39,35 @@ _DEFAULT_TIMEOUT = 600.0
 _DEFAULT_STARTUP = 900.0
 
 
-def _capabilities(kind: str) -> frozenset[str]:
-    if kind == "auto":
-        return frozenset({"chat", "completion"})
-    if kind == "embedding":
-        return frozenset({"embed"})
-    raise ConfigError(f"model_type '{kind}' cannot be relayed yet (chat LLMs and embeddings can)")
+# what a relay can carry today; the model's kind picks among them
+_RELAYED = frozenset({"chat", "completion", "embed"})
 
 
 class RelayBackend(Backend):
     """Common part: capabilities by model kind, chat/completion streams, embeddings."""
 
+    options: RelayOptions
+
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        self.capabilities = _capabilities(spec.entry.kind)  # type: ignore[misc]
+        caps = kind(spec.entry.kind).capabilities
+        if not caps <= _RELAYED:
+            raise ConfigError(f"model_type '{spec.entry.kind}' cannot be relayed yet (chat LLMs and embeddings can)")
+        self.capabilities = caps  # type: ignore[misc]
         self.client: UpstreamClient | None = None
         self.upstream_model = spec.entry.name
 
     @property
     def capacity(self) -> int:
-        return self.spec.entry.model_config_.n_parallel or _DEFAULT_CAPACITY
+        return self.options.n_parallel or _DEFAULT_CAPACITY
 
     @property
     def context_length(self) -> int | None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         return mc.max_model_len or mc.n_ctx
 
     def _timeout(self) -> float:
-        return self.spec.entry.model_config_.upstream_timeout or _DEFAULT_TIMEOUT
+        return self.options.upstream_timeout or _DEFAULT_TIMEOUT
 
     def _ready_client(self) -> UpstreamClient:
         if self.client is None or not self.healthy():
@@ -71,16 +76,16 @@ class RelayBackend(Backend):
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         client = self._ready_client()
-        max_n = self.spec.entry.model_config_.max_n
+        max_n = self.options.max_n
         if max_n is not None and request.params.n > max_n:
             raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
         async for ev in client.generate(request, self.upstream_model):
             yield ev
 
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
-        if capability != "embed" or capability not in self.capabilities:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
+        if capability != EMBED or capability not in self.capabilities:
             return await super().invoke(capability, payload)
-        p = EmbedPayload.model_validate(payload)
+        p = payload_as(payload, EmbedPayload)
         body: dict[str, Any] = {"model": self.upstream_model, "input": p.inputs, "encoding_format": p.encoding_format}
         if p.dimensions is not None:
             body["dimensions"] = p.dimensions
@@ -115,8 +120,10 @@ def _check_embeddings(data: dict[str, Any], n_inputs: int) -> None:
 class OpenAIRelayBackend(RelayBackend):
     """``work_mode: openai``: any OpenAI-compatible URL (``model_config.api_base``)."""
 
+    options: UpstreamOptions
+
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         if not mc.api_base:
             raise ConfigError(f"models.{self.spec.entry.name}.model_config.api_base is required with work_mode openai")
         key = None
@@ -141,6 +148,7 @@ class EngineServerBackend(RelayBackend):
     """vLLM, SGLang, LMDeploy, TensorRT-LLM (and llama.cpp's server) as a managed child."""
 
     host = "127.0.0.1"
+    options: EngineServerOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
@@ -149,7 +157,7 @@ class EngineServerBackend(RelayBackend):
 
     def launch_spec(self, port: int, api_key: str | None) -> LaunchSpec:
         entry = self.spec.entry
-        mc = entry.model_config_
+        mc = self.options
         template_file = None
         if mc.chat_template:
             self._tmpdir = self._tmpdir or tempfile.mkdtemp(prefix="gpt-server-engine-")
@@ -170,7 +178,7 @@ class EngineServerBackend(RelayBackend):
         )
 
     def _engine_env(self) -> dict[str, str]:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         env = dict(mc.engine_env or {})
         if self.spec.gpus:
             env.setdefault("CUDA_VISIBLE_DEVICES", ",".join(str(g) for g in self.spec.gpus))
@@ -179,7 +187,7 @@ class EngineServerBackend(RelayBackend):
         return env
 
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         port = mc.engine_port or _free_port(self.host)
         api_key = "gs-" + secrets.token_hex(16)  # only we may talk to the engine
         command = build_command(self.launch_spec(port, api_key))

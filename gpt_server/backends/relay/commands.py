@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ...config import ConfigError, ModelConfig
+from ...config import ConfigError
+from .options import EngineServerOptions
 
 __all__ = [
     "LaunchSpec",
     "EngineCommand",
-    "ENGINES",
+    "LAUNCHERS",
     "HEALTH_PATHS",
     "build_command",
     "engine_python",
@@ -32,7 +33,7 @@ class LaunchSpec:
     model_path: str
     served_name: str
     port: int
-    config: ModelConfig
+    config: EngineServerOptions
     gpus: list[int] = field(default_factory=list)
     host: str = "127.0.0.1"
     api_key: str | None = None
@@ -60,12 +61,12 @@ HEALTH_PATHS: dict[str, str] = {
 }
 
 
-def engine_python(config: ModelConfig) -> str:
+def engine_python(config: EngineServerOptions) -> str:
     """The interpreter of the engine's environment (``model_config.python``), else ours."""
     return config.python or sys.executable
 
 
-def _script(config: ModelConfig, name: str) -> str:
+def _script(config: EngineServerOptions, name: str) -> str:
     """A console script installed beside the engine's interpreter."""
     return os.path.join(os.path.dirname(engine_python(config)), name)
 
@@ -233,7 +234,7 @@ def _llama_cpp_server(s: LaunchSpec) -> list[str]:
     return argv
 
 
-ENGINES: dict[str, Callable[[LaunchSpec], list[str]]] = {
+LAUNCHERS: dict[str, Callable[[LaunchSpec], list[str]]] = {
     "vllm": _vllm,
     "sglang": _sglang,
     "lmdeploy-turbomind": _lmdeploy,
@@ -246,7 +247,7 @@ ENGINES: dict[str, Callable[[LaunchSpec], list[str]]] = {
 def build_command(spec: LaunchSpec) -> EngineCommand:
     """The engine's launch command, ``engine_args`` appended last (they win on repeats)."""
     try:
-        fn = ENGINES[spec.engine]
+        fn = LAUNCHERS[spec.engine]
     except KeyError:
         raise ConfigError(f"work_mode '{spec.engine}' does not start an engine server") from None
     argv = fn(spec) + list(spec.config.engine_args or [])

@@ -15,6 +15,7 @@ import numpy as np
 from ...config import ConfigError
 from ...worker.batching import DynamicBatcher
 from ..base import BackendSpec
+from . import SentenceTransformersOptions
 from .engines import (
     CrossEncoderEngine,
     EmbedEngine,
@@ -34,9 +35,11 @@ DEFAULT_WAIT_MS = 3.0
 
 
 class SentenceTransformersBackend(TextTaskBackend):
+    options: SentenceTransformersOptions
+
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        mc = spec.entry.model_config_
+        mc = self.options
         self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
         self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
         self.engine: Any = None
@@ -45,7 +48,7 @@ class SentenceTransformersBackend(TextTaskBackend):
 
     # ---- lifecycle ----------------------------------------------------------------
     def load(self) -> None:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         path = self.spec.model_path
         if not os.path.exists(path):
             raise ConfigError(f"models.{self.spec.entry.name}: model path '{path}' does not exist")
@@ -55,6 +58,7 @@ class SentenceTransformersBackend(TextTaskBackend):
 
             torch.set_num_threads(threads)
         if self.kind == "moderation" and is_sklearn_dir(path):
+
             self.engine = SklearnClassifierEngine(path, mc.class_labels)
         else:
             self.engine = self._load_torch_engine(path)
@@ -72,7 +76,7 @@ class SentenceTransformersBackend(TextTaskBackend):
         )
 
     def _load_torch_engine(self, path: str) -> Any:
-        mc = self.spec.entry.model_config_
+        mc = self.options
         device = torch_device(self.spec.entry.device)
         if self.kind == "embedding":
             return EmbedEngine(path, device, mc.max_seq_length, mc.normalize_embeddings)

@@ -9,66 +9,56 @@ the final wire body.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from ...config import ConfigError
 from ...errors import BadRequestError, InternalError
 from ...protocol.embeddings import (
+    EMBED,
     EmbedPayload,
     check_dimensions,
     embedding_response,
     fit_dimensions,
 )
+from ...protocol.kinds import Capability, kind
 from ...protocol.moderation import (
+    MODERATE,
     ClassifyPayload,
     classify_result,
     label_categories,
     moderation_result,
 )
-from ...protocol.rerank import RerankPayload, rerank_response
-from ..base import Backend, BackendSpec, InvokeResult
+from ...protocol.rerank import RERANK, RerankPayload, rerank_response
+from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..options import TextTaskOptions
 
-__all__ = ["TextTaskBackend", "KIND_CAPABILITIES", "DEFAULT_THRESHOLD", "parse_payload"]
+__all__ = ["TextTaskBackend", "DEFAULT_THRESHOLD", "TEXT_TASK_KINDS"]
 
-KIND_CAPABILITIES: dict[str, frozenset[str]] = {
-    "embedding": frozenset({"embed"}),
-    "rerank": frozenset({"rerank"}),
-    "moderation": frozenset({"moderate", "classify"}),
-}
+TEXT_TASK_KINDS = ("embedding", "rerank", "moderation")
 DEFAULT_THRESHOLD = 0.5
 _OFFLOAD_ITEMS = 64  # build large bodies off the event loop
-
-P = TypeVar("P", bound=BaseModel)
-
-
-def parse_payload(model: type[P], payload: dict[str, Any]) -> P:
-    try:
-        return model.model_validate(payload)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        loc = ".".join(str(p) for p in e["loc"]) or None
-        raise BadRequestError(f"invalid payload: {loc}: {e['msg']}", param=loc) from None
 
 
 class TextTaskBackend(Backend):
     """Base for embedding / rerank / classification backends."""
 
     capabilities = frozenset({"embed", "rerank", "moderate", "classify"})
+    options: TextTaskOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        kind = spec.entry.kind
-        if kind not in KIND_CAPABILITIES:
+        kind_name = spec.entry.kind
+        if kind_name not in TEXT_TASK_KINDS:
             raise ConfigError(
                 f"models.{spec.entry.name}: work_mode '{spec.entry.work_mode}' serves model_type "
                 f"embedding, rerank or moderation, not '{spec.entry.model_type}'"
             )
-        self.kind = kind
-        self.capabilities = KIND_CAPABILITIES[kind]  # type: ignore[misc]
-        mc = spec.entry.model_config_
+        self.kind = kind_name
+        self.capabilities = kind(kind_name).capabilities  # type: ignore[misc]
+        mc = self.options
         self.threshold = mc.moderation_threshold if mc.moderation_threshold is not None else DEFAULT_THRESHOLD
         self.labels: list[str] = []
         self.categories: list[str] = []
@@ -86,20 +76,20 @@ class TextTaskBackend(Backend):
 
     def set_labels(self, labels: list[str]) -> None:
         self.labels = labels
-        self.categories = label_categories(labels, self.spec.entry.model_config_.moderation_label_map)
+        self.categories = label_categories(labels, self.options.moderation_label_map)
 
     # ---- invoke -----------------------------------------------------------------
-    async def invoke(self, capability: str, payload: dict[str, Any]) -> InvokeResult:
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
         if capability not in self.capabilities:
             raise BadRequestError(f"this model does not support {capability}", param="model")
-        if capability == "embed":
-            return await self._embed(parse_payload(EmbedPayload, payload))
-        if capability == "rerank":
-            return await self._rerank(parse_payload(RerankPayload, payload))
-        return await self._classify(capability, parse_payload(ClassifyPayload, payload))
+        if capability == EMBED:
+            return await self._embed(payload_as(payload, EmbedPayload))
+        if capability == RERANK:
+            return await self._rerank(payload_as(payload, RerankPayload))
+        return await self._classify(capability, payload_as(payload, ClassifyPayload))
 
     async def _embed(self, p: EmbedPayload) -> dict[str, Any]:
-        dims = check_dimensions(p.dimensions, self.dimension, self.spec.entry.model_config_.matryoshka_dims)
+        dims = check_dimensions(p.dimensions, self.dimension, self.options.matryoshka_dims)
         vectors, tokens = await self.embed_items(p.inputs)
         if len(vectors) != len(p.inputs):
             raise InternalError("the engine returned a wrong number of embeddings")
@@ -118,9 +108,9 @@ class TextTaskBackend(Backend):
             scores, p.documents, top_n=p.top_n, return_documents=p.return_documents, tokens=tokens
         )
 
-    async def _classify(self, capability: str, p: ClassifyPayload) -> dict[str, Any]:
+    async def _classify(self, capability: Capability, p: ClassifyPayload) -> dict[str, Any]:
         scores, tokens = await self.classify_items(p.inputs)
-        if capability == "moderate":
+        if capability == MODERATE:
             threshold = p.threshold if p.threshold is not None else self.threshold
             return {"results": [moderation_result(s, self.categories, threshold) for s in scores]}
         total = int(sum(tokens))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ...backends.registry import LazyRegistry
+from ...plugins import LazyRegistry
 from .base import ParsedCall, ParseResult, StreamingToolExtractor, ToolCallDelta, ToolParser
 
 __all__ = [

@@ -7,7 +7,6 @@ Speech is relayed as the worker streams it (whole file, chunked audio or SSE eve
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,11 +18,18 @@ from starlette.formparsers import MultiPartException
 from ...errors import BadRequestError, PayloadTooLargeError, UpstreamError
 from ...protocol.audio import (
     AUDIO_LIMITS,
+    SPEECH,
+    TRANSCRIBE,
+    TRANSLATE,
+    SpeechPayload,
     SpeechRequest,
+    StreamMode,
+    TranscribePayload,
     TranscriptionForm,
     TranscriptResult,
     format_transcript,
 )
+from ...protocol.kinds import Capability
 from ...server_common import FastJSONResponse, validation_message
 from ..invoke import call_json, call_passthrough
 
@@ -88,18 +94,17 @@ async def _read_upload(upload: UploadFile) -> bytes:
     return data
 
 
-async def _transcribe(request: Request, task: str) -> Response:
+async def _transcribe(request: Request, task: Capability) -> Response:
     form, upload = await _read_form(request)
     data = await _read_upload(upload)
-    payload = {
-        "file_b64": base64.b64encode(data).decode("ascii"),
-        "language": form.language if task == "transcribe" else None,
-        "prompt": form.prompt,
-        "temperature": form.temperature,
-        "task": task,
-        "word_timestamps": form.response_format == "verbose_json" and "word" in form.timestamp_granularities,
-        "stream": form.stream,
-    }
+    payload = TranscribePayload(
+        file=data,
+        language=form.language if task is TRANSCRIBE else None,
+        prompt=form.prompt,
+        temperature=form.temperature,
+        word_timestamps=form.response_format == "verbose_json" and "word" in form.timestamp_granularities,
+        stream=form.stream,
+    )
     if form.stream:  # SSE of transcript.text.delta / transcript.text.done, relayed as it comes
         return await call_passthrough(request, form.model, task, payload)
     raw = await call_json(request, form.model, task, payload)
@@ -115,27 +120,24 @@ async def _transcribe(request: Request, task: str) -> Response:
 
 @router.post("/v1/audio/transcriptions", openapi_extra=_FORM_SCHEMA)
 async def create_transcription(request: Request) -> Response:
-    return await _transcribe(request, "transcribe")
+    return await _transcribe(request, TRANSCRIBE)
 
 
 @router.post("/v1/audio/translations", openapi_extra=_FORM_SCHEMA)
 async def create_translation(request: Request) -> Response:
-    return await _transcribe(request, "translate")
+    return await _transcribe(request, TRANSLATE)
 
 
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
+    mode: StreamMode
     if body.stream_format == "sse":
         mode = "sse"
     elif body.stream or (body.stream is None and body.stream_format == "audio"):
         mode = "audio"
     else:
         mode = "file"
-    payload = {
-        "input": body.input,
-        "voice": body.voice,
-        "response_format": body.response_format,
-        "speed": body.speed,
-        "stream_mode": mode,
-    }
-    return await call_passthrough(request, body.model, "speech", payload)
+    payload = SpeechPayload(
+        input=body.input, voice=body.voice, response_format=body.response_format, speed=body.speed, stream_mode=mode
+    )
+    return await call_passthrough(request, body.model, SPEECH, payload)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ...protocol.embeddings import EmbeddingRequest, embed_payload
+from ...protocol.embeddings import EMBED, EmbeddingRequest, embed_payload
 from ...server_common import FastJSONResponse
 from ..invoke import call_json
 
@@ -15,6 +15,6 @@ router = APIRouter()
 
 @router.post("/v1/embeddings")
 async def create_embeddings(body: EmbeddingRequest, request: Request) -> FastJSONResponse:
-    result = await call_json(request, body.model, "embed", embed_payload(body))
+    result = await call_json(request, body.model, EMBED, embed_payload(body))
     result["model"] = body.model
     return FastJSONResponse(result)  # rendered once by orjson, no response-model pass

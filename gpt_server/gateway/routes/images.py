@@ -28,13 +28,17 @@ from ...errors import (
     UpstreamError,
 )
 from ...protocol.images import (
+    IMAGE,
+    IMAGE_EDIT,
     IMAGE_LIMITS,
+    IMAGE_VARIATION,
     ImageEditForm,
     ImageGenerationRequest,
     ImageJob,
     ImageJobResult,
     ImageVariationForm,
 )
+from ...protocol.kinds import Capability
 from ...server_common import FastJSONResponse, validation_message
 from ..files import MEDIA_TYPES, ImageStore
 from ..invoke import call_json
@@ -57,7 +61,7 @@ def _store(request: Request) -> ImageStore:
         request.app.state.image_store = store
     return store
 
-async def _call_watching(request: Request, model: str, capability: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+async def _call_watching(request: Request, model: str, capability: Capability, payload: ImageJob) -> dict[str, Any] | None:
     """``call_json``, dropped as soon as the client disconnects (None then)."""
     task = asyncio.create_task(call_json(request, model, capability, payload))
     try:
@@ -106,8 +110,8 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
     headers = {"x-image-seed": str(result.seed), "x-image-steps": str(result.steps)}
     return FastJSONResponse(body, headers=headers)
 
-async def _run(request: Request, model: str, capability: str, job: ImageJob, response_format: str) -> Response:
-    raw = await _call_watching(request, model, capability, job.model_dump())
+async def _run(request: Request, model: str, capability: Capability, job: ImageJob, response_format: str) -> Response:
+    raw = await _call_watching(request, model, capability, job)
     if raw is None:
         return Response(status_code=499)
     return await _respond(request, _check_result(raw), response_format)
@@ -117,7 +121,7 @@ async def create_image(body: ImageGenerationRequest, request: Request) -> Respon
     if body.background == "transparent":
         raise BadRequestError("background 'transparent' is not supported by diffusion models", param="background")
     job = ImageJob.model_validate(body.model_dump(include=_JOB_FIELDS))
-    return await _run(request, body.model, "image", job, body.response_format)
+    return await _run(request, body.model, IMAGE, job, body.response_format)
 
 # ---- multipart: edits and variations ----------------------------------------------------
 async def _read_form(request: Request, schema: type[ImageEditForm] | type[ImageVariationForm]) -> tuple[Any, list[str], str | None]:
@@ -178,13 +182,13 @@ _EDIT_SCHEMA = _form_schema(
 async def edit_image(request: Request) -> Response:
     form, images, mask_b64 = await _read_form(request, ImageEditForm)
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images, "mask_b64": mask_b64})
-    return await _run(request, form.model, "image_edit", job, form.response_format)
+    return await _run(request, form.model, IMAGE_EDIT, job, form.response_format)
 
 @router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image", "model"]))
 async def create_variation(request: Request) -> Response:
     form, images, _ = await _read_form(request, ImageVariationForm)
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images})
-    return await _run(request, form.model, "image_variation", job, form.response_format)
+    return await _run(request, form.model, IMAGE_VARIATION, job, form.response_format)
 
 # ---- generated files (no API key: the id is an unguessable capability) ---------------------
 @public_router.get("/v1/files/images/{name}", include_in_schema=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ...protocol.rerank import RerankRequest, rerank_payload
+from ...protocol.rerank import RERANK, RerankRequest, rerank_payload
 from ...server_common import FastJSONResponse
 from ..convert import new_id
 from ..invoke import call_json
@@ -16,7 +16,7 @@ router = APIRouter()
 
 async def _rerank(body: RerankRequest, request: Request, *, return_documents: bool) -> FastJSONResponse:
     payload = rerank_payload(body, default_return_documents=return_documents)
-    result = await call_json(request, body.model, "rerank", payload)
+    result = await call_json(request, body.model, RERANK, payload)
     return FastJSONResponse({"id": new_id("rerank"), "model": body.model, **result})
 
 

@@ -1,0 +1,109 @@
+"""Option groups that several engines share; each engine's ``Options`` combines the ones it honours.
+
+``model_config`` in config.yaml stays one flat mapping. It is validated by the chosen
+engine's ``Options`` (a subclass of ``config.ModelConfig``), so a key the engine does not
+take is an error that names it, instead of a setting silently ignored.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from ..config import ModelConfig
+
+__all__ = [
+    "ThreadOptions",
+    "ParallelOptions",
+    "ChatOptions",
+    "DTypeOptions",
+    "LoraOptions",
+    "MediaOptions",
+    "TextTaskOptions",
+    "EngineProcessOptions",
+]
+
+
+class ThreadOptions(ModelConfig):
+    n_threads: int | None = Field(None, ge=1, le=1024, description="CPU threads for the engine")
+
+
+class ParallelOptions(ModelConfig):
+    n_parallel: int | None = Field(None, ge=1, le=256, description="sequences / requests the engine runs at once")
+
+
+class DTypeOptions(ModelConfig):
+    dtype: str | None = Field(None, max_length=32, description="weight dtype (auto, float16, bfloat16, float32 …)")
+
+
+class LoraOptions(ModelConfig):
+    lora: dict[str, str] | None = Field(None, description="LoRA adapters: served name → adapter path")
+
+
+class ChatOptions(ModelConfig):
+    """The shared chat layer: templates, tool and reasoning parsers, context, n."""
+
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the model's")
+    tool_call_parser: str | None = Field(None, max_length=64, description="tool-call format (default: from the chat template)")
+    reasoning_parser: str | None = Field(None, max_length=64, description="reasoning format (default: from the chat template)")
+    n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="context length per sequence")
+    max_model_len: int | None = Field(None, ge=64, le=1_048_576, description="context length (vLLM's name for n_ctx)")
+    max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
+
+
+class MediaOptions(ModelConfig):
+    """Image inputs of chat messages (vision models)."""
+
+    allow_private_media_urls: bool = Field(
+        False, description="let image_url fetch private/loopback/link-local addresses (off: public hosts only)"
+    )
+    max_media_bytes: int | None = Field(
+        None, ge=1024, le=512 * 1024 * 1024, description="largest image (data: or fetched) accepted (default 20 MiB)"
+    )
+    media_fetch_timeout: float | None = Field(
+        None, gt=0, le=300, description="seconds allowed to fetch one remote image (default 10)"
+    )
+
+
+class TextTaskOptions(ModelConfig):
+    """Embeddings, rerank and classification engines."""
+
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="most items run in one forward pass (default 32)"
+    )
+    batch_wait_ms: float | None = Field(
+        None, ge=0, le=1000,
+        description="how long a batch waits for more requests under concurrent load (default 3 ms; a lone request runs at once)",
+    )
+    max_seq_length: int | None = Field(
+        None, ge=8, le=1_048_576, description="tokens kept per input (longer inputs are truncated)"
+    )
+    normalize_embeddings: bool | None = Field(
+        None, description="L2-normalise embeddings (default: as the model's own pipeline does)"
+    )
+    matryoshka_dims: list[int] | None = Field(
+        None, max_length=64,
+        description="embedding sizes a request's `dimensions` may ask for (truncate + renormalise); none = full size only",
+    )
+    moderation_threshold: float | None = Field(
+        None, ge=0, le=1, description="moderation: a category is flagged at this score or above (default 0.5)"
+    )
+    moderation_label_map: dict[str, str] | None = Field(
+        None, description="moderation: model label → OpenAI category (or 'none' for a benign label), overriding name matching"
+    )
+    class_labels: list[str] | None = Field(
+        None, max_length=1024, description="scikit-learn classifier dirs: label names in the order of the model's classes_"
+    )
+
+    @field_validator("matryoshka_dims")
+    @classmethod
+    def _check_matryoshka_dims(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(d < 1 or d > 65536 for d in v):
+            raise ValueError("sizes must be between 1 and 65536")
+        return v
+
+
+class EngineProcessOptions(ModelConfig):
+    """Engines run as their own server process, possibly from their own virtualenv."""
+
+    python: str | None = Field(None, description="interpreter of the engine's own environment (default: this one)")
+    engine_args: list[str] | None = Field(None, description="extra command-line arguments for the engine, appended last")

@@ -1,0 +1,41 @@
+"""Options of the relay engines: remote upstreams and engine servers on loopback."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..options import (
+    ChatOptions,
+    DTypeOptions,
+    EngineProcessOptions,
+    LoraOptions,
+    ParallelOptions,
+    ThreadOptions,
+)
+
+__all__ = ["RelayOptions", "UpstreamOptions", "EngineServerOptions"]
+
+
+class RelayOptions(ChatOptions, ParallelOptions):
+    upstream_timeout: float | None = Field(
+        None, gt=0, le=86_400, description="seconds the upstream may stay silent during a request (default 600)"
+    )
+
+
+class UpstreamOptions(RelayOptions):
+    api_base: str | None = Field(None, max_length=2048, description="base URL of the OpenAI-compatible upstream")
+    api_key_env: str | None = Field(None, max_length=256, description="environment variable holding the upstream's API key")
+
+
+class EngineServerOptions(RelayOptions, EngineProcessOptions, DTypeOptions, LoraOptions, ThreadOptions):
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of GPU memory the engine may take")
+    enable_prefix_caching: bool | None = Field(None, description="the engine's prefix cache on/off (default: the engine's)")
+    n_batch: int | None = Field(None, ge=16, le=65536, description="llama_cpp_server: most tokens per step")
+    n_gpu_layers: int | None = Field(None, ge=-1, description="llama_cpp_server: layers offloaded to the GPU")
+    startup_timeout: float | None = Field(
+        None, ge=1, le=86_400, description="seconds to wait for the engine's health endpoint (default 900)"
+    )
+    engine_port: int | None = Field(
+        None, ge=1, le=65535, description="loopback port of the engine server (default: a free port)"
+    )
+    engine_env: dict[str, str] | None = Field(None, description="extra environment variables for the engine process")
