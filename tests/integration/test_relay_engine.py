@@ -19,8 +19,8 @@ import openai
 import pytest
 
 from gpt_server.backends.base import BackendSpec
+from gpt_server.backends.engine_process import EngineStartError
 from gpt_server.backends.relay.backend import EngineServerBackend
-from gpt_server.backends.relay.process import EngineStartError
 from gpt_server.config import parse_config, resolve_model_path
 from tests.helpers import ARTIFACTS, MODEL_PATH, Server, base_config, free_port
 

@@ -12,19 +12,19 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ...config import ConfigError
 from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
+from ...procs import free_port
 from ...protocol.embeddings import EmbedPayload
 from ...protocol.worker import Event, GenerateRequest
 from ..base import Backend, BackendSpec, InvokeResult
+from ..engine_process import EngineProcess, ProcessOptions
 from .client import UpstreamClient
 from .commands import LaunchSpec, build_command
-from .process import EngineProcess, ProcessOptions
 
 __all__ = ["RelayBackend", "OpenAIRelayBackend", "EngineServerBackend"]
 
@@ -131,12 +131,6 @@ class OpenAIRelayBackend(RelayBackend):
         self.client = UpstreamClient(mc.api_base, key, self._timeout(), name=f"upstream {mc.api_base}")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class EngineServerBackend(RelayBackend):
     """vLLM, SGLang, LMDeploy, TensorRT-LLM (and llama.cpp's server) as a managed child."""
 
@@ -180,7 +174,7 @@ class EngineServerBackend(RelayBackend):
 
     def load(self) -> None:
         mc = self.spec.entry.model_config_
-        port = mc.engine_port or _free_port(self.host)
+        port = mc.engine_port or free_port(self.host)
         api_key = "gs-" + secrets.token_hex(16)  # only we may talk to the engine
         command = build_command(self.launch_spec(port, api_key))
         base = f"http://{self.host}:{port}"
