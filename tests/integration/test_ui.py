@@ -17,7 +17,7 @@ import pytest
 
 from gpt_server.config import parse_config
 from gpt_server.gateway.routes.dashboard import model_rows
-from tests.helpers import ARTIFACTS, Server, base_config, smollm_entry
+from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 from tests.ui_helpers import browser_page
 
 KEY = "ui-test-key"
@@ -34,12 +34,8 @@ WEATHER_TOOL = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
-    srv = Server(cfg, tmp_path_factory.mktemp("ui"), "ui")
-    try:
-        srv.wait_workers(1)
+    with served(cfg, tmp_path_factory.mktemp("ui"), "ui", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_static_files_served_without_key_and_confined(server: Server) -> None:
