@@ -18,6 +18,7 @@ from ..protocol.worker import (
     HeartbeatReply,
     ModelEntryInfo,
     WorkerInfo,
+    WorkerView,
     secret_matches,
 )
 from ..server_common import install_error_handlers
@@ -85,8 +86,8 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         return registry.models()
 
     @app.get("/controller/workers")
-    async def workers() -> list[dict]:
-        return [worker_view(r) for r in registry.workers.values()]
+    async def workers() -> list[WorkerView]:
+        return [r.view() for r in registry.workers.values()]
 
     @app.get("/controller/health")
     async def health() -> dict:
@@ -94,18 +95,3 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
 
     return app
 
-
-def worker_view(rec) -> dict:  # noqa: ANN001
-    return {
-        **rec.info.model_dump(),
-        "queue_length": rec.queue_length,
-        "active": rec.active,
-        "healthy": rec.healthy,
-        "dispatched_total": rec.dispatched_total,
-        "gateway_inflight": rec.tracked,  # requests the in-process gateway has open on it
-        "failures": rec.failures,
-        "requests_total": rec.requests_total,
-        "tokens_total": rec.tokens_total,
-        "last_error": rec.last_error,
-        "state": rec.state,
-    }

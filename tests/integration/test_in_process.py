@@ -91,10 +91,10 @@ def test_client_disconnect_stops_generation(server: Server) -> None:
     deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
     while time.monotonic() < deadline:
         local = next(w for w in server.workers() if w["model_name"] == "local")
-        if local["active"] == 0 and local["gateway_inflight"] == 0:
+        if local["queue_length"] == 0 and local["gateway_inflight"] == 0:
             break
         time.sleep(0.1)
-    assert local["active"] == 0 and local["gateway_inflight"] == 0, local
+    assert local["queue_length"] == 0 and local["gateway_inflight"] == 0, local
 
 
 def test_dispatcher_counts_return_to_zero(server: Server) -> None:
@@ -102,7 +102,7 @@ def test_dispatcher_counts_return_to_zero(server: Server) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         ws = server.workers()
-        if all(w["gateway_inflight"] == 0 and w["active"] == 0 for w in ws):
+        if all(w["gateway_inflight"] == 0 and w["queue_length"] == 0 for w in ws):
             break
         time.sleep(0.2)
-    assert all(w["gateway_inflight"] == 0 and w["active"] == 0 for w in ws), ws
+    assert all(w["gateway_inflight"] == 0 and w["queue_length"] == 0 for w in ws), ws

@@ -17,6 +17,7 @@ import pytest
 
 from gpt_server.config import parse_config
 from gpt_server.gateway.routes.dashboard import model_rows
+from gpt_server.protocol.worker import WorkerView
 from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 from tests.ui_helpers import browser_page
 
@@ -68,11 +69,12 @@ def test_configured_model_without_worker_shows_loading() -> None:
     other = smollm_entry("other", replicas=2)
     other["other"]["alias"] = "other-alias"
     cfg = parse_config(base_config(models=[smollm_entry(), other]))
-    worker = {"worker_id": "w1", "model_name": "smollm2", "state": "ready", "capabilities": ["chat"], "tokens_total": 5}
+    worker = WorkerView(worker_id="w1", address="http://127.0.0.1:1", model_name="smollm2", capacity=1,
+                        state="ready", capabilities=["chat"], tokens_total=5)
     rows = {r["name"]: r for r in model_rows(cfg, [worker])}
     assert rows["smollm2"]["state"] == "ready" and rows["smollm2"]["tokens_total"] == 5
     assert rows["other"]["state"] == "loading" and rows["other"]["configured_workers"] == 2
-    sick = {**worker, "state": "unhealthy"}
+    sick = worker.model_copy(update={"state": "unhealthy"})
     assert model_rows(cfg, [sick])[0]["state"] == "unhealthy"
 
 
