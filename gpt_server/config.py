@@ -120,7 +120,7 @@ class ServeArgs(_Section):
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
-    # images (issue 10): where response_format=url files live, and for how long
+    # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
         None, description="directory of generated images served at /v1/files/images/<id> (default: <tmp>/gpt_server_images)"
     )
@@ -177,7 +177,7 @@ class ModelConfig(_Section):
     api_base: str | None = None
     api_key_env: str | None = None
     max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
-    # --- embeddings / rerank / moderation (issue 5) ---
+    # --- embeddings / rerank / moderation ---
     max_batch_size: int | None = Field(
         None, ge=1, le=4096, description="embed/rerank/classify: most items run in one forward pass (default 32)"
     )
@@ -211,7 +211,7 @@ class ModelConfig(_Section):
             raise ValueError("sizes must be between 1 and 65536")
         return v
 
-    # --- transformers backend (issue 6) ---
+    # --- transformers backend ---
     allow_private_media_urls: bool = Field(
         False, description="let image_url fetch private/loopback/link-local addresses (off: public hosts only)"
     )
@@ -221,7 +221,7 @@ class ModelConfig(_Section):
     media_fetch_timeout: float | None = Field(
         None, gt=0, le=300, description="seconds allowed to fetch one remote image (default 10)"
     )
-    # --- engine servers and upstream relay (issue 7) ---
+    # --- engine servers and upstream relay ---
     startup_timeout: float | None = Field(
         None, ge=1, le=86_400, description="engine servers: seconds to wait for the engine's health endpoint (default 900)"
     )
@@ -234,7 +234,7 @@ class ModelConfig(_Section):
     upstream_timeout: float | None = Field(
         None, gt=0, le=86_400, description="relay: seconds the upstream may stay silent during a request (default 600)"
     )
-    # --- speech (issue 9) ---
+    # --- speech ---
     compute_type: str | None = Field(
         None, max_length=32, description="faster-whisper/CTranslate2 compute type (default int8 on CPU, float16 on GPU)"
     )
@@ -246,7 +246,7 @@ class ModelConfig(_Section):
         None, description="TTS voice name → speaker id/name of the voice model (OpenAI names map to the default voice)"
     )
     max_input_chars: int | None = Field(None, ge=1, le=100_000, description="longest TTS input accepted (default 4096)")
-    # --- images (issue 10) ---
+    # --- images ---
     image_min_size: int | None = Field(
         None, ge=8, le=16384, description="images: smallest width/height accepted, in pixels (default 64)"
     )

@@ -64,12 +64,12 @@ BACKENDS: LazyRegistry[type] = LazyRegistry(
     "backends",
     {
         "llama_cpp": "gpt_server.backends.llama_cpp.backend:LlamaCppBackend",
-        # issue 5
+        # embeddings, rerank, moderation
         "sentence_transformers": "gpt_server.backends.sentence_transformers.backend:SentenceTransformersBackend",
         "infinity": "gpt_server.backends.infinity.backend:InfinityBackend",
-        # issue 6
+        # transformers in process
         "hf": "gpt_server.backends.hf.backend:HFBackend",
-        # issue 7
+        # relays: an OpenAI-compatible upstream, or an engine server we start
         "openai": "gpt_server.backends.relay.backend:OpenAIRelayBackend",
         "vllm": "gpt_server.backends.relay.backend:EngineServerBackend",
         "sglang": "gpt_server.backends.relay.backend:EngineServerBackend",
@@ -77,12 +77,12 @@ BACKENDS: LazyRegistry[type] = LazyRegistry(
         "lmdeploy-pytorch": "gpt_server.backends.relay.backend:EngineServerBackend",
         "trtllm": "gpt_server.backends.relay.backend:EngineServerBackend",
         "llama_cpp_server": "gpt_server.backends.relay.backend:EngineServerBackend",
-        # issue 9
+        # speech
         "faster_whisper": "gpt_server.backends.faster_whisper.backend:FasterWhisperBackend",
         "piper": "gpt_server.backends.piper.backend:PiperBackend",
-        # issue 10
+        # images
         "diffusers": "gpt_server.backends.diffusers.backend:DiffusersBackend",
-        # issue 4 (benchmark only)
+        # benchmarks only: no model
         "echo": "gpt_server.backends.echo.backend:EchoBackend",
     },
 )

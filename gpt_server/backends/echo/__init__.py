@@ -1,1 +1,1 @@
-"""A no-op benchmark backend (issue 4)."""
+"""A no-op backend for benchmarks: the server's own cost, without a model."""
