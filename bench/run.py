@@ -220,7 +220,7 @@ def _run_echo_pair(runner: Runner, res: dict[str, Any]) -> None:
         gw = Gateway([entry], out, "gateway_echo", _env(args))
         stack.callback(gw.stop)
         gw.wait()
-        worker_url = gw.workers[0]["address"]
+        worker_url = gw.ready_workers[0]["address"]
         a = Agent({"kind": "openai_chat", "base_url": gw.base_url, "model": "echo"}, out, "gateway_echo")
         b = Agent({"kind": "worker_generate", "base_url": worker_url, "model": "echo"}, out, "worker_echo")
         stack.callback(a.stop)

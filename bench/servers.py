@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,25 +20,24 @@ import httpx
 import psutil
 import yaml
 
-__all__ = ["free_port", "Proc", "Gateway", "PeerServer", "BareServer", "Agent", "RssSampler", "ROOT"]
+from gpt_server.procs import free_port
+
+__all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "BareServer", "Agent", "RssSampler", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Proc:
-    """A subprocess in its own session, stdout/stderr to ``log``."""
+    """A subprocess in its own session, stdout/stderr to ``log`` (appended to)."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None, pipe: bool = False) -> None:
+    def __init__(
+        self, args: list[str], log: Path, env: dict[str, str] | None = None, pipe: bool = False, cwd: Path | None = None
+    ) -> None:
         self.log_path = log
         self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self._log_start = self._log.tell()
         self.popen = subprocess.Popen(
-            args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            args, cwd=cwd, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             stdin=subprocess.PIPE if pipe else subprocess.DEVNULL,
             stdout=subprocess.PIPE if pipe else self._log, stderr=self._log,
             start_new_session=True, text=pipe,
@@ -49,14 +47,23 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
+    def log_text(self, chars: int = 8000) -> str:
+        """The end of the log file."""
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def new_log(self) -> str:
+        """What this process wrote (the log file may hold earlier runs)."""
+        return self.log_path.read_bytes()[self._log_start :].decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
 
     def check(self) -> None:
         if self.popen.poll() is not None:
-            raise RuntimeError(f"{self.log_path.name} exited ({self.popen.returncode}):\n{self.tail()}")
+            raise RuntimeError(f"{self.log_path.name} exited ({self.popen.returncode}):\n{self.log_text(4000)}")
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM, then SIGKILL to the whole session after ``timeout``; the exit code."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -65,6 +72,7 @@ class Proc:
                 os.killpg(self.popen.pid, signal.SIGKILL)
                 self.popen.wait()
         self._log.close()
+        return self.popen.returncode
 
 
 def _wait(url: str, proc: Proc, timeout: float, ok: Any = None) -> Any:
@@ -78,47 +86,117 @@ def _wait(url: str, proc: Proc, timeout: float, ok: Any = None) -> Any:
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.25)
-    raise TimeoutError(f"{url} not ready in {timeout}s:\n{proc.tail()}")
+    raise TimeoutError(f"{url} not ready in {timeout}s:\n{proc.log_text(4000)}")
 
 
-class Gateway:
-    """``gpt-server serve`` (controller + gateway in one process, one process per worker)."""
+def serve_config(
+    models: list[dict[str, Any]],
+    *,
+    api_keys: str | None = None,
+    dispatch: str = "shortest_queue",
+    heartbeat_interval: float = 1.0,
+) -> dict[str, Any]:
+    """A ``gpt-server serve`` config on 127.0.0.1 with free ports for the gateway and controller."""
+    serve: dict[str, Any] = {"host": "127.0.0.1", "port": free_port()}
+    if api_keys:
+        serve["api_keys"] = api_keys
+    cport = free_port()
+    return {
+        "serve_args": serve,
+        "controller_args": {"host": "127.0.0.1", "port": cport, "dispatch_method": dispatch},
+        "model_worker_args": {
+            "host": "127.0.0.1",
+            "controller_address": f"http://127.0.0.1:{cport}",
+            "heartbeat_interval": heartbeat_interval,
+        },
+        "models": models,
+    }
 
-    def __init__(self, models: list[dict[str, Any]], out: Path, name: str, env: dict[str, str] | None = None) -> None:
-        self.port, cport = free_port(), free_port()
-        self.controller = f"http://127.0.0.1:{cport}"
-        cfg = {
-            "serve_args": {"host": "127.0.0.1", "port": self.port},
-            "controller_args": {"host": "127.0.0.1", "port": cport, "dispatch_method": "shortest_queue"},
-            "model_worker_args": {"host": "127.0.0.1", "controller_address": self.controller, "heartbeat_interval": 1.0},
-            "models": models,
-        }
-        path = out / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(cfg))
-        self.n_workers = sum(len(next(iter(m.values()))["workers"]) for m in models)
-        self.proc = Proc([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(path)], out / f"{name}.log", env)
-        self.workers: list[dict[str, Any]] = []
+
+class ServeProcess:
+    """``gpt-server serve -c <config_path>`` with the given config (controller + gateway in one
+    process, one process per worker replica); a context manager that stops it."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        config_path: Path,
+        log: Path,
+        env: dict[str, str] | None = None,
+        *,
+        config_text: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.port = config["serve_args"]["port"]
+        self.controller_port = config["controller_args"]["port"]
+        keys = config["serve_args"].get("api_keys")
+        self.api_key = (keys.split(",")[0] if isinstance(keys, str) else (keys or [None])[0]) if keys else None
+        self.config_path = config_path
+        self.config_path.write_text(config_text if config_text is not None else yaml.safe_dump(config))
+        self.expected_workers = sum(len(next(iter(m.values()))["workers"]) for m in config["models"])
+        self.ready_workers: list[dict[str, Any]] = []
+        self.proc = Proc([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(config_path)], log, env, cwd=cwd)
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def controller_url(self) -> str:
+        return f"http://127.0.0.1:{self.controller_port}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def workers(self) -> list[dict[str, Any]]:
+        return httpx.get(f"{self.controller_url}/controller/workers", timeout=5).json()
+
+    def wait_workers(self, count: int | None = None, timeout: float = 180.0) -> list[dict[str, Any]]:
+        """Wait until ``count`` workers (default: all configured) are registered and healthy
+        and the gateway's /health is 200; the workers then."""
+        want = self.expected_workers if count is None else count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.proc.alive():
+                raise RuntimeError(f"server exited:\n{self.proc.log_text()}")
+            try:
+                ws = self.workers()
+                if len(ws) >= want and all(w["healthy"] for w in ws):
+                    r = httpx.get(f"{self.base_url}/health", timeout=5)
+                    if r.status_code == 200:
+                        self.ready_workers = ws
+                        return ws
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready in {timeout}s:\n{self.proc.log_text()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        return self.proc.stop(timeout)
+
+
+class Gateway(ServeProcess):
+    """``gpt-server serve`` for a benchmark run, its config and log in the run's folder."""
+
+    def __init__(self, models: list[dict[str, Any]], out: Path, name: str, env: dict[str, str] | None = None) -> None:
+        super().__init__(serve_config(models), out / f"{name}.yaml", out / f"{name}.log", env, cwd=ROOT)
+
     def wait(self, timeout: float = 180.0) -> None:
-        self.workers = _wait(
-            f"{self.controller}/controller/workers", self.proc, timeout,
-            lambda ws: len(ws) >= self.n_workers and all(w["healthy"] for w in ws),
-        )
-        _wait(f"{self.base_url}/health", self.proc, timeout)
+        self.wait_workers(timeout=timeout)
 
     def pids(self) -> dict[str, int]:
         out = {"gateway": self.proc.pid}
-        for w in self.workers:
+        for w in self.ready_workers:
             if w.get("pid") and w["pid"] != self.proc.pid:  # in_process workers are in the gateway's RSS
                 out[f"worker:{w['model_name']}:{w.get('replica', 0)}"] = w["pid"]
         return out
-
-    def stop(self) -> None:
-        self.proc.stop()
 
 
 class PeerServer:
@@ -133,7 +211,7 @@ class PeerServer:
             # by default it aborts the running stream when another request arrives: queue instead
             "--interrupt_requests", "False",
         ]
-        self.proc = Proc(args, out / "peer_llama_cpp_server.log")
+        self.proc = Proc(args, out / "peer_llama_cpp_server.log", cwd=ROOT)
 
     @property
     def base_url(self) -> str:
@@ -154,7 +232,9 @@ class BareServer:
 
     def __init__(self, engine_args: list[str], out: Path, name: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        self.proc = Proc([sys.executable, "-m", "bench.bare", "--port", str(self.port), *engine_args], out / f"{name}.log", env)
+        self.proc = Proc(
+            [sys.executable, "-m", "bench.bare", "--port", str(self.port), *engine_args], out / f"{name}.log", env, cwd=ROOT
+        )
 
     @property
     def base_url(self) -> str:
@@ -175,7 +255,9 @@ class Agent:
 
     def __init__(self, cfg: dict[str, Any], out: Path, name: str, env: dict[str, str] | None = None) -> None:
         self.name = name
-        self.proc = Proc([sys.executable, "-m", "bench.agent", json.dumps(cfg)], out / f"agent_{name}.log", env, pipe=True)
+        self.proc = Proc(
+            [sys.executable, "-m", "bench.agent", json.dumps(cfg)], out / f"agent_{name}.log", env, pipe=True, cwd=ROOT
+        )
         self._ready = False
 
     def _readline(self) -> dict[str, Any]:
@@ -183,7 +265,7 @@ class Agent:
         line = self.proc.popen.stdout.readline()
         if not line:
             self.proc.popen.wait(5)
-            raise RuntimeError(f"agent {self.name} exited:\n{self.proc.tail()}")
+            raise RuntimeError(f"agent {self.name} exited:\n{self.proc.log_text(4000)}")
         return json.loads(line)
 
     def wait(self) -> None:

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)
 
-    # issue 4: the benchmark lives in bench/ (a source checkout); its own parser reads the rest
+    # the benchmark lives in bench/ (a source checkout); its own parser reads the rest
     sub.add_parser("bench", help="paired benchmark (bench/README.md); --help after it for options", add_help=False)
     return parser
 

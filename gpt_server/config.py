@@ -64,7 +64,7 @@ class ServeArgs(_Section):
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
-    # images (issue 10): where response_format=url files live, and for how long
+    # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
         None, description="directory of generated images served at /v1/files/images/<id> (default: <tmp>/gpt_server_images)"
     )

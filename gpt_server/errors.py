@@ -12,6 +12,7 @@ __all__ = [
     "AuthenticationError",
     "PermissionDeniedError",
     "NotFoundError",
+    "ConflictError",
     "PayloadTooLargeError",
     "RateLimitError",
     "InternalError",
@@ -72,6 +73,12 @@ class NotFoundError(GatewayError):
     status = 404
     openai_type = "invalid_request_error"
     default_code = "model_not_found"
+
+
+class ConflictError(GatewayError):
+    status = 409
+    openai_type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class PayloadTooLargeError(GatewayError):

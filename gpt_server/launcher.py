@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
@@ -23,6 +22,7 @@ from .controller.client import LocalController, RemoteController
 from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .gateway.app import build_app
+from .procs import die_with_parent
 from .server_common import bind_socket, make_server
 from .worker.app import build_worker_app
 from .worker.generation import Generation
@@ -34,11 +34,6 @@ __all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
 log = logging.getLogger("gpt_server.launcher")
 
 
-def _pdeathsig() -> None:  # runs in the child before exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
 @dataclass
 class WorkerProcess:
     model: str
@@ -46,7 +41,6 @@ class WorkerProcess:
     args: list[str]
     env: dict[str, str]
     proc: asyncio.subprocess.Process | None = None
-    restarts: int = 0
     started_at: float = 0.0
 
     @property
@@ -55,7 +49,7 @@ class WorkerProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpt_server.cli", *self.args, env=self.env, preexec_fn=_pdeathsig
+            sys.executable, "-m", "gpt_server.cli", *self.args, env=self.env, preexec_fn=die_with_parent
         )
         self.started_at = time.monotonic()
         log.info("started worker %s (pid %d)", self.label, self.proc.pid)
@@ -102,7 +96,6 @@ class Supervisor:
             backoff = min(backoff * 2, 30.0)
             if self.stopping:
                 return
-            w.restarts += 1
             await w.start()
 
     async def stop(self) -> None:

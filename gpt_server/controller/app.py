@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import orjson
 from fastapi import Depends, FastAPI, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, BadRequestError, ConflictError
 from ..protocol.worker import (
+    PROTOCOL_VERSION,
     SECRET_HEADER,
     DispatchReply,
     DispatchRequest,
@@ -18,9 +20,10 @@ from ..protocol.worker import (
     HeartbeatReply,
     ModelEntryInfo,
     WorkerInfo,
+    WorkerView,
     secret_matches,
 )
-from ..server_common import install_error_handlers
+from ..server_common import install_error_handlers, validation_message
 from .registry import Registry
 
 __all__ = ["build_controller_app", "expiry_loop", "secret_guard"]
@@ -59,7 +62,26 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
     install_error_handlers(app)
 
     @app.post("/controller/register")
-    async def register(info: WorkerInfo) -> dict:
+    async def register(request: Request) -> dict:
+        body = await request.body()
+        try:
+            raw = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise BadRequestError("the request body is not valid JSON") from None
+        # the version first: a worker of another release may not fit today's WorkerInfo at all
+        version = raw.get("protocol_version", 1) if isinstance(raw, dict) else None
+        if version != PROTOCOL_VERSION:
+            raise ConflictError(
+                f"worker speaks internal protocol version {version}, this controller version {PROTOCOL_VERSION}: "
+                "run the same gpt-server release on every host",
+                param="protocol_version",
+                code="protocol_version_mismatch",
+            )
+        try:
+            info = WorkerInfo.model_validate(raw)
+        except ValidationError as exc:
+            message, param = validation_message(list(exc.errors()))  # type: ignore[arg-type]
+            raise BadRequestError(message, param=param) from None
         registry.register(info)
         return {"ok": True}
 
@@ -85,8 +107,8 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         return registry.models()
 
     @app.get("/controller/workers")
-    async def workers() -> list[dict]:
-        return [worker_view(r) for r in registry.workers.values()]
+    async def workers() -> list[WorkerView]:
+        return [r.view() for r in registry.workers.values()]
 
     @app.get("/controller/health")
     async def health() -> dict:
@@ -94,18 +116,3 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
 
     return app
 
-
-def worker_view(rec) -> dict:  # noqa: ANN001
-    return {
-        **rec.info.model_dump(),
-        "queue_length": rec.queue_length,
-        "active": rec.active,
-        "healthy": rec.healthy,
-        "dispatched_total": rec.dispatched_total,
-        "gateway_inflight": rec.tracked,  # requests the in-process gateway has open on it
-        "failures": rec.failures,
-        "requests_total": rec.requests_total,
-        "tokens_total": rec.tokens_total,
-        "last_error": rec.last_error,
-        "state": rec.state,
-    }

@@ -10,8 +10,7 @@ import httpx
 
 from .. import inproc
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
-from ..protocol.worker import SECRET_HEADER, DispatchReply, ModelEntryInfo, WorkerInfo
-from .app import worker_view
+from ..protocol.worker import SECRET_HEADER, DispatchReply, ModelEntryInfo, WorkerInfo, WorkerView
 from .dispatch import make_policy
 from .registry import Registry
 
@@ -21,7 +20,7 @@ __all__ = ["ControllerClient", "LocalController", "RemoteController"]
 class ControllerClient(Protocol):
     async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply: ...
     async def models(self) -> list[ModelEntryInfo]: ...
-    async def workers(self) -> list[dict]: ...
+    async def workers(self) -> list[WorkerView]: ...
     async def report_failure(self, worker_id: str) -> None: ...
     def done(self, worker_id: str) -> None: ...
     async def aclose(self) -> None: ...
@@ -42,8 +41,8 @@ class LocalController:
     async def models(self) -> list[ModelEntryInfo]:
         return self.registry.models()
 
-    async def workers(self) -> list[dict]:
-        return [worker_view(r) for r in self.registry.workers.values()]
+    async def workers(self) -> list[WorkerView]:
+        return [r.view() for r in self.registry.workers.values()]
 
     async def report_failure(self, worker_id: str) -> None:
         self.registry.report_failure(worker_id)
@@ -97,18 +96,19 @@ class RemoteController:
             fresh = Registry(self.mirror.policy)
             old = self.mirror.workers
             for w in data:
-                info = WorkerInfo.model_validate({k: w[k] for k in WorkerInfo.model_fields if k in w})
-                if not inproc.reachable(info.address):
+                view = WorkerView.model_validate(w)
+                if not inproc.reachable(view.address):
                     continue  # in the process of another gateway: only that one can call it
+                info = WorkerInfo.model_validate(view.model_dump(include=set(WorkerInfo.model_fields)))
                 fresh.register(info)
                 rec = fresh.workers[info.worker_id]
                 prev = old.get(info.worker_id)
                 rec.tracked = prev.tracked if prev is not None else 0  # our own requests carry over
-                rec.observe_queue(int(w.get("queue_length", 0)))
-                rec.healthy = bool(w.get("healthy", True))
-                for key in ("active", "requests_total", "tokens_total", "last_error", "state"):  # dashboard
-                    if key in w:
-                        setattr(rec, key, w[key])
+                rec.observe_queue(view.queue_length)
+                rec.healthy = view.healthy
+                # for the dashboard
+                rec.requests_total, rec.tokens_total = view.requests_total, view.tokens_total
+                rec.last_error, rec.state = view.last_error, view.state
                 rec.info = info.model_copy(update={"heartbeat_interval": 1e9})  # expiry is the controller's job
             fresh.created.update(self.mirror.created)
             self.mirror.workers = fresh.workers
@@ -150,9 +150,9 @@ class RemoteController:
         await self._ensure()
         return self.mirror.models()
 
-    async def workers(self) -> list[dict]:
+    async def workers(self) -> list[WorkerView]:
         await self._ensure()
-        return [worker_view(r) for r in self.mirror.workers.values()]
+        return [r.view() for r in self.mirror.workers.values()]
 
     async def report_failure(self, worker_id: str) -> None:
         self.mirror.report_failure(worker_id)

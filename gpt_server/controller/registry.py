@@ -6,8 +6,15 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from ..errors import BadRequestError, NotFoundError, ServiceUnavailableError
-from ..protocol.worker import DispatchReply, Heartbeat, ModelEntryInfo, WorkerInfo
+from ..errors import BadRequestError, ConflictError, NotFoundError, ServiceUnavailableError
+from ..protocol.worker import (
+    PROTOCOL_VERSION,
+    DispatchReply,
+    Heartbeat,
+    ModelEntryInfo,
+    WorkerInfo,
+    WorkerView,
+)
 from .dispatch import Policy
 
 __all__ = ["WorkerRecord", "Registry", "MISSED_HEARTBEATS"]
@@ -20,10 +27,8 @@ MISSED_HEARTBEATS = 3
 @dataclass
 class WorkerRecord:
     info: WorkerInfo
-    registered_at: float
     last_seen: float
     queue_length: int = 0
-    active: int = 0
     healthy: bool = True
     dispatched_since_beat: int = 0  # untracked dispatches since the last heartbeat
     dispatched_total: int = 0
@@ -57,6 +62,21 @@ class WorkerRecord:
     def expired(self, now: float) -> bool:
         return now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
 
+    def view(self) -> WorkerView:
+        """What the controller lists for this worker."""
+        return WorkerView(
+            **self.info.model_dump(),
+            queue_length=self.queue_length,
+            healthy=self.healthy,
+            dispatched_total=self.dispatched_total,
+            gateway_inflight=self.tracked,
+            failures=self.failures,
+            requests_total=self.requests_total,
+            tokens_total=self.tokens_total,
+            last_error=self.last_error,
+            state=self.state,
+        )
+
 
 class Registry:
     def __init__(self, policy: Policy, clock=time.monotonic) -> None:  # noqa: ANN001
@@ -66,11 +86,16 @@ class Registry:
         self.created: dict[str, int] = {}
 
     def register(self, info: WorkerInfo) -> None:
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise ConflictError(
+                f"worker {info.worker_id} speaks internal protocol version {info.protocol_version}, this controller "
+                f"version {PROTOCOL_VERSION}: run the same gpt-server release on every host",
+                param="protocol_version",
+                code="protocol_version_mismatch",
+            )
         now = self.clock()
         names = frozenset([info.model_name, *info.aliases])
-        self.workers[info.worker_id] = WorkerRecord(
-            info=info, registered_at=now, last_seen=now, names=names
-        )
+        self.workers[info.worker_id] = WorkerRecord(info=info, last_seen=now, names=names)
         for n in names:
             self.created.setdefault(n, int(time.time()))
         log.info("worker %s registered: %s at %s", info.worker_id, info.model_name, info.address)
@@ -81,7 +106,6 @@ class Registry:
             return False
         rec.last_seen = self.clock()
         rec.observe_queue(hb.queue_length)
-        rec.active = hb.active
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0
         rec.requests_total, rec.tokens_total = hb.requests_total, hb.tokens_total

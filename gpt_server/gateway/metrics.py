@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..protocol.worker import DeltaEvent, Event, UsageEvent
+from ..protocol.worker import DeltaEvent, Event, UsageEvent, WorkerView
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -48,12 +48,12 @@ class Metrics:
             if aclose is not None:
                 await aclose()  # close the upstream now, not when garbage-collected
 
-    def render(self, workers: list[dict]) -> bytes:
+    def render(self, workers: list[WorkerView]) -> bytes:
         self.queue.clear()
         self.healthy.clear()
         for w in workers:
-            self.queue.labels(w["model_name"], w["worker_id"]).set(w.get("queue_length", 0))
-            self.healthy.labels(w["model_name"], w["worker_id"]).set(1 if w.get("healthy") else 0)
+            self.queue.labels(w.model_name, w.worker_id).set(w.queue_length)
+            self.healthy.labels(w.model_name, w.worker_id).set(1 if w.healthy else 0)
         return generate_latest(self.registry)
 
 

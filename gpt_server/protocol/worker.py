@@ -11,7 +11,15 @@ import hmac
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, TypeAdapter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    computed_field,
+)
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -19,6 +27,7 @@ __all__ = [
     "secret_matches",
     "WireBytes",
     "WorkerInfo",
+    "WorkerView",
     "Heartbeat",
     "HeartbeatReply",
     "DispatchRequest",
@@ -41,7 +50,8 @@ __all__ = [
     "EVENT_ADAPTER",
 ]
 
-PROTOCOL_VERSION = 1
+# bumped whenever a message changes shape; the controller refuses a worker of another version
+PROTOCOL_VERSION = 2
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -89,12 +99,35 @@ class WorkerInfo(_Strict):
     replica: int = 0
 
 
+class WorkerView(WorkerInfo):
+    """A registered worker as the controller lists it (``GET /controller/workers``, the
+    dashboard): what it registered with plus its live state. Unknown keys are ignored when
+    parsing, so a gateway can read a newer controller's list."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    queue_length: int = Field(0, description="requests queued or running on the worker")
+    healthy: bool = True
+    dispatched_total: int = 0
+    gateway_inflight: int = Field(0, description="requests the listing gateway has open on the worker")
+    failures: int = 0
+    requests_total: int = 0
+    tokens_total: int = 0
+    last_error: str | None = None
+    state: str = "ready"
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def active(self) -> int:
+        """The same number as ``queue_length``, kept so the listed JSON keeps its keys."""
+        return self.queue_length
+
+
 class Heartbeat(_Strict):
     worker_id: str
-    queue_length: int = 0
-    active: int = 0
+    queue_length: int = Field(0, description="requests queued or running on the worker")
     healthy: bool = True
-    # counters for the dashboard (issue 11); rates are computed from successive reads
+    # counters for the dashboard; rates are computed from successive reads
     requests_total: int = 0
     tokens_total: int = 0
     last_error: str | None = None

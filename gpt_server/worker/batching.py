@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-__all__ = ["DynamicBatcher", "BatcherStats", "BatcherClosedError"]
+__all__ = ["DynamicBatcher", "BatcherClosedError"]
 
 log = logging.getLogger(__name__)
 
@@ -38,24 +38,6 @@ O = TypeVar("O")  # noqa: E741 - output type
 
 class BatcherClosedError(RuntimeError):
     """The batcher was closed before the request ran."""
-
-
-@dataclass
-class BatcherStats:
-    batches: int = 0
-    items: int = 0
-    largest_batch: int = 0
-    retried_alone: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        mean = self.items / self.batches if self.batches else 0.0
-        return {
-            "batches": self.batches,
-            "items": self.items,
-            "largest_batch": self.largest_batch,
-            "mean_batch": round(mean, 2),
-            "retried_alone": self.retried_alone,
-        }
 
 
 @dataclass
@@ -88,7 +70,6 @@ class DynamicBatcher(Generic[I, O]):
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000.0
         self.name = name
-        self.stats = BatcherStats()
         self._queue: deque[_Job[I]] = deque()
         self._pending = 0
         self._wakeup = asyncio.Event()
@@ -120,10 +101,6 @@ class DynamicBatcher(Generic[I, O]):
                 f.cancel()  # queued parts are dropped, not run
             raise
         return [out for part in parts for out in part]
-
-    @property
-    def queued_items(self) -> int:
-        return self._pending
 
     def shutdown(self) -> None:
         """Refuse new requests and release the thread (sync; for a backend's ``close``).
@@ -207,7 +184,6 @@ class DynamicBatcher(Generic[I, O]):
 
     async def _run(self, batch: list[_Job[I]]) -> None:
         items = [it for job in batch for it in job.items]
-        self._record(len(items))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s: batch of %d items from %d requests (%d queued)", self.name, len(items), len(batch), self._pending)
         try:
@@ -220,7 +196,6 @@ class DynamicBatcher(Generic[I, O]):
             for job in batch:
                 if job.future.done():
                     continue
-                self.stats.retried_alone += 1
                 try:
                     _settle(job, await self._call(job.items))
                 except Exception as exc2:  # noqa: BLE001
@@ -237,11 +212,6 @@ class DynamicBatcher(Generic[I, O]):
         if len(outputs) != len(items):
             raise RuntimeError(f"{self.name}: run_batch returned {len(outputs)} outputs for {len(items)} items")
         return outputs
-
-    def _record(self, n: int) -> None:
-        self.stats.batches += 1
-        self.stats.items += n
-        self.stats.largest_batch = max(self.stats.largest_batch, n)
 
 
 def _settle(job: _Job[Any], outputs: Sequence[Any]) -> None:

@@ -233,7 +233,6 @@ class WorkerRuntime:
                     hb = Heartbeat(
                         worker_id=self.worker_id,
                         queue_length=self.inflight,
-                        active=self.inflight,
                         healthy=self.ready(),
                         requests_total=self.requests_total,
                         tokens_total=self.tokens_total,

@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from tests.audio_helpers import audio_config, decode_seconds, parse_srt, parse_vtt, tone_wav, wer
-from tests.helpers import Server
+from tests.helpers import Server, served
 
 SENTENCE = "The weather is nice today. We will walk to the park after lunch."
 LONG_TEXT = (
@@ -30,12 +30,8 @@ BODY_LIMIT = 2 * 1024 * 1024
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp: Path = tmp_path_factory.mktemp("audio")
-    srv = Server(audio_config(max_body_bytes=BODY_LIMIT), tmp, "audio")
-    try:
-        srv.wait_workers(2)
+    with served(audio_config(max_body_bytes=BODY_LIMIT), tmp, "audio", 2) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, base_config, smollm_entry
+from tests.helpers import Server, base_config, served, smollm_entry
 
 BACKENDS = ["llama_cpp", "hf"]
 MODEL = "chat"
@@ -36,12 +36,8 @@ def _entry(work_mode: str) -> dict[str, Any]:
 @pytest.fixture(scope="module", params=BACKENDS)
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp(f"contract-{request.param}")
-    srv = Server(base_config(models=[_entry(request.param)]), tmp, f"contract_{request.param}")
-    try:
-        srv.wait_workers(1)
+    with served(base_config(models=[_entry(request.param)]), tmp, f"contract_{request.param}", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, hang_up_long_stream
+from tests.helpers import Server, hang_up_long_stream, served
 
 EXACT_CONFIG = """\
 serve_args: {host: 127.0.0.1, port: 18700, api_keys: "key-1,key-2"}
@@ -39,13 +39,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     import yaml
 
     tmp: Path = tmp_path_factory.mktemp("exact")
-    srv = Server(yaml.safe_load(EXACT_CONFIG), tmp, "chat_llama")
-    srv.config_path.write_text(EXACT_CONFIG)  # the file exactly as the issue gives it
-    try:
-        srv.wait_workers(2)
+    # the file exactly as the issue gives it
+    with served(yaml.safe_load(EXACT_CONFIG), tmp, "chat_llama", 2, config_text=EXACT_CONFIG) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ this module is skipped without it."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 from gpt_server.backends.base import BackendSpec
 from gpt_server.config import ConfigError, parse_config
 from tests.embed_helpers import MINILM, build_classifier, build_cross_encoder, entry, minilm_dir
-from tests.helpers import Server, base_config
+from tests.helpers import base_config, served
 
 PYTHON = os.environ.get("GPT_SERVER_INFINITY_PYTHON", "")
 TEXTS = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."]
@@ -46,12 +48,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
         entry("inf-rerank", str(ce), "rerank", work_mode="infinity", python=PYTHON),
         entry("inf-mod", str(clf), "moderation", work_mode="infinity", python=PYTHON),
     ]
-    srv = Server(base_config(models=models), tmp, "infinity")
-    try:
-        srv.wait_workers(3, timeout=300)
+    with served(base_config(models=models), tmp, "infinity", 3, timeout=300) as srv:
         yield srv, ce, clf
-    finally:
-        srv.stop()
 
 
 @needs_infinity
@@ -95,3 +93,40 @@ def test_infinity_rerank_and_moderation(server) -> None:  # noqa: ANN001
     m = client.moderations.create(model="inf-mod", input=TEXTS)
     for res, p in zip(m.results, probs, strict=True):
         assert res.category_scores.harassment == pytest.approx(max(p[0], p[1]), abs=1e-4)
+
+
+def _infinity_pids(served_name: str) -> list[int]:
+    """infinity servers started for ``served_name`` (their command line names it)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"infinity_emb.cli" in argv and served_name.encode() in argv:
+            out.append(int(d.name))
+    return out
+
+
+@needs_infinity
+def test_a_crashed_infinity_is_restarted(server) -> None:  # noqa: ANN001
+    """Last in the module: the worker supervises infinity like the engine servers."""
+    srv, _, _ = server
+    (old,) = _infinity_pids("inf-minilm")
+    os.kill(old, signal.SIGKILL)
+    saw_unhealthy = False
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        (w,) = [w for w in srv.workers() if w["model_name"] == "inf-minilm"]
+        saw_unhealthy = saw_unhealthy or not w["healthy"]
+        pids = _infinity_pids("inf-minilm")
+        if saw_unhealthy and w["healthy"] and pids and old not in pids:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"infinity did not come back:\n{srv.proc.log_text()}")
+    client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="none", max_retries=0, timeout=60)
+    assert len(client.embeddings.create(model="inf-minilm", input=TEXTS).data) == len(TEXTS)
+    assert "restarting it" in srv.proc.new_log()

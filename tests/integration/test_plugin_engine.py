@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.embed_helpers import MINILM, entry, minilm_dir
-from tests.helpers import Server, base_config
+from tests.helpers import base_config, served
 
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "plugin_demo"
 TEXTS = ["The cat sits on the mat.", "Quarterly revenue grew by twelve percent.", "How do I bake bread?"]
@@ -65,9 +65,7 @@ def test_plugin_work_mode_is_validated_by_its_own_options(plugin_env: dict[str, 
 
 
 def test_plugin_engine_serves_real_embeddings(plugin_env: dict[str, str], tmp_path: Path) -> None:
-    srv = Server(_config(), tmp_path, "plugin-engine", env=plugin_env)
-    try:
-        srv.wait_workers(1)
+    with served(_config(), tmp_path, "plugin-engine", env=plugin_env) as srv:
         client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="none", max_retries=0, timeout=60)
         models = {m.id: m for m in client.models.list().data}
         assert "plug" in models
@@ -82,5 +80,3 @@ def test_plugin_engine_serves_real_embeddings(plugin_env: dict[str, str], tmp_pa
         with pytest.raises(openai.BadRequestError) as err:
             client.embeddings.create(model="plug", input=[[1, 2, 3]])
         assert "text inputs only" in str(err.value)
-    finally:
-        srv.stop()

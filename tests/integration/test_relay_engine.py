@@ -19,10 +19,10 @@ import openai
 import pytest
 
 from gpt_server.backends.base import BackendSpec
+from gpt_server.backends.engine_process import EngineStartError
 from gpt_server.backends.relay.backend import EngineServerBackend
-from gpt_server.backends.relay.process import EngineStartError
 from gpt_server.config import parse_config, resolve_model_path
-from tests.helpers import ARTIFACTS, MODEL_PATH, Server, base_config, free_port
+from tests.helpers import MODEL_PATH, Server, base_config, free_port, served
 
 MSG = [{"role": "user", "content": "Say hello."}]
 SLOW_START_S = 3
@@ -71,17 +71,8 @@ def engine_port() -> int:
 def server(tmp: Path, engine_port: int):
     slow = wrapper(tmp, "slow-python", f'echo "engine wrapper: warming up"\nsleep {SLOW_START_S}\nexec {sys.executable} "$@"')
     cfg = base_config(models=[engine_entry("managed", slow, engine_port)])
-    old_log = ARTIFACTS / "relay_engine.log"
-    start = old_log.stat().st_size if old_log.exists() else 0  # the log file is appended to
-    srv = Server(cfg, tmp, "relay_engine")
-    srv.new_log = lambda: srv.proc.log_path.read_bytes()[start:].decode(errors="replace")  # type: ignore[attr-defined]
-    t0 = time.monotonic()
-    try:
-        srv.wait_workers(1, timeout=120)
-        srv.ready_after = time.monotonic() - t0  # type: ignore[attr-defined]
+    with served(cfg, tmp, "relay_engine", 1, timeout=120) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +81,14 @@ def client(server: Server) -> openai.OpenAI:
 
 
 def test_slow_start_then_serves(server: Server, client: openai.OpenAI, engine_port: int) -> None:
-    assert server.ready_after >= SLOW_START_S  # type: ignore[attr-defined]
+    assert server.ready_after >= SLOW_START_S
     assert len(engine_pids(engine_port)) == 1
     r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, temperature=0)
     assert r.choices[0].message.content and r.model == "managed"
     chunks = [c for c in client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, stream=True)]
     assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 1
     # the engine's output reaches the worker log
-    assert "engine wrapper: warming up" in server.new_log()  # type: ignore[attr-defined]
+    assert "engine wrapper: warming up" in server.proc.new_log()
 
 
 def test_engine_crash_restarts_and_serves_again(server: Server, client: openai.OpenAI, engine_port: int) -> None:
@@ -125,7 +116,7 @@ def test_engine_crash_restarts_and_serves_again(server: Server, client: openai.O
     assert saw_unhealthy
     r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8)
     assert r.choices[0].message.content
-    assert "restarting it" in server.new_log()  # type: ignore[attr-defined]
+    assert "restarting it" in server.proc.new_log()
 
 
 def test_stopping_the_server_kills_the_engine_group(server: Server, engine_port: int) -> None:

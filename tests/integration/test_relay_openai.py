@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, base_config, free_port
+from tests.helpers import Server, base_config, free_port, served
 from tests.relay_helpers import LlamaCppServer
 
 KEY_ENV = "GPT_SERVER_TEST_UPSTREAM_KEY"
@@ -58,12 +58,10 @@ def server(upstreams, tmp_path_factory: pytest.TempPathFactory):
         relay_entry("remote-embed", embed.base_url, kind="embedding"),
     ]
     tmp: Path = tmp_path_factory.mktemp("relay_openai")
-    srv = Server(base_config(api_keys="k1", models=models), tmp, "relay_openai")
     try:
-        srv.wait_workers(4, timeout=120)
-        yield srv
+        with served(base_config(api_keys="k1", models=models), tmp, "relay_openai", 4, timeout=120) as srv:
+            yield srv
     finally:
-        srv.stop()
         os.environ.pop(KEY_ENV, None)
         os.environ.pop(BAD_KEY_ENV, None)
 

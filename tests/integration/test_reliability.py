@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import Server, base_config, smollm_entry
+from tests.helpers import Server, base_config, served, smollm_entry
 
 LONG = {"role": "user", "content": "Write a very long story about the sea."}
 NO_EOS = {"2": -100}  # SmolLM2's end-of-turn token: streams run to max_tokens
@@ -46,9 +46,8 @@ def _sse(url: str, body: dict[str, Any], headers: dict[str, str] | None = None, 
 
 def test_kill_worker_under_load(tmp_path) -> None:  # noqa: ANN001
     cfg = base_config(models=[smollm_entry(replicas=2, n_parallel=4)])
-    srv = Server(cfg, tmp_path, "chaos_kill")
-    try:
-        workers = srv.wait_workers(2)
+    with served(cfg, tmp_path, "chaos_kill", 2) as srv:
+        workers = srv.ready_workers
         url = f"{srv.base_url}/v1/chat/completions"
         results: list[dict[str, Any]] = []
         lock = threading.Lock()
@@ -77,17 +76,13 @@ def test_kill_worker_under_load(tmp_path) -> None:  # noqa: ANN001
         for _ in range(4):
             r = httpx.post(url, json={"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, timeout=60)
             assert r.status_code == 200, r.text
-    finally:
-        srv.stop()
 
 
 def test_queue_limit_429_and_timeout_504(tmp_path) -> None:  # noqa: ANN001
     cfg = base_config(models=[smollm_entry(n_parallel=1)])
     cfg["model_worker_args"]["limit_worker_concurrency"] = 1
     cfg["serve_args"]["request_timeout"] = 2
-    srv = Server(cfg, tmp_path, "limits")
-    try:
-        srv.wait_workers(1)
+    with served(cfg, tmp_path, "limits", 1) as srv:
         url = f"{srv.base_url}/v1/chat/completions"
         holder = threading.Thread(target=_sse, args=(url, {"model": "smollm2", "messages": [LONG], "max_tokens": 400, "stream": True, "logit_bias": NO_EOS}))
         holder.start()
@@ -107,16 +102,13 @@ def test_queue_limit_429_and_timeout_504(tmp_path) -> None:  # noqa: ANN001
         while time.monotonic() < deadline and httpx.get(f"{srv.workers()[0]['address']}/worker/info").json()["inflight"]:
             time.sleep(0.1)
         assert httpx.get(f"{srv.workers()[0]['address']}/worker/info").json()["inflight"] == 0
-    finally:
-        srv.stop()
 
 
 def test_internal_secret_cors_and_metrics(tmp_path) -> None:  # noqa: ANN001
     cfg = base_config(api_keys="k1")
     cfg["controller_args"]["secret"] = "s3cret"
     cfg["serve_args"]["cors_origins"] = ["http://example.test"]
-    srv = Server(cfg, tmp_path, "secret")
-    try:
+    with Server(cfg, tmp_path, "secret") as srv:
         base = srv.controller_url
         deadline = time.monotonic() + 60
         workers: list = []
@@ -144,14 +136,10 @@ def test_internal_secret_cors_and_metrics(tmp_path) -> None:  # noqa: ANN001
         assert 'gpt_server_tokens_total{kind="completion",model="smollm2"' in m
         assert "gpt_server_time_to_first_token_seconds_bucket" in m
         assert 'gpt_server_worker_queue_length{model="smollm2"' in m
-    finally:
-        srv.stop()
 
 
 def test_no_cors_by_default_and_graceful_shutdown(tmp_path) -> None:  # noqa: ANN001
-    srv = Server(base_config(), tmp_path, "graceful")
-    try:
-        srv.wait_workers(1)
+    with served(base_config(), tmp_path, "graceful", 1) as srv:
         url = f"{srv.base_url}/v1/chat/completions"
         r = httpx.get(f"{srv.base_url}/v1/models", headers={"Origin": "http://example.test"})
         assert "access-control-allow-origin" not in r.headers
@@ -166,5 +154,3 @@ def test_no_cors_by_default_and_graceful_shutdown(tmp_path) -> None:  # noqa: AN
         t.join(60)
         assert result["done"] and result["finish"] == "length" and result["error"] is None, result
         assert srv.proc.popen.wait(60) == 0
-    finally:
-        srv.stop()

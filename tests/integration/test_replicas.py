@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, base_config, smollm_entry
+from tests.helpers import base_config, served, smollm_entry
 
 POLICIES = ["lottery", "shortest_queue", "round_robin", "least_busy"]
 
@@ -26,9 +26,7 @@ def _ask(client: openai.OpenAI, i: int) -> str:
 @pytest.mark.parametrize("policy", POLICIES)
 def test_policy_spreads_load(policy: str, tmp_path) -> None:  # noqa: ANN001
     cfg = base_config(dispatch=policy, models=[smollm_entry(replicas=2)])
-    srv = Server(cfg, tmp_path, f"replicas_{policy}")
-    try:
-        srv.wait_workers(2)
+    with served(cfg, tmp_path, f"replicas_{policy}", 2) as srv:
         client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="x", max_retries=0, timeout=60)
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda i: _ask(client, i), range(16)))
@@ -39,15 +37,12 @@ def test_policy_spreads_load(policy: str, tmp_path) -> None:  # noqa: ANN001
             assert counts == [8, 8]
         else:
             assert counts[0] >= 2, counts  # both replicas served
-    finally:
-        srv.stop()
 
 
 def test_killed_replica_other_keeps_serving_and_is_restarted(tmp_path) -> None:  # noqa: ANN001
     cfg = base_config(models=[smollm_entry(replicas=2)])
-    srv = Server(cfg, tmp_path, "replicas_kill")
-    try:
-        workers = srv.wait_workers(2)
+    with served(cfg, tmp_path, "replicas_kill", 2) as srv:
+        workers = srv.ready_workers
         client = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="x", max_retries=0, timeout=60)
         victim = workers[0]
         os.kill(victim["pid"], signal.SIGKILL)
@@ -69,16 +64,13 @@ def test_killed_replica_other_keeps_serving_and_is_restarted(tmp_path) -> None: 
         assert "restarting" in srv.proc.log_text()
         for i in range(4):
             assert _ask(client, i) in ("stop", "length")
-    finally:
-        srv.stop()
 
 
 def test_models_follow_workers(tmp_path) -> None:  # noqa: ANN001
     """/v1/models lists a model while a worker is up and drops it when the last one goes."""
     cfg = base_config(models=[smollm_entry(replicas=1)])
-    srv = Server(cfg, tmp_path, "models_live")
-    try:
-        ws = srv.wait_workers(1)
+    with served(cfg, tmp_path, "models_live", 1) as srv:
+        ws = srv.ready_workers
         assert "smollm2" in {m["id"] for m in httpx.get(f"{srv.base_url}/v1/models").json()["data"]}
         os.kill(ws[0]["pid"], signal.SIGSTOP)  # a hung worker: no heartbeats, no crash
         try:
@@ -99,5 +91,3 @@ def test_models_follow_workers(tmp_path) -> None:  # noqa: ANN001
         # it comes back with its next heartbeat (re-registering by itself)
         srv.wait_workers(1, timeout=30)
         assert "smollm2" in {m["id"] for m in httpx.get(f"{srv.base_url}/v1/models").json()["data"]}
-    finally:
-        srv.stop()

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.embed_helpers import LABELS, PROFANITY, build_classifier, build_cross_encoder, entry
-from tests.helpers import Server, base_config
+from tests.helpers import Server, base_config, served
 
 QUERY = "what is the capital of france"
 DOCS = [
@@ -41,12 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]):
             entry("profanity", PROFANITY, "moderation", class_labels=["clean", "profanity"]),
         ]
     )
-    srv = Server(cfg, tmp, "rerank_moderation")
-    try:
-        srv.wait_workers(3)
+    with served(cfg, tmp, "rerank_moderation", 3) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

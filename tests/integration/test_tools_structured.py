@@ -10,7 +10,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.helpers import Server, base_config, smollm_entry
+from tests.helpers import Server, base_config, served, smollm_entry
 
 WEATHER = {
     "type": "function",
@@ -62,12 +62,8 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    srv = Server(base_config(models=[smollm_entry(n_parallel=4)]), tmp_path_factory.mktemp("tools"), "tools_structured")
-    try:
-        srv.wait_workers(1)
+    with served(base_config(models=[smollm_entry(n_parallel=4)]), tmp_path_factory.mktemp("tools"), "tools_structured", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +246,8 @@ THINK_TEMPLATE = (
 @pytest.fixture(scope="module")
 def think_server(tmp_path_factory: pytest.TempPathFactory):
     entry = smollm_entry(chat_template=THINK_TEMPLATE, reasoning_parser="deepseek_r1")
-    srv = Server(base_config(models=[entry]), tmp_path_factory.mktemp("think"), "reasoning")
-    try:
-        srv.wait_workers(1)
+    with served(base_config(models=[entry]), tmp_path_factory.mktemp("think"), "reasoning", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_reasoning_split_non_stream_and_stream(think_server: Server) -> None:

@@ -17,7 +17,8 @@ import pytest
 
 from gpt_server.config import parse_config
 from gpt_server.gateway.routes.dashboard import model_rows
-from tests.helpers import ARTIFACTS, Server, base_config, smollm_entry
+from gpt_server.protocol.worker import WorkerView
+from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 from tests.ui_helpers import browser_page
 
 KEY = "ui-test-key"
@@ -34,12 +35,8 @@ WEATHER_TOOL = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
-    srv = Server(cfg, tmp_path_factory.mktemp("ui"), "ui")
-    try:
-        srv.wait_workers(1)
+    with served(cfg, tmp_path_factory.mktemp("ui"), "ui", 1) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_static_files_served_without_key_and_confined(server: Server) -> None:
@@ -72,11 +69,12 @@ def test_configured_model_without_worker_shows_loading() -> None:
     other = smollm_entry("other", replicas=2)
     other["other"]["alias"] = "other-alias"
     cfg = parse_config(base_config(models=[smollm_entry(), other]))
-    worker = {"worker_id": "w1", "model_name": "smollm2", "state": "ready", "capabilities": ["chat"], "tokens_total": 5}
+    worker = WorkerView(worker_id="w1", address="http://127.0.0.1:1", model_name="smollm2", capacity=1,
+                        state="ready", capabilities=["chat"], tokens_total=5)
     rows = {r["name"]: r for r in model_rows(cfg, [worker])}
     assert rows["smollm2"]["state"] == "ready" and rows["smollm2"]["tokens_total"] == 5
     assert rows["other"]["state"] == "loading" and rows["other"]["configured_workers"] == 2
-    sick = {**worker, "state": "unhealthy"}
+    sick = worker.model_copy(update={"state": "unhealthy"})
     assert model_rows(cfg, [sick])[0]["state"] == "unhealthy"
 
 

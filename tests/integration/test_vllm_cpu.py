@@ -9,13 +9,12 @@ packaged SmolLM2 GGUF converted to a Hugging Face directory with transformers.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.helpers import Server, base_config
+from tests.helpers import Server, base_config, served
 from tests.relay_helpers import build_vllm_venv, cache_root, convert_gguf_to_hf
 
 pytestmark = [
@@ -52,14 +51,9 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     cfg = base_config(models=[entry])
     cfg["model_worker_args"]["startup_timeout"] = 1500
     tmp: Path = tmp_path_factory.mktemp("vllm_cpu")
-    srv = Server(cfg, tmp, "vllm_cpu")
-    t0 = time.monotonic()
-    try:
-        srv.wait_workers(1, timeout=1500)
-        print(f"vLLM worker ready after {time.monotonic() - t0:.0f} s")
+    with served(cfg, tmp, "vllm_cpu", 1, timeout=1500) as srv:
+        print(f"vLLM worker ready after {srv.ready_after:.0f} s")
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

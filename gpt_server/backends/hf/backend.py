@@ -114,10 +114,6 @@ class HFBackend(Backend):
     def healthy(self) -> bool:
         return self.engine is not None and self.engine.healthy()
 
-    @property
-    def queued(self) -> int:
-        return self.engine.queued if self.engine else 0
-
     # ---- request preparation (runs in a thread) ------------------------------
     def _adapter_for(self, model: str) -> str | None:
         return model if model in self.adapters else None

@@ -14,6 +14,7 @@ llama.cpp engine's semantics; a per-sequence ``constraint`` (grammar) and
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ...protocol.worker import SamplingParams, TokenLogprob
+from ..engine_thread import EngineThread
 from ..sampling import SamplerState
 from ..sequences import SeqEvent, finish, sample_step
 from ..textstream import TextStream
@@ -67,7 +69,7 @@ class _Cohort:
     next_ids: list[int] = field(default_factory=list)
 
 
-class HFEngine:
+class HFEngine(EngineThread[Sequence, list[_Cohort]]):
     """Owns the model's forward passes and the decode thread."""
 
     def __init__(
@@ -79,87 +81,46 @@ class HFEngine:
         n_ctx: int,
         set_adapter: Callable[[str | None], None],
     ) -> None:
+        super().__init__(n_vocab=tokens.n_vocab, thread_name="hf-engine", label="transformers")
         self.model = model
         self.tokens = tokens
-        self.n_vocab = tokens.n_vocab
         self.max_active = max_active
         self.n_ctx = n_ctx
         self._set_adapter = set_adapter
         self._device = model.get_input_embeddings().weight.device
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
-        self._waiting: deque[Sequence] = deque()
         self._cohorts: list[_Cohort] = []
-        self._cond = threading.Condition()
-        self._stop = False
-        self._failed: str | None = None
-        self._thread = threading.Thread(target=self._run, name="hf-engine", daemon=True)
-        self._thread.start()
-
-    # ---- requests -----------------------------------------------------------
-    def submit(self, seqs: list[Sequence]) -> None:
-        with self._cond:
-            if self._failed:
-                raise RuntimeError(self._failed)
-            for s in seqs:
-                seed = None if s.params.seed is None else (s.params.seed + s.index) % 2**64
-                s.sampler = SamplerState(
-                    params=s.params, rng=np.random.default_rng(seed), n_vocab=self.n_vocab, prompt=s.prompt
-                )
-                s.text = TextStream(s.params.stop)
-                self._waiting.append(s)
-            self._cond.notify()
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
+        self._start_thread()
 
     @property
     def active(self) -> int:
         return sum(len(c.rows) for c in self._cohorts)
 
-    def healthy(self) -> bool:
-        return self._failed is None and self._thread.is_alive()
-
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=30)
+        self._stop_thread(timeout=30)
 
     # ---- the loop -----------------------------------------------------------
-    def _run(self) -> None:
+    def _loop_context(self) -> contextlib.AbstractContextManager[Any]:
         import torch
 
-        try:
-            with torch.inference_mode():
-                while True:
-                    with self._cond:
-                        while not self._stop and not self._waiting and not self._cohorts:
-                            self._cond.wait()
-                        if self._stop:
-                            break
-                        new = self._admit()
-                    for cohort in new:
-                        self._guard(cohort, self._prefill)
-                    for cohort in list(self._cohorts):
-                        if cohort not in new:
-                            self._guard(cohort, self._decode)
-                    self._cohorts = [c for c in self._cohorts if c.rows]
-        except Exception as exc:  # noqa: BLE001 - engine failure must reach every request
-            log.exception("transformers engine loop failed")
-            self._failed = f"engine failure: {exc}"
-            for c in self._cohorts:
-                for s in c.rows:
-                    self._finish(s, None, error=self._failed)
-            with self._cond:
-                while self._waiting:
-                    s = self._waiting.popleft()
-                    s.sink(SeqEvent(index=s.index, error=self._failed))
+        return torch.inference_mode()
+
+    def _busy(self) -> bool:
+        return bool(self._cohorts)
+
+    def _step(self, new: list[_Cohort]) -> None:
+        for cohort in new:
+            self._guard(cohort, self._prefill)
+        for cohort in list(self._cohorts):
+            if cohort not in new:
+                self._guard(cohort, self._decode)
+        self._cohorts = [c for c in self._cohorts if c.rows]
+
+    def _fail_running(self, error: str) -> None:
+        for c in self._cohorts:
+            for s in c.rows:
+                self._finish(s, None, error=error)
 
     def _guard(self, cohort: _Cohort, fn: Callable[[_Cohort], None]) -> None:
         """Run one forward; a failure ends that cohort's requests, not the engine."""

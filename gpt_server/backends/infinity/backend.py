@@ -13,13 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,31 +22,23 @@ import numpy as np
 from pydantic import BaseModel
 
 from ...config import ConfigError
-from ...errors import BadRequestError, GatewayError, UpstreamError, error_from_body
+from ...errors import (
+    BadRequestError,
+    GatewayError,
+    ServiceUnavailableError,
+    UpstreamError,
+    error_from_body,
+)
+from ...procs import free_port
 from ...protocol.kinds import Capability
 from ..base import BackendSpec
+from ..engine_process import EngineProcess, ProcessOptions
 from ..sentence_transformers.tasks import TextTaskBackend
 from . import InfinityOptions
 
 __all__ = ["InfinityBackend", "STARTUP_TIMEOUT"]
 
-log = logging.getLogger(__name__)
-
 STARTUP_TIMEOUT = 600.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    """In the child: receive SIGTERM if the worker dies without closing us (Linux)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class InfinityBackend(TextTaskBackend):
@@ -71,7 +57,7 @@ class InfinityBackend(TextTaskBackend):
         self.served = spec.entry.name
         self.max_batch_size = mc.max_batch_size or 32
         self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.process: EngineProcess | None = None
         self.tokenizer: Any = None
         self.max_seq_length = mc.max_seq_length
         self._client: httpx.AsyncClient | None = None
@@ -81,12 +67,23 @@ class InfinityBackend(TextTaskBackend):
         if not os.path.exists(self.python):
             raise ConfigError(f"models.{self.spec.entry.name}.model_config.python: '{self.python}' does not exist")
         self._load_tokenizer()
-        self.port = _free_port()
-        self.proc = subprocess.Popen(
-            self._command(), env=self._env(), stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        self.port = free_port()
+        self.process = EngineProcess(
+            ProcessOptions(
+                argv=self._command(),
+                health_url=f"http://127.0.0.1:{self.port}/health",
+                name=f"infinity:{self.served}",
+                env=self._env(),
+                unset_env=["PYTHONPATH"],  # never leak this server's packages into infinity's interpreter
+                startup_timeout=STARTUP_TIMEOUT,
+            )
         )
-        self._wait_ready()
-        self._probe()
+        self.process.start()
+        try:
+            self._probe()
+        except Exception:
+            self.close()
+            raise
 
     def _command(self) -> list[str]:
         mc = self.options
@@ -106,31 +103,12 @@ class InfinityBackend(TextTaskBackend):
         return cmd + list(mc.engine_args or [])
 
     def _env(self) -> dict[str, str]:
-        env = {**os.environ, "DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
+        """Set on top of this process's environment."""
+        env = {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
         threads = self.options.n_threads or self.spec.n_threads
         if threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-        env.pop("PYTHONPATH", None)  # never leak this server's packages into infinity's interpreter
         return env
-
-    def _wait_ready(self) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        url = f"http://127.0.0.1:{self.port}/health"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"infinity exited with code {self.proc.returncode} while starting (see the worker log above)"
-                )
-            try:
-                if httpx.get(url, timeout=2.0).status_code == 200:
-                    log.info("infinity ready on port %d (pid %d)", self.port, self.proc.pid)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        self.close()
-        raise RuntimeError(f"infinity did not become ready within {STARTUP_TIMEOUT:.0f}s")
 
     def _load_tokenizer(self) -> None:
         from transformers import AutoConfig, AutoTokenizer
@@ -158,17 +136,12 @@ class InfinityBackend(TextTaskBackend):
         self.dimension = len(r.json()["data"][0]["embedding"])
 
     def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        process, self.process = self.process, None
+        if process is not None:
+            process.stop()
 
     def healthy(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.healthy()
 
     @property
     def capacity(self) -> int:
@@ -180,6 +153,8 @@ class InfinityBackend(TextTaskBackend):
 
     # ---- relay --------------------------------------------------------------------
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        if not self.healthy():
+            raise ServiceUnavailableError("infinity is not ready (starting or restarting)")
         if self._client is None:
             self._client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}", timeout=600.0)
         try:

@@ -102,10 +102,6 @@ class LlamaCppBackend(Backend):
     def healthy(self) -> bool:
         return self.engine is not None and self.engine.healthy()
 
-    @property
-    def queued(self) -> int:
-        return self.engine.queued if self.engine else 0
-
     # ---- request preparation (runs in a thread) ------------------------------
     def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:
         eng = self.engine

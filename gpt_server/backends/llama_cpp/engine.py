@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from llama_cpp import _internals
 
 from ...protocol.worker import SamplingParams, TokenLogprob
+from ..engine_thread import EngineThread
 from ..sampling import SamplerState
 from ..sequences import SeqEvent, finish, sample_step
 from ..textstream import TextStream
@@ -79,7 +79,7 @@ class _Slot:
     seq: Sequence | None = None
 
 
-class LlamaEngine:
+class LlamaEngine(EngineThread[Sequence, None]):
     """Owns the model, one context and the decode thread."""
 
     def __init__(self, opts: EngineOptions) -> None:
@@ -89,7 +89,7 @@ class LlamaEngine:
         mparams.n_gpu_layers = opts.n_gpu_layers
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
-        self.n_vocab = self.model.n_vocab()
+        super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp")
         n_ctx_train = self.model.n_ctx_train()
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel
@@ -110,14 +110,8 @@ class LlamaEngine:
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
-        self._waiting: deque[Sequence] = deque()
-        self._cond = threading.Condition()
-        self._stop = False
-        self._failed: str | None = None
         self._pieces: dict[int, bytes] = {}
-        self.active = 0
-        self._thread = threading.Thread(target=self._run, name="llama-engine", daemon=True)
-        self._thread.start()
+        self._start_thread()
 
     # ---- tokens -------------------------------------------------------------
     def metadata(self) -> dict[str, str]:
@@ -163,40 +157,8 @@ class LlamaEngine:
     def is_eog(self, token: int) -> bool:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
-    # ---- requests -----------------------------------------------------------
-    def submit(self, seqs: list[Sequence]) -> None:
-        with self._cond:
-            if self._failed:
-                raise RuntimeError(self._failed)
-            for s in seqs:
-                s.sampler = SamplerState(
-                    params=s.params,
-                    rng=np.random.default_rng(
-                        None if s.params.seed is None else (s.params.seed + s.index) % 2**64
-                    ),
-                    n_vocab=self.n_vocab,
-                    prompt=s.prompt,
-                )
-                s.text = TextStream(s.params.stop)
-                self._waiting.append(s)
-            self._cond.notify()
-
-    def wake(self) -> None:
-        with self._cond:
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        return len(self._waiting)
-
-    def healthy(self) -> bool:
-        return self._failed is None and self._thread.is_alive()
-
     def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify()
-        self._thread.join(timeout=10)
+        self._stop_thread(timeout=10)
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -204,28 +166,15 @@ class LlamaEngine:
         self.model.close()
 
     # ---- the loop -----------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._cond:
-                    while not self._stop and not self._waiting and not self._busy():
-                        self._cond.wait()
-                    if self._stop:
-                        break
-                    self._admit()
-                self._drop_cancelled()
-                if self._busy():
-                    self._step()
-        except Exception as exc:  # noqa: BLE001 - engine failure must reach every request
-            log.exception("llama.cpp engine loop failed")
-            self._failed = f"engine failure: {exc}"
-            for slot in self._slots:
-                if slot.seq is not None:
-                    self._finish(slot, None, error=self._failed)
-            with self._cond:
-                while self._waiting:
-                    s = self._waiting.popleft()
-                    s.sink(SeqEvent(index=s.index, error=self._failed))
+    def _fail_running(self, error: str) -> None:
+        for slot in self._slots:
+            if slot.seq is not None:
+                self._finish(slot, None, error=error)
+
+    def _step(self, admitted: None) -> None:
+        self._drop_cancelled()
+        if self._busy():
+            self._decode_step()
 
     def _busy(self) -> bool:
         return any(s.seq is not None for s in self._slots)
@@ -251,14 +200,13 @@ class LlamaEngine:
             best.seq = seq
             seq.slot = best.seq_id
             seq.n_past = reuse
-            self.active += 1
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
             if slot.seq is not None and slot.seq.cancelled.is_set():
                 self._finish(slot, "abort")
 
-    def _step(self) -> None:
+    def _decode_step(self) -> None:
         b = self._batch
         n = 0
         plan: list[tuple[_Slot, int, bool]] = []  # (slot, tokens added, is decode)
@@ -343,7 +291,6 @@ class LlamaEngine:
     def _finish(self, slot: _Slot, reason: str | None, error: str | None = None) -> None:
         s = slot.seq
         slot.seq = None
-        self.active -= 1
         if s is not None:
             finish(s, reason, error)
 

@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,14 +20,15 @@ from pydantic import BaseModel
 
 from ...config import ConfigError
 from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
+from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.worker import Event, GenerateRequest
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..engine_process import EngineProcess, ProcessOptions
 from .client import UpstreamClient
 from .commands import LaunchSpec, build_command
 from .options import EngineServerOptions, RelayOptions, UpstreamOptions
-from .process import EngineProcess, ProcessOptions
 
 __all__ = ["RelayBackend", "OpenAIRelayBackend", "EngineServerBackend"]
 
@@ -138,12 +138,6 @@ class OpenAIRelayBackend(RelayBackend):
         self.client = UpstreamClient(mc.api_base, key, self._timeout(), name=f"upstream {mc.api_base}")
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 class EngineServerBackend(RelayBackend):
     """vLLM, SGLang, LMDeploy, TensorRT-LLM (and llama.cpp's server) as a managed child."""
 
@@ -188,7 +182,7 @@ class EngineServerBackend(RelayBackend):
 
     def load(self) -> None:
         mc = self.options
-        port = mc.engine_port or _free_port(self.host)
+        port = mc.engine_port or free_port(self.host)
         api_key = "gs-" + secrets.token_hex(16)  # only we may talk to the engine
         command = build_command(self.launch_spec(port, api_key))
         base = f"http://{self.host}:{port}"

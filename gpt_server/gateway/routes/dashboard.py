@@ -11,21 +11,22 @@ import time
 from fastapi import APIRouter, Request
 
 from ...config import Config
+from ...protocol.worker import WorkerView
 
 __all__ = ["router", "worker_state", "model_rows"]
 
 router = APIRouter()
 
 
-def worker_state(w: dict) -> str:
+def worker_state(w: WorkerView) -> str:
     """loading / ready / draining / unhealthy, as the dashboard shows it."""
-    if not w.get("healthy", True):
+    if not w.healthy:
         return "unhealthy"
-    return str(w.get("state") or "ready")
+    return w.state or "ready"
 
 
-def _model_state(configured: int, workers: list[dict]) -> str:
-    states = [w["state"] for w in workers]
+def _model_state(configured: int, workers: list[WorkerView]) -> str:
+    states = [w.state for w in workers]
     if "ready" in states:
         return "ready"
     if not workers:
@@ -33,11 +34,11 @@ def _model_state(configured: int, workers: list[dict]) -> str:
     return "unhealthy" if "unhealthy" in states else states[0]
 
 
-def model_rows(config: Config, workers: list[dict]) -> list[dict]:
+def model_rows(config: Config, workers: list[WorkerView]) -> list[dict]:
     """One row per configured (enabled) model, plus any model only seen through a worker."""
-    by_model: dict[str, list[dict]] = {}
+    by_model: dict[str, list[WorkerView]] = {}
     for w in workers:
-        by_model.setdefault(w["model_name"], []).append(w)
+        by_model.setdefault(w.model_name, []).append(w)
     rows: list[dict] = []
     seen: set[str] = set()
     for m in config.enabled_models():
@@ -47,12 +48,12 @@ def model_rows(config: Config, workers: list[dict]) -> list[dict]:
     for name, ws in sorted(by_model.items()):
         if name not in seen:
             info = ws[0]
-            rows.append(_row(name, info.get("aliases", []), info.get("model_kind", "auto"), None, 0, ws))
+            rows.append(_row(name, info.aliases, info.model_kind, None, 0, ws))
     return rows
 
 
-def _row(name: str, aliases: list[str], kind: str, work_mode: str | None, configured: int, ws: list[dict]) -> dict:
-    caps = sorted({c for w in ws for c in w.get("capabilities", [])})
+def _row(name: str, aliases: list[str], kind: str, work_mode: str | None, configured: int, ws: list[WorkerView]) -> dict:
+    caps = sorted({c for w in ws for c in w.capabilities})
     return {
         "name": name,
         "aliases": list(aliases),
@@ -60,23 +61,21 @@ def _row(name: str, aliases: list[str], kind: str, work_mode: str | None, config
         "work_mode": work_mode,
         "capabilities": caps,
         "configured_workers": configured,
-        "ready_workers": sum(1 for w in ws if w["state"] == "ready"),
+        "ready_workers": sum(1 for w in ws if w.state == "ready"),
         "state": _model_state(configured, ws),
-        "requests_total": sum(int(w.get("requests_total", 0)) for w in ws),
-        "tokens_total": sum(int(w.get("tokens_total", 0)) for w in ws),
-        "queue_length": sum(int(w.get("queue_length", 0)) for w in ws),
+        "requests_total": sum(w.requests_total for w in ws),
+        "tokens_total": sum(w.tokens_total for w in ws),
+        "queue_length": sum(w.queue_length for w in ws),
     }
 
 
 @router.get("/v1/dashboard")
 async def dashboard(request: Request) -> dict:
-    workers = [dict(w) for w in await request.app.state.controller.workers()]
-    for w in workers:
-        w["state"] = worker_state(w)
-    workers.sort(key=lambda w: (w["model_name"], w.get("replica", 0), w["worker_id"]))
+    workers = [w.model_copy(update={"state": worker_state(w)}) for w in await request.app.state.controller.workers()]
+    workers.sort(key=lambda w: (w.model_name, w.replica, w.worker_id))
     return {
         "object": "dashboard",
         "time": time.time(),
         "models": model_rows(request.app.state.config, workers),
-        "workers": workers,
+        "workers": [w.model_dump() for w in workers],
     }

@@ -1,9 +1,12 @@
-"""A supervised engine-server child process: start, wait for health, restart, stop the group."""
+"""A supervised engine-server child process: start, wait for health, restart, stop the group.
+
+Backends that serve through an engine's own server on loopback (the relay's vLLM /
+SGLang / LMDeploy servers, infinity) run it through ``EngineProcess``.
+"""
 
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
 import signal
@@ -14,11 +17,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from ..procs import die_with_parent
+
 __all__ = ["EngineProcess", "ProcessOptions", "EngineStartError"]
 
 log = logging.getLogger(__name__)
-
-_PR_SET_PDEATHSIG = 1
 
 
 class EngineStartError(RuntimeError):
@@ -30,20 +33,14 @@ class ProcessOptions:
     argv: list[str]
     health_url: str
     name: str = "engine"
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+    unset_env: list[str] = field(default_factory=list)  # variables of ours the engine must not see
     headers: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 900.0
     stop_timeout: float = 15.0
     max_backoff: float = 30.0
     log_lines: int = 200
     secrets: list[str] = field(default_factory=list)  # masked in our logs
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 class EngineProcess:
@@ -57,7 +54,6 @@ class EngineProcess:
     def __init__(self, opts: ProcessOptions) -> None:
         self.opts = opts
         self.state = "stopped"
-        self.restarts = 0
         self.popen: subprocess.Popen[bytes] | None = None
         self._tail: collections.deque[str] = collections.deque(maxlen=opts.log_lines)
         self._stopping = threading.Event()
@@ -130,7 +126,6 @@ class EngineProcess:
             if self._stopping.is_set():
                 break
             self.state = "restarting"
-            self.restarts += 1
             log.error("%s exited with code %s; restarting it. Last lines:\n%s", self.opts.name, rc, self.tail(20))
             self._kill_group()
             self._stopping.wait(backoff)
@@ -146,6 +141,8 @@ class EngineProcess:
 
     def _spawn(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.opts.env}
+        for name in self.opts.unset_env:
+            env.pop(name, None)
         shown = " ".join("***" if a in self.opts.secrets else a for a in self.opts.argv)
         log.info("starting %s: %s", self.opts.name, shown)
         with self._lock:
@@ -156,7 +153,7 @@ class EngineProcess:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads touched in the child
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads touched in the child
             )
         threading.Thread(target=self._read_output, args=(self.popen,), daemon=True).start()
 

@@ -1,0 +1,129 @@
+"""The thread that owns an in-process token engine (llama.cpp, transformers), written once.
+
+Requests reach the engine through ``submit`` from any thread and wait in a queue. The
+engine thread sleeps while it has nothing to do; each turn it admits waiting sequences
+under the lock and then runs one step (one forward) outside it. If the loop itself
+fails, every running and waiting sequence gets the error and the engine reports
+unhealthy. An engine supplies ``_busy``, ``_admit``, ``_step`` and ``_fail_running``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from ..protocol.worker import SamplingParams
+from .sampling import SamplerState
+from .sequences import SeqEvent
+from .textstream import TextStream
+
+__all__ = ["EngineThread"]
+
+log = logging.getLogger(__name__)
+
+
+class _Seq(Protocol):
+    index: int
+    prompt: list[int]
+    params: SamplingParams
+    sink: Callable[[SeqEvent], None]
+    sampler: SamplerState | None
+    text: TextStream | None
+
+
+S = TypeVar("S", bound=_Seq)
+A = TypeVar("A")  # what ``_admit`` hands to ``_step``
+
+
+class EngineThread(Generic[S, A]):
+    """The waiting queue, the condition the thread sleeps on, and the loop around a step.
+
+    Call ``_start_thread()`` at the end of the subclass's ``__init__``.
+    """
+
+    def __init__(self, *, n_vocab: int, thread_name: str, label: str) -> None:
+        self.n_vocab = n_vocab
+        self._label = label
+        self._waiting: deque[S] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._failed: str | None = None
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    # ---- what an engine implements (on the engine thread) ---------------------------
+    def _busy(self) -> bool:
+        """Sequences are running (called with the lock held)."""
+        raise NotImplementedError
+
+    def _admit(self) -> A:
+        """Take waiting sequences in (called with the lock held)."""
+        raise NotImplementedError
+
+    def _step(self, admitted: A) -> None:
+        """One forward over the running sequences (called without the lock)."""
+        raise NotImplementedError
+
+    def _fail_running(self, error: str) -> None:
+        """The loop failed: end every running sequence with ``error``."""
+        raise NotImplementedError
+
+    def _loop_context(self) -> contextlib.AbstractContextManager[Any]:
+        """Entered on the engine thread around the whole loop."""
+        return contextlib.nullcontext()
+
+    # ---- requests (any thread) -----------------------------------------------------
+    def submit(self, seqs: list[S]) -> None:
+        with self._cond:
+            if self._failed:
+                raise RuntimeError(self._failed)
+            for s in seqs:
+                seed = None if s.params.seed is None else (s.params.seed + s.index) % 2**64
+                s.sampler = SamplerState(
+                    params=s.params, rng=np.random.default_rng(seed), n_vocab=self.n_vocab, prompt=s.prompt
+                )
+                s.text = TextStream(s.params.stop)
+                self._waiting.append(s)
+            self._cond.notify()
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    def healthy(self) -> bool:
+        return self._failed is None and self._thread.is_alive()
+
+    # ---- the thread ----------------------------------------------------------------
+    def _start_thread(self) -> None:
+        self._thread.start()
+
+    def _stop_thread(self, timeout: float) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        try:
+            with self._loop_context():
+                while True:
+                    with self._cond:
+                        while not self._stop and not self._waiting and not self._busy():
+                            self._cond.wait()
+                        if self._stop:
+                            break
+                        admitted = self._admit()
+                    self._step(admitted)
+        except Exception as exc:  # noqa: BLE001 - engine failure must reach every request
+            log.exception("%s engine loop failed", self._label)
+            self._failed = f"engine failure: {exc}"
+            self._fail_running(self._failed)
+            with self._cond:
+                while self._waiting:
+                    s = self._waiting.popleft()
+                    s.sink(SeqEvent(index=s.index, error=self._failed))

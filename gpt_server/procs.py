@@ -1,0 +1,40 @@
+"""Small helpers for the child processes this server starts (workers, engine servers)."""
+
+from __future__ import annotations
+
+import ctypes
+import signal
+import socket
+import sys
+from collections.abc import Callable
+
+__all__ = ["free_port", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# resolved here in the parent: the child must not load a library between fork and exec
+_prctl = _load_prctl()
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for a child that should get SIGTERM when its parent dies without
+    stopping it (Linux; elsewhere a no-op)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)

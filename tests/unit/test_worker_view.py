@@ -1,0 +1,75 @@
+"""One WorkerView on both sides: the controller lists it, a remote gateway parses it, the
+dashboard reads it — and the JSON keeps the keys its clients read."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from fastapi.testclient import TestClient
+
+from gpt_server.config import parse_config
+from gpt_server.controller.app import build_controller_app
+from gpt_server.controller.client import LocalController, RemoteController
+from gpt_server.controller.dispatch import make_policy
+from gpt_server.controller.registry import Registry
+from gpt_server.gateway.app import build_app
+from gpt_server.protocol.worker import Heartbeat, WorkerInfo, WorkerView
+
+# what GET /controller/workers and the workers of /v1/dashboard have always carried
+KEYS = {
+    "protocol_version", "worker_id", "address", "model_name", "aliases", "model_kind", "capabilities", "capacity",
+    "context_length", "heartbeat_interval", "pid", "replica", "queue_length", "active", "healthy", "dispatched_total",
+    "gateway_inflight", "failures", "requests_total", "tokens_total", "last_error", "state",
+}
+
+
+def _registry() -> Registry:
+    reg = Registry(make_policy("shortest_queue"))
+    reg.register(WorkerInfo(worker_id="w0", address="http://10.0.0.5:9000", model_name="m", aliases=["a"],
+                            capabilities=["chat"], capacity=4, pid=42))
+    reg.heartbeat(Heartbeat(worker_id="w0", queue_length=3, requests_total=7, tokens_total=90, last_error="boom",
+                            state="draining"))
+    reg.dispatch("m")
+    return reg
+
+
+def test_controller_lists_the_same_keys_and_active_repeats_the_queue() -> None:
+    with TestClient(build_controller_app(_registry(), run_expiry=False)) as c:
+        (w,) = c.get("/controller/workers").json()
+    assert set(w) == KEYS
+    assert w["queue_length"] == w["active"] == 3 and w["dispatched_total"] == 1
+    assert (w["requests_total"], w["tokens_total"], w["last_error"], w["state"]) == (7, 90, "boom", "draining")
+
+
+def test_remote_gateway_parses_what_the_controller_lists() -> None:
+    with TestClient(build_controller_app(_registry(), run_expiry=False)) as c:
+        listed = c.get("/controller/workers").json()
+    listed[0]["added_by_a_newer_controller"] = True  # ignored, not an error
+
+    async def main() -> list[WorkerView]:
+        rc = RemoteController("http://ctrl:1")
+        await rc.client.aclose()
+        rc.client = httpx.AsyncClient(
+            base_url="http://ctrl:1", transport=httpx.MockTransport(lambda r: httpx.Response(200, json=listed))
+        )
+        try:
+            return await rc.workers()
+        finally:
+            await rc.aclose()
+
+    (v,) = asyncio.run(main())
+    assert isinstance(v, WorkerView)
+    assert (v.worker_id, v.address, v.pid, v.aliases, v.capacity) == ("w0", "http://10.0.0.5:9000", 42, ["a"], 4)
+    assert (v.queue_length, v.requests_total, v.tokens_total, v.last_error, v.state) == (3, 7, 90, "boom", "draining")
+    assert v.gateway_inflight == 0  # this gateway's own requests, not the controller's figure
+
+
+def test_dashboard_workers_keep_their_keys() -> None:
+    cfg = parse_config({"models": []})
+    with TestClient(build_app(cfg, LocalController(_registry()))) as c:
+        d = c.get("/v1/dashboard").json()
+    (w,) = d["workers"]
+    assert set(w) == KEYS and w["state"] == "draining" and w["active"] == 3
+    (m,) = d["models"]
+    assert (m["name"], m["state"], m["queue_length"], m["tokens_total"]) == ("m", "draining", 3, 90)
