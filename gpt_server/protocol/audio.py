@@ -132,14 +132,13 @@ class SpeechPayload(BaseModel):
     stream_mode: StreamMode = "file"
 
 
-TRANSCRIBE = declare_capability("transcribe", TranscribePayload)
-TRANSLATE = declare_capability("translate", TranscribePayload)
-SPEECH = declare_capability("speech", SpeechPayload)
+TRANSCRIBE = declare_capability("transcribe", TranscribePayload, kinds=("asr",))
+TRANSLATE = declare_capability("translate", TranscribePayload, kinds=("asr",))
+SPEECH = declare_capability("speech", SpeechPayload, kinds=("tts",))
 
 declare_kind(
     Kind(
         name="asr",
-        capabilities=frozenset({TRANSCRIBE, TRANSLATE}),
         default_engine="faster_whisper",
         description="speech to text (/v1/audio/transcriptions, /v1/audio/translations)",
         legacy_names=("funasr", "whisper"),
@@ -148,7 +147,6 @@ declare_kind(
 declare_kind(
     Kind(
         name="tts",
-        capabilities=frozenset({SPEECH}),
         default_engine="piper",
         description="text to speech (/v1/audio/speech)",
         legacy_names=("spark_tts", "cosyvoice"),

@@ -109,11 +109,10 @@ class EmbedPayload(BaseModel):
     dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)
 
 
-EMBED = declare_capability("embed", EmbedPayload)
+EMBED = declare_capability("embed", EmbedPayload, kinds=("embedding",))
 declare_kind(
     Kind(
         name="embedding",
-        capabilities=frozenset({EMBED}),
         default_engine="sentence_transformers",
         description="text embeddings (/v1/embeddings)",
         legacy_names=("embeddings",),

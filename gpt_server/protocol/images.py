@@ -138,13 +138,12 @@ class ImageJob(BaseModel):
     mask_b64: str | None = None
 
 
-IMAGE = declare_capability("image", ImageJob)
-IMAGE_EDIT = declare_capability("image_edit", ImageJob)
-IMAGE_VARIATION = declare_capability("image_variation", ImageJob)
+IMAGE = declare_capability("image", ImageJob, kinds=("image",))
+IMAGE_EDIT = declare_capability("image_edit", ImageJob, kinds=("image",))
+IMAGE_VARIATION = declare_capability("image_variation", ImageJob, kinds=("image",))
 declare_kind(
     Kind(
         name="image",
-        capabilities=frozenset({IMAGE, IMAGE_EDIT, IMAGE_VARIATION}),
         default_engine="diffusers",
         description="image generation, edits and variations (/v1/images/*)",
         legacy_names=("flux", "sd"),

@@ -38,14 +38,16 @@ __all__ = [
 class Capability(str):
     """A declared capability: compares and serialises as its name (``"embed"``), and knows
     the model its worker payload is validated with (``None`` for the generation route,
-    which carries a ``GenerateRequest``)."""
+    which carries a ``GenerateRequest``) and the model kinds that offer it."""
 
-    __slots__ = ("payload",)
+    __slots__ = ("payload", "kinds")
     payload: type[BaseModel] | None
+    kinds: frozenset[str]
 
-    def __new__(cls, name: str, payload: type[BaseModel] | None = None) -> Capability:
+    def __new__(cls, name: str, payload: type[BaseModel] | None = None, kinds: frozenset[str] = frozenset()) -> Capability:
         obj = super().__new__(cls, name)
         obj.payload = payload
+        obj.kinds = kinds
         return obj
 
     def __repr__(self) -> str:
@@ -62,15 +64,20 @@ class Capability(str):
 
 @dataclass(frozen=True)
 class Kind:
-    """A model kind as config.yaml's ``model_type`` names it."""
+    """A model kind as config.yaml's ``model_type`` names it. Its capabilities are the ones
+    declared for it (a new capability of an existing kind does not edit the kind)."""
 
     name: str
-    capabilities: frozenset[Capability]
     default_engine: str
     description: str
     legacy_names: tuple[str, ...] = ()
     # legacy names that also pick an engine (gpt_server's ``embedding_infinity`` …)
     legacy_engines: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        _load()
+        return frozenset(c for c in _CAPABILITIES.values() if self.name in c.kinds)
 
 
 _CAPABILITIES: dict[str, Capability] = {}
@@ -78,11 +85,12 @@ _KINDS: dict[str, Kind] = {}
 _loaded = False
 
 
-def declare_capability(name: str, payload: type[BaseModel] | None = None) -> Capability:
-    """Declare a capability once, in the protocol module of its kind."""
+def declare_capability(name: str, payload: type[BaseModel] | None = None, *, kinds: tuple[str, ...]) -> Capability:
+    """Declare a capability once, in its own protocol module: its payload model (None: the
+    generation route) and the model kinds that offer it."""
     if name in _CAPABILITIES:
         raise ValueError(f"capability '{name}' is declared twice")
-    cap = Capability(name, payload)
+    cap = Capability(name, payload, frozenset(kinds))
     _CAPABILITIES[name] = cap
     return cap
 

@@ -144,12 +144,11 @@ class ClassifyPayload(BaseModel):
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
-MODERATE = declare_capability("moderate", ClassifyPayload)
-CLASSIFY = declare_capability("classify", ClassifyPayload)
+MODERATE = declare_capability("moderate", ClassifyPayload, kinds=("moderation",))
+CLASSIFY = declare_capability("classify", ClassifyPayload, kinds=("moderation",))
 declare_kind(
     Kind(
         name="moderation",
-        capabilities=frozenset({MODERATE, CLASSIFY}),
         default_engine="sentence_transformers",
         description="moderation and text classification (/v1/moderations, /v1/classify)",
         legacy_names=("classify",),

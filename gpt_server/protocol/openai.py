@@ -250,12 +250,11 @@ class CompletionRequest(_SamplingFields):
         return self
 
 
-CHAT = declare_capability("chat")
-COMPLETION = declare_capability("completion")
+CHAT = declare_capability("chat", kinds=("auto",))
+COMPLETION = declare_capability("completion", kinds=("auto",))
 declare_kind(
     Kind(
         name="auto",
-        capabilities=frozenset({CHAT, COMPLETION}),
         default_engine="llama_cpp",
         description="chat and completion LLMs (/v1/chat/completions, /v1/completions)",
         legacy_names=(

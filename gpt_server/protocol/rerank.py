@@ -76,11 +76,10 @@ class RerankPayload(BaseModel):
     max_tokens_per_doc: int | None = Field(default=None, ge=1)
 
 
-RERANK = declare_capability("rerank", RerankPayload)
+RERANK = declare_capability("rerank", RerankPayload, kinds=("rerank",))
 declare_kind(
     Kind(
         name="rerank",
-        capabilities=frozenset({RERANK}),
         default_engine="sentence_transformers",
         description="cross-encoder reranking (/v1/rerank)",
         legacy_names=("reranker",),

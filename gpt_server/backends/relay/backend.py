@@ -50,8 +50,8 @@ class RelayBackend(Backend):
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        caps = kind(spec.entry.kind).capabilities
-        if not caps <= _RELAYED:
+        caps = kind(spec.entry.kind).capabilities & _RELAYED
+        if not caps:
             raise ConfigError(f"model_type '{spec.entry.kind}' cannot be relayed yet (chat LLMs and embeddings can)")
         self.capabilities = caps  # type: ignore[misc]
         self.client: UpstreamClient | None = None

@@ -57,7 +57,8 @@ class TextTaskBackend(Backend):
                 f"embedding, rerank or moderation, not '{spec.entry.model_type}'"
             )
         self.kind = kind_name
-        self.capabilities = kind(kind_name).capabilities  # type: ignore[misc]
+        # the kind's capabilities this class implements (embed, rerank, moderate, classify)
+        self.capabilities = kind(kind_name).capabilities & type(self).capabilities  # type: ignore[misc]
         mc = self.options
         self.threshold = mc.moderation_threshold if mc.moderation_threshold is not None else DEFAULT_THRESHOLD
         self.labels: list[str] = []
