@@ -8,13 +8,10 @@ only stamps ``model``): vectors as float lists, or as base64 of little-endian fl
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import BadRequestError
 from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
@@ -25,10 +22,6 @@ __all__ = [
     "EmbedPayload",
     "EMBED",
     "embed_payload",
-    "check_dimensions",
-    "fit_dimensions",
-    "encode_vector",
-    "embedding_response",
 ]
 
 
@@ -123,60 +116,3 @@ declare_kind(
 
 def embed_payload(body: EmbeddingRequest) -> EmbedPayload:
     return EmbedPayload(inputs=body.input, encoding_format=body.encoding_format, dimensions=body.dimensions)
-
-
-def check_dimensions(dimensions: int | None, full: int, allowed: list[int] | None) -> int | None:
-    """The size to truncate to (None = full size); 400 where the model does not allow it.
-
-    ``allowed`` is the list of Matryoshka sizes the model was trained for (from its
-    config); a model without it only accepts its full size.
-    """
-    if dimensions is None or dimensions == full:
-        return None
-    if dimensions > full:
-        raise BadRequestError(
-            f"dimensions={dimensions} is larger than this model's embedding size ({full})", param="dimensions"
-        )
-    if not allowed:
-        raise BadRequestError(
-            f"this model does not support shortened embeddings; omit dimensions or use {full}",
-            param="dimensions",
-            code="unsupported_dimensions",
-        )
-    if dimensions not in allowed:
-        sizes = ", ".join(str(d) for d in sorted({*allowed, full}))
-        raise BadRequestError(
-            f"dimensions={dimensions} is not supported by this model (supported: {sizes})",
-            param="dimensions",
-            code="unsupported_dimensions",
-        )
-    return dimensions
-
-
-def fit_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Truncate to the first ``dimensions`` values and L2-renormalise (Matryoshka)."""
-    if dimensions is None:
-        return vectors
-    cut = vectors[:, :dimensions]
-    norms = np.linalg.norm(cut, axis=1, keepdims=True)
-    return cut / np.maximum(norms, 1e-12)
-
-
-def encode_vector(vec: np.ndarray, encoding_format: str) -> list[float] | str:
-    v = np.ascontiguousarray(vec, dtype="<f4")
-    if encoding_format == "base64":
-        return base64.b64encode(v.tobytes()).decode("ascii")
-    return v.tolist()
-
-
-def embedding_response(vectors: np.ndarray, token_counts: list[int], encoding_format: str) -> dict[str, Any]:
-    """The OpenAI body, without ``model`` (the gateway stamps the name the client used)."""
-    tokens = int(sum(token_counts))
-    return {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": encode_vector(vec, encoding_format)}
-            for i, vec in enumerate(vectors)
-        ],
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }

@@ -11,7 +11,6 @@ overrides). ``POST /v1/classify`` returns the raw label scores.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -29,9 +28,6 @@ __all__ = [
     "MODERATE",
     "CLASSIFY",
     "classify_payload",
-    "label_categories",
-    "moderation_result",
-    "classify_result",
 ]
 
 
@@ -58,45 +54,6 @@ OPENAI_CATEGORIES = (
     "violence/graphic",
 )
 BENIGN = "none"  # what a benign label maps to
-
-_ALIASES: dict[str, str] = {
-    **{c.replace("/", "_").replace("-", "_"): c for c in OPENAI_CATEGORIES},
-    **dict.fromkeys(
-        ("insult", "insults", "toxic", "toxicity", "severe_toxic", "severe_toxicity", "abuse", "abusive",
-         "offensive", "profanity", "profane", "obscene", "bullying", "harassing", "harmful", "unsafe"),
-        "harassment",
-    ),
-    **dict.fromkeys(("threat", "threats", "threatening", "intimidation"), "harassment/threatening"),
-    **dict.fromkeys(("identity_hate", "identity_attack", "hateful", "hate_speech", "racism", "sexism"), "hate"),
-    **dict.fromkeys(("suicide", "selfharm", "self_injury"), "self-harm"),
-    **dict.fromkeys(("sexual_explicit", "sexually_explicit", "nsfw", "porn", "explicit", "nudity"), "sexual"),
-    **dict.fromkeys(("sexual_minor", "csam", "child_abuse"), "sexual/minors"),
-    **dict.fromkeys(("violent", "gore", "graphic_violence"), "violence"),
-    **dict.fromkeys(("illegal", "drugs", "weapons", "crime", "criminal"), "illicit"),
-    **dict.fromkeys(
-        ("safe", "neutral", "normal", "ok", "clean", "benign", "none", "non_toxic", "nontoxic", "not_toxic",
-         "sfw", "appropriate", "acceptable", "no_hate", "not_offensive", "non_offensive"),
-        BENIGN,
-    ),
-}
-
-
-def _norm(label: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
-
-
-def label_categories(labels: list[str], overrides: dict[str, str] | None = None) -> list[str]:
-    """The category each label reports under: an OpenAI category, ``none`` (benign) or itself."""
-    ov = {_norm(k): v for k, v in (overrides or {}).items()}
-    out = []
-    for label in labels:
-        key = _norm(label)
-        if key in ov:
-            out.append(ov[key])
-        else:
-            out.append(_ALIASES.get(key, label))
-    return out
-
 
 def _inputs(v: Any) -> list[str]:
     items = [v] if isinstance(v, str) else v
@@ -158,30 +115,3 @@ declare_kind(
 
 def classify_payload(inputs: list[str], threshold: float | None = None) -> ClassifyPayload:
     return ClassifyPayload(inputs=inputs, threshold=threshold)
-
-
-def moderation_result(scores: list[float], categories: list[str], threshold: float) -> dict[str, Any]:
-    """One OpenAI moderation result from one input's label scores."""
-    cat_scores: dict[str, float] = dict.fromkeys(OPENAI_CATEGORIES, 0.0)
-    for score, cat in zip(scores, categories, strict=True):
-        if cat == BENIGN:
-            continue
-        cat_scores[cat] = max(cat_scores.get(cat, 0.0), float(score))
-    flags = {cat: s >= threshold and s > 0.0 for cat, s in cat_scores.items()}
-    return {
-        "flagged": any(flags.values()),
-        "categories": flags,
-        "category_scores": cat_scores,
-        "category_applied_input_types": {cat: ["text"] for cat in cat_scores},
-    }
-
-
-def classify_result(index: int, scores: list[float], labels: list[str]) -> dict[str, Any]:
-    best = max(range(len(scores)), key=lambda i: scores[i])
-    return {
-        "index": index,
-        "label": labels[best],
-        "probs": [float(s) for s in scores],
-        "num_classes": len(labels),
-        "scores": {lab: float(s) for lab, s in zip(labels, scores, strict=True)},
-    }

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
 
-__all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "RERANK", "rerank_payload", "rerank_response"]
+__all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "RERANK", "rerank_payload"]
 
 
 class _RerankLimits:
@@ -96,27 +96,3 @@ def rerank_payload(body: RerankRequest, *, default_return_documents: bool) -> Re
         return_documents=rd,
         max_tokens_per_doc=body.max_tokens_per_doc,
     )
-
-
-def rerank_response(
-    scores: list[float], documents: list[str], *, top_n: int | None, return_documents: bool, tokens: int
-) -> dict[str, Any]:
-    """Results sorted by score (ties keep input order), cut to ``top_n``; Cohere meta + usage."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if top_n is not None:
-        order = order[:top_n]
-    results = []
-    for i in order:
-        r: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
-        if return_documents:
-            r["document"] = {"text": documents[i]}
-        results.append(r)
-    return {
-        "results": results,
-        "meta": {
-            "api_version": {"version": "2"},
-            "billed_units": {"search_units": 1, "input_tokens": tokens},
-            "tokens": {"input_tokens": tokens, "output_tokens": 0},
-        },
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from gpt_server.chat.media import MediaPolicy, check_host, decode_data_url, fetch_media
 from gpt_server.errors import BadRequestError
-from gpt_server.media import MediaPolicy, check_host, decode_data_url, fetch_media
 
 BODY = b"\x89PNG" + bytes(range(256)) * 8
 

@@ -6,6 +6,7 @@ the openai SDK; its embeddings match the same model run by sentence-transformers
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +26,11 @@ TEXTS = ["The cat sits on the mat.", "Quarterly revenue grew by twelve percent."
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     target = tmp_path_factory.mktemp("plugin-site")
+    src = tmp_path_factory.mktemp("plugin-src") / "plugin_demo"
+    shutil.copytree(PLUGIN_SRC, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-compile",
-         "--target", str(target), str(PLUGIN_SRC)],
+         "--target", str(target), str(src)],
         check=True, timeout=300,
     )
     assert list(target.glob("gpt_server_demo_engine-*.dist-info")), "the plug-in did not install"

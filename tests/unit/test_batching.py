@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gpt_server.worker.batching import BatcherClosedError, DynamicBatcher
+from gpt_server.backends.batching import BatcherClosedError, DynamicBatcher
 
 
 class Recorder:

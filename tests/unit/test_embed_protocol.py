@@ -8,21 +8,19 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from gpt_server.config import ConfigError, parse_config
-from gpt_server.errors import BadRequestError
-from gpt_server.protocol.embeddings import (
-    EmbeddingRequest,
+from gpt_server.backends.text_tasks.results import (
     check_dimensions,
     embedding_response,
     fit_dimensions,
-)
-from gpt_server.protocol.moderation import (
-    OPENAI_CATEGORIES,
-    ModerationRequest,
     label_categories,
     moderation_result,
+    rerank_response,
 )
-from gpt_server.protocol.rerank import RerankRequest, rerank_response
+from gpt_server.config import ConfigError, parse_config
+from gpt_server.errors import BadRequestError
+from gpt_server.protocol.embeddings import EmbeddingRequest
+from gpt_server.protocol.moderation import OPENAI_CATEGORIES, ModerationRequest
+from gpt_server.protocol.rerank import RerankRequest
 
 
 @pytest.mark.parametrize(

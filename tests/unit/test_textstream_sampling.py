@@ -4,8 +4,8 @@ import random
 
 import numpy as np
 
-from gpt_server.backends.sampling import SamplerState, sample_token
-from gpt_server.backends.textstream import TextStream
+from gpt_server.backends.textgen.sampling import SamplerState, sample_token
+from gpt_server.backends.textgen.textstream import TextStream
 from gpt_server.protocol.worker import SamplingParams
 
 

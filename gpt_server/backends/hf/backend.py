@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ...chat.media import MediaPolicy
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
@@ -16,14 +17,13 @@ from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, ServiceUnavailableError
-from ...media import MediaPolicy
 from ...protocol.worker import (
     Event,
     GenerateRequest,
 )
 from ..base import Backend, BackendSpec
-from ..limits import check_sampling, completion_budget
-from ..sequences import stream_sequences
+from ..textgen.limits import check_sampling, completion_budget
+from ..textgen.sequences import stream_sequences
 from . import HFOptions
 from .engine import HFEngine, Sequence
 from .loading import LoadedModel, load_model

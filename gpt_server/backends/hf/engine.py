@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from ...protocol.worker import SamplingParams, TokenLogprob
-from ..engine_thread import EngineThread
-from ..sampling import SamplerState
-from ..sequences import SeqEvent, finish, sample_step
-from ..textstream import TextStream
+from ..textgen.engine_thread import EngineThread
+from ..textgen.sampling import SamplerState
+from ..textgen.sequences import SeqEvent, finish, sample_step
+from ..textgen.textstream import TextStream
 from .tokens import TokenTable
 
 __all__ = ["HFEngine", "Sequence", "LogitsHook"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from ...chat.media import MediaPolicy, fetch_media
 from ...chat.templates import ChatTemplate
 from ...errors import BadRequestError
-from ...media import MediaPolicy, fetch_media
 
 __all__ = ["vision_messages", "render_vision", "MAX_IMAGES"]
 

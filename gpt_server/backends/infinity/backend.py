@@ -33,7 +33,7 @@ from ...procs import free_port
 from ...protocol.kinds import Capability
 from ..base import BackendSpec
 from ..engine_process import EngineProcess, ProcessOptions
-from ..sentence_transformers.tasks import TextTaskBackend
+from ..text_tasks.base import TextTaskBackend
 from . import InfinityOptions
 
 __all__ = ["InfinityBackend", "STARTUP_TIMEOUT"]

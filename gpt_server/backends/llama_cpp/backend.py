@@ -21,8 +21,8 @@ from ...protocol.worker import (
     GenerateRequest,
 )
 from ..base import Backend, BackendSpec
-from ..limits import check_sampling, completion_budget
-from ..sequences import SeqEvent, stream_sequences
+from ..textgen.limits import check_sampling, completion_budget
+from ..textgen.sequences import SeqEvent, stream_sequences
 from . import LlamaCppOptions
 from .engine import EngineOptions, LlamaEngine, Sequence
 

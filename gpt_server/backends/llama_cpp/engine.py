@@ -21,10 +21,10 @@ import numpy as np
 from llama_cpp import _internals
 
 from ...protocol.worker import SamplingParams, TokenLogprob
-from ..engine_thread import EngineThread
-from ..sampling import SamplerState
-from ..sequences import SeqEvent, finish, sample_step
-from ..textstream import TextStream
+from ..textgen.engine_thread import EngineThread
+from ..textgen.sampling import SamplerState
+from ..textgen.sequences import SeqEvent, finish, sample_step
+from ..textgen.textstream import TextStream
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 
 from ...config import ConfigError
-from ...worker.batching import DynamicBatcher
 from ..base import BackendSpec
+from ..batching import DynamicBatcher
+from ..text_tasks.base import TextTaskBackend
 from . import SentenceTransformersOptions
 from .engines import (
     CrossEncoderEngine,
@@ -24,7 +25,6 @@ from .engines import (
     is_sklearn_dir,
     torch_device,
 )
-from .tasks import TextTaskBackend
 
 __all__ = ["SentenceTransformersBackend", "DEFAULT_BATCH_SIZE", "DEFAULT_WAIT_MS"]
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from gpt_server.backends.base import BackendSpec
-from gpt_server.backends.sentence_transformers.tasks import TextTaskBackend
+from gpt_server.backends.text_tasks.base import TextTaskBackend
 from gpt_server.errors import BadRequestError
 
 from . import MeanPoolOptions

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..errors import BadRequestError
-from ..protocol.worker import GenerateRequest
+from ...errors import BadRequestError
+from ...protocol.worker import GenerateRequest
 
 __all__ = ["completion_budget", "check_sampling"]
 

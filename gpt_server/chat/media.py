@@ -19,7 +19,7 @@ from urllib.parse import unquote_to_bytes, urljoin, urlsplit
 
 import httpx
 
-from .errors import BadRequestError
+from ..errors import BadRequestError
 
 __all__ = ["MediaPolicy", "fetch_media", "decode_data_url", "check_host"]
 

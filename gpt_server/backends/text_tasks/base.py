@@ -16,24 +16,21 @@ from pydantic import BaseModel
 
 from ...config import ConfigError
 from ...errors import BadRequestError, InternalError
-from ...protocol.embeddings import (
-    EMBED,
-    EmbedPayload,
-    check_dimensions,
-    embedding_response,
-    fit_dimensions,
-)
+from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
-from ...protocol.moderation import (
-    MODERATE,
-    ClassifyPayload,
-    classify_result,
-    label_categories,
-    moderation_result,
-)
-from ...protocol.rerank import RERANK, RerankPayload, rerank_response
+from ...protocol.moderation import MODERATE, ClassifyPayload
+from ...protocol.rerank import RERANK, RerankPayload
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..options import TextTaskOptions
+from .results import (
+    check_dimensions,
+    classify_result,
+    embedding_response,
+    fit_dimensions,
+    label_categories,
+    moderation_result,
+    rerank_response,
+)
 
 __all__ = ["TextTaskBackend", "DEFAULT_THRESHOLD", "TEXT_TASK_KINDS"]
 

@@ -18,7 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from ..protocol.worker import SamplingParams
+from ...protocol.worker import SamplingParams
 from .sampling import SamplerState
 from .sequences import SeqEvent
 from .textstream import TextStream

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..protocol.worker import SamplingParams
+from ...protocol.worker import SamplingParams
 
 __all__ = ["SamplerState", "log_softmax", "sample_token"]
 

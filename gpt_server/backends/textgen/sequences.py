@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import InternalError
-from ..protocol.worker import (
+from ...errors import InternalError
+from ...protocol.worker import (
     DeltaEvent,
     ErrorEvent,
     Event,
