@@ -2,6 +2,8 @@
 
 A real `gpt-server serve` runs the packaged SmolLM2 GGUF behind an API key. The browser enters
 the key, streams a chat answer, and watches the dashboard show the worker ready with live rates.
+A second server serves only the packaged MiniLM embedding model: its tab appears and works.
+Each kind's tab is one module under static/js/tabs/, listed by /ui/tabs.json.
 Screenshots go to test-artifacts/.
 """
 
@@ -17,11 +19,14 @@ import pytest
 
 from gpt_server.config import parse_config
 from gpt_server.gateway.routes.dashboard import model_rows
+from gpt_server.gateway.routes.ui import STATIC_DIR
 from gpt_server.protocol.worker import WorkerView
+from tests.embed_helpers import MINILM, entry
 from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 from tests.ui_helpers import browser_page
 
 KEY = "ui-test-key"
+KIND_TABS = ["chat", "embeddings", "rerank", "moderation", "speech", "images"]  # in tab-bar order
 WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -50,6 +55,21 @@ def test_static_files_served_without_key_and_confined(server: Server) -> None:
         assert "http://" not in a.text and "https://cdn" not in a.text, f"{asset} must not load remote code"
     for bad in ("../routes/ui.py", "..%2f..%2fconfig.py", "nope.js", "../__init__.py"):
         assert httpx.get(f"{server.base_url}/ui/{bad}", timeout=10).status_code == 404, bad
+
+
+def test_tab_manifest_lists_the_tab_modules_on_disk(server: Server) -> None:
+    r = httpx.get(f"{server.base_url}/ui/tabs.json", timeout=10)  # public, like the page
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    tabs = r.json()["tabs"]
+    on_disk = sorted(f"js/tabs/{p.name}" for p in (STATIC_DIR / "js" / "tabs").glob("*.js"))
+    assert tabs == on_disk and {f"js/tabs/{t}.js" for t in KIND_TABS} <= set(tabs)
+    for path in tabs:
+        a = httpx.get(f"{server.base_url}/ui/{path}", timeout=10)
+        assert a.status_code == 200 and a.headers["content-type"].startswith("text/javascript"), path
+        assert "export default" in a.text and "http://" not in a.text, path
+    page = httpx.get(f"{server.base_url}/ui/", timeout=10).text
+    for tab in KIND_TABS:  # the modules render their own sections: none is left in the page
+        assert f'id="tab-{tab}"' not in page and f'data-tab="{tab}"' not in page, tab
 
 
 def test_dashboard_and_models_need_key_and_report_workers(server: Server) -> None:
@@ -114,7 +134,11 @@ def test_browser_chat_streams_and_dashboard_is_live(server: Server) -> None:
         assert page.evaluate("() => localStorage.getItem('gpt-server.api-key')") == KEY
         options = page.eval_on_selector_all("#chat-model option", "os => os.map(o => o.value)")
         assert {"smollm2", "gpt-3.5-turbo"} <= set(options)
-        assert page.is_hidden("#tabs button[data-tab=embeddings]")  # no embedding model served
+        # every tab module is mounted in order; only chat (always) and dashboard show for a chat model
+        assert page.eval_on_selector_all("#tabs button", "bs => bs.map(b => b.dataset.tab)") == [*KIND_TABS, "dashboard"]
+        shown = page.eval_on_selector_all("#tabs button:not([hidden])", "bs => bs.map(b => b.dataset.tab)")
+        assert shown == ["chat", "dashboard"]  # no embedding, rerank, … model served
+        assert page.is_visible("#tab-chat.active")
 
         page.fill("#chat-max-tokens", "48")
         page.fill("#chat-system", "You are a helpful assistant.")
@@ -202,3 +226,27 @@ def test_browser_chat_streams_and_dashboard_is_live(server: Server) -> None:
         assert re.fullmatch(r"\d+(\.\d)?", cells[9]), cells
         _shot(page, "ui_dashboard")
         assert not foreign, f"the UI must not reach outside the server: {foreign}"
+
+
+def test_embeddings_tab_appears_for_an_embedding_model_and_works(tmp_path: Path) -> None:
+    with served(base_config(models=[entry("minilm", MINILM, "embedding")]), tmp_path, "ui_embed") as srv:
+        with browser_page(srv.base_url) as (page, foreign):
+            errors: list[str] = []  # CSP violations and failed tab imports land here (not /favicon.ico's 404)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "favicon" not in m.location["url"] else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{srv.base_url}/ui/#embeddings")  # no API key configured; the hash picks the tab
+            page.wait_for_selector("#tab-embeddings.active")
+            shown = page.eval_on_selector_all("#tabs button:not([hidden])", "bs => bs.map(b => b.dataset.tab)")
+            assert shown == ["chat", "embeddings", "dashboard"]
+            assert page.eval_on_selector_all("#emb-model option", "os => os.map(o => o.value)") == ["minilm"]
+            assert page.locator("#chat-model option").count() == 0  # an embedding model does not chat
+            page.fill("#emb-query", "A cat is sitting on a mat.")
+            page.fill("#emb-texts", "Quarterly revenue grew by twelve percent.\nThe cat sits on the mat.")
+            page.click("#emb-run")
+            page.wait_for_selector("#emb-out table")
+            assert page.inner_text("#emb-out p") == "384 dimensions"
+            rows = page.locator("#emb-out tbody tr td:first-child").all_inner_texts()
+            assert rows == ["The cat sits on the mat.", "Quarterly revenue grew by twelve percent."]
+            _shot(page, "ui_embeddings")
+            assert not errors, errors
+            assert not foreign, f"the UI must not reach outside the server: {foreign}"

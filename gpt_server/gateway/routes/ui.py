@@ -1,6 +1,8 @@
 """The web playground and dashboard: static files under /ui, no API key needed to load them.
 
 The page itself asks for the API key and sends it as a Bearer token on every API call.
+Each model kind's tab is one module under ``static/js/tabs/``; ``/ui/tabs.json`` lists the
+modules found there, so adding a tab is adding its file (the page imports each one).
 """
 
 from __future__ import annotations
@@ -8,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 
 from ...errors import NotFoundError
 
-__all__ = ["public_router", "STATIC_DIR"]
+__all__ = ["public_router", "STATIC_DIR", "TABS_DIR", "tab_modules"]
 
 STATIC_DIR = Path(__file__).resolve().parent.parent.parent / "ui" / "static"
+TABS_DIR = STATIC_DIR / "js" / "tabs"
 
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -36,6 +39,16 @@ public_router = APIRouter()
 @public_router.get("/ui", include_in_schema=False)
 async def ui_root() -> RedirectResponse:
     return RedirectResponse("/ui/")
+
+
+def tab_modules() -> list[str]:
+    """The tab modules on disk, as paths relative to /ui/ (``js/tabs/chat.js`` …), sorted."""
+    return sorted(f"js/tabs/{p.name}" for p in TABS_DIR.glob("*.js") if p.is_file())
+
+
+@public_router.get("/ui/tabs.json", include_in_schema=False)
+async def ui_tabs() -> JSONResponse:
+    return JSONResponse({"tabs": tab_modules()}, headers={"Cache-Control": "no-cache"})
 
 
 @public_router.get("/ui/{path:path}", include_in_schema=False)

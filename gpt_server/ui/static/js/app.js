@@ -1,27 +1,48 @@
-// Entry point: API key, tabs, model lists (from /v1/models: kind and capabilities pick the tabs).
+// Entry point: API key, tabs, model lists.
+//
+// Each model kind's tab is one module under js/tabs/, which the server lists at /ui/tabs.json;
+// there is no table of tabs here. A tab module default-exports
+//   { id, label, order, capabilities, always?, render(section), update(cards) }
+// render builds the tab's DOM inside its <section id="tab-<id>"> and wires its controls (once);
+// update fills its model pickers from the /v1/models cards (on every refresh). The tab's button
+// shows when a served model offers one of its capabilities (or always, with `always: true`).
 import { ApiError, getJSON, getKey, setKey } from "./api.js";
-import { initChat } from "./chat.js";
 import { startDashboard, stopDashboard } from "./dashboard.js";
-import { initKinds } from "./kinds.js";
-import { $, fillSelect } from "./util.js";
+import { $, el } from "./util.js";
 
-// tab -> [select ids, predicate on a /v1/models card]
-const has = (cap, kind) => (m) => (m.capabilities || []).includes(cap) || m.kind === kind;
-const TABS = {
-  chat: [["#chat-model"], (m) => (m.capabilities || []).includes("chat") || (!m.capabilities?.length && (m.kind || "auto") === "auto")],
-  embeddings: [["#emb-model"], has("embed", "embedding")],
-  rerank: [["#rr-model"], has("rerank", "rerank")],
-  moderation: [["#mod-model"], has("moderate", "moderation")],
-  speech: [["#asr-model"], has("transcribe", "asr")],
-  speech_tts: [["#tts-model"], has("speech", "tts")],
-  images: [["#img-model"], has("image", "image")],
-};
+let tabs = []; // the loaded tab modules, in `order`
 
 function banner(text) {
   const b = $("#banner");
   b.textContent = text || "";
   b.hidden = !text;
 }
+
+// Import every listed tab module; one that fails to load is reported and the others still work.
+async function loadTabs() {
+  const resp = await fetch("tabs.json"); // /ui/tabs.json, public like the page itself
+  if (!resp.ok) throw new Error(`cannot list the UI tabs: ${resp.status}`);
+  const results = await Promise.allSettled((await resp.json()).tabs.map((p) => import(new URL(p, document.baseURI).href)));
+  const loaded = [];
+  for (const r of results) {
+    if (r.status === "fulfilled") loaded.push(r.value.default);
+    else console.error("UI tab failed to load:", r.reason);
+  }
+  return loaded.sort((a, b) => (a.order ?? 100) - (b.order ?? 100) || a.id.localeCompare(b.id));
+}
+
+// A button before the dashboard's and a section the tab renders itself (removed again if that throws).
+function mount(tab) {
+  const section = el("section", { id: `tab-${tab.id}`, class: "tab" });
+  $("main").insertBefore(section, $("#tab-dashboard"));
+  try { tab.render(section); } catch (err) { section.remove(); throw err; }
+  const button = el("button", { "data-tab": tab.id, text: tab.label });
+  button.hidden = !tab.always;
+  button.addEventListener("click", () => selectTab(tab.id));
+  $("#tabs").insertBefore(button, $('#tabs button[data-tab="dashboard"]'));
+}
+
+const offers = (cards, tab) => cards.some((m) => tab.capabilities.some((c) => (m.capabilities || []).includes(c)));
 
 export async function loadModels() {
   let cards;
@@ -32,21 +53,20 @@ export async function loadModels() {
     return;
   }
   banner(cards.length ? "" : "No model is ready yet; the dashboard shows what is loading.");
-  const shown = new Set(["chat", "dashboard"]);
-  for (const [tab, [selects, pred]] of Object.entries(TABS)) {
-    const ids = cards.filter(pred).map((m) => m.id);
-    for (const sel of selects) fillSelect($(sel), ids);
-    if (ids.length) shown.add(tab === "speech_tts" ? "speech" : tab);
+  for (const tab of tabs) {
+    tab.update(cards);
+    $(`#tabs button[data-tab="${tab.id}"]`).hidden = !(tab.always || offers(cards, tab));
   }
-  $("#asr-box").hidden = !$("#asr-model").options.length;
-  $("#tts-box").hidden = !$("#tts-model").options.length;
-  for (const b of document.querySelectorAll("#tabs button")) b.hidden = !shown.has(b.dataset.tab);
 }
 
-function selectTab(name) {
+function showTab(name) {
   for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b.dataset.tab === name);
   for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === `tab-${name}`);
   if (name === "dashboard") startDashboard(); else stopDashboard();
+}
+
+function selectTab(name) {
+  showTab(name);
   history.replaceState(null, "", `#${name}`);
 }
 
@@ -63,16 +83,22 @@ function initKey() {
   });
 }
 
-function init() {
+async function init() {
+  const want = location.hash.slice(1);
   initKey();
-  initChat();
-  initKinds();
-  for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => selectTab(b.dataset.tab));
-  loadModels().then(() => {
-    const want = location.hash.slice(1);
-    const btn = document.querySelector(`#tabs button[data-tab="${want}"]`);
-    if (btn && !btn.hidden) selectTab(want);
+  $('#tabs button[data-tab="dashboard"]').addEventListener("click", () => selectTab("dashboard"));
+  try {
+    tabs = await loadTabs();
+  } catch (err) {
+    banner(err.message);
+  }
+  tabs = tabs.filter((tab) => {
+    try { mount(tab); return true; } catch (err) { console.error(`UI tab ${tab.id} failed to render:`, err); return false; }
   });
+  showTab(tabs.length ? tabs[0].id : "dashboard"); // the landing tab, leaving the URL alone
+  await loadModels();
+  const btn = document.querySelector(`#tabs button[data-tab="${want}"]`);
+  if (want && btn && !btn.hidden) selectTab(want);
   setInterval(loadModels, 15000);
 }
 

@@ -1,7 +1,8 @@
 // Chat tab: streaming /v1/chat/completions, Markdown + highlighted code, reasoning, tool-call cards.
-import { streamSSE } from "./api.js";
-import { renderMarkdown } from "./markdown.js";
-import { $, copyText, el, readDataURL } from "./util.js";
+// Always shown (the landing tab); its model list holds the models with the "chat" capability.
+import { streamSSE } from "../api.js";
+import { renderMarkdown } from "../markdown.js";
+import { $, copyText, el, fillSelect, modelsWith, readDataURL } from "../util.js";
 
 const history = []; // OpenAI messages sent back on the next turn (text and images only)
 let pending = [];    // data: URLs of images attached to the next message
@@ -138,7 +139,39 @@ function transcript() {
   }).join("\n\n");
 }
 
-export function initChat() {
+const MARKUP = `
+  <aside class="settings">
+    <label>Model <select id="chat-model"></select></label>
+    <label>System prompt <textarea id="chat-system" rows="4" placeholder="You are a helpful assistant."></textarea></label>
+    <label>Temperature <input id="chat-temperature" type="number" min="0" max="2" step="0.1" value="0.7"></label>
+    <label>Max tokens <input id="chat-max-tokens" type="number" min="1" max="131072" step="1" value="512"></label>
+    <label>Stop (comma separated) <input id="chat-stop" type="text" placeholder="e.g. ###"></label>
+    <details id="chat-tools-box"><summary>Tools</summary>
+      <label>Tools (JSON array of OpenAI function tools) <textarea id="chat-tools" rows="6" placeholder='[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]'></textarea></label>
+      <label>Tool choice <select id="chat-tool-choice"><option>auto</option><option>required</option><option>none</option></select></label>
+    </details>
+    <div class="row">
+      <button id="chat-clear" type="button">Clear</button>
+      <button id="chat-copy" type="button">Copy chat</button>
+    </div>
+  </aside>
+  <div class="chat-main">
+    <div id="chat-log" aria-live="polite"></div>
+    <form id="chat-form">
+      <div id="chat-attachments"></div>
+      <textarea id="chat-input" rows="3" placeholder="Send a message (Enter sends, Shift+Enter for a new line)"></textarea>
+      <div class="row">
+        <label class="file-btn" title="Attach an image (vision models)">Attach image
+          <input id="chat-image" type="file" accept="image/*" hidden></label>
+        <span class="grow"></span>
+        <button id="chat-stop-btn" type="button" hidden>Stop</button>
+        <button id="chat-send" type="submit">Send</button>
+      </div>
+    </form>
+  </div>`;
+
+function render(section) {
+  section.innerHTML = MARKUP;
   $("#chat-form").addEventListener("submit", send);
   $("#chat-input").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("#chat-form").requestSubmit(); }
@@ -155,3 +188,13 @@ export function initChat() {
     e.target.value = "";
   });
 }
+
+export default {
+  id: "chat",
+  label: "Chat",
+  order: 10,
+  capabilities: ["chat"],
+  always: true,
+  render,
+  update(cards) { fillSelect($("#chat-model"), modelsWith(cards, "chat")); },
+};
