@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "worker":
             from .worker.main import run_worker
 
-            entry = cfg.model(args.model) if args.model else (cfg.enabled_models() or [None])[0]
+            enabled = cfg.enabled_models()
+            entry = cfg.model(args.model) if args.model else (enabled[0] if enabled else None)
             if entry is None:
                 raise ConfigError(f"{source}: models: no enabled model")
             if not 0 <= args.replica < len(entry.workers):

@@ -109,10 +109,11 @@ class SpeechEncoder:
         self.media_type = MEDIA_TYPES[fmt]
         self._pcm: list[bytes] = []  # wav (whole file)
         self._header_sent = False
-        self._resampler = None
-        self._container = None
-        self._stream = None
-        self._sink: _Sink | io.BytesIO | None = None
+        # PyAV objects (av has no type information): resampler, output container, audio stream
+        self._resampler: Any = None
+        self._container: Any = None
+        self._stream: Any = None
+        self._sink: Any = None  # _Sink (streaming) or io.BytesIO (whole file)
         self._pts = 0
         self._fed = 0
         if fmt == "pcm" and in_rate != PCM_RATE:
@@ -120,7 +121,7 @@ class SpeechEncoder:
         elif fmt in _CODECS:
             self._open_codec(_CODECS[fmt])
 
-    def _make_resampler(self, fmt: str, rate: int):  # noqa: ANN202
+    def _make_resampler(self, fmt: str, rate: int) -> Any:
         import av
 
         return av.AudioResampler(format=fmt, layout="mono", rate=rate)
@@ -136,7 +137,7 @@ class SpeechEncoder:
         self._stream.format = c.sample_format
         self._resampler = self._make_resampler(c.sample_format, rate)
 
-    def _frames(self, pcm16: np.ndarray | None):  # noqa: ANN202
+    def _frames(self, pcm16: np.ndarray | None) -> Any:
         import av
 
         if pcm16 is None:
@@ -147,7 +148,7 @@ class SpeechEncoder:
         self._pts += pcm16.size
         return self._resampler.resample(frame)
 
-    def _encode(self, frames) -> bytes:  # noqa: ANN001
+    def _encode(self, frames: Any) -> bytes:
         for fr in frames:
             fr.pts = None
             for packet in self._stream.encode(fr):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -55,7 +55,7 @@ class Backend(ABC):
     (declared with the engine in its folder's ``__init__.py``); a subclass narrows its type.
     """
 
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: frozenset[str] = frozenset()
     options: ModelConfig
 
     def __init__(self, spec: BackendSpec) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import orjson
 from fastapi import Depends, FastAPI, Request
@@ -33,7 +34,7 @@ class _WorkerRef(BaseModel):
     worker_id: str
 
 
-def secret_guard(secret: str | None):  # noqa: ANN201 - FastAPI dependency
+def secret_guard(secret: str | None) -> Callable[[Request], Awaitable[None]]:
     async def check(request: Request) -> None:
         if not secret:
             return
@@ -62,7 +63,7 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
     install_error_handlers(app)
 
     @app.post("/controller/register")
-    async def register(request: Request) -> dict:
+    async def register(request: Request) -> dict[str, bool]:
         body = await request.body()
         try:
             raw = orjson.loads(body)
@@ -90,11 +91,11 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         return HeartbeatReply(known=registry.heartbeat(hb))
 
     @app.post("/controller/unregister")
-    async def unregister(ref: _WorkerRef) -> dict:
+    async def unregister(ref: _WorkerRef) -> dict[str, bool]:
         return {"ok": registry.unregister(ref.worker_id)}
 
     @app.post("/controller/report_failure")
-    async def report_failure(ref: _WorkerRef) -> dict:
+    async def report_failure(ref: _WorkerRef) -> dict[str, bool]:
         registry.report_failure(ref.worker_id)
         return {"ok": True}
 
@@ -111,7 +112,7 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         return [r.view() for r in registry.workers.values()]
 
     @app.get("/controller/health")
-    async def health() -> dict:
+    async def health() -> dict[str, Any]:
         return {"status": "ok", "workers": len(registry.workers)}
 
     return app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 
@@ -76,7 +76,7 @@ class RemoteController:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
 
-    async def _call(self, method: str, path: str, json: dict | None = None) -> object:
+    async def _call(self, method: str, path: str, json: dict[str, Any] | None = None) -> object:
         try:
             resp = await self.client.request(method, path, json=json)
         except httpx.HTTPError as exc:

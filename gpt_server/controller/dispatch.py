@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 __all__ = ["Candidate", "Policy", "POLICIES", "make_policy"]
 
 
 class Candidate(Protocol):
-    worker_id: str
-    capacity: int
+    @property
+    def worker_id(self) -> str: ...
+
+    @property
+    def capacity(self) -> int: ...
 
     @property
     def load(self) -> int: ...
@@ -69,7 +72,7 @@ class RoundRobin:
         return ordered[next(counter) % len(ordered)]
 
 
-POLICIES: dict[str, type] = {
+POLICIES: dict[str, Callable[[], Policy]] = {
     "lottery": Lottery,
     "shortest_queue": ShortestQueue,
     "least_busy": LeastBusy,
@@ -79,6 +82,7 @@ POLICIES: dict[str, type] = {
 
 def make_policy(name: str) -> Policy:
     try:
-        return POLICIES[name]()
+        policy: Policy = POLICIES[name]()
     except KeyError:
         raise ValueError(f"unknown dispatch_method '{name}' (known: {', '.join(POLICIES)})") from None
+    return policy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import BadRequestError, ConflictError, NotFoundError, ServiceUnavailableError
@@ -79,7 +80,7 @@ class WorkerRecord:
 
 
 class Registry:
-    def __init__(self, policy: Policy, clock=time.monotonic) -> None:  # noqa: ANN001
+    def __init__(self, policy: Policy, clock: Callable[[], float] = time.monotonic) -> None:
         self.policy = policy
         self.clock = clock
         self.workers: dict[str, WorkerRecord] = {}

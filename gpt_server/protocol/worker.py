@@ -169,7 +169,7 @@ class InvokeRequest(_Strict):
     request_id: str
     model: str
     capability: str
-    payload: dict
+    payload: dict[str, Any]
 
 
 def invoke_body(request_id: str, model: str, capability: str, payload: BaseModel) -> bytes:
@@ -206,7 +206,7 @@ class StructuredSpec(_Strict):
     """Constrained decoding for the output (response_format and guided_* extensions)."""
 
     type: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
-    json_schema: dict | None = None
+    json_schema: dict[str, Any] | None = None
     strict: bool = False
     pattern: str | None = None
     choices: list[str] | None = None
@@ -216,7 +216,7 @@ class StructuredSpec(_Strict):
 class ToolSpec(_Strict):
     """The tools offered and how the model must use them (tool_choice)."""
 
-    tools: list[dict]
+    tools: list[dict[str, Any]]
     choice: Literal["auto", "required", "named"] = "auto"
     name: str | None = None
     parallel: bool = True
@@ -230,10 +230,10 @@ class GenerateRequest(_Strict):
     request_id: str
     model: str
     kind: Literal["chat", "completion"]
-    messages: list[dict] | None = None
+    messages: list[dict[str, Any]] | None = None
     prompts: list[str | list[int]] | None = None
     params: SamplingParams = SamplingParams()
-    chat_template_kwargs: dict = {}
+    chat_template_kwargs: dict[str, Any] = {}
     tools: ToolSpec | None = None
     structured: StructuredSpec | None = None
 

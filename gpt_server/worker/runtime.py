@@ -12,7 +12,7 @@ import logging
 import os
 import socket
 import uuid
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 import httpx
@@ -39,7 +39,8 @@ def advertise_host(bind_host: str, controller_address: str | None, configured: s
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect((target or "10.255.255.255", 9))
-            return s.getsockname()[0]
+            host: str = s.getsockname()[0]
+            return host
     except OSError:
         return socket.gethostbyname(socket.gethostname())
 
@@ -70,7 +71,7 @@ class HttpControllerLink:
         self.address = address.rstrip("/")
         self._client = httpx.AsyncClient(base_url=self.address, headers=headers, timeout=5.0)
 
-    async def _post(self, path: str, body: dict) -> httpx.Response:
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         try:
             resp = await self._client.post(path, json=body)
         except httpx.HTTPError as exc:

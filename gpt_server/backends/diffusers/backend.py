@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -44,7 +44,7 @@ class DiffusersBackend(Backend):
     """``image`` and ``image_edit`` for text-to-image families; ``image_variation`` for
     image-variation pipelines (set once the pipeline is loaded)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"image", "image_edit"})
+    capabilities: frozenset[str] = frozenset({"image", "image_edit"})
     options: DiffusersOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -103,7 +103,8 @@ class DiffusersBackend(Backend):
         if capability == IMAGE_VARIATION:
             plan = plan_job(job, self.limits, input_size=image.size)
             extra = {"image": image.convert("RGB").resize((plan.width, plan.height))}
-            return lambda cancel: self._generate(self.pipes.base, job, plan, extra, cancel)
+            base = self.pipes.base
+            return lambda cancel: self._generate(base, job, plan, extra, cancel)
         return self._prepare_edit(job, image)
 
     def _single_image(self, job: ImageJob) -> Any:

@@ -35,7 +35,7 @@ def _has_alpha_holes(img: Image.Image) -> bool:
     if "A" not in img.getbands():
         return False
     lo, _ = img.getchannel("A").getextrema()
-    return lo < 255
+    return isinstance(lo, (int, float)) and lo < 255
 
 
 def mask_from(mask: Image.Image | None, image: Image.Image) -> Image.Image | None:

@@ -9,7 +9,7 @@ it back word by word as ``N`` delta events (``N = max_tokens``, default 16, at m
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, ClassVar
+from typing import Any
 
 from ...protocol.worker import DeltaEvent, Event, FinishEvent, GenerateRequest, UsageEvent
 from ..base import Backend, BackendSpec
@@ -47,7 +47,7 @@ def _pieces(text: str, n: int) -> list[str]:
 class EchoBackend(Backend):
     """Chat and completion that echo their input immediately (benchmark only)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    capabilities: frozenset[str] = frozenset({"chat", "completion"})
     options: EchoOptions
 
     def __init__(self, spec: BackendSpec) -> None:

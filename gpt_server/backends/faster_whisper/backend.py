@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 import orjson
 from pydantic import BaseModel
@@ -37,7 +37,7 @@ def _sse_line(event: dict[str, Any]) -> bytes:
 
 
 class FasterWhisperBackend(Backend):
-    capabilities: ClassVar[frozenset[str]] = frozenset({"transcribe", "translate"})
+    capabilities: frozenset[str] = frozenset({"transcribe", "translate"})
     options: FasterWhisperOptions
 
     def __init__(self, spec: BackendSpec) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 from ...chat.media import MediaPolicy
 from ...chat.postprocess import postprocess
@@ -48,7 +48,7 @@ class _Plan:
 
 
 class HFBackend(Backend):
-    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    capabilities: frozenset[str] = frozenset({"chat", "completion"})
     options: HFOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -185,7 +185,7 @@ class HFBackend(Backend):
             for i in range(p.n)
         ]
 
-    async def _generate(self, request: GenerateRequest, plan: _Plan) -> AsyncIterator[Event]:
+    async def _generate(self, request: GenerateRequest, plan: _Plan) -> AsyncGenerator[Event, None]:
         eng, lm = self.engine, self.loaded
         if eng is None or lm is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")

@@ -50,6 +50,8 @@ class LoadedModel:
 
     def process_vision(self, text: str, images: list[Any]) -> tuple[list[list[int]], dict[str, Any] | None]:
         """Prompt ids (image tokens expanded) and the tensors the model's prefill needs."""
+        if self.processor is None:
+            raise BadRequestError("this model does not take images", param="messages")
         try:
             out = self.processor(text=[text], images=images or None, return_tensors="pt", add_special_tokens=False)
         except (ValueError, TypeError) as exc:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
@@ -41,7 +41,7 @@ _DEFAULT_PARALLEL = 4
 
 
 class LlamaCppBackend(Backend):
-    capabilities: ClassVar[frozenset[str]] = frozenset({"chat", "completion"})
+    capabilities: frozenset[str] = frozenset({"chat", "completion"})
     options: LlamaCppOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -149,7 +149,7 @@ class LlamaCppBackend(Backend):
         finally:
             await events.aclose()
 
-    async def _generate(self, request: GenerateRequest, prompts: list[list[int]], plan: _ChatPlan) -> AsyncIterator[Event]:
+    async def _generate(self, request: GenerateRequest, prompts: list[list[int]], plan: _ChatPlan) -> AsyncGenerator[Event, None]:
         eng = self.engine
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")

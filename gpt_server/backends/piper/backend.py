@@ -14,7 +14,7 @@ import os
 import re
 import threading
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -36,7 +36,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class PiperBackend(Backend):
-    capabilities: ClassVar[frozenset[str]] = frozenset({"speech"})
+    capabilities: frozenset[str] = frozenset({"speech"})
     options: PiperOptions
 
     def __init__(self, spec: BackendSpec) -> None:

@@ -53,7 +53,7 @@ class RelayBackend(Backend):
         caps = kind(spec.entry.kind).capabilities & _RELAYED
         if not caps:
             raise ConfigError(f"model_type '{spec.entry.kind}' cannot be relayed yet (chat LLMs and embeddings can)")
-        self.capabilities = caps  # type: ignore[misc]
+        self.capabilities = caps
         self.client: UpstreamClient | None = None
         self.upstream_model = spec.entry.name
 

@@ -55,7 +55,7 @@ class EmbedEngine:
             self.model.max_seq_length = max_seq_length
         self.normalize = bool(normalize)
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dimension = int(getdim())
+        self.dimension = int(getdim() or 0)
         self.max_seq_length = int(self.model.max_seq_length or 512)
         tok = self.model.tokenizer
         self.vocab_size = len(tok)

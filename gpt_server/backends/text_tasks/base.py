@@ -55,7 +55,7 @@ class TextTaskBackend(Backend):
             )
         self.kind = kind_name
         # the kind's capabilities this class implements (embed, rerank, moderate, classify)
-        self.capabilities = kind(kind_name).capabilities & type(self).capabilities  # type: ignore[misc]
+        self.capabilities = kind(kind_name).capabilities & type(self).capabilities
         mc = self.options
         self.threshold = mc.moderation_threshold if mc.moderation_threshold is not None else DEFAULT_THRESHOLD
         self.labels: list[str] = []

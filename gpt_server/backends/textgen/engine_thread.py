@@ -32,9 +32,11 @@ class _Seq(Protocol):
     index: int
     prompt: list[int]
     params: SamplingParams
-    sink: Callable[[SeqEvent], None]
     sampler: SamplerState | None
     text: TextStream | None
+
+    @property
+    def sink(self) -> Callable[[SeqEvent], None]: ...
 
 
 S = TypeVar("S", bound=_Seq)

@@ -52,13 +52,15 @@ class SeqLike(Protocol):
     index: int
     params: Any
     max_tokens: int
-    sink: Callable[[SeqEvent], None]
     sampler: SamplerState | None
     text: TextStream | None
     generated: list[int]
     pending_lp: list[TokenLogprob]
     done: bool
     constraint: Any
+
+    @property
+    def sink(self) -> Callable[[SeqEvent], None]: ...
 
 
 def token_logprob(tok: int, lp: np.ndarray, top: int, text_of: Callable[[int], tuple[str, list[int]]]) -> TokenLogprob:
@@ -173,7 +175,7 @@ async def stream_sequences(
             if ev.finish_reason is not None:
                 remaining -= 1
                 completion += ev.completion_tokens
-                yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)  # type: ignore[arg-type]
+                yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)
         yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion)
     finally:
         cancelled.set()
