@@ -255,7 +255,7 @@ async def post(
                     resp._end_now(aiohttp.ClientPayloadError("in-process worker stopped"))
                 raise
             return
-        except Exception as exc:  # noqa: BLE001 - becomes the caller's connection error
+        except Exception as exc:  # becomes the caller's connection error
             if not resp.closed.is_set():
                 log.exception("in-process worker %s failed on %s", address, path)
             err = aiohttp.ClientPayloadError(f"in-process worker failed: {type(exc).__name__}")

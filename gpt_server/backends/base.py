@@ -66,7 +66,7 @@ class Backend(ABC):
     def load(self) -> None:
         """Load weights (blocking; the runtime calls it in a thread)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:  # optional hook
         """Release engine resources."""
         return None
 

@@ -90,7 +90,7 @@ def _plugins(taken: set[str]) -> Iterable[Engine]:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             found = _as_engines(ep.name, ep.value, ep.load())
-        except Exception as exc:  # a broken plug-in must not take the server down
+        except Exception as exc:  # noqa: BLE001 - a broken plug-in must not take the server down
             log.warning("engine plug-in '%s' (%s) could not be loaded: %s", ep.name, ep.value, exc)
             continue
         for e in found:

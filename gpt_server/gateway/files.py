@@ -98,6 +98,6 @@ class ImageStore:
         while not self._stop.is_set():
             try:
                 self.sweep()
-            except Exception:  # noqa: BLE001 - the sweeper must survive anything
+            except Exception:  # the sweeper must survive anything
                 log.exception("image store sweep failed")
             self._stop.wait(self.sweep_interval)

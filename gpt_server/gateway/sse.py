@@ -113,7 +113,7 @@ class SSEResponse(Response):
             return frame(TimeoutError_(f"the request did not finish within {self.timeout:g} seconds").body())
         except GatewayError as exc:
             return frame(exc.body())
-        except Exception:  # noqa: BLE001 - a stream must end with an error event, not a cut
+        except Exception:  # a stream must end with an error event, not a cut
             log.exception("stream failed")
             return frame(InternalError("internal error while streaming").body())
         return b""

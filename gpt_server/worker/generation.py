@@ -52,7 +52,7 @@ class Generation:
         except GatewayError:
             runtime.release()
             raise
-        except Exception as exc:
+        except Exception as exc:  # the stream must end with an error event
             runtime.release()
             runtime.last_error = str(exc)
             log.exception("generation failed")
@@ -78,7 +78,7 @@ class Generation:
             pass
         except GatewayError as exc:
             yield error_event(exc)
-        except Exception as exc:  # noqa: BLE001 - the stream must end with an error event
+        except Exception as exc:
             runtime.last_error = str(exc)
             log.exception("generation failed mid-stream")
             yield error_event(InternalError(f"generation failed: {type(exc).__name__}"))

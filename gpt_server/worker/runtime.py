@@ -247,7 +247,7 @@ class WorkerRuntime:
                 if self._registered:
                     log.warning("controller unreachable (%s); will register again", exc)
                 self._registered = False
-            except Exception:  # noqa: BLE001 - the heartbeat must outlive any one failure
+            except Exception:  # the heartbeat must outlive any one failure
                 log.exception("heartbeat failed; will register again")
                 self._registered = False
             await asyncio.sleep(self.heartbeat_interval if self._registered else min(1.0, self.heartbeat_interval))

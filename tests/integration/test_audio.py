@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -28,7 +29,7 @@ BODY_LIMIT = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("audio")
     with served(audio_config(max_body_bytes=BODY_LIMIT), tmp, "audio", 2) as srv:
         yield srv

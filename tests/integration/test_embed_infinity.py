@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from gpt_server.backends.base import BackendSpec
 from gpt_server.config import ConfigError, parse_config
 from tests.embed_helpers import MINILM, build_classifier, build_cross_encoder, entry, minilm_dir
-from tests.helpers import base_config, served
+from tests.helpers import Server, base_config, served
 
 PYTHON = os.environ.get("GPT_SERVER_INFINITY_PYTHON", "")
 TEXTS = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Stock markets fell sharply today."]
@@ -37,7 +38,7 @@ def test_infinity_without_an_interpreter_is_refused_clearly() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not (PYTHON and Path(PYTHON).exists()):
         pytest.skip("GPT_SERVER_INFINITY_PYTHON not set")
     tmp = tmp_path_factory.mktemp("infinity")

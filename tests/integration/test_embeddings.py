@@ -4,6 +4,7 @@ driven by the openai SDK. The model entry is the issue's config text, as is."""
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,7 +39,7 @@ TEXTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("embed")
     models = yaml.safe_load(ISSUE_ENTRY)["models"]
     models.append(entry("minilm-mrl", MINILM, "embedding", matryoshka_dims=[128, 256], max_batch_size=8))

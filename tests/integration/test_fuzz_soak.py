@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = base_config(api_keys="fuzz-key", models=[smollm_entry(n_ctx=256, max_n=2)])
     cfg["serve_args"]["max_body_bytes"] = 1024 * 1024
     with served(cfg, tmp_path_factory.mktemp("fuzz"), "fuzz_soak", 1) as srv:

@@ -17,7 +17,7 @@ BODY = b"\x89PNG" + bytes(range(256)) * 8
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/img":
             self.send_response(200)
             self.send_header("Content-Type", "image/png")

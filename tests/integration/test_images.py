@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,7 +30,7 @@ def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, images_dir: Path):
+def server(tmp_path_factory: pytest.TempPathFactory, images_dir: Path) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("images")
     model_dir = build_tiny_sd(tmp)
     variation_dir = build_tiny_variation(tmp, model_dir)

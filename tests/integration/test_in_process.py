@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ def _llama(name: str, in_process: bool) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("inproc")
     embed = {"minilm": {"model_config": {"model_name_or_path": EMBED}, "model_type": "embedding",
                         "work_mode": "sentence_transformers", "device": "cpu", "workers": [{"in_process": True}]}}

@@ -13,6 +13,7 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -68,7 +69,7 @@ def engine_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp: Path, engine_port: int):
+def server(tmp: Path, engine_port: int) -> Iterator[Server]:
     slow = wrapper(tmp, "slow-python", f'echo "engine wrapper: warming up"\nsleep {SLOW_START_S}\nexec {sys.executable} "$@"')
     cfg = base_config(models=[engine_entry("managed", slow, engine_port)])
     with served(cfg, tmp, "relay_engine", 1, timeout=120) as srv:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -33,7 +34,7 @@ def relay_entry(name: str, api_base: str, *, key_env: str | None = KEY_ENV, kind
 
 
 @pytest.fixture(scope="module")
-def upstreams():
+def upstreams() -> Iterator[tuple[LlamaCppServer, LlamaCppServer]]:
     chat = LlamaCppServer("relay_upstream_chat", n_ctx=512, api_key=UPSTREAM_KEY)
     embed = LlamaCppServer("relay_upstream_embed", n_ctx=512, api_key=UPSTREAM_KEY, extra=["--embedding", "true", "--kv_overrides", "llama.pooling_type=int:1"])  # mean pooling
     try:
@@ -46,7 +47,7 @@ def upstreams():
 
 
 @pytest.fixture(scope="module")
-def server(upstreams, tmp_path_factory: pytest.TempPathFactory):
+def server(upstreams: tuple[LlamaCppServer, LlamaCppServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     chat, embed = upstreams
     os.environ[KEY_ENV] = UPSTREAM_KEY
     os.environ[BAD_KEY_ENV] = "wrong-key"
@@ -136,7 +137,7 @@ def test_wrong_upstream_key_is_502(client: openai.OpenAI) -> None:
     assert "credentials" in ei.value.message
 
 
-def test_embeddings_relay_equal_upstream(client: openai.OpenAI, upstreams) -> None:
+def test_embeddings_relay_equal_upstream(client: openai.OpenAI, upstreams: tuple[LlamaCppServer, LlamaCppServer]) -> None:
     _, embed = upstreams
     texts = ["a red apple", "a green field"]
     ours = client.embeddings.create(model="remote-embed", input=texts, encoding_format="float")

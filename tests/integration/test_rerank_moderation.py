@@ -4,6 +4,7 @@ config path; moderation flags are also proven on the real alt-profanity-check mo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cohere
@@ -32,7 +33,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]):
+def server(tmp_path_factory: pytest.TempPathFactory, models: dict[str, Path]) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("rerank")
     cfg = base_config(
         models=[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import jsonschema
@@ -61,7 +62,7 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     with served(base_config(models=[smollm_entry(n_parallel=4)]), tmp_path_factory.mktemp("tools"), "tools_structured", 1) as srv:
         yield srv
 
@@ -244,7 +245,7 @@ THINK_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def think_server(tmp_path_factory: pytest.TempPathFactory):
+def think_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     entry = smollm_entry(chat_template=THINK_TEMPLATE, reasoning_parser="deepseek_r1")
     with served(base_config(models=[entry]), tmp_path_factory.mktemp("think"), "reasoning", 1) as srv:
         yield srv

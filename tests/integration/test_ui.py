@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,7 @@ WEATHER_TOOL = {
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
     with served(cfg, tmp_path_factory.mktemp("ui"), "ui", 1) as srv:
         yield srv

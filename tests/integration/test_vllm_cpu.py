@@ -9,6 +9,7 @@ packaged SmolLM2 GGUF converted to a Hugging Face directory with transformers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -27,7 +28,7 @@ MSG = [{"role": "user", "content": "Name three colors."}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         python = build_vllm_venv()
     except Exception as exc:  # noqa: BLE001 - an install the registry refuses is not a vLLM failure

@@ -17,7 +17,7 @@ from gpt_server.backends.echo.backend import EchoBackend
 from gpt_server.config import Config
 from gpt_server.controller.client import LocalController
 from gpt_server.controller.dispatch import make_policy
-from gpt_server.controller.registry import Registry
+from gpt_server.controller.registry import Registry, WorkerRecord
 from gpt_server.errors import BadRequestError, InternalError, ServiceUnavailableError
 from gpt_server.gateway.relay import LocalEventStream, Relay
 from gpt_server.launcher import LocalWorker, _local_workers
@@ -49,7 +49,7 @@ class _Env:
         self.workers = workers
         self.relay = Relay(LocalController(registry), max_retries=2, timeout=timeout)
 
-    def record(self, replica: int):  # noqa: ANN201
+    def record(self, replica: int) -> WorkerRecord:
         return next(r for r in self.registry.workers.values() if r.info.replica == replica)
 
     def counts(self) -> list[tuple[int, int]]:

@@ -126,7 +126,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         """Run one forward; a failure ends that cohort's requests, not the engine."""
         try:
             fn(cohort)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("forward pass failed")
             for s in cohort.rows:
                 self._finish(s, None, error=f"forward pass failed: {exc}")

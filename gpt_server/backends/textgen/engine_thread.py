@@ -121,7 +121,7 @@ class EngineThread(Generic[S, A]):
                             break
                         admitted = self._admit()
                     self._step(admitted)
-        except Exception as exc:  # noqa: BLE001 - engine failure must reach every request
+        except Exception as exc:  # engine failure must reach every request
             log.exception("%s engine loop failed", self._label)
             self._failed = f"engine failure: {exc}"
             self._fail_running(self._failed)
