@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import inproc
 from .config import Config
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
@@ -24,6 +23,7 @@ from .controller.registry import Registry
 from .gateway.app import build_app
 from .procs import die_with_parent
 from .server_common import bind_socket, make_server
+from .transport.inproc import SCHEME, InProcessTransport
 from .worker.app import build_worker_app
 from .worker.generation import Generation
 from .worker.main import backend_available, build_runtime
@@ -145,6 +145,7 @@ class LocalWorker:
     model: str
     replica: int
     runtime: WorkerRuntime
+    transport: InProcessTransport
     task: asyncio.Task[None] | None = None
 
     @property
@@ -153,7 +154,7 @@ class LocalWorker:
 
     async def start(self) -> None:
         runtime = self.runtime
-        inproc.register(runtime.address, build_worker_app(runtime), lambda req: Generation.start(runtime, req))
+        self.transport.register(runtime.address, build_worker_app(runtime), lambda req: Generation.start(runtime, req))
         self.task = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -164,7 +165,7 @@ class LocalWorker:
             log.exception("in-process worker %s failed to load; it is not served", self.label)
 
     async def stop(self) -> None:
-        inproc.unregister(self.runtime.address)
+        self.transport.unregister(self.runtime.address)
         if self.task is None:  # never started
             return
         if not self.task.done():  # still loading: nothing to drain
@@ -175,7 +176,7 @@ class LocalWorker:
             await self.runtime.stop()
 
 
-def _local_workers(cfg: Config, registry: Registry) -> list[LocalWorker]:
+def _local_workers(cfg: Config, registry: Registry, transport: InProcessTransport) -> list[LocalWorker]:
     llm_threads, other_threads = _thread_shares(cfg)
     fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
     # the gateway of this process dispatches from this registry: call it directly, no HTTP
@@ -186,11 +187,11 @@ def _local_workers(cfg: Config, registry: Registry) -> list[LocalWorker]:
             if not w.in_process:
                 continue
             runtime = build_runtime(  # the pid keeps addresses apart across serve processes
-                cfg, e, replica=i, address=f"{inproc.SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=None,
+                cfg, e, replica=i, address=f"{SCHEME}{os.getpid()}/{e.name}-{i}", controller_address=None,
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
                 controller=link,
             )
-            out.append(LocalWorker(model=e.name, replica=i, runtime=runtime))
+            out.append(LocalWorker(model=e.name, replica=i, runtime=runtime, transport=transport))
     return out
 
 
@@ -233,13 +234,14 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     controller_address = cfg.model_worker_args.controller_address or (
         f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
     )
-    local = _local_workers(cfg, registry)  # before anything that needs cleaning up
+    transport = InProcessTransport()
+    local = _local_workers(cfg, registry, transport)  # before anything that needs cleaning up
     # workers read the same validated settings from a private file
     fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(config_data or {}))
     cserver = make_server(build_controller_app(registry, secret=cfg.secret()), csock)
-    gserver = make_server(build_app(cfg, LocalController(registry)), gsock, graceful=sa.shutdown_timeout)
+    gserver = make_server(build_app(cfg, LocalController(registry), local=transport), gsock, graceful=sa.shutdown_timeout)
     stop = asyncio.Event()
     _install_stop(stop)
     tasks = [

@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 import httpx
 
-from .. import inproc
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
 from ..protocol.worker import SECRET_HEADER, DispatchReply, ModelEntryInfo, WorkerInfo, WorkerView
+from ..transport.inproc import InProcessTransport, is_local
 from .dispatch import make_policy
 from .registry import Registry
 
@@ -67,7 +67,9 @@ class RemoteController:
         timeout: float = 5.0,
         dispatch_method: str = "shortest_queue",
         refresh: float = 1.0,
+        local: InProcessTransport | None = None,
     ) -> None:
+        self.local = local  # in-process workers of this process (only these inproc:// addresses are callable)
         headers = {SECRET_HEADER: secret} if secret else {}
         self.client = httpx.AsyncClient(base_url=address.rstrip("/"), headers=headers, timeout=timeout)
         self.mirror = Registry(make_policy(dispatch_method))
@@ -97,7 +99,7 @@ class RemoteController:
             old = self.mirror.workers
             for w in data:
                 view = WorkerView.model_validate(w)
-                if not inproc.reachable(view.address):
+                if is_local(view.address) and not (self.local is not None and self.local.serves(view.address)):
                     continue  # in the process of another gateway: only that one can call it
                 info = WorkerInfo.model_validate(view.model_dump(include=set(WorkerInfo.model_fields)))
                 fresh.register(info)

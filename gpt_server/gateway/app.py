@@ -15,6 +15,7 @@ from ..config import Config
 from ..controller.client import ControllerClient
 from ..errors import GatewayError
 from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
+from ..transport.inproc import InProcessTransport
 from .auth import api_key_guard
 from .fastlane import FastLane, plain_routes
 from .files import ImageStore
@@ -26,9 +27,10 @@ from .serving import GenerationService
 __all__ = ["build_app"]
 
 
-def build_app(config: Config, controller: ControllerClient) -> FastAPI:
+def build_app(config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None) -> FastAPI:
+    """The gateway; ``local`` reaches the workers ``serve`` runs in this process."""
     sa = config.serve_args
-    relay = Relay(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout)
+    relay = Relay(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local)
 
     image_store = ImageStore(sa.images_dir, sa.images_ttl)
 

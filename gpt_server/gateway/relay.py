@@ -3,9 +3,9 @@
 The gateway talks to workers with aiohttp: pooled keep-alive connections, and a
 response can be closed synchronously. That matters when a client hangs up: the
 connection to the worker is cut at once, so the worker stops generating. A worker
-running in this process (``inproc://`` address) is called through ``inproc.post``,
+running in this process (``inproc://`` address) is called through its ``InProcessTransport``,
 which answers with the same response interface; its chat/completions are started
-with ``inproc.generate`` and their events read as objects (``LocalEventStream``).
+with ``InProcessTransport.generate`` and their events read as objects (``LocalEventStream``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from .. import inproc
 from ..controller.client import ControllerClient
 from ..errors import GatewayError, ServiceUnavailableError, error_from_body
 from ..protocol.kinds import Capability
@@ -33,13 +32,14 @@ from ..protocol.worker import (
     GenerateRequest,
     invoke_body,
 )
+from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
 
 __all__ = ["Relay", "EventStream", "LocalEventStream", "WorkerResponse"]
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 503}
-_Response = aiohttp.ClientResponse | inproc.LocalResponse
+_Response = aiohttp.ClientResponse | LocalResponse
 _JSON = {"content-type": "application/json"}
 T = TypeVar("T")
 
@@ -121,7 +121,7 @@ class LocalEventStream:
     event a batch: no network read to group them). ``aclose()`` stops the generation and
     tells the dispatcher, once."""
 
-    def __init__(self, generation: inproc.LocalGeneration, target: DispatchReply, on_close: Callable[[], None]) -> None:
+    def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None]) -> None:
         self.generation = generation
         self.target = target
         self._on_close: Callable[[], None] | None = on_close
@@ -152,8 +152,10 @@ class Relay:
         max_retries: int = 2,
         secret: str | None = None,
         timeout: float = 600.0,
+        local: InProcessTransport | None = None,
     ) -> None:
         self.controller = controller
+        self.local = local  # the in-process workers of this serve process, if any
         self.max_retries = max_retries
         self._headers = {SECRET_HEADER: secret} if secret else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout)
@@ -177,18 +179,18 @@ class Relay:
         """Start a chat/completion on a worker; the stream of events it answers."""
         payload = b""
 
-        async def call(target: DispatchReply) -> _Response | inproc.LocalGeneration:
+        async def call(target: DispatchReply) -> _Response | LocalGeneration:
             nonlocal payload
-            if inproc.generates(target.address):  # in this process: the events themselves
+            if self.local is not None and self.local.generates(target.address):  # in this process: the events themselves
                 async with asyncio.timeout(self._timeout.sock_read):
-                    return await inproc.generate(target.address, request)
+                    return await self.local.generate(target.address, request)
             if not payload:
                 payload = request.__pydantic_serializer__.to_json(request)
             return await self._post(target, "/worker/generate", payload)
 
         result, target = await self._send(model, request.kind, call)
         on_close = self._releaser(target)
-        if isinstance(result, (aiohttp.ClientResponse, inproc.LocalResponse)):
+        if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
             return EventStream(result, target, on_close)
         return LocalEventStream(result, target, on_close)
 
@@ -208,8 +210,10 @@ class Relay:
 
     async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
         """POST to a worker; its response if 200, else the error it answered, raised."""
-        if inproc.is_local(target.address):
-            resp = await inproc.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
+        if is_local(target.address):
+            if self.local is None:
+                raise aiohttp.ClientConnectionError(f"no in-process worker at {target.address}")
+            resp = await self.local.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
         else:
             resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
         if resp.status == 200:

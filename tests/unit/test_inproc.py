@@ -1,4 +1,4 @@
-"""The in-process worker bridge (gpt_server.inproc) against small real Starlette apps."""
+"""The in-process worker bridge (gpt_server.transport.inproc) against small real Starlette apps."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gpt_server import inproc
 from gpt_server.server_common import ClosingStreamingResponse
+from gpt_server.transport.inproc import InProcessTransport
 
 
 def _app(state: dict) -> Starlette:
@@ -76,6 +76,9 @@ def _app(state: dict) -> Starlette:
         Route("/fail", fail_mid_stream, methods=["POST"]),
         Route("/stall", stall, methods=["POST"]),
     ])
+
+
+inproc = InProcessTransport()  # this module's process-wide transport, as the launcher builds one
 
 
 @pytest.fixture
@@ -219,7 +222,8 @@ def test_remote_gateways_skip_other_processes_in_process_workers() -> None:
         return httpx.Response(200, json={})
 
     async def main() -> None:
-        rc = RemoteController("http://ctrl:1")
+        local = InProcessTransport()
+        rc = RemoteController("http://ctrl:1", local=local)
         await rc.client.aclose()
         rc.client = httpx.AsyncClient(base_url="http://ctrl:1", transport=httpx.MockTransport(handler))
         try:
@@ -228,12 +232,12 @@ def test_remote_gateways_skip_other_processes_in_process_workers() -> None:
             with pytest.raises(GatewayError) as e:
                 await rc.dispatch("elsewhere", [])
             assert e.value.status == 404
-            inproc.register("inproc://elsewhere-0", _app({}))  # now it is this process's own
+            local.register("inproc://elsewhere-0", _app({}))  # now it is this process's own
             try:
                 await rc._reload()
                 assert (await rc.dispatch("elsewhere", [])).address == "inproc://elsewhere-0"
             finally:
-                inproc.unregister("inproc://elsewhere-0")
+                local.unregister("inproc://elsewhere-0")
         finally:
             await rc.aclose()
         assert reports == []

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gpt_server import inproc
 from gpt_server.backends.echo.backend import EchoBackend
 from gpt_server.config import Config
 from gpt_server.controller.client import LocalController
@@ -30,6 +29,7 @@ from gpt_server.protocol.worker import (
     SamplingParams,
     UsageEvent,
 )
+from gpt_server.transport.inproc import InProcessTransport
 
 
 def _config(replicas: int) -> Config:
@@ -44,10 +44,11 @@ def _request(max_tokens: int = 5) -> GenerateRequest:
 
 
 class _Env:
-    def __init__(self, registry: Registry, workers: list[LocalWorker], timeout: float) -> None:
+    def __init__(self, registry: Registry, workers: list[LocalWorker], timeout: float, transport: InProcessTransport) -> None:
         self.registry = registry
+        self.transport = transport
         self.workers = workers
-        self.relay = Relay(LocalController(registry), max_retries=2, timeout=timeout)
+        self.relay = Relay(LocalController(registry), max_retries=2, timeout=timeout, local=transport)
 
     def record(self, replica: int) -> WorkerRecord:
         return next(r for r in self.registry.workers.values() if r.info.replica == replica)
@@ -59,13 +60,14 @@ class _Env:
 
 async def _start(replicas: int, policy: str, timeout: float) -> _Env:
     registry = Registry(make_policy(policy))
-    workers = _local_workers(_config(replicas), registry)
+    transport = InProcessTransport()
+    workers = _local_workers(_config(replicas), registry, transport)
     for w in workers:
         await w.start()
     async with asyncio.timeout(10):
         while len(registry.workers) < replicas:
             await asyncio.sleep(0.01)
-    return _Env(registry, workers, timeout)
+    return _Env(registry, workers, timeout, transport)
 
 
 async def _stop(env: _Env) -> None:
@@ -101,7 +103,7 @@ def test_objects_equal_the_http_route_bytes() -> None:
             local = await _events(stream)
             # the same worker's HTTP route (through the byte bridge) answers the same events
             address = env.workers[0].runtime.address
-            resp = await inproc.post(address, "/worker/generate", _request().model_dump_json().encode())
+            resp = await env.transport.post(address, "/worker/generate", _request().model_dump_json().encode())
             over_http = [EVENT_ADAPTER.validate_json(line) for line in (await resp.read()).splitlines() if line]
             assert local == over_http
             assert [type(e) for e in local] == [DeltaEvent] * 5 + [FinishEvent, UsageEvent]
