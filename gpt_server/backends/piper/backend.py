@@ -2,8 +2,9 @@
 
 Synthesis goes sentence by sentence (Piper's own sentence split) and each sentence is
 encoded as soon as it exists, so a streamed response starts after the first sentence.
-Modes (``stream_mode`` in the payload): ``file`` (the whole file, exact headers),
-``audio`` (chunked raw audio) and ``sse`` (OpenAI ``speech.audio.delta`` events).
+Modes (``stream_mode`` in the payload): ``file`` (the whole file, exact headers) and
+``audio`` (chunked raw audio; the gateway frames it as SSE events when the client asks).
+A failure mid-stream raises, so the worker cuts its response rather than end it short.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from ...audio.encode import MEDIA_TYPES, SPEECH_FORMATS, SpeechEncoder, output_rate
-from ...audio.stream import sse_audio_events, stream_from_thread
+from ...audio.stream import stream_from_thread
 from ...errors import BadRequestError
 from ..base import Backend, BackendSpec, BinaryResult
 from .voice import VoiceMap, load_voice
@@ -77,7 +78,7 @@ class PiperBackend(Backend):
         if not 0.25 <= speed <= 4.0:
             raise BadRequestError("speed must be between 0.25 and 4.0", param="speed")
         mode = payload.get("stream_mode") or "file"
-        if mode not in ("file", "audio", "sse"):
+        if mode not in ("file", "audio"):
             raise BadRequestError("unknown stream mode", param="stream_format")
         speaker = self.voices.resolve(str(payload.get("voice") or "alloy"))
         cfg = SynthesisConfig(speaker_id=speaker, length_scale=self.voice.config.length_scale / speed)
@@ -116,6 +117,4 @@ class PiperBackend(Backend):
             body = await asyncio.to_thread(self._encode_file, text, cfg, fmt)
             return BinaryResult(media_type, body, headers)
         chunks = stream_from_thread(lambda stop: self._encode_stream(text, cfg, fmt, stop))
-        if mode == "sse":
-            return BinaryResult("text/event-stream", sse_audio_events(chunks), headers)
         return BinaryResult(media_type, chunks, headers)
