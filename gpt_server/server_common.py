@@ -140,7 +140,8 @@ class ClosingStreamingResponse(StreamingResponse):
                 log.warning("stream cut after its status line: %s", exc.message)
             else:
                 log.error("stream cut after its status line", exc_info=exc)
-            raise StreamAborted(str(exc) or type(exc).__name__) from exc
+            # the cause is logged above; the server logs this one and closes the connection
+            raise StreamAborted(str(exc) or type(exc).__name__) from None
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _send_chunk(self, send: Send, chunk: Any) -> None:
