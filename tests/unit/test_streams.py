@@ -23,6 +23,7 @@ from starlette.types import Message
 
 from gpt_server.backends.base import Backend, BinaryResult
 from gpt_server.backends.diffusers.backend import DiffusersBackend
+from gpt_server.backends.echo.backend import EchoBackend
 from gpt_server.config import Config
 from gpt_server.controller.client import LocalController
 from gpt_server.controller.dispatch import make_policy
@@ -31,6 +32,7 @@ from gpt_server.errors import BadRequestError, UpstreamError
 from gpt_server.gateway.app import build_app
 from gpt_server.gateway.sse import SSEResponse, typed_error
 from gpt_server.launcher import LocalWorker, _local_workers
+from gpt_server.protocol.worker import DeltaEvent, Event, GenerateRequest
 from gpt_server.server_common import ClosingStreamingResponse, DisconnectWatch, StreamAborted
 
 # ---- raw ASGI plumbing ------------------------------------------------------------------
@@ -327,7 +329,16 @@ class _Images(DiffusersBackend):
         self.pipes = _Pipes()  # type: ignore[assignment]
 
 
-_BACKENDS: dict[str, type[Backend]] = {"tts": _Speech, "asr": _Transcribe, "img": _Images}
+class _FailsLater(EchoBackend):
+    """Chat and completions: one delta, then the engine fails."""
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
+        yield DeltaEvent(index=0, text="partial")
+        await asyncio.sleep(0.01)
+        raise RuntimeError("engine died")
+
+
+_BACKENDS: dict[str, type[Backend]] = {"tts": _Speech, "asr": _Transcribe, "img": _Images, "llm": _FailsLater}
 
 
 def _config() -> Config:
@@ -365,6 +376,24 @@ def _inflight(workers: list[LocalWorker]) -> list[int]:
     return [w.runtime.inflight for w in workers]
 
 
+def test_chat_and_completion_streams_end_with_an_error_event_then_done() -> None:
+    async def main() -> None:
+        async with _gateway() as (app, workers):
+            chat = {"model": "llm", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+            events = _events((await _post(app, "/v1/chat/completions", json=chat)).content)
+            assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+            assert events[1]["choices"][0]["delta"] == {"content": "partial"}
+            assert events[2]["error"]["type"] == "server_error" and "RuntimeError" in events[2]["error"]["message"]
+            assert events[3:] == ["[DONE]"]
+            completion = {"model": "llm", "prompt": "hi", "stream": True}
+            events = _events((await _post(app, "/v1/completions", json=completion)).content)
+            assert events[0]["choices"][0]["text"] == "partial"
+            assert "error" in events[1] and events[2:] == ["[DONE]"]
+            assert _inflight(workers) == [0, 0, 0, 0]
+
+    asyncio.run(main())
+
+
 def test_speech_sse_worker_failure_ends_with_an_error_event() -> None:
     async def main() -> None:
         async with _gateway() as (app, workers):
@@ -380,7 +409,7 @@ def test_speech_sse_worker_failure_ends_with_an_error_event() -> None:
             assert [e["type"] for e in events][-1] == "error" and "[DONE]" not in events
             assert all(e["type"] != "speech.audio.done" for e in events)
             assert events[-1]["error"]["code"] == "worker_lost" and events[-1]["error"]["type"] == "server_error"
-            assert _inflight(workers) == [0, 0, 0]
+            assert _inflight(workers) == [0, 0, 0, 0]
 
     asyncio.run(main())
 
@@ -395,7 +424,7 @@ def test_speech_audio_worker_failure_cuts_the_response() -> None:
                 await _post(app, "/v1/audio/speech", json={**body, "input": "fail"})
             with pytest.raises(StreamAborted):  # the whole file, also streamed through the gateway
                 await _post(app, "/v1/audio/speech", json={**body, "input": "fail", "stream": False})
-            assert _inflight(workers) == [0, 0, 0]
+            assert _inflight(workers) == [0, 0, 0, 0]
 
     asyncio.run(main())
 
@@ -413,7 +442,7 @@ def test_transcript_stream_endings() -> None:
                 events = _events((await _post(app, "/v1/audio/transcriptions", **form(how))).content)
                 assert events[0]["type"] == "transcript.text.delta" and len(events) == 2
                 assert events[1]["type"] == "error" and events[1]["error"]["code"] == "worker_lost"
-            assert _inflight(workers) == [0, 0, 0]
+            assert _inflight(workers) == [0, 0, 0, 0]
 
     asyncio.run(main())
 
@@ -428,7 +457,7 @@ def test_image_failures_are_error_statuses() -> None:
             assert r.status_code == 500, r.text
             assert r.json() == {"error": {"message": "image generation failed: RuntimeError", "type": "server_error",
                                           "param": None, "code": None}}
-            assert _inflight(workers) == [0, 0, 0]
+            assert _inflight(workers) == [0, 0, 0, 0]
 
     asyncio.run(main())
 
@@ -447,7 +476,7 @@ def test_image_job_cancelled_when_the_client_hangs_up() -> None:
             async with asyncio.timeout(5):
                 await call
             async with asyncio.timeout(5):  # the pipeline stopped at its next step: the worker is free
-                while _inflight(workers) != [0, 0, 0] or workers[2].runtime.backend._lock.locked():
+                while _inflight(workers) != [0, 0, 0, 0] or workers[2].runtime.backend._lock.locked():
                     await asyncio.sleep(0.01)
             assert client.status in (None, 499)
 
