@@ -19,10 +19,12 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import GatewayError, error_body
+from .errors import GatewayError, InternalError, error_body
 
 __all__ = [
     "ClosingStreamingResponse",
+    "DisconnectWatch",
+    "StreamAborted",
     "aclose_then",
     "FastJSONResponse",
     "install_error_handlers",
@@ -38,11 +40,70 @@ __all__ = [
 log = logging.getLogger("gpt_server")
 
 
+class StreamAborted(Exception):
+    """A response body failed after its status line was sent: the response is cut (the
+    server closes the connection), so the client sees an incomplete body, never a short
+    one that looks complete."""
+
+
+class DisconnectWatch:
+    """``async with DisconnectWatch(receive) as client:`` — the block is cancelled as soon
+    as the client disconnects, and then ends quietly with ``client.gone`` True.
+
+    One task waits on ``receive()`` for ``http.disconnect`` meanwhile (no polling). Only its
+    own cancellation is swallowed; any other (shutdown, a caller's timeout) goes on. Enter
+    it once the request body has been read: it consumes what ``receive`` reports.
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self.gone = False
+
+    async def __aenter__(self) -> DisconnectWatch:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        assert self._task is not None
+        self._task.cancel()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        assert self._watcher is not None and self._task is not None
+        # not awaited: the block's cleanup runs at once; the watcher ends at its next step
+        # (before it could cancel anything) and nobody needs what it would have read
+        self._watcher.cancel()
+        self._watcher.add_done_callback(_retrieve)
+        if not self.gone:
+            return False
+        # our cancel: swallowed when it was the only one
+        return self._task.uncancel() == 0 and exc_type is asyncio.CancelledError
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed receive is not worth a "never retrieved" warning
+
+
 class ClosingStreamingResponse(StreamingResponse):
-    """A stream whose iterator is always closed when the response ends, however it ends
-    (client gone before the first byte, a failed send, cancellation), so the work behind
-    it stops at once instead of whenever the garbage collector finalises it. ``on_close``
-    (sync or async) runs then too: an iterator that never started has no cleanup of its own."""
+    """A stream with one ending per outcome, whose iterator is always closed.
+
+    - The status line waits for the first chunk: a ``GatewayError`` raised before it is
+      answered as that error (its status, the OpenAI body), any other failure as a 500.
+    - A failure after the status line aborts the response (``StreamAborted``): the client
+      sees an incomplete transfer, not a short body that looks complete.
+    - A client that disconnects (``DisconnectWatch``) cancels the stream, however long it
+      waits for its next chunk.
+
+    The iterator is closed when the response ends, however it ends, so the work behind it
+    stops at once instead of whenever the garbage collector finalises it. ``on_close``
+    (sync or async) runs then too: an iterator that never started has no cleanup of its own.
+    """
 
     def __init__(self, content: Any, *, on_close: Callable[[], Any] | None = None, **kw: Any) -> None:
         super().__init__(content, **kw)
@@ -50,9 +111,42 @@ class ClosingStreamingResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            async with DisconnectWatch(receive):
+                await self._stream(scope, receive, send)
         finally:
             await aclose_then(self.body_iterator, self._on_close)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        chunks = aiter(self.body_iterator)
+        try:
+            first = await anext(chunks, b"")
+        except GatewayError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        except Exception:
+            log.exception("stream failed before its first byte")
+            await error_response(InternalError("internal error while streaming", code="internal_error"))(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            if first:
+                await self._send_chunk(send, first)
+            async for chunk in chunks:
+                await self._send_chunk(send, chunk)
+        except OSError:
+            return  # ASGI 2.4: the client is gone (a send raised); nothing more to send
+        except Exception as exc:
+            if isinstance(exc, GatewayError):
+                log.warning("stream cut after its status line: %s", exc.message)
+            else:
+                log.error("stream cut after its status line", exc_info=exc)
+            # the cause is logged above; the server logs this one and closes the connection
+            raise StreamAborted(str(exc) or type(exc).__name__) from None
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _send_chunk(self, send: Send, chunk: Any) -> None:
+        body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 async def aclose_then(iterator: Any, on_close: Callable[[], Any] | None) -> None:
@@ -119,7 +213,8 @@ def install_error_handlers(app: Starlette) -> None:
         )
 
     async def _unexpected(request: Request, exc: Exception) -> FastJSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        if not isinstance(exc, StreamAborted):  # logged where the stream was cut
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
         return FastJSONResponse(
             error_body("internal server error", "server_error", None, "internal_error"), status_code=500
         )

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
-import orjson
-
-__all__ = ["stream_from_thread", "sse_audio_events"]
+__all__ = ["stream_from_thread"]
 
 _END = object()
 
@@ -52,11 +49,3 @@ async def stream_from_thread(produce: Callable[[threading.Event], Iterator[bytes
             yield item  # type: ignore[misc]
     finally:
         stop.set()
-
-
-async def sse_audio_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """OpenAI's ``stream_format: "sse"`` framing: speech.audio.delta events, then speech.audio.done."""
-    async for chunk in chunks:
-        event = {"type": "speech.audio.delta", "audio": base64.b64encode(chunk).decode("ascii")}
-        yield b"data: " + orjson.dumps(event) + b"\n\n"
-    yield b"data: " + orjson.dumps({"type": "speech.audio.done"}) + b"\n\n"

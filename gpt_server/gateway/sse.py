@@ -1,10 +1,16 @@
-"""Server-sent events: framing, [DONE], keep-alive and mid-stream errors in one place.
+"""Server-sent events: framing, endings, keep-alive and hang-ups in one place.
 
-``SSEResponse`` streams from the request's own task: each batch of chunks (the chunks
+Every event stream the gateway sends goes through ``SSEResponse``: chat and completion
+chunks, streamed transcripts and streamed speech. Each event is one ``data:`` line of
+JSON (``frame``); a stream always ends with its final event (the source's last one, then
+the ``done`` marker if the kind has one, ``[DONE]`` for chat and completions) or with an
+error event in the OpenAI shape, never with a silent cut.
+
+``SSEResponse`` streams from the request's own task: each batch of events (the events
 made from one read of the worker's stream) becomes one write to the client, with no
-hand-off between tasks per token. Two idle helper tasks run beside it: one ends the
-stream when the client disconnects (which closes the worker connection, so generation
-stops), one sends a keep-alive comment when nothing was written for a while.
+hand-off between tasks per token. Beside it, ``DisconnectWatch`` ends the stream when the
+client disconnects (which closes the worker connection, so the work stops), and an idle
+task sends a keep-alive comment when nothing was written for a while.
 """
 
 from __future__ import annotations
@@ -15,13 +21,14 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
+from pydantic import BaseModel
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError, TimeoutError_
-from ..server_common import aclose_then
+from ..server_common import DisconnectWatch, aclose_then
 
-__all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse"]
+__all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse", "plain_error", "typed_error"]
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +37,32 @@ KEEPALIVE = b": keep-alive\n\n"
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def frame(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
+def frame(event: Any) -> bytes:
+    """One SSE event: a JSON-able object or a pydantic model."""
+    if isinstance(event, BaseModel):
+        return b"data: " + event.__pydantic_serializer__.to_json(event) + b"\n\n"
+    return b"data: " + orjson.dumps(event) + b"\n\n"
+
+
+def plain_error(exc: GatewayError) -> dict[str, Any]:
+    """The error event of chat and completion streams: ``{"error": {...}}``."""
+    return exc.body()
+
+
+def typed_error(exc: GatewayError) -> dict[str, Any]:
+    """The error event of typed event streams (``{"type": ...}`` events, as audio's):
+    ``{"type": "error", "error": {...}}``; SDKs that look for an ``error`` key see it too."""
+    return {"type": "error", **exc.body()}
 
 
 class SSEResponse(Response):
-    """An event stream over ``batches`` (an async iterator of lists of JSON-able chunks).
+    """An event stream over ``batches`` (an async iterator of lists of events: JSON-able
+    objects or pydantic models).
 
-    Ends with ``[DONE]``; a failure (a ``GatewayError``, the ``timeout`` deadline, an
-    unexpected exception) becomes an error event before it. The iterator is always
-    closed, however the response ends.
+    Ends with ``done`` (``[DONE]`` unless None) after the last batch; a failure (a
+    ``GatewayError``, the ``timeout`` deadline, an unexpected exception) becomes the
+    ``error_event`` of that error before it. The iterator is always closed, however the
+    response ends.
     """
 
     media_type = "text/event-stream"
@@ -51,34 +74,29 @@ class SSEResponse(Response):
         keepalive: float = 15.0,
         timeout: float | None = None,
         on_close: Callable[[], Any] | None = None,
+        done: bytes | None = DONE,
+        error_event: Callable[[GatewayError], Any] = plain_error,
+        headers: dict[str, str] | None = None,
     ) -> None:
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
         self.background = None
-        self.init_headers(_HEADERS)
+        self.init_headers({**_HEADERS, **(headers or {})})
         self.batches = batches
         self.keepalive = keepalive
         self.timeout = timeout
         self.on_close = on_close  # runs last (sync or async), also when the iterator never started
+        self.done = done or b""
+        self.error_event = error_event
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        assert task is not None
         last_write = loop.time()
-        client_gone = False
 
         async def body(data: bytes, more: bool = True) -> None:
             nonlocal last_write
             last_write = loop.time()
             await send({"type": "http.response.body", "body": data, "more_body": more})
-
-        async def watch() -> None:
-            nonlocal client_gone
-            while (await receive())["type"] != "http.disconnect":
-                pass
-            client_gone = True
-            task.cancel()
 
         async def ping() -> None:
             while True:
@@ -86,35 +104,31 @@ class SSEResponse(Response):
                 if loop.time() - last_write >= self.keepalive:
                     await body(KEEPALIVE)
 
-        helpers: list[asyncio.Task[None]] = []
+        pinger: asyncio.Task[None] | None = None
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            helpers = [loop.create_task(watch()), loop.create_task(ping())]
-            tail = await self._stream(body)
-            await body(tail + DONE, more=False)
-        except asyncio.CancelledError:
-            if not client_gone:
-                raise
-            task.uncancel()  # the client left: nothing more to send
+            async with DisconnectWatch(receive):  # the client left: nothing more to send
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                pinger = loop.create_task(ping())
+                tail = await self._stream(body)
+                await body(tail + self.done, more=False)
         finally:
-            for t in helpers:
-                t.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            if pinger is not None:
+                pinger.cancel()
+                await asyncio.gather(pinger, return_exceptions=True)
             await aclose_then(self.batches, self.on_close)
 
     async def _stream(self, body: Any) -> bytes:
-        """Write every batch; what goes before [DONE] (an error event, or nothing)."""
+        """Write every batch; what goes before the done marker (an error event, or nothing)."""
         try:
             async with asyncio.timeout(self.timeout):
                 async for batch in self.batches:
                     if batch:
                         await body(b"".join(frame(c) for c in batch))
         except TimeoutError:
-            return frame(TimeoutError_(f"the request did not finish within {self.timeout:g} seconds").body())
+            return frame(self.error_event(TimeoutError_(f"the request did not finish within {self.timeout:g} seconds")))
         except GatewayError as exc:
-            return frame(exc.body())
+            return frame(self.error_event(exc))
         except Exception:  # a stream must end with an error event, not a cut
             log.exception("stream failed")
-            return frame(InternalError("internal error while streaming").body())
+            return frame(self.error_event(InternalError("internal error while streaming")))
         return b""
-

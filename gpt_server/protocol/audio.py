@@ -6,9 +6,9 @@ fields with ``TranscriptionForm``. Speech requests are JSON (``SpeechRequest``).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
 from .openai import OpenAIBaseModel
@@ -27,6 +27,12 @@ __all__ = [
     "TRANSLATE",
     "SPEECH",
     "TranscriptResult",
+    "TranscriptTextDelta",
+    "TranscriptTextDone",
+    "TranscriptEvent",
+    "TRANSCRIPT_EVENT",
+    "SpeechAudioDelta",
+    "SpeechAudioDone",
     "Segment",
     "Word",
     "format_transcript",
@@ -71,8 +77,9 @@ class TranscriptionForm(BaseModel):
 
 
 SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
-# how synthesized speech travels back: one file, chunked audio as it is made, or SSE events
-StreamMode = Literal["file", "audio", "sse"]
+# how synthesized speech travels back from the worker: one file, or chunked audio as it is made
+# (the gateway frames SSE events itself from the chunks)
+StreamMode = Literal["file", "audio"]
 
 
 class SpeechRequest(OpenAIBaseModel):
@@ -182,6 +189,39 @@ class TranscriptResult(BaseModel):
     text: str
     segments: list[Segment] = Field(default_factory=list)
     words: list[Word] | None = None
+
+
+# ---- stream events ------------------------------------------------------------------------
+# A streamed transcript goes worker → gateway as NDJSON of these events (validated at the
+# gateway), and gateway → client as SSE; streamed speech goes worker → gateway as raw audio
+# and gateway → client as SSE of the speech events.
+
+
+class TranscriptTextDelta(BaseModel):
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TranscriptTextDone(BaseModel):
+    """The final event of a transcript stream."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+
+
+TranscriptEvent = Annotated[TranscriptTextDelta | TranscriptTextDone, Field(discriminator="type")]
+TRANSCRIPT_EVENT: TypeAdapter[TranscriptTextDelta | TranscriptTextDone] = TypeAdapter(TranscriptEvent)
+
+
+class SpeechAudioDelta(BaseModel):
+    type: Literal["speech.audio.delta"] = "speech.audio.delta"
+    audio: str  # base64 of the next bytes of the audio file
+
+
+class SpeechAudioDone(BaseModel):
+    """The final event of a speech stream."""
+
+    type: Literal["speech.audio.done"] = "speech.audio.done"
 
 
 def _clock(seconds: float, sep: str) -> str:

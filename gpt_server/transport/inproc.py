@@ -19,7 +19,9 @@ at once (its iterator and ``on_close`` still run), so generation stops as it doe
 the gateway cuts a worker connection. A handler the caller left before it answered runs
 on to its first send, and is cancelled there: it is never cancelled mid-way before it
 has answered, as under uvicorn. So the bridge declares ASGI spec 2.4 and Starlette needs
-no disconnect-listening task per response.
+no disconnect-listening task per response. A ``ClosingStreamingResponse`` still hears the
+hang-up while it waits for its first chunk (an image job): ``receive`` reports
+``http.disconnect`` once the caller has closed, as a socket would.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +219,62 @@ def test_form_errors(server: Server) -> None:
 def test_unknown_model_404(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.audio.transcriptions.create(model="nope", file=("t.wav", tone_wav(0.2)))
+
+
+# ---- the TTS worker dies mid-stream (last in this module: the launcher restarts it) ------
+
+KILL_TEXT = " ".join([LONG_TEXT] * 15)[:4000]  # long enough to still be synthesizing at the kill
+
+
+def _kill_tts_worker(server: Server) -> int:
+    victim = next(w for w in server.workers() if w["model_name"] == "piper-joe")
+    os.kill(victim["pid"], signal.SIGKILL)
+    return victim["pid"]
+
+
+def _wait_tts_back(server: Server, old_pid: int) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ws = [w for w in server.workers() if w["model_name"] == "piper-joe"]
+        if ws and all(w["pid"] != old_pid and w["healthy"] for w in ws):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the TTS worker was not restarted")
+
+
+def test_worker_killed_mid_audio_stream_cuts_the_response(server: Server) -> None:
+    got = b""
+    body = {"model": "tts-1", "voice": "alloy", "input": KILL_TEXT, "response_format": "pcm", "stream": True}
+    with httpx.stream("POST", f"{server.base_url}/v1/audio/speech", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        chunks = r.iter_raw()
+        got += next(chunks)
+        pid = _kill_tts_worker(server)
+        with pytest.raises(httpx.RemoteProtocolError):  # incomplete chunked read, not a short "complete" file
+            for chunk in chunks:
+                got += chunk
+    assert got  # what was synthesized before the kill did arrive
+    _wait_tts_back(server, pid)
+
+
+def test_worker_killed_mid_sse_speech_ends_with_an_error_event(server: Server) -> None:
+    events: list[dict] = []
+    body = {"model": "tts-1", "voice": "alloy", "input": KILL_TEXT, "response_format": "pcm", "stream_format": "sse"}
+    pid = 0
+    with httpx.stream("POST", f"{server.base_url}/v1/audio/speech", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if len(events) == 1:
+                    pid = _kill_tts_worker(server)
+    assert events[0]["type"] == "speech.audio.delta"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "worker_lost", events[-1]
+    assert all(e["type"] != "speech.audio.done" for e in events)
+    _wait_tts_back(server, pid)
+    ok = httpx.post(f"{server.base_url}/v1/audio/speech", json={**body, "input": SENTENCE}, timeout=60)
+    assert _sse_types(ok.text)[-1] == "speech.audio.done"  # the restarted worker streams to the end
+
+
+def _sse_types(text: str) -> list[str]:
+    return [json.loads(line[6:])["type"] for line in text.splitlines() if line.startswith("data: ")]

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from gpt_server.audio.decode import decode_audio
 from gpt_server.audio.encode import PCM_RATE, SPEECH_FORMATS, SpeechEncoder, output_rate, wav_header
-from gpt_server.audio.stream import sse_audio_events, stream_from_thread
+from gpt_server.audio.stream import stream_from_thread
 from gpt_server.backends.piper.voice import VoiceMap
 from gpt_server.errors import BadRequestError
 from tests.audio_helpers import decode_seconds, tone_wav
@@ -118,7 +118,7 @@ def test_stream_from_thread_streams_and_stops() -> None:
         raise RuntimeError("synthesis failed")
 
     async def collect() -> list[bytes]:
-        return [c async for c in sse_audio_events(stream_from_thread(boom))]
+        return [c async for c in stream_from_thread(boom)]
 
     with pytest.raises(RuntimeError):
         asyncio.run(collect())

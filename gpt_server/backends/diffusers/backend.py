@@ -1,10 +1,11 @@
 """diffusers backend: ``image`` (generations), ``image_edit`` (edits), ``image_variation``.
 
 Generation runs in a thread, one job at a time (a pipeline is not thread-safe). The
-result goes back as a JSON body streamed by the worker: while the pipeline runs, the
-worker's response is open, so a gateway that hangs up (its client left) cancels the
-body iterator; that sets a flag the step callback checks, and the pipeline stops at
-its next step. Progress is logged per step.
+result goes back as the one chunk of a streamed body, which the worker answers only
+when it exists: a failure gets its own status (400 or 500, in the OpenAI shape), and
+meanwhile a gateway that hangs up (its client left) cancels the body iterator; that
+sets a flag the step callback checks, and the pipeline stops at its next step.
+Progress is logged per step.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel
 
-from ...errors import BadRequestError, error_body
+from ...errors import BadRequestError, GatewayError, InternalError
 from ...protocol.images import IMAGE, IMAGE_VARIATION, ImageJob
 from ...protocol.kinds import Capability
 from ..base import Backend, BackendSpec, BinaryResult, payload_as
@@ -140,22 +141,19 @@ class DiffusersBackend(Backend):
         return lambda cancel: self._generate(pipe, job, plan, extra, cancel)
 
     async def _result_body(self, run: Callable[[threading.Event], dict[str, Any]]) -> AsyncIterator[bytes]:
+        """The result, as the one chunk of the worker's body; a failure is raised before it,
+        so the worker answers it with its own status (400 or 500)."""
         cancel = threading.Event()
         try:
             result = await asyncio.to_thread(run, cancel)
-        except JobCancelled:
-            return
-        except BadRequestError as exc:
-            yield orjson.dumps({**exc.body(), "status": exc.status})
-            return
+        except GatewayError:
+            raise
         except ValueError as exc:  # diffusers' own input checks (check_inputs, strength × steps < 1 …)
             log.info("image job refused by the pipeline: %s", exc)
-            yield orjson.dumps({**error_body(str(exc)[:500], "invalid_request_error", None, None), "status": 400})
-            return
-        except Exception as exc:  # the status line is sent: report the failure in the body
+            raise BadRequestError(str(exc)[:500]) from None
+        except Exception as exc:
             log.exception("image generation failed")
-            yield orjson.dumps({**error_body(f"image generation failed: {type(exc).__name__}", "server_error", None, None), "status": 500})
-            return
+            raise InternalError(f"image generation failed: {type(exc).__name__}") from exc
         except BaseException:  # cancelled (the gateway hung up): stop at the next step
             cancel.set()
             raise

@@ -2,7 +2,8 @@
 
 Uploads arrive base64 in the payload, are decoded with PyAV (soundfile as fallback) to
 16 kHz mono off the event loop, and the model's verbose transcript is returned; the
-gateway formats it (json, text, srt, vtt, verbose_json).
+gateway formats it (json, text, srt, vtt, verbose_json). A streamed transcript is NDJSON
+of transcript events (the gateway sends them on as SSE).
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
-import orjson
 from pydantic import BaseModel
 
 from ...audio.decode import MAX_DECODE_SECONDS, decode_audio
 from ...audio.stream import stream_from_thread
 from ...errors import BadRequestError
-from ...protocol.audio import TranscribePayload
+from ...protocol.audio import TranscribePayload, TranscriptTextDelta, TranscriptTextDone
 from ...protocol.kinds import Capability
 from ..base import Backend, BackendSpec, BinaryResult, InvokeResult, payload_as
 from . import FasterWhisperOptions
@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 
 
-def _sse_line(event: dict[str, Any]) -> bytes:
-    return b"data: " + orjson.dumps(event) + b"\n\n"
+def _ndjson_line(event: BaseModel) -> bytes:
+    return event.__pydantic_serializer__.to_json(event) + b"\n"
 
 
 class FasterWhisperBackend(Backend):
@@ -140,7 +140,7 @@ class FasterWhisperBackend(Backend):
             result["words"] = words
         return result
 
-    def _sse(self, audio: Any, options: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
+    def _events(self, audio: Any, options: dict[str, Any], stop: threading.Event) -> Iterator[bytes]:
         """OpenAI transcript stream: transcript.text.delta per segment, then transcript.text.done."""
         segs, _ = self._segments(audio, options)
         parts: list[str] = []
@@ -149,12 +149,12 @@ class FasterWhisperBackend(Backend):
                 return
             delta = seg["text"] if parts else seg["text"].lstrip()
             parts.append(delta)
-            yield _sse_line({"type": "transcript.text.delta", "delta": delta})
-        yield _sse_line({"type": "transcript.text.done", "text": "".join(parts).strip()})
+            yield _ndjson_line(TranscriptTextDelta(delta=delta))
+        yield _ndjson_line(TranscriptTextDone(text="".join(parts).strip()))
 
     async def _stream(self, audio: Any, options: dict[str, Any]) -> AsyncIterator[bytes]:
         async with self._sem:
-            async for chunk in stream_from_thread(lambda stop: self._sse(audio, options, stop)):
+            async for chunk in stream_from_thread(lambda stop: self._events(audio, options, stop)):
                 yield chunk
 
     async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
@@ -164,8 +164,7 @@ class FasterWhisperBackend(Backend):
         data = p.file
         options = self._options(p, capability)
         if p.stream:
-
             audio = await asyncio.to_thread(self._decode, data)  # a bad file is a 400 before the stream starts
-            return BinaryResult("text/event-stream", self._stream(audio, options))
+            return BinaryResult("application/x-ndjson", self._stream(audio, options))
         async with self._sem:
             return await asyncio.to_thread(self._run, data, options, capability)

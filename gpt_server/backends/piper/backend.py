@@ -2,8 +2,9 @@
 
 Synthesis goes sentence by sentence (Piper's own sentence split) and each sentence is
 encoded as soon as it exists, so a streamed response starts after the first sentence.
-Modes (``stream_mode`` in the payload): ``file`` (the whole file, exact headers),
-``audio`` (chunked raw audio) and ``sse`` (OpenAI ``speech.audio.delta`` events).
+Modes (``stream_mode`` in the payload): ``file`` (the whole file, exact headers) and
+``audio`` (chunked raw audio; the gateway frames it as SSE events when the client asks).
+A failure mid-stream raises, so the worker cuts its response rather than end it short.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ...audio.encode import MEDIA_TYPES, SpeechEncoder, output_rate
-from ...audio.stream import sse_audio_events, stream_from_thread
+from ...audio.stream import stream_from_thread
 from ...errors import BadRequestError
 from ...protocol.audio import SPEECH, SpeechPayload
 from ...protocol.kinds import Capability
@@ -115,6 +116,4 @@ class PiperBackend(Backend):
             body = await asyncio.to_thread(self._encode_file, text, cfg, fmt)
             return BinaryResult(media_type, body, headers)
         chunks = stream_from_thread(lambda stop: self._encode_stream(text, cfg, fmt, stop))
-        if mode == "sse":
-            return BinaryResult("text/event-stream", sse_audio_events(chunks), headers)
         return BinaryResult(media_type, chunks, headers)

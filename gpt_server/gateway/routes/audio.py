@@ -1,13 +1,17 @@
 """OpenAI audio API: /v1/audio/transcriptions, /v1/audio/translations, /v1/audio/speech.
 
 Uploads are read from the multipart form, bounded, and sent to the ASR worker base64 in
-the JSON payload; the worker answers a verbose transcript that is formatted here.
-Speech is relayed as the worker streams it (whole file, chunked audio or SSE events).
+the JSON payload; the worker answers a verbose transcript that is formatted here, or (a
+streamed transcript) NDJSON transcript events, sent on as SSE. Speech is relayed as the
+worker streams it: the whole file, chunked audio, or the chunks as SSE speech events.
+A stream the worker cuts short ends with an error event (SSE) or is cut (raw audio).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+from collections.abc import AsyncIterator
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -20,18 +24,30 @@ from ...protocol.audio import (
     AUDIO_LIMITS,
     SPEECH,
     TRANSCRIBE,
+    TRANSCRIPT_EVENT,
     TRANSLATE,
+    SpeechAudioDelta,
+    SpeechAudioDone,
     SpeechPayload,
     SpeechRequest,
-    StreamMode,
     TranscribePayload,
     TranscriptionForm,
     TranscriptResult,
+    TranscriptTextDone,
     format_transcript,
 )
 from ...protocol.kinds import Capability
 from ...server_common import FastJSONResponse, validation_message
-from ..invoke import call_json, call_passthrough
+from ..invoke import (
+    call_json,
+    call_passthrough,
+    call_stream,
+    worker_chunks,
+    worker_events,
+    worker_headers,
+)
+from ..relay import WorkerResponse
+from ..sse import SSEResponse, typed_error
 
 __all__ = ["router"]
 
@@ -105,8 +121,10 @@ async def _transcribe(request: Request, task: Capability) -> Response:
         word_timestamps=form.response_format == "verbose_json" and "word" in form.timestamp_granularities,
         stream=form.stream,
     )
-    if form.stream:  # SSE of transcript.text.delta / transcript.text.done, relayed as it comes
-        return await call_passthrough(request, form.model, task, payload)
+    if form.stream:  # transcript.text.delta events, then transcript.text.done, as they come
+        resp = await call_stream(request, form.model, task, payload)
+        events = worker_events(resp, TRANSCRIPT_EVENT, TranscriptTextDone)
+        return _event_stream(events, resp)
     raw = await call_json(request, form.model, task, payload)
     try:
         result = TranscriptResult.model_validate(raw)
@@ -130,7 +148,7 @@ async def create_translation(request: Request) -> Response:
 
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
-    mode: StreamMode
+    mode: Literal["file", "audio", "sse"]  # sse: framed here from the worker's audio chunks
     if body.stream_format == "sse":
         mode = "sse"
     elif body.stream or (body.stream is None and body.stream_format == "audio"):
@@ -138,6 +156,23 @@ async def create_speech(body: SpeechRequest, request: Request) -> Response:
     else:
         mode = "file"
     payload = SpeechPayload(
-        input=body.input, voice=body.voice, response_format=body.response_format, speed=body.speed, stream_mode=mode
+        input=body.input, voice=body.voice, response_format=body.response_format, speed=body.speed,
+        stream_mode="audio" if mode == "sse" else mode,
     )
-    return await call_passthrough(request, body.model, SPEECH, payload)
+    if mode != "sse":
+        return await call_passthrough(request, body.model, SPEECH, payload)
+    resp = await call_stream(request, body.model, SPEECH, payload)
+    return _event_stream(_speech_events(resp), resp)
+
+
+def _event_stream(events: AsyncIterator[list[Any]], resp: WorkerResponse) -> SSEResponse:
+    """Audio event streams: no [DONE] (the last event is the kind's own done event), typed
+    error events."""
+    return SSEResponse(events, on_close=resp.close, done=None, error_event=typed_error, headers=worker_headers(resp))
+
+
+async def _speech_events(resp: WorkerResponse) -> AsyncIterator[list[Any]]:
+    """OpenAI's speech stream: a speech.audio.delta per chunk of audio, then speech.audio.done."""
+    async for chunk in worker_chunks(resp):
+        yield [SpeechAudioDelta(audio=base64.b64encode(chunk).decode("ascii"))]
+    yield [SpeechAudioDone()]

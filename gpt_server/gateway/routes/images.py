@@ -2,9 +2,10 @@
 and the generated files at /v1/files/images/<id>.
 
 The worker always answers base64; for ``response_format=url`` the images are written to
-the gateway's image store and the response carries absolute URLs to this gateway. A
-client that hangs up cancels the job: the call to the worker is dropped, and the worker
-stops the pipeline at its next step.
+the gateway's image store and the response carries absolute URLs to this gateway. A failed
+job is the worker's error status, relayed as for every capability. A client that hangs
+up cancels the job (``DisconnectWatch``): the call to the worker is dropped, and the
+worker stops the pipeline at its next step.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from starlette.formparsers import MultiPartException
 
 from ...errors import (
     BadRequestError,
-    InternalError,
     NotFoundError,
     PayloadTooLargeError,
     UpstreamError,
@@ -39,7 +39,7 @@ from ...protocol.images import (
     ImageVariationForm,
 )
 from ...protocol.kinds import Capability
-from ...server_common import FastJSONResponse, validation_message
+from ...server_common import DisconnectWatch, FastJSONResponse, validation_message
 from ..files import MEDIA_TYPES, ImageStore
 from ..invoke import call_json
 
@@ -61,28 +61,7 @@ def _store(request: Request) -> ImageStore:
         request.app.state.image_store = store
     return store
 
-async def _call_watching(request: Request, model: str, capability: Capability, payload: ImageJob) -> dict[str, Any] | None:
-    """``call_json``, dropped as soon as the client disconnects (None then)."""
-    task = asyncio.create_task(call_json(request, model, capability, payload))
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                log.info("images: client disconnected; cancelling the %s job", capability)
-                return None
-    finally:
-        if not task.done():
-            task.cancel()
-
 def _check_result(raw: dict[str, Any]) -> ImageJobResult:
-    err = raw.get("error")
-    if isinstance(err, dict):  # a failure after the worker had started its response
-        message = str(err.get("message") or "image generation failed")
-        if raw.get("status") == 400:
-            raise BadRequestError(message, param=err.get("param"), code=err.get("code"))
-        raise InternalError(message)
     try:
         return ImageJobResult.model_validate(raw)
     except ValidationError as exc:
@@ -111,8 +90,10 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
     return FastJSONResponse(body, headers=headers)
 
 async def _run(request: Request, model: str, capability: Capability, job: ImageJob, response_format: str) -> Response:
-    raw = await _call_watching(request, model, capability, job)
-    if raw is None:
+    async with DisconnectWatch(request.receive) as client:  # a hang-up cancels the call (the job)
+        raw = await call_json(request, model, capability, job)
+    if client.gone:
+        log.info("images: client disconnected; the %s job was cancelled", capability)
         return Response(status_code=499)
     return await _respond(request, _check_result(raw), response_format)
 
