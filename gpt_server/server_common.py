@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -176,7 +177,7 @@ def error_response(exc: GatewayError) -> FastJSONResponse:
     return FastJSONResponse(exc.body(), status_code=exc.status, headers=exc.headers or None)
 
 
-def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """First validation error → (message, param) in the OpenAI style."""
     if not errors:
         return "invalid request", None
@@ -317,9 +318,16 @@ def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0) ->
         timeout_graceful_shutdown=int(graceful) or None,
         lifespan="on",
     )
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    return server
+    return _Server(config)
+
+
+class _Server(uvicorn.Server):
+    """Signals belong to whoever runs the servers (the launcher drains the gateway before the
+    workers; each role sets its own handlers), so uvicorn does not capture them."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 def run_async(coro: Any) -> Any:

@@ -81,7 +81,7 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         try:
             info = WorkerInfo.model_validate(raw)
         except ValidationError as exc:
-            message, param = validation_message(list(exc.errors()))  # type: ignore[arg-type]
+            message, param = validation_message(list(exc.errors()))
             raise BadRequestError(message, param=param) from None
         registry.register(info)
         return {"ok": True}

@@ -131,7 +131,7 @@ def completion_to_generate(req: CompletionRequest, request_id: str) -> GenerateR
     if isinstance(p, str):
         prompts = [p]
     elif p and isinstance(p[0], int):
-        prompts = [list(p)]  # type: ignore[arg-type]
+        prompts = [list(p)]
     else:
         prompts = list(p)  # type: ignore[arg-type]
     if len(prompts) * req.n > 128:

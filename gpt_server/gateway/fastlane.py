@@ -80,7 +80,7 @@ class FastLane:
             try:
                 body = model.model_validate_json(raw)
             except ValidationError as exc:
-                message, param = validation_message(exc.errors())  # type: ignore[arg-type]
+                message, param = validation_message(exc.errors())
                 raise BadRequestError(message, param=param) from None
             response = await endpoint(body, request)
         except GatewayError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any, TypeVar
 
 import aiohttp
@@ -62,7 +62,7 @@ def worker_headers(resp: WorkerResponse) -> dict[str, str]:
     return {k: v for k, v in resp.headers.items() if k.lower().startswith("x-") or k.lower() == "content-disposition"}
 
 
-async def worker_chunks(resp: WorkerResponse) -> AsyncIterator[bytes]:
+async def worker_chunks(resp: WorkerResponse) -> AsyncGenerator[bytes, None]:
     """The worker's body as it arrives; a body cut short raises ``UpstreamError`` (worker_lost)."""
     try:
         async for chunk in resp.content.iter_any():

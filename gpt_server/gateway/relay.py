@@ -210,6 +210,7 @@ class Relay:
 
     async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
         """POST to a worker; its response if 200, else the error it answered, raised."""
+        resp: _Response
         if is_local(target.address):
             if self.local is None:
                 raise aiohttp.ClientConnectionError(f"no in-process worker at {target.address}")

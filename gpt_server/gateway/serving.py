@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,7 +129,7 @@ class GenerationService:
             await stream.aclose()
         return choices, usage
 
-    async def _chunk_batches(self, stream: EventStream | LocalEventStream, convert: Callable[[Event], list[dict[str, Any]]]) -> AsyncIterator[list[dict[str, Any]]]:
+    async def _chunk_batches(self, stream: EventStream | LocalEventStream, convert: Callable[[Event], list[dict[str, Any]]]) -> AsyncGenerator[list[dict[str, Any]], None]:
         """The chunks of each batch of worker events (one client write per batch). An error
         event ends the stream after the chunks before it have gone out."""
         batches = self._batches(stream)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -46,7 +46,7 @@ _QUEUE_CHUNKS = 64  # chunks buffered before the app's send waits (a socket's se
 class LocalGeneration(Protocol):
     """A generation started on a worker in this process (``worker.generation.Generation``)."""
 
-    def events(self) -> AsyncIterator[Any]: ...
+    def events(self) -> AsyncGenerator[Any, None]: ...
 
     async def aclose(self) -> None: ...
 

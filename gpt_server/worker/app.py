@@ -56,7 +56,7 @@ def _line(ev: Event) -> bytes:
 
 
 def _bad_request(exc: ValidationError) -> BadRequestError:
-    message, param = validation_message(exc.errors())  # type: ignore[arg-type]
+    message, param = validation_message(exc.errors())
     return BadRequestError(message, param=param)
 
 

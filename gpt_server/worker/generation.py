@@ -8,7 +8,7 @@ its own request task: no serialisation, no second task and no queue per token.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..errors import BadRequestError, GatewayError, InternalError
 from ..protocol.worker import ErrorEvent, Event, GenerateRequest, UsageEvent
@@ -65,7 +65,7 @@ class Generation:
             raise
         return cls(runtime, agen, first)
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncGenerator[Event, None]:
         runtime = self.runtime
         try:
             ev = self._first

@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from gpt_server.protocol.audio import (
-    SpeechRequest,
-    TranscriptionForm,
-    TranscriptResult,
-    format_transcript,
-    srt_timestamp,
-    vtt_timestamp,
-)
+from gpt_server.gateway.transcripts import format_transcript, srt_timestamp, vtt_timestamp
+from gpt_server.protocol.audio import SpeechRequest, TranscriptionForm, TranscriptResult
 from tests.audio_helpers import parse_srt, parse_vtt, wer
 
 RESULT = TranscriptResult.model_validate({

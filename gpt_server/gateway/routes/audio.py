@@ -34,7 +34,6 @@ from ...protocol.audio import (
     TranscriptionForm,
     TranscriptResult,
     TranscriptTextDone,
-    format_transcript,
 )
 from ...protocol.kinds import Capability
 from ...server_common import FastJSONResponse, validation_message
@@ -48,6 +47,7 @@ from ..invoke import (
 )
 from ..relay import WorkerResponse
 from ..sse import SSEResponse, typed_error
+from ..transcripts import format_transcript
 
 __all__ = ["router"]
 
