@@ -121,7 +121,7 @@ def main() -> int:
         from .direct import DirectST
 
         st = DirectST(a.st, a.threads)
-    from gpt_server.server_common import bind_socket, make_server, run_async
+    from gpt_server.web.serve import bind_socket, make_server, run_async
 
     sock = bind_socket("127.0.0.1", a.port)
     try:

@@ -1,7 +1,7 @@
 """The floor under "added TTFT": one HTTP exchange on this machine, with nothing behind it.
 
 Not a test. Serves a bare ASGI app with the gateway's own server settings (uvicorn with
-uvloop and httptools, ``server_common.make_server``) in a subprocess; it answers a chat
+uvloop and httptools, ``web.serve.make_server``) in a subprocess; it answers a chat
 request at once with a two-chunk SSE stream (one token, then finish and usage), or the
 JSON body when not streaming. The benchmark's own load generator (``HttpTarget``, the
 client every gateway figure uses) times it at concurrency 1, so its TTFT is what any HTTP
@@ -60,7 +60,7 @@ async def app(scope, receive, send):  # noqa: ANN001, ANN201 - a bare ASGI app
 
 
 def serve(port: int) -> None:
-    from gpt_server.server_common import bind_socket, make_server, run_async
+    from gpt_server.web.serve import bind_socket, make_server, run_async
 
     sock = bind_socket("127.0.0.1", port)
     server = make_server(app, sock)

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if raw[:1] == ["bench"]:
         return _bench(raw[1:])
     args = build_parser().parse_args(argv)
-    from .server_common import run_async, setup_logging
+    from .logs import setup_logging
+    from .web.serve import run_async
 
     setup_logging(args.log_level)
     try:

@@ -22,8 +22,8 @@ from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .gateway.app import build_app
 from .procs import die_with_parent
-from .server_common import bind_socket, make_server
 from .transport.inproc import SCHEME, InProcessTransport
+from .web.serve import bind_socket, make_server
 from .worker.app import build_worker_app
 from .worker.generation import Generation
 from .worker.main import backend_available, build_runtime

@@ -24,7 +24,7 @@ from ..protocol.worker import (
     WorkerView,
     secret_matches,
 )
-from ..server_common import install_error_handlers, validation_message
+from ..web.error_handlers import install_error_handlers, validation_message
 from .registry import Registry
 
 __all__ = ["build_controller_app", "expiry_loop", "secret_guard"]

@@ -14,15 +14,17 @@ from .. import __version__
 from ..config import Config
 from ..controller.client import ControllerClient
 from ..errors import GatewayError
-from ..server_common import BodyLimitMiddleware, FastJSONResponse, install_error_handlers
 from ..transport.inproc import InProcessTransport
+from ..web.error_handlers import install_error_handlers
+from ..web.limits import BodyLimitMiddleware
+from ..web.responses import FastJSONResponse
 from .auth import api_key_guard
 from .fastlane import FastLane, plain_routes
 from .files import ImageStore
 from .metrics import Metrics, MetricsMiddleware
-from .relay import Relay
 from .routes import route_modules
 from .serving import GenerationService
+from .workers import WorkerClient
 
 __all__ = ["build_app"]
 
@@ -30,7 +32,7 @@ __all__ = ["build_app"]
 def build_app(config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None) -> FastAPI:
     """The gateway; ``local`` reaches the workers ``serve`` runs in this process."""
     sa = config.serve_args
-    relay = Relay(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local)
+    workers = WorkerClient(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local)
 
     image_store = ImageStore(sa.images_dir, sa.images_ttl)
 
@@ -39,7 +41,7 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
         image_store.start()  # expiry sweep; files are never wiped at start-up
         yield
         image_store.stop()
-        await relay.aclose()
+        await workers.aclose()
         await controller.aclose()
 
     app = FastAPI(
@@ -51,11 +53,11 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     )
     app.state.config = config
     app.state.controller = controller
-    app.state.relay = relay
+    app.state.workers = workers
     app.state.image_store = image_store
     metrics = Metrics()
     app.state.metrics = metrics
-    app.state.generation = GenerationService(relay, timeout=sa.request_timeout, metrics=metrics)
+    app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics)
     install_error_handlers(app)
 
     guard = api_key_guard(sa.api_keys)

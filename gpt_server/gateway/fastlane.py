@@ -22,7 +22,8 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import BadRequestError, GatewayError
-from ..server_common import error_response, validation_message
+from ..web.error_handlers import validation_message
+from ..web.responses import error_response
 
 __all__ = ["FastLane", "plain_routes"]
 

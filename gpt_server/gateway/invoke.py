@@ -21,9 +21,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from ..errors import UpstreamError
 from ..protocol.kinds import Capability
-from ..server_common import ClosingStreamingResponse
+from ..web.responses import ClosingStreamingResponse
 from .convert import new_id
-from .relay import Relay, WorkerResponse
+from .workers import WorkerClient, WorkerResponse
 
 __all__ = ["call_json", "call_stream", "call_passthrough", "worker_chunks", "worker_events", "worker_headers"]
 
@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 E = TypeVar("E")
 
 
-def _relay(request: Request) -> Relay:
-    return request.app.state.relay
+def _workers(request: Request) -> WorkerClient:
+    return request.app.state.workers
 
 
 async def call_json(request: Request, model: str, capability: Capability, payload: BaseModel) -> dict[str, Any]:
     """Invoke ``capability`` on a worker serving ``model``; its JSON result."""
-    resp = await _relay(request).invoke(model, capability, payload, new_id("req"))
+    resp = await _workers(request).invoke(model, capability, payload, new_id("req"))
     try:
         raw = await resp.read()
     except (TimeoutError, aiohttp.ClientError) as exc:
@@ -54,7 +54,7 @@ async def call_json(request: Request, model: str, capability: Capability, payloa
 async def call_stream(request: Request, model: str, capability: Capability, payload: BaseModel) -> WorkerResponse:
     """Invoke ``capability``; the worker's response (status 200), its body still to read
     (``worker_chunks`` / ``worker_events``) or ``close()``."""
-    return await _relay(request).invoke(model, capability, payload, new_id("req"))
+    return await _workers(request).invoke(model, capability, payload, new_id("req"))
 
 
 def worker_headers(resp: WorkerResponse) -> dict[str, str]:

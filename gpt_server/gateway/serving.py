@@ -1,4 +1,4 @@
-"""Chat and completion serving: one relay call, streamed as SSE or aggregated."""
+"""Chat and completion serving: one call to a worker, streamed as SSE or aggregated."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..protocol.worker import (
     ToolCallDelta,
     UsageEvent,
 )
-from ..server_common import FastJSONResponse
+from ..web.responses import FastJSONResponse
 from .convert import (
     chat_logprobs,
     chat_to_generate,
@@ -31,8 +31,8 @@ from .convert import (
     usage_dict,
 )
 from .metrics import Metrics
-from .relay import EventStream, LocalEventStream, Relay
 from .sse import SSEResponse
+from .workers import EventStream, LocalEventStream, WorkerClient
 
 __all__ = ["GenerationService"]
 
@@ -88,8 +88,8 @@ def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
 
 
 class GenerationService:
-    def __init__(self, relay: Relay, *, timeout: float, metrics: Metrics | None = None) -> None:
-        self.relay = relay
+    def __init__(self, workers: WorkerClient, *, timeout: float, metrics: Metrics | None = None) -> None:
+        self.workers = workers
         self.timeout = timeout
         self.metrics = metrics
 
@@ -154,7 +154,7 @@ class GenerationService:
     async def chat(self, req: ChatCompletionRequest) -> Response:
         rid = new_id("chatcmpl")
         gen = chat_to_generate(req, rid)
-        stream = await self.relay.open(req.model, gen)
+        stream = await self.workers.open(req.model, gen)
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -230,7 +230,7 @@ class GenerationService:
         rid = new_id("cmpl")
         gen = completion_to_generate(req, rid)
         n_choices = len(gen.prompts or []) * req.n
-        stream = await self.relay.open(req.model, gen)
+        stream = await self.workers.open(req.model, gen)
         created = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)

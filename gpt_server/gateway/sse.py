@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError, TimeoutError_
-from ..server_common import DisconnectWatch, aclose_then
+from ..web.responses import DisconnectWatch, aclose_then
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse", "plain_error", "typed_error"]
 

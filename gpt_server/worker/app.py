@@ -31,13 +31,8 @@ from ..protocol.worker import (
     InvokeRequest,
     secret_matches,
 )
-from ..server_common import (
-    ClosingStreamingResponse,
-    FastJSONResponse,
-    error_response,
-    install_error_handlers,
-    validation_message,
-)
+from ..web.error_handlers import install_error_handlers, validation_message
+from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
 from .generation import Generation
 from .runtime import WorkerRuntime
 

@@ -10,7 +10,7 @@ import signal
 from ..backends.base import BackendSpec
 from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
-from ..server_common import bind_socket, make_server
+from ..web.serve import bind_socket, make_server
 from .app import build_worker_app
 from .runtime import ControllerLink, WorkerRuntime, advertise_host
 

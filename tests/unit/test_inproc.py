@@ -12,8 +12,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gpt_server.server_common import ClosingStreamingResponse
 from gpt_server.transport.inproc import InProcessTransport
+from gpt_server.web.responses import ClosingStreamingResponse
 
 
 def _app(state: dict) -> Starlette:

@@ -18,7 +18,7 @@ from gpt_server.controller.client import LocalController
 from gpt_server.controller.dispatch import make_policy
 from gpt_server.controller.registry import Registry, WorkerRecord
 from gpt_server.errors import BadRequestError, InternalError, ServiceUnavailableError
-from gpt_server.gateway.relay import LocalEventStream, Relay
+from gpt_server.gateway.workers import LocalEventStream, WorkerClient
 from gpt_server.launcher import LocalWorker, _local_workers
 from gpt_server.protocol.worker import (
     EVENT_ADAPTER,
@@ -48,7 +48,7 @@ class _Env:
         self.registry = registry
         self.transport = transport
         self.workers = workers
-        self.relay = Relay(LocalController(registry), max_retries=2, timeout=timeout, local=transport)
+        self.client = WorkerClient(LocalController(registry), max_retries=2, timeout=timeout, local=transport)
 
     def record(self, replica: int) -> WorkerRecord:
         return next(r for r in self.registry.workers.values() if r.info.replica == replica)
@@ -71,7 +71,7 @@ async def _start(replicas: int, policy: str, timeout: float) -> _Env:
 
 
 async def _stop(env: _Env) -> None:
-    await env.relay.aclose()
+    await env.client.aclose()
     for w in env.workers:
         await w.stop()
 
@@ -98,7 +98,7 @@ async def _events(stream) -> list:  # noqa: ANN001
 def test_objects_equal_the_http_route_bytes() -> None:
     async def go() -> None:
         async with _served() as env:
-            stream = await env.relay.open("echo", _request())
+            stream = await env.client.open("echo", _request())
             assert isinstance(stream, LocalEventStream)
             local = await _events(stream)
             # the same worker's HTTP route (through the byte bridge) answers the same events
@@ -119,7 +119,7 @@ def test_a_replica_that_refuses_is_skipped() -> None:
         async with _served(2, policy="round_robin") as env:  # replica 0 is tried in turn
             env.workers[0].runtime.state = "draining"  # admission answers 503
             for _ in range(3):
-                stream = await env.relay.open("echo", _request())
+                stream = await env.client.open("echo", _request())
                 assert stream.target.worker_id == env.workers[1].runtime.worker_id
                 assert isinstance((await _events(stream))[-1], UsageEvent)
             assert env.record(0).dispatched_total >= 1  # it was asked, and refused
@@ -176,7 +176,7 @@ def test_closing_mid_stream_stops_the_engine_and_releases() -> None:
     async def go() -> None:
         _Endless.closed = False
         async with _served(backend=_Endless) as env:
-            batches = (await env.relay.open("echo", _request())).batches()
+            batches = (await env.client.open("echo", _request())).batches()
             for _ in range(3):
                 assert isinstance((await anext(batches))[0], DeltaEvent)
             assert env.counts() == [(1, 1)]
@@ -192,7 +192,7 @@ def test_cancelling_the_reader_stops_the_engine() -> None:
     async def go() -> None:
         _Endless.closed = False
         async with _served(backend=_Endless) as env:
-            stream = await env.relay.open("echo", _request())
+            stream = await env.client.open("echo", _request())
             seen = asyncio.Event()
 
             async def read() -> None:
@@ -213,10 +213,10 @@ def test_errors_before_the_first_event_are_raised() -> None:
     async def go() -> None:
         async with _served(2, backend=_FailsFirst) as env:
             with pytest.raises(BadRequestError) as e:
-                await env.relay.open("echo", _request(max_tokens=1))
+                await env.client.open("echo", _request(max_tokens=1))
             assert e.value.status == 400 and e.value.param == "max_tokens"
             with pytest.raises(InternalError) as e:
-                await env.relay.open("echo", _request())
+                await env.client.open("echo", _request())
             assert e.value.status == 500 and "RuntimeError" in e.value.message
             assert env.counts() == [(0, 0), (0, 0)]
             assert any(w.runtime.last_error == "engine exploded" for w in env.workers)
@@ -229,7 +229,7 @@ def test_a_first_event_past_the_timeout_frees_both_replicas() -> None:
         _SlowStart.closed = 0
         async with _served(2, backend=_SlowStart, timeout=0.2) as env:
             with pytest.raises(ServiceUnavailableError):
-                await env.relay.open("echo", _request())
+                await env.client.open("echo", _request())
             assert _SlowStart.closed == 2  # both were tried and both generations stopped
             assert env.counts() == [(0, 0), (0, 0)]
 
@@ -239,7 +239,7 @@ def test_a_first_event_past_the_timeout_frees_both_replicas() -> None:
 def test_an_error_mid_stream_is_the_last_event() -> None:
     async def go() -> None:
         async with _served(backend=_FailsLater) as env:
-            events = await _events(await env.relay.open("echo", _request()))
+            events = await _events(await env.client.open("echo", _request()))
             assert events[0] == DeltaEvent(index=0, text="partial")
             assert isinstance(events[-1], ErrorEvent) and events[-1].status == 500 and len(events) == 2
             assert env.counts() == [(0, 0)]
@@ -281,7 +281,7 @@ def test_the_request_object_itself_reaches_the_backend() -> None:
     async def go() -> None:
         async with _served(backend=_Spy) as env:
             req = _request()
-            await _events(await env.relay.open("echo", req))
+            await _events(await env.client.open("echo", req))
             assert len(_Spy.seen) == 1 and _Spy.seen[0] is req
 
     asyncio.run(go())

@@ -37,8 +37,8 @@ from gpt_server.launcher import LocalWorker, _local_workers
 from gpt_server.protocol.audio import SpeechPayload, TranscribePayload
 from gpt_server.protocol.kinds import Capability
 from gpt_server.protocol.worker import DeltaEvent, Event, GenerateRequest
-from gpt_server.server_common import ClosingStreamingResponse, DisconnectWatch, StreamAborted
 from gpt_server.transport.inproc import InProcessTransport
+from gpt_server.web.responses import ClosingStreamingResponse, DisconnectWatch, StreamAborted
 
 # ---- raw ASGI plumbing ------------------------------------------------------------------
 
@@ -373,7 +373,7 @@ async def _gateway() -> AsyncIterator[tuple[Any, list[LocalWorker]]]:
     try:
         yield app, workers
     finally:
-        await app.state.relay.aclose()
+        await app.state.workers.aclose()
         for w in workers:
             await w.stop()
 

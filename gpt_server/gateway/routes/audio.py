@@ -36,7 +36,8 @@ from ...protocol.audio import (
     TranscriptTextDone,
 )
 from ...protocol.kinds import Capability
-from ...server_common import FastJSONResponse, validation_message
+from ...web.error_handlers import validation_message
+from ...web.responses import FastJSONResponse
 from ..invoke import (
     call_json,
     call_passthrough,
@@ -45,9 +46,9 @@ from ..invoke import (
     worker_events,
     worker_headers,
 )
-from ..relay import WorkerResponse
 from ..sse import SSEResponse, typed_error
 from ..transcripts import format_transcript
+from ..workers import WorkerResponse
 
 __all__ = ["router"]
 

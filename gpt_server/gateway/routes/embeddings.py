@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ...protocol.embeddings import EMBED, EmbeddingRequest, embed_payload
-from ...server_common import FastJSONResponse
+from ...web.responses import FastJSONResponse
 from ..invoke import call_json
 
 __all__ = ["router"]

@@ -39,7 +39,8 @@ from ...protocol.images import (
     ImageVariationForm,
 )
 from ...protocol.kinds import Capability
-from ...server_common import DisconnectWatch, FastJSONResponse, validation_message
+from ...web.error_handlers import validation_message
+from ...web.responses import DisconnectWatch, FastJSONResponse
 from ..files import MEDIA_TYPES, ImageStore
 from ..invoke import call_json
 

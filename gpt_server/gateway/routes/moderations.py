@@ -12,7 +12,7 @@ from ...protocol.moderation import (
     ModerationRequest,
     classify_payload,
 )
-from ...server_common import FastJSONResponse
+from ...web.responses import FastJSONResponse
 from ..convert import new_id
 from ..invoke import call_json
 

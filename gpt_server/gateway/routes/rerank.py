@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ...protocol.rerank import RERANK, RerankRequest, rerank_payload
-from ...server_common import FastJSONResponse
+from ...web.responses import FastJSONResponse
 from ..convert import new_id
 from ..invoke import call_json
 

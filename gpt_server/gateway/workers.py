@@ -1,4 +1,4 @@
-"""Relay a request to a worker: dispatch, retry other replicas before the first byte.
+"""How the gateway calls workers: dispatch, retry other replicas before the first byte.
 
 The gateway talks to workers with aiohttp: pooled keep-alive connections, and a
 response can be closed synchronously. That matters when a client hangs up: the
@@ -34,7 +34,7 @@ from ..protocol.worker import (
 )
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
 
-__all__ = ["Relay", "EventStream", "LocalEventStream", "WorkerResponse"]
+__all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,11 @@ class LocalEventStream:
             on_close()
 
 
-class Relay:
+class WorkerClient:
+    """The gateway's side of the worker protocol: picks a replica through the controller,
+    sends the request (HTTP, or the in-process transport), retries another replica while
+    nothing has been answered yet, and hands back the worker's response or events."""
+
     def __init__(
         self,
         controller: ControllerClient,
