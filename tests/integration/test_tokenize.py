@@ -1,13 +1,17 @@
 """/tokenize and /detokenize (vLLM's shapes) on a real server, driven with httpx.
 
 One server holds SmolLM2-135M-Instruct on llama.cpp (the packaged GGUF) and on transformers
-(the same weights as a Hugging Face directory), plus an embedding model that offers
-neither capability. A messages ``count`` must equal the ``usage.prompt_tokens`` a real chat
-completion of the same messages is billed.
+(the same weights as a Hugging Face directory), the same directory as ``work_mode: vllm``
+(the engine's server played by ``vllm_tokenize_stub.py``: vLLM's root routes on the model's
+tokenizer, so the relay's paths, body and key are what is checked), plus a remote OpenAI
+upstream (never called) that offers neither capability. A messages ``count`` must equal the ``usage.prompt_tokens``
+a real chat completion of the same messages is billed.
 """
 
 from __future__ import annotations
 
+import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,12 +19,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.embed_helpers import MINILM, entry
 from tests.helpers import Server, base_config, served, smollm_entry
 from tests.hf_helpers import hf_entry, smollm_hf_dir
 
 ENGINES = ["llama", "hf"]
-EMBED = "minilm"
+UPSTREAM = "remote"  # work_mode openai: no /tokenize to relay to
+RELAYED = "vllm"
+STUB = Path(__file__).with_name("vllm_tokenize_stub.py")
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Name three colors, héhé 🎨."},
@@ -40,12 +45,22 @@ TOOLS = [
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("tokenize")
+    python = tmp / "vllm-python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {STUB} "$@"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
+    relayed = {
+        "model_config": {"model_name_or_path": str(smollm_hf_dir()), "python": str(python), "max_model_len": 2048, "startup_timeout": 90},
+        "work_mode": "vllm",
+        "device": "cpu",
+        "workers": [{"gpus": []}],
+    }
     models = [
         smollm_entry("llama", n_threads=1, n_parallel=2),
         hf_entry("hf", smollm_hf_dir(), n_parallel=2),
-        entry(EMBED, MINILM, "embedding"),
+        {RELAYED: relayed},
+        {UPSTREAM: {"model_config": {"model_name_or_path": "m", "api_base": "http://127.0.0.1:9/v1"}, "work_mode": "openai", "workers": [{"gpus": []}]}},
     ]
-    with served(base_config(models=models), tmp, "tokenize", 3) as srv:
+    with served(base_config(models=models), tmp, "tokenize", 4) as srv:
         yield srv
 
 
@@ -137,12 +152,26 @@ def test_bounds_and_shape_errors(http: httpx.Client) -> None:
     assert _error(http, "/tokenize", {"model": "llama", "prompt": 5})["param"] == "prompt"
 
 
+def test_relayed_to_the_engines_own_routes(http: httpx.Client) -> None:
+    text = "The quick brown fox jumps over the lazy dog."
+    relayed = _ok(http, "/v1/tokenize", {"model": RELAYED, "prompt": text, "return_token_strs": True})
+    local = _ok(http, "/tokenize", {"model": "hf", "prompt": text, "return_token_strs": True})
+    assert relayed["tokens"] == local["tokens"] and relayed["token_strs"] == local["token_strs"]
+    assert relayed["count"] == local["count"] and relayed["max_model_len"] == 2048
+    assert _ok(http, "/detokenize", {"model": RELAYED, "tokens": relayed["tokens"]}) == {"prompt": text}
+    relayed = _ok(http, "/tokenize", {"model": RELAYED, "messages": MESSAGES, "add_generation_prompt": False})
+    local = _ok(http, "/tokenize", {"model": "hf", "messages": MESSAGES, "add_generation_prompt": False})
+    assert relayed["tokens"] == local["tokens"]
+    err = _error(http, "/detokenize", {"model": RELAYED, "tokens": [49_152]})
+    assert "vocabulary" in err["message"]
+
+
 def test_unknown_model_and_unsupported_kind(http: httpx.Client) -> None:
     err = _error(http, "/tokenize", {"model": "no-such-model", "prompt": "hi"}, status=404)
     assert err["param"] == "model"
-    err = _error(http, "/tokenize", {"model": EMBED, "prompt": "hi"})
+    err = _error(http, "/tokenize", {"model": UPSTREAM, "prompt": "hi"})
     assert err["param"] == "model" and "does not support tokenize" in err["message"]
-    err = _error(http, "/detokenize", {"model": EMBED, "tokens": [1]})
+    err = _error(http, "/detokenize", {"model": UPSTREAM, "tokens": [1]})
     assert "does not support detokenize" in err["message"]
 
 
@@ -150,6 +179,6 @@ def test_model_cards_list_the_capabilities(http: httpx.Client) -> None:
     r = http.get("/v1/models")
     assert r.status_code == 200
     caps = {m["id"]: set(m["capabilities"]) for m in r.json()["data"]}
-    for model in ENGINES:
+    for model in [*ENGINES, RELAYED]:
         assert {"chat", "completion", "tokenize", "detokenize"} <= caps[model]
-    assert not {"tokenize", "detokenize"} & caps[EMBED]
+    assert not {"tokenize", "detokenize"} & caps[UPSTREAM]
