@@ -9,6 +9,8 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from ...chat.media import MediaPolicy
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
@@ -17,11 +19,21 @@ from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, ServiceUnavailableError
+from ...protocol.kinds import Capability
+from ...protocol.tokenize import (
+    DETOKENIZE,
+    TOKENIZE,
+    DetokenizePayload,
+    TokenizePayload,
+    check_token_ids,
+    tokenize_response,
+)
 from ...protocol.worker import (
     Event,
     GenerateRequest,
+    ToolSpec,
 )
-from ..base import Backend, BackendSpec
+from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..textgen.limits import check_sampling, completion_budget
 from ..textgen.sequences import stream_sequences
 from . import HFOptions
@@ -34,6 +46,8 @@ __all__ = ["HFBackend"]
 log = logging.getLogger(__name__)
 
 _DEFAULT_PARALLEL = 4
+# detokenising more ids than this runs in a thread
+_INLINE_DETOKENIZE = 4096
 
 
 @dataclass
@@ -48,7 +62,7 @@ class _Plan:
 
 
 class HFBackend(Backend):
-    capabilities: frozenset[str] = frozenset({"chat", "completion"})
+    capabilities: frozenset[str] = frozenset({"chat", "completion", TOKENIZE, DETOKENIZE})
     options: HFOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -126,15 +140,8 @@ class HFBackend(Backend):
         if req.tools is not None and req.tools.enforce or req.structured is not None:
             plan.grammar = self.grammars.compile(req.structured, req.tools, enforced)
         if req.kind == "chat":
-            messages = prepare_tool_messages(req.messages or [], req.tools, plan.tool_parser, tpl.source)
-            tools = req.tools.tools if req.tools is not None else None
-            if lm.processor is not None:
-                vmsgs, images = vision_messages(messages, self.media)
-                text = render_vision(tpl, vmsgs, **({"tools": tools} if tools else {}), **req.chat_template_kwargs)
-                plan.prompts, plan.extra = lm.process_vision(text, images)
-            else:
-                text = tpl.render(messages, tools=tools, **req.chat_template_kwargs)
-                plan.prompts = [lm.encode(text, add_special=not (tpl.bos_token and text.startswith(tpl.bos_token)))]
+            text, toks, plan.extra = self._chat_tokens(req.messages or [], req.tools, plan.tool_parser, req.chat_template_kwargs)
+            plan.prompts = [toks]
             if self.reasoning_parser_name:
                 plan.reasoning = ThinkParser(open_in_prompt=starts_in_reasoning(text))
             return plan
@@ -149,9 +156,82 @@ class HFBackend(Backend):
                 plan.prompts.append(list(p))
         return plan
 
+    def _chat_tokens(
+        self,
+        messages: list[dict[str, Any]],
+        tools: ToolSpec | None,
+        tool_parser: ToolParser | None,
+        template_kwargs: dict[str, Any],
+        *,
+        add_generation_prompt: bool = True,
+        add_special: bool | None = None,
+    ) -> tuple[str, list[int], dict[str, Any] | None]:
+        """The chat prompt as text, ids and the vision tensors its prefill needs: the one
+        rendering chat and /tokenize share. A vision processor adds no special tokens."""
+        lm, tpl = self.loaded, self.template
+        assert lm is not None and tpl is not None
+        messages = prepare_tool_messages(messages, tools, tool_parser, tpl.source)
+        tool_list = tools.tools if tools is not None else None
+        if lm.processor is not None:
+            vmsgs, images = vision_messages(messages, self.media)
+            text = render_vision(
+                tpl,
+                vmsgs,
+                add_generation_prompt=add_generation_prompt,
+                **({"tools": tool_list} if tool_list else {}),
+                **template_kwargs,
+            )
+            prompts, extra = lm.process_vision(text, images)
+            return text, prompts[0], extra
+        text = tpl.render(messages, tools=tool_list, add_generation_prompt=add_generation_prompt, **template_kwargs)
+        if add_special is None:
+            # templates that write BOS themselves must not get a second one
+            add_special = not (tpl.bos_token and text.startswith(tpl.bos_token))
+        return text, lm.encode(text, add_special=add_special), None
+
     def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
         assert self.loaded is not None
         return completion_budget(prompts, req, self.loaded.n_ctx)
+
+    # ---- tokenize / detokenize -------------------------------------------------
+    def _ready_model(self) -> LoadedModel:
+        if self.engine is None or self.loaded is None or not self.engine.healthy():
+            raise ServiceUnavailableError("the engine is not running")
+        return self.loaded
+
+    def _tokenize(self, p: TokenizePayload) -> dict[str, Any]:
+        lm = self._ready_model()
+        if p.messages is not None:
+            parser, _ = parser_for_request(self.tool_parser_name, p.tools)
+            _, toks, _ = self._chat_tokens(
+                p.messages,
+                p.tools,
+                parser,
+                p.chat_template_kwargs,
+                add_generation_prompt=p.add_generation_prompt,
+                add_special=p.add_special_tokens,
+            )
+        else:
+            toks = lm.encode(p.prompt or "", add_special=True if p.add_special_tokens is None else p.add_special_tokens)
+        strs = None
+        if p.return_token_strs:
+            strs = [s if isinstance(s, str) else "" for s in lm.tokenizer.convert_ids_to_tokens(toks)]
+        return tokenize_response(toks, self.context_length, strs)
+
+    def _detokenize(self, p: DetokenizePayload) -> dict[str, Any]:
+        lm = self._ready_model()
+        check_token_ids(p.tokens, lm.tokens.n_vocab)
+        return {"prompt": lm.tokenizer.decode(p.tokens)}
+
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
+        if capability == TOKENIZE:
+            return await asyncio.to_thread(self._tokenize, payload_as(payload, TokenizePayload))
+        if capability == DETOKENIZE:
+            p = payload_as(payload, DetokenizePayload)
+            if len(p.tokens) > _INLINE_DETOKENIZE:
+                return await asyncio.to_thread(self._detokenize, p)
+            return self._detokenize(p)
+        return await super().invoke(capability, payload)
 
     # ---- generation ------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:

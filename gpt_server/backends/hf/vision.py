@@ -64,7 +64,9 @@ def vision_messages(messages: list[dict[str, Any]], policy: MediaPolicy) -> tupl
     return out, images
 
 
-def render_vision(template: ChatTemplate, messages: list[dict[str, Any]], **kwargs: Any) -> str:
+def render_vision(
+    template: ChatTemplate, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True, **kwargs: Any
+) -> str:
     """Render already-converted vision messages with the shared sandboxed template."""
     from jinja2 import TemplateError
 
@@ -72,7 +74,7 @@ def render_vision(template: ChatTemplate, messages: list[dict[str, Any]], **kwar
 
     try:
         return _compile(template.source).render(
-            messages=messages, add_generation_prompt=True, bos_token=template.bos_token,
+            messages=messages, add_generation_prompt=add_generation_prompt, bos_token=template.bos_token,
             eos_token=template.eos_token, **kwargs,
         )
     except BadRequestError:

@@ -9,6 +9,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel
+
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
@@ -16,11 +18,21 @@ from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, ServiceUnavailableError
+from ...protocol.kinds import Capability
+from ...protocol.tokenize import (
+    DETOKENIZE,
+    TOKENIZE,
+    DetokenizePayload,
+    TokenizePayload,
+    check_token_ids,
+    tokenize_response,
+)
 from ...protocol.worker import (
     Event,
     GenerateRequest,
+    ToolSpec,
 )
-from ..base import Backend, BackendSpec
+from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..textgen.limits import check_sampling, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
 from . import LlamaCppOptions
@@ -38,10 +50,12 @@ class _ChatPlan:
     grammar: Any = None
 
 _DEFAULT_PARALLEL = 4
+# detokenising more ids than this runs in a thread
+_INLINE_DETOKENIZE = 4096
 
 
 class LlamaCppBackend(Backend):
-    capabilities: frozenset[str] = frozenset({"chat", "completion"})
+    capabilities: frozenset[str] = frozenset({"chat", "completion", TOKENIZE, DETOKENIZE})
     options: LlamaCppOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -111,20 +125,14 @@ class LlamaCppBackend(Backend):
         if req.tools is not None and req.tools.enforce or req.structured is not None:
             plan.grammar = self.grammars.compile(req.structured, req.tools, enforced)
         if req.kind == "chat":
-            messages = prepare_tool_messages(req.messages or [], req.tools, plan.tool_parser, self.template.source)
-            tools = req.tools.tools if req.tools is not None else None
-            text = self.template.render(messages, tools=tools, **req.chat_template_kwargs)
+            text, toks = self._chat_tokens(req.messages or [], req.tools, plan.tool_parser, req.chat_template_kwargs)
             if self.reasoning_parser_name:
                 plan.reasoning = ThinkParser(open_in_prompt=starts_in_reasoning(text))
-            bos = self.template.bos_token
-            # templates that write BOS themselves must not get a second one
-            add_bos = eng.add_bos() and not (bos and text.startswith(bos))
-            toks = eng.tokenize(text, add_special=add_bos, parse_special=True)
             return [toks], plan
         prompts: list[list[int]] = []
         for p in req.prompts or []:
             if isinstance(p, str):
-                prompts.append(eng.tokenize(p, add_special=eng.add_bos(), parse_special=False))
+                prompts.append(self._prompt_tokens(p))
             else:
                 bad = [t for t in p if not 0 <= t < eng.n_vocab]
                 if bad:
@@ -132,9 +140,78 @@ class LlamaCppBackend(Backend):
                 prompts.append(list(p))
         return prompts, plan
 
+    def _chat_tokens(
+        self,
+        messages: list[dict[str, Any]],
+        tools: ToolSpec | None,
+        tool_parser: ToolParser | None,
+        template_kwargs: dict[str, Any],
+        *,
+        add_generation_prompt: bool = True,
+        add_special: bool | None = None,
+    ) -> tuple[str, list[int]]:
+        """The chat prompt as text and ids: the one rendering chat and /tokenize share."""
+        eng, tpl = self.engine, self.template
+        assert eng is not None and tpl is not None
+        messages = prepare_tool_messages(messages, tools, tool_parser, tpl.source)
+        text = tpl.render(
+            messages,
+            tools=tools.tools if tools is not None else None,
+            add_generation_prompt=add_generation_prompt,
+            **template_kwargs,
+        )
+        if add_special is None:
+            # templates that write BOS themselves must not get a second one
+            add_special = eng.add_bos() and not (tpl.bos_token and text.startswith(tpl.bos_token))
+        return text, eng.tokenize(text, add_special=add_special, parse_special=True)
+
+    def _prompt_tokens(self, text: str, add_special: bool | None = None) -> list[int]:
+        eng = self.engine
+        assert eng is not None
+        return eng.tokenize(text, add_special=eng.add_bos() if add_special is None else add_special, parse_special=False)
+
     def _check_lengths(self, prompts: list[list[int]], req: GenerateRequest) -> int:
         assert self.engine is not None
         return completion_budget(prompts, req, self.engine.n_ctx_seq)
+
+    # ---- tokenize / detokenize -------------------------------------------------
+    def _ready_engine(self) -> LlamaEngine:
+        eng = self.engine
+        if eng is None or not eng.healthy():
+            raise ServiceUnavailableError("the engine is not running")
+        return eng
+
+    def _tokenize(self, p: TokenizePayload) -> dict[str, Any]:
+        eng = self._ready_engine()
+        if p.messages is not None:
+            parser, _ = parser_for_request(self.tool_parser_name, p.tools)
+            _, toks = self._chat_tokens(
+                p.messages,
+                p.tools,
+                parser,
+                p.chat_template_kwargs,
+                add_generation_prompt=p.add_generation_prompt,
+                add_special=p.add_special_tokens,
+            )
+        else:
+            toks = self._prompt_tokens(p.prompt or "", p.add_special_tokens)
+        strs = [eng.token_text(t) for t in toks] if p.return_token_strs else None
+        return tokenize_response(toks, self.context_length, strs)
+
+    def _detokenize(self, p: DetokenizePayload) -> dict[str, Any]:
+        eng = self._ready_engine()
+        check_token_ids(p.tokens, eng.n_vocab)
+        return {"prompt": eng.decode_text(p.tokens)}
+
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
+        if capability == TOKENIZE:
+            return await asyncio.to_thread(self._tokenize, payload_as(payload, TokenizePayload))
+        if capability == DETOKENIZE:
+            p = payload_as(payload, DetokenizePayload)
+            if len(p.tokens) > _INLINE_DETOKENIZE:
+                return await asyncio.to_thread(self._detokenize, p)
+            return self._detokenize(p)
+        return await super().invoke(capability, payload)
 
     # ---- generation ------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:

@@ -151,6 +151,21 @@ class LlamaEngine(EngineThread[Sequence, None]):
     def detokenize(self, tokens: list[int]) -> str:
         return b"".join(self.piece(t) for t in tokens).decode("utf-8", errors="replace")
 
+    def decode_text(self, tokens: list[int]) -> str:
+        """``tokens`` as text with special tokens written out (what /detokenize answers;
+        ``detokenize`` drops them, as generated text must). Ids must be in the vocabulary."""
+        if not tokens:
+            return ""
+        arr = (llama_cpp.llama_token * len(tokens))(*tokens)
+        cap = len(tokens) * 8 + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = llama_cpp.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
+        if n < 0:
+            cap = -n
+            buf = ctypes.create_string_buffer(cap)
+            n = llama_cpp.llama_detokenize(self.vocab, arr, len(tokens), buf, cap, False, True)
+        return buf.raw[:n].decode("utf-8", errors="replace")
+
     def add_bos(self) -> bool:
         return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 

@@ -23,6 +23,7 @@ from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
 from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
+from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, TokenizePayload
 from ...protocol.worker import Event, GenerateRequest
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..engine_process import EngineProcess, ProcessOptions
@@ -41,6 +42,8 @@ _DEFAULT_STARTUP = 900.0
 
 # what a relay can carry today; the model's kind picks among them
 _RELAYED = frozenset({"chat", "completion", "embed"})
+# engines whose own server answers vLLM's /tokenize and /detokenize at its root
+_TOKENIZING_ENGINES = frozenset({"vllm", "sglang"})
 
 
 class RelayBackend(Backend):
@@ -83,7 +86,13 @@ class RelayBackend(Backend):
             yield ev
 
     async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
-        if capability != EMBED or capability not in self.capabilities:
+        if capability not in self.capabilities:
+            return await super().invoke(capability, payload)
+        if capability == TOKENIZE:
+            return await self._tokenize(payload_as(payload, TokenizePayload))
+        if capability == DETOKENIZE:
+            return await self._detokenize(payload_as(payload, DetokenizePayload))
+        if capability != EMBED:
             return await super().invoke(capability, payload)
         p = payload_as(payload, EmbedPayload)
         body: dict[str, Any] = {"model": self.upstream_model, "input": p.inputs, "encoding_format": p.encoding_format}
@@ -94,6 +103,34 @@ class RelayBackend(Backend):
         data.pop("model", None)  # the gateway stamps the name the client used
         data.setdefault("object", "list")
         return data
+
+    def _root_url(self, path: str) -> str:
+        """``path`` at the upstream's root (its OpenAI routes are under /v1, these are not)."""
+        return self._ready_client().base_url.removesuffix("/v1") + path
+
+    async def _tokenize(self, p: TokenizePayload) -> InvokeResult:
+        body: dict[str, Any] = {"model": self.upstream_model, **p.model_dump(exclude_none=True, exclude={"tools"})}
+        if p.tools is not None:
+            body["tools"] = p.tools.tools
+        if p.messages is None:  # template options mean nothing to a prompt
+            for key in ("add_generation_prompt", "chat_template_kwargs"):
+                body.pop(key, None)
+        data = await self._ready_client().post_json(self._root_url("/tokenize"), body)
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise UpstreamError("the engine's /tokenize answered no token list")
+        out: dict[str, Any] = {"count": len(tokens), "max_model_len": data.get("max_model_len") or self.context_length}
+        out["tokens"] = tokens
+        if p.return_token_strs and isinstance(data.get("token_strs"), list):
+            out["token_strs"] = data["token_strs"]
+        return out
+
+    async def _detokenize(self, p: DetokenizePayload) -> InvokeResult:
+        body = {"model": self.upstream_model, "tokens": p.tokens}
+        data = await self._ready_client().post_json(self._root_url("/detokenize"), body)
+        if not isinstance(data.get("prompt"), str):
+            raise UpstreamError("the engine's /detokenize answered no prompt")
+        return {"prompt": data["prompt"]}
 
     def close(self) -> None:
         if self.client is not None:
@@ -146,6 +183,8 @@ class EngineServerBackend(RelayBackend):
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
+        if spec.entry.work_mode in _TOKENIZING_ENGINES:
+            self.capabilities = self.capabilities | (kind(spec.entry.kind).capabilities & {TOKENIZE, DETOKENIZE})
         self.process: EngineProcess | None = None
         self._tmpdir: str | None = None
 
