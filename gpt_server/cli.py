@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)
 
+    p = sub.add_parser("engines", help="list the engines (work_mode) of this build and of installed plug-ins")
+    p.add_argument("name", nargs="?", help="an engine: show the model_config keys it takes")
+
     # the benchmark lives in bench/ (a source checkout); its own parser reads the rest
     sub.add_parser("bench", help="paired benchmark (bench/README.md); --help after it for options", add_help=False)
     return parser
@@ -101,11 +104,36 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv)
 
 
+def _engines(name: str | None) -> int:
+    """`gpt-server engines [NAME]`: the engine registry, or one engine's model_config keys."""
+    from .backends.registry import engines
+
+    known = engines()
+    if name is None:
+        rows = [(n, ", ".join(sorted(e.kinds)), "yes" if e.available() else "no", e.description) for n, e in sorted(known.items())]
+        widths = [max(len(r[i]) for r in [("work_mode", "kinds", "available", ""), *rows]) for i in range(3)]
+        for r in [("work_mode", "kinds", "available", "description"), *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths, strict=True)) + "  " + r[3])
+        return 0
+    if name not in known:
+        print(f"gpt-server: no engine '{name}' (known: {', '.join(sorted(known))})", file=sys.stderr)
+        return 2
+    e = known[name]
+    print(f"{name}: {e.description}\nkinds (model_type): {', '.join(sorted(e.kinds))}\nmodel_config keys:")
+    for key, field in e.options.model_fields.items():
+        kind = getattr(field.annotation, "__name__", None) or str(field.annotation).replace("typing.", "")
+        default = "required" if field.is_required() else f"default {field.default!r}"
+        print(f"  {key}: {kind} ({default}) {field.description or ''}".rstrip())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["bench"]:
         return _bench(raw[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "engines":
+        return _engines(args.name)
     from .logs import setup_logging
     from .web.serve import run_async
 

@@ -89,3 +89,17 @@ def test_engine_missing_from_build_is_refused(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(registry, "_ENGINES", {**registry.engines(), "hf": missing})
     with pytest.raises(ConfigError, match="not available in this build"):
         worker_main.backend_available(entry)
+
+
+def test_engines_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    from gpt_server.backends.registry import engines
+    from gpt_server.cli import main
+
+    assert main(["engines"]) == 0
+    out = capsys.readouterr().out
+    for name in engines():
+        assert f"\n{name} " in out
+    assert main(["engines", "llama_cpp"]) == 0
+    out = capsys.readouterr().out
+    assert "kinds (model_type): auto" in out and "  n_gpu_layers: " in out and "  dtype" not in out
+    assert main(["engines", "warp"]) == 2 and "no engine 'warp'" in capsys.readouterr().err
