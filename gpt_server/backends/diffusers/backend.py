@@ -257,7 +257,6 @@ def _step_callback(tag: str, total: int, cancel: threading.Event) -> Callable[..
         total_now = int(getattr(pipe, "num_timesteps", 0) or total)
         log.info("%s: step %d/%d", tag, step + 1, total_now)
         if cancel.is_set():
-
             log.info("%s: cancelled (client gone) after step %d/%d", tag, step + 1, total_now)
             raise JobCancelled
         return callback_kwargs

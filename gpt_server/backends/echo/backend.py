@@ -79,7 +79,6 @@ class EchoBackend(Backend):
             prompt_tokens += max(1, len(text.split()))
             pieces = _pieces(text, n)
             for _ in range(p.n):
-
                 if p.echo:
                     yield DeltaEvent(index=index, text=text)
                 for piece in pieces:

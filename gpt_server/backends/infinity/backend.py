@@ -183,7 +183,6 @@ class InfinityBackend(TextTaskBackend):
 
     async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
         if any(not isinstance(x, str) for x in items):
-
             raise BadRequestError("the infinity engine takes text inputs only, not token ids", param="input")
         texts = [x for x in items if isinstance(x, str)]
         body, counts = await asyncio.gather(

@@ -95,7 +95,6 @@ class PiperBackend(Backend):
         for chunk in self._sentences(text, cfg, stop):
             yield enc.feed(chunk.audio_int16_array)
         if not stop.is_set():
-
             yield enc.finish()
 
     def _encode_file(self, text: str, cfg: Any, fmt: str) -> bytes:

@@ -58,7 +58,6 @@ class SentenceTransformersBackend(TextTaskBackend):
 
             torch.set_num_threads(threads)
         if self.kind == "moderation" and is_sklearn_dir(path):
-
             self.engine = SklearnClassifierEngine(path, mc.class_labels)
         else:
             self.engine = self._load_torch_engine(path)
