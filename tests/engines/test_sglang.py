@@ -1,0 +1,11 @@
+"""work_mode: sglang — SGLang's own OpenAI server on loopback.
+
+Not run here: this CI machine has CPUs only. The relay code it shares with the other managed
+engines runs the chat and embedding suites in test_llama_cpp_server.py, and its launch command
+is checked in tests/unit/test_relay_commands.py.
+"""
+
+UNRUNNABLE = {
+    "auto": "SGLang ships CUDA (or ROCm/XPU) builds only; no CPU build installs here",
+    "embedding": "SGLang ships CUDA (or ROCm/XPU) builds only; no CPU build installs here",
+}
