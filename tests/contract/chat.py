@@ -158,6 +158,23 @@ class ChatSuite(Suite):
             err = r.json()["error"]
             assert err["param"] == param and err["type"] == "invalid_request_error", (route, err)
 
+    @covers("tokenize", "detokenize")
+    def test_tokenize_counts_what_chat_bills_and_round_trips(self, server: Server, client: openai.OpenAI) -> None:
+        card = next(m for m in client.models.list().data if m.id == self.model)
+        caps = set(getattr(card, "capabilities", None) or [])
+        tk = httpx.post(f"{server.base_url}/tokenize", json={"model": self.model, "messages": COLORS}, timeout=60)
+        if "tokenize" not in caps:  # an engine without it says so, in the OpenAI shape
+            assert tk.status_code == 400 and "does not support tokenize" in tk.json()["error"]["message"], tk.text
+            return
+        assert tk.status_code == 200, tk.text
+        usage = client.chat.completions.create(model=self.model, messages=COLORS, max_tokens=1).usage
+        assert tk.json()["count"] == usage.prompt_tokens == len(tk.json()["tokens"])
+        text = "Colors: red, green and blue."
+        ids = httpx.post(f"{server.base_url}/tokenize", json={"model": self.model, "prompt": text,
+                                                              "add_special_tokens": False}, timeout=60).json()["tokens"]
+        back = httpx.post(f"{server.base_url}/detokenize", json={"model": self.model, "tokens": ids}, timeout=60)
+        assert back.status_code == 200 and back.json()["prompt"] == text, back.text
+
     @covers("completion")
     def test_completions_stream_equals_non_stream(self, client: openai.OpenAI) -> None:
         kw: dict[str, Any] = dict(model=self.model, prompt="The capital of France is", max_tokens=5, temperature=0)
