@@ -1,0 +1,194 @@
+"""Embeddings on ONNX Runtime: the text-task layer over one ``embed_items`` primitive."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...config import ConfigError
+from ...errors import BadRequestError
+from ..base import BackendSpec
+from ..batching import DynamicBatcher
+from ..text_tasks.base import TextTaskBackend
+from . import OnnxOptions
+from .export import INPUTS, export_encoder, find_onnx
+
+__all__ = ["OnnxEmbedBackend"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WAIT_MS = 3.0
+EmbedOutput = tuple[np.ndarray, int]  # (vector, tokens used)
+
+
+def _pooling(model_dir: Path) -> tuple[str, bool]:
+    """(pooling mode, normalise) from the model's sentence-transformers modules (mean, no
+    normalisation for a bare transformers directory)."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return "mean", False
+    modules = json.loads(modules_file.read_text())
+    mode, normalize = "mean", False
+    for m in modules:
+        kind = str(m.get("type", ""))
+        if kind.endswith("Pooling"):
+            cfg = json.loads((model_dir / m.get("path", "") / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                mode = "cls"
+            elif cfg.get("pooling_mode_mean_tokens"):
+                mode = "mean"
+            else:
+                raise ConfigError(f"{model_dir}: only mean and CLS pooling run on the onnx engine ({cfg})")
+        elif kind.endswith("Normalize"):
+            normalize = True
+    return mode, normalize
+
+
+def _max_seq_length(model_dir: Path, tokenizer: Any) -> int:
+    st = model_dir / "sentence_bert_config.json"
+    if st.is_file():
+        n = json.loads(st.read_text()).get("max_seq_length")
+        if n:
+            return int(n)
+    return int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+
+
+class OnnxEngine:
+    """Tokenizer + ONNX Runtime session + pooling; ``run_batch`` is called on the batcher's thread."""
+
+    def __init__(self, model_dir: Path, onnx_file: Path, threads: int | None, max_seq_length: int | None,
+                 normalize: bool | None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.pooling, default_norm = _pooling(model_dir)
+        self.normalize = default_norm if normalize is None else normalize
+        self.max_seq_length = max_seq_length or _max_seq_length(model_dir, self.tokenizer)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(onnx_file), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = [n for n in self.inputs if n not in INPUTS]
+        if unknown:
+            raise ConfigError(f"{onnx_file}: unexpected model inputs {unknown} (expected some of {list(INPUTS)})")
+        self.vocab_size = len(self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        probe = self._encode({"input_ids": np.array([[self.pad_id]]), "attention_mask": np.ones((1, 1), np.int64)})
+        self.dimension = int(probe.shape[1])
+
+    def _encode(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        mask = feats["attention_mask"].astype(np.int64)
+        feed = {n: feats[n].astype(np.int64) if n in feats else np.zeros_like(mask) for n in self.inputs}
+        hidden = self.session.run(None, feed)[0].astype(np.float32)
+        if self.pooling == "cls":
+            vecs = hidden[:, 0]
+        else:
+            m = mask[..., None].astype(np.float32)
+            vecs = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1e-9)
+        if self.normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs
+
+    def _ids(self, seqs: list[list[int]]) -> dict[str, np.ndarray]:
+        seqs = [s[: self.max_seq_length] for s in seqs]
+        width = max(len(s) for s in seqs)
+        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(seqs), width), dtype=np.int64)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = s
+            mask[row, : len(s)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def run_batch(self, items: list[str | list[int]]) -> list[EmbedOutput | BaseException]:
+        out: list[EmbedOutput | BaseException | None] = [None] * len(items)
+        texts = [i for i, x in enumerate(items) if isinstance(x, str)]
+        ids: list[int] = []
+        for i, x in enumerate(items):
+            if isinstance(x, list):
+                bad = next((t for t in x if t >= self.vocab_size), None)
+                if bad is not None:
+                    out[i] = BadRequestError(
+                        f"token id {bad} is outside this model's vocabulary (size {self.vocab_size})", param="input"
+                    )
+                else:
+                    ids.append(i)
+        if texts:
+            enc = self.tokenizer([items[i] for i in texts], padding=True, truncation=True,
+                                 max_length=self.max_seq_length, return_tensors="np")
+            self._fill(dict(enc), texts, out)
+        if ids:
+            self._fill(self._ids([items[i] for i in ids]), ids, out)  # type: ignore[misc]
+        return [o if o is not None else RuntimeError("no output for this item") for o in out]
+
+    def _fill(self, feats: dict[str, np.ndarray], rows: list[int], out: list[Any]) -> None:
+        vecs = self._encode(feats)
+        counts = feats["attention_mask"].sum(axis=1)
+        for j, i in enumerate(rows):
+            out[i] = (vecs[j], int(counts[j]))
+
+
+class OnnxEmbedBackend(TextTaskBackend):
+    options: OnnxOptions
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        mc = self.options
+        self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
+        self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
+        self.engine: OnnxEngine | None = None
+        self.batcher: DynamicBatcher[Any, Any] | None = None
+
+    def load(self) -> None:
+        mc = self.options
+        model_dir = Path(self.spec.model_path)
+        if not model_dir.is_dir():
+            raise ConfigError(f"models.{self.spec.entry.name}: model directory '{model_dir}' does not exist")
+        if self.spec.gpus and self.spec.entry.device != "cpu":
+            raise ConfigError(f"models.{self.spec.entry.name}: work_mode onnx runs on the CPU; leave gpus empty")
+        if mc.onnx_file:
+            onnx_file = Path(mc.onnx_file)
+            if not onnx_file.is_file():
+                raise ConfigError(f"models.{self.spec.entry.name}.model_config.onnx_file: '{onnx_file}' does not exist")
+        else:
+            cache = Path(mc.onnx_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gpt-server", "onnx"))
+            onnx_file = find_onnx(model_dir) or export_encoder(model_dir, cache)
+        threads = mc.n_threads or self.spec.n_threads
+        self.engine = OnnxEngine(model_dir, onnx_file, threads, mc.max_seq_length, mc.normalize_embeddings)
+        self.dimension = self.engine.dimension
+        log.info("onnx %s (%s pooling, normalize=%s, %d dims)", onnx_file, self.engine.pooling,
+                 self.engine.normalize, self.dimension)
+        self.batcher = DynamicBatcher(
+            self.engine.run_batch, max_batch_size=self.max_batch_size, max_wait_ms=self.batch_wait_ms,
+            name=f"batch-{self.spec.entry.name}",
+        )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.shutdown()
+        self.engine = None
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch_size
+
+    @property
+    def context_length(self) -> int | None:
+        return self.engine.max_seq_length if self.engine else None
+
+    def healthy(self) -> bool:
+        return self.engine is not None
+
+    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+        assert self.batcher is not None, "backend not loaded"
+        outs = await self.batcher.submit(items)
+        return np.stack([v for v, _ in outs]), [n for _, n in outs]
