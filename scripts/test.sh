@@ -13,5 +13,5 @@ export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 .venv/bin/python -m pip install --quiet --upgrade pip
 # the CPU build of torch first (a plain "torch" requirement could pull a multi-GB CUDA build)
 .venv/bin/python -m pip install --quiet torch==2.13.0
-.venv/bin/python -m pip install --quiet -e '.[test,onnx]'
+.venv/bin/python -m pip install --quiet -e '.[test]'
 exec .venv/bin/python -m pytest "$@"
