@@ -9,8 +9,6 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
-
 from ...chat.media import MediaPolicy
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
@@ -19,23 +17,15 @@ from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, ServiceUnavailableError
-from ...protocol.kinds import Capability
-from ...protocol.tokenize import (
-    DETOKENIZE,
-    TOKENIZE,
-    DetokenizePayload,
-    TokenizePayload,
-    check_token_ids,
-    tokenize_response,
-)
 from ...protocol.worker import (
     Event,
     GenerateRequest,
     ToolSpec,
 )
-from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..base import Backend, BackendSpec
 from ..textgen.limits import check_sampling, completion_budget
 from ..textgen.sequences import stream_sequences
+from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
 from . import HFOptions
 from .engine import HFEngine, Sequence
 from .loading import LoadedModel, load_model
@@ -47,7 +37,6 @@ log = logging.getLogger(__name__)
 
 _DEFAULT_PARALLEL = 4
 # detokenising more ids than this runs in a thread
-_INLINE_DETOKENIZE = 4096
 
 
 @dataclass
@@ -61,8 +50,8 @@ class _Plan:
     grammar: Any = None
 
 
-class HFBackend(Backend):
-    capabilities: frozenset[str] = frozenset({"chat", "completion", TOKENIZE, DETOKENIZE})
+class HFBackend(Tokenizes, Backend):
+    capabilities: frozenset[str] = frozenset({"chat", "completion"}) | TOKENIZE_CAPABILITIES
     options: HFOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -199,39 +188,26 @@ class HFBackend(Backend):
             raise ServiceUnavailableError("the engine is not running")
         return self.loaded
 
-    def _tokenize(self, p: TokenizePayload) -> dict[str, Any]:
-        lm = self._ready_model()
-        if p.messages is not None:
-            parser, _ = parser_for_request(self.tool_parser_name, p.tools)
-            _, toks, _ = self._chat_tokens(
-                p.messages,
-                p.tools,
-                parser,
-                p.chat_template_kwargs,
-                add_generation_prompt=p.add_generation_prompt,
-                add_special=p.add_special_tokens,
-            )
-        else:
-            toks = lm.encode(p.prompt or "", add_special=True if p.add_special_tokens is None else p.add_special_tokens)
-        strs = None
-        if p.return_token_strs:
-            strs = [s if isinstance(s, str) else "" for s in lm.tokenizer.convert_ids_to_tokens(toks)]
-        return tokenize_response(toks, self.context_length, strs)
+    # ---- tokenize / detokenize (textgen.tokenize.Tokenizes) ------------------
+    def _chat_ids(
+        self, messages: list[dict[str, Any]], tools: ToolSpec | None, parser: ToolParser | None,
+        template_kwargs: dict[str, Any], *, add_generation_prompt: bool, add_special: bool | None,
+    ) -> list[int]:
+        return self._chat_tokens(
+            messages, tools, parser, template_kwargs, add_generation_prompt=add_generation_prompt, add_special=add_special
+        )[1]
 
-    def _detokenize(self, p: DetokenizePayload) -> dict[str, Any]:
-        lm = self._ready_model()
-        check_token_ids(p.tokens, lm.tokens.n_vocab)
-        return {"prompt": lm.tokenizer.decode(p.tokens)}
+    def _text_ids(self, text: str, add_special: bool | None) -> list[int]:
+        return self._ready_model().encode(text, add_special=True if add_special is None else add_special)
 
-    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
-        if capability == TOKENIZE:
-            return await asyncio.to_thread(self._tokenize, payload_as(payload, TokenizePayload))
-        if capability == DETOKENIZE:
-            p = payload_as(payload, DetokenizePayload)
-            if len(p.tokens) > _INLINE_DETOKENIZE:
-                return await asyncio.to_thread(self._detokenize, p)
-            return self._detokenize(p)
-        return await super().invoke(capability, payload)
+    def _token_strs(self, ids: list[int]) -> list[str]:
+        return [s if isinstance(s, str) else "" for s in self._ready_model().tokenizer.convert_ids_to_tokens(ids)]
+
+    def _vocab_size(self) -> int:
+        return int(self._ready_model().tokens.n_vocab)
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return str(self._ready_model().tokenizer.decode(ids))
 
     # ---- generation ------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:

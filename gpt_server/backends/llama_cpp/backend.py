@@ -9,8 +9,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
@@ -18,23 +16,15 @@ from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
 from ...errors import BadRequestError, ServiceUnavailableError
-from ...protocol.kinds import Capability
-from ...protocol.tokenize import (
-    DETOKENIZE,
-    TOKENIZE,
-    DetokenizePayload,
-    TokenizePayload,
-    check_token_ids,
-    tokenize_response,
-)
 from ...protocol.worker import (
     Event,
     GenerateRequest,
     ToolSpec,
 )
-from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..base import Backend, BackendSpec
 from ..textgen.limits import check_sampling, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
+from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
 from . import LlamaCppOptions
 from .engine import EngineOptions, LlamaEngine, Sequence
 
@@ -51,11 +41,10 @@ class _ChatPlan:
 
 _DEFAULT_PARALLEL = 4
 # detokenising more ids than this runs in a thread
-_INLINE_DETOKENIZE = 4096
 
 
-class LlamaCppBackend(Backend):
-    capabilities: frozenset[str] = frozenset({"chat", "completion", TOKENIZE, DETOKENIZE})
+class LlamaCppBackend(Tokenizes, Backend):
+    capabilities: frozenset[str] = frozenset({"chat", "completion"}) | TOKENIZE_CAPABILITIES
     options: LlamaCppOptions
 
     def __init__(self, spec: BackendSpec) -> None:
@@ -181,37 +170,27 @@ class LlamaCppBackend(Backend):
             raise ServiceUnavailableError("the engine is not running")
         return eng
 
-    def _tokenize(self, p: TokenizePayload) -> dict[str, Any]:
-        eng = self._ready_engine()
-        if p.messages is not None:
-            parser, _ = parser_for_request(self.tool_parser_name, p.tools)
-            _, toks = self._chat_tokens(
-                p.messages,
-                p.tools,
-                parser,
-                p.chat_template_kwargs,
-                add_generation_prompt=p.add_generation_prompt,
-                add_special=p.add_special_tokens,
-            )
-        else:
-            toks = self._prompt_tokens(p.prompt or "", p.add_special_tokens)
-        strs = [eng.token_text(t) for t in toks] if p.return_token_strs else None
-        return tokenize_response(toks, self.context_length, strs)
+    # ---- tokenize / detokenize (textgen.tokenize.Tokenizes) ------------------
+    def _chat_ids(
+        self, messages: list[dict[str, Any]], tools: ToolSpec | None, parser: ToolParser | None,
+        template_kwargs: dict[str, Any], *, add_generation_prompt: bool, add_special: bool | None,
+    ) -> list[int]:
+        return self._chat_tokens(
+            messages, tools, parser, template_kwargs, add_generation_prompt=add_generation_prompt, add_special=add_special
+        )[1]
 
-    def _detokenize(self, p: DetokenizePayload) -> dict[str, Any]:
-        eng = self._ready_engine()
-        check_token_ids(p.tokens, eng.n_vocab)
-        return {"prompt": eng.decode_text(p.tokens)}
+    def _text_ids(self, text: str, add_special: bool | None) -> list[int]:
+        return self._prompt_tokens(text, add_special)
 
-    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
-        if capability == TOKENIZE:
-            return await asyncio.to_thread(self._tokenize, payload_as(payload, TokenizePayload))
-        if capability == DETOKENIZE:
-            p = payload_as(payload, DetokenizePayload)
-            if len(p.tokens) > _INLINE_DETOKENIZE:
-                return await asyncio.to_thread(self._detokenize, p)
-            return self._detokenize(p)
-        return await super().invoke(capability, payload)
+    def _token_strs(self, ids: list[int]) -> list[str]:
+        eng = self._ready_engine()
+        return [eng.token_text(t) for t in ids]
+
+    def _vocab_size(self) -> int:
+        return int(self._ready_engine().n_vocab)
+
+    def _decode_ids(self, ids: list[int]) -> str:
+        return str(self._ready_engine().decode_text(ids))
 
     # ---- generation ------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:

@@ -11,10 +11,8 @@ from typing import Any
 import numpy as np
 
 from ...config import ConfigError
-from ...errors import BadRequestError
-from ..base import BackendSpec
-from ..batching import DynamicBatcher
-from ..text_tasks.base import TextTaskBackend
+from ..text_tasks.base import BatchedTextTaskBackend
+from ..text_tasks.inputs import pad_ids, split_inputs
 from . import OnnxOptions
 from .export import INPUTS, export_encoder, find_onnx
 
@@ -22,8 +20,6 @@ __all__ = ["OnnxEmbedBackend"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_WAIT_MS = 3.0
 EmbedOutput = tuple[np.ndarray, int]  # (vector, tokens used)
 
 
@@ -99,35 +95,18 @@ class OnnxEngine:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs
 
-    def _ids(self, seqs: list[list[int]]) -> dict[str, np.ndarray]:
-        seqs = [s[: self.max_seq_length] for s in seqs]
-        width = max(len(s) for s in seqs)
-        ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(seqs), width), dtype=np.int64)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = s
-            mask[row, : len(s)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
-
     def run_batch(self, items: list[str | list[int]]) -> list[EmbedOutput | BaseException]:
         out: list[EmbedOutput | BaseException | None] = [None] * len(items)
-        texts = [i for i, x in enumerate(items) if isinstance(x, str)]
-        ids: list[int] = []
-        for i, x in enumerate(items):
-            if isinstance(x, list):
-                bad = next((t for t in x if t >= self.vocab_size), None)
-                if bad is not None:
-                    out[i] = BadRequestError(
-                        f"token id {bad} is outside this model's vocabulary (size {self.vocab_size})", param="input"
-                    )
-                else:
-                    ids.append(i)
+        texts, ids, errors = split_inputs(items, self.vocab_size)
+        for i, err in errors.items():
+            out[i] = err
         if texts:
             enc = self.tokenizer([items[i] for i in texts], padding=True, truncation=True,
                                  max_length=self.max_seq_length, return_tensors="np")
             self._fill(dict(enc), texts, out)
         if ids:
-            self._fill(self._ids([items[i] for i in ids]), ids, out)  # type: ignore[misc]
+            input_ids, mask = pad_ids([items[i] for i in ids], self.max_seq_length, self.pad_id)  # type: ignore[misc]
+            self._fill({"input_ids": input_ids, "attention_mask": mask}, ids, out)
         return [o if o is not None else RuntimeError("no output for this item") for o in out]
 
     def _fill(self, feats: dict[str, np.ndarray], rows: list[int], out: list[Any]) -> None:
@@ -137,16 +116,8 @@ class OnnxEngine:
             out[i] = (vecs[j], int(counts[j]))
 
 
-class OnnxEmbedBackend(TextTaskBackend):
+class OnnxEmbedBackend(BatchedTextTaskBackend):
     options: OnnxOptions
-
-    def __init__(self, spec: BackendSpec) -> None:
-        super().__init__(spec)
-        mc = self.options
-        self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
-        self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
-        self.engine: OnnxEngine | None = None
-        self.batcher: DynamicBatcher[Any, Any] | None = None
 
     def load(self) -> None:
         mc = self.options
@@ -162,33 +133,9 @@ class OnnxEmbedBackend(TextTaskBackend):
         else:
             cache = Path(mc.onnx_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gpt-server", "onnx"))
             onnx_file = find_onnx(model_dir) or export_encoder(model_dir, cache)
-        threads = mc.n_threads or self.spec.n_threads
-        self.engine = OnnxEngine(model_dir, onnx_file, threads, mc.max_seq_length, mc.normalize_embeddings)
-        self.dimension = self.engine.dimension
-        log.info("onnx %s (%s pooling, normalize=%s, %d dims)", onnx_file, self.engine.pooling,
-                 self.engine.normalize, self.dimension)
-        self.batcher = DynamicBatcher(
-            self.engine.run_batch, max_batch_size=self.max_batch_size, max_wait_ms=self.batch_wait_ms,
-            name=f"batch-{self.spec.entry.name}",
-        )
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.shutdown()
-        self.engine = None
-
-    @property
-    def capacity(self) -> int:
-        return self.max_batch_size
-
-    @property
-    def context_length(self) -> int | None:
-        return self.engine.max_seq_length if self.engine else None
-
-    def healthy(self) -> bool:
-        return self.engine is not None
-
-    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
-        assert self.batcher is not None, "backend not loaded"
-        outs = await self.batcher.submit(items)
-        return np.stack([v for v, _ in outs]), [n for _, n in outs]
+        engine = OnnxEngine(model_dir, onnx_file, mc.n_threads or self.spec.n_threads, mc.max_seq_length,
+                            mc.normalize_embeddings)
+        self.dimension = engine.dimension
+        log.info("onnx %s (%s pooling, normalize=%s, %d dims)", onnx_file, engine.pooling, engine.normalize,
+                 self.dimension)
+        self.start_batcher(engine.run_batch, engine.max_seq_length)

@@ -10,12 +10,9 @@ import logging
 import os
 from typing import Any
 
-import numpy as np
-
 from ...config import ConfigError
 from ..base import BackendSpec
-from ..batching import DynamicBatcher
-from ..text_tasks.base import TextTaskBackend
+from ..text_tasks.base import BatchedTextTaskBackend
 from . import SentenceTransformersOptions
 from .engines import (
     CrossEncoderEngine,
@@ -26,25 +23,17 @@ from .engines import (
     torch_device,
 )
 
-__all__ = ["SentenceTransformersBackend", "DEFAULT_BATCH_SIZE", "DEFAULT_WAIT_MS"]
+__all__ = ["SentenceTransformersBackend"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BATCH_SIZE = 32
-DEFAULT_WAIT_MS = 3.0
 
-
-class SentenceTransformersBackend(TextTaskBackend):
+class SentenceTransformersBackend(BatchedTextTaskBackend):
     options: SentenceTransformersOptions
 
     def __init__(self, spec: BackendSpec) -> None:
         super().__init__(spec)
-        mc = self.options
-        self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
-        self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
         self.engine: Any = None
-        self.batcher: DynamicBatcher[Any, Any] | None = None
-        self._context: int | None = None
 
     # ---- lifecycle ----------------------------------------------------------------
     def load(self) -> None:
@@ -66,13 +55,7 @@ class SentenceTransformersBackend(TextTaskBackend):
         if self.kind == "moderation":
             self.set_labels(self.engine.labels)
             log.info("labels %s → categories %s", self.engine.labels, self.categories)
-        self._context = self.engine.max_seq_length
-        self.batcher = DynamicBatcher(
-            self.engine.run_batch,
-            max_batch_size=self.max_batch_size,
-            max_wait_ms=self.batch_wait_ms,
-            name=f"batch-{self.spec.entry.name}",
-        )
+        self.start_batcher(self.engine.run_batch, self.engine.max_seq_length)
 
     def _load_torch_engine(self, path: str) -> Any:
         mc = self.options
@@ -84,30 +67,10 @@ class SentenceTransformersBackend(TextTaskBackend):
         return SequenceClassifierEngine(path, device, mc.max_seq_length)
 
     def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.shutdown()
+        super().close()
         self.engine = None
 
-    @property
-    def capacity(self) -> int:
-        return self.max_batch_size
-
-    @property
-    def context_length(self) -> int | None:
-        return self._context
-
-    def healthy(self) -> bool:
-        return self.engine is not None
-
     # ---- primitives ---------------------------------------------------------------
-    def _batcher(self) -> DynamicBatcher[Any, Any]:
-        assert self.batcher is not None, "backend not loaded"
-        return self.batcher
-
-    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
-        outs = await self._batcher().submit(items)
-        return np.stack([v for v, _ in outs]), [n for _, n in outs]
-
     async def score_pairs(self, query: str, documents: list[str], max_tokens_per_doc: int | None) -> tuple[list[float], int]:
         if max_tokens_per_doc:
             cut = self.engine.truncate

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BadRequestError
+from ..text_tasks.inputs import pad_ids, split_inputs
 
 __all__ = [
     "EmbedOutput",
@@ -63,17 +63,9 @@ class EmbedEngine:
 
     def run_batch(self, items: list[str | list[int]]) -> list[EmbedOutput | BaseException]:
         out: list[EmbedOutput | BaseException | None] = [None] * len(items)
-        texts = [i for i, x in enumerate(items) if isinstance(x, str)]
-        ids = []
-        for i, x in enumerate(items):
-            if isinstance(x, list):
-                bad = next((t for t in x if t >= self.vocab_size), None)
-                if bad is not None:
-                    out[i] = BadRequestError(
-                        f"token id {bad} is outside this model's vocabulary (size {self.vocab_size})", param="input"
-                    )
-                else:
-                    ids.append(i)
+        texts, ids, errors = split_inputs(items, self.vocab_size)
+        for i, err in errors.items():
+            out[i] = err
         if texts:
             feats = self.model.preprocess([items[i] for i in texts])
             self._forward(feats, texts, out)
@@ -84,14 +76,9 @@ class EmbedEngine:
     def _id_features(self, seqs: list[list[int]]) -> dict[str, Any]:
         import torch
 
-        seqs = [s[: self.max_seq_length] for s in seqs]
-        width = max(len(s) for s in seqs)
-        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, s in enumerate(seqs):
-            input_ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[row, : len(s)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(input_ids)}
+        ids, mask = pad_ids(seqs, self.max_seq_length, self.pad_id)
+        input_ids = torch.from_numpy(ids)
+        return {"input_ids": input_ids, "attention_mask": torch.from_numpy(mask), "token_type_ids": torch.zeros_like(input_ids)}
 
     def _forward(self, feats: dict[str, Any], rows: list[int], out: list[Any]) -> None:
         import torch

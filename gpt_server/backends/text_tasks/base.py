@@ -9,18 +9,20 @@ the final wire body.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
 
 from ...config import ConfigError
-from ...errors import BadRequestError, InternalError
+from ...errors import BadRequestError, InternalError, ServiceUnavailableError
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.moderation import MODERATE, ClassifyPayload
 from ...protocol.rerank import RERANK, RerankPayload
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..batching import DynamicBatcher
 from ..options import TextTaskOptions
 from .results import (
     check_dimensions,
@@ -32,10 +34,12 @@ from .results import (
     rerank_response,
 )
 
-__all__ = ["TextTaskBackend", "DEFAULT_THRESHOLD", "TEXT_TASK_KINDS"]
+__all__ = ["TextTaskBackend", "BatchedTextTaskBackend", "DEFAULT_THRESHOLD", "TEXT_TASK_KINDS", "DEFAULT_BATCH_SIZE", "DEFAULT_WAIT_MS"]
 
 TEXT_TASK_KINDS = ("embedding", "rerank", "moderation")
 DEFAULT_THRESHOLD = 0.5
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_WAIT_MS = 3.0
 _OFFLOAD_ITEMS = 64  # build large bodies off the event loop
 
 
@@ -117,3 +121,49 @@ class TextTaskBackend(Backend):
             "data": [classify_result(i, s, self.labels) for i, s in enumerate(scores)],
             "usage": {"prompt_tokens": total, "total_tokens": total},
         }
+
+
+class BatchedTextTaskBackend(TextTaskBackend):
+    """A text-task backend whose engine runs a list of items at a time on one thread
+    (``run_batch``): concurrent requests are coalesced by a ``DynamicBatcher``."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        mc = self.options
+        self.max_batch_size = mc.max_batch_size or DEFAULT_BATCH_SIZE
+        self.batch_wait_ms = mc.batch_wait_ms if mc.batch_wait_ms is not None else DEFAULT_WAIT_MS
+        self.batcher: DynamicBatcher[Any, Any] | None = None
+        self._context: int | None = None
+
+    def start_batcher(self, run_batch: Callable[[list[Any]], list[Any]], context: int | None) -> None:
+        """Serve from ``run_batch`` (the loaded engine's) from now on."""
+        self._context = context
+        self.batcher = DynamicBatcher(
+            run_batch, max_batch_size=self.max_batch_size, max_wait_ms=self.batch_wait_ms,
+            name=f"batch-{self.spec.entry.name}",
+        )
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.shutdown()
+            self.batcher = None
+
+    @property
+    def capacity(self) -> int:
+        return self.max_batch_size
+
+    @property
+    def context_length(self) -> int | None:
+        return self._context
+
+    def healthy(self) -> bool:
+        return self.batcher is not None
+
+    def _batcher(self) -> DynamicBatcher[Any, Any]:
+        if self.batcher is None:
+            raise ServiceUnavailableError("the engine is not loaded")
+        return self.batcher
+
+    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+        outs = await self._batcher().submit(items)
+        return np.stack([v for v, _ in outs]), [n for _, n in outs]
