@@ -6,8 +6,6 @@ The shape is the one users of gpt_server know: ``serve_args``, ``controller_args
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -16,6 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
+
+from .settings import ConfigError, ModelConfig, resolve_model_path
+from .settings import Section as _Section
 
 __all__ = [
     "ConfigError",
@@ -44,14 +45,6 @@ ENV_VARS: dict[str, str] = {
 }
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key and the reason."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
 
 
 class ServeArgs(_Section):
@@ -108,16 +101,6 @@ class ModelWorkerArgs(_Section):
     limit_worker_concurrency: int = Field(64, ge=1, le=100_000, description="requests admitted per worker (running + queued)")
     heartbeat_interval: float = Field(3.0, gt=0, le=600, description="seconds between heartbeats; 3 missed = removed")
     startup_timeout: float = Field(600.0, gt=0, description="seconds the launcher waits for a worker to be ready")
-
-
-class ModelConfig(_Section):
-    """``model_config``: the keys every engine takes. Each engine's ``Options`` (declared in
-    its folder under ``gpt_server/backends/``) extends it with the engine's own keys, and the
-    entry's ``model_config`` is validated by the chosen engine's ``Options``."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, protected_namespaces=())
-
-    model_name_or_path: str = Field(description="model file/dir, or pkg:<package>/<path>")
 
 
 class _RawModelConfig(ModelConfig):
@@ -369,25 +352,6 @@ def read_config_data(path: str | os.PathLike[str]) -> Any:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return data
-
-
-def resolve_model_path(spec: str) -> str:
-    """Resolve ``pkg:<package>/<path>`` to a file inside an installed package.
-
-    Other values are returned unchanged (a local path, or an id an engine understands).
-    """
-    if not spec.startswith("pkg:"):
-        return spec
-    rest = spec[4:]
-    package, _, inner = rest.partition("/")
-    if not package or not inner:
-        raise ConfigError(f"'{spec}' must look like pkg:<python_package>/<path inside it>")
-    if importlib.util.find_spec(package) is None:
-        raise ConfigError(f"package '{package}' is not installed (pip install it)")
-    target = importlib.resources.files(package).joinpath(inner)
-    if not target.is_file() and not target.is_dir():
-        raise ConfigError(f"'{inner}' does not exist inside package '{package}'")
-    return str(target)
 
 
 DEFAULT_CONFIG_DATA: dict[str, Any] = {

@@ -5,11 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from ..config import ModelConfig, ModelEntry
+from ..settings import ModelConfig
+
+if TYPE_CHECKING:  # the entry's type only: engines depend on settings, not on the config loader
+    from ..config import ModelEntry
 from ..protocol.kinds import Capability
 from ..protocol.worker import Event, GenerateRequest
 

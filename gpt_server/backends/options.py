@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from ..config import ModelConfig
+from ..settings import ModelConfig
 
 __all__ = [
     "ThreadOptions",

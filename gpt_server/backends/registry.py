@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from ..config import ModelConfig
+from ..settings import ModelConfig
 
 if TYPE_CHECKING:
     from .base import Backend

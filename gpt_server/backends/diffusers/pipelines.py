@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...config import ConfigError
+from ...settings import ConfigError
 
 __all__ = ["PipelineSet", "load_pipelines", "pipeline_class_name", "default_pixels"]
 

@@ -7,8 +7,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import resolve_model_path
 from ...errors import BadRequestError
+from ...settings import resolve_model_path
 from . import HFOptions
 from .tokens import TokenTable
 

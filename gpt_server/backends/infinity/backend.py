@@ -21,7 +21,6 @@ import httpx
 import numpy as np
 from pydantic import BaseModel
 
-from ...config import ConfigError
 from ...errors import (
     BadRequestError,
     GatewayError,
@@ -31,6 +30,7 @@ from ...errors import (
 )
 from ...procs import free_port
 from ...protocol.kinds import Capability
+from ...settings import ConfigError
 from ..base import BackendSpec
 from ..engine_process import EngineProcess, ProcessOptions
 from ..text_tasks.base import TextTaskBackend

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...config import ConfigError
+from ...settings import ConfigError
 from ..text_tasks.base import BatchedTextTaskBackend
 from ..text_tasks.inputs import pad_ids, split_inputs
 from . import OnnxOptions

@@ -20,13 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ...config import ConfigError
 from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
 from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, TokenizePayload
 from ...protocol.worker import Event, GenerateRequest
+from ...settings import ConfigError
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..engine_process import EngineProcess, ProcessOptions
 from .client import UpstreamClient

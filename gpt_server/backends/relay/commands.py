@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ...config import ConfigError
+from ...settings import ConfigError
 from .options import EngineServerOptions
 
 __all__ = [

@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from ...config import ConfigError
+from ...settings import ConfigError
 from ..base import BackendSpec
 from ..text_tasks.base import BatchedTextTaskBackend
 from . import SentenceTransformersOptions

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from ...config import ConfigError
 from ...errors import BadRequestError, InternalError, ServiceUnavailableError
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.moderation import MODERATE, ClassifyPayload
 from ...protocol.rerank import RERANK, RerankPayload
+from ...settings import ConfigError
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..batching import DynamicBatcher
 from ..options import TextTaskOptions
