@@ -74,6 +74,13 @@ class ServeArgs(_Section):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, v: list[str]) -> list[str]:
+        if any(not k.strip() for k in v):
+            raise ValueError("a key is empty or blank: it would let a request with an empty bearer in")
+        return v
+
 
 class ControllerArgs(_Section):
     host: str = Field("127.0.0.1", description="controller bind address")

@@ -111,7 +111,7 @@ class RemoteController:
                 # for the dashboard
                 rec.requests_total, rec.tokens_total = view.requests_total, view.tokens_total
                 rec.last_error, rec.state = view.last_error, view.state
-                rec.info = info.model_copy(update={"heartbeat_interval": 1e9})  # expiry is the controller's job
+                rec.expires = False  # expiry is the controller's job
             fresh.created.update(self.mirror.created)
             self.mirror.workers = fresh.workers
             self.mirror.created = fresh.created

@@ -37,6 +37,7 @@ class WorkerRecord:
     others: int = 0  # the rest of the worker's queue at its last heartbeat (other gateways)
     failures: int = 0
     names: frozenset[str] = field(default_factory=frozenset)
+    expires: bool = True  # False in a gateway's mirror of a remote controller's list
     requests_total: int = 0
     tokens_total: int = 0
     last_error: str | None = None
@@ -61,7 +62,7 @@ class WorkerRecord:
         self.others = max(0, queue_length - self.tracked)
 
     def expired(self, now: float) -> bool:
-        return now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
+        return self.expires and now - self.last_seen > MISSED_HEARTBEATS * self.info.heartbeat_interval
 
     def view(self) -> WorkerView:
         """What the controller lists for this worker."""

@@ -8,6 +8,7 @@ functions in ``gpt_server.gateway.convert``.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_TOKEN_ID = re.compile(r"[0-9]{1,10}")
 
 
 class _Limits:
@@ -190,7 +193,7 @@ class _SamplingFields(OpenAIBaseModel):
             raise ValueError(f"logit_bias: at most {LIMITS.max_logit_bias} entries are allowed")
         if self.logit_bias:
             for key in self.logit_bias:
-                if not key.lstrip("-").isdigit():
+                if not _TOKEN_ID.fullmatch(key):  # ASCII digits only: int() takes "²", "--5" trips it
                     raise ValueError(f"logit_bias: key '{key[:32]}' is not a token id")
         return self
 

@@ -86,17 +86,20 @@ class WorkerInfo(_Strict):
     """What a worker tells the controller when it registers."""
 
     protocol_version: int = PROTOCOL_VERSION
-    worker_id: str
-    address: str = Field(description="base URL others can reach, e.g. http://10.0.0.5:41234")
-    model_name: str
-    aliases: list[str] = []
-    model_kind: str = "auto"
-    capabilities: list[str] = []
-    capacity: int = Field(ge=1, description="requests the engine runs at once")
-    context_length: int | None = None
-    heartbeat_interval: float = 3.0
-    pid: int | None = None
-    replica: int = 0
+    worker_id: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:+-]+$")
+    address: str = Field(
+        max_length=512, pattern=r"^(https?://[A-Za-z0-9.\-\[\]:]+(:[0-9]{1,5})?|inproc://[^\s]+)$",
+        description="base URL others can reach, e.g. http://10.0.0.5:41234",
+    )
+    model_name: str = Field(min_length=1, max_length=128)
+    aliases: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default=[], max_length=64)
+    model_kind: str = Field("auto", max_length=32)
+    capabilities: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default=[], max_length=64)
+    capacity: int = Field(ge=1, le=100_000, description="requests the engine runs at once")
+    context_length: int | None = Field(None, ge=1, le=100_000_000)
+    heartbeat_interval: float = Field(3.0, gt=0, le=600)
+    pid: int | None = Field(None, ge=0, le=2**31)
+    replica: int = Field(0, ge=0, le=1024)
 
 
 class WorkerView(WorkerInfo):

@@ -143,3 +143,18 @@ def test_normalise_messages_does_not_write_into_the_request() -> None:
     out = normalise_messages(msgs)
     assert out[0]["tool_calls"][0]["function"]["arguments_json"] == {"a": 1}
     assert orjson.dumps(msgs) == before
+
+
+def test_pythonic_odd_literals_never_crash() -> None:
+    """Sets, tuples, bytes, complex numbers, int keys and deep nesting: JSON-able values become
+    JSON (sets and tuples as lists), the rest is left as content, never an exception."""
+    from gpt_server.chat.tool_parsers import get_tool_parser
+
+    p = get_tool_parser("pythonic")
+    r = p.parse('[f(a={3, 1, 2}, b=(1, "x"), c={"k": [None, True]})]', final=True)
+    assert [(c.name, orjson.loads(c.arguments)) for c in r.calls] == [
+        ("f", {"a": [1, 2, 3], "b": [1, "x"], "c": {"k": [None, True]}})
+    ]
+    for text in ['[f(a=b"raw")]', "[f(a=1j)]", "[f(a={1: 2})]", "[" * 200 + "]" * 200, "[f(a=" + "[" * 5000 + "]" * 5000 + ")]"]:
+        r = p.parse(text, final=True)
+        assert not r.calls and r.content == text

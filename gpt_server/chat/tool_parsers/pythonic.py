@@ -15,10 +15,25 @@ from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_conten
 __all__ = ["PythonicToolParser"]
 
 
+def _json_value(v: Any) -> Any:
+    """A literal as JSON data: tuples and sets become lists; what JSON cannot hold (bytes,
+    complex numbers, non-string keys) raises TypeError."""
+    if isinstance(v, (list, tuple, set, frozenset)):
+        items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
+        return [_json_value(x) for x in items]
+    if isinstance(v, dict):
+        if not all(isinstance(k, str) for k in v):
+            raise TypeError("object keys must be strings")
+        return {k: _json_value(x) for k, x in v.items()}
+    if v is None or isinstance(v, (str, bool, int, float)):
+        return v
+    raise TypeError(f"{type(v).__name__} is not a JSON value")
+
+
 def _calls(src: str) -> list[ParsedCall] | None:
     try:
         tree = ast.parse(src.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError, RecursionError, MemoryError):  # a model can write anything
         return None
     node = tree.body
     if not isinstance(node, ast.List) or not node.elts:
@@ -28,10 +43,11 @@ def _calls(src: str) -> list[ParsedCall] | None:
         if not (isinstance(el, ast.Call) and isinstance(el.func, ast.Name)) or el.args:
             return None
         try:
-            args = {kw.arg: ast.literal_eval(kw.value) for kw in el.keywords if kw.arg}
-        except (ValueError, SyntaxError):
-            return None
-        out.append(ParsedCall(name=el.func.id, arguments=orjson.dumps(args).decode()))
+            args = {kw.arg: _json_value(ast.literal_eval(kw.value)) for kw in el.keywords if kw.arg}
+            arguments = orjson.dumps(args).decode()
+        except (ValueError, SyntaxError, TypeError, RecursionError, MemoryError, orjson.JSONEncodeError):
+            return None  # not a call the client could read: left as content
+        out.append(ParsedCall(name=el.func.id, arguments=arguments))
     return out
 
 

@@ -1,0 +1,56 @@
+"""Small hardening items, each checked where it lives: request keys, config keys, worker
+registration bounds and dependency floors."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from gpt_server.config import ConfigError, parse_config
+from gpt_server.protocol.openai import ChatCompletionRequest
+from gpt_server.protocol.worker import WorkerInfo
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("key", ["--5", "²", "٣", "+5", " 5", "1_0", "-3", "12345678901"])
+def test_logit_bias_keys_are_ascii_token_ids(key: str) -> None:
+    with pytest.raises(ValidationError, match="not a token id"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": {key: 1}})
+    ok = ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"42": 1}})
+    assert ok.logit_bias == {"42": 1}
+
+
+def test_blank_api_keys_are_refused() -> None:
+    for keys in (["", "k"], ["k", "  "]):
+        with pytest.raises(ConfigError, match="serve_args.api_keys: a key is empty or blank"):
+            parse_config({"serve_args": {"api_keys": keys}, "models": []})
+    assert parse_config({"serve_args": {"api_keys": "a, ,b"}, "models": []}).serve_args.api_keys == ["a", "b"]
+
+
+def test_worker_registration_is_bounded() -> None:
+    base = {"worker_id": "m-0-abc", "address": "http://10.0.0.5:4123", "model_name": "m", "capacity": 4}
+    WorkerInfo.model_validate(base)
+    WorkerInfo.model_validate({**base, "address": "inproc://123/m-0"})
+    for bad in ({"capacity": 1_000_000}, {"heartbeat_interval": 0}, {"heartbeat_interval": 1e9},
+                {"address": "ftp://x"}, {"address": "http://x/y z"}, {"address": "http://" + "a" * 600},
+                {"aliases": ["a"] * 100}, {"worker_id": "x" * 300}, {"replica": -1}):
+        with pytest.raises(ValidationError):
+            WorkerInfo.model_validate({**base, **bad})
+
+
+def test_dependency_floors_exclude_known_vulnerable_releases() -> None:
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+
+    def floor(name: str) -> tuple[int, ...]:
+        spec = next(d for d in deps if re.match(rf"{name}\s*[<>=]", d))
+        m = re.search(r">=\s*([0-9.]+)", spec)
+        assert m, f"{name} has no minimum version"
+        return tuple(int(x) for x in m.group(1).split("."))
+
+    assert floor("python-multipart") >= (0, 0, 20)
+    assert floor("starlette") >= (0, 49, 1)
