@@ -35,8 +35,6 @@ __all__ = [
     "DETOKENIZE",
     "tokenize_payload",
     "detokenize_payload",
-    "tokenize_response",
-    "check_token_ids",
 ]
 
 
@@ -161,20 +159,3 @@ def tokenize_payload(body: TokenizeRequest) -> TokenizePayload:
 
 def detokenize_payload(body: DetokenizeRequest) -> DetokenizePayload:
     return DetokenizePayload(tokens=body.tokens)
-
-
-def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> None:
-    """400 naming the first id outside ``0 .. n_vocab - 1``."""
-    for i, t in enumerate(tokens):
-        if not 0 <= t < n_vocab:
-            raise BadRequestError(
-                f"{param}[{i}] = {t} is outside the vocabulary (0..{n_vocab - 1})", param=param, code="invalid_token_id"
-            )
-
-
-def tokenize_response(tokens: list[int], max_model_len: int | None, token_strs: list[str] | None) -> dict[str, Any]:
-    """vLLM's ``TokenizeResponse``: ``token_strs`` only when asked for."""
-    out: dict[str, Any] = {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
-    if token_strs is not None:
-        out["token_strs"] = token_strs
-    return out

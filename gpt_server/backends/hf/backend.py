@@ -16,14 +16,14 @@ from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
-from ...errors import BadRequestError, ServiceUnavailableError
+from ...errors import ServiceUnavailableError
 from ...protocol.worker import (
     Event,
     GenerateRequest,
     ToolSpec,
 )
 from ..base import Backend, BackendSpec
-from ..textgen.limits import check_sampling, completion_budget
+from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
 from . import HFOptions
@@ -139,9 +139,7 @@ class HFBackend(Tokenizes, Backend):
             if isinstance(p, str):
                 plan.prompts.append(lm.encode(p, add_special=True))
             else:
-                bad = [t for t in p if not 0 <= t < n_vocab]
-                if bad:
-                    raise BadRequestError(f"token id {bad[0]} is outside the vocabulary (0..{n_vocab - 1})", param="prompt")
+                check_token_ids(p, n_vocab, param="prompt")
                 plan.prompts.append(list(p))
         return plan
 

@@ -15,14 +15,14 @@ from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import parser_for_request, prepare_tool_messages
-from ...errors import BadRequestError, ServiceUnavailableError
+from ...errors import ServiceUnavailableError
 from ...protocol.worker import (
     Event,
     GenerateRequest,
     ToolSpec,
 )
 from ..base import Backend, BackendSpec
-from ..textgen.limits import check_sampling, completion_budget
+from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
 from . import LlamaCppOptions
@@ -123,9 +123,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             if isinstance(p, str):
                 prompts.append(self._prompt_tokens(p))
             else:
-                bad = [t for t in p if not 0 <= t < eng.n_vocab]
-                if bad:
-                    raise BadRequestError(f"token id {bad[0]} is outside the vocabulary (0..{eng.n_vocab - 1})", param="prompt")
+                check_token_ids(p, eng.n_vocab, param="prompt")
                 prompts.append(list(p))
         return prompts, plan
 

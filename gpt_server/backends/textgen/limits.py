@@ -1,11 +1,11 @@
-"""Context-length checks shared by the token-level engines."""
+"""Request checks shared by the token-level engines: context budget, sampling, token ids."""
 
 from __future__ import annotations
 
 from ...errors import BadRequestError
 from ...protocol.worker import GenerateRequest
 
-__all__ = ["completion_budget", "check_sampling"]
+__all__ = ["completion_budget", "check_sampling", "check_token_ids"]
 
 
 def completion_budget(prompts: list[list[int]], req: GenerateRequest, n_ctx: int) -> int:
@@ -42,3 +42,12 @@ def check_sampling(req: GenerateRequest, max_n: int | None, engine: str) -> None
         raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
     if p.echo and p.logprobs:
         raise BadRequestError(f"echo together with logprobs is not supported by the {engine} engine", param="echo")
+
+
+def check_token_ids(tokens: list[int], n_vocab: int, param: str = "tokens") -> None:
+    """400 naming the first id outside ``0 .. n_vocab - 1``."""
+    for i, t in enumerate(tokens):
+        if not 0 <= t < n_vocab:
+            raise BadRequestError(
+                f"{param}[{i}] = {t} is outside the vocabulary (0..{n_vocab - 1})", param=param, code="invalid_token_id"
+            )

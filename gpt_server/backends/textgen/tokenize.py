@@ -20,13 +20,12 @@ from ...protocol.tokenize import (
     TOKENIZE,
     DetokenizePayload,
     TokenizePayload,
-    check_token_ids,
-    tokenize_response,
 )
 from ...protocol.worker import ToolSpec
 from ..base import Backend, InvokeResult, payload_as
+from .limits import check_token_ids
 
-__all__ = ["Tokenizes", "TOKENIZE_CAPABILITIES"]
+__all__ = ["Tokenizes", "TOKENIZE_CAPABILITIES", "tokenize_response"]
 
 TOKENIZE_CAPABILITIES = frozenset({TOKENIZE, DETOKENIZE})
 _INLINE_DETOKENIZE = 4096  # longer id lists are detokenised off the event loop
@@ -86,3 +85,11 @@ class Tokenizes(Backend):
                 return await asyncio.to_thread(self._detokenize, p)
             return self._detokenize(p)
         return await super().invoke(capability, payload)
+
+
+def tokenize_response(tokens: list[int], max_model_len: int | None, token_strs: list[str] | None) -> dict[str, Any]:
+    """vLLM's ``TokenizeResponse``: ``token_strs`` only when asked for."""
+    out: dict[str, Any] = {"count": len(tokens), "max_model_len": max_model_len, "tokens": tokens}
+    if token_strs is not None:
+        out["token_strs"] = token_strs
+    return out
