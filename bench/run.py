@@ -222,7 +222,10 @@ def _run_echo_pair(runner: Runner, res: dict[str, Any]) -> None:
         gw.wait()
         worker_url = gw.ready_workers[0]["address"]
         a = Agent({"kind": "openai_chat", "base_url": gw.base_url, "model": "echo"}, out, "gateway_echo")
-        b = Agent({"kind": "worker_generate", "base_url": worker_url, "model": "echo"}, out, "worker_echo")
+        b = Agent(
+            {"kind": "worker_generate", "base_url": worker_url, "model": "echo"}, out, "worker_echo",
+            {"GPT_SERVER_SECRET": gw.secret or ""},
+        )
         stack.callback(a.stop)
         stack.callback(b.stop)
         rss = RssSampler(gw.pids()).start()

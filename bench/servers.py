@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from gpt_server.procs import free_port
 __all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "BareServer", "Agent", "RssSampler", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
+SECRET_HEADER = "X-GPT-Server-Secret"
 
 
 class Proc:
@@ -134,6 +136,12 @@ class ServeProcess:
         self.api_key = (keys.split(",")[0] if isinstance(keys, str) else (keys or [None])[0]) if keys else None
         self.config_path = config_path
         self.config_path.write_text(config_text if config_text is not None else yaml.safe_dump(config))
+        # the internal secret: the config's, else the one given in ``env``, else one made here and
+        # passed in the environment (GPT_SERVER_SECRET="" in ``env``: none, serve makes its own)
+        env = dict(env or {})
+        if "GPT_SERVER_SECRET" not in env:
+            env["GPT_SERVER_SECRET"] = os.environ.get("GPT_SERVER_SECRET") or secrets.token_urlsafe(24)
+        self.secret: str | None = (config.get("controller_args") or {}).get("secret") or env["GPT_SERVER_SECRET"] or None
         self.expected_workers = sum(len(next(iter(m.values()))["workers"]) for m in config["models"])
         self.ready_workers: list[dict[str, Any]] = []
         self.proc = Proc([sys.executable, "-m", "gpt_server.cli", "serve", "-c", str(config_path)], log, env, cwd=cwd)
@@ -155,8 +163,12 @@ class ServeProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
+    def internal_headers(self) -> dict[str, str]:
+        """What the controller's and the workers' routes want (the internal secret)."""
+        return {SECRET_HEADER: self.secret} if self.secret else {}
+
     def workers(self) -> list[dict[str, Any]]:
-        return httpx.get(f"{self.controller_url}/controller/workers", timeout=5).json()
+        return httpx.get(f"{self.controller_url}/controller/workers", headers=self.internal_headers(), timeout=5).json()
 
     def wait_workers(self, count: int | None = None, timeout: float = 180.0) -> list[dict[str, Any]]:
         """Wait until ``count`` workers (default: all configured) are registered and healthy

@@ -166,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
             run_async(run_controller(cfg))
         elif args.command == "gateway":
             from .launcher import run_gateway
+            from .web.internal import connect_host
 
             addr = args.controller_address or cfg.serve_args.controller_address or (
-                f"http://{cfg.controller_args.host}:{cfg.controller_args.port}"
+                cfg.internal_tls().url(connect_host(cfg.controller_args.host), cfg.controller_args.port)
             )
             run_async(run_gateway(cfg, addr))
         elif args.command == "worker":

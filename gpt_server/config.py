@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from .settings import ConfigError, ModelConfig, resolve_model_path
 from .settings import Section as _Section
+from .web.internal import SECRET_ENV, InternalTLS
 
 __all__ = [
     "ConfigError",
@@ -88,7 +89,27 @@ class ControllerArgs(_Section):
     dispatch_method: str = Field(
         "shortest_queue", description="how a replica is chosen for each request (lottery, shortest_queue, round_robin, least_busy)"
     )
-    secret: str | None = Field(None, description="shared secret for internal routes (else $GPT_SERVER_SECRET)")
+    secret: str | None = Field(
+        None, max_length=4096,
+        description=(
+            "shared secret for internal routes (else $GPT_SERVER_SECRET); `serve` generates one per start when "
+            "neither is set. The controller and worker roles started alone refuse a non-loopback host without one"
+        ),
+    )
+    tls_cert: str | None = Field(
+        None, description="PEM certificate the controller and worker listeners serve: internal traffic between hosts "
+        "over TLS, addresses become https://. It must name the addresses peers use (127.0.0.1 for serve's own workers)"
+    )
+    tls_key: str | None = Field(None, description="PEM private key of tls_cert")
+    tls_ca: str | None = Field(
+        None, description="PEM CA bundle gateways and workers verify internal https:// peers against (default: the system's)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ControllerArgs:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
 
     @field_validator("dispatch_method")
     @classmethod
@@ -288,7 +309,16 @@ class Config(_Section):
         raise ConfigError(f"models: no model named '{name}' in the config")
 
     def secret(self) -> str | None:
-        return self.controller_args.secret or os.environ.get("GPT_SERVER_SECRET") or None
+        return self.controller_args.secret or os.environ.get(SECRET_ENV) or None
+
+    def with_secret(self, secret: str) -> Config:
+        """This config with ``controller_args.secret`` set (``serve``'s generated secret, for the
+        parts in its own process; its worker processes get it through the environment)."""
+        return self.model_copy(update={"controller_args": self.controller_args.model_copy(update={"secret": secret})})
+
+    def internal_tls(self) -> InternalTLS:
+        ca = self.controller_args
+        return InternalTLS(certfile=ca.tls_cert, keyfile=ca.tls_key, cafile=ca.tls_ca)
 
 
 def _loc(loc: tuple[Any, ...], data: Any) -> str:

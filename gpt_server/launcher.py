@@ -23,10 +23,11 @@ from .controller.registry import Registry
 from .gateway.app import build_app
 from .procs import die_with_parent
 from .transport.inproc import SCHEME, InProcessTransport
+from .web.internal import SECRET_ENV, connect_host, new_secret, require_secret_off_loopback
 from .web.serve import bind_socket, make_server
-from .worker.app import build_worker_app
+from .worker.app import DEFAULT_MAX_BODY_BYTES, build_worker_app
 from .worker.generation import Generation
-from .worker.main import backend_available, build_runtime
+from .worker.main import backend_available, build_runtime, worker_body_limit
 from .worker.runtime import RegistryLink, WorkerRuntime
 
 __all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
@@ -105,10 +106,6 @@ class Supervisor:
         await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
 
 
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
 def _thread_shares(cfg: Config) -> tuple[int, int]:
     """CPU threads per chat-engine replica and per other CPU replica."""
     entries = cfg.enabled_models()
@@ -119,14 +116,15 @@ def _thread_shares(cfg: Config) -> tuple[int, int]:
     return max(1, cores // max(llm_workers, 1)), max(1, cores // max(cpu_workers, 1))
 
 
-def _worker_processes(cfg: Config, config_path: str, controller_address: str) -> list[WorkerProcess]:
+def _worker_processes(cfg: Config, config_path: str, controller_address: str, secret: str) -> list[WorkerProcess]:
+    """One process per replica; the internal secret travels in the environment (never argv)."""
     llm_threads, other_threads = _thread_shares(cfg)
     out = []
     for e in cfg.enabled_models():
         for i, w in enumerate(e.workers):
             if w.in_process:
                 continue
-            env = dict(os.environ)
+            env = {**os.environ, SECRET_ENV: secret}
             if w.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
             else:
@@ -146,6 +144,7 @@ class LocalWorker:
     replica: int
     runtime: WorkerRuntime
     transport: InProcessTransport
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     task: asyncio.Task[None] | None = None
 
     @property
@@ -154,7 +153,7 @@ class LocalWorker:
 
     async def start(self) -> None:
         runtime = self.runtime
-        self.transport.register(runtime.address, build_worker_app(runtime), lambda req: Generation.start(runtime, req))
+        self.transport.register(runtime.address, build_worker_app(runtime, max_body_bytes=self.max_body_bytes), lambda req: Generation.start(runtime, req))
         self.task = asyncio.create_task(self._load())
 
     async def _load(self) -> None:
@@ -191,7 +190,9 @@ def _local_workers(cfg: Config, registry: Registry, transport: InProcessTranspor
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
                 controller=link,
             )
-            out.append(LocalWorker(model=e.name, replica=i, runtime=runtime, transport=transport))
+            out.append(
+                LocalWorker(model=e.name, replica=i, runtime=runtime, transport=transport, max_body_bytes=worker_body_limit(cfg))
+            )
     return out
 
 
@@ -227,20 +228,23 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     """Run controller + gateway here and every worker replica as a child process."""
     for e in cfg.enabled_models():
         backend_available(e)
+    # every internal route is behind a secret: the configured one, else one made for this start,
+    # known only to this process and (through the environment) its worker processes
+    secret = cfg.secret() or new_secret()
+    cfg = cfg.with_secret(secret)
+    tls = cfg.internal_tls()
     ca, sa = cfg.controller_args, cfg.serve_args
     registry = Registry(make_policy(ca.dispatch_method))
     csock = bind_socket(ca.host, ca.port)
     gsock = bind_socket(sa.host, sa.port)
-    controller_address = cfg.model_worker_args.controller_address or (
-        f"http://{_connect_host(ca.host)}:{csock.getsockname()[1]}"
-    )
+    controller_address = cfg.model_worker_args.controller_address or tls.url(connect_host(ca.host), csock.getsockname()[1])
     transport = InProcessTransport()
     local = _local_workers(cfg, registry, transport)  # before anything that needs cleaning up
     # workers read the same validated settings from a private file
     fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
     with os.fdopen(fd, "wb") as f:
         f.write(orjson.dumps(config_data or {}))
-    cserver = make_server(build_controller_app(registry, secret=cfg.secret()), csock)
+    cserver = make_server(build_controller_app(registry, secret=secret), csock, tls=tls)
     gserver = make_server(build_app(cfg, LocalController(registry), local=transport), gsock, graceful=sa.shutdown_timeout)
     stop = asyncio.Event()
     _install_stop(stop)
@@ -248,7 +252,7 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
-    workers = _worker_processes(cfg, cfg_path, controller_address)
+    workers = _worker_processes(cfg, cfg_path, controller_address, secret)
     sup = Supervisor(workers)
     try:
         for lw in local:
@@ -276,9 +280,10 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
 
 async def run_controller(cfg: Config) -> None:
     ca = cfg.controller_args
+    require_secret_off_loopback("gpt-server controller", ca.host, cfg.secret())
     registry = Registry(make_policy(ca.dispatch_method))
     sock = bind_socket(ca.host, ca.port)
-    server = make_server(build_controller_app(registry, secret=cfg.secret()), sock)
+    server = make_server(build_controller_app(registry, secret=cfg.secret()), sock, tls=cfg.internal_tls())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
@@ -292,7 +297,10 @@ async def run_gateway(cfg: Config, controller_address: str) -> None:
     server = make_server(
         build_app(
             cfg,
-            RemoteController(controller_address, secret=cfg.secret(), dispatch_method=cfg.controller_args.dispatch_method),
+            RemoteController(
+                controller_address, secret=cfg.secret(), dispatch_method=cfg.controller_args.dispatch_method,
+                verify=cfg.internal_tls().client_context,
+            ),
         ), sock, graceful=sa.shutdown_timeout
     )
     loop = asyncio.get_running_loop()

@@ -58,7 +58,9 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
         if task:
             task.cancel()
 
-    app = FastAPI(title="GPT Server controller", lifespan=lifespan, dependencies=[Depends(secret_guard(secret))])
+    # /docs, /redoc and /openapi.json bypass route dependencies: behind a secret, there are none
+    docs: dict[str, Any] = {"docs_url": None, "redoc_url": None, "openapi_url": None} if secret else {}
+    app = FastAPI(title="GPT Server controller", lifespan=lifespan, dependencies=[Depends(secret_guard(secret))], **docs)
     app.state.registry = registry
     install_error_handlers(app)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from typing import Any, Protocol
 
@@ -68,10 +69,11 @@ class RemoteController:
         dispatch_method: str = "shortest_queue",
         refresh: float = 1.0,
         local: InProcessTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.local = local  # in-process workers of this process (only these inproc:// addresses are callable)
         headers = {SECRET_HEADER: secret} if secret else {}
-        self.client = httpx.AsyncClient(base_url=address.rstrip("/"), headers=headers, timeout=timeout)
+        self.client = httpx.AsyncClient(base_url=address.rstrip("/"), headers=headers, timeout=timeout, verify=verify)
         self.mirror = Registry(make_policy(dispatch_method))
         self.refresh = refresh
         self._loaded_at = -1e9

@@ -32,7 +32,10 @@ __all__ = ["build_app"]
 def build_app(config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None) -> FastAPI:
     """The gateway; ``local`` reaches the workers ``serve`` runs in this process."""
     sa = config.serve_args
-    workers = WorkerClient(controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local)
+    workers = WorkerClient(
+        controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local,
+        verify=config.internal_tls().client_context,
+    )
 
     image_store = ImageStore(sa.images_dir, sa.images_ttl)
 

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from ..errors import BadRequestError
-from ..protocol.openai import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from ..protocol.openai import LIMITS, ChatCompletionRequest, CompletionRequest, NamedToolChoice
 from ..protocol.worker import (
     GenerateRequest,
     SamplingParams,
@@ -134,8 +134,8 @@ def completion_to_generate(req: CompletionRequest, request_id: str) -> GenerateR
         prompts = [list(p)]
     else:
         prompts = list(p)  # type: ignore[arg-type]
-    if len(prompts) * req.n > 128:
-        raise BadRequestError("too many choices: prompts × n must be at most 128", param="n")
+    if len(prompts) * req.n > LIMITS.max_choices_per_request:
+        raise BadRequestError(f"too many choices: prompts × n must be at most {LIMITS.max_choices_per_request}", param="n")
     params = _sampling(req, req.max_tokens)
     params.echo = req.echo
     params.logprobs = req.logprobs is not None

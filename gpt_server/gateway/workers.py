@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -157,8 +158,11 @@ class WorkerClient:
         secret: str | None = None,
         timeout: float = 600.0,
         local: InProcessTransport | None = None,
+        verify: ssl.SSLContext | None = None,
     ) -> None:
+        """``verify``: how https:// workers are verified (the system's CAs when None)."""
         self.controller = controller
+        self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         self.local = local  # the in-process workers of this serve process, if any
         self.max_retries = max_retries
         self._headers = {SECRET_HEADER: secret} if secret else {}
@@ -168,7 +172,7 @@ class WorkerClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30, ssl=self._verify),
                 timeout=self._timeout,
                 headers=self._headers,
                 auto_decompress=False,

@@ -45,6 +45,8 @@ class _Limits:
     max_grammar_chars = 65536
     max_tokens = 1_000_000
     max_text_chars = 4_000_000
+    max_choices_per_request = 128  # completions: prompts × n
+    max_template_kwargs_bytes = 65536
 
 
 LIMITS = _Limits()
@@ -225,7 +227,7 @@ class ChatCompletionRequest(_SamplingFields):
     def _check_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs: requires logprobs to be true")
-        if self.chat_template_kwargs and len(orjson.dumps(self.chat_template_kwargs)) > 65536:
+        if self.chat_template_kwargs and len(orjson.dumps(self.chat_template_kwargs)) > LIMITS.max_template_kwargs_bytes:
             raise ValueError("chat_template_kwargs: at most 64 KiB")
         return self
 

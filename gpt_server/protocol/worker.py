@@ -19,7 +19,10 @@ from pydantic import (
     PlainSerializer,
     TypeAdapter,
     computed_field,
+    model_validator,
 )
+
+from .openai import LIMITS
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -187,21 +190,28 @@ def invoke_body(request_id: str, model: str, capability: str, payload: BaseModel
     )
 
 
+# The worker applies the gateway's bounds again (``LIMITS``): its routes can be called directly,
+# with the secret, and a request must not be able to ask for more than the gateway allows.
+_Stop = Annotated[str, Field(min_length=1, max_length=LIMITS.max_stop_len)]
+
+
 class SamplingParams(_Strict):
-    max_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    stop: list[str] = []
-    seed: int | None = None
-    n: int = 1
+    max_tokens: int | None = Field(None, ge=1, le=LIMITS.max_tokens)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0, le=100_000)
+    min_p: float = Field(0.0, ge=0.0, le=1.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0)
+    stop: list[_Stop] = Field([], max_length=LIMITS.max_stop)
+    seed: int | None = Field(None, ge=0, le=2**64 - 1)
+    n: int = Field(1, ge=1, le=LIMITS.max_n)
     logprobs: bool = False
-    top_logprobs: int = 0
-    logit_bias: dict[int, float] = {}
+    top_logprobs: int = Field(0, ge=0, le=LIMITS.max_top_logprobs)
+    logit_bias: dict[Annotated[int, Field(ge=0, le=9_999_999_999)], Annotated[float, Field(ge=-100, le=100)]] = Field(
+        {}, max_length=LIMITS.max_logit_bias
+    )
     echo: bool = False
 
 
@@ -211,17 +221,17 @@ class StructuredSpec(_Strict):
     type: Literal["json_object", "json_schema", "regex", "choice", "grammar"]
     json_schema: dict[str, Any] | None = None
     strict: bool = False
-    pattern: str | None = None
-    choices: list[str] | None = None
-    grammar: str | None = None
+    pattern: str | None = Field(None, max_length=LIMITS.max_grammar_chars)
+    choices: list[Annotated[str, Field(max_length=1024)]] | None = Field(None, max_length=LIMITS.max_choices)
+    grammar: str | None = Field(None, max_length=LIMITS.max_grammar_chars)
 
 
 class ToolSpec(_Strict):
     """The tools offered and how the model must use them (tool_choice)."""
 
-    tools: list[dict[str, Any]]
+    tools: list[dict[str, Any]] = Field(max_length=LIMITS.max_tools)
     choice: Literal["auto", "required", "named"] = "auto"
-    name: str | None = None
+    name: str | None = Field(None, max_length=64)
     parallel: bool = True
 
     @property
@@ -230,15 +240,25 @@ class ToolSpec(_Strict):
 
 
 class GenerateRequest(_Strict):
-    request_id: str
-    model: str
+    request_id: str = Field(max_length=256)
+    model: str = Field(max_length=256)
     kind: Literal["chat", "completion"]
-    messages: list[dict[str, Any]] | None = None
-    prompts: list[str | list[int]] | None = None
+    messages: list[dict[str, Any]] | None = Field(None, min_length=1, max_length=LIMITS.max_messages)
+    prompts: list[Annotated[str, Field(max_length=LIMITS.max_text_chars)] | list[int]] | None = Field(
+        None, min_length=1, max_length=LIMITS.max_choices_per_request
+    )
     params: SamplingParams = SamplingParams()
     chat_template_kwargs: dict[str, Any] = {}
     tools: ToolSpec | None = None
     structured: StructuredSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> GenerateRequest:
+        if self.prompts and len(self.prompts) * self.params.n > LIMITS.max_choices_per_request:
+            raise ValueError(f"too many choices: prompts × n must be at most {LIMITS.max_choices_per_request}")
+        if self.chat_template_kwargs and len(orjson.dumps(self.chat_template_kwargs)) > LIMITS.max_template_kwargs_bytes:
+            raise ValueError(f"chat_template_kwargs: at most {LIMITS.max_template_kwargs_bytes} bytes")
+        return self
 
 
 class TopLogprob(_Strict):

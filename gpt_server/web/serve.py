@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 from collections.abc import Generator
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+
+from .internal import InternalTLS
 
 __all__ = ["bind_socket", "make_server", "run_async"]
 
@@ -28,14 +31,18 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0) -> uvicorn.Server:
+def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0, tls: InternalTLS | None = None) -> uvicorn.Server:
+    """``graceful``: seconds in-flight requests may finish once the server is told to exit (0: none,
+    they are cut at once); ``tls``: serve TLS with its certificate (internal listeners)."""
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
-        timeout_graceful_shutdown=int(graceful) or None,
+        timeout_graceful_shutdown=math.ceil(graceful),  # 0 = do not wait (None would wait forever)
         lifespan="on",
+        ssl_certfile=tls.certfile if tls is not None else None,
+        ssl_keyfile=tls.keyfile if tls is not None else None,
     )
     return _Server(config)
 

@@ -32,11 +32,12 @@ from ..protocol.worker import (
     secret_matches,
 )
 from ..web.error_handlers import install_error_handlers, validation_message
+from ..web.limits import BodyLimitMiddleware
 from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
 from .generation import Generation
 from .runtime import WorkerRuntime
 
-__all__ = ["build_worker_app"]
+__all__ = ["build_worker_app", "DEFAULT_MAX_BODY_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,13 @@ class _SecretMiddleware:
 _SECRET_KEY = SECRET_HEADER.lower().encode()
 
 
-def build_worker_app(runtime: WorkerRuntime) -> Starlette:
+# the gateway's body limit is for client bodies; what it forwards can be larger (base64 of an upload)
+DEFAULT_MAX_BODY_BYTES = 2 * 16 * 1024 * 1024
+
+
+def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Starlette:
+    """The worker routes (Starlette: no /docs or /openapi.json), behind the internal secret when
+    one is set and a body limit; payloads are validated with the same bounds as the gateway's."""
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
@@ -110,7 +117,8 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
 
     async def health(request: Request) -> Response:
         ok = runtime.ready()
-        return FastJSONResponse({"status": runtime.state if ok else "unhealthy"}, status_code=200 if ok else 503)
+        status = runtime.state if ok or runtime.state in ("loading", "draining") else "unhealthy"
+        return FastJSONResponse({"status": status}, status_code=200 if ok else 503)
 
     async def info(request: Request) -> Response:
         return FastJSONResponse(
@@ -182,6 +190,7 @@ def build_worker_app(runtime: WorkerRuntime) -> Starlette:
     )
     app.state.runtime = runtime
     install_error_handlers(app)
-    if runtime.secret:
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
+    if runtime.secret:  # outermost: nothing is read from a caller without the secret
         app.add_middleware(_SecretMiddleware, secret=runtime.secret)
     return app

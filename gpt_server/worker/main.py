@@ -7,14 +7,17 @@ import logging
 import os
 import signal
 
+import uvicorn
+
 from ..backends.base import BackendSpec
 from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
+from ..web.internal import connect_host, require_secret_off_loopback
 from ..web.serve import bind_socket, make_server
 from .app import build_worker_app
 from .runtime import ControllerLink, WorkerRuntime, advertise_host
 
-__all__ = ["run_worker", "build_runtime", "backend_available"]
+__all__ = ["run_worker", "build_runtime", "backend_available", "worker_body_limit"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +67,13 @@ def build_runtime(
         secret=cfg.secret(),
         replica=replica,
         controller=controller,
+        verify=cfg.internal_tls().client_context,
     )
+
+
+def worker_body_limit(cfg: Config) -> int:
+    """The largest body a worker reads: twice the gateway's (what it forwards can be base64)."""
+    return 2 * cfg.serve_args.max_body_bytes
 
 
 async def run_worker(
@@ -79,32 +88,38 @@ async def run_worker(
 ) -> None:
     backend_available(entry)
     mwa = cfg.model_worker_args
+    bind_host = host or mwa.host
+    require_secret_off_loopback("gpt-server worker", bind_host, cfg.secret())
+    tls = cfg.internal_tls()
     gpus = (entry.workers[replica].gpus if replica < len(entry.workers) else None) or []
     if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     threads = os.environ.get("GPT_SERVER_THREADS")
-    bind_host = host or mwa.host
     sock = bind_socket(bind_host, port if port is not None else (mwa.port + replica if mwa.port else 0))
     real_port = sock.getsockname()[1]
-    ctrl = controller_address or mwa.controller_address or (
-        f"http://{_connect_host(cfg.controller_args.host)}:{cfg.controller_args.port}"
-    )
+    ctrl = controller_address or mwa.controller_address or tls.url(connect_host(cfg.controller_args.host), cfg.controller_args.port)
     adv = advertise_host(bind_host, ctrl, advertise or mwa.advertise_host)
     runtime = build_runtime(
-        cfg, entry, replica=replica, address=f"http://{_url_host(adv)}:{real_port}",
+        cfg, entry, replica=replica, address=tls.url(adv, real_port),
         controller_address=ctrl, n_threads=int(threads) if threads else None,
     )
-    server = make_server(build_worker_app(runtime), sock)
+    server = make_server(build_worker_app(runtime, max_body_bytes=worker_body_limit(cfg)), sock, tls=tls)
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
+
+    def stop() -> None:
+        # leave the controller's list first (and say "draining"), then let uvicorn drain
+        if not stopping:
+            stopping.append(loop.create_task(_drain_then_exit(runtime, server)))
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        loop.add_signal_handler(sig, stop)
     log.info("worker %s#%d listening on %s (advertised %s)", entry.name, replica, real_port, runtime.address)
     await server.serve(sockets=[sock])
 
 
-def _connect_host(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+async def _drain_then_exit(runtime: WorkerRuntime, server: uvicorn.Server) -> None:
+    try:
+        await runtime.drain()
+    finally:
+        server.should_exit = True

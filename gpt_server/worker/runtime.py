@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
@@ -66,10 +67,10 @@ class ControllerUnreachable(Exception):
 class HttpControllerLink:
     """The controller's internal HTTP routes."""
 
-    def __init__(self, address: str, secret: str | None) -> None:
+    def __init__(self, address: str, secret: str | None, verify: ssl.SSLContext | bool = True) -> None:
         headers = {SECRET_HEADER: secret} if secret else {}
         self.address = address.rstrip("/")
-        self._client = httpx.AsyncClient(base_url=self.address, headers=headers, timeout=5.0)
+        self._client = httpx.AsyncClient(base_url=self.address, headers=headers, timeout=5.0, verify=verify)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         try:
@@ -131,8 +132,10 @@ class WorkerRuntime:
         secret: str | None,
         replica: int = 0,
         controller: ControllerLink | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
-        """``controller``: how to reach the controller; HTTP to ``controller_address`` when None."""
+        """``controller``: how to reach the controller; HTTP to ``controller_address`` when None
+        (an https:// one verified with ``verify``)."""
         self.backend = backend
         self.model_name = model_name
         self.aliases = aliases
@@ -150,6 +153,7 @@ class WorkerRuntime:
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.last_error: str | None = None
         self._link: ControllerLink | None = controller
+        self._verify = verify
         self._task: asyncio.Task[None] | None = None
         self._registered = False
 
@@ -157,20 +161,30 @@ class WorkerRuntime:
     async def start(self) -> None:
         log.info("loading %s (%s)", self.model_name, type(self.backend).__name__)
         await asyncio.to_thread(self.backend.load)
+        if self.state == "draining":  # stopped while loading: never offered
+            return
         self.state = "ready"
         log.info("%s ready: capacity %d, context %s", self.model_name, self.backend.capacity, self.backend.context_length)
         if self._link is None and self.controller_address:
-            self._link = HttpControllerLink(self.controller_address, self.secret)
+            self._link = HttpControllerLink(self.controller_address, self.secret, self._verify)
         if self._link is not None:
             self._task = asyncio.create_task(self._heartbeat_loop())
 
-    async def stop(self, drain_timeout: float = 10.0) -> None:
+    async def drain(self) -> None:
+        """Stop taking work: "draining" on /worker/health and in heartbeats, and off the
+        controller's list, while the requests in flight go on."""
+        if self.state == "draining":
+            return
         self.state = "draining"
         if self._link is not None:
             try:
                 await self._link.unregister(self.worker_id)
             except ControllerUnreachable:
                 pass
+            self._registered = False
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        await self.drain()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout
         while self.inflight and loop.time() < deadline:

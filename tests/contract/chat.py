@@ -230,15 +230,15 @@ class ChatSuite(Suite):
         body = {"request_id": "disc", "model": self.model, "kind": "chat",
                 "messages": [{"role": "user", "content": "Write a long essay."}],
                 "params": {"max_tokens": self.long_max_tokens, "logit_bias": NO_EOS}}
-        with httpx.stream("POST", f"{w}/worker/generate", json=body, timeout=60) as r:
+        with httpx.stream("POST", f"{w}/worker/generate", json=body, headers=server.internal_headers(), timeout=60) as r:
             assert r.status_code == 200, r.read()
             for i, _ in enumerate(r.iter_lines()):
                 if i >= 3:
                     break
         deadline = time.monotonic() + 5
-        while httpx.get(f"{w}/worker/info").json()["inflight"] and time.monotonic() < deadline:
+        while httpx.get(f"{w}/worker/info", headers=server.internal_headers()).json()["inflight"] and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert httpx.get(f"{w}/worker/info").json()["inflight"] == 0
+        assert httpx.get(f"{w}/worker/info", headers=server.internal_headers()).json()["inflight"] == 0
 
     @covers("chat")
     def test_client_disconnect_frees_worker(self, server: Server) -> None:
@@ -255,7 +255,7 @@ class ChatSuite(Suite):
         deadline = time.monotonic() + 5  # far less than long_max_tokens take on any engine here
         infos: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            infos = [httpx.get(f"{w['address']}/worker/info").json() for w in server.workers()]
+            infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
             if all(i["inflight"] == 0 for i in infos):
                 break
             time.sleep(0.2)

@@ -292,7 +292,7 @@ def test_client_disconnect_stops_generation(server: Server) -> None:
     hang_up_long_stream(server, "smollm2")
     deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
     while time.monotonic() < deadline:
-        infos = [httpx.get(f"{w['address']}/worker/info").json() for w in server.workers()]
+        infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
         if all(i["inflight"] == 0 for i in infos):
             break
         time.sleep(0.1)

@@ -75,21 +75,23 @@ def test_worker_advertises_reachable_address(tmp_path) -> None:  # noqa: ANN001
     path = tmp_path / "adv.yaml"
     path.write_text(yaml.safe_dump(cfg))
     ctrl_url = cfg["model_worker_args"]["controller_address"]
-    procs = [Proc(["controller", "-c", str(path)], "adv_controller")]
+    env = {"GPT_SERVER_SECRET": "adv-secret"}  # a worker listening beyond loopback needs one
+    auth = {"X-GPT-Server-Secret": "adv-secret"}
+    procs = [Proc(["controller", "-c", str(path)], "adv_controller", env)]
     try:
-        procs.append(Proc(["worker", "-c", str(path)], "adv_worker"))
+        procs.append(Proc(["worker", "-c", str(path)], "adv_worker", env))
         deadline = time.monotonic() + 120
         ws: list = []
         while time.monotonic() < deadline and not ws:
             try:
-                ws = httpx.get(f"{ctrl_url}/controller/workers", timeout=2).json()
+                ws = httpx.get(f"{ctrl_url}/controller/workers", headers=auth, timeout=2).json()
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
         assert ws, procs[-1].log_text()
         addr = ws[0]["address"]
         assert "0.0.0.0" not in addr
-        assert httpx.get(f"{addr}/worker/health", timeout=5).status_code == 200
+        assert httpx.get(f"{addr}/worker/health", headers=auth, timeout=5).status_code == 200
     finally:
         for p in reversed(procs):
             p.stop()

@@ -99,9 +99,9 @@ def test_queue_limit_429_and_timeout_504(tmp_path) -> None:  # noqa: ANN001
         assert s["done"] and s["error"]["code"] == "timeout"
         # the timed-out generation was cancelled in the engine
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and httpx.get(f"{srv.workers()[0]['address']}/worker/info").json()["inflight"]:
+        while time.monotonic() < deadline and httpx.get(f"{srv.workers()[0]['address']}/worker/info", headers=srv.internal_headers()).json()["inflight"]:
             time.sleep(0.1)
-        assert httpx.get(f"{srv.workers()[0]['address']}/worker/info").json()["inflight"] == 0
+        assert httpx.get(f"{srv.workers()[0]['address']}/worker/info", headers=srv.internal_headers()).json()["inflight"] == 0
 
 
 def test_internal_secret_cors_and_metrics(tmp_path) -> None:  # noqa: ANN001
