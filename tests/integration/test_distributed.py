@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import time
 
 import httpx
@@ -92,6 +94,49 @@ def test_worker_advertises_reachable_address(tmp_path) -> None:  # noqa: ANN001
         addr = ws[0]["address"]
         assert "0.0.0.0" not in addr
         assert httpx.get(f"{addr}/worker/health", headers=auth, timeout=5).status_code == 200
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+def test_standalone_worker_leaves_the_controller_before_draining(tmp_path) -> None:  # noqa: ANN001
+    """SIGTERM to `gpt-server worker`: it is off the controller's list at once (no new work is
+    sent to it) while the request it is running goes on to its end."""
+    cfg = base_config(models=[smollm_entry()])
+    path = tmp_path / "drain.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ctrl_url = cfg["model_worker_args"]["controller_address"]
+    procs = [Proc(["controller", "-c", str(path)], "drain_controller")]
+    try:
+        procs.append(Proc(["worker", "-c", str(path)], "drain_worker"))
+        deadline = time.monotonic() + 120
+        ws: list = []
+        while time.monotonic() < deadline and not ws:
+            try:
+                ws = httpx.get(f"{ctrl_url}/controller/workers", timeout=2).json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ws, procs[-1].log_text()
+        body = {"request_id": "drain", "model": "smollm2", "kind": "chat",
+                "messages": [{"role": "user", "content": "Write a long story."}],
+                "params": {"max_tokens": 120, "logit_bias": {"2": -100}}}
+        events: list[dict] = []
+        listed_after_term: list[int] = []
+        with httpx.stream("POST", f"{ws[0]['address']}/worker/generate", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                events.append(json.loads(line))
+                if len(events) == 3:
+                    procs[1].popen.send_signal(signal.SIGTERM)
+                    t0 = time.monotonic()
+                    while time.monotonic() - t0 < 1.0:
+                        listed_after_term.append(len(httpx.get(f"{ctrl_url}/controller/workers", timeout=2).json()))
+                        time.sleep(0.1)
+        assert listed_after_term and listed_after_term[-1] == 0, listed_after_term  # gone within a second
+        finish = [e for e in events if e["t"] == "finish"]
+        assert finish and finish[0]["finish_reason"] == "length", events[-3:]  # the running request was not cut
+        assert procs[1].popen.wait(30) == 0
     finally:
         for p in reversed(procs):
             p.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -23,8 +24,9 @@ import httpx
 import openai
 import psutil
 import pytest
+import yaml
 
-from tests.helpers import Server, base_config, free_port
+from tests.helpers import Proc, Server, base_config, free_port, smollm_entry
 
 SECRET_HEADER = "X-GPT-Server-Secret"
 NO_SECRET = {"GPT_SERVER_SECRET": ""}
@@ -214,3 +216,68 @@ def test_role_alone_with_a_secret_or_on_loopback_starts(tmp_path: Path) -> None:
     finally:
         p.terminate()
         p.wait(20)
+
+
+# ---- TLS between hosts -----------------------------------------------------------------------
+
+
+def _self_signed(tmp: Path) -> tuple[str, str]:
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=gpt-server-test", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_internal_tls_between_controller_worker_and_gateway(tmp_path: Path) -> None:
+    """Controller, worker and gateway as separate processes, internal traffic over TLS with a
+    self-signed certificate the peers are told to trust (``tls_ca``)."""
+    cert, key = _self_signed(tmp_path)
+    cfg = base_config(models=[smollm_entry()])
+    cport = cfg["controller_args"]["port"]
+    cfg["controller_args"].update({"tls_cert": cert, "tls_key": key, "tls_ca": cert, "secret": "tls-s3cret"})
+    cfg["model_worker_args"]["controller_address"] = f"https://127.0.0.1:{cport}"
+    path = tmp_path / "tls.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ctrl = f"https://127.0.0.1:{cport}"
+    trust = ssl.create_default_context(cafile=cert)
+    auth = {SECRET_HEADER: "tls-s3cret"}
+    procs = [Proc(["controller", "-c", str(path)], "tls_controller")]
+    try:
+        procs.append(Proc(["worker", "-c", str(path)], "tls_worker"))
+        procs.append(Proc(["gateway", "-c", str(path)], "tls_gateway"))
+        deadline = time.monotonic() + 120
+        ws: list = []
+        while time.monotonic() < deadline and not ws:
+            try:
+                ws = httpx.get(f"{ctrl}/controller/workers", headers=auth, verify=trust, timeout=2).json()
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ws, procs[1].log_text()
+        assert ws[0]["address"].startswith("https://127.0.0.1:")
+        # the listeners speak only TLS, and only to a client that trusts the certificate
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{cport}/controller/health", headers=auth, timeout=5)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{ctrl}/controller/health", headers=auth, timeout=5)  # system CAs: not trusted
+        assert httpx.get(f"{ws[0]['address']}/worker/health", headers=auth, verify=trust, timeout=5).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(ws[0]["address"].replace("https://", "http://") + "/worker/health", headers=auth, timeout=5)
+        # chat through the gateway: gateway → controller and gateway → worker over TLS
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{cfg['serve_args']['port']}/v1", api_key="x", max_retries=0, timeout=60)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                out = client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+                break
+            except (openai.APIConnectionError, openai.NotFoundError, openai.InternalServerError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert out.choices[0].finish_reason in ("stop", "length")
+    finally:
+        for p in reversed(procs):
+            p.stop()

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -90,6 +91,22 @@ def test_slow_start_then_serves(server: Server, client: openai.OpenAI, engine_po
     assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 1
     # the engine's output reaches the worker log
     assert "engine wrapper: warming up" in server.proc.new_log()
+
+
+def test_engine_api_key_is_not_on_its_command_line(server: Server, engine_port: int) -> None:
+    """The key only the worker may use travels in the engine's environment (``API_KEY`` for
+    llama_cpp.server), not on its command line, which every user of the host can read."""
+    (pid,) = engine_pids(engine_port)
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert not any(a.startswith(b"gs-") or b"api_key" in a or b"api-key" in a for a in argv), argv
+    env = dict(line.split(b"=", 1) for line in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in line)
+    key = env[b"API_KEY"].decode()
+    assert key.startswith("gs-") and b"GPT_SERVER_SECRET" not in env
+    # the engine still demands it
+    url = f"http://127.0.0.1:{engine_port}/v1/models"
+    assert httpx.get(url, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+    assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
 
 
 def test_engine_crash_restarts_and_serves_again(server: Server, client: openai.OpenAI, engine_port: int) -> None:

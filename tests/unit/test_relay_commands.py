@@ -54,7 +54,8 @@ def test_vllm_full() -> None:
     i = argv.index("--lora-modules")
     assert "--enable-lora" in argv and argv[i + 1 : i + 3] == ["sql=/loras/sql", "chat=/loras/chat"]
     assert "--enable-auto-tool-choice" in argv and p["--tool-call-parser"] == "hermes"
-    assert p["--reasoning-parser"] == "deepseek_r1" and p["--api-key"] == "k"
+    assert p["--reasoning-parser"] == "deepseek_r1"
+    assert "--api-key" not in argv and cmd.env == {"VLLM_API_KEY": "k"}  # not in ps
     assert argv[-2:] == ["--seed", "7"]  # engine_args last
     assert cmd.health_path == "/health"
 

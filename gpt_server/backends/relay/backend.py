@@ -27,6 +27,7 @@ from ...protocol.kinds import Capability, kind
 from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, TokenizePayload
 from ...protocol.worker import Event, GenerateRequest
 from ...settings import ConfigError
+from ...web.internal import SECRET_ENV
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..engine_process import EngineProcess, ProcessOptions
 from .client import UpstreamClient
@@ -246,7 +247,8 @@ class EngineServerBackend(RelayBackend):
                 argv=command.argv,
                 health_url=base + command.health_path,
                 name=f"{self.spec.entry.work_mode}:{self.spec.entry.name}",
-                env=self._engine_env(),
+                env={**self._engine_env(), **command.env},
+                unset_env=[SECRET_ENV],  # the engine has no business with the internal secret
                 headers={"Authorization": f"Bearer {api_key}"},
                 secrets=[api_key],
                 startup_timeout=mc.startup_timeout or _DEFAULT_STARTUP,

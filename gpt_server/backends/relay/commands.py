@@ -20,6 +20,7 @@ __all__ = [
     "EngineCommand",
     "LAUNCHERS",
     "HEALTH_PATHS",
+    "API_KEY_ENV",
     "build_command",
     "engine_python",
 ]
@@ -49,6 +50,15 @@ class LaunchSpec:
 class EngineCommand:
     argv: list[str]
     health_path: str
+    env: dict[str, str] = field(default_factory=dict)  # on top of the engine's environment
+
+
+# engines that read their API key from the environment: it stays off the command line, which
+# any user of the host can read (ps, /proc/<pid>/cmdline); SGLang and LMDeploy take it on argv only
+API_KEY_ENV: dict[str, str] = {
+    "vllm": "VLLM_API_KEY",
+    "llama_cpp_server": "API_KEY",  # its ServerSettings are pydantic-settings: read from the environment
+}
 
 
 HEALTH_PATHS: dict[str, str] = {
@@ -107,9 +117,7 @@ def _vllm(s: LaunchSpec) -> list[str]:
         argv += ["--chat-template", s.chat_template_file]
     if s.embedding:
         argv += ["--runner", "pooling"]
-    if s.api_key:
-        argv += ["--api-key", s.api_key]
-    return argv
+    return argv  # the API key: API_KEY_ENV
 
 
 def _sglang(s: LaunchSpec) -> list[str]:
@@ -229,9 +237,7 @@ def _llama_cpp_server(s: LaunchSpec) -> list[str]:
             _refuse(s.engine, key)
     if s.chat_template_file:
         _refuse(s.engine, "chat_template", "use --chat_format through engine_args")
-    if s.api_key:
-        argv += ["--api_key", s.api_key]
-    return argv
+    return argv  # the API key: API_KEY_ENV
 
 
 LAUNCHERS: dict[str, Callable[[LaunchSpec], list[str]]] = {
@@ -251,4 +257,5 @@ def build_command(spec: LaunchSpec) -> EngineCommand:
     except KeyError:
         raise ConfigError(f"work_mode '{spec.engine}' does not start an engine server") from None
     argv = fn(spec) + list(spec.config.engine_args or [])
-    return EngineCommand(argv=argv, health_path=HEALTH_PATHS[spec.engine])
+    env = {API_KEY_ENV[spec.engine]: spec.api_key} if spec.api_key and spec.engine in API_KEY_ENV else {}
+    return EngineCommand(argv=argv, health_path=HEALTH_PATHS[spec.engine], env=env)
