@@ -41,7 +41,7 @@ __all__ = [
 ENV_VARS: dict[str, str] = {
     "GPT_SERVER_CONFIG": "path of the config file used when -c/--config is not given",
     "GPT_SERVER_LOG_LEVEL": "log level (debug, info, warning, error); default info",
-    "GPT_SERVER_SECRET": "shared secret for controller and worker internal routes",
+    "GPT_SERVER_SECRET": "shared secret for controller and worker internal routes (serve makes one per start when unset)",
     "GPT_SERVER_THREADS": "CPU threads per worker (set by the launcher: chat engines share the cores)",
 }
 

@@ -23,7 +23,14 @@ from .controller.registry import Registry
 from .gateway.app import build_app
 from .procs import die_with_parent
 from .transport.inproc import SCHEME, InProcessTransport
-from .web.internal import SECRET_ENV, connect_host, new_secret, require_secret_off_loopback
+from .web.internal import (
+    SECRET_ENV,
+    SECRET_SETTING,
+    connect_host,
+    is_loopback,
+    new_secret,
+    require_secret_off_loopback,
+)
 from .web.serve import bind_socket, make_server
 from .worker.app import DEFAULT_MAX_BODY_BYTES, build_worker_app
 from .worker.generation import Generation
@@ -230,8 +237,14 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         backend_available(e)
     # every internal route is behind a secret: the configured one, else one made for this start,
     # known only to this process and (through the environment) its worker processes
-    secret = cfg.secret() or new_secret()
+    configured = cfg.secret()
+    secret = configured or new_secret()
     cfg = cfg.with_secret(secret)
+    if not configured and not is_loopback(cfg.controller_args.host):
+        log.info(
+            "the controller listens on %s behind a secret made for this start: workers on other hosts cannot "
+            "register until %s is set", cfg.controller_args.host, SECRET_SETTING,
+        )
     tls = cfg.internal_tls()
     ca, sa = cfg.controller_args, cfg.serve_args
     registry = Registry(make_policy(ca.dispatch_method))
