@@ -6,7 +6,12 @@ import uuid
 from typing import Any
 
 from ..errors import BadRequestError
-from ..protocol.openai import ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from ..protocol.openai import (
+    RESERVED_TEMPLATE_KEYS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+)
 from ..protocol.worker import (
     GenerateRequest,
     SamplingParams,
@@ -45,9 +50,6 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
         n=req.n,
         logit_bias={int(k): float(v) for k, v in (req.logit_bias or {}).items()},
     )
-
-
-_RESERVED_TEMPLATE_KEYS = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"}
 
 
 def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
@@ -104,7 +106,7 @@ def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateReq
     params.logprobs = req.logprobs
     params.top_logprobs = req.top_logprobs or 0
     kwargs: dict[str, Any] = dict(req.chat_template_kwargs or {})
-    bad = _RESERVED_TEMPLATE_KEYS & set(kwargs)
+    bad = RESERVED_TEMPLATE_KEYS & set(kwargs)
     if bad:
         raise BadRequestError(f"chat_template_kwargs may not set {', '.join(sorted(bad))}", param="chat_template_kwargs")
     if req.enable_thinking is not None:

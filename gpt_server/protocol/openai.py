@@ -18,6 +18,7 @@ from .kinds import Kind, declare_capability, declare_kind
 
 __all__ = [
     "LIMITS",
+    "RESERVED_TEMPLATE_KEYS",
     "OpenAIBaseModel",
     "ChatMessage",
     "ChatCompletionRequest",
@@ -48,6 +49,15 @@ class _Limits:
 
 
 LIMITS = _Limits()
+
+# chat_template_kwargs may not set these: the template variables the server sets itself, and
+# the options of transformers' apply_chat_template that an engine server (vLLM, SGLang) takes
+# from chat_template_kwargs — a client's ``chat_template`` there is server-side template injection
+RESERVED_TEMPLATE_KEYS = frozenset({
+    "messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+    "chat_template", "tokenize", "tokenizer_kwargs", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "continue_final_message",
+})
 
 
 class OpenAIBaseModel(BaseModel):

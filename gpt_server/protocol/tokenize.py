@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from ..errors import BadRequestError
 from .kinds import declare_capability
-from .openai import LIMITS, ChatMessage, OpenAIBaseModel, Tool
+from .openai import LIMITS, RESERVED_TEMPLATE_KEYS, ChatMessage, OpenAIBaseModel, Tool
 from .worker import ToolSpec
 
 __all__ = [
@@ -47,9 +47,6 @@ class _TokenizeLimits:
 
 
 TOKENIZE_LIMITS = _TokenizeLimits()
-
-# the template variables the server sets itself (as on the chat path)
-_RESERVED_TEMPLATE_KEYS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
 
 def _non_negative(ids: list[int]) -> list[int]:
@@ -138,7 +135,7 @@ def tokenize_payload(body: TokenizeRequest) -> TokenizePayload:
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if kwargs and len(orjson.dumps(kwargs)) > TOKENIZE_LIMITS.max_template_kwargs_bytes:
         raise BadRequestError("chat_template_kwargs: at most 64 KiB", param="chat_template_kwargs")
-    bad = _RESERVED_TEMPLATE_KEYS & set(kwargs)
+    bad = RESERVED_TEMPLATE_KEYS & set(kwargs)
     if bad:
         raise BadRequestError(f"chat_template_kwargs may not set {', '.join(sorted(bad))}", param="chat_template_kwargs")
     if body.enable_thinking is not None:

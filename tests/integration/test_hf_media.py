@@ -1,8 +1,11 @@
-"""Safe media fetching (gpt_server.media) against a real HTTP server on loopback."""
+"""Safe media fetching (gpt_server.chat.media) against a real HTTP server on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import ipaddress
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -10,8 +13,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gpt_server.chat.media import MediaPolicy, check_host, decode_data_url, fetch_media
+from gpt_server.chat.media import (
+    MediaFetcher,
+    MediaPolicy,
+    check_host,
+    decode_data_url,
+    forbidden_address,
+)
 from gpt_server.errors import BadRequestError
+
+
+def fetch_media(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
+    fetcher = MediaFetcher(policy)
+    try:
+        return asyncio.run(fetcher.fetch(url))
+    finally:
+        fetcher.close()
 
 BODY = b"\x89PNG" + bytes(range(256)) * 8
 
@@ -82,7 +99,7 @@ def test_check_host_refuses_non_public(host: str) -> None:
 def test_limits(base: str) -> None:
     with pytest.raises(BadRequestError, match="larger than"):
         fetch_media(f"{base}/img", MediaPolicy(allow_private=True, max_bytes=1024))
-    with pytest.raises(BadRequestError, match="timed out|cannot fetch"):
+    with pytest.raises(BadRequestError, match="longer than|cannot fetch"):
         fetch_media(f"{base}/slow", MediaPolicy(allow_private=True, timeout=0.5))
     with pytest.raises(BadRequestError, match="too many redirects"):
         fetch_media(f"{base}/loop", ALLOW)
@@ -90,6 +107,72 @@ def test_limits(base: str) -> None:
         fetch_media(f"{base}/missing", ALLOW)
     with pytest.raises(BadRequestError, match="data:, http: or https:"):
         fetch_media("file:///etc/passwd", ALLOW)
+
+
+# IPv4 addresses inside IPv6 ones: 6to4, NAT64 (well-known and local-use), mapped, compatible, Teredo
+@pytest.mark.parametrize(
+    "addr",
+    ["2002:7f00:1::", "2002:a9fe:a9fe::1", "2002:c0a8:101::", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b::a00:1",
+     "64:ff9b:1::808:808", "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::127.0.0.1", "::8.8.8.8",
+     "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2001::1", "fec0::1", "fc00::1", "fe80::1", "::1", "::"],
+)
+def test_embedded_private_ipv4_refused(addr: str) -> None:
+    assert forbidden_address(ipaddress.ip_address(addr))
+    with pytest.raises(BadRequestError, match="non-public"):
+        check_host(addr, 80, allow_private=False)
+
+
+@pytest.mark.parametrize("addr", ["8.8.8.8", "2002:808:808::", "64:ff9b::808:808", "::ffff:8.8.8.8", "2606:4700::1111"])
+def test_public_addresses_allowed(addr: str) -> None:
+    assert not forbidden_address(ipaddress.ip_address(addr))
+
+
+class _SlowLoris:
+    """Answers every connection with headers one byte every 0.5 s, for ``seconds``."""
+
+    def __init__(self, seconds: float = 30.0) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.seconds = seconds
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/img.png"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000
+        stop = time.monotonic() + self.seconds
+        try:
+            conn.recv(65536)
+            for i in range(len(head)):
+                if time.monotonic() > stop:
+                    break
+                conn.sendall(head[i : i + 1])
+                time.sleep(0.5)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_one_deadline_for_the_whole_fetch() -> None:
+    """Headers trickling in (each byte within the read timeout) cannot stretch a fetch past its deadline."""
+    loris = _SlowLoris()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(BadRequestError, match="longer than 1 s"):
+            fetch_media(loris.url, MediaPolicy(allow_private=True, timeout=1))
+        assert time.monotonic() - t0 < 2.5
+    finally:
+        loris.close()
 
 
 def test_data_urls() -> None:
