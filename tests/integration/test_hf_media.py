@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from gpt_server.chat.media import (
     forbidden_address,
 )
 from gpt_server.errors import BadRequestError
+from tests.media_helpers import SlowLoris
 
 
 def fetch_media(url: str, policy: MediaPolicy) -> tuple[bytes, str]:
@@ -127,45 +127,9 @@ def test_public_addresses_allowed(addr: str) -> None:
     assert not forbidden_address(ipaddress.ip_address(addr))
 
 
-class _SlowLoris:
-    """Answers every connection with headers one byte every 0.5 s, for ``seconds``."""
-
-    def __init__(self, seconds: float = 30.0) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.seconds = seconds
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/img.png"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
-
-    def _drip(self, conn: socket.socket) -> None:
-        head = b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000
-        stop = time.monotonic() + self.seconds
-        try:
-            conn.recv(65536)
-            for i in range(len(head)):
-                if time.monotonic() > stop:
-                    break
-                conn.sendall(head[i : i + 1])
-                time.sleep(0.5)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def test_one_deadline_for_the_whole_fetch() -> None:
     """Headers trickling in (each byte within the read timeout) cannot stretch a fetch past its deadline."""
-    loris = _SlowLoris()
+    loris = SlowLoris()
     try:
         t0 = time.monotonic()
         with pytest.raises(BadRequestError, match="longer than 1 s"):
