@@ -166,7 +166,9 @@ class Registry:
         else:
             rec.dispatched_since_beat += 1
         rec.dispatched_total += 1
-        return DispatchReply(worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name)
+        return DispatchReply(
+            worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint
+        )
 
     def knows(self, model: str) -> bool:
         return any(model in r.names for r in self.workers.values())

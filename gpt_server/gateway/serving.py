@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,13 @@ from .workers import EventStream, LocalEventStream, WorkerClient
 __all__ = ["GenerationService"]
 
 
+def _fingerprint(stream: EventStream | LocalEventStream) -> str:
+    """The serving replica's fingerprint (``fp_`` + a hash of the model name for a worker of
+    an older build that sends none)."""
+    t = stream.target
+    return t.fingerprint or "fp_" + hashlib.sha256(t.model_name.encode()).hexdigest()[:12]
+
+
 def _raise(ev: ErrorEvent) -> None:
     raise error_from_body(ev.status, {"error": {"message": ev.message, "param": ev.param, "code": ev.code, "type": ev.type}})
 
@@ -64,8 +72,9 @@ class _Choice:
             "role": "assistant",
             "content": text if text or not calls else None,
             "refusal": None,
-            "tool_calls": calls or None,
         }
+        if calls:  # OpenAI omits the key when the model called nothing
+            msg["tool_calls"] = calls
         if self.reasoning:
             msg["reasoning_content"] = "".join(self.reasoning)
         return msg
@@ -166,7 +175,7 @@ class GenerationService:
             "object": "chat.completion",
             "created": created,
             "model": req.model,
-            "system_fingerprint": None,
+            "system_fingerprint": _fingerprint(stream),
             "choices": [
                 {
                     "index": i,
@@ -183,7 +192,7 @@ class GenerationService:
     async def _chat_chunks(
         self, stream: EventStream | LocalEventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": None}
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
         extra = {"usage": None} if include_usage else {}
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
@@ -242,7 +251,7 @@ class GenerationService:
             "object": "text_completion",
             "created": created,
             "model": req.model,
-            "system_fingerprint": None,
+            "system_fingerprint": _fingerprint(stream),
             "choices": [
                 {
                     "index": i,
@@ -259,7 +268,7 @@ class GenerationService:
     async def _completion_chunks(
         self, stream: EventStream | LocalEventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
         extra = {"usage": None} if include_usage else {}
         offsets: dict[int, int] = {}
         events = self._chunk_batches(stream, lambda ev: self._completion_event(ev, req, base, extra, offsets, include_usage))

@@ -100,6 +100,10 @@ class WorkerInfo(_Strict):
     heartbeat_interval: float = Field(3.0, gt=0, le=600)
     pid: int | None = Field(None, ge=0, le=2**31)
     replica: int = Field(0, ge=0, le=1024)
+    fingerprint: str = Field(
+        "", max_length=64, pattern=r"^[A-Za-z0-9_]*$",
+        description="the responses' system_fingerprint: stable for one model, engine and build",
+    )
 
 
 class WorkerView(WorkerInfo):
@@ -151,6 +155,7 @@ class DispatchReply(_Strict):
     worker_id: str
     address: str
     model_name: str
+    fingerprint: str = ""
 
 
 class ModelEntryInfo(_Strict):

@@ -194,6 +194,7 @@ class WorkerRuntime:
             heartbeat_interval=self.heartbeat_interval,
             pid=os.getpid(),
             replica=self.replica,
+            fingerprint=self.backend.fingerprint(),
         )
 
     def ready(self) -> bool:

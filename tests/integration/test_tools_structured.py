@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from tests.helpers import Server, base_config, served, smollm_entry
+from tests.openai_shapes import assert_openai_shape, sse_payloads
 
 WEATHER = {
     "type": "function",
@@ -277,3 +279,19 @@ def test_reasoning_split_non_stream_and_stream(think_server: Server) -> None:
         model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=12, temperature=0, extra_body={"enable_thinking": False}
     ).choices[0].message
     assert not off.model_dump().get("reasoning_content") and off.content
+
+
+def test_tool_call_responses_match_the_openai_schema(server: Server) -> None:
+    """A tool-calling answer, whole and streamed, validates against OpenAI's response schemas."""
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": TOOLS,
+            "tool_choice": "required", "max_tokens": 128, "temperature": 0}
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=120)
+    assert r.status_code == 200, r.text
+    assert_openai_shape("CreateChatCompletionResponse", r.json())
+    assert r.json()["choices"][0]["message"]["tool_calls"]
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                      headers=server.headers(), timeout=120) as s:
+        chunks = sse_payloads(s.read().decode())
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    for c in chunks:
+        assert_openai_shape("CreateChatCompletionStreamResponse", c)

@@ -62,6 +62,10 @@ def _store(request: Request) -> ImageStore:
         request.app.state.image_store = store
     return store
 
+SPEC_QUALITIES = frozenset({"low", "medium", "high"})
+SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+
+
 def _check_result(raw: dict[str, Any]) -> ImageJobResult:
     try:
         return ImageJobResult.model_validate(raw)
@@ -78,16 +82,17 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
             data.append({"url": f"{base}/v1/files/images/{name}", "revised_prompt": item.revised_prompt})
     else:
         data = [{"b64_json": item.b64_json, "revised_prompt": item.revised_prompt} for item in result.data]
-    body = {
-        "created": result.created,
-        "data": data,
-        "background": "opaque",
-        "output_format": result.output_format,
-        "quality": result.quality,
-        "size": result.size,
-        "usage": result.usage,
+    body: dict[str, Any] = {"created": result.created, "data": data, "background": "opaque", "output_format": result.output_format}
+    # OpenAI's schema allows only its own values here: others are left out (the headers say them)
+    if result.quality in SPEC_QUALITIES:
+        body["quality"] = result.quality
+    if result.size in SPEC_SIZES:
+        body["size"] = result.size
+    body["usage"] = result.usage
+    headers = {
+        "x-image-seed": str(result.seed), "x-image-steps": str(result.steps),
+        "x-image-size": result.size, "x-image-quality": result.quality,
     }
-    headers = {"x-image-seed": str(result.seed), "x-image-steps": str(result.steps)}
     return FastJSONResponse(body, headers=headers)
 
 async def _run(request: Request, model: str, capability: Capability, job: ImageJob, response_format: str) -> Response:
