@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .protocol.worker import CATCH_ALL
 from .settings import ConfigError, ModelConfig, resolve_model_path
 from .settings import Section as _Section
 
@@ -130,8 +131,17 @@ class WorkerSpec(_Section):
 
 class ModelEntry(_Section):
     name: str = ""
-    alias: list[str] = Field(default_factory=list, description="other names (comma separated or a list)")
+    alias: list[str] = Field(
+        default_factory=list,
+        description="other names (comma separated or a list); '*' takes requests for model names nobody serves "
+        "(clients that hard-code OpenAI names), among models with the request's capability",
+    )
     enable: bool = True
+    default: bool = Field(
+        False,
+        description="the model a request without 'model' gets, among models with its capability (without it: "
+        "the only such model)",
+    )
     model_config_: ModelConfig = Field(alias="model_config")
     model_type: str = Field("auto", description="model kind: auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
     work_mode: str | None = Field(None, description="engine (default: the kind's default engine)")
@@ -152,7 +162,7 @@ class ModelEntry(_Section):
     @classmethod
     def _check_alias(cls, v: list[str]) -> list[str]:
         for a in v:
-            if not _NAME_RE.match(a):
+            if a != CATCH_ALL and not _NAME_RE.match(a):
                 raise ValueError(f"alias '{a}' is not a valid model id (letters, digits, . _ : + -)")
         return v
 
@@ -269,13 +279,22 @@ class Config(_Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
         seen: dict[str, str] = {}
+        defaults: dict[str, str] = {}
         for m in self.models:
             if not m.enable:
                 continue
             for n in m.names:
+                if n in seen and n == CATCH_ALL:
+                    raise ValueError(
+                        f"alias '*' is on both '{seen[n]}' and '{m.name}': one model takes the unknown names"
+                    )
                 if n in seen:
                     raise ValueError(f"model id '{n}' is used by both '{seen[n]}' and '{m.name}'")
                 seen[n] = m.name
+            if m.default:
+                if m.kind in defaults:
+                    raise ValueError(f"'default: true' is on both '{defaults[m.kind]}' and '{m.name}' (kind {m.kind})")
+                defaults[m.kind] = m.name
         return self
 
     def enabled_models(self) -> list[ModelEntry]:

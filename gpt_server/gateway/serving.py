@@ -12,7 +12,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from ..errors import GatewayError, TimeoutError_, error_from_body
-from ..protocol.openai import ChatCompletionRequest, CompletionRequest
+from ..protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
 from ..protocol.worker import (
     DeltaEvent,
     ErrorEvent,
@@ -161,6 +161,7 @@ class GenerationService:
 
     # ---- chat ---------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest) -> Response:
+        req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id("chatcmpl")
         gen = chat_to_generate(req, rid)
         stream = await self.workers.open(req.model, gen)
@@ -236,6 +237,7 @@ class GenerationService:
 
     # ---- completions ----------------------------------------------------------
     async def completion(self, req: CompletionRequest) -> Response:
+        req.model = await self.workers.resolve(req.model, COMPLETION)
         rid = new_id("cmpl")
         gen = completion_to_generate(req, rid)
         n_choices = len(gen.prompts or []) * req.n

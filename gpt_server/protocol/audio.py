@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 from .worker import WireBytes
 
 __all__ = [
@@ -59,7 +59,7 @@ class TranscriptionForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     language: str | None = Field(None, min_length=2, max_length=16, pattern=r"^[A-Za-z_-]+$")
     prompt: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
     response_format: TranscriptFormat = "json"
@@ -80,7 +80,7 @@ StreamMode = Literal["file", "audio"]
 
 
 class SpeechRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     input: str = Field(min_length=1, max_length=100_000)
     voice: str | dict[str, Any] = "alloy"
     instructions: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)

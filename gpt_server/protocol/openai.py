@@ -12,13 +12,14 @@ import re
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .kinds import Kind, declare_capability, declare_kind
 
 __all__ = [
     "LIMITS",
     "OpenAIBaseModel",
+    "ModelName",
     "ChatMessage",
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -48,6 +49,13 @@ class _Limits:
 
 
 LIMITS = _Limits()
+
+
+ModelName = Annotated[
+    str,
+    BeforeValidator(lambda v: "" if v is None else v),
+    Field(max_length=256, description="the served model; left out: the default model for the route's capability"),
+]
 
 
 class OpenAIBaseModel(BaseModel):
@@ -167,7 +175,7 @@ class StreamOptions(OpenAIBaseModel):
 
 
 class _SamplingFields(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

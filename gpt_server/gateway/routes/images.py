@@ -42,7 +42,7 @@ from ...protocol.kinds import Capability
 from ...web.error_handlers import validation_message
 from ...web.responses import DisconnectWatch, FastJSONResponse
 from ..files import MEDIA_TYPES, ImageStore
-from ..invoke import call_json
+from ..invoke import call_json, resolve_model
 
 __all__ = ["router", "public_router"]
 
@@ -96,6 +96,7 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
     return FastJSONResponse(body, headers=headers)
 
 async def _run(request: Request, model: str, capability: Capability, job: ImageJob, response_format: str) -> Response:
+    model = await resolve_model(request, model, capability)
     async with DisconnectWatch(request.receive) as client:  # a hang-up cancels the call (the job)
         raw = await call_json(request, model, capability, job)
     if client.gone:
@@ -162,7 +163,7 @@ def _form_schema(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 _EDIT_SCHEMA = _form_schema(
     {"prompt": {"type": "string"}, "mask": {"type": "string", "format": "binary"}, "strength": {"type": "number"}},
-    ["image", "prompt", "model"],
+    ["image", "prompt"],
 )
 
 @router.post("/v1/images/edits", openapi_extra=_EDIT_SCHEMA)
@@ -171,7 +172,7 @@ async def edit_image(request: Request) -> Response:
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images, "mask_b64": mask_b64})
     return await _run(request, form.model, IMAGE_EDIT, job, form.response_format)
 
-@router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image", "model"]))
+@router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image"]))
 async def create_variation(request: Request) -> Response:
     form, images, _ = await _read_form(request, ImageVariationForm)
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images})
