@@ -57,6 +57,12 @@ class ServeArgs(_Section):
     request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    embedding_token_ids: Literal["auto", "model"] = Field(
+        "auto",
+        description="token ids in /v1/embeddings input: auto = an id list that is OpenAI's cl100k_base encoding of a "
+        "text (what LangChain's OpenAIEmbeddings sends by default) is embedded as that text, other lists as the "
+        "model's own ids; model = always the model's own ids",
+    )
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
     # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
