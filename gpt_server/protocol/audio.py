@@ -87,7 +87,11 @@ class SpeechRequest(OpenAIBaseModel):
     response_format: SpeechFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] | None = None
-    stream: bool | None = Field(None, description="extension: true = chunked audio as it is synthesized")
+    stream: bool | None = Field(
+        None,
+        description="extension: true = chunked audio as it is synthesized, false = one file; left out: chunked "
+        "for pcm, mp3, opus and aac, one file for wav and flac (unless stream_format says audio)",
+    )
 
     @field_validator("voice")
     @classmethod

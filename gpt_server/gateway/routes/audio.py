@@ -149,13 +149,16 @@ async def create_translation(request: Request) -> Response:
     return await _transcribe(request, TRANSLATE)
 
 
+STREAMED_BY_DEFAULT = frozenset({"pcm", "mp3", "opus", "aac"})
+
+
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     mode: Literal["file", "audio", "sse"]  # sse: framed here from the worker's audio chunks
     if body.stream_format == "sse":
         mode = "sse"
-    elif body.stream or (body.stream is None and body.stream_format == "audio"):
-        mode = "audio"
+    elif body.stream or (body.stream is None and (body.stream_format == "audio" or body.response_format in STREAMED_BY_DEFAULT)):
+        mode = "audio"  # as OpenAI: audio goes out as it is made (wav/flac: one file with exact headers)
     else:
         mode = "file"
     payload = SpeechPayload(
