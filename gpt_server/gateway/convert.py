@@ -66,7 +66,8 @@ def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     if isinstance(tc, NamedToolChoice):
         if tc.function.name not in names:
             raise BadRequestError(f"tool_choice names '{tc.function.name}', which is not in tools", param="tool_choice")
-        return ToolSpec(tools=tools, choice="named", name=tc.function.name, parallel=parallel)
+        # one call of the named function, unless several are asked for explicitly
+        return ToolSpec(tools=tools, choice="named", name=tc.function.name, parallel=req.parallel_tool_calls is True)
     return ToolSpec(tools=tools, choice="required" if tc == "required" else "auto", parallel=parallel)
 
 

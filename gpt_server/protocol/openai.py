@@ -12,7 +12,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .kinds import Kind, declare_capability, declare_kind
 
@@ -20,6 +20,7 @@ __all__ = [
     "LIMITS",
     "RESERVED_TEMPLATE_KEYS",
     "OpenAIBaseModel",
+    "ModelName",
     "ChatMessage",
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -58,6 +59,13 @@ RESERVED_TEMPLATE_KEYS = frozenset({
     "chat_template", "tokenize", "tokenizer_kwargs", "padding", "truncation", "max_length",
     "return_tensors", "return_dict", "return_assistant_tokens_mask", "continue_final_message",
 })
+
+
+ModelName = Annotated[
+    str,
+    BeforeValidator(lambda v: "" if v is None else v),
+    Field(max_length=256, description="the served model; left out: the default model for the route's capability"),
+]
 
 
 class OpenAIBaseModel(BaseModel):
@@ -177,7 +185,7 @@ class StreamOptions(OpenAIBaseModel):
 
 
 class _SamplingFields(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

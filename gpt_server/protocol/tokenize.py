@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from ..errors import BadRequestError
 from .kinds import declare_capability
-from .openai import LIMITS, RESERVED_TEMPLATE_KEYS, ChatMessage, OpenAIBaseModel, Tool
+from .openai import LIMITS, RESERVED_TEMPLATE_KEYS, ChatMessage, ModelName, OpenAIBaseModel, Tool
 from .worker import ToolSpec
 
 __all__ = [
@@ -60,7 +60,7 @@ def _non_negative(ids: list[int]) -> list[int]:
 class TokenizeRequest(OpenAIBaseModel):
     """vLLM's ``TokenizeCompletionRequest`` and ``TokenizeChatRequest`` in one model."""
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     prompt: str | None = Field(default=None, max_length=TOKENIZE_LIMITS.max_prompt_chars)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=TOKENIZE_LIMITS.max_messages)
     add_generation_prompt: bool = True
@@ -72,7 +72,7 @@ class TokenizeRequest(OpenAIBaseModel):
 
 
 class DetokenizeRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     tokens: list[StrictInt] = Field(max_length=TOKENIZE_LIMITS.max_token_ids)
 
     @field_validator("tokens")

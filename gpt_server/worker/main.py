@@ -64,6 +64,7 @@ def build_runtime(
         secret=cfg.secret(),
         replica=replica,
         controller=controller,
+        default=entry.default,
     )
 
 

@@ -18,7 +18,7 @@ from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_re
 from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
-from ...chat.tools import parser_for_request, prepare_tool_messages
+from ...chat.tools import max_calls, parser_for_request, prepare_tool_messages
 from ...errors import ServiceUnavailableError
 from ...protocol.kinds import Capability
 from ...protocol.tokenize import TOKENIZE, TokenizePayload
@@ -233,7 +233,7 @@ class HFBackend(Tokenizes, Backend):
         plan = await asyncio.to_thread(self._prepare, request)
         events = self._generate(request, plan)
         try:
-            async for ev in postprocess(events, plan.tool_parser, plan.reasoning):
+            async for ev in postprocess(events, plan.tool_parser, plan.reasoning, max_calls(request)):
                 yield ev
         finally:
             await events.aclose()
