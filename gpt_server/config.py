@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .protocol.worker import CATCH_ALL
 from .settings import ConfigError, ModelConfig, resolve_model_path
 from .settings import Section as _Section
 from .web.internal import SECRET_ENV, InternalTLS
@@ -57,6 +58,12 @@ class ServeArgs(_Section):
     request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
+    embedding_token_ids: Literal["auto", "model"] = Field(
+        "auto",
+        description="token ids in /v1/embeddings input: auto = an id list that is OpenAI's cl100k_base encoding of a "
+        "text (what LangChain's OpenAIEmbeddings sends by default) is embedded as that text, other lists as the "
+        "model's own ids; model = always the model's own ids",
+    )
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
     # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
@@ -151,8 +158,17 @@ class WorkerSpec(_Section):
 
 class ModelEntry(_Section):
     name: str = ""
-    alias: list[str] = Field(default_factory=list, description="other names (comma separated or a list)")
+    alias: list[str] = Field(
+        default_factory=list,
+        description="other names (comma separated or a list); '*' takes requests for model names nobody serves "
+        "(clients that hard-code OpenAI names), among models with the request's capability",
+    )
     enable: bool = True
+    default: bool = Field(
+        False,
+        description="the model a request without 'model' gets, among models with its capability (without it: "
+        "the only such model)",
+    )
     model_config_: ModelConfig = Field(alias="model_config")
     model_type: str = Field("auto", description="model kind: auto (chat LLM), embedding, rerank, moderation, asr, tts, image")
     work_mode: str | None = Field(None, description="engine (default: the kind's default engine)")
@@ -173,7 +189,7 @@ class ModelEntry(_Section):
     @classmethod
     def _check_alias(cls, v: list[str]) -> list[str]:
         for a in v:
-            if not _NAME_RE.match(a):
+            if a != CATCH_ALL and not _NAME_RE.match(a):
                 raise ValueError(f"alias '{a}' is not a valid model id (letters, digits, . _ : + -)")
         return v
 
@@ -290,13 +306,22 @@ class Config(_Section):
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
         seen: dict[str, str] = {}
+        defaults: dict[str, str] = {}
         for m in self.models:
             if not m.enable:
                 continue
             for n in m.names:
+                if n in seen and n == CATCH_ALL:
+                    raise ValueError(
+                        f"alias '*' is on both '{seen[n]}' and '{m.name}': one model takes the unknown names"
+                    )
                 if n in seen:
                     raise ValueError(f"model id '{n}' is used by both '{seen[n]}' and '{m.name}'")
                 seen[n] = m.name
+            if m.default:
+                if m.kind in defaults:
+                    raise ValueError(f"'default: true' is on both '{defaults[m.kind]}' and '{m.name}' (kind {m.kind})")
+                defaults[m.kind] = m.name
         return self
 
     def enabled_models(self) -> list[ModelEntry]:

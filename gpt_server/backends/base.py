@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -84,6 +85,15 @@ class Backend(ABC):
 
     def healthy(self) -> bool:
         return True
+
+    def fingerprint(self) -> str:
+        """The ``system_fingerprint`` of this model's responses: a hash of the model's name
+        and files, the engine and the GPT Server build, so it changes when any of them does."""
+        from .. import __version__
+
+        e = self.spec.entry
+        parts = (e.name, e.work_mode or "", self.spec.model_path, type(self).__qualname__, __version__)
+        return "fp_" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
     async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
         """Non-generation capabilities (embed, rerank, classify, transcribe, speech, image …).

@@ -7,9 +7,14 @@ take is an error that names it, instead of a setting silently ignored.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, field_validator
 
 from ..settings import ModelConfig
+
+if TYPE_CHECKING:
+    from ..chat.media import MediaPolicy
 
 __all__ = [
     "ThreadOptions",
@@ -60,8 +65,34 @@ class MediaOptions(ModelConfig):
         None, ge=1024, le=512 * 1024 * 1024, description="largest image (data: or fetched) accepted (default 20 MiB)"
     )
     media_fetch_timeout: float | None = Field(
-        None, gt=0, le=300, description="seconds allowed to fetch one remote image (default 10)"
+        None, gt=0, le=300,
+        description="seconds allowed to fetch one remote image, name lookup, headers, body and redirects included (default 10)",
     )
+    max_image_pixels: int | None = Field(
+        None, ge=1, le=1_000_000_000,
+        description="most pixels of one image, read from its header before decoding (default 24000000)",
+    )
+    max_request_image_pixels: int | None = Field(
+        None, ge=1, le=4_000_000_000,
+        description="most pixels of all images of one request together (default 40000000)",
+    )
+    max_concurrent_media_fetches: int | None = Field(
+        None, ge=1, le=256,
+        description="remote images fetched at once per worker; more wait, within their deadline (default 8)",
+    )
+
+    def media_policy(self) -> MediaPolicy:
+        from ..chat.media import MediaPolicy
+
+        d = MediaPolicy()
+        return MediaPolicy(
+            max_bytes=self.max_media_bytes or d.max_bytes,
+            timeout=self.media_fetch_timeout or d.timeout,
+            allow_private=self.allow_private_media_urls,
+            max_image_pixels=self.max_image_pixels or d.max_image_pixels,
+            max_request_pixels=self.max_request_image_pixels or d.max_request_pixels,
+            max_concurrent_fetches=self.max_concurrent_media_fetches or d.max_concurrent_fetches,
+        )
 
 
 class TextTaskOptions(ModelConfig):

@@ -12,9 +12,9 @@ __all__ = ["postprocess"]
 
 
 class _Choice:
-    def __init__(self, tool_parser: ToolParser | None, reasoning: ThinkParser | None) -> None:
+    def __init__(self, tool_parser: ToolParser | None, reasoning: ThinkParser | None, max_calls: int | None) -> None:
         self.reasoning = StreamingReasoningExtractor(reasoning) if reasoning else None
-        self.tools = StreamingToolExtractor(tool_parser) if tool_parser else None
+        self.tools = StreamingToolExtractor(tool_parser, max_calls) if tool_parser else None
 
     def feed(self, index: int, text: str, final: bool, logprobs: list | None = None) -> DeltaEvent | None:
         reasoning = ""
@@ -31,9 +31,10 @@ class _Choice:
 
 
 async def postprocess(
-    events: AsyncIterator[Event], tool_parser: ToolParser | None, reasoning: ThinkParser | None
+    events: AsyncIterator[Event], tool_parser: ToolParser | None, reasoning: ThinkParser | None, max_calls: int | None = None
 ) -> AsyncIterator[Event]:
-    """Apply the reasoning parser, then the tool parser, to each choice's text."""
+    """Apply the reasoning parser, then the tool parser, to each choice's text; calls after
+    ``max_calls`` are dropped (``parallel_tool_calls: false``)."""
     if tool_parser is None and reasoning is None:
         async for ev in events:
             yield ev
@@ -41,12 +42,12 @@ async def postprocess(
     choices: dict[int, _Choice] = {}
     async for ev in events:
         if isinstance(ev, DeltaEvent):
-            c = choices.setdefault(ev.index, _Choice(tool_parser, reasoning))
+            c = choices.setdefault(ev.index, _Choice(tool_parser, reasoning, max_calls))
             out = c.feed(ev.index, ev.text, False, ev.logprobs)
             if out is not None:
                 yield out
         elif isinstance(ev, FinishEvent):
-            c = choices.setdefault(ev.index, _Choice(tool_parser, reasoning))
+            c = choices.setdefault(ev.index, _Choice(tool_parser, reasoning, max_calls))
             out = c.feed(ev.index, "", True)
             if out is not None:
                 yield out

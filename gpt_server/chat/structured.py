@@ -20,8 +20,9 @@ import numpy as np
 
 from ..errors import BadRequestError
 from ..protocol.worker import StructuredSpec, ToolSpec
+from .tool_parsers import EnforcedFormat
 
-__all__ = ["GrammarFactory", "GrammarConstraint", "tool_call_schema", "ebnf_literal"]
+__all__ = ["GrammarFactory", "GrammarConstraint", "tool_call_schema", "tool_calls_grammar", "ebnf_literal", "MAX_PARALLEL_CALLS"]
 
 
 def ebnf_literal(text: str) -> str:
@@ -43,6 +44,30 @@ def tool_call_schema(tools: Sequence[dict[str, Any]], args_key: str) -> dict[str
             }
         )
     return variants[0] if len(variants) == 1 else {"anyOf": variants}
+
+
+MAX_PARALLEL_CALLS = 8  # enforced calls in one answer with parallel_tool_calls (the default)
+
+
+def tool_calls_grammar(tools: ToolSpec, fmt: EnforcedFormat) -> Any:
+    """The grammar of an enforced answer: 1 call (``parallel: false``) or 1…MAX_PARALLEL_CALLS
+    calls in the model's own layout, each a JSON object valid against its tool's schema. The
+    call object's grammar (rule ``root`` of xgrammar's JSON-schema grammar) is written once and
+    referenced by the repetition, so compiling costs the same for any number of calls."""
+    import xgrammar as xgr
+
+    chosen = [t for t in tools.tools if tools.name is None or t["function"]["name"] == tools.name]
+    call = xgr.Grammar.from_json_schema(json.dumps(tool_call_schema(chosen, fmt.key)), any_whitespace=False, strict_mode=True)
+
+    def lit(text: str) -> str:
+        return ebnf_literal(text) if text else '""'
+
+    more = MAX_PARALLEL_CALLS - 1 if tools.parallel else 0
+    rules = (
+        f"\ngs_call ::= {lit(fmt.item_open)} root {lit(fmt.item_close)}\n"
+        f"gs_calls ::= {lit(fmt.open)} gs_call ({lit(fmt.sep)} gs_call){{0,{more}}} {lit(fmt.close)}\n"
+    )
+    return xgr.Grammar.from_ebnf(str(call) + rules, root_rule_name="gs_calls")
 
 
 class GrammarConstraint:
@@ -85,24 +110,13 @@ class GrammarFactory:
                 self._compiler = xgr.GrammarCompiler(self._make_info(), cache_enabled=True)
             return self._compiler
 
-    def compile(
-        self, spec: StructuredSpec | None, tools: ToolSpec | None, enforced: tuple[str, str, str] | None
-    ) -> Any | None:
+    def compile(self, spec: StructuredSpec | None, tools: ToolSpec | None, enforced: EnforcedFormat | None) -> Any | None:
         """The compiled grammar for a request, or None when it is unconstrained. Blocking."""
-        import xgrammar as xgr
 
         comp = self._get_compiler()
         try:
             if tools is not None and tools.enforce and enforced is not None:
-                prefix, suffix, key = enforced
-                chosen = [t for t in tools.tools if tools.name is None or t["function"]["name"] == tools.name]
-                schema = json.dumps(tool_call_schema(chosen, key))
-                parts = [xgr.Grammar.from_json_schema(schema, any_whitespace=False, strict_mode=True)]
-                if prefix:
-                    parts.insert(0, xgr.Grammar.from_ebnf(f"root ::= {ebnf_literal(prefix)}"))
-                if suffix:
-                    parts.append(xgr.Grammar.from_ebnf(f"root ::= {ebnf_literal(suffix)}"))
-                return comp.compile_grammar(xgr.Grammar.concat(*parts) if len(parts) > 1 else parts[0])
+                return comp.compile_grammar(tool_calls_grammar(tools, enforced))
             if spec is None:
                 return None
             if spec.type == "json_object":

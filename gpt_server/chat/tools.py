@@ -6,17 +6,17 @@ from typing import Any
 
 import orjson
 
-from ..protocol.worker import ToolSpec
-from .tool_parsers import ToolParser, get_tool_parser
+from ..protocol.worker import GenerateRequest, ToolSpec
+from .tool_parsers import EnforcedFormat, ToolParser, get_tool_parser
 
-__all__ = ["parser_for_request", "prepare_tool_messages", "template_supports_tools"]
+__all__ = ["max_calls", "parser_for_request", "prepare_tool_messages", "template_supports_tools"]
 
 
 def template_supports_tools(template: str) -> bool:
     return "tools" in template
 
 
-def parser_for_request(native: str, tools: ToolSpec | None) -> tuple[ToolParser | None, tuple[str, str, str] | None]:
+def parser_for_request(native: str, tools: ToolSpec | None) -> tuple[ToolParser | None, EnforcedFormat | None]:
     """(parser for the output, enforced format or None). Enforced calls fall back to hermes
     markup when the model's own format cannot be expressed as prefix + JSON + suffix."""
     if tools is None:
@@ -29,6 +29,11 @@ def parser_for_request(native: str, tools: ToolSpec | None) -> tuple[ToolParser 
     return parser, parser.enforced_format
 
 
+def max_calls(request: GenerateRequest) -> int | None:
+    """1 when the request says ``parallel_tool_calls: false``, else no limit."""
+    return 1 if request.tools is not None and not request.tools.parallel else None
+
+
 def _system_text(tools: ToolSpec, parser: ToolParser) -> str:
     defs = "\n".join(orjson.dumps(t).decode() for t in tools.tools)
     example = parser.format_calls([{"function": {"name": "<function-name>", "arguments": "{}"}}]).replace('{}', "<args-json-object>")
@@ -37,6 +42,8 @@ def _system_text(tools: ToolSpec, parser: ToolParser) -> str:
         "required": "You must call one or more of these functions.",
         "named": f"You must call the function {tools.name}.",
     }[tools.choice]
+    if not tools.parallel and tools.choice != "named":
+        rule += " Call at most one function at a time."
     return (
         f"# Tools\n\n{rule}\n\nYou are provided with function signatures within <tools></tools> XML tags:\n"
         f"<tools>\n{defs}\n</tools>\n\nFor each function call, return a json object with function name and "

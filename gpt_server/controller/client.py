@@ -20,6 +20,7 @@ __all__ = ["ControllerClient", "LocalController", "RemoteController"]
 
 class ControllerClient(Protocol):
     async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply: ...
+    async def resolve(self, model: str, capability: str | None = None) -> str: ...
     async def models(self) -> list[ModelEntryInfo]: ...
     async def workers(self) -> list[WorkerView]: ...
     async def report_failure(self, worker_id: str) -> None: ...
@@ -38,6 +39,9 @@ class LocalController:
 
     def done(self, worker_id: str) -> None:
         self.registry.done(worker_id)
+
+    async def resolve(self, model: str, capability: str | None = None) -> str:
+        return self.registry.resolve(model, capability)
 
     async def models(self) -> list[ModelEntryInfo]:
         return self.registry.models()
@@ -149,6 +153,12 @@ class RemoteController:
 
     def done(self, worker_id: str) -> None:
         self.mirror.done(worker_id)
+
+    async def resolve(self, model: str, capability: str | None = None) -> str:
+        await self._ensure()
+        if model and not self.mirror.knows(model):
+            await self._reload()  # perhaps a model we have not seen yet
+        return self.mirror.resolve(model, capability)
 
     async def models(self) -> list[ModelEntryInfo]:
         await self._ensure()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..errors import BadRequestError, ConflictError, NotFoundError, ServiceUnavailableError
 from ..protocol.worker import (
+    CATCH_ALL,
     PROTOCOL_VERSION,
     DispatchReply,
     Heartbeat,
@@ -166,10 +167,39 @@ class Registry:
         else:
             rec.dispatched_since_beat += 1
         rec.dispatched_total += 1
-        return DispatchReply(worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name)
+        return DispatchReply(
+            worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint
+        )
 
     def knows(self, model: str) -> bool:
         return any(model in r.names for r in self.workers.values())
+
+    def resolve(self, model: str, capability: str | None = None) -> str:
+        """The model a request for ``model`` goes to. A known name is itself. No name (``""``):
+        the model marked ``default`` among those with the capability, else the only one that
+        has it, else a 400 naming the choices. An unknown name: the model with the catch-all
+        alias ``*`` among those with the capability, else the name (dispatch answers 404)."""
+        if model and model != CATCH_ALL and self.knows(model):
+            return model
+        able = [r for r in self.workers.values() if capability is None or capability in r.info.capabilities]
+        if model:
+            catch = sorted({r.info.model_name for r in able if CATCH_ALL in r.names})
+            return catch[0] if catch else model
+        defaults = sorted({r.info.model_name for r in able if r.info.default})
+        if defaults:
+            return defaults[0]
+        names = sorted({r.info.model_name for r in able})
+        if len(names) == 1:
+            return names[0]
+        what = f"with {capability}" if capability else "at all"
+        if not names:
+            raise NotFoundError(f"'model' is required: no model {what} is being served", param="model", code="model_not_found")
+        raise BadRequestError(
+            f"'model' is required: several models serve {capability or 'requests'} ({', '.join(names[:20])}); "
+            "name one, or mark one 'default: true' in the config",
+            param="model",
+            code="model_required",
+        )
 
     def done(self, worker_id: str) -> None:
         """A tracked request dispatched to ``worker_id`` has ended."""
@@ -186,6 +216,7 @@ class Registry:
         track: bool = False,
     ) -> DispatchReply:
         """Dispatch, or raise the error a client should see (404 / 400 / 503)."""
+        model = self.resolve(model, capability)
         reply = self.dispatch(model, exclude, capability, track=track)
         if reply is not None:
             return reply
@@ -207,7 +238,7 @@ class Registry:
         for r in self.workers.values():
             if not r.healthy or r.expired(now):
                 continue
-            for n in sorted(r.names, key=lambda x: (x != r.info.model_name, x)):
+            for n in sorted(r.names - {CATCH_ALL}, key=lambda x: (x != r.info.model_name, x)):
                 if n in out:
                     out[n].workers += 1
                 else:

@@ -6,7 +6,13 @@ import uuid
 from typing import Any
 
 from ..errors import BadRequestError
-from ..protocol.openai import LIMITS, ChatCompletionRequest, CompletionRequest, NamedToolChoice
+from ..protocol.openai import (
+    LIMITS,
+    RESERVED_TEMPLATE_KEYS,
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+)
 from ..protocol.worker import (
     GenerateRequest,
     SamplingParams,
@@ -47,9 +53,6 @@ def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | 
     )
 
 
-_RESERVED_TEMPLATE_KEYS = {"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"}
-
-
 def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     tc = req.tool_choice
     if not req.tools or tc == "none":
@@ -64,7 +67,8 @@ def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     if isinstance(tc, NamedToolChoice):
         if tc.function.name not in names:
             raise BadRequestError(f"tool_choice names '{tc.function.name}', which is not in tools", param="tool_choice")
-        return ToolSpec(tools=tools, choice="named", name=tc.function.name, parallel=parallel)
+        # one call of the named function, unless several are asked for explicitly
+        return ToolSpec(tools=tools, choice="named", name=tc.function.name, parallel=req.parallel_tool_calls is True)
     return ToolSpec(tools=tools, choice="required" if tc == "required" else "auto", parallel=parallel)
 
 
@@ -104,7 +108,7 @@ def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateReq
     params.logprobs = req.logprobs
     params.top_logprobs = req.top_logprobs or 0
     kwargs: dict[str, Any] = dict(req.chat_template_kwargs or {})
-    bad = _RESERVED_TEMPLATE_KEYS & set(kwargs)
+    bad = RESERVED_TEMPLATE_KEYS & set(kwargs)
     if bad:
         raise BadRequestError(f"chat_template_kwargs may not set {', '.join(sorted(bad))}", param="chat_template_kwargs")
     if req.enable_thinking is not None:

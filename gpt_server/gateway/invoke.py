@@ -25,7 +25,7 @@ from ..web.responses import ClosingStreamingResponse
 from .convert import new_id
 from .workers import WorkerClient, WorkerResponse
 
-__all__ = ["call_json", "call_stream", "call_passthrough", "worker_chunks", "worker_events", "worker_headers"]
+__all__ = ["resolve_model", "call_json", "call_stream", "call_passthrough", "worker_chunks", "worker_events", "worker_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,12 @@ E = TypeVar("E")
 
 def _workers(request: Request) -> WorkerClient:
     return request.app.state.workers
+
+
+async def resolve_model(request: Request, model: str, capability: Capability) -> str:
+    """The served model a request naming ``model`` goes to: itself, or for no name the default
+    model of ``capability``, or for an unknown name the catch-all (alias ``*``)."""
+    return await _workers(request).resolve(model, capability)
 
 
 async def call_json(request: Request, model: str, capability: Capability, payload: BaseModel) -> dict[str, Any]:

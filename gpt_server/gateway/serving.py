@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 from fastapi.responses import Response
 
 from ..errors import GatewayError, TimeoutError_, error_from_body
-from ..protocol.openai import ChatCompletionRequest, CompletionRequest
+from ..protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
 from ..protocol.worker import (
     DeltaEvent,
     ErrorEvent,
@@ -35,6 +36,13 @@ from .sse import SSEResponse
 from .workers import EventStream, LocalEventStream, WorkerClient
 
 __all__ = ["GenerationService"]
+
+
+def _fingerprint(stream: EventStream | LocalEventStream) -> str:
+    """The serving replica's fingerprint (``fp_`` + a hash of the model name for a worker of
+    an older build that sends none)."""
+    t = stream.target
+    return t.fingerprint or "fp_" + hashlib.sha256(t.model_name.encode()).hexdigest()[:12]
 
 
 def _raise(ev: ErrorEvent) -> None:
@@ -64,8 +72,9 @@ class _Choice:
             "role": "assistant",
             "content": text if text or not calls else None,
             "refusal": None,
-            "tool_calls": calls or None,
         }
+        if calls:  # OpenAI omits the key when the model called nothing
+            msg["tool_calls"] = calls
         if self.reasoning:
             msg["reasoning_content"] = "".join(self.reasoning)
         return msg
@@ -152,6 +161,7 @@ class GenerationService:
 
     # ---- chat ---------------------------------------------------------------
     async def chat(self, req: ChatCompletionRequest) -> Response:
+        req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id("chatcmpl")
         gen = chat_to_generate(req, rid)
         stream = await self.workers.open(req.model, gen)
@@ -166,7 +176,7 @@ class GenerationService:
             "object": "chat.completion",
             "created": created,
             "model": req.model,
-            "system_fingerprint": None,
+            "system_fingerprint": _fingerprint(stream),
             "choices": [
                 {
                     "index": i,
@@ -183,7 +193,7 @@ class GenerationService:
     async def _chat_chunks(
         self, stream: EventStream | LocalEventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": None}
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
         extra = {"usage": None} if include_usage else {}
 
         def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
@@ -227,6 +237,7 @@ class GenerationService:
 
     # ---- completions ----------------------------------------------------------
     async def completion(self, req: CompletionRequest) -> Response:
+        req.model = await self.workers.resolve(req.model, COMPLETION)
         rid = new_id("cmpl")
         gen = completion_to_generate(req, rid)
         n_choices = len(gen.prompts or []) * req.n
@@ -242,7 +253,7 @@ class GenerationService:
             "object": "text_completion",
             "created": created,
             "model": req.model,
-            "system_fingerprint": None,
+            "system_fingerprint": _fingerprint(stream),
             "choices": [
                 {
                     "index": i,
@@ -259,7 +270,7 @@ class GenerationService:
     async def _completion_chunks(
         self, stream: EventStream | LocalEventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": None}
+        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
         extra = {"usage": None} if include_usage else {}
         offsets: dict[int, int] = {}
         events = self._chunk_batches(stream, lambda ev: self._completion_event(ev, req, base, extra, offsets, include_usage))

@@ -183,6 +183,10 @@ class WorkerClient:
         if self._session is not None:
             await self._session.close()
 
+    async def resolve(self, model: str, capability: str) -> str:
+        """The model a request naming ``model`` (``""``: none) for ``capability`` goes to."""
+        return await self.controller.resolve(model, capability)
+
     async def open(self, model: str, request: GenerateRequest) -> EventStream | LocalEventStream:
         """Start a chat/completion on a worker; the stream of events it answers."""
         payload = b""

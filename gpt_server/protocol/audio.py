@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 from .worker import WireBytes
 
 __all__ = [
@@ -59,7 +59,7 @@ class TranscriptionForm(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     language: str | None = Field(None, min_length=2, max_length=16, pattern=r"^[A-Za-z_-]+$")
     prompt: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
     response_format: TranscriptFormat = "json"
@@ -80,14 +80,18 @@ StreamMode = Literal["file", "audio"]
 
 
 class SpeechRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     input: str = Field(min_length=1, max_length=100_000)
     voice: str | dict[str, Any] = "alloy"
     instructions: str | None = Field(None, max_length=AUDIO_LIMITS.max_prompt_chars)
     response_format: SpeechFormat = "mp3"
     speed: float = Field(1.0, ge=0.25, le=4.0)
     stream_format: Literal["audio", "sse"] | None = None
-    stream: bool | None = Field(None, description="extension: true = chunked audio as it is synthesized")
+    stream: bool | None = Field(
+        None,
+        description="extension: true = chunked audio as it is synthesized, false = one file; left out: chunked "
+        "for pcm, mp3, opus and aac, one file for wav and flac (unless stream_format says audio)",
+    )
 
     @field_validator("voice")
     @classmethod

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 
 __all__ = [
     "EMBED_LIMITS",
@@ -80,7 +80,7 @@ def normalise_input(v: Any) -> list[EmbeddingInput]:
 
 
 class EmbeddingRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     input: Any
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)

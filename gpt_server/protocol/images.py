@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 
 __all__ = [
     "IMAGE_LIMITS",
@@ -65,7 +65,7 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
 class _ImageParams(BaseModel):
     """Fields common to generations, edits and variations (OpenAI's plus the extensions)."""
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     n: int = Field(1, ge=1, le=IMAGE_LIMITS.max_n)
     size: str | None = Field(None, max_length=16)
     response_format: ResponseFormat = "b64_json"

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 
 __all__ = [
     "CLASSIFY_LIMITS",
@@ -72,7 +72,7 @@ def _inputs(v: Any) -> list[str]:
 
 
 class ModerationRequest(OpenAIBaseModel):
-    model: str | None = Field(default=None, min_length=1, max_length=256)
+    model: ModelName = ""
     input: Any
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="extension: flag at this score")
 
@@ -83,7 +83,7 @@ class ModerationRequest(OpenAIBaseModel):
 
 
 class ClassifyRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     input: Any
 
     @field_validator("input")

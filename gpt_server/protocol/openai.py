@@ -12,13 +12,15 @@ import re
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .kinds import Kind, declare_capability, declare_kind
 
 __all__ = [
     "LIMITS",
+    "RESERVED_TEMPLATE_KEYS",
     "OpenAIBaseModel",
+    "ModelName",
     "ChatMessage",
     "ChatCompletionRequest",
     "CompletionRequest",
@@ -50,6 +52,22 @@ class _Limits:
 
 
 LIMITS = _Limits()
+
+# chat_template_kwargs may not set these: the template variables the server sets itself, and
+# the options of transformers' apply_chat_template that an engine server (vLLM, SGLang) takes
+# from chat_template_kwargs — a client's ``chat_template`` there is server-side template injection
+RESERVED_TEMPLATE_KEYS = frozenset({
+    "messages", "tools", "add_generation_prompt", "bos_token", "eos_token",
+    "chat_template", "tokenize", "tokenizer_kwargs", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "continue_final_message",
+})
+
+
+ModelName = Annotated[
+    str,
+    BeforeValidator(lambda v: "" if v is None else v),
+    Field(max_length=256, description="the served model; left out: the default model for the route's capability"),
+]
 
 
 class OpenAIBaseModel(BaseModel):
@@ -169,7 +187,7 @@ class StreamOptions(OpenAIBaseModel):
 
 
 class _SamplingFields(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .kinds import Kind, declare_capability, declare_kind
-from .openai import OpenAIBaseModel
+from .openai import ModelName, OpenAIBaseModel
 
 __all__ = ["RERANK_LIMITS", "RerankRequest", "RerankPayload", "RERANK", "rerank_payload"]
 
@@ -44,7 +44,7 @@ def _doc_text(d: Any, i: int) -> str:
 
 
 class RerankRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     query: str = Field(min_length=1, max_length=RERANK_LIMITS.max_text_chars)
     documents: list[Any] = Field(max_length=RERANK_LIMITS.max_documents)
     top_n: int | None = Field(default=None, ge=0, le=RERANK_LIMITS.max_documents)

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, m
 
 from ..errors import BadRequestError
 from .kinds import declare_capability
-from .openai import LIMITS, ChatMessage, OpenAIBaseModel, Tool
+from .openai import LIMITS, RESERVED_TEMPLATE_KEYS, ChatMessage, ModelName, OpenAIBaseModel, Tool
 from .worker import ToolSpec
 
 __all__ = [
@@ -48,9 +48,6 @@ class _TokenizeLimits:
 
 TOKENIZE_LIMITS = _TokenizeLimits()
 
-# the template variables the server sets itself (as on the chat path)
-_RESERVED_TEMPLATE_KEYS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
-
 
 def _non_negative(ids: list[int]) -> list[int]:
     for i, t in enumerate(ids):
@@ -63,7 +60,7 @@ def _non_negative(ids: list[int]) -> list[int]:
 class TokenizeRequest(OpenAIBaseModel):
     """vLLM's ``TokenizeCompletionRequest`` and ``TokenizeChatRequest`` in one model."""
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     prompt: str | None = Field(default=None, max_length=TOKENIZE_LIMITS.max_prompt_chars)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=TOKENIZE_LIMITS.max_messages)
     add_generation_prompt: bool = True
@@ -75,7 +72,7 @@ class TokenizeRequest(OpenAIBaseModel):
 
 
 class DetokenizeRequest(OpenAIBaseModel):
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName = ""
     tokens: list[StrictInt] = Field(max_length=TOKENIZE_LIMITS.max_token_ids)
 
     @field_validator("tokens")
@@ -138,7 +135,7 @@ def tokenize_payload(body: TokenizeRequest) -> TokenizePayload:
     kwargs: dict[str, Any] = dict(body.chat_template_kwargs or {})
     if kwargs and len(orjson.dumps(kwargs)) > TOKENIZE_LIMITS.max_template_kwargs_bytes:
         raise BadRequestError("chat_template_kwargs: at most 64 KiB", param="chat_template_kwargs")
-    bad = _RESERVED_TEMPLATE_KEYS & set(kwargs)
+    bad = RESERVED_TEMPLATE_KEYS & set(kwargs)
     if bad:
         raise BadRequestError(f"chat_template_kwargs may not set {', '.join(sorted(bad))}", param="chat_template_kwargs")
     if body.enable_thinking is not None:

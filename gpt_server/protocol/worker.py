@@ -25,6 +25,7 @@ from pydantic import (
 from .openai import LIMITS
 
 __all__ = [
+    "CATCH_ALL",
     "PROTOCOL_VERSION",
     "SECRET_HEADER",
     "secret_matches",
@@ -85,6 +86,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+CATCH_ALL = "*"  # the alias of the model that takes requests for unknown names (per capability)
+
+
 class WorkerInfo(_Strict):
     """What a worker tells the controller when it registers."""
 
@@ -103,6 +107,11 @@ class WorkerInfo(_Strict):
     heartbeat_interval: float = Field(3.0, gt=0, le=600)
     pid: int | None = Field(None, ge=0, le=2**31)
     replica: int = Field(0, ge=0, le=1024)
+    default: bool = Field(False, description="the model a request without 'model' gets among those with a capability")
+    fingerprint: str = Field(
+        "", max_length=64, pattern=r"^[A-Za-z0-9_]*$",
+        description="the responses' system_fingerprint: stable for one model, engine and build",
+    )
 
 
 class WorkerView(WorkerInfo):
@@ -154,6 +163,7 @@ class DispatchReply(_Strict):
     worker_id: str
     address: str
     model_name: str
+    fingerprint: str = ""
 
 
 class ModelEntryInfo(_Strict):

@@ -68,6 +68,7 @@ def build_runtime(
         replica=replica,
         controller=controller,
         verify=cfg.internal_tls().client_context,
+        default=entry.default,
     )
 
 

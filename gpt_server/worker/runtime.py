@@ -133,9 +133,11 @@ class WorkerRuntime:
         replica: int = 0,
         controller: ControllerLink | None = None,
         verify: ssl.SSLContext | bool = True,
+        default: bool = False,
     ) -> None:
         """``controller``: how to reach the controller; HTTP to ``controller_address`` when None
-        (an https:// one verified with ``verify``)."""
+        (an https:// one verified with ``verify``); ``default``: the model a request without a name
+        gets (``default: true`` in the config)."""
         self.backend = backend
         self.model_name = model_name
         self.aliases = aliases
@@ -146,6 +148,7 @@ class WorkerRuntime:
         self.heartbeat_interval = heartbeat_interval
         self.secret = secret
         self.replica = replica
+        self.default = default
         self.worker_id = f"{model_name}-{replica}-{uuid.uuid4().hex[:8]}"
         self.state = "loading"
         self.inflight = 0
@@ -208,6 +211,8 @@ class WorkerRuntime:
             heartbeat_interval=self.heartbeat_interval,
             pid=os.getpid(),
             replica=self.replica,
+            default=self.default,
+            fingerprint=self.backend.fingerprint(),
         )
 
     def ready(self) -> bool:

@@ -13,6 +13,7 @@ import pytest
 from tests.audio_helpers import parse_srt, parse_vtt, speak_in_process, tone_wav, wer
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
+from tests.openai_shapes import assert_openai_shape
 
 __all__ = ["AsrSuite", "SENTENCE"]
 
@@ -57,6 +58,23 @@ class AsrSuite(Suite):
         assert verbose.words and len(verbose.words) >= 8
         starts = [w.start for w in verbose.words]
         assert starts == sorted(starts) and all(w.start <= w.end for w in verbose.words)
+
+    @covers("transcribe", "translate")
+    def test_responses_match_the_openai_schema(self, server: Server) -> None:
+        for route, fmt, schema in (
+            ("transcriptions", "json", "CreateTranscriptionResponseJson"),
+            ("transcriptions", "verbose_json", "CreateTranscriptionResponseVerboseJson"),
+            ("translations", "json", "CreateTranslationResponseJson"),
+            ("translations", "verbose_json", "CreateTranslationResponseVerboseJson"),
+        ):
+            data = {"model": self.model, "response_format": fmt}
+            if route == "transcriptions" and fmt == "verbose_json":
+                data["timestamp_granularities[]"] = "word"
+            r = httpx.post(
+                f"{server.base_url}/v1/audio/{route}", data=data, files={"file": self.speech}, headers=server.headers(), timeout=120
+            )
+            assert r.status_code == 200, r.text
+            assert_openai_shape(schema, r.json())
 
     @covers("transcribe")
     def test_streamed_transcription(self, client: openai.OpenAI) -> None:

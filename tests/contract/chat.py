@@ -13,6 +13,7 @@ import pytest
 
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
+from tests.openai_shapes import assert_openai_shape, sse_payloads
 
 __all__ = ["ChatSuite"]
 
@@ -53,6 +54,47 @@ class ChatSuite(Suite):
         assert 0 < r.usage.completion_tokens <= 8
         if c.finish_reason == "length":
             assert r.usage.completion_tokens == 8
+
+    @covers("chat", "completion")
+    def test_responses_match_the_openai_schema(self, server: Server) -> None:
+        """Every chat, completion, model-list and error body, streamed or not, validates against
+        OpenAI's published response schemas (no ``null`` where OpenAI omits a key or sends a string)."""
+        url, h = server.base_url, server.headers()
+        chat = {"model": self.model, "messages": COLORS, "max_tokens": 6, "temperature": 0}
+        r = httpx.post(f"{url}/v1/chat/completions", json=chat, headers=h, timeout=120)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert_openai_shape("CreateChatCompletionResponse", body)
+        assert "tool_calls" not in body["choices"][0]["message"]  # OpenAI omits the key without calls
+        fingerprint = body["system_fingerprint"]
+        assert isinstance(fingerprint, str) and fingerprint.startswith("fp_")
+        r = httpx.post(f"{url}/v1/chat/completions", json={**chat, "logprobs": True, "top_logprobs": 2}, headers=h, timeout=120)
+        assert_openai_shape("CreateChatCompletionResponse", r.json())
+        assert r.json()["system_fingerprint"] == fingerprint  # stable for one model and build
+        stream = {**chat, "stream": True, "stream_options": {"include_usage": True}, "logprobs": True}
+        with httpx.stream("POST", f"{url}/v1/chat/completions", json=stream, headers=h, timeout=120) as s:
+            chunks = sse_payloads(s.read().decode())
+        assert len(chunks) >= 3
+        for c in chunks:
+            assert_openai_shape("CreateChatCompletionStreamResponse", c)
+            assert c["system_fingerprint"] == fingerprint
+        comp = {"model": self.model, "prompt": ["Once upon", "The sky"], "max_tokens": 4, "temperature": 0, "logprobs": 2}
+        r = httpx.post(f"{url}/v1/completions", json=comp, headers=h, timeout=120)
+        assert r.status_code == 200, r.text
+        assert_openai_shape("CreateCompletionResponse", r.json())
+        with httpx.stream("POST", f"{url}/v1/completions", json={**comp, "stream": True}, headers=h, timeout=120) as s:
+            for c in sse_payloads(s.read().decode()):
+                for choice in c["choices"]:  # the schema has no stream variant; OpenAI streams null here
+                    choice["finish_reason"] = choice["finish_reason"] or "stop"
+                assert_openai_shape("CreateCompletionResponse", c)
+        models = httpx.get(f"{url}/v1/models", headers=h, timeout=30).json()
+        assert_openai_shape("ListModelsResponse", models)
+        one = httpx.get(f"{url}/v1/models/{self.model}", headers=h, timeout=30)
+        assert one.status_code == 200 and one.json() in models["data"]
+        assert_openai_shape("Model", one.json())
+        bad = httpx.post(f"{url}/v1/chat/completions", json={**chat, "max_tokens": -1}, headers=h, timeout=30)
+        assert bad.status_code == 400
+        assert_openai_shape("ErrorResponse", bad.json())
 
     @covers("chat", "completion")
     def test_usage_counts_prompt_and_completion(self, client: openai.OpenAI) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
+from tests.openai_shapes import assert_openai_shape
 
 __all__ = ["EmbedSuite", "TEXTS", "vectors"]
 
@@ -23,6 +24,10 @@ TEXTS = [
     "The company's sales rose 12% this quarter.",
     "How do I bake sourdough bread?",
 ]
+
+
+def vectors_of(b64: str) -> list[float]:
+    return np.frombuffer(base64.b64decode(b64), dtype="<f4").tolist()
 
 
 def vectors(resp: Any) -> np.ndarray:
@@ -51,6 +56,23 @@ class EmbedSuite(Suite):
         assert a.shape == (len(TEXTS), self.dims)
         np.testing.assert_array_equal(a, b)
         np.testing.assert_allclose(a, self.reference(TEXTS), atol=self.atol)
+
+    @covers("embed")
+    def test_responses_match_the_openai_schema(self, server: Server) -> None:
+        for fmt in ("float", "base64"):
+            r = httpx.post(
+                f"{server.base_url}/v1/embeddings", json={"model": self.model, "input": TEXTS[:2], "encoding_format": fmt},
+                headers=server.headers(), timeout=60,
+            )
+            assert r.status_code == 200, r.text
+            body = r.json()
+            if fmt == "base64":  # the schema knows only float lists; OpenAI itself sends a string here
+                assert all(isinstance(d["embedding"], str) for d in body["data"])
+                body["data"] = [{**d, "embedding": vectors_of(d["embedding"])} for d in body["data"]]
+            assert_openai_shape("CreateEmbeddingResponse", body)
+        bad = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": self.model, "input": []}, headers=server.headers(), timeout=60)
+        assert bad.status_code == 400
+        assert_openai_shape("ErrorResponse", bad.json())
 
     @covers("embed")
     def test_raw_base64_is_float32_little_endian(self, server: Server, client: openai.OpenAI) -> None:

@@ -14,6 +14,7 @@ import pytest
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
 from tests.images_helpers import png_info, solid_png
+from tests.openai_shapes import assert_openai_shape
 
 __all__ = ["ImageSuite"]
 
@@ -38,6 +39,14 @@ class ImageSuite(Suite):
         assert len(res.data) == 1 and res.data[0].url is None
         assert _decoded(res) == ("PNG", (64, 48))
         assert res.usage is not None and res.usage.input_tokens > 0 and res.usage.total_tokens >= res.usage.input_tokens
+
+    @covers("image")
+    def test_responses_match_the_openai_schema(self, server: Server) -> None:
+        for fmt in ("b64_json", "url"):
+            body = {"model": self.model, "prompt": "a red cube", "size": "32x32", "response_format": fmt}
+            r = httpx.post(f"{server.base_url}/v1/images/generations", json=body, headers=server.headers(), timeout=120)
+            assert r.status_code == 200, r.text
+            assert_openai_shape("ImagesResponse", r.json())
 
     @covers("image")
     def test_urls_are_served_by_the_gateway(self, client: openai.OpenAI, server: Server) -> None:

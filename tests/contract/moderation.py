@@ -13,6 +13,7 @@ import pytest
 from tests.contract.base import Suite, covers
 from tests.embed_helpers import LABELS
 from tests.helpers import Server
+from tests.openai_shapes import assert_openai_shape
 
 __all__ = ["ModerationSuite", "TEXTS"]
 
@@ -42,6 +43,12 @@ class ModerationSuite(Suite):
             assert res.category_scores.harassment == pytest.approx(max(probs[i_toxic], probs[i_insult]), abs=self.atol)
             assert res.category_scores.hate == 0.0  # no label of this model maps to hate
             assert not res.categories.hate
+
+    @covers("moderate")
+    def test_responses_match_the_openai_schema(self, server: Server) -> None:
+        r = httpx.post(f"{server.base_url}/v1/moderations", json={"model": self.model, "input": TEXTS}, headers=server.headers(), timeout=60)
+        assert r.status_code == 200, r.text
+        assert_openai_shape("CreateModerationResponse", r.json())
 
     @covers("moderate")
     def test_threshold_decides_flagged(self, server: Server) -> None:

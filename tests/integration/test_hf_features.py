@@ -131,7 +131,7 @@ def test_vision_bad_or_private_urls_refused(server: Server, url: str) -> None:
     ]}
     r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=60)
     assert r.status_code == 400, r.text
-    assert r.json()["error"]["param"] == "messages"
+    assert r.json()["error"]["param"] == "messages[0].content[0].image_url"
 
 
 def test_text_model_refuses_images(server: Server) -> None:

@@ -6,12 +6,14 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jsonschema
 import openai
 import pytest
 from pydantic import BaseModel, Field
 
 from tests.helpers import Server, base_config, served, smollm_entry
+from tests.openai_shapes import assert_openai_shape, sse_payloads
 
 WEATHER = {
     "type": "function",
@@ -85,8 +87,9 @@ def test_enforced_tool_calls_always_valid(client: openai.OpenAI, choice: str) ->
     valid = 0
     for i, prompt in enumerate(PROMPTS):
         tc: Any = "required" if choice == "required" else {"type": "function", "function": {"name": TOOLS[i % 3]["function"]["name"]}}
-        r = client.chat.completions.create(
-            model="smollm2", messages=[{"role": "user", "content": prompt}], tools=TOOLS, tool_choice=tc, max_tokens=128, seed=i
+        r = client.chat.completions.create(  # one call each (a 135M model left free repeats calls to max_tokens)
+            model="smollm2", messages=[{"role": "user", "content": prompt}], tools=TOOLS, tool_choice=tc, max_tokens=128, seed=i,
+            parallel_tool_calls=False,
         )
         ch = r.choices[0]
         assert ch.finish_reason == "tool_calls", ch
@@ -277,3 +280,49 @@ def test_reasoning_split_non_stream_and_stream(think_server: Server) -> None:
         model="smollm2", messages=[{"role": "user", "content": "Hi"}], max_tokens=12, temperature=0, extra_body={"enable_thinking": False}
     ).choices[0].message
     assert not off.model_dump().get("reasoning_content") and off.content
+
+
+def test_tool_call_responses_match_the_openai_schema(server: Server) -> None:
+    """A tool-calling answer, whole and streamed, validates against OpenAI's response schemas."""
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": "Weather in Rome?"}], "tools": TOOLS,
+            "tool_choice": "required", "max_tokens": 128, "temperature": 0}
+    r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, headers=server.headers(), timeout=120)
+    assert r.status_code == 200, r.text
+    assert_openai_shape("CreateChatCompletionResponse", r.json())
+    assert r.json()["choices"][0]["message"]["tool_calls"]
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json={**body, "stream": True},
+                      headers=server.headers(), timeout=120) as s:
+        chunks = sse_payloads(s.read().decode())
+    assert any(c["choices"] and c["choices"][0]["delta"].get("tool_calls") for c in chunks)
+    for c in chunks:
+        assert_openai_shape("CreateChatCompletionStreamResponse", c)
+
+
+MULTI = ["What's the weather in Paris and in Rome?", "Add 2 and 3, and also add 10 and 20.",
+         "Weather in Oslo, Cairo and Lima please.", "Search for pasta recipes and for pizza recipes."]
+
+
+def test_parallel_tool_calls_flag_is_honoured(client: openai.OpenAI) -> None:
+    """required + parallel_tool_calls true: 1..8 calls, each valid, streamed with consecutive
+    indexes; false: exactly one call, enforced by the grammar and by the parser."""
+    counts: list[int] = []
+    for i, prompt in enumerate(MULTI * 2):
+        kw: dict[str, Any] = dict(model="smollm2", messages=[{"role": "user", "content": prompt}], tools=TOOLS,
+                                  tool_choice="required", max_tokens=200, seed=i, temperature=0.8)
+        one = client.chat.completions.create(**kw, parallel_tool_calls=False).choices[0]
+        assert one.finish_reason == "tool_calls" and len(one.message.tool_calls) == 1
+        _check_call(one.message.tool_calls[0])
+        many = client.chat.completions.create(**kw, parallel_tool_calls=True).choices[0]
+        assert many.finish_reason in ("tool_calls", "length")
+        calls = many.message.tool_calls
+        assert 1 <= len(calls) <= 8
+        for call in calls if many.finish_reason == "tool_calls" else calls[:-1]:  # a cut answer ends mid-call
+            _check_call(call)
+        counts.append(len(calls))
+        indexes: list[int] = []
+        for chunk in client.chat.completions.create(**kw, parallel_tool_calls=True, stream=True):
+            for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                if d.id:
+                    indexes.append(d.index)
+        assert indexes == list(range(len(indexes))) and indexes
+    assert max(counts) >= 2, counts  # the grammar lets the model make several calls, and it does

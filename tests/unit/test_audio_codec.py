@@ -73,6 +73,34 @@ def test_decode_resamples_and_rejects() -> None:
         decode_audio(tone_wav(2.0), 16000, max_seconds=1.0)
 
 
+def _sf_bytes(fmt: str, rate: int, frames: int, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    x = (np.sin(np.arange(frames) / 5) * 0.3).astype(np.float32)
+    sf.write(buf, np.stack([x] * channels, 1) if channels > 1 else x, rate, format=fmt, subtype="PCM_16")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "frames", "match"),
+    [("HTK", 1, 4000, "1 Hz"), ("MAT5", 1, 4000, "1 Hz"), ("WAV", 1, 4000, "1 Hz"), ("WAV", 500_000, 1000, "500000 Hz"),
+     ("HTK", 8000, 8000 * 20, "longer")],
+)
+def test_decode_checks_the_header_before_decoding(fmt: str, rate: int, frames: int, match: str) -> None:
+    """Sample rate and length come from the header (PyAV's or libsndfile's) before any decode
+    or resample: a 170 KB MAT5 file at 1 Hz would otherwise become two 10 GiB arrays."""
+    t0 = time.monotonic()
+    with pytest.raises(BadRequestError, match=match) as exc:
+        decode_audio(_sf_bytes(fmt, rate, frames), 16000, max_seconds=10.0)
+    assert exc.value.param == "file" and time.monotonic() - t0 < 1.0
+
+
+def test_libsndfile_only_formats_still_decode() -> None:
+    """HTK and MAT5 (PyAV cannot open them) are read in blocks and resampled like the rest."""
+    assert decode_audio(_sf_bytes("HTK", 8000, 16000), 16000).size == pytest.approx(32000, abs=32)
+    out = decode_audio(_sf_bytes("MAT5", 44100, 44100, channels=2), 16000)
+    assert out.size == pytest.approx(16000, abs=32) and 0.2 < float(np.abs(out).max()) < 0.4
+
+
 def test_voice_map() -> None:
     single = VoiceMap({}, 1, {"narrator": "default"})
     assert single.resolve("alloy") is None and single.resolve("NARRATOR") is None

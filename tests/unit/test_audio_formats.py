@@ -54,7 +54,7 @@ def test_transcription_form_bounds() -> None:
     f = TranscriptionForm.model_validate({"model": "whisper-1", "language": "", "timestamp_granularities": ["word"]})
     assert f.language is None and f.response_format == "json"
     for bad in ({"model": "m", "temperature": "1.5"}, {"model": "m", "response_format": "docx"},
-                {"model": "m", "timestamp_granularities": ["char"]}, {"model": ""},
+                {"model": "m", "timestamp_granularities": ["char"]}, {"model": "m" * 300},
                 {"model": "m", "language": "e n"}, {"model": "m", "prompt": "x" * 5000}):
         with pytest.raises(ValidationError):
             TranscriptionForm.model_validate(bad)

@@ -103,3 +103,11 @@ def test_engines_command_lists_the_registry(capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "kinds (model_type): auto" in out and "  n_gpu_layers: " in out and "  dtype" not in out
     assert main(["engines", "warp"]) == 2 and "no engine 'warp'" in capsys.readouterr().err
+
+
+def test_one_default_and_one_catch_all_per_kind() -> None:
+    m = {"model_config": {"model_name_or_path": "/x"}}
+    assert "'default: true' is on both 'a' and 'b'" in _err({"models": [{"a": {**m, "default": True}}, {"b": {**m, "default": True}}]})
+    assert "alias '*' is on both" in _err({"models": [{"a": {**m, "alias": "*"}}, {"b": {**m, "alias": "x,*"}}]})
+    emb = {**m, "model_type": "embedding"}
+    parse_config({"models": [{"a": {**m, "default": True, "alias": "*"}}, {"e": {**emb, "default": True}}]})

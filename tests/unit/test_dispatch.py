@@ -93,3 +93,36 @@ def test_other_gateways_load_comes_from_heartbeats() -> None:
     reg.done("w0")
     reg.done("w0")  # more done() than dispatches never goes negative
     assert reg.workers["w0"].load == 0
+
+
+def _multi() -> Registry:
+    reg = Registry(make_policy("shortest_queue"), clock=Clock())
+    for wid, name, caps, aliases, default in (
+        ("c1", "chat-a", ["chat"], [], False),
+        ("c2", "chat-b", ["chat"], ["*"], False),
+        ("e1", "emb", ["embed"], [], False),
+    ):
+        reg.register(WorkerInfo(worker_id=wid, address="http://h:1", model_name=name, aliases=aliases, capabilities=caps,
+                                capacity=1, default=default))
+    return reg
+
+
+def test_resolve_default_only_and_catch_all() -> None:
+    import pytest
+
+    from gpt_server.errors import BadRequestError, NotFoundError
+
+    reg = _multi()
+    assert reg.resolve("chat-a", "chat") == "chat-a"
+    assert reg.resolve("", "embed") == "emb"  # the only model with the capability
+    assert reg.resolve("gpt-4o", "chat") == "chat-b"  # the catch-all of its capability
+    assert reg.resolve("text-embedding-3-small", "embed") == "text-embedding-3-small"  # none: dispatch says 404
+    with pytest.raises(BadRequestError) as ei:
+        reg.resolve("", "chat")
+    assert ei.value.param == "model" and "chat-a, chat-b" in str(ei.value)
+    with pytest.raises(NotFoundError):
+        reg.resolve("", "rerank")
+    reg.register(WorkerInfo(worker_id="c3", address="http://h:1", model_name="chat-c", capabilities=["chat"], capacity=1, default=True))
+    assert reg.resolve("", "chat") == "chat-c"
+    assert reg.dispatch_or_raise("", (), "chat").model_name == "chat-c"
+    assert "*" not in {m.id for m in reg.models()}

@@ -89,7 +89,9 @@ def test_mask_conventions() -> None:
 def test_decode_and_encode() -> None:
     img = decode_image(_png(Image.new("RGB", (12, 10), (255, 0, 0))), "image")
     assert img.size == (12, 10)
-    for bad in ("!!!", base64.b64encode(b"hello").decode()):
+    tiff = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiff, format="TIFF")  # readable by PIL, but not an upload format
+    for bad in ("!!!", base64.b64encode(b"hello").decode(), base64.b64encode(tiff.getvalue()).decode()):
         with pytest.raises(BadRequestError) as err:
             decode_image(bad, "mask")
         assert err.value.param == "mask"

@@ -158,3 +158,39 @@ def test_pythonic_odd_literals_never_crash() -> None:
     for text in ['[f(a=b"raw")]', "[f(a=1j)]", "[f(a={1: 2})]", "[" * 200 + "]" * 200, "[f(a=" + "[" * 5000 + "]" * 5000 + ")]"]:
         r = p.parse(text, final=True)
         assert not r.calls and r.content == text
+
+
+@pytest.mark.parametrize("parser_name", ["hermes", "mistral", "llama3_json"])
+def test_enforced_grammar_allows_parallel_calls_only_when_asked(parser_name: str) -> None:
+    """The enforced grammar takes 1..MAX_PARALLEL_CALLS calls in the model's own layout with
+    parallel_tool_calls, exactly one without; the parser reads back what it allows."""
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from gpt_server.chat.structured import MAX_PARALLEL_CALLS, tool_calls_grammar
+    from gpt_server.protocol.worker import ToolSpec
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]}}}
+    parser = get_tool_parser(parser_name)
+    fmt = parser.enforced_format
+    assert fmt is not None
+
+    def answer(n: int) -> str:
+        calls = [fmt.item_open + orjson.dumps({"name": "f", fmt.key: {"x": i}}, option=0).decode().replace(",", ", ").replace(":", ": ") + fmt.item_close for i in range(n)]
+        return fmt.open + fmt.sep.join(calls) + fmt.close
+
+    many = tool_calls_grammar(ToolSpec(tools=[tool], choice="required", parallel=True), fmt)
+    one = tool_calls_grammar(ToolSpec(tools=[tool], choice="required", parallel=False), fmt)
+    for n in (1, 2, MAX_PARALLEL_CALLS):
+        assert _is_grammar_accept_string(many, answer(n)), answer(n)
+        got = parser.parse(answer(n), True).calls
+        assert [orjson.loads(c.arguments) for c in got] == [{"x": i} for i in range(n)]
+    assert not _is_grammar_accept_string(many, answer(MAX_PARALLEL_CALLS + 1))
+    assert _is_grammar_accept_string(one, answer(1)) and not _is_grammar_accept_string(one, answer(2))
+    assert not _is_grammar_accept_string(many, answer(1).replace('"x"', '"y"'))  # each call follows its schema
+
+
+def test_extractor_drops_calls_past_the_limit() -> None:
+    text = '<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>'
+    ext = StreamingToolExtractor(get_tool_parser("hermes"), max_calls=1)
+    _, deltas = ext.feed(text, final=True)
+    assert {d.index for d in deltas} == {0} and ext.n_calls == 1

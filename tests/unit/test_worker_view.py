@@ -19,7 +19,7 @@ from gpt_server.protocol.worker import Heartbeat, WorkerInfo, WorkerView
 # what GET /controller/workers and the workers of /v1/dashboard have always carried
 KEYS = {
     "protocol_version", "worker_id", "address", "model_name", "aliases", "model_kind", "capabilities", "capacity",
-    "context_length", "heartbeat_interval", "pid", "replica", "queue_length", "active", "healthy", "dispatched_total",
+    "context_length", "heartbeat_interval", "pid", "replica", "default", "fingerprint", "queue_length", "active", "healthy", "dispatched_total",
     "gateway_inflight", "failures", "requests_total", "tokens_total", "last_error", "state",
 }
 

@@ -13,6 +13,7 @@ from ...errors import BadRequestError
 __all__ = ["decode_image", "mask_from", "encode_image", "MAX_PIXELS"]
 
 MAX_PIXELS = 64 * 1024 * 1024  # refuse decompression bombs before decoding
+_FORMATS = ("PNG", "JPEG", "WEBP")  # what OpenAI's edits take; PIL's other openers (EPS runs Ghostscript) stay off
 
 
 def decode_image(data_b64: str, param: str) -> Image.Image:
@@ -22,7 +23,7 @@ def decode_image(data_b64: str, param: str) -> Image.Image:
     except (binascii.Error, ValueError):
         raise BadRequestError(f"{param} is not valid base64", param=param) from None
     try:
-        img = Image.open(io.BytesIO(raw))
+        img = Image.open(io.BytesIO(raw), formats=_FORMATS)
         if img.width * img.height > MAX_PIXELS:
             raise BadRequestError(f"{param} is too large ({img.width}x{img.height} pixels)", param=param)
         img.load()

@@ -9,20 +9,25 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...chat.media import MediaPolicy
+from pydantic import BaseModel
+
+from ...chat.images import inline_images
+from ...chat.media import MediaFetcher
 from ...chat.postprocess import postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
-from ...chat.tools import parser_for_request, prepare_tool_messages
+from ...chat.tools import max_calls, parser_for_request, prepare_tool_messages
 from ...errors import ServiceUnavailableError
+from ...protocol.kinds import Capability
+from ...protocol.tokenize import TOKENIZE, TokenizePayload
 from ...protocol.worker import (
     Event,
     GenerateRequest,
     ToolSpec,
 )
-from ..base import Backend, BackendSpec
+from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
@@ -61,11 +66,8 @@ class HFBackend(Tokenizes, Backend):
         self.engine: HFEngine | None = None
         self.loaded: LoadedModel | None = None
         self.template: ChatTemplate | None = None
-        self.media = MediaPolicy(
-            max_bytes=mc.max_media_bytes or MediaPolicy.max_bytes,
-            timeout=mc.media_fetch_timeout or MediaPolicy.timeout,
-            allow_private=bool(mc.allow_private_media_urls),
-        )
+        self.media = mc.media_policy()
+        self.fetcher = MediaFetcher(self.media)
 
     @property
     def extra_model_names(self) -> list[str]:
@@ -101,6 +103,7 @@ class HFBackend(Tokenizes, Backend):
         )
 
     def close(self) -> None:
+        self.fetcher.close()
         if self.engine is not None:
             self.engine.close()
             self.engine = None
@@ -208,13 +211,29 @@ class HFBackend(Tokenizes, Backend):
         return str(self._ready_model().tokenizer.decode(ids))
 
     # ---- generation ------------------------------------------------------------
+    async def _inline_images(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Remote images fetched (async, under the media policy) and every image's size checked
+        from its header, before the thread that decodes them."""
+        if self.loaded is None or self.loaded.processor is None:
+            return messages
+        return await inline_images(messages, self.fetcher)
+
+    async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
+        if capability == TOKENIZE:
+            p = payload_as(payload, TokenizePayload)
+            if p.messages is not None:
+                payload = p.model_copy(update={"messages": await self._inline_images(p.messages)})
+        return await super().invoke(capability, payload)
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         if self.engine is None or not self.engine.healthy():
             raise ServiceUnavailableError("the engine is not running")
+        if request.kind == "chat" and request.messages:
+            request = request.model_copy(update={"messages": await self._inline_images(request.messages)})
         plan = await asyncio.to_thread(self._prepare, request)
         events = self._generate(request, plan)
         try:
-            async for ev in postprocess(events, plan.tool_parser, plan.reasoning):
+            async for ev in postprocess(events, plan.tool_parser, plan.reasoning, max_calls(request)):
                 yield ev
         finally:
             await events.aclose()

@@ -2,64 +2,62 @@
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-from ...chat.media import MediaPolicy, fetch_media
+from ...chat.images import MAX_IMAGES, PixelBudget, load_rgb
+from ...chat.media import MediaPolicy, decode_data_url
 from ...chat.templates import ChatTemplate
 from ...errors import BadRequestError
 
-__all__ = ["vision_messages", "render_vision", "MAX_IMAGES"]
-
-MAX_IMAGES = 16  # images per request
+__all__ = ["vision_messages", "render_vision"]
 
 
-def _load_image(url: str, policy: MediaPolicy) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    data, _ = fetch_media(url, policy)
-    try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise BadRequestError(f"image_url is not a readable image: {exc}", param="messages", code="invalid_image") from exc
-    return img.convert("RGB")
+def _load_image(url: str, param: str, policy: MediaPolicy, budget: PixelBudget) -> Any:
+    if not url.startswith("data:"):  # remote URLs were fetched and inlined (chat.images.inline_images)
+        raise BadRequestError("image_url must be a data: URL here", param=param, code="invalid_media_url")
+    data, _ = decode_data_url(url, policy.max_bytes, param)
+    return load_rgb(data, param, budget)
 
 
-def _parts(content: Any, images: list[Any], policy: MediaPolicy) -> list[dict[str, Any]]:
+def _parts(
+    content: Any, images: list[Any], policy: MediaPolicy, budget: PixelBudget, where: str
+) -> list[dict[str, Any]]:
     if content is None:
         return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     out: list[dict[str, Any]] = []
-    for part in content:
+    for j, part in enumerate(content):
         ptype = part.get("type")
+        param = f"{where}.content[{j}]"
         if ptype == "text":
             out.append({"type": "text", "text": part.get("text", "")})
         elif ptype == "refusal":
             out.append({"type": "text", "text": part.get("refusal", "")})
         elif ptype == "image_url":
             if len(images) >= MAX_IMAGES:
-                raise BadRequestError(f"at most {MAX_IMAGES} images per request", param="messages")
+                raise BadRequestError(f"at most {MAX_IMAGES} images per request", param=param)
             url = (part.get("image_url") or {}).get("url", "")
-            images.append(_load_image(url, policy))
+            images.append(_load_image(url, param + ".image_url", policy, budget))
             out.append({"type": "image"})
         else:
             raise BadRequestError(
-                f"content part type '{ptype}' is not supported by this model", param="messages", code="unsupported_content"
+                f"content part type '{ptype}' is not supported by this model", param=param, code="unsupported_content"
             )
     return out
 
 
 def vision_messages(messages: list[dict[str, Any]], policy: MediaPolicy) -> tuple[list[dict[str, Any]], list[Any]]:
-    """Messages in the processor's format (content as parts, images as placeholders) + the images. Blocking."""
+    """Messages in the processor's format (content as parts, images as placeholders) + the decoded
+    images, each sized from its header against the request's pixel budget first. Blocking."""
     images: list[Any] = []
+    budget = PixelBudget(policy)
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         msg = {k: v for k, v in m.items() if v is not None}
         if msg.get("role") == "developer":
             msg["role"] = "system"
-        msg["content"] = _parts(m.get("content"), images, policy)
+        msg["content"] = _parts(m.get("content"), images, policy, budget, f"messages[{i}]")
         out.append(msg)
     return out, images
 

@@ -14,7 +14,7 @@ from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_re
 from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
-from ...chat.tools import parser_for_request, prepare_tool_messages
+from ...chat.tools import max_calls, parser_for_request, prepare_tool_messages
 from ...errors import ServiceUnavailableError
 from ...protocol.worker import (
     Event,
@@ -198,7 +198,7 @@ class LlamaCppBackend(Tokenizes, Backend):
         prompts, plan = await asyncio.to_thread(self._prepare, request)
         events = self._generate(request, prompts, plan)
         try:
-            async for ev in postprocess(events, plan.tool_parser, plan.reasoning):
+            async for ev in postprocess(events, plan.tool_parser, plan.reasoning, max_calls(request)):
                 yield ev
         finally:
             await events.aclose()

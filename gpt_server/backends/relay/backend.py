@@ -20,10 +20,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ...chat.images import inline_images
+from ...chat.media import MediaFetcher
 from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
 from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
+from ...protocol.openai import RESERVED_TEMPLATE_KEYS
 from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, TokenizePayload
 from ...protocol.worker import Event, GenerateRequest
 from ...settings import ConfigError
@@ -62,6 +65,7 @@ class RelayBackend(Backend):
         self.capabilities = caps
         self.client: UpstreamClient | None = None
         self.upstream_model = spec.entry.name
+        self.fetcher = MediaFetcher(self.options.media_policy())
 
     @property
     def capacity(self) -> int:
@@ -85,6 +89,9 @@ class RelayBackend(Backend):
         max_n = self.options.max_n
         if max_n is not None and request.params.n > max_n:
             raise BadRequestError(f"n must be at most {max_n} for this model", param="n")
+        if request.kind == "chat" and request.messages:
+            # the engine never fetches: remote images come inline, every image passed the pixel caps
+            request = request.model_copy(update={"messages": await inline_images(request.messages, self.fetcher)})
         async for ev in client.generate(request, self.upstream_model):
             yield ev
 
@@ -114,6 +121,9 @@ class RelayBackend(Backend):
 
     async def _tokenize(self, p: TokenizePayload) -> InvokeResult:
         body: dict[str, Any] = {"model": self.upstream_model, **p.model_dump(exclude_none=True, exclude={"tools"})}
+        if p.messages is not None:
+            body["messages"] = await inline_images(p.messages, self.fetcher)
+        body["chat_template_kwargs"] = {k: v for k, v in p.chat_template_kwargs.items() if k not in RESERVED_TEMPLATE_KEYS}
         if p.tools is not None:
             body["tools"] = p.tools.tools
         if p.messages is None:  # template options mean nothing to a prompt
@@ -137,6 +147,7 @@ class RelayBackend(Backend):
         return {"prompt": data["prompt"]}
 
     def close(self) -> None:
+        self.fetcher.close()
         if self.client is not None:
             self.client.close()
             self.client = None

@@ -9,6 +9,7 @@ from ..options import (
     DTypeOptions,
     EngineProcessOptions,
     LoraOptions,
+    MediaOptions,
     ParallelOptions,
     ThreadOptions,
 )
@@ -16,7 +17,9 @@ from ..options import (
 __all__ = ["RelayOptions", "UpstreamOptions", "EngineServerOptions"]
 
 
-class RelayOptions(ChatOptions, ParallelOptions):
+class RelayOptions(ChatOptions, MediaOptions, ParallelOptions):
+    """Image URLs are fetched here, under the media options, and relayed inline as data: URLs."""
+
     upstream_timeout: float | None = Field(
         None, gt=0, le=86_400, description="seconds the upstream may stay silent during a request (default 600)"
     )

@@ -11,6 +11,7 @@ from ...errors import (
     RateLimitError,
     UpstreamError,
 )
+from ...protocol.openai import RESERVED_TEMPLATE_KEYS
 from ...protocol.worker import (
     DeltaEvent,
     FinishEvent,
@@ -101,8 +102,9 @@ def upstream_body(req: GenerateRequest, model: str) -> tuple[str, dict[str, Any]
                 body["top_logprobs"] = p.top_logprobs
         body.update(_tools(req))
         body.update(_structured(req))
-        if req.chat_template_kwargs:
-            body["chat_template_kwargs"] = req.chat_template_kwargs
+        kwargs = {k: v for k, v in req.chat_template_kwargs.items() if k not in RESERVED_TEMPLATE_KEYS}
+        if kwargs:  # the gateway refuses reserved keys; a request that skipped it loses them here
+            body["chat_template_kwargs"] = kwargs
         return "/chat/completions", body
     prompts = req.prompts or []
     body["prompt"] = prompts[0] if len(prompts) == 1 else prompts

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 from ...plugins import LazyRegistry
-from .base import ParsedCall, ParseResult, StreamingToolExtractor, ToolCallDelta, ToolParser
+from .base import (
+    EnforcedFormat,
+    ParsedCall,
+    ParseResult,
+    StreamingToolExtractor,
+    ToolCallDelta,
+    ToolParser,
+)
 
 __all__ = [
     "TOOL_PARSERS",
     "get_tool_parser",
     "detect_tool_parser",
     "ToolParser",
+    "EnforcedFormat",
     "ParseResult",
     "ParsedCall",
     "StreamingToolExtractor",

@@ -12,13 +12,14 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
 from ..incremental import raw_json_value
 
 __all__ = [
+    "EnforcedFormat",
     "ParsedCall",
     "ParseResult",
     "ToolParser",
@@ -102,12 +103,24 @@ def finish_content(parts: list[str], final: bool, has_calls: bool) -> str:
     return text.rstrip()  # trailing whitespace waits until more text (or the end) decides
 
 
+class EnforcedFormat(NamedTuple):
+    """How a model writes its calls, for enforced generation: ``open`` call (``sep`` call)*
+    ``close``, each call ``item_open`` + a JSON object ``{"name": …, key: {…}}`` + ``item_close``."""
+
+    open: str
+    close: str
+    item_open: str
+    item_close: str
+    sep: str
+    key: str
+
+
 class ToolParser:
     """Base class. Subclasses set ``name`` and implement ``parse``."""
 
     name: ClassVar[str] = ""
-    #: (prefix, suffix, arguments key) for enforced generation, or None (use hermes)
-    enforced_format: ClassVar[tuple[str, str, str] | None] = None
+    #: the calls' layout for enforced generation, or None (use hermes)
+    enforced_format: ClassVar[EnforcedFormat | None] = None
 
     def parse(self, text: str, final: bool) -> ParseResult:
         raise NotImplementedError
@@ -124,8 +137,10 @@ class ToolParser:
 class StreamingToolExtractor:
     """Feeds text to a parser and emits content and tool-call deltas."""
 
-    def __init__(self, parser: ToolParser) -> None:
+    def __init__(self, parser: ToolParser, max_calls: int | None = None) -> None:
+        """``max_calls``: calls after that many are dropped (``parallel_tool_calls: false``: 1)."""
         self.parser = parser
+        self.max_calls = max_calls
         self.text = ""
         self._content_sent = 0
         self._calls: list[tuple[str, int]] = []  # (id, arguments chars sent)
@@ -141,6 +156,8 @@ class StreamingToolExtractor:
         self._content_sent = max(self._content_sent, len(r.content))
         out: list[ToolCallDelta] = []
         for i, call in enumerate(r.calls):
+            if self.max_calls is not None and i >= self.max_calls:
+                break
             if i >= len(self._calls):
                 if call.name is None:
                     break

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..incremental import hold_partial, raw_json_value
-from .base import ParseResult, ToolParser, finish_content, parse_json_call
+from .base import EnforcedFormat, ParseResult, ToolParser, finish_content, parse_json_call
 
 __all__ = ["HermesToolParser"]
 
@@ -28,7 +28,7 @@ def _call_end(text: str, start: int, final: bool) -> int:
 
 class HermesToolParser(ToolParser):
     name = "hermes"
-    enforced_format = ("<tool_call>\n", "\n</tool_call>", "arguments")
+    enforced_format = EnforcedFormat("", "", "<tool_call>\n", "\n</tool_call>", "\n", "arguments")
 
     def parse(self, text: str, final: bool) -> ParseResult:
         parts: list[str] = []

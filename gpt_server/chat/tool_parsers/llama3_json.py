@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from ..incremental import hold_partial, raw_json_value
-from .base import ParseResult, ToolParser, call_parts, parse_json_call
+from .base import EnforcedFormat, ParseResult, ToolParser, call_parts, parse_json_call
 
 __all__ = ["Llama3JsonToolParser"]
 
@@ -16,7 +16,7 @@ TAG = "<|python_tag|>"
 
 class Llama3JsonToolParser(ToolParser):
     name = "llama3_json"
-    enforced_format = ("", "", "parameters")
+    enforced_format = EnforcedFormat("", "", "", "", "; ", "parameters")
 
     def parse(self, text: str, final: bool) -> ParseResult:
         s = text.lstrip()

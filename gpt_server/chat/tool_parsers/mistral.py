@@ -7,7 +7,15 @@ from typing import Any
 import orjson
 
 from ..incremental import hold_partial, raw_json_value
-from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content, parse_json_call
+from .base import (
+    EnforcedFormat,
+    ParsedCall,
+    ParseResult,
+    ToolParser,
+    call_parts,
+    finish_content,
+    parse_json_call,
+)
 
 __all__ = ["MistralToolParser"]
 
@@ -17,7 +25,7 @@ ARGS = "[ARGS]"
 
 class MistralToolParser(ToolParser):
     name = "mistral"
-    enforced_format = ("[TOOL_CALLS][", "]", "arguments")
+    enforced_format = EnforcedFormat("[TOOL_CALLS][", "]", "", "", ", ", "arguments")
 
     def parse(self, text: str, final: bool) -> ParseResult:
         i = text.find(TAG)

@@ -42,6 +42,7 @@ from ..invoke import (
     call_json,
     call_passthrough,
     call_stream,
+    resolve_model,
     worker_chunks,
     worker_events,
     worker_headers,
@@ -62,7 +63,7 @@ _FORM_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file", "model"],
+                    "required": ["file"],
                     "properties": {
                         "file": {"type": "string", "format": "binary"},
                         "model": {"type": "string"},
@@ -113,6 +114,7 @@ async def _read_upload(upload: UploadFile) -> bytes:
 
 async def _transcribe(request: Request, task: Capability) -> Response:
     form, upload = await _read_form(request)
+    form.model = await resolve_model(request, form.model, task)
     data = await _read_upload(upload)
     payload = TranscribePayload(
         file=data,
@@ -147,19 +149,23 @@ async def create_translation(request: Request) -> Response:
     return await _transcribe(request, TRANSLATE)
 
 
+STREAMED_BY_DEFAULT = frozenset({"pcm", "mp3", "opus", "aac"})
+
+
 @router.post("/v1/audio/speech")
 async def create_speech(body: SpeechRequest, request: Request) -> Response:
     mode: Literal["file", "audio", "sse"]  # sse: framed here from the worker's audio chunks
     if body.stream_format == "sse":
         mode = "sse"
-    elif body.stream or (body.stream is None and body.stream_format == "audio"):
-        mode = "audio"
+    elif body.stream or (body.stream is None and (body.stream_format == "audio" or body.response_format in STREAMED_BY_DEFAULT)):
+        mode = "audio"  # as OpenAI: audio goes out as it is made (wav/flac: one file with exact headers)
     else:
         mode = "file"
     payload = SpeechPayload(
         input=body.input, voice=body.voice, response_format=body.response_format, speed=body.speed,
         stream_mode="audio" if mode == "sse" else mode,
     )
+    body.model = await resolve_model(request, body.model, SPEECH)
     if mode != "sse":
         return await call_passthrough(request, body.model, SPEECH, payload)
     resp = await call_stream(request, body.model, SPEECH, payload)

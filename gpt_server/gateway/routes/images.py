@@ -42,7 +42,7 @@ from ...protocol.kinds import Capability
 from ...web.error_handlers import validation_message
 from ...web.responses import DisconnectWatch, FastJSONResponse
 from ..files import MEDIA_TYPES, ImageStore
-from ..invoke import call_json
+from ..invoke import call_json, resolve_model
 
 __all__ = ["router", "public_router"]
 
@@ -62,6 +62,10 @@ def _store(request: Request) -> ImageStore:
         request.app.state.image_store = store
     return store
 
+SPEC_QUALITIES = frozenset({"low", "medium", "high"})
+SPEC_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+
+
 def _check_result(raw: dict[str, Any]) -> ImageJobResult:
     try:
         return ImageJobResult.model_validate(raw)
@@ -78,19 +82,21 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
             data.append({"url": f"{base}/v1/files/images/{name}", "revised_prompt": item.revised_prompt})
     else:
         data = [{"b64_json": item.b64_json, "revised_prompt": item.revised_prompt} for item in result.data]
-    body = {
-        "created": result.created,
-        "data": data,
-        "background": "opaque",
-        "output_format": result.output_format,
-        "quality": result.quality,
-        "size": result.size,
-        "usage": result.usage,
+    body: dict[str, Any] = {"created": result.created, "data": data, "background": "opaque", "output_format": result.output_format}
+    # OpenAI's schema allows only its own values here: others are left out (the headers say them)
+    if result.quality in SPEC_QUALITIES:
+        body["quality"] = result.quality
+    if result.size in SPEC_SIZES:
+        body["size"] = result.size
+    body["usage"] = result.usage
+    headers = {
+        "x-image-seed": str(result.seed), "x-image-steps": str(result.steps),
+        "x-image-size": result.size, "x-image-quality": result.quality,
     }
-    headers = {"x-image-seed": str(result.seed), "x-image-steps": str(result.steps)}
     return FastJSONResponse(body, headers=headers)
 
 async def _run(request: Request, model: str, capability: Capability, job: ImageJob, response_format: str) -> Response:
+    model = await resolve_model(request, model, capability)
     async with DisconnectWatch(request.receive) as client:  # a hang-up cancels the call (the job)
         raw = await call_json(request, model, capability, job)
     if client.gone:
@@ -157,7 +163,7 @@ def _form_schema(fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
 
 _EDIT_SCHEMA = _form_schema(
     {"prompt": {"type": "string"}, "mask": {"type": "string", "format": "binary"}, "strength": {"type": "number"}},
-    ["image", "prompt", "model"],
+    ["image", "prompt"],
 )
 
 @router.post("/v1/images/edits", openapi_extra=_EDIT_SCHEMA)
@@ -166,7 +172,7 @@ async def edit_image(request: Request) -> Response:
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images, "mask_b64": mask_b64})
     return await _run(request, form.model, IMAGE_EDIT, job, form.response_format)
 
-@router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image", "model"]))
+@router.post("/v1/images/variations", openapi_extra=_form_schema({}, ["image"]))
 async def create_variation(request: Request) -> Response:
     form, images, _ = await _read_form(request, ImageVariationForm)
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images})

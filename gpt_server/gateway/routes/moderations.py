@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from ...errors import NotFoundError
 from ...protocol.moderation import (
     CLASSIFY,
     MODERATE,
@@ -14,28 +13,22 @@ from ...protocol.moderation import (
 )
 from ...web.responses import FastJSONResponse
 from ..convert import new_id
-from ..invoke import call_json
+from ..invoke import call_json, resolve_model
 
 __all__ = ["router"]
 
 router = APIRouter()
 
 
-async def _default_moderation_model(request: Request) -> str:
-    for m in await request.app.state.controller.models():
-        if MODERATE in m.capabilities:
-            return m.id
-    raise NotFoundError("no moderation model is being served; name one in 'model'", param="model")
-
-
 @router.post("/v1/moderations")
 async def create_moderation(body: ModerationRequest, request: Request) -> FastJSONResponse:
-    model = body.model or await _default_moderation_model(request)
+    model = await resolve_model(request, body.model, MODERATE)
     result = await call_json(request, model, MODERATE, classify_payload(body.input, body.threshold))
     return FastJSONResponse({"id": new_id("modr"), "model": model, **result})
 
 
 @router.post("/v1/classify")
 async def classify(body: ClassifyRequest, request: Request) -> FastJSONResponse:
+    body.model = await resolve_model(request, body.model, CLASSIFY)
     result = await call_json(request, body.model, CLASSIFY, classify_payload(body.input))
     return FastJSONResponse({"id": new_id("classify"), "model": body.model, "object": "list", **result})

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request
 from ...protocol.rerank import RERANK, RerankRequest, rerank_payload
 from ...web.responses import FastJSONResponse
 from ..convert import new_id
-from ..invoke import call_json
+from ..invoke import call_json, resolve_model
 
 __all__ = ["router"]
 
@@ -16,6 +16,7 @@ router = APIRouter()
 
 async def _rerank(body: RerankRequest, request: Request, *, return_documents: bool) -> FastJSONResponse:
     payload = rerank_payload(body, default_return_documents=return_documents)
+    body.model = await resolve_model(request, body.model, RERANK)
     result = await call_json(request, body.model, RERANK, payload)
     return FastJSONResponse({"id": new_id("rerank"), "model": body.model, **result})
 
