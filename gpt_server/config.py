@@ -73,10 +73,18 @@ class ServeArgs(_Section):
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
     # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
-        None, description="directory of generated images served at /v1/files/images/<id> (default: <tmp>/gpt_server_images)"
+        None,
+        description=(
+            "directory of generated images served at /v1/files/images/<id> (default: a fresh private temp dir per start, "
+            "removed at shutdown); created or narrowed to mode 0700, must belong to the server's user"
+        ),
     )
     images_ttl: float = Field(
-        3600.0, ge=1, le=30 * 86400, description="seconds a generated image stays downloadable before cleanup"
+        3600.0, ge=1, le=30 * 86400,
+        description=(
+            "seconds a generated image URL works (it is signed with a per-start key and needs no API key until then), "
+            "and the file's lifetime before cleanup"
+        ),
     )
 
     @field_validator("api_keys", "admin_keys", mode="before")
