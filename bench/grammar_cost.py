@@ -4,8 +4,9 @@ llama.cpp / transformers engines (every sequence in the batch waits for it).
 
 Uses the packaged SmolLM2-135M GGUF's vocabulary (49,152 tokens), as the llama.cpp backend
 builds it. Walks up to ``--steps`` tokens through each grammar (a random allowed token each
-step, seeded), timing each mask. Also shows what the server's static checks
-(``gpt_server.chat.grammar_limits.check_spec``) answer for each case.
+step, seeded), timing each mask. Also shows what the server answers for each case: the
+gateway's static checks (``gpt_server.chat.grammar_limits.check_spec``), then the worker's
+compile budget (``grammar_compile_timeout``, ``--budget``).
 
     python -m bench.grammar_cost [--steps 64] [--cases name,name]
 """
@@ -99,6 +100,7 @@ def measure(info: Any, n_vocab: int, kind: str, spec: Any, steps: int, seed: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=64)
+    ap.add_argument("--budget", type=float, default=10.0, help="grammar_compile_timeout to compare with (default 10 s)")
     ap.add_argument("--cases", default="", help="comma-separated subset of: " + ", ".join(CASES))
     args = ap.parse_args()
     from gpt_server.chat.grammar_limits import GrammarLimits, check_spec
@@ -119,6 +121,8 @@ def main() -> None:
         except GatewayError as exc:
             verdict = f"400 ({exc.message[:60]})"
         r = measure(info, n_vocab, kind, spec, args.steps)
+        if verdict == "accepted" and r["compile_ms"] > args.budget * 1000:
+            verdict = f"400 (over the {args.budget:g} s compile budget)"
         kib = f"{r['cache_bytes'] / 1024:.0f}" if r["cache_bytes"] is not None else "?"
         print(f"{name:26} {r['compile_ms']:10.1f} {r['mask_mean_ms']:12.3f} {r['mask_max_ms']:11.3f} {r['steps']:5d} {kib:>11}  {verdict}")
 
