@@ -53,6 +53,13 @@ class ServeArgs(_Section):
     host: str = Field("127.0.0.1", description="gateway bind address")
     port: int = Field(8082, ge=0, le=65535, description="gateway port")
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (comma separated or a list); empty = no auth")
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Bearer keys of the admin view (/admin/dashboard: worker addresses, pids, raw errors); empty = that view is "
+            "refused, except on a loopback bind with no api_keys either (a local single-user server)"
+        ),
+    )
     controller_address: str | None = Field(None, description="use a remote controller instead of the in-process one")
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body accepted")
     request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
@@ -64,16 +71,31 @@ class ServeArgs(_Section):
         "text (what LangChain's OpenAIEmbeddings sends by default) is embedded as that text, other lists as the "
         "model's own ids; model = always the model's own ids",
     )
+    max_grammar_bytes: int = Field(
+        64 * 1024, ge=256, le=16 * 1024 * 1024,
+        description="largest structured-output JSON schema / regex / grammar / choice list (and enforced tool schemas), in bytes; larger is a 400",
+    )
+    max_grammar_depth: int = Field(
+        64, ge=4, le=512, description="deepest JSON nesting of a structured-output schema (compile time grows fast with depth); deeper is a 400"
+    )
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
     # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
-        None, description="directory of generated images served at /v1/files/images/<id> (default: <tmp>/gpt_server_images)"
+        None,
+        description=(
+            "directory of generated images served at /v1/files/images/<id> (default: a fresh private temp dir per start, "
+            "removed at shutdown); created or narrowed to mode 0700, must belong to the server's user"
+        ),
     )
     images_ttl: float = Field(
-        3600.0, ge=1, le=30 * 86400, description="seconds a generated image stays downloadable before cleanup"
+        3600.0, ge=1, le=30 * 86400,
+        description=(
+            "seconds a generated image URL works (it is signed with a per-start key and needs no API key until then), "
+            "and the file's lifetime before cleanup"
+        ),
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
         if v is None:
@@ -82,7 +104,7 @@ class ServeArgs(_Section):
             return [k.strip() for k in v.split(",") if k.strip()]
         return v
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", "admin_keys")
     @classmethod
     def _no_blank_keys(cls, v: list[str]) -> list[str]:
         if any(not k.strip() for k in v):

@@ -20,6 +20,7 @@ __all__ = [
     "ThreadOptions",
     "ParallelOptions",
     "ChatOptions",
+    "GrammarOptions",
     "DTypeOptions",
     "LoraOptions",
     "MediaOptions",
@@ -53,6 +54,19 @@ class ChatOptions(ModelConfig):
     n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="context length per sequence")
     max_model_len: int | None = Field(None, ge=64, le=1_048_576, description="context length (vLLM's name for n_ctx)")
     max_n: int | None = Field(None, ge=1, le=64, description="largest n accepted")
+
+
+class GrammarOptions(ModelConfig):
+    """Structured output compiled in this worker (xgrammar)."""
+
+    grammar_cache_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, le=64 * 1024**3,
+        description="memory the compiled-grammar cache may hold (least recently used dropped first); 0 = no cache",
+    )
+    grammar_compile_timeout: float = Field(
+        10.0, gt=0, le=600,
+        description="seconds a request's grammar may take to compile (one compile at a time per worker); longer is a 400",
+    )
 
 
 class MediaOptions(ModelConfig):

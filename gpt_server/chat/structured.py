@@ -12,17 +12,27 @@ follows the sampled tokens. xgrammar (and torch, which it imports) load on first
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 import numpy as np
 
-from ..errors import BadRequestError
+from ..errors import BadRequestError, ServiceUnavailableError
 from ..protocol.worker import StructuredSpec, ToolSpec
 from .tool_parsers import EnforcedFormat
 
 __all__ = ["GrammarFactory", "GrammarConstraint", "tool_call_schema", "tool_calls_grammar", "ebnf_literal", "MAX_PARALLEL_CALLS"]
+
+log = logging.getLogger(__name__)
+
+
+def _first_line(exc: BaseException) -> str:
+    """What a grammar error says about the request, without xgrammar's internal trace."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 def ebnf_literal(text: str) -> str:
@@ -94,25 +104,65 @@ class GrammarConstraint:
 
 
 class GrammarFactory:
-    """Compiles grammars for one tokenizer; the tokenizer info is built on first use."""
+    """Compiles grammars for one tokenizer; the tokenizer info is built on first use.
 
-    def __init__(self, tokenizer_info: Callable[[], Any], n_vocab: int) -> None:
+    Compiled grammars are cached up to ``cache_bytes``. One grammar compiles at a time, on
+    the factory's own thread, within ``compile_timeout`` seconds: xgrammar cannot stop a
+    compile, so one that runs over finishes in the background while its request gets a 400,
+    and the requests that could not start compiling in their time get a 503 to retry.
+    """
+
+    def __init__(
+        self,
+        tokenizer_info: Callable[[], Any],
+        n_vocab: int,
+        *,
+        cache_bytes: int = 64 * 1024 * 1024,
+        compile_timeout: float = 10.0,
+    ) -> None:
         self._make_info = tokenizer_info
         self._compiler: Any = None
         self._lock = threading.Lock()
         self.n_vocab = n_vocab
+        self.cache_bytes = cache_bytes
+        self.compile_timeout = compile_timeout
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-compile")
 
     def _get_compiler(self) -> Any:
         with self._lock:
             if self._compiler is None:
                 import xgrammar as xgr
 
-                self._compiler = xgr.GrammarCompiler(self._make_info(), cache_enabled=True)
+                self._compiler = xgr.GrammarCompiler(
+                    self._make_info(),
+                    max_threads=2,
+                    cache_enabled=self.cache_bytes > 0,
+                    cache_limit_bytes=self.cache_bytes if self.cache_bytes > 0 else -1,
+                )
             return self._compiler
 
     def compile(self, spec: StructuredSpec | None, tools: ToolSpec | None, enforced: EnforcedFormat | None) -> Any | None:
         """The compiled grammar for a request, or None when it is unconstrained. Blocking."""
+        if spec is None and not (tools is not None and tools.enforce and enforced is not None):
+            return None
+        param = "tools" if tools is not None and tools.enforce else "response_format"
+        job = self._pool.submit(self._compile, spec, tools, enforced)
+        try:
+            return job.result(timeout=self.compile_timeout)
+        except FutureTimeout:
+            if job.cancel():  # never started: the compiler is busy with someone else's grammar
+                raise ServiceUnavailableError(
+                    "the grammar compiler is busy; retry shortly", code="grammar_compiler_busy"
+                ) from None
+            log.warning("a %s grammar took over %.1fs to compile; refused", spec.type if spec else "tool", self.compile_timeout)
+            raise BadRequestError(
+                f"the grammar is too costly to compile (over {self.compile_timeout:g}s); simplify the schema "
+                "(fewer or shorter length/repetition bounds, less nesting)",
+                param=param,
+                code="grammar_too_complex",
+            ) from None
 
+    def _compile(self, spec: StructuredSpec | None, tools: ToolSpec | None, enforced: EnforcedFormat | None) -> Any | None:
         comp = self._get_compiler()
         try:
             if tools is not None and tools.enforce and enforced is not None:
@@ -130,10 +180,17 @@ class GrammarFactory:
                 return comp.compile_grammar(f"root ::= {alts}")
             if spec.type == "grammar":
                 return comp.compile_grammar(spec.grammar or "")
-        except (RuntimeError, ValueError, TypeError) as exc:
+        except (RuntimeError, ValueError, TypeError, RecursionError) as exc:
             param = "tools" if tools is not None and tools.enforce else "response_format"
-            raise BadRequestError(f"cannot build a decoding grammar: {exc}", param=param, code="invalid_grammar") from exc
+            raise BadRequestError(f"cannot build a decoding grammar: {_first_line(exc)}", param=param, code="invalid_grammar") from exc
         raise BadRequestError(f"unknown structured output type '{spec.type}'", param="response_format")
+
+    def cache_size(self) -> int:
+        """Bytes the compiled-grammar cache holds now."""
+        return int(self._compiler.get_cache_size_bytes()) if self._compiler is not None else 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def constraint(self, compiled: Any) -> GrammarConstraint:
         return GrammarConstraint(compiled, self.n_vocab)

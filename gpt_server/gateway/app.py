@@ -11,6 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import __version__
+from ..chat.grammar_limits import GrammarLimits
 from ..config import Config
 from ..controller.client import ControllerClient
 from ..errors import GatewayError
@@ -18,7 +19,7 @@ from ..transport.inproc import InProcessTransport
 from ..web.error_handlers import install_error_handlers
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import FastJSONResponse
-from .auth import api_key_guard
+from .auth import admin_guard, api_key_guard, is_loopback
 from .fastlane import FastLane, plain_routes
 from .files import ImageStore
 from .metrics import Metrics, MetricsMiddleware
@@ -60,11 +61,13 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     app.state.image_store = image_store
     metrics = Metrics()
     app.state.metrics = metrics
-    app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics)
+    limits = GrammarLimits(max_bytes=sa.max_grammar_bytes, max_depth=sa.max_grammar_depth)
+    app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics, grammar_limits=limits)
     install_error_handlers(app)
 
     guard = api_key_guard(sa.api_keys)
     v1 = APIRouter(dependencies=[Depends(guard)])
+    admin = APIRouter(dependencies=[Depends(admin_guard(sa.admin_keys, open_without_keys=not sa.api_keys and is_loopback(sa.host)))])
     plain: dict = {}
     for mod in route_modules():
         if hasattr(mod, "router"):
@@ -72,7 +75,10 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
             plain.update(plain_routes(mod.router.routes))
         if hasattr(mod, "public_router"):
             app.include_router(mod.public_router)
+        if hasattr(mod, "admin_router"):
+            admin.include_router(mod.admin_router)
     app.include_router(v1)
+    app.include_router(admin)
 
     @app.get("/health", include_in_schema=False)
     async def health(request: Request) -> FastJSONResponse:

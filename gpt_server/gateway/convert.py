@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..chat.grammar_limits import GrammarLimits, check_spec, check_tools
 from ..errors import BadRequestError
 from ..protocol.openai import (
     LIMITS,
@@ -72,7 +73,15 @@ def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     return ToolSpec(tools=tools, choice="required" if tc == "required" else "auto", parallel=parallel)
 
 
-def _structured(req: ChatCompletionRequest) -> StructuredSpec | None:
+def _structured(req: ChatCompletionRequest, limits: GrammarLimits) -> StructuredSpec | None:
+    spec = _structured_spec(req)
+    if spec is not None:
+        given = [k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, k) is not None]
+        check_spec(spec, limits, given[0] if given else "response_format")
+    return spec
+
+
+def _structured_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
     given = [
         k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, k) is not None
     ]
@@ -99,9 +108,10 @@ def _structured(req: ChatCompletionRequest) -> StructuredSpec | None:
     return None
 
 
-def chat_to_generate(req: ChatCompletionRequest, request_id: str) -> GenerateRequest:
+def chat_to_generate(req: ChatCompletionRequest, request_id: str, limits: GrammarLimits = GrammarLimits()) -> GenerateRequest:
     tools = _tool_spec(req)
-    structured = _structured(req)
+    structured = _structured(req, limits)
+    check_tools(tools, limits)
     if tools is not None and tools.enforce and structured is not None:
         raise BadRequestError("tool_choice required/named cannot be combined with response_format", param="response_format")
     params = _sampling(req, req.max_completion_tokens or req.max_tokens)

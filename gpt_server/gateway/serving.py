@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from ..chat.grammar_limits import GrammarLimits
 from ..errors import GatewayError, TimeoutError_, error_from_body
 from ..protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
 from ..protocol.worker import (
@@ -97,10 +98,13 @@ def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
 
 
 class GenerationService:
-    def __init__(self, workers: WorkerClient, *, timeout: float, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self, workers: WorkerClient, *, timeout: float, metrics: Metrics | None = None, grammar_limits: GrammarLimits | None = None
+    ) -> None:
         self.workers = workers
         self.timeout = timeout
         self.metrics = metrics
+        self.grammar_limits = grammar_limits or GrammarLimits()
 
     def _batches(self, stream: EventStream | LocalEventStream) -> AsyncIterator[list[Event]]:
         """The worker's events, a list per network read, metered."""
@@ -163,7 +167,7 @@ class GenerationService:
     async def chat(self, req: ChatCompletionRequest) -> Response:
         req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id("chatcmpl")
-        gen = chat_to_generate(req, rid)
+        gen = chat_to_generate(req, rid, self.grammar_limits)
         stream = await self.workers.open(req.model, gen)
         created = int(time.time())
         if req.stream:

@@ -68,7 +68,14 @@ class _ImageParams(BaseModel):
     model: ModelName = ""
     n: int = Field(1, ge=1, le=IMAGE_LIMITS.max_n)
     size: str | None = Field(None, max_length=16)
-    response_format: ResponseFormat = "b64_json"
+    response_format: ResponseFormat = Field(
+        "b64_json",
+        description=(
+            "b64_json: the image in the response; url: a link to this server that works without an API key "
+            "(the signed link is the credential: share it like the image) until it expires "
+            "(serve_args.images_ttl, 1 h by default) or the server restarts"
+        ),
+    )
     output_format: OutputFormat = "png"
     output_compression: int | None = Field(None, ge=0, le=100)
     quality: Quality = "auto"

@@ -4,6 +4,8 @@ pipeline built with diffusers and loaded through the user's config path."""
 from __future__ import annotations
 
 import base64
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +28,9 @@ from tests.images_helpers import (
 
 @pytest.fixture(scope="module")
 def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("image-store")
+    parent = tmp_path_factory.mktemp("image-store")
+    parent.chmod(0o755)  # a shared parent: the server makes its own directory below it
+    return parent / "images"  # not there yet: the server creates it
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,48 @@ def test_generate_urls_served_by_gateway(client: openai.OpenAI, server: Server, 
         got = httpx.get(item.url, timeout=10)
         assert got.status_code == 200 and got.headers["content-type"] == "image/png"
         assert png_info(got.content) == ("PNG", (32, 32))
-        assert (images_dir / item.url.rsplit("/", 1)[1]).is_file()
-    assert httpx.get(f"{server.base_url}/v1/files/images/img_{'x' * 32}.png", timeout=10).status_code == 404
+        assert (images_dir / _name(item.url)).is_file()
+    assert httpx.get(f"{server.base_url}/v1/files/images/img_{'x' * 32}.png", timeout=10).status_code in (403, 404)
+
+
+def _name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", 1)[0]
+
+
+def test_image_dir_is_private(server: Server, images_dir: Path) -> None:
+    assert images_dir.is_dir() and stat.S_IMODE(images_dir.stat().st_mode) == 0o700
+    assert images_dir.resolve() != Path(tempfile.gettempdir()).resolve()
+
+
+def test_symlink_planted_in_the_store_is_not_followed(client: openai.OpenAI, server: Server, images_dir: Path, tmp_path: Path) -> None:
+    res = client.images.generate(model="tiny-sd", prompt="x", size="32x32", response_format="url")
+    url = res.data[0].url
+    assert httpx.get(url, timeout=10).status_code == 200
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"not for clients")
+    target = images_dir / _name(url)
+    target.unlink()
+    target.symlink_to(secret)  # swapped for a link to another file of the server's user
+    r = httpx.get(url, timeout=10)
+    assert r.status_code == 404 and b"not for clients" not in r.content
+
+
+def test_image_urls_are_signed_and_expire(client: openai.OpenAI, server: Server) -> None:
+    res = client.images.generate(model="tiny-sd", prompt="y", size="32x32", response_format="url")
+    url = res.data[0].url
+    base, query = url.split("?", 1)
+    params = dict(p.split("=", 1) for p in query.split("&"))
+    exp = int(params["exp"])
+    assert 500 < exp - time.time() <= 600 + 5  # images_ttl of this server
+    assert httpx.get(url, timeout=10).status_code == 200  # fresh: no API key needed
+    for bad in (
+        f"{base}?exp={exp + 3600}&sig={params['sig']}",  # expiry pushed later
+        f"{base}?exp={int(time.time()) - 10}&sig={params['sig']}",  # a past expiry
+        f"{base}?exp={exp}&sig={params['sig'][:-2]}AA",  # tampered signature
+        base,  # no signature at all
+    ):
+        r = httpx.get(bad, timeout=10)
+        assert r.status_code in (403, 404, 410) and r.json()["error"]["code"], (bad, r.text)
 
 
 @pytest.mark.parametrize(("fmt", "pil_name"), [("jpeg", "JPEG"), ("webp", "WEBP")])

@@ -27,6 +27,7 @@ from tests.helpers import ARTIFACTS, Server, base_config, served, smollm_entry
 from tests.ui_helpers import browser_page
 
 KEY = "ui-test-key"
+ADMIN_KEY = "ui-admin-key"
 KIND_TABS = ["chat", "embeddings", "rerank", "moderation", "speech", "images"]  # in tab-bar order
 WEATHER_TOOL = {
     "type": "function",
@@ -41,6 +42,7 @@ WEATHER_TOOL = {
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
+    cfg["serve_args"]["admin_keys"] = [ADMIN_KEY]
     with served(cfg, tmp_path_factory.mktemp("ui"), "ui", 1) as srv:
         yield srv
 
@@ -77,8 +79,11 @@ def test_dashboard_and_models_need_key_and_report_workers(server: Server) -> Non
     assert httpx.get(f"{server.base_url}/v1/dashboard", timeout=10).status_code == 401
     d = httpx.get(f"{server.base_url}/v1/dashboard", headers=server.headers(), timeout=10).json()
     (w,) = d["workers"]
-    assert w["state"] == "ready" and w["address"].startswith("http://127.0.0.1:")
-    assert {"queue_length", "requests_total", "tokens_total", "last_error", "capacity"} <= set(w)
+    assert w["state"] == "ready" and "address" not in w and "pid" not in w
+    assert {"queue_length", "requests_total", "tokens_total", "has_error", "capacity"} <= set(w)
+    admin = httpx.get(f"{server.base_url}/admin/dashboard", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).json()
+    (aw,) = admin["workers"]
+    assert aw["address"].startswith("http://127.0.0.1:") and "last_error" in aw
     (m,) = d["models"]
     assert m["name"] == "smollm2" and m["state"] == "ready" and m["ready_workers"] == 1
     assert "chat" in m["capabilities"] and m["work_mode"] == "llama_cpp"
@@ -208,7 +213,11 @@ def test_browser_chat_streams_and_dashboard_is_live(server: Server) -> None:
         page.click("#tabs button[data-tab=dashboard]")
         row = "#dash-workers tbody tr[data-worker]"
         page.wait_for_selector(f"{row} .state.ready")
-        assert "127.0.0.1" in page.inner_text(row)
+        assert "127.0.0.1" not in page.inner_text(row)  # the client view: no worker address
+        page.fill("#admin-key", ADMIN_KEY)
+        page.click("#admin-form button")
+        page.wait_for_function(f"() => document.querySelector('{row}').innerText.includes('127.0.0.1')")
+        assert page.inner_text("#admin-status") == "admin view"
         assert page.inner_text("#dash-models tbody tr[data-model=smollm2] .state") == "ready"
         # a request while the dashboard polls: its token rate shows up
         page.evaluate(

@@ -66,10 +66,39 @@ def test_remote_gateway_parses_what_the_controller_lists() -> None:
 
 
 def test_dashboard_workers_keep_their_keys() -> None:
+    # no keys at all and a loopback bind (the defaults): the admin view is open, in full
     cfg = parse_config({"models": []})
     with TestClient(build_app(cfg, LocalController(_registry()))) as c:
-        d = c.get("/v1/dashboard").json()
+        d = c.get("/admin/dashboard").json()
+        client = c.get("/v1/dashboard").json()
     (w,) = d["workers"]
     assert set(w) == KEYS and w["state"] == "draining" and w["active"] == 3
     (m,) = d["models"]
     assert (m["name"], m["state"], m["queue_length"], m["tokens_total"]) == ("m", "draining", 3, 90)
+    (cw,) = client["workers"]  # the client view: no address, pid or raw error
+    assert not {"address", "pid", "last_error"} & set(cw) and cw["has_error"] is True and cw["active"] == 3
+    assert client["models"] == d["models"]
+
+
+def test_admin_view_is_refused_without_admin_keys_unless_local_and_keyless() -> None:
+    reg = _registry()
+    for serve_args, status in (
+        ({"api_keys": ["k"]}, 403),  # keys for clients, none for admins: off
+        ({"host": "0.0.0.0"}, 403),  # reachable from elsewhere: off
+        ({"host": "::1"}, 200),
+    ):
+        cfg = parse_config({"models": [], "serve_args": serve_args})
+        with TestClient(build_app(cfg, LocalController(reg))) as c:
+            r = c.get("/admin/dashboard", headers={"Authorization": "Bearer k"})
+        assert r.status_code == status, (serve_args, r.text)
+        if status == 403:
+            assert r.json()["error"]["code"] == "admin_disabled"
+
+
+def test_blank_admin_keys_are_refused() -> None:
+    import pytest
+
+    from gpt_server.config import ConfigError
+
+    with pytest.raises(ConfigError, match="serve_args.admin_keys: a key is empty or blank"):
+        parse_config({"models": [], "serve_args": {"admin_keys": ["ok", " "]}})

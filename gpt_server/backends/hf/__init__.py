@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..options import (
     ChatOptions,
     DTypeOptions,
+    GrammarOptions,
     LoraOptions,
     MediaOptions,
     ParallelOptions,
@@ -15,7 +16,7 @@ from ..registry import Engine
 __all__ = ["HFOptions", "ENGINES"]
 
 
-class HFOptions(ChatOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions):
+class HFOptions(ChatOptions, GrammarOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions):
     pass
 
 

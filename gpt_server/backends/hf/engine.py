@@ -129,7 +129,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         except Exception as exc:
             log.exception("forward pass failed")
             for s in cohort.rows:
-                self._finish(s, None, error=f"forward pass failed: {exc}")
+                self._finish(s, None, error=f"forward pass failed ({type(exc).__name__})")  # the detail is in the log
             cohort.rows = []
 
     def _admit(self) -> list[_Cohort]:

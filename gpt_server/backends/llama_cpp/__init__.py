@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..options import ChatOptions, ParallelOptions, ThreadOptions
+from ..options import ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions
 from ..registry import Engine
 
 __all__ = ["LlamaCppOptions", "ENGINES"]
 
 
-class LlamaCppOptions(ChatOptions, ParallelOptions, ThreadOptions):
+class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions):
     n_batch: int | None = Field(None, ge=16, le=65536, description="most tokens per engine step (default 512)")
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1 = all)")
 

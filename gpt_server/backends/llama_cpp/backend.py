@@ -78,7 +78,9 @@ class LlamaCppBackend(Tokenizes, Backend):
         )
         self.tool_parser_name = mc.tool_call_parser or detect_tool_parser(self.template.source)
         self.reasoning_parser_name = mc.reasoning_parser or detect_reasoning_parser(self.template.source)
-        self.grammars = GrammarFactory(self._tokenizer_info, eng.n_vocab)
+        self.grammars = GrammarFactory(
+            self._tokenizer_info, eng.n_vocab, cache_bytes=mc.grammar_cache_bytes, compile_timeout=mc.grammar_compile_timeout
+        )
 
     def _tokenizer_info(self) -> Any:
         import xgrammar as xgr

@@ -200,7 +200,7 @@ class OpenAIRelayBackend(RelayBackend):
                     f"'{mc.api_key_env}' is not set"
                 )
         self.upstream_model = mc.model_name_or_path
-        self.client = UpstreamClient(mc.api_base, key, self._timeout(), name=f"upstream {mc.api_base}")
+        self.client = UpstreamClient(mc.api_base, key, self._timeout(), name="the upstream engine")
 
 
 class EngineServerBackend(RelayBackend):
@@ -266,7 +266,7 @@ class EngineServerBackend(RelayBackend):
             )
         )
         self.process.start()
-        self.client = UpstreamClient(base + "/v1", api_key, self._timeout(), name=f"engine {self.spec.entry.work_mode}")
+        self.client = UpstreamClient(base + "/v1", api_key, self._timeout(), name=f"the {self.spec.entry.work_mode} engine")
 
     def healthy(self) -> bool:
         return self.process is not None and self.process.healthy()

@@ -68,7 +68,9 @@ class UpstreamClient:
             pass
 
     def _unreachable(self, exc: Exception) -> GatewayError:
-        return ServiceUnavailableError(f"{self.name} at {self.base_url} is unreachable ({type(exc).__name__})")
+        # the address is for the log only: clients learn the model's state, not our network
+        log.warning("%s at %s is unreachable: %s: %s", self.name, self.base_url, type(exc).__name__, exc)
+        return ServiceUnavailableError(f"{self.name} is unreachable", code="upstream_unreachable")
 
     # ---- JSON endpoints -----------------------------------------------------------
     async def post_json(self, path: str, body: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
@@ -81,7 +83,8 @@ class UpstreamClient:
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise self._unreachable(exc) from None
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"{self.name} failed: {type(exc).__name__}: {exc}") from None
+            log.warning("%s at %s failed: %s: %s", self.name, self.base_url, type(exc).__name__, exc)
+            raise UpstreamError(f"{self.name} failed ({type(exc).__name__})") from None
         data = _json_or_none(resp.content)
         if resp.status_code != 200:
             raise upstream_error(resp.status_code, data, resp.headers.get("retry-after"))

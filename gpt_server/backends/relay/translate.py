@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ...errors import (
@@ -21,6 +22,8 @@ from ...protocol.worker import (
     ToolCallDelta,
     TopLogprob,
 )
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "upstream_body",
@@ -223,13 +226,12 @@ def upstream_error(status: int, body: Any, retry_after: str | None = None) -> Ga
         except ValueError:
             wait = 1
         return RateLimitError(f"upstream is rate limiting: {message}", retry_after=wait)
-    if status in (401, 403):
-        return UpstreamError(f"upstream refused our credentials (check api_key_env): {message}", code="upstream_auth")
-    if status == 404:
-        return UpstreamError(
-            f"upstream does not serve this model (check model_name_or_path / api_base): {message}",
-            code="upstream_model_not_found",
-        )
-    if 400 <= status < 500:
+    if 400 <= status < 500 and status not in (401, 403, 404):
         return BadRequestError(message, param=param, code=code)
-    return UpstreamError(f"upstream error (HTTP {status}): {message}")
+    # not the client's fault: what the upstream said goes to the log, not to the client
+    log.warning("upstream answered HTTP %d: %s", status, message[:1000])
+    if status in (401, 403):
+        return UpstreamError("the upstream engine refused the server's credentials", code="upstream_auth")
+    if status == 404:
+        return UpstreamError("the upstream engine does not serve this model", code="upstream_model_not_found")
+    return UpstreamError(f"the upstream engine failed (HTTP {status})")

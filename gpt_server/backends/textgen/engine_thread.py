@@ -123,7 +123,7 @@ class EngineThread(Generic[S, A]):
                     self._step(admitted)
         except Exception as exc:  # engine failure must reach every request
             log.exception("%s engine loop failed", self._label)
-            self._failed = f"engine failure: {exc}"
+            self._failed = f"engine failure ({type(exc).__name__})"  # the detail is in the log
             self._fail_running(self._failed)
             with self._cond:
                 while self._waiting:

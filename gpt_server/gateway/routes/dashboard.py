@@ -2,6 +2,10 @@
 
 Workers report cumulative counters in their heartbeats (requests, completion tokens,
 last error, state); clients compute rates from successive reads.
+
+What an API key sees is model-level: states, counters and whether a worker has failed, never
+a worker's address, pid or raw error text. ``GET /admin/dashboard`` (an admin key, see
+``serve_args.admin_keys``) lists the workers in full.
 """
 
 from __future__ import annotations
@@ -13,9 +17,14 @@ from fastapi import APIRouter, Request
 from ...config import Config
 from ...protocol.worker import WorkerView
 
-__all__ = ["router", "worker_state", "model_rows"]
+__all__ = ["router", "admin_router", "worker_state", "model_rows", "CLIENT_WORKER_KEYS"]
 
 router = APIRouter()
+admin_router = APIRouter()  # mounted behind the admin guard
+
+# what an API key holder sees of a worker (no address, pid, raw error)
+CLIENT_WORKER_KEYS = ("worker_id", "model_name", "replica", "state", "healthy", "capacity", "queue_length", "active",
+                      "requests_total", "tokens_total")
 
 
 def worker_state(w: WorkerView) -> str:
@@ -69,13 +78,26 @@ def _row(name: str, aliases: list[str], kind: str, work_mode: str | None, config
     }
 
 
-@router.get("/v1/dashboard")
-async def dashboard(request: Request) -> dict:
+def _client_worker(w: WorkerView) -> dict:
+    d = w.model_dump(include=set(CLIENT_WORKER_KEYS))
+    d["has_error"] = w.last_error is not None
+    return d
+
+
+async def _listing(request: Request) -> tuple[list[WorkerView], dict]:
     workers = [w.model_copy(update={"state": worker_state(w)}) for w in await request.app.state.controller.workers()]
     workers.sort(key=lambda w: (w.model_name, w.replica, w.worker_id))
-    return {
-        "object": "dashboard",
-        "time": time.time(),
-        "models": model_rows(request.app.state.config, workers),
-        "workers": [w.model_dump() for w in workers],
-    }
+    head = {"object": "dashboard", "time": time.time(), "models": model_rows(request.app.state.config, workers)}
+    return workers, head
+
+
+@router.get("/v1/dashboard")
+async def dashboard(request: Request) -> dict:
+    workers, head = await _listing(request)
+    return {**head, "view": "client", "workers": [_client_worker(w) for w in workers]}
+
+
+@admin_router.get("/admin/dashboard")
+async def admin_dashboard(request: Request) -> dict:
+    workers, head = await _listing(request)
+    return {**head, "view": "admin", "workers": [w.model_dump() for w in workers]}

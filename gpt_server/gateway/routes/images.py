@@ -16,7 +16,7 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
@@ -79,7 +79,8 @@ async def _respond(request: Request, result: ImageJobResult, response_format: st
         base = str(request.base_url).rstrip("/")
         for item in result.data:
             name = await asyncio.to_thread(store.save, base64.b64decode(item.b64_json), result.output_format)
-            data.append({"url": f"{base}/v1/files/images/{name}", "revised_prompt": item.revised_prompt})
+            url = f"{base}/v1/files/images/{name}?{store.url_query(name)}"
+            data.append({"url": url, "revised_prompt": item.revised_prompt})
     else:
         data = [{"b64_json": item.b64_json, "revised_prompt": item.revised_prompt} for item in result.data]
     body: dict[str, Any] = {"created": result.created, "data": data, "background": "opaque", "output_format": result.output_format}
@@ -178,11 +179,13 @@ async def create_variation(request: Request) -> Response:
     job = ImageJob.model_validate({**form.model_dump(include=_JOB_FIELDS), "images_b64": images})
     return await _run(request, form.model, IMAGE_VARIATION, job, form.response_format)
 
-# ---- generated files (no API key: the id is an unguessable capability) ---------------------
+# ---- generated files: no API key, the signed URL is the capability (until it expires) ------
 @public_router.get("/v1/files/images/{name}", include_in_schema=False)
-async def get_image_file(name: str, request: Request) -> Response:
-    path = _store(request).path(name)
-    if path is None:
+async def get_image_file(name: str, request: Request, exp: str | None = None, sig: str | None = None) -> Response:
+    store = _store(request)
+    left = store.check(name, exp, sig)
+    data = await asyncio.to_thread(store.read, name)
+    if data is None:
         raise NotFoundError("no such image (it may have expired)", param="name", code="not_found")
     fmt = name.rsplit(".", 1)[1]
-    return FileResponse(path, media_type=MEDIA_TYPES[fmt], headers={"cache-control": "private, max-age=3600"})
+    return Response(data, media_type=MEDIA_TYPES[fmt], headers={"cache-control": f"private, max-age={max(0, left)}"})

@@ -1,6 +1,19 @@
-// Dashboard tab: polls /v1/dashboard and turns cumulative counters into rates.
+// Dashboard tab: polls /v1/dashboard (model-level, any API key) or, once an admin key is
+// entered, /admin/dashboard (worker addresses and raw errors), and turns cumulative counters into rates.
 import { getJSON } from "./api.js";
 import { $, el } from "./util.js";
+
+const ADMIN = "gpt-server.admin-key"; // this tab's session only
+const adminKey = () => sessionStorage.getItem(ADMIN) || "";
+
+async function load() {
+  const key = adminKey();
+  if (!key) return getJSON("/v1/dashboard");
+  const resp = await fetch("/admin/dashboard", { headers: { Authorization: `Bearer ${key}` } });
+  const body = await resp.json().catch(() => null);
+  if (!resp.ok) throw new Error(`admin view ${resp.status}: ${(body && body.error && body.error.message) || resp.statusText}`);
+  return body;
+}
 
 const PERIOD_MS = 1500;
 let timer = null;
@@ -24,9 +37,9 @@ function modelRow(m, before, dt) {
 }
 
 function workerRow(w, before, dt) {
-  const err = w.last_error || "";
+  const err = w.last_error || (w.has_error ? "failed (admin view shows why)" : "");
   return el("tr", { "data-worker": w.worker_id },
-    td(w.worker_id), td(w.model_name), stateCell(w.state), td(w.address), td(w.capacity),
+    td(w.worker_id), td(w.model_name), stateCell(w.state), td(w.address || "–"), td(w.capacity),
     td(w.queue_length), td(w.active), td(w.requests_total ?? 0),
     td(fmt(rate(w, before, "requests_total", dt))), td(fmt(rate(w, before, "tokens_total", dt))),
     td(err.length > 80 ? `${err.slice(0, 80)}…` : err, err));
@@ -35,7 +48,7 @@ function workerRow(w, before, dt) {
 export async function refreshDashboard() {
   let data;
   try {
-    data = await getJSON("/v1/dashboard");
+    data = await load();
   } catch (err) {
     $("#dash-updated").textContent = `update failed: ${err.message}`;
     return;
@@ -50,11 +63,24 @@ export async function refreshDashboard() {
     models: Object.fromEntries(data.models.map((m) => [m.name, m])),
     workers: Object.fromEntries(data.workers.map((w) => [w.worker_id, w])),
   };
+  $("#admin-status").textContent = data.view === "admin" ? "admin view" : "client view";
   $("#dash-updated").textContent = `updated ${new Date(data.time * 1000).toLocaleTimeString()} · every ${PERIOD_MS / 1000}s`;
 }
 
 export function startDashboard() {
   if (timer) return;
+  const form = $("#admin-form");
+  if (!form.dataset.bound) {
+    form.dataset.bound = "1";
+    $("#admin-key").value = adminKey();
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const k = $("#admin-key").value.trim();
+      if (k) sessionStorage.setItem(ADMIN, k); else sessionStorage.removeItem(ADMIN);
+      prev = null;
+      refreshDashboard();
+    });
+  }
   refreshDashboard();
   timer = setInterval(() => { if (!document.hidden) refreshDashboard(); }, PERIOD_MS);
 }
