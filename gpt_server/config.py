@@ -61,7 +61,14 @@ class ServeArgs(_Section):
         ),
     )
     controller_address: str | None = Field(None, description="use a remote controller instead of the in-process one")
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024**3, description="largest request body accepted")
+    max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, le=1024**3,
+        description="largest request body accepted (multipart uploads: audio, image edits); also caps max_json_body_bytes",
+    )
+    max_json_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=1024**3,
+        description="largest body of any other request (JSON: chat with data: URL images, embeddings …); 413 beyond",
+    )
     request_timeout: float = Field(600.0, gt=0, le=86400, description="seconds a request may take end to end")
     max_retries: int = Field(2, ge=0, le=10, description="other replicas tried when a worker cannot be reached")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS; empty = CORS off")
@@ -77,6 +84,14 @@ class ServeArgs(_Section):
     )
     max_grammar_depth: int = Field(
         64, ge=4, le=512, description="deepest JSON nesting of a structured-output schema (compile time grows fast with depth); deeper is a 400"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list, max_length=256,
+        description=(
+            "host names clients may use in the Host header besides localhost, 127.x.x.x, [::1] and the bind "
+            "address; checked when bound to a loopback address or when this list is set (a web page cannot "
+            "drive the server through DNS rebinding); '*' turns the check off"
+        ),
     )
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
     # images: where response_format=url files live, and for how long

@@ -14,6 +14,7 @@ __all__ = [
     "NotFoundError",
     "ConflictError",
     "PayloadTooLargeError",
+    "UnsupportedMediaTypeError",
     "RateLimitError",
     "InternalError",
     "ServiceUnavailableError",
@@ -87,6 +88,12 @@ class PayloadTooLargeError(GatewayError):
     default_code = "request_too_large"
 
 
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    openai_type = "invalid_request_error"
+    default_code = "unsupported_media_type"
+
+
 class RateLimitError(GatewayError):
     status = 429
     openai_type = "rate_limit_error"
@@ -126,6 +133,7 @@ _BY_STATUS: dict[int, type[GatewayError]] = {
     403: PermissionDeniedError,
     404: NotFoundError,
     413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
     429: RateLimitError,
     500: InternalError,
     502: UpstreamError,

@@ -17,11 +17,13 @@ from ..controller.client import ControllerClient
 from ..errors import GatewayError
 from ..transport.inproc import InProcessTransport
 from ..web.error_handlers import install_error_handlers
+from ..web.lifecycle import HangupMiddleware
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import FastJSONResponse
 from .auth import admin_guard, api_key_guard, is_loopback
 from .fastlane import FastLane, plain_routes
 from .files import ImageStore
+from .hosts import HostGuardMiddleware, host_guard_needed
 from .metrics import Metrics, MetricsMiddleware
 from .routes import route_modules
 from .serving import GenerationService
@@ -100,7 +102,8 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
         return RedirectResponse("/docs")
 
     app.add_middleware(FastLane, routes=plain, guard=guard)  # inside the body limit
-    app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes, json_limit=sa.max_json_body_bytes)
+    app.add_middleware(HangupMiddleware)  # a client gone before its answer stops the work behind it
     if sa.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -108,5 +111,7 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
+    if host_guard_needed(sa.host, sa.allowed_hosts):
+        app.add_middleware(HostGuardMiddleware, bind_host=sa.host, allowed=sa.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

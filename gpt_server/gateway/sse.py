@@ -4,7 +4,9 @@ Every event stream the gateway sends goes through ``SSEResponse``: chat and comp
 chunks, streamed transcripts and streamed speech. Each event is one ``data:`` line of
 JSON (``frame``); a stream always ends with its final event (the source's last one, then
 the ``done`` marker if the kind has one, ``[DONE]`` for chat and completions) or with an
-error event in the OpenAI shape, never with a silent cut.
+error event in the OpenAI shape, never with a silent cut: a stream still running at the
+server's drain deadline ends with an error event (code ``server_shutdown``) and the done
+marker too.
 
 ``SSEResponse`` streams from the request's own task: each batch of events (the events
 made from one read of the worker's stream) becomes one write to the client, with no
@@ -26,6 +28,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError, TimeoutError_
+from ..web.lifecycle import is_drain_cancel, shutdown_error
 from ..web.responses import DisconnectWatch, aclose_then
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse", "plain_error", "typed_error"]
@@ -60,7 +63,7 @@ class SSEResponse(Response):
     objects or pydantic models).
 
     Ends with ``done`` (``[DONE]`` unless None) after the last batch; a failure (a
-    ``GatewayError``, the ``timeout`` deadline, an unexpected exception) becomes the
+    ``GatewayError``, the ``deadline`` (or ``timeout`` seconds), an unexpected exception) becomes the
     ``error_event`` of that error before it. The iterator is always closed, however the
     response ends.
     """
@@ -73,6 +76,7 @@ class SSEResponse(Response):
         *,
         keepalive: float = 15.0,
         timeout: float | None = None,
+        deadline: float | None = None,
         on_close: Callable[[], Any] | None = None,
         done: bytes | None = DONE,
         error_event: Callable[[GatewayError], Any] = plain_error,
@@ -85,6 +89,7 @@ class SSEResponse(Response):
         self.batches = batches
         self.keepalive = keepalive
         self.timeout = timeout
+        self.deadline = deadline  # event-loop time; default: ``timeout`` from the first write
         self.on_close = on_close  # runs last (sync or async), also when the iterator never started
         self.done = done or b""
         self.error_event = error_event
@@ -111,6 +116,12 @@ class SSEResponse(Response):
                 pinger = loop.create_task(ping())
                 tail = await self._stream(body)
                 await body(tail + self.done, more=False)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if pinger is None or not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
+                raise
+            log.warning("stream ended at the shutdown drain deadline")
+            await body(frame(self.error_event(shutdown_error())) + self.done, more=False)
         finally:
             if pinger is not None:
                 pinger.cancel()
@@ -120,12 +131,16 @@ class SSEResponse(Response):
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before the done marker (an error event, or nothing)."""
         try:
-            async with asyncio.timeout(self.timeout):
+            deadline = self.deadline
+            if deadline is None and self.timeout is not None:
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            async with asyncio.timeout_at(deadline):
                 async for batch in self.batches:
                     if batch:
                         await body(b"".join(frame(c) for c in batch))
         except TimeoutError:
-            return frame(self.error_event(TimeoutError_(f"the request did not finish within {self.timeout:g} seconds")))
+            within = f" within {self.timeout:g} seconds" if self.timeout is not None else " in time"
+            return frame(self.error_event(TimeoutError_(f"the request did not finish{within}")))
         except GatewayError as exc:
             return frame(self.error_event(exc))
         except Exception:  # a stream must end with an error event, not a cut

@@ -22,7 +22,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..controller.client import ControllerClient
-from ..errors import GatewayError, ServiceUnavailableError, error_from_body
+from ..errors import GatewayError, ServiceUnavailableError, TimeoutError_, error_from_body
 from ..protocol.kinds import Capability
 from ..protocol.worker import (
     EVENT_ADAPTER,
@@ -148,7 +148,13 @@ class LocalEventStream:
 class WorkerClient:
     """The gateway's side of the worker protocol: picks a replica through the controller,
     sends the request (HTTP, or the in-process transport), retries another replica while
-    nothing has been answered yet, and hands back the worker's response or events."""
+    nothing has been answered yet, and hands back the worker's response or events.
+
+    ``timeout`` (``serve_args.request_timeout``) is one deadline for the whole request:
+    dispatch, every retry and the wait for the worker's answer share it (``deadline()``),
+    and a caller that reads the answer reads it within the same deadline. It also bounds
+    each read from a worker (a worker silent that long mid-stream is lost).
+    """
 
     def __init__(
         self,
@@ -165,6 +171,7 @@ class WorkerClient:
         self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         self.local = local  # the in-process workers of this serve process, if any
         self.max_retries = max_retries
+        self.request_timeout = timeout
         self._headers = {SECRET_HEADER: secret} if secret else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout)
         self._session: aiohttp.ClientSession | None = None
@@ -187,8 +194,23 @@ class WorkerClient:
         """The model a request naming ``model`` (``""``: none) for ``capability`` goes to."""
         return await self.controller.resolve(model, capability)
 
-    async def open(self, model: str, request: GenerateRequest) -> EventStream | LocalEventStream:
-        """Start a chat/completion on a worker; the stream of events it answers."""
+    def deadline(self) -> float:
+        """The event-loop time by which a request starting now must be answered."""
+        return asyncio.get_running_loop().time() + self.request_timeout
+
+    def timed_out(self) -> TimeoutError_:
+        return TimeoutError_(f"the request did not finish within {self.request_timeout:g} seconds")
+
+    async def _within(self, deadline: float | None, work: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout_at(self.deadline() if deadline is None else deadline):
+                return await work
+        except TimeoutError:
+            raise self.timed_out() from None
+
+    async def open(self, model: str, request: GenerateRequest, *, deadline: float | None = None) -> EventStream | LocalEventStream:
+        """Start a chat/completion on a worker; the stream of events it answers, its first
+        event before ``deadline`` (loop time; default: the request timeout from now)."""
         payload = b""
 
         async def call(target: DispatchReply) -> _Response | LocalGeneration:
@@ -200,21 +222,24 @@ class WorkerClient:
                 payload = request.__pydantic_serializer__.to_json(request)
             return await self._post(target, "/worker/generate", payload)
 
-        result, target = await self._send(model, request.kind, call)
+        result, target = await self._within(deadline, self._send(model, request.kind, call))
         on_close = self._releaser(target)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
             return EventStream(result, target, on_close)
         return LocalEventStream(result, target, on_close)
 
-    async def invoke(self, model: str, capability: Capability, payload: BaseModel, request_id: str) -> WorkerResponse:
-        """Call a non-generation capability; the worker's response, body not yet read.
+    async def invoke(
+        self, model: str, capability: Capability, payload: BaseModel, request_id: str, *, deadline: float | None = None
+    ) -> WorkerResponse:
+        """Call a non-generation capability; the worker's response, body not yet read, its
+        status line before ``deadline`` (as ``open``).
 
         ``payload`` is the capability's payload model. The caller must read the response or
         ``close()`` it. JSON results have content-type application/json; binary results
         (audio, images) carry their own media type.
         """
         body = invoke_body(request_id, model, capability, payload)
-        resp, target = await self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body))
+        resp, target = await self._within(deadline, self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body)))
         return WorkerResponse(resp, self._releaser(target))
 
     def _releaser(self, target: DispatchReply) -> Callable[[], None]:

@@ -5,35 +5,53 @@ from __future__ import annotations
 import logging
 
 import orjson
+from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import error_body
 
-__all__ = ["BodyLimitMiddleware"]
+__all__ = ["BodyLimitMiddleware", "body_bytes"]
 
 log = logging.getLogger("gpt_server")
 
 
-class BodyLimitMiddleware:
-    """Refuse bodies above ``limit`` bytes with 413, whether or not Content-Length is sent."""
+def body_bytes(request: HTTPConnection) -> int:
+    """The size the client declared for its body (Content-Length), 0 if none or unreadable."""
+    try:
+        return int(request.headers.get("content-length", 0))
+    except ValueError:
+        return 0
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+
+class BodyLimitMiddleware:
+    """Refuse bodies above their limit with 413, whether or not Content-Length is sent:
+    ``limit`` for multipart uploads (audio, images), ``json_limit`` (at most ``limit``) for
+    every other body, which the server parses and holds whole."""
+
+    def __init__(self, app: ASGIApp, limit: int, json_limit: int | None = None) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = limit
+        self.json_limit = min(limit, json_limit or limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.json_limit
+        length = None
         for k, v in scope.get("headers", []):
             if k == b"content-length":
-                try:
-                    too_big = int(v) > self.limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await self._reject(send)
-                    return
+                length = v
+            elif k == b"content-type" and v[:19].lower() == b"multipart/form-data":
+                limit = self.upload_limit
+        if length is not None:
+            try:
+                too_big = int(length) > limit
+            except ValueError:
+                too_big = False
+            if too_big:
+                await self._reject(send, limit)
+                return
         seen = 0
         started = False
 
@@ -42,7 +60,7 @@ class BodyLimitMiddleware:
             msg = await receive()
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
-                if seen > self.limit:
+                if seen > limit:
                     raise _TooLarge
             return msg
 
@@ -56,11 +74,11 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, limit: int) -> None:
         body = orjson.dumps(
-            error_body(f"request body larger than {self.limit} bytes", "invalid_request_error", None, "request_too_large")
+            error_body(f"request body larger than {limit} bytes", "invalid_request_error", None, "request_too_large")
         )
         await send(
             {

@@ -14,6 +14,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from .internal import InternalTLS
+from .lifecycle import DRAIN_DEADLINE
 
 __all__ = ["bind_socket", "make_server", "run_async"]
 
@@ -31,29 +32,54 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+# after the drain deadline, how long requests have to write their ending before uvicorn cuts them
+_ENDING_GRACE = 2.0
+
+
 def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0, tls: InternalTLS | None = None) -> uvicorn.Server:
-    """``graceful``: seconds in-flight requests may finish once the server is told to exit (0: none,
-    they are cut at once); ``tls``: serve TLS with its certificate (internal listeners)."""
+    """``graceful``: seconds in-flight requests may run on once the server is told to exit; then
+    they are cancelled with ``DRAIN_DEADLINE`` and end with an answer (``web.lifecycle``); 0 ends
+    them at once. ``tls``: serve TLS with its certificate (internal listeners)."""
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
-        timeout_graceful_shutdown=math.ceil(graceful),  # 0 = do not wait (None would wait forever)
+        timeout_graceful_shutdown=math.ceil(graceful + _ENDING_GRACE),  # uvicorn's cut, the backstop
         lifespan="on",
         ssl_certfile=tls.certfile if tls is not None else None,
         ssl_keyfile=tls.keyfile if tls is not None else None,
     )
-    return _Server(config)
+    return _Server(config, graceful)
 
 
 class _Server(uvicorn.Server):
     """Signals belong to whoever runs the servers (the launcher drains the gateway before the
-    workers; each role sets its own handlers), so uvicorn does not capture them."""
+    workers; each role sets its own handlers), so uvicorn does not capture them. At the
+    drain deadline the requests still running are cancelled with ``DRAIN_DEADLINE``, so
+    each ends with its own ending (an error event and ``[DONE]``, a 503) before uvicorn's
+    backstop cuts what is left."""
+
+    def __init__(self, config: uvicorn.Config, graceful: float) -> None:
+        super().__init__(config)
+        self.graceful = graceful
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        timer = asyncio.get_running_loop().call_later(self.graceful, self._end_requests)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            timer.cancel()
+
+    def _end_requests(self) -> None:
+        if self.server_state.tasks:
+            log.warning("drain deadline (%gs): ending %d request(s) still running", self.graceful, len(self.server_state.tasks))
+        for task in self.server_state.tasks:
+            task.cancel(msg=DRAIN_DEADLINE)
 
 
 def run_async(coro: Any) -> Any:
