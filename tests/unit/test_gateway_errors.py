@@ -19,7 +19,7 @@ def client() -> TestClient:
     reg = Registry(make_policy("round_robin"))
     # a registered worker nobody listens for: dispatch succeeds, connection fails
     reg.register(WorkerInfo(worker_id="dead", address="http://127.0.0.1:9", model_name="m", capacity=1, capabilities=["chat", "completion"]))
-    with TestClient(build_app(cfg, LocalController(reg))) as c:
+    with TestClient(build_app(cfg, LocalController(reg)), base_url="http://localhost") as c:  # a loopback Host
         c.headers["Authorization"] = "Bearer k1"
         yield c
 

@@ -83,7 +83,7 @@ def _scope(path: str = "/", body: bytes = b"") -> dict[str, Any]:
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"host", b"test")],
+                    (b"host", b"localhost")],
         "client": ("test", 1), "server": ("test", 80),
     }
 
@@ -379,7 +379,7 @@ async def _gateway() -> AsyncIterator[tuple[Any, list[LocalWorker]]]:
 
 
 def _post(app: Any, path: str, **kw: Any) -> Any:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://test").post(path, **kw)
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://localhost").post(path, **kw)
 
 
 def _inflight(workers: list[LocalWorker]) -> list[int]:

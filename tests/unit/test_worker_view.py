@@ -68,7 +68,7 @@ def test_remote_gateway_parses_what_the_controller_lists() -> None:
 def test_dashboard_workers_keep_their_keys() -> None:
     # no keys at all and a loopback bind (the defaults): the admin view is open, in full
     cfg = parse_config({"models": []})
-    with TestClient(build_app(cfg, LocalController(_registry()))) as c:
+    with TestClient(build_app(cfg, LocalController(_registry())), base_url="http://localhost") as c:
         d = c.get("/admin/dashboard").json()
         client = c.get("/v1/dashboard").json()
     (w,) = d["workers"]
