@@ -88,7 +88,7 @@ def test_admin_view_is_refused_without_admin_keys_unless_local_and_keyless() -> 
         ({"host": "::1"}, 200),
     ):
         cfg = parse_config({"models": [], "serve_args": serve_args})
-        with TestClient(build_app(cfg, LocalController(reg))) as c:
+        with TestClient(build_app(cfg, LocalController(reg)), base_url="http://localhost") as c:
             r = c.get("/admin/dashboard", headers={"Authorization": "Bearer k"})
         assert r.status_code == status, (serve_args, r.text)
         if status == 403:
