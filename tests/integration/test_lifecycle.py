@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 def _inflight(srv: Server) -> int:
-    return int(httpx.get(f"{srv.workers()[0]['address']}/worker/info", timeout=5).json()["inflight"])
+    return int(httpx.get(f"{srv.workers()[0]['address']}/worker/info", headers=srv.internal_headers(), timeout=5).json()["inflight"])
 
 
 # ---- a hang-up stops the work, streamed or not ---------------------------------------
@@ -213,7 +213,7 @@ def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, li
                     "model_kind": "embedding" if embed else "auto", "capabilities": ["embed"] if embed else ["chat", "completion"],
                     "capacity": 4, "heartbeat_interval": 600, "protocol_version": PROTOCOL_VERSION,
                 }
-                assert httpx.post(f"{srv.controller_url}/controller/register", json=info).status_code == 200
+                assert httpx.post(f"{srv.controller_url}/controller/register", json=info, headers=srv.internal_headers()).status_code == 200
             yield srv, silent
     finally:
         for w in silent:
