@@ -49,6 +49,9 @@ class _Limits:
     max_text_chars = 4_000_000
     max_choices_per_request = 128  # completions: prompts × n
     max_template_kwargs_bytes = 65536
+    max_content_parts = 256  # per message
+    max_request_parts = 4096  # content parts of all messages together
+    max_message_tool_calls = 128
 
 
 LIMITS = _Limits()
@@ -130,9 +133,9 @@ class ToolCall(OpenAIBaseModel):
 
 class ChatMessage(OpenAIBaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[ContentPart] | None = None
+    content: str | Annotated[list[ContentPart], Field(max_length=LIMITS.max_content_parts)] | None = None
     name: str | None = None
-    tool_calls: list[ToolCall] | None = None
+    tool_calls: list[ToolCall] | None = Field(None, max_length=LIMITS.max_message_tool_calls)
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
@@ -247,6 +250,8 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs: requires logprobs to be true")
         if self.chat_template_kwargs and len(orjson.dumps(self.chat_template_kwargs)) > LIMITS.max_template_kwargs_bytes:
             raise ValueError("chat_template_kwargs: at most 64 KiB")
+        if sum(len(m.content) for m in self.messages if isinstance(m.content, list)) > LIMITS.max_request_parts:
+            raise ValueError(f"messages: at most {LIMITS.max_request_parts} content parts in all messages together")
         return self
 
 

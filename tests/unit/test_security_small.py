@@ -54,3 +54,25 @@ def test_dependency_floors_exclude_known_vulnerable_releases() -> None:
 
     assert floor("python-multipart") >= (0, 0, 20)
     assert floor("starlette") >= (0, 49, 1)
+
+
+def test_content_parts_and_tool_calls_are_bounded() -> None:
+    """Every count a request sets has a bound: content parts per message and per request,
+    tool calls per message (an 18 MiB body of 150k tiny parts stalled the gateway's loop)."""
+    from pydantic import ValidationError
+
+    from gpt_server.protocol.openai import LIMITS, ChatCompletionRequest
+
+    part = {"type": "text", "text": "x"}
+    ok = {"model": "m", "messages": [{"role": "user", "content": [part] * LIMITS.max_content_parts}]}
+    ChatCompletionRequest.model_validate(ok)
+    with pytest.raises(ValidationError, match="content"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": [{"role": "user", "content": [part] * (LIMITS.max_content_parts + 1)}]})
+    many = [{"role": "user", "content": [part] * LIMITS.max_content_parts}] * (LIMITS.max_request_parts // LIMITS.max_content_parts + 1)
+    with pytest.raises(ValidationError, match="content parts in all messages"):
+        ChatCompletionRequest.model_validate({"model": "m", "messages": many})
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with pytest.raises(ValidationError, match="tool_calls"):
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "assistant", "tool_calls": [call] * (LIMITS.max_message_tool_calls + 1)}]}
+        )
