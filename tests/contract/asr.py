@@ -110,7 +110,7 @@ class AsrSuite(Suite):
         r = httpx.post(url, data={"model": self.model}, files={"other": ("a.txt", b"x")}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == "file"
         r = httpx.post(url, files={"file": ("t.wav", tone_wav(0.2))}, timeout=60)
-        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        assert r.status_code == 200, r.text  # no model: the only speech-to-text model
         with pytest.raises(openai.BadRequestError) as exc:  # a recogniser does not speak
             client.audio.speech.create(model=self.model, voice="alloy", input="Hi.")
         assert exc.value.body["param"] == "model"

@@ -78,7 +78,7 @@ class ChatSuite(Suite):
         for c in chunks:
             assert_openai_shape("CreateChatCompletionStreamResponse", c)
             assert c["system_fingerprint"] == fingerprint
-        comp = {"model": self.model, "prompt": ["Once upon", "The sky"], "max_tokens": 4, "temperature": 0, "logprobs": 2}
+        comp = {"model": self.model, "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0, "logprobs": 2}
         r = httpx.post(f"{url}/v1/completions", json=comp, headers=h, timeout=120)
         assert r.status_code == 200, r.text
         assert_openai_shape("CreateCompletionResponse", r.json())

@@ -172,7 +172,9 @@ def test_classify_returns_raw_label_scores(server: Server, ref_probs: np.ndarray
 
 def test_moderation_without_model_and_capability_errors(server: Server) -> None:
     r = httpx.post(f"{server.base_url}/v1/moderations", json={"input": "hello"}, timeout=30)
-    assert r.status_code == 200 and r.json()["model"] in ("tiny-mod", "profanity")
+    err = r.json()["error"]  # two moderation models, none marked default: the client must choose
+    assert r.status_code == 400 and err["param"] == "model" and err["code"] == "model_required"
+    assert "profanity" in err["message"] and "tiny-mod" in err["message"]
     r = httpx.post(f"{server.base_url}/v1/moderations", json={"model": "tiny-rerank", "input": "x"}, timeout=30)
     assert r.status_code == 400 and r.json()["error"]["param"] == "model"
     r = httpx.post(f"{server.base_url}/v1/moderations", json={"model": "tiny-mod", "input": []}, timeout=30)
