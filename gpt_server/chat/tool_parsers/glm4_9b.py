@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from typing import Any
 
 import orjson
 
-from ..incremental import raw_json_value
+from ..incremental import SpanScanner, raw_json_value
 from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 from .pythonic import _json_value
 
@@ -51,7 +52,9 @@ def _skip_ws(s: str, i: int) -> int:
 def _tool_call_args(code: str) -> str | None:
     """``tool_call(a=1, **{"b-c": 2})`` → its arguments as JSON, or None."""
     try:
-        node = ast.parse(code.strip(), mode="eval").body
+        with warnings.catch_warnings():  # odd literals warn; the text is the model's, not ours
+            warnings.simplefilter("ignore", SyntaxWarning)
+            node = ast.parse(code.strip(), mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # a model can write anything
         return None
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "tool_call") or node.args:
@@ -93,7 +96,7 @@ def _fenced_call(s: str, i: int, final: bool) -> tuple[str | None, int]:
     return None, end
 
 
-def _call(s: str, i: int, final: bool) -> tuple[ParsedCall | None, int]:
+def _call(s: str, i: int, final: bool, sp: SpanScanner | None) -> tuple[ParsedCall | None, int]:
     """The call starting at ``i``: (call, end), (None, i) when the text there is content,
     (call, -1) for a call whose arguments are still streaming. Raises _Pending."""
     nl = s.find("\n", i)
@@ -125,13 +128,14 @@ def _call(s: str, i: int, final: bool) -> tuple[ParsedCall | None, int]:
         raise _Pending
     if s[k] not in '"}':
         return None, i
-    raw, end = raw_json_value(rest)
+    close = sp.end(s, j) if sp is not None else len(s)  # cheap while the arguments stream
+    raw, end = raw_json_value(s[j:close]) if close is not None else (None, -1)
     if raw is not None:
         return ParsedCall(name=name, arguments=raw), j + end
     return ParsedCall(name=name, arguments=rest), -1  # streaming (or cut off at the end)
 
 
-def _segment(s: str, final: bool, parts: list[str], calls: list[ParsedCall]) -> None:
+def _segment(s: str, final: bool, sp: SpanScanner | None, parts: list[str], calls: list[ParsedCall]) -> None:
     """One assistant turn: calls at its start and after each other, then content."""
     pos = 0
     while True:
@@ -140,7 +144,7 @@ def _segment(s: str, final: bool, parts: list[str], calls: list[ParsedCall]) -> 
             parts.append(s[pos:])
             return
         try:
-            call, end = _call(s, i, final)
+            call, end = _call(s, i, final, sp)
         except _Pending:
             parts.append(s[pos:i])
             return
@@ -157,6 +161,9 @@ def _segment(s: str, final: bool, parts: list[str], calls: list[ParsedCall]) -> 
 class Glm4ChatToolParser(ToolParser):
     name = "glm4_9b"
 
+    def __init__(self) -> None:
+        self._spans = SpanScanner()
+
     def parse(self, text: str, final: bool) -> ParseResult:
         parts: list[str] = []
         calls: list[ParsedCall] = []
@@ -170,7 +177,8 @@ class Glm4ChatToolParser(ToolParser):
                     segments[-1] = last[:-k]
                     break
         for n, seg in enumerate(segments):
-            _segment(seg, final or n < len(segments) - 1, parts, calls)
+            last = n == len(segments) - 1
+            _segment(seg, final or not last, self._spans if last else None, parts, calls)
         return ParseResult(content=finish_content(parts, final, bool(calls)), calls=calls)
 
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
