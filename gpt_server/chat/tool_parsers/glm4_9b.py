@@ -168,17 +168,15 @@ class Glm4ChatToolParser(ToolParser):
         parts: list[str] = []
         calls: list[ParsedCall] = []
         segments = text.split(TURN)
-        if not final:
-            # a partial ``<|assistant|>`` at the end waits; so does the last segment if it may
-            # still become one (its start decides, and it is only ever appended to)
-            last = segments[-1]
-            for k in range(min(len(TURN) - 1, len(last)), 0, -1):
-                if last.endswith(TURN[:k]):
-                    segments[-1] = last[:-k]
+        if not final:  # a partial ``<|assistant|>`` at the end waits
+            tail = segments[-1]
+            for k in range(min(len(TURN) - 1, len(tail)), 0, -1):
+                if tail.endswith(TURN[:k]):
+                    segments[-1] = tail[:-k]
                     break
         for n, seg in enumerate(segments):
-            last = n == len(segments) - 1
-            _segment(seg, final or not last, self._spans if last else None, parts, calls)
+            is_last = n == len(segments) - 1  # the others are complete turns
+            _segment(seg, final or not is_last, self._spans if is_last else None, parts, calls)
         return ParseResult(content=finish_content(parts, final, bool(calls)), calls=calls)
 
     def format_calls(self, calls: list[dict[str, Any]]) -> str:
