@@ -49,7 +49,15 @@ class ChatOptions(ModelConfig):
     """The shared chat layer: templates, tool and reasoning parsers, context, n."""
 
     chat_template: str | None = Field(None, description="Jinja chat template overriding the model's")
-    tool_call_parser: str | None = Field(None, max_length=64, description="tool-call format (default: from the chat template)")
+    tool_call_parser: str | None = Field(
+        None,
+        max_length=64,
+        description=(
+            "tool-call format (default: from the chat template). Local engines: hermes/qwen, llama3_json, mistral, "
+            "glm4 (GLM-4.5), glm4_9b (GLM-4-9B/0414), chatglm3, qwen3_coder, deepseek_v3, pythonic, json (bare or "
+            "```json-fenced call objects, e.g. Qwen2.5-Coder); relay engines pass the name to the engine"
+        ),
+    )
     reasoning_parser: str | None = Field(None, max_length=64, description="reasoning format (default: from the chat template)")
     n_ctx: int | None = Field(None, ge=64, le=1_048_576, description="context length per sequence")
     max_model_len: int | None = Field(None, ge=64, le=1_048_576, description="context length (vLLM's name for n_ctx)")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
-__all__ = ["hold_partial", "raw_json_value", "JSON_DECODER"]
+__all__ = ["hold_partial", "raw_json_value", "JSON_DECODER", "SpanScanner"]
 
 JSON_DECODER = json.JSONDecoder()
 
@@ -32,3 +33,36 @@ def raw_json_value(text: str) -> tuple[str | None, int]:
     except json.JSONDecodeError:
         return None, -1
     return stripped[:end], offset + end
+
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*(")?|[{}\[\]]')
+
+
+class SpanScanner:
+    """Where bracketed JSON-like values end (strings respected, validity not), remembered
+    between the parses of one growing text, so a long value is scanned once rather than once
+    per delta. One per parser instance; results do not depend on what it remembers."""
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[str, int]] = {}  # value start → (text scanned, depth at its end)
+
+    def end(self, s: str, i: int) -> int | None:
+        """End of the value starting at ``s[i]`` (a ``{`` or ``[``), or None while it is open."""
+        prefix, depth = self._seen.get(i, ("", 0))
+        k = len(prefix) if prefix and s.startswith(prefix) else i
+        if k == i:
+            depth = 0
+        for m in _TOKEN.finditer(s, k):
+            ch = m.group()[0]
+            if ch == '"':
+                if m.group(1) is None:  # the string runs to the end of the text
+                    self._seen[i] = (s[: m.start()], depth)
+                    return None
+            elif ch in "{[":
+                depth += 1
+            else:
+                depth -= 1
+                if depth == 0:
+                    return m.end()
+        self._seen[i] = (s, depth)
+        return None

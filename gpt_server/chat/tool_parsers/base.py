@@ -63,7 +63,10 @@ _ARGS_RE = re.compile(r'"(?:arguments|parameters)"\s*:\s*')
 def parse_json_call(body: str, complete: bool) -> ParsedCall | None:
     """``{"name": ..., "arguments"|"parameters": {...}}`` (possibly partial) → call."""
     m = _NAME_RE.search(body)
-    name = orjson.loads(m.group(1)) if m else None
+    try:
+        name = orjson.loads(m.group(1)) if m else None
+    except orjson.JSONDecodeError:  # a raw control character in the string: not a name
+        name = None
     a = _ARGS_RE.search(body)
     args = ""
     if a is not None:
