@@ -4,6 +4,10 @@ transformers (save_pretrained into a temp dir) and config entries that load them
 from __future__ import annotations
 
 import importlib.resources
+import os
+import shutil
+import tempfile
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +117,73 @@ def classifier_probs(model_dir: Path, texts: list[str]) -> Any:
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.inference_mode():
         return torch.softmax(model(**tok(texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+
+
+CLIP_WORDS = ["the", "cat", "dog", "a", "on", "mat", "sits", "photo", "of", "red", "blue"]
+
+
+def _clip_tokenizer():  # noqa: ANN202
+    """A real CLIP BPE tokenizer over a tiny vocabulary: every byte (alone and word-final) plus
+    the merges that spell ``CLIP_WORDS``."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate([*chars, *(c + "</w>" for c in chars)])}
+    merges: list[tuple[str, str]] = []
+    for word in CLIP_WORDS:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        while len(pieces) > 1:
+            pair = (pieces[0], pieces[1])
+            if pair not in merges:
+                merges.append(pair)
+            pieces = [pair[0] + pair[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges)  # no model_max_length, like some saved CLIPs
+
+
+def build_tiny_clip(out: Path, seed: int = 0) -> Path:
+    """A tiny random CLIP (text and vision towers, 16-dim projection, 32 px images) with a real
+    CLIPProcessor, saved as a plain transformers directory."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    tok = _clip_tokenizer()
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config={
+            "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 64,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(cfg).eval().save_pretrained(out)
+    images = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=images, tokenizer=tok).save_pretrained(out)
+    return out
+
+
+def tiny_clip_dir() -> Path:
+    """The tiny CLIP, built once per transformers version under the shared test cache."""
+    root = Path(os.environ.get("GPT_SERVER_TEST_CACHE", "/tmp/gpt-server-test-cache"))
+    out = root / f"tiny-clip-v1-tf{version('transformers')}"
+    if (out / "processor_config.json").exists():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix="build-"))
+    try:
+        build_tiny_clip(tmp)
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        if not (out / "processor_config.json").exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -48,13 +48,13 @@ def _as_text(enc: tiktoken.Encoding, ids: list[int]) -> str | None:
 def openai_ids_as_text(inputs: list[EmbeddingInput]) -> list[EmbeddingInput]:
     """``inputs`` with every id list that is cl100k_base's encoding of a text replaced by that
     text (blocking: loads the table once, ~0.3 s; run it in a thread)."""
-    if all(isinstance(x, str) for x in inputs):
+    if not any(isinstance(x, list) for x in inputs):
         return inputs
     enc = _cl100k()
     out: list[EmbeddingInput] = []
     converted = 0
     for x in inputs:
-        text = None if isinstance(x, str) else _as_text(enc, x)
+        text = _as_text(enc, x) if isinstance(x, list) else None
         if text is None:
             out.append(x)
         else:

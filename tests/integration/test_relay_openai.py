@@ -149,3 +149,6 @@ def test_embeddings_relay_equal_upstream(client: openai.OpenAI, upstreams: tuple
         assert max(abs(a - b) for a, b in zip(got.embedding, want["embedding"], strict=True)) < 1e-5
     with pytest.raises(openai.BadRequestError):  # an embedding model does not chat
         client.chat.completions.create(model="remote-embed", messages=MSG)
+    with pytest.raises(openai.BadRequestError) as ei:  # images are not relayed (yet): a 400, never a 500
+        client.embeddings.create(model="remote-embed", input=["a", {"image": "aGVsbG8="}])  # type: ignore[list-item]
+    assert ei.value.body["param"] == "input" and ei.value.body["code"] == "unsupported_input"

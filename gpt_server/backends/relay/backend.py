@@ -33,6 +33,7 @@ from ...settings import ConfigError
 from ...web.internal import SECRET_ENV
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..engine_process import EngineProcess, ProcessOptions
+from ..text_tasks.media import refuse_images
 from .client import UpstreamClient
 from .commands import LaunchSpec, build_command
 from .options import EngineServerOptions, RelayOptions, UpstreamOptions
@@ -105,6 +106,7 @@ class RelayBackend(Backend):
         if capability != EMBED:
             return await super().invoke(capability, payload)
         p = payload_as(payload, EmbedPayload)
+        refuse_images(p.inputs, "relayed embedding models take text here")
         body: dict[str, Any] = {"model": self.upstream_model, "input": p.inputs, "encoding_format": p.encoding_format}
         if p.dimensions is not None:
             body["dimensions"] = p.dimensions

@@ -1,15 +1,16 @@
-"""sentence-transformers backend: embeddings, rerank, moderation/classification."""
+"""sentence-transformers backend: embeddings (text, and images for CLIP-style models), rerank,
+moderation/classification."""
 
 from __future__ import annotations
 
-from ..options import TextTaskOptions, ThreadOptions
+from ..options import MediaOptions, TextTaskOptions, ThreadOptions
 from ..registry import Engine
 
 __all__ = ["SentenceTransformersOptions", "ENGINES"]
 
 
-class SentenceTransformersOptions(TextTaskOptions, ThreadOptions):
-    pass
+class SentenceTransformersOptions(TextTaskOptions, ThreadOptions, MediaOptions):
+    """The media options bound the image inputs of a model that embeds images (CLIP-style)."""
 
 
 ENGINES = (
@@ -18,6 +19,6 @@ ENGINES = (
         backend="gpt_server.backends.sentence_transformers.backend:SentenceTransformersBackend",
         options=SentenceTransformersOptions,
         kinds=frozenset({"embedding", "rerank", "moderation"}),
-        description="embeddings, cross-encoder rerank and classifiers in process (dynamic batching)",
+        description="embeddings (text; images too for CLIP-style models), cross-encoder rerank and classifiers in process (dynamic batching)",
     ),
 )

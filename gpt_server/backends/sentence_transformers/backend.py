@@ -1,6 +1,7 @@
-"""sentence-transformers in process: SentenceTransformer (embeddings), CrossEncoder
-(rerank), a sequence-classification model or a scikit-learn text classifier
-(moderation / classify). Every forward pass goes through the dynamic batcher.
+"""sentence-transformers in process: SentenceTransformer (embeddings; a CLIP-style model
+embeds images too, into the same space), CrossEncoder (rerank), a sequence-classification
+model or a scikit-learn text classifier (moderation / classify). Every forward pass goes
+through the dynamic batcher.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import logging
 import os
 from typing import Any
 
+from ...chat.media import MediaFetcher
+from ...protocol.embeddings import EMBED_IMAGE
 from ...settings import ConfigError
 from ..base import BackendSpec
 from ..text_tasks.base import BatchedTextTaskBackend
@@ -52,6 +55,10 @@ class SentenceTransformersBackend(BatchedTextTaskBackend):
             self.engine = self._load_torch_engine(path)
         if self.kind == "embedding":
             self.dimension = self.engine.dimension
+            if self.engine.takes_images:
+                self.image_fetcher = MediaFetcher(mc.media_policy())
+                self.capabilities = self.capabilities | {EMBED_IMAGE}
+                log.info("the model embeds images too (modalities %s)", self.engine.model.modalities)
         if self.kind == "moderation":
             self.set_labels(self.engine.labels)
             log.info("labels %s → categories %s", self.engine.labels, self.categories)

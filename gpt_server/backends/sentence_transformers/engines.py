@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ...errors import BadRequestError
 from ..text_tasks.inputs import pad_ids, split_inputs
 
 __all__ = [
@@ -43,16 +44,32 @@ def is_sklearn_dir(path: str) -> bool:
     return p.is_dir() and (p / "model.joblib").is_file() and (p / "vectorizer.joblib").is_file()
 
 
+def _position_limit(model: Any) -> int | None:
+    """Positions the (text) transformer of a SentenceTransformer has, if it says."""
+    try:
+        config = model[0].auto_model.config
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    limit = getattr(text, "max_position_embeddings", None)
+    return int(limit) if isinstance(limit, int) and limit > 0 else None
+
+
 class EmbedEngine:
-    """A SentenceTransformer; inputs are texts or token-id lists (the model's own vocabulary)."""
+    """A SentenceTransformer; inputs are texts, token-id lists (the model's own vocabulary)
+    and, for a model with the image modality (CLIP-style), decoded RGB images."""
 
     def __init__(self, path: str, device: str, max_seq_length: int | None, normalize: bool | None) -> None:
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(path, device=device)
         self.model.eval()
+        limit = _position_limit(self.model)
         if max_seq_length:
             self.model.max_seq_length = max_seq_length
+        elif limit and (not self.model.max_seq_length or self.model.max_seq_length > limit):
+            # a tokenizer saved without model_max_length says 1e30: texts would overrun the positions
+            self.model.max_seq_length = limit
         self.normalize = bool(normalize)
         getdim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(getdim() or 0)
@@ -60,17 +77,28 @@ class EmbedEngine:
         tok = self.model.tokenizer
         self.vocab_size = len(tok)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+        modalities = getattr(self.model, "modalities", None) or ["text"]
+        self.takes_images = "image" in modalities
+        # a media model would read a text that looks like an image URL or path as that image
+        # (sentence-transformers' modality guess): its texts go in as explicit {"text": ...}
+        self.explicit_text = any(m != "text" for m in modalities)
 
-    def run_batch(self, items: list[str | list[int]]) -> list[EmbedOutput | BaseException]:
+    def run_batch(self, items: list[Any]) -> list[EmbedOutput | BaseException]:
         out: list[EmbedOutput | BaseException | None] = [None] * len(items)
         texts, ids, errors = split_inputs(items, self.vocab_size)
+        images = [i for i, x in enumerate(items) if not isinstance(x, str | list)]
         for i, err in errors.items():
             out[i] = err
         if texts:
-            feats = self.model.preprocess([items[i] for i in texts])
-            self._forward(feats, texts, out)
+            batch = [{"text": items[i]} if self.explicit_text else items[i] for i in texts]
+            self._forward(self.model.preprocess(batch), texts, out)
         if ids:
-            self._forward(self._id_features([items[i] for i in ids]), ids, out)  # type: ignore[misc]
+            self._forward(self._id_features([items[i] for i in ids]), ids, out)
+        if images and self.takes_images:
+            self._forward(self.model.preprocess([items[i] for i in images]), images, out)
+        elif images:
+            for i in images:
+                out[i] = BadRequestError("this model does not take image inputs", param="input", code="unsupported_input")
         return out  # type: ignore[return-value]
 
     def _id_features(self, seqs: list[list[int]]) -> dict[str, Any]:
@@ -83,7 +111,8 @@ class EmbedEngine:
     def _forward(self, feats: dict[str, Any], rows: list[int], out: list[Any]) -> None:
         import torch
 
-        counts = feats["attention_mask"].sum(dim=1).tolist()
+        mask = feats.get("attention_mask")  # images have none: they count no tokens
+        counts = mask.sum(dim=1).tolist() if mask is not None else [0] * len(rows)
         device = self.model.device
         feats = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in feats.items()}
         with torch.inference_mode():

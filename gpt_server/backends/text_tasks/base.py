@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
+from ...chat.media import MediaFetcher
 from ...errors import BadRequestError, InternalError, ServiceUnavailableError
-from ...protocol.embeddings import EMBED, EmbedPayload
+from ...protocol.embeddings import EMBED, EmbeddingInput, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.moderation import MODERATE, ClassifyPayload
 from ...protocol.rerank import RERANK, RerankPayload
@@ -24,6 +25,7 @@ from ...settings import ConfigError
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..batching import DynamicBatcher
 from ..options import TextTaskOptions
+from .media import load_images, refuse_images
 from .results import (
     check_dimensions,
     classify_result,
@@ -65,9 +67,13 @@ class TextTaskBackend(Backend):
         self.labels: list[str] = []
         self.categories: list[str] = []
         self.dimension = 0
+        # set by a backend whose model embeds images (the inputs then hold decoded RGB images)
+        self.image_fetcher: MediaFetcher | None = None
 
     # ---- primitives -------------------------------------------------------------
-    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+    async def embed_items(self, items: list[Any]) -> tuple[np.ndarray, list[int]]:
+        """Vectors and token counts of texts, token-id lists and (where the model takes them)
+        decoded RGB images, which count no tokens."""
         raise NotImplementedError
 
     async def score_pairs(self, query: str, documents: list[str], max_tokens_per_doc: int | None) -> tuple[list[float], int]:
@@ -90,9 +96,16 @@ class TextTaskBackend(Backend):
             return await self._rerank(payload_as(payload, RerankPayload))
         return await self._classify(capability, payload_as(payload, ClassifyPayload))
 
+    async def _embed_inputs(self, inputs: list[EmbeddingInput]) -> list[Any]:
+        """The inputs as ``embed_items`` takes them: images fetched and decoded, or refused."""
+        if self.image_fetcher is None:
+            refuse_images(inputs, f"model '{self.spec.entry.name}' embeds text only")
+            return inputs
+        return await load_images(inputs, self.image_fetcher)
+
     async def _embed(self, p: EmbedPayload) -> dict[str, Any]:
         dims = check_dimensions(p.dimensions, self.dimension, self.options.matryoshka_dims)
-        vectors, tokens = await self.embed_items(p.inputs)
+        vectors, tokens = await self.embed_items(await self._embed_inputs(p.inputs))
         if len(vectors) != len(p.inputs):
             raise InternalError("the engine returned a wrong number of embeddings")
 
@@ -147,6 +160,9 @@ class BatchedTextTaskBackend(TextTaskBackend):
         if self.batcher is not None:
             self.batcher.shutdown()
             self.batcher = None
+        if self.image_fetcher is not None:
+            self.image_fetcher.close()
+            self.image_fetcher = None
 
     @property
     def capacity(self) -> int:
@@ -164,6 +180,6 @@ class BatchedTextTaskBackend(TextTaskBackend):
             raise ServiceUnavailableError("the engine is not loaded")
         return self.batcher
 
-    async def embed_items(self, items: list[str | list[int]]) -> tuple[np.ndarray, list[int]]:
+    async def embed_items(self, items: list[Any]) -> tuple[np.ndarray, list[int]]:
         outs = await self._batcher().submit(items)
         return np.stack([v for v, _ in outs]), [n for _, n in outs]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ...errors import BadRequestError
@@ -10,15 +12,18 @@ __all__ = ["split_inputs", "pad_ids"]
 
 
 def split_inputs(
-    items: list[str | list[int]], vocab_size: int
+    items: Sequence[object], vocab_size: int
 ) -> tuple[list[int], list[int], dict[int, BaseException]]:
-    """(rows that are texts, rows that are valid id lists, an error per row with an id outside the vocabulary)."""
+    """(rows that are texts, rows that are valid id lists, an error per row with an id outside the
+    vocabulary); rows of other types (decoded images) are in none of them."""
     texts: list[int] = []
     ids: list[int] = []
     errors: dict[int, BaseException] = {}
     for i, x in enumerate(items):
         if isinstance(x, str):
             texts.append(i)
+            continue
+        if not isinstance(x, list):
             continue
         bad = next((t for t in x if t >= vocab_size), None)
         if bad is None:
