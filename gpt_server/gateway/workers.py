@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -34,6 +35,7 @@ from ..protocol.worker import (
     invoke_body,
 )
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
+from .history import History
 
 __all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
 
@@ -165,8 +167,11 @@ class WorkerClient:
         timeout: float = 600.0,
         local: InProcessTransport | None = None,
         verify: ssl.SSLContext | None = None,
+        history: History | None = None,
     ) -> None:
-        """``verify``: how https:// workers are verified (the system's CAs when None)."""
+        """``verify``: how https:// workers are verified (the system's CAs when None);
+        ``history``: told when a request is open on a worker and when it leaves (the dashboard)."""
+        self.history = history
         self.controller = controller
         self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         self.local = local  # the in-process workers of this serve process, if any
@@ -222,8 +227,9 @@ class WorkerClient:
                 payload = request.__pydantic_serializer__.to_json(request)
             return await self._post(target, "/worker/generate", payload)
 
+        sent = time.perf_counter()
         result, target = await self._within(deadline, self._send(model, request.kind, call))
-        on_close = self._releaser(target)
+        on_close = self._releaser(target, sent)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
             return EventStream(result, target, on_close)
         return LocalEventStream(result, target, on_close)
@@ -239,11 +245,22 @@ class WorkerClient:
         (audio, images) carry their own media type.
         """
         body = invoke_body(request_id, model, capability, payload)
+        sent = time.perf_counter()
         resp, target = await self._within(deadline, self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body)))
-        return WorkerResponse(resp, self._releaser(target))
+        return WorkerResponse(resp, self._releaser(target, sent))
 
-    def _releaser(self, target: DispatchReply) -> Callable[[], None]:
-        return lambda: self.controller.done(target.worker_id)
+    def _releaser(self, target: DispatchReply, sent: float) -> Callable[[], None]:
+        """What closing a worker's answer does (once): the dispatcher and the history hear of it."""
+        history = self.history
+        if history is None:
+            return lambda: self.controller.done(target.worker_id)
+        history.begin(target.model_name)
+
+        def release() -> None:
+            self.controller.done(target.worker_id)
+            history.end(target.model_name, time.perf_counter() - sent)
+
+        return release
 
     async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
         """POST to a worker; its response if 200, else the error it answered, raised."""

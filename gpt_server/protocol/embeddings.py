@@ -106,6 +106,7 @@ EMBED = declare_capability("embed", EmbedPayload, kinds=("embedding",))
 declare_kind(
     Kind(
         name="embedding",
+        label="embeddings",
         default_engine="sentence_transformers",
         description="text embeddings (/v1/embeddings)",
         legacy_names=("embeddings",),
