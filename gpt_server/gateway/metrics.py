@@ -32,9 +32,13 @@ class Metrics:
         self.queue = Gauge("gpt_server_worker_queue_length", "Requests queued or running on a worker", ["model", "worker"], registry=r)
         self.healthy = Gauge("gpt_server_worker_healthy", "1 when the worker is healthy", ["model", "worker"], registry=r)
 
-    async def metered(self, batches: AsyncIterator[list[Event]], model: str, worker: str) -> AsyncIterator[list[Event]]:
-        """Pass batches of events through, recording time to first token, tokens and duration."""
-        start = time.perf_counter()
+    async def metered(
+        self, batches: AsyncIterator[list[Event]], model: str, worker: str, start: float | None = None
+    ) -> AsyncIterator[list[Event]]:
+        """Pass batches of events through, recording time to first token, tokens and duration,
+        counted from ``start`` (``time.perf_counter()`` when the request was sent to the worker;
+        a worker answers its status line with the first event, so the first read is no start)."""
+        start = time.perf_counter() if start is None else start
         first = True
         try:
             async for batch in batches:

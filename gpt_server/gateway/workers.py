@@ -78,9 +78,13 @@ class EventStream(WorkerResponse):
     answer them with one write.
     """
 
-    def __init__(self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None, sent: float | None = None
+    ) -> None:
+        """``sent``: when the request was sent (``time.perf_counter()``; time to first token counts from it)."""
         super().__init__(response, on_close)
         self.target = target
+        self.sent = time.perf_counter() if sent is None else sent
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
@@ -124,9 +128,10 @@ class LocalEventStream:
     event a batch: no network read to group them). ``aclose()`` stops the generation and
     tells the dispatcher, once."""
 
-    def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None]) -> None:
+    def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None], sent: float | None = None) -> None:
         self.generation = generation
         self.target = target
+        self.sent = time.perf_counter() if sent is None else sent
         self._on_close: Callable[[], None] | None = on_close
 
     async def batches(self) -> AsyncIterator[list[Event]]:
@@ -231,8 +236,8 @@ class WorkerClient:
         result, target = await self._within(deadline, self._send(model, request.kind, call))
         on_close = self._releaser(target, sent)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
-            return EventStream(result, target, on_close)
-        return LocalEventStream(result, target, on_close)
+            return EventStream(result, target, on_close, sent)
+        return LocalEventStream(result, target, on_close, sent)
 
     async def invoke(
         self, model: str, capability: Capability, payload: BaseModel, request_id: str, *, deadline: float | None = None
