@@ -128,7 +128,7 @@ class History:
         return m
 
     def begin(self, model: str) -> None:
-        """A request of ``model`` is now open on a worker."""
+        """A request of ``model`` has been sent to a worker (dispatched)."""
         m = self._model(model)
         if m is not None:
             m.inflight += 1
@@ -141,6 +141,12 @@ class History:
             m.inflight = max(0, m.inflight - 1)
             m.requests += 1
             m.latency.add(seconds)
+
+    def abort(self, model: str) -> None:
+        """A request ``begin`` announced has left its worker without an answer (retried elsewhere, or failed)."""
+        m = self._model(model)
+        if m is not None:
+            m.inflight = max(0, m.inflight - 1)
 
     def first_token(self, model: str, seconds: float) -> None:
         m = self._model(model)

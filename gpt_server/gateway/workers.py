@@ -259,7 +259,6 @@ class WorkerClient:
         history = self.history
         if history is None:
             return lambda: self.controller.done(target.worker_id)
-        history.begin(target.model_name)
 
         def release() -> None:
             self.controller.done(target.worker_id)
@@ -290,6 +289,12 @@ class WorkerClient:
             body = None
         raise error_from_body(resp.status, body)
 
+    def _failed(self, target: DispatchReply) -> None:
+        """A request that never got an answer from ``target`` has left it."""
+        self.controller.done(target.worker_id)
+        if self.history is not None:
+            self.history.abort(target.model_name)
+
     async def _send(self, model: str, capability: str, call: Callable[[DispatchReply], Awaitable[T]]) -> tuple[T, DispatchReply]:
         """Dispatch and ``call`` the chosen worker; other replicas are tried when one cannot
         be reached or answers 429/503. The worker is the dispatcher's until the caller
@@ -303,22 +308,24 @@ class WorkerClient:
                 if last is not None and exc.status in (404, 503):
                     raise last from None
                 raise
+            if self.history is not None:
+                self.history.begin(target.model_name)  # open from now on: ``end`` or ``abort`` follows
             try:
                 return await call(target), target
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)
                 exclude.append(target.worker_id)
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
             except GatewayError as exc:
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 if exc.status not in _RETRY_STATUS:
                     raise
                 exclude.append(target.worker_id)
                 last = exc
             except BaseException:  # cancelled (client gone, deadline): not on that worker any more
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 raise
         assert last is not None
         raise last

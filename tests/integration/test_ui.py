@@ -357,7 +357,7 @@ def test_browser_dashboard_draws_the_charts(server: Server) -> None:
         page.mouse.move(0, 0)
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / "dashboard.png"
-        page.locator("#tab-dashboard").screenshot(path=str(path))
+        page.screenshot(path=str(path), full_page=True)
         assert not errors, errors
         assert not foreign, f"the UI must not reach outside the server: {foreign}"
     assert path.stat().st_size > 20_000
@@ -367,3 +367,30 @@ def test_browser_dashboard_draws_the_charts(server: Server) -> None:
         assert len(colors) > 200, "the screenshot should show tables and charts, not a blank page"
         # the model's line colour (#2f6fdb) is drawn
         assert any(abs(r - 0x2F) + abs(g - 0x6F) + abs(b - 0xDB) < 30 and n > 100 for n, (r, g, b) in colors)
+
+
+def _ttft_sum_count(server: Server) -> tuple[float, float]:
+    text = httpx.get(f"{server.base_url}/metrics", headers=server.headers(), timeout=10).text
+    got = {}
+    for part in ("sum", "count"):
+        m = re.search(rf'^gpt_server_time_to_first_token_seconds_{part}{{model="smollm2"}} (\S+)$', text, re.M)
+        got[part] = float(m[1]) if m else 0.0
+    return got["sum"], got["count"]
+
+
+def test_time_to_first_token_counts_from_the_request(server: Server) -> None:
+    """The gateway's TTFT (Prometheus and the charts) runs from sending the request to the first
+    token, not from the first read of a worker that answers its status line with that token."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    prompt = "Summarise this: " + " ".join(f"item {i} is a small grey stone on a long road;" for i in range(30))
+    s0, n0 = _ttft_sum_count(server)
+    t0 = time.perf_counter()
+    first = None
+    for chunk in client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=4, stream=True):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
+    s1, n1 = _ttft_sum_count(server)
+    assert first is not None and n1 - n0 == 1
+    server_ttft = s1 - s0
+    # the prompt's prefill (~300 tokens) is most of what the client waited for
+    assert 0.3 * first <= server_ttft <= first + 0.05, (server_ttft, first)

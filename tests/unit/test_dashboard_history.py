@@ -71,6 +71,16 @@ def test_queue_is_the_peak_of_open_requests_and_gaps_are_filled() -> None:
     assert m["t"] == [1005.0, 1010.0, 1015.0, 1020.0] and m["tok_s"][-1] == 0.0 and m["latency_p50"][-1] is None
 
 
+def test_a_request_without_an_answer_leaves_the_queue_uncounted() -> None:
+    h, clock = _history()
+    h.begin("m")
+    h.begin("m")
+    h.abort("m")  # retried on another replica, or failed before its answer
+    clock.t += 5
+    m = h.snapshot()["models"]["m"]
+    assert (m["queue"], m["req_s"], h.models["m"].inflight) == ([2], [0.0], 1)
+
+
 def test_since_gives_only_newer_samples() -> None:
     h, clock = _history()
     h.begin("m")
