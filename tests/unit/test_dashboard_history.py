@@ -167,3 +167,19 @@ def test_dashboard_interval_is_bounded() -> None:
     for bad in (0, 0.1, 61):
         with pytest.raises(ConfigError, match="dashboard_interval"):
             parse_config({"models": [], "serve_args": {"dashboard_interval": bad}})
+
+
+def test_model_memory_counts_each_process_once() -> None:
+    from gpt_server.gateway.routes.dashboard import model_rows
+    from gpt_server.protocol.worker import WorkerView
+
+    def w(wid: str, address: str, pid: int | None, rss: int) -> WorkerView:
+        return WorkerView(worker_id=wid, address=address, model_name="m", capacity=1, pid=pid, rss_bytes=rss, engine="hf")
+
+    cfg = parse_config({"models": []})
+    inproc = [w("a", "inproc://a", 7, 100), w("b", "inproc://b", 7, 100)]  # replicas in one process
+    hosts = [w("c", "http://10.0.0.1:1", 7, 100), w("d", "http://10.0.0.2:1", 7, 50)]  # same pid, two hosts
+    assert model_rows(cfg, inproc)[0]["memory_bytes"] == 100
+    assert model_rows(cfg, hosts)[0]["memory_bytes"] == 150
+    (row,) = model_rows(cfg, [*hosts, w("e", "http://10.0.0.3:1", None, 5)])
+    assert (row["memory_bytes"], row["work_mode"], row["kind_label"], row["context_length"]) == (155, "hf", "chat", None)
