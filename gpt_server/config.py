@@ -94,6 +94,11 @@ class ServeArgs(_Section):
         ),
     )
     shutdown_timeout: float = Field(30.0, ge=0, le=3600, description="seconds in-flight requests may finish after SIGTERM")
+    dashboard_interval: float = Field(
+        5.0, ge=0.5, le=60,
+        description="seconds per sample of the dashboard's charts (tokens/s, requests/s, TTFT, latency, queue per model); "
+        "180 samples are kept, 15 minutes at the default",
+    )
     # images: where response_format=url files live, and for how long
     images_dir: str | None = Field(
         None,

@@ -115,7 +115,7 @@ class RemoteController:
                 rec.observe_queue(view.queue_length)
                 rec.healthy = view.healthy
                 # for the dashboard
-                rec.requests_total, rec.tokens_total = view.requests_total, view.tokens_total
+                rec.requests_total, rec.tokens_total, rec.rss_bytes = view.requests_total, view.tokens_total, view.rss_bytes
                 rec.last_error, rec.state = view.last_error, view.state
                 rec.expires = False  # expiry is the controller's job
             fresh.created.update(self.mirror.created)

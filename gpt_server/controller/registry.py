@@ -41,6 +41,7 @@ class WorkerRecord:
     expires: bool = True  # False in a gateway's mirror of a remote controller's list
     requests_total: int = 0
     tokens_total: int = 0
+    rss_bytes: int = 0
     last_error: str | None = None
     state: str = "ready"
 
@@ -76,6 +77,7 @@ class WorkerRecord:
             failures=self.failures,
             requests_total=self.requests_total,
             tokens_total=self.tokens_total,
+            rss_bytes=self.rss_bytes,
             last_error=self.last_error,
             state=self.state,
         )
@@ -111,7 +113,7 @@ class Registry:
         rec.observe_queue(hb.queue_length)
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0
-        rec.requests_total, rec.tokens_total = hb.requests_total, hb.tokens_total
+        rec.requests_total, rec.tokens_total, rec.rss_bytes = hb.requests_total, hb.tokens_total, hb.rss_bytes
         rec.last_error, rec.state = hb.last_error, hb.state
         return True
 

@@ -23,6 +23,7 @@ from ..web.responses import FastJSONResponse
 from .auth import admin_guard, api_key_guard, is_loopback
 from .fastlane import FastLane, plain_routes
 from .files import ImageStore
+from .history import History
 from .hosts import HostGuardMiddleware, host_guard_needed
 from .metrics import Metrics, MetricsMiddleware
 from .routes import route_modules
@@ -35,9 +36,10 @@ __all__ = ["build_app"]
 def build_app(config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None) -> FastAPI:
     """The gateway; ``local`` reaches the workers ``serve`` runs in this process."""
     sa = config.serve_args
+    history = History(interval=sa.dashboard_interval)  # the dashboard's charts
     workers = WorkerClient(
         controller, max_retries=sa.max_retries, secret=config.secret(), timeout=sa.request_timeout, local=local,
-        verify=config.internal_tls().client_context,
+        verify=config.internal_tls().client_context, history=history,
     )
 
     image_store = ImageStore(sa.images_dir, sa.images_ttl)
@@ -61,8 +63,9 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     app.state.controller = controller
     app.state.workers = workers
     app.state.image_store = image_store
-    metrics = Metrics()
+    metrics = Metrics(history)
     app.state.metrics = metrics
+    app.state.history = history
     limits = GrammarLimits(max_bytes=sa.max_grammar_bytes, max_depth=sa.max_grammar_depth)
     app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics, grammar_limits=limits)
     install_error_handlers(app)

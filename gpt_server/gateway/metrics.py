@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..protocol.worker import DeltaEvent, Event, UsageEvent, WorkerView
+from .history import History
 
 __all__ = ["Metrics", "MetricsMiddleware"]
 
@@ -16,7 +17,10 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """The Prometheus registry; ``history`` (the dashboard's charts) gets the same observations."""
+
+    def __init__(self, history: History | None = None) -> None:
+        self.history = history
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("gpt_server_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
@@ -28,20 +32,29 @@ class Metrics:
         self.queue = Gauge("gpt_server_worker_queue_length", "Requests queued or running on a worker", ["model", "worker"], registry=r)
         self.healthy = Gauge("gpt_server_worker_healthy", "1 when the worker is healthy", ["model", "worker"], registry=r)
 
-    async def metered(self, batches: AsyncIterator[list[Event]], model: str, worker: str) -> AsyncIterator[list[Event]]:
-        """Pass batches of events through, recording time to first token, tokens and duration."""
-        start = time.perf_counter()
+    async def metered(
+        self, batches: AsyncIterator[list[Event]], model: str, worker: str, start: float | None = None
+    ) -> AsyncIterator[list[Event]]:
+        """Pass batches of events through, recording time to first token, tokens and duration,
+        counted from ``start`` (``time.perf_counter()`` when the request was sent to the worker;
+        a worker answers its status line with the first event, so the first read is no start)."""
+        start = time.perf_counter() if start is None else start
         first = True
         try:
             async for batch in batches:
                 for ev in batch:
                     if first and isinstance(ev, DeltaEvent):
-                        self.ttft.labels(model).observe(time.perf_counter() - start)
+                        ttft = time.perf_counter() - start
+                        self.ttft.labels(model).observe(ttft)
+                        if self.history is not None:
+                            self.history.first_token(model, ttft)
                         first = False
                     elif isinstance(ev, UsageEvent):
                         self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)
                         self.tokens.labels(model, worker, "completion").inc(ev.completion_tokens)
                         self.e2e.labels(model).observe(time.perf_counter() - start)
+                        if self.history is not None:
+                            self.history.tokens(model, ev.completion_tokens)
                 yield batch
         finally:
             aclose = getattr(batches, "aclose", None)

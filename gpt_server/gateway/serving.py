@@ -114,7 +114,7 @@ class GenerationService:
         """The worker's events, a list per network read, metered."""
         if self.metrics is None:
             return stream.batches()
-        return self.metrics.metered(stream.batches(), stream.target.model_name, stream.target.worker_id)
+        return self.metrics.metered(stream.batches(), stream.target.model_name, stream.target.worker_id, start=stream.sent)
 
     async def _collect(
         self, stream: EventStream | LocalEventStream, n_choices: int, deadline: float

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
@@ -34,6 +35,7 @@ from ..protocol.worker import (
     invoke_body,
 )
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
+from .history import History
 
 __all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
 
@@ -76,9 +78,13 @@ class EventStream(WorkerResponse):
     answer them with one write.
     """
 
-    def __init__(self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None, sent: float | None = None
+    ) -> None:
+        """``sent``: when the request was sent (``time.perf_counter()``; time to first token counts from it)."""
         super().__init__(response, on_close)
         self.target = target
+        self.sent = time.perf_counter() if sent is None else sent
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
@@ -122,9 +128,10 @@ class LocalEventStream:
     event a batch: no network read to group them). ``aclose()`` stops the generation and
     tells the dispatcher, once."""
 
-    def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None]) -> None:
+    def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None], sent: float | None = None) -> None:
         self.generation = generation
         self.target = target
+        self.sent = time.perf_counter() if sent is None else sent
         self._on_close: Callable[[], None] | None = on_close
 
     async def batches(self) -> AsyncIterator[list[Event]]:
@@ -165,8 +172,11 @@ class WorkerClient:
         timeout: float = 600.0,
         local: InProcessTransport | None = None,
         verify: ssl.SSLContext | None = None,
+        history: History | None = None,
     ) -> None:
-        """``verify``: how https:// workers are verified (the system's CAs when None)."""
+        """``verify``: how https:// workers are verified (the system's CAs when None);
+        ``history``: told when a request is open on a worker and when it leaves (the dashboard)."""
+        self.history = history
         self.controller = controller
         self._verify: ssl.SSLContext | bool = verify if verify is not None else True
         self.local = local  # the in-process workers of this serve process, if any
@@ -222,11 +232,12 @@ class WorkerClient:
                 payload = request.__pydantic_serializer__.to_json(request)
             return await self._post(target, "/worker/generate", payload)
 
+        sent = time.perf_counter()
         result, target = await self._within(deadline, self._send(model, request.kind, call))
-        on_close = self._releaser(target)
+        on_close = self._releaser(target, sent)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
-            return EventStream(result, target, on_close)
-        return LocalEventStream(result, target, on_close)
+            return EventStream(result, target, on_close, sent)
+        return LocalEventStream(result, target, on_close, sent)
 
     async def invoke(
         self, model: str, capability: Capability, payload: BaseModel, request_id: str, *, deadline: float | None = None
@@ -239,11 +250,21 @@ class WorkerClient:
         (audio, images) carry their own media type.
         """
         body = invoke_body(request_id, model, capability, payload)
+        sent = time.perf_counter()
         resp, target = await self._within(deadline, self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body)))
-        return WorkerResponse(resp, self._releaser(target))
+        return WorkerResponse(resp, self._releaser(target, sent))
 
-    def _releaser(self, target: DispatchReply) -> Callable[[], None]:
-        return lambda: self.controller.done(target.worker_id)
+    def _releaser(self, target: DispatchReply, sent: float) -> Callable[[], None]:
+        """What closing a worker's answer does (once): the dispatcher and the history hear of it."""
+        history = self.history
+        if history is None:
+            return lambda: self.controller.done(target.worker_id)
+
+        def release() -> None:
+            self.controller.done(target.worker_id)
+            history.end(target.model_name, time.perf_counter() - sent)
+
+        return release
 
     async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
         """POST to a worker; its response if 200, else the error it answered, raised."""
@@ -268,6 +289,12 @@ class WorkerClient:
             body = None
         raise error_from_body(resp.status, body)
 
+    def _failed(self, target: DispatchReply) -> None:
+        """A request that never got an answer from ``target`` has left it."""
+        self.controller.done(target.worker_id)
+        if self.history is not None:
+            self.history.abort(target.model_name)
+
     async def _send(self, model: str, capability: str, call: Callable[[DispatchReply], Awaitable[T]]) -> tuple[T, DispatchReply]:
         """Dispatch and ``call`` the chosen worker; other replicas are tried when one cannot
         be reached or answers 429/503. The worker is the dispatcher's until the caller
@@ -281,22 +308,24 @@ class WorkerClient:
                 if last is not None and exc.status in (404, 503):
                     raise last from None
                 raise
+            if self.history is not None:
+                self.history.begin(target.model_name)  # open from now on: ``end`` or ``abort`` follows
             try:
                 return await call(target), target
             except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)
                 exclude.append(target.worker_id)
                 last = ServiceUnavailableError(f"no reachable worker for model '{model}'")
             except GatewayError as exc:
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 if exc.status not in _RETRY_STATUS:
                     raise
                 exclude.append(target.worker_id)
                 last = exc
             except BaseException:  # cancelled (client gone, deadline): not on that worker any more
-                self.controller.done(target.worker_id)
+                self._failed(target)
                 raise
         assert last is not None
         raise last

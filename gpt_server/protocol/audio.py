@@ -147,6 +147,7 @@ SPEECH = declare_capability("speech", SpeechPayload, kinds=("tts",))
 declare_kind(
     Kind(
         name="asr",
+        label="speech-to-text",
         default_engine="faster_whisper",
         description="speech to text (/v1/audio/transcriptions, /v1/audio/translations)",
         legacy_names=("funasr", "whisper"),
@@ -155,6 +156,7 @@ declare_kind(
 declare_kind(
     Kind(
         name="tts",
+        label="text-to-speech",
         default_engine="piper",
         description="text to speech (/v1/audio/speech)",
         legacy_names=("spark_tts", "cosyvoice"),

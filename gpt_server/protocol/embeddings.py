@@ -147,6 +147,7 @@ EMBED_IMAGE = declare_capability("embed_image", None, kinds=())
 declare_kind(
     Kind(
         name="embedding",
+        label="embeddings",
         default_engine="sentence_transformers",
         description="text embeddings (/v1/embeddings)",
         legacy_names=("embeddings",),

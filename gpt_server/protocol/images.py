@@ -151,6 +151,7 @@ IMAGE_VARIATION = declare_capability("image_variation", ImageJob, kinds=("image"
 declare_kind(
     Kind(
         name="image",
+        label="images",
         default_engine="diffusers",
         description="image generation, edits and variations (/v1/images/*)",
         legacy_names=("flux", "sd"),

@@ -32,6 +32,7 @@ __all__ = [
     "kinds",
     "kind",
     "legacy_model_types",
+    "kind_label",
 ]
 
 
@@ -70,6 +71,8 @@ class Kind:
     name: str
     default_engine: str
     description: str
+    # what people call it (dashboards, listings): "chat" for ``auto``, "embeddings" …
+    label: str = ""
     legacy_names: tuple[str, ...] = ()
     # legacy names that also pick an engine (gpt_server's ``embedding_infinity`` …)
     legacy_engines: Mapping[str, str] = field(default_factory=dict)
@@ -122,6 +125,12 @@ def kinds() -> dict[str, Kind]:
 def kind(name: str) -> Kind:
     _load()
     return _KINDS[name]
+
+
+def kind_label(name: str) -> str:
+    """What people call the kind ``name`` ("chat" for ``auto``); an undeclared name as is."""
+    k = kinds().get(name)
+    return (k.label or k.name) if k is not None else name
 
 
 def capabilities() -> dict[str, Capability]:

@@ -106,6 +106,7 @@ CLASSIFY = declare_capability("classify", ClassifyPayload, kinds=("moderation",)
 declare_kind(
     Kind(
         name="moderation",
+        label="moderation",
         default_engine="sentence_transformers",
         description="moderation and text classification (/v1/moderations, /v1/classify)",
         legacy_names=("classify",),

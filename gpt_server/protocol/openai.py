@@ -283,6 +283,7 @@ COMPLETION = declare_capability("completion", kinds=("auto",))
 declare_kind(
     Kind(
         name="auto",
+        label="chat",
         default_engine="llama_cpp",
         description="chat and completion LLMs (/v1/chat/completions, /v1/completions)",
         legacy_names=(

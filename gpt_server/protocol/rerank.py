@@ -80,6 +80,7 @@ RERANK = declare_capability("rerank", RerankPayload, kinds=("rerank",))
 declare_kind(
     Kind(
         name="rerank",
+        label="rerank",
         default_engine="sentence_transformers",
         description="cross-encoder reranking (/v1/rerank)",
         legacy_names=("reranker",),

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -101,6 +101,7 @@ class WorkerInfo(_Strict):
     model_name: str = Field(min_length=1, max_length=128)
     aliases: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default=[], max_length=64)
     model_kind: str = Field("auto", max_length=32)
+    engine: str = Field("", max_length=64, description="the engine (work_mode) serving it")
     capabilities: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default=[], max_length=64)
     capacity: int = Field(ge=1, le=100_000, description="requests the engine runs at once")
     context_length: int | None = Field(None, ge=1, le=100_000_000)
@@ -128,6 +129,7 @@ class WorkerView(WorkerInfo):
     failures: int = 0
     requests_total: int = 0
     tokens_total: int = 0
+    rss_bytes: int = Field(0, description="resident memory of the worker process (and the engine processes it runs)")
     last_error: str | None = None
     state: str = "ready"
 
@@ -145,6 +147,7 @@ class Heartbeat(_Strict):
     # counters for the dashboard; rates are computed from successive reads
     requests_total: int = 0
     tokens_total: int = 0
+    rss_bytes: int = Field(0, ge=0, le=2**50, description="resident memory of the worker process (and the engine processes it runs)")
     last_error: str | None = None
     state: str = "ready"
 

@@ -69,6 +69,7 @@ def build_runtime(
         controller=controller,
         verify=cfg.internal_tls().client_context,
         default=entry.default,
+        engine=entry.work_mode or "",
     )
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlparse
 
 import httpx
+import psutil
 
 from ..backends.base import Backend
 from ..errors import RateLimitError, ServiceUnavailableError
@@ -25,9 +26,29 @@ from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerIn
 if TYPE_CHECKING:
     from ..controller.registry import Registry
 
-__all__ = ["WorkerRuntime", "ControllerLink", "ControllerUnreachable", "HttpControllerLink", "RegistryLink", "advertise_host"]
+__all__ = [
+    "WorkerRuntime", "ControllerLink", "ControllerUnreachable", "HttpControllerLink", "RegistryLink", "advertise_host", "process_memory",
+]
 
 log = logging.getLogger(__name__)
+
+
+def process_memory(*, with_children: bool) -> int:
+    """Resident bytes of this process, plus its child processes' (an engine server the worker
+    runs) when ``with_children``; 0 when the system does not tell. A worker in the gateway's
+    own process leaves the children out: they are the other workers."""
+    try:
+        me = psutil.Process()
+        total: int = me.memory_info().rss
+        if with_children:
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass  # gone meanwhile
+    except psutil.Error:
+        return 0
+    return min(total, 2**50)
 
 
 def advertise_host(bind_host: str, controller_address: str | None, configured: str | None) -> str:
@@ -134,10 +155,11 @@ class WorkerRuntime:
         controller: ControllerLink | None = None,
         verify: ssl.SSLContext | bool = True,
         default: bool = False,
+        engine: str = "",
     ) -> None:
         """``controller``: how to reach the controller; HTTP to ``controller_address`` when None
         (an https:// one verified with ``verify``); ``default``: the model a request without a name
-        gets (``default: true`` in the config)."""
+        gets (``default: true`` in the config); ``engine``: its work_mode (the dashboard shows it)."""
         self.backend = backend
         self.model_name = model_name
         self.aliases = aliases
@@ -149,6 +171,7 @@ class WorkerRuntime:
         self.secret = secret
         self.replica = replica
         self.default = default
+        self.engine = engine[:64]
         self.worker_id = f"{model_name}-{replica}-{uuid.uuid4().hex[:8]}"
         self.state = "loading"
         self.inflight = 0
@@ -205,6 +228,7 @@ class WorkerRuntime:
             model_name=self.model_name,
             aliases=self.aliases,
             model_kind=self.model_kind,
+            engine=self.engine,
             capabilities=sorted(self.backend.capabilities),
             capacity=self.backend.capacity,
             context_length=self.backend.context_length,
@@ -250,12 +274,14 @@ class WorkerRuntime:
                     if self.state != "draining":  # a worker on its way out is not offered again
                         await self._register()
                 else:
+                    rss = await asyncio.to_thread(process_memory, with_children=not self.address.startswith("inproc://"))
                     hb = Heartbeat(
                         worker_id=self.worker_id,
                         queue_length=self.inflight,
                         healthy=self.ready(),
                         requests_total=self.requests_total,
                         tokens_total=self.tokens_total,
+                        rss_bytes=rss,
                         last_error=self.last_error[:500] if self.last_error else None,
                         state=self.state if self.backend.healthy() else "unhealthy",
                     )

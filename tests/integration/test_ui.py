@@ -3,8 +3,9 @@
 A real `gpt-server serve` runs the packaged SmolLM2 GGUF behind an API key. The browser enters
 the key, streams a chat answer, and watches the dashboard show the worker ready with live rates.
 A second server serves only the packaged MiniLM embedding model: its tab appears and works.
-Each kind's tab is one module under static/js/tabs/, listed by /ui/tabs.json.
-Screenshots go to test-artifacts/.
+Each kind's tab is one module under static/js/tabs/, listed by /ui/tabs.json. The dashboard's
+charts draw the gateway's own history (one sample a second here; five by default).
+Screenshots go to test-artifacts/ (the dashboard's: test-artifacts/dashboard.png).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from gpt_server.config import parse_config
@@ -28,6 +32,7 @@ from tests.ui_helpers import browser_page
 
 KEY = "ui-test-key"
 ADMIN_KEY = "ui-admin-key"
+INTERVAL = 1  # seconds per dashboard sample (the charts' history)
 KIND_TABS = ["chat", "embeddings", "rerank", "moderation", "speech", "images"]  # in tab-bar order
 WEATHER_TOOL = {
     "type": "function",
@@ -43,6 +48,7 @@ WEATHER_TOOL = {
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = base_config(api_keys=KEY, models=[smollm_entry(n_ctx=1024)])
     cfg["serve_args"]["admin_keys"] = [ADMIN_KEY]
+    cfg["serve_args"]["dashboard_interval"] = INTERVAL
     with served(cfg, tmp_path_factory.mktemp("ui"), "ui", 1) as srv:
         yield srv
 
@@ -260,3 +266,131 @@ def test_embeddings_tab_appears_for_an_embedding_model_and_works(tmp_path: Path)
             _shot(page, "ui_embeddings")
             assert not errors, errors
             assert not foreign, f"the UI must not reach outside the server: {foreign}"
+
+
+def _traffic(server: Server, n: int, *, spread: float = 0.0) -> None:
+    """``n`` chat requests through the openai SDK, streamed and not, two at a time, ``spread``
+    seconds apart per thread (so the charts get several samples)."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+    def one(i: int) -> None:
+        time.sleep(spread * (i // 2))
+        msgs = [{"role": "user", "content": f"Say a short sentence about the number {i}."}]
+        if i % 2:
+            client.chat.completions.create(model="gpt-3.5-turbo", messages=msgs, max_tokens=8 + 4 * i)  # the alias counts as its model
+        else:
+            for _ in client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=8 + 4 * i, stream=True):
+                pass
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(one, range(n)))
+
+
+def _dashboard(server: Server, **params: float) -> dict:
+    r = httpx.get(f"{server.base_url}/v1/dashboard", params=params, headers=server.headers(), timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_dashboard_history_and_model_rows_from_real_traffic(server: Server) -> None:
+    before = _dashboard(server)["history"]["models"].get("smollm2", {"t": []})["t"]
+    since = before[-1] if before else 0.0
+    _traffic(server, 4)
+    deadline = time.monotonic() + 30
+    while True:  # the window of the last request closes within a sample or two
+        h = _dashboard(server, since=since)["history"]["models"]["smollm2"]
+        if round(sum(h["req_s"]) * INTERVAL) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert round(sum(h["req_s"]) * INTERVAL) >= 4, h  # requests/s × seconds per sample = the requests
+    assert set(h) == {"t", "tok_s", "req_s", "ttft_p50", "ttft_p99", "latency_p50", "latency_p99", "queue"}
+    assert all(len(v) == len(h["t"]) for v in h.values()) and h["t"] == sorted(h["t"])
+    assert max(h["tok_s"]) > 0 and max(h["queue"]) >= 1
+    ttft = [x for x in h["ttft_p50"] if x is not None]
+    assert ttft and all(0 < x < 60 for x in ttft)
+    pairs = [(a, b) for a, b in zip(h["latency_p50"], h["latency_p99"], strict=True) if a is not None]
+    assert pairs and all(0 < a <= b for a, b in pairs)
+    d = _dashboard(server)
+    assert "gpt-3.5-turbo" not in d["history"]["models"] and d["history"]["interval"] == INTERVAL
+    (m,) = d["models"]
+    assert (m["kind"], m["kind_label"], m["work_mode"], m["context_length"]) == ("auto", "chat", "llama_cpp", 1024)
+    assert (m["ready_workers"], m["configured_workers"], m["live_workers"]) == (1, 1, 1)
+    assert m["memory_bytes"] > 32 << 20, m  # the worker process with its GGUF model loaded
+    (w,) = d["workers"]
+    assert w["rss_bytes"] == m["memory_bytes"] and w["engine"] == "llama_cpp" and not {"address", "pid", "last_error"} & set(w)
+    r = httpx.get(f"{server.base_url}/v1/dashboard", params={"since": "-1"}, headers=server.headers(), timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "query.since"
+
+
+def test_browser_dashboard_draws_the_charts(server: Server) -> None:
+    from PIL import Image
+
+    with browser_page(server.base_url) as (page, foreign):
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "favicon" not in m.location["url"] else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{server.base_url}/ui/#dashboard")
+        page.evaluate("(k) => localStorage.setItem('gpt-server.api-key', k)", KEY)
+        errors.clear()  # the 401s of the first load, without a key
+        page.reload()  # with the key, as a returning user
+        page.wait_for_selector("#tab-dashboard.active")
+        page.wait_for_selector("#dash-models tbody tr[data-model=smollm2] .state.ready")
+        _traffic(server, 16, spread=1.0)  # some seconds of traffic: several samples per line
+        # every chart has a line; the rates' are unbroken runs of samples (TTFT and latency only
+        # have a point where a request began or ended in that second)
+        points = """([id, n]) => [...document.querySelectorAll(`#chart-${id} path`)]
+                      .some((p) => (p.getAttribute('d') || '').split('L').length >= n)"""
+        for chart, n in (("tok_s", 4), ("req_s", 4), ("queue", 4), ("ttft", 1), ("latency", 1)):
+            page.wait_for_function(points, arg=[chart, n], timeout=60_000)
+        cells = page.eval_on_selector_all("#dash-models tbody tr[data-model=smollm2] td", "cs => cs.map(c => c.textContent)")
+        assert cells[1:4] == ["chat", "llama_cpp", "1,024"] and cells[4] == "1/1", cells
+        assert re.fullmatch(r"\d+(\.\d)? (MiB|GiB)", cells[5]), cells
+        assert page.inner_text("#dash-legend") == "smollm2"
+        # what there is, up to the whole ring: 180 samples of 1 s here
+        span = re.fullmatch(r"Last (minute|(\d(?:\.5)?) minutes)", page.inner_text("#dash-span"))
+        assert span and float(span[2] or 1) <= 3, page.inner_text("#dash-span")
+        box = page.locator("#chart-tok_s svg").bounding_box()
+        assert box is not None
+        page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] / 3)  # the read-out of the newest samples
+        page.wait_for_selector("#chart-tok_s .chart-tip:not([hidden])")
+        assert "smollm2:" in page.inner_text("#chart-tok_s .chart-tip")
+        page.mouse.move(0, 0)
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / "dashboard.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert not errors, errors
+        assert not foreign, f"the UI must not reach outside the server: {foreign}"
+    assert path.stat().st_size > 20_000
+    with Image.open(path) as img:
+        assert img.width >= 1000 and img.height >= 500
+        colors = img.convert("RGB").getcolors(maxcolors=1 << 20) or []
+        assert len(colors) > 200, "the screenshot should show tables and charts, not a blank page"
+        # the model's line colour (#2f6fdb) is drawn
+        assert any(abs(r - 0x2F) + abs(g - 0x6F) + abs(b - 0xDB) < 30 and n > 100 for n, (r, g, b) in colors)
+
+
+def _ttft_sum_count(server: Server) -> tuple[float, float]:
+    text = httpx.get(f"{server.base_url}/metrics", headers=server.headers(), timeout=10).text
+    got = {}
+    for part in ("sum", "count"):
+        m = re.search(rf'^gpt_server_time_to_first_token_seconds_{part}{{model="smollm2"}} (\S+)$', text, re.M)
+        got[part] = float(m[1]) if m else 0.0
+    return got["sum"], got["count"]
+
+
+def test_time_to_first_token_counts_from_the_request(server: Server) -> None:
+    """The gateway's TTFT (Prometheus and the charts) runs from sending the request to the first
+    token, not from the first read of a worker that answers its status line with that token."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=KEY, max_retries=0, timeout=120)
+    prompt = "Summarise this: " + " ".join(f"item {i} is a small grey stone on a long road;" for i in range(30))
+    s0, n0 = _ttft_sum_count(server)
+    t0 = time.perf_counter()
+    first = None
+    for chunk in client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=4, stream=True):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - t0
+    s1, n1 = _ttft_sum_count(server)
+    assert first is not None and n1 - n0 == 1
+    server_ttft = s1 - s0
+    # the prompt's prefill (~300 tokens) is most of what the client waited for
+    assert 0.3 * first <= server_ttft <= first + 0.05, (server_ttft, first)

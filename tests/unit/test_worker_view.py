@@ -21,15 +21,16 @@ KEYS = {
     "protocol_version", "worker_id", "address", "model_name", "aliases", "model_kind", "capabilities", "capacity",
     "context_length", "heartbeat_interval", "pid", "replica", "default", "fingerprint", "queue_length", "active", "healthy", "dispatched_total",
     "gateway_inflight", "failures", "requests_total", "tokens_total", "last_error", "state",
+    "engine", "rss_bytes",  # protocol 3: the dashboard's engine and memory columns
 }
 
 
 def _registry() -> Registry:
     reg = Registry(make_policy("shortest_queue"))
     reg.register(WorkerInfo(worker_id="w0", address="http://10.0.0.5:9000", model_name="m", aliases=["a"],
-                            capabilities=["chat"], capacity=4, pid=42))
+                            capabilities=["chat"], capacity=4, pid=42, engine="llama_cpp", context_length=2048))
     reg.heartbeat(Heartbeat(worker_id="w0", queue_length=3, requests_total=7, tokens_total=90, last_error="boom",
-                            state="draining"))
+                            state="draining", rss_bytes=300 << 20))
     reg.dispatch("m")
     return reg
 
@@ -40,6 +41,7 @@ def test_controller_lists_the_same_keys_and_active_repeats_the_queue() -> None:
     assert set(w) == KEYS
     assert w["queue_length"] == w["active"] == 3 and w["dispatched_total"] == 1
     assert (w["requests_total"], w["tokens_total"], w["last_error"], w["state"]) == (7, 90, "boom", "draining")
+    assert (w["engine"], w["rss_bytes"]) == ("llama_cpp", 300 << 20)
 
 
 def test_remote_gateway_parses_what_the_controller_lists() -> None:
@@ -62,6 +64,7 @@ def test_remote_gateway_parses_what_the_controller_lists() -> None:
     assert isinstance(v, WorkerView)
     assert (v.worker_id, v.address, v.pid, v.aliases, v.capacity) == ("w0", "http://10.0.0.5:9000", 42, ["a"], 4)
     assert (v.queue_length, v.requests_total, v.tokens_total, v.last_error, v.state) == (3, 7, 90, "boom", "draining")
+    assert (v.engine, v.rss_bytes) == ("llama_cpp", 300 << 20)
     assert v.gateway_inflight == 0  # this gateway's own requests, not the controller's figure
 
 
@@ -75,9 +78,12 @@ def test_dashboard_workers_keep_their_keys() -> None:
     assert set(w) == KEYS and w["state"] == "draining" and w["active"] == 3
     (m,) = d["models"]
     assert (m["name"], m["state"], m["queue_length"], m["tokens_total"]) == ("m", "draining", 3, 90)
+    # a model only a worker tells of: its kind as people say it, engine, context and memory from the worker
+    assert (m["kind"], m["kind_label"], m["work_mode"], m["context_length"], m["memory_bytes"]) == ("auto", "chat", "llama_cpp", 2048, 300 << 20)
+    assert (m["ready_workers"], m["live_workers"]) == (0, 1)
     (cw,) = client["workers"]  # the client view: no address, pid or raw error
     assert not {"address", "pid", "last_error"} & set(cw) and cw["has_error"] is True and cw["active"] == 3
-    assert client["models"] == d["models"]
+    assert client["models"] == d["models"] and client["history"] == d["history"]
 
 
 def test_admin_view_is_refused_without_admin_keys_unless_local_and_keyless() -> None:
