@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..errors import BadRequestError
 from .kinds import Kind, declare_capability, declare_kind
 
 __all__ = [
@@ -243,6 +244,22 @@ class ChatCompletionRequest(_SamplingFields):
     guided_grammar: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
+
+    @classmethod
+    def precheck(cls, data: Any) -> None:
+        """The counts of a decoded body, checked before full validation: a huge body of many
+        tiny parts is refused after one cheap pass instead of after building every part
+        (pydantic holds the GIL while it validates, which stalls the gateway's other streams)."""
+        messages = data.get("messages") if isinstance(data, dict) else None
+        if not isinstance(messages, list):
+            return
+        if len(messages) > LIMITS.max_messages:
+            raise BadRequestError(f"at most {LIMITS.max_messages} messages", param="messages")
+        parts = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
+        if parts > LIMITS.max_request_parts:
+            raise BadRequestError(
+                f"at most {LIMITS.max_request_parts} content parts in all messages together", param="messages"
+            )
 
     @model_validator(mode="after")
     def _check_logprobs(self) -> ChatCompletionRequest:

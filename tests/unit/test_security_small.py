@@ -76,3 +76,17 @@ def test_content_parts_and_tool_calls_are_bounded() -> None:
         ChatCompletionRequest.model_validate(
             {"model": "m", "messages": [{"role": "assistant", "tool_calls": [call] * (LIMITS.max_message_tool_calls + 1)}]}
         )
+
+
+def test_precheck_refuses_huge_part_counts_before_validation() -> None:
+    from gpt_server.errors import BadRequestError
+    from gpt_server.protocol.openai import LIMITS, ChatCompletionRequest
+
+    part = {"type": "text", "text": "x"}
+    ChatCompletionRequest.precheck({"messages": [{"role": "user", "content": [part] * 10}]})
+    ChatCompletionRequest.precheck(None)  # not JSON: validation names the error
+    with pytest.raises(BadRequestError) as ei:
+        ChatCompletionRequest.precheck({"messages": [{"role": "user", "content": [part] * 100}] * (LIMITS.max_request_parts // 100 + 1)})
+    assert ei.value.param == "messages"
+    with pytest.raises(BadRequestError):
+        ChatCompletionRequest.precheck({"messages": [{}] * (LIMITS.max_messages + 1)})
