@@ -5,9 +5,21 @@ from __future__ import annotations
 import json
 import re
 
-__all__ = ["hold_partial", "raw_json_value", "JSON_DECODER", "SpanScanner"]
+__all__ = ["hold_partial", "raw_json_value", "JSON_DECODER", "SpanScanner", "skip_ws", "Pending", "WS"]
 
 JSON_DECODER = json.JSONDecoder()
+WS = " \t\r\n"
+
+
+class Pending(Exception):
+    """The text so far does not decide yet (a parser waits for more)."""
+
+
+def skip_ws(s: str, i: int) -> int:
+    """The first index at or after ``i`` that is not JSON whitespace."""
+    while i < len(s) and s[i] in WS:
+        i += 1
+    return i
 
 
 def hold_partial(text: str, *markers: str) -> str:

@@ -8,23 +8,15 @@ stops that; ``serve_args.allowed_hosts`` adds names (a reverse proxy's, a LAN na
 
 from __future__ import annotations
 
-import ipaddress
-
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import BadRequestError
+from ..web.internal import is_loopback
 
 __all__ = ["HostGuardMiddleware", "host_guard_needed", "host_name"]
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def host_name(value: str) -> str:
@@ -41,7 +33,7 @@ def host_guard_needed(bind_host: str, allowed: list[str]) -> bool:
     """Checked when bound to loopback, or when names are configured (unless one is ``*``)."""
     if "*" in allowed:
         return False
-    return bool(allowed) or _is_loopback(host_name(bind_host))
+    return bool(allowed) or is_loopback(host_name(bind_host))
 
 
 class HostGuardMiddleware:
@@ -58,7 +50,7 @@ class HostGuardMiddleware:
             raw = next((v for k, v in scope.get("headers", ()) if k == b"host"), None)
             if raw is not None:
                 name = host_name(raw.decode("latin-1"))
-                if name not in self.allowed and not _is_loopback(name):
+                if name not in self.allowed and not is_loopback(name):
                     await self._reject(name, send)
                     return
         await self.app(scope, receive, send)

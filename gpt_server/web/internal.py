@@ -21,9 +21,10 @@ SECRET_SETTING = f"controller_args.secret (or ${SECRET_ENV})"
 
 
 def is_loopback(host: str) -> bool:
-    """True for addresses only this machine reaches: 127.0.0.0/8, ::1, localhost."""
-    h = host.strip().strip("[]")
-    if h.lower() == "localhost":
+    """True for addresses only this machine reaches: 127.0.0.0/8, ::1, localhost (and the
+    names under it, RFC 6761)."""
+    h = host.strip().strip("[]").lower()
+    if h == "localhost" or h.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(h).is_loopback

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from ..incremental import SpanScanner, raw_json_value
+from ..incremental import Pending, SpanScanner, raw_json_value, skip_ws
 from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 from .pythonic import _json_value
 
@@ -36,17 +36,8 @@ TURN = "<|assistant|>"
 FENCE = "```"
 _NAME = re.compile(r"[A-Za-z_][\w.\-]{0,63}")
 _NAME_PREFIX = re.compile(r"[A-Za-z_][\w.\-]{0,63}[ \t]*")
-_WS = " \t\r\n"
 
 
-class _Pending(Exception):
-    """The text so far does not decide yet."""
-
-
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i] in _WS:
-        i += 1
-    return i
 
 
 def _tool_call_args(code: str) -> str | None:
@@ -80,11 +71,11 @@ def _fenced_call(s: str, i: int, final: bool) -> tuple[str | None, int]:
     if nl == -1:
         if final:
             return None, len(s)
-        raise _Pending
+        raise Pending
     lang = s[i + len(FENCE) : nl].strip().lower()
     close = s.find(FENCE, nl)
     if close == -1 and not final:
-        raise _Pending
+        raise Pending
     body = s[nl + 1 : close if close != -1 else len(s)]
     end = close + len(FENCE) if close != -1 else len(s)
     if lang in ("", "python"):
@@ -98,34 +89,34 @@ def _fenced_call(s: str, i: int, final: bool) -> tuple[str | None, int]:
 
 def _call(s: str, i: int, final: bool, sp: SpanScanner | None) -> tuple[ParsedCall | None, int]:
     """The call starting at ``i``: (call, end), (None, i) when the text there is content,
-    (call, -1) for a call whose arguments are still streaming. Raises _Pending."""
+    (call, -1) for a call whose arguments are still streaming. Raises Pending."""
     nl = s.find("\n", i)
     line = s[i : nl if nl != -1 else len(s)]
     if nl == -1:
         if not final and _NAME_PREFIX.fullmatch(line):
-            raise _Pending
+            raise Pending
         return None, i
     name = line.strip()
     if not _NAME.fullmatch(name):
         return None, i
-    j = _skip_ws(s, nl + 1)
+    j = skip_ws(s, nl + 1)
     rest = s[j:]
     if not rest:
         if final:
             return None, i
-        raise _Pending
+        raise Pending
     if rest.startswith(FENCE) or (not final and FENCE.startswith(rest)):
         if not rest.startswith(FENCE):
-            raise _Pending
+            raise Pending
         args, end = _fenced_call(s, j, final)
         return (ParsedCall(name=name, arguments=args), end) if args is not None else (None, i)
     if not rest.startswith("{"):
         return None, i
-    k = _skip_ws(s, j + 1)
+    k = skip_ws(s, j + 1)
     if k == len(s):
         if final:
             return None, i
-        raise _Pending
+        raise Pending
     if s[k] not in '"}':
         return None, i
     close = sp.end(s, j) if sp is not None else len(s)  # cheap while the arguments stream
@@ -139,13 +130,13 @@ def _segment(s: str, final: bool, sp: SpanScanner | None, parts: list[str], call
     """One assistant turn: calls at its start and after each other, then content."""
     pos = 0
     while True:
-        i = _skip_ws(s, pos)
+        i = skip_ws(s, pos)
         if i == len(s):
             parts.append(s[pos:])
             return
         try:
             call, end = _call(s, i, final, sp)
-        except _Pending:
+        except Pending:
             parts.append(s[pos:i])
             return
         if call is None:

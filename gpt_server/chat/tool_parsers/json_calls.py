@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from ..incremental import SpanScanner, hold_partial, raw_json_value
+from ..incremental import Pending, SpanScanner, hold_partial, raw_json_value, skip_ws
 from .base import EnforcedFormat, ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 
 __all__ = ["JsonToolParser"]
@@ -29,32 +29,23 @@ _NEXT_LINE_BRACE = re.compile(r"\n[ \t]*[{\[]")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NAME = re.compile(r"[A-Za-z_][\w.\-]{0,63}")
 _ARG_KEYS = ("arguments", "parameters")
-_WS = " \t\r\n"
 
 
-class _Pending(Exception):
-    """Nothing can be decided from the text so far."""
-
-
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i] in _WS:
-        i += 1
-    return i
 
 
 def _string_at(s: str, i: int, final: bool) -> tuple[str, int] | None:
-    """The JSON string at ``i``: (value, end); None if no string is there. Raises _Pending."""
+    """The JSON string at ``i``: (value, end); None if no string is there. Raises Pending."""
     if i == len(s):
         if final:
             return None
-        raise _Pending
+        raise Pending
     if s[i] != '"':
         return None
     m = _STRING.match(s, i)
     if m is None:
         if final:
             return None
-        raise _Pending
+        raise Pending
     try:
         return orjson.loads(m.group()), m.end()
     except orjson.JSONDecodeError:
@@ -63,11 +54,11 @@ def _string_at(s: str, i: int, final: bool) -> tuple[str, int] | None:
 
 def _expect(s: str, i: int, ch: str, final: bool) -> int | None:
     """Position after ``ch`` (whitespace before it skipped), None if something else is there."""
-    i = _skip_ws(s, i)
+    i = skip_ws(s, i)
     if i == len(s):
         if final:
             return None
-        raise _Pending
+        raise Pending
     return i + 1 if s[i] == ch else None
 
 
@@ -94,7 +85,7 @@ def _whole(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCal
     if end is None:
         if final:
             return None, len(s)
-        raise _Pending
+        raise Pending
     try:
         value = orjson.loads(s[i:end])
     except orjson.JSONDecodeError:
@@ -109,25 +100,25 @@ def _whole(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCal
 def _object(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCall] | None, int]:
     """The object at ``i``: (calls, end), end -1 while a call's arguments stream; (None, end)
     for JSON that is not a call (end: where it stops, or the end of the text); (None, i + 1)
-    for a brace that does not start JSON. Raises _Pending."""
-    key1 = _string_at(s, _skip_ws(s, i + 1), final)
+    for a brace that does not start JSON. Raises Pending."""
+    key1 = _string_at(s, skip_ws(s, i + 1), final)
     if key1 is None:
         return None, i + 1
     if key1[0] in _ARG_KEYS:
         return _whole(s, i, final, sp)
     if key1[0] != "name" or (p := _expect(s, key1[1], ":", final)) is None:
         return None, sp.end(s, i) or len(s)
-    name = _string_at(s, _skip_ws(s, p), final)
+    name = _string_at(s, skip_ws(s, p), final)
     if name is None or not _NAME.fullmatch(name[0]) or (p := _expect(s, name[1], ",", final)) is None:
         return None, sp.end(s, i) or len(s)
-    key2 = _string_at(s, _skip_ws(s, p), final)
+    key2 = _string_at(s, skip_ws(s, p), final)
     if key2 is None or key2[0] not in _ARG_KEYS or (p := _expect(s, key2[1], ":", final)) is None:
         return None, sp.end(s, i) or len(s)
-    a = _skip_ws(s, p)
+    a = skip_ws(s, p)
     if a == len(s):
         if final:
             return None, len(s)
-        raise _Pending
+        raise Pending
     if s[a] != "{":  # arguments as a JSON-encoded string (or not an object): read whole
         return _whole(s, i, final, sp)
     close = sp.end(s, a)  # cheap while the arguments stream; parsed once they close
@@ -135,7 +126,7 @@ def _object(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCa
     if raw is None:
         return [ParsedCall(name=name[0], arguments=s[a:])], (len(s) if final else -1)
     call = ParsedCall(name=name[0], arguments=raw)
-    q = _skip_ws(s, a + end)
+    q = skip_ws(s, a + end)
     if q < len(s) and s[q] == "}":
         return [call], q + 1
     if q == len(s) or s[q] == ",":  # not closed yet, or more keys: the object's end ends the call
@@ -150,14 +141,14 @@ def _value(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCal
     """A ``{`` or ``[`` at ``i``: see ``_object``; arrays are read whole."""
     if s[i] == "{":
         return _object(s, i, final, sp)
-    k = _skip_ws(s, i + 1)
+    k = skip_ws(s, i + 1)
     if k == len(s):
         if final:
             return None, len(s)
-        raise _Pending
+        raise Pending
     if s[k] != "{":
         return None, i + 1
-    first = _string_at(s, _skip_ws(s, k + 1), final)
+    first = _string_at(s, skip_ws(s, k + 1), final)
     if first is None or first[0] not in ("name", *_ARG_KEYS):
         return None, sp.end(s, i) or len(s)
     return _whole(s, i, final, sp)
@@ -174,7 +165,7 @@ def _block(s: str, body: int, closer: str, final: bool, sp: SpanScanner) -> tupl
 
     p = body
     while True:
-        p = _skip_ws(s, p)
+        p = skip_ws(s, p)
         rest = s[p:]
         if rest.startswith(closer):
             return (calls, p + len(closer)) if calls else not_calls()
@@ -183,12 +174,12 @@ def _block(s: str, body: int, closer: str, final: bool, sp: SpanScanner) -> tupl
                 return (calls, len(s)) if calls else (None, len(s))
             if calls:
                 return calls, -1
-            raise _Pending
+            raise Pending
         if rest[0] not in "{[":
             return (calls, p) if calls else not_calls()
         try:
             got, end = _value(s, p, final, sp)
-        except _Pending:
+        except Pending:
             if calls:
                 return calls, -1
             raise
@@ -205,7 +196,7 @@ def _fence(s: str, i: int, final: bool, sp: SpanScanner) -> tuple[list[ParsedCal
     lang = s[i + len(FENCE) : nl if nl != -1 else len(s)].strip().lower()
     if nl == -1:
         if not final and "json".startswith(lang):
-            raise _Pending
+            raise Pending
         return None, i + len(FENCE)
     if lang not in ("", "json"):
         c = s.find(FENCE, nl)
@@ -241,7 +232,7 @@ class JsonToolParser(ToolParser):
         while True:
             start, token = _next_start(text, pos)
             if after_call:  # a call may follow another on the same line
-                k = _skip_ws(text, pos)
+                k = skip_ws(text, pos)
                 if k < len(text) and text[k] in "{[" and (start == -1 or k <= start):
                     start, token = k, text[k]
             if start == -1:
@@ -257,7 +248,7 @@ class JsonToolParser(ToolParser):
                     got, end = _block(text, start + len(TAG), TAG_END, final, self._spans)
                 else:
                     got, end = _value(text, brace, final, self._spans)
-            except _Pending:
+            except Pending:
                 break
             if got is None:
                 parts.append(text[start:end])

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from ..incremental import hold_partial
+from ..incremental import hold_partial, skip_ws
 from .base import ParsedCall, ParseResult, ToolParser, call_parts, finish_content
 
 __all__ = ["Qwen3CoderToolParser"]
@@ -33,7 +33,6 @@ START, END = "<tool_call>", "</tool_call>"
 FUNC, FUNC_END = "<function=", "</function>"
 PARAM, PARAM_END = "<parameter=", "</parameter>"
 _NAME = re.compile(r"[^\s<>]{1,64}")
-_WS = " \t\r\n"
 
 
 def _value(raw: str) -> Any:
@@ -90,11 +89,6 @@ def _function(s: str, i: int, final: bool) -> tuple[ParsedCall | None, int, bool
     return ParsedCall(name=name, arguments=args), (close + len(FUNC_END) if close != -1 else len(s)), close == -1
 
 
-def _skip_ws(s: str, i: int) -> int:
-    while i < len(s) and s[i] in _WS:
-        i += 1
-    return i
-
 
 class Qwen3CoderToolParser(ToolParser):
     name = "qwen3_coder"
@@ -133,7 +127,7 @@ class Qwen3CoderToolParser(ToolParser):
         p = i + len(START)
         found = False
         while True:
-            p = _skip_ws(text, p)
+            p = skip_ws(text, p)
             rest = text[p:]
             if rest.startswith(END):
                 if not found:
