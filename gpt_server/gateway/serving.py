@@ -296,6 +296,19 @@ class GenerationService:
         return []
 
     # ---- completions ----------------------------------------------------------
+    async def start_completion(self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl") -> ChatRun:
+        """As ``start_chat``, for a completion (the prompt as is, no chat template); the
+        run's choices are prompts × n."""
+        deadline = self.workers.deadline()
+        req.model = await self.workers.resolve(req.model, COMPLETION)
+        rid = new_id(id_prefix)
+        if body_bytes > _CONVERT_OFF_LOOP_BYTES:
+            gen = await asyncio.to_thread(completion_to_generate, req, rid)
+        else:
+            gen = completion_to_generate(req, rid)
+        stream = await self.workers.open(req.model, gen, deadline=deadline)
+        return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
+
     async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:
         deadline = self.workers.deadline()
         req.model = await self.workers.resolve(req.model, COMPLETION)
