@@ -4,6 +4,7 @@ the real server, driven by the real ``ollama`` Python client and LangChain's Cha
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -248,3 +249,17 @@ def test_langchain_chat_ollama(server: Server) -> None:
     structured = ChatOllama(model="smollm2", base_url=server.base_url, temperature=0, num_predict=80, client_kwargs={"headers": AUTH})
     p = structured.with_structured_output(Person, method="json_schema").invoke("Ann is 31 years old.")
     assert isinstance(p, Person)
+
+
+def test_hang_up_stops_the_generation(server: Server) -> None:
+    body = {"model": "smollm2", "messages": HI, "options": {"num_predict": 1500, "temperature": 1, "seed": 3}}
+    with httpx.stream("POST", f"{server.base_url}/api/chat", json=body, headers=AUTH, timeout=120) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["done"] is False
+    deadline = time.monotonic() + 5  # 1500 tokens take far longer than this
+    while time.monotonic() < deadline:
+        infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
+        if all(i["inflight"] == 0 for i in infos):
+            break
+        time.sleep(0.1)
+    assert all(i["inflight"] == 0 for i in infos), infos
