@@ -213,6 +213,9 @@ def test_errors_in_ollama_shape(client: ollama.Client, server: Server) -> None:
     assert bad.status_code == 400 and isinstance(bad.json()["error"], str)
     bad = httpx.post(f"{server.base_url}/api/embed", json={"model": "smollm2", "input": "x"}, headers=AUTH)
     assert 400 <= bad.status_code < 500 and isinstance(bad.json()["error"], str)
+    # as on /v1: a body not declared JSON (a web page's simple cross-site POST) is refused
+    form = httpx.post(f"{server.base_url}/api/chat", content=b'{"model": "smollm2"}', headers={**AUTH, "Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert form.status_code == 415 and isinstance(form.json()["error"], str)
     assert httpx.get(f"{server.base_url}/api/tags").status_code == 401  # the API key guards /api too
 
 

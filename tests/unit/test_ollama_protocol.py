@@ -81,3 +81,29 @@ def test_generate_templated_and_raw() -> None:
 def test_names_and_reasons() -> None:
     assert model_tag("smollm2") == "smollm2:latest" and model_tag("qwen:7b") == "qwen:7b" and model_tag("org/m") == "org/m:latest"
     assert done_reason("length") == "length" and done_reason("tool_calls") == "stop" and done_reason(None) == "stop"
+
+
+def test_ndjson_stream_ends_with_an_error_line() -> None:
+    """A failure after the first line ends the NDJSON stream with ``{"error": "..."}``."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gpt_server.errors import UpstreamError
+    from gpt_server.gateway.routes.ollama import NDJSONResponse
+
+    async def lines():  # noqa: ANN202
+        yield [{"done": False, "response": "a"}, {"done": False, "response": "b"}]
+        raise UpstreamError("the model worker stopped responding")
+
+    async def endpoint(request):  # noqa: ANN001, ANN202
+        return NDJSONResponse(lines())
+
+    with TestClient(Starlette(routes=[Route("/", endpoint)])) as tc:
+        r = tc.get("/")
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    assert [orjson.loads(x) for x in r.text.splitlines()] == [
+        {"done": False, "response": "a"},
+        {"done": False, "response": "b"},
+        {"error": "the model worker stopped responding"},
+    ]

@@ -24,7 +24,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from ... import __version__
-from ...errors import BadRequestError, GatewayError, NotFoundError
+from ...errors import BadRequestError, GatewayError, NotFoundError, UnsupportedMediaTypeError
 from ...protocol.embeddings import EMBED, EmbeddingRequest, embed_payload
 from ...protocol.ollama import (
     OllamaChatRequest,
@@ -47,6 +47,7 @@ from ...protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, ModelEntryIn
 from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
+from ..fastlane import _declared_json
 from ..invoke import call_json
 from ..serving import ChatRun, ChoiceResult, raise_error
 from ..sse import SSEResponse
@@ -91,6 +92,10 @@ def _validate(model: type[M], data: Any) -> M:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
+    """The body as ``model``; declared JSON as on the /v1 routes (FastLane), so a web page
+    cannot post here without a CORS preflight."""
+    if not _declared_json(request):
+        raise UnsupportedMediaTypeError("send the body as JSON, with the header 'Content-Type: application/json'")
     raw = await request.body()
     if not raw:
         raise BadRequestError("missing request body")
