@@ -310,16 +310,8 @@ class GenerationService:
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
     async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:
-        deadline = self.workers.deadline()
-        req.model = await self.workers.resolve(req.model, COMPLETION)
-        rid = new_id("cmpl")
-        if body_bytes > _CONVERT_OFF_LOOP_BYTES:
-            gen = await asyncio.to_thread(completion_to_generate, req, rid)
-        else:
-            gen = completion_to_generate(req, rid)
-        n_choices = len(gen.prompts or []) * req.n
-        stream = await self.workers.open(req.model, gen, deadline=deadline)
-        created = int(time.time())
+        run = await self.start_completion(req, body_bytes)
+        stream, rid, deadline, created, n_choices = run.stream, run.request_id, run.deadline, run.created, run.n
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = self._completion_chunks(stream, req, rid, created, include_usage)
