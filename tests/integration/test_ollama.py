@@ -17,6 +17,7 @@ import pytest
 
 from tests.embed_helpers import MINILM, entry
 from tests.helpers import Server, base_config, served, smollm_entry
+from tests.integration.test_tools_structured import THINK_TEMPLATE
 
 KEY = "sk-ollama-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -44,8 +45,10 @@ HI = [{"role": "user", "content": "Write one sentence about the sea."}]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    models = [smollm_entry(n_parallel=2), entry("minilm", MINILM, "embedding")]
-    with served(base_config(api_keys=KEY, models=models), tmp_path_factory.mktemp("ollama"), "ollama", 2) as srv:
+    think = smollm_entry("smollm2-think", chat_template=THINK_TEMPLATE, reasoning_parser="deepseek_r1")
+    del think["smollm2-think"]["alias"]
+    models = [smollm_entry(n_parallel=2), entry("minilm", MINILM, "embedding"), think]
+    with served(base_config(api_keys=KEY, models=models), tmp_path_factory.mktemp("ollama"), "ollama", 3) as srv:
         yield srv
 
 
@@ -266,3 +269,18 @@ def test_hang_up_stops_the_generation(server: Server) -> None:
             break
         time.sleep(0.1)
     assert all(i["inflight"] == 0 for i in infos), infos
+
+
+def test_think_becomes_message_thinking(client: ollama.Client) -> None:
+    """``think`` is the template's ``enable_thinking``; the reasoning comes back as
+    ``message.thinking`` (``thinking`` on generate), streamed or not."""
+    kw: dict[str, Any] = {"model": "smollm2-think", "messages": [{"role": "user", "content": "Hi"}], "options": {"temperature": 0, "num_predict": 30}}
+    whole = client.chat(**kw, think=True)
+    assert whole.message.thinking and "<think>" not in whole.message.thinking
+    parts = list(client.chat(**kw, think=True, stream=True))
+    assert "".join(p.message.thinking or "" for p in parts) == whole.message.thinking
+    assert "".join(p.message.content or "" for p in parts) == whole.message.content
+    off = client.chat(**kw, think=False)
+    assert not off.message.thinking and off.message.content
+    g = client.generate(model="smollm2-think", prompt="Hi", think=True, options={"temperature": 0, "num_predict": 30})
+    assert g.thinking == whole.message.thinking
