@@ -36,7 +36,7 @@ from .metrics import Metrics
 from .sse import SSEResponse
 from .workers import EventStream, LocalEventStream, WorkerClient
 
-__all__ = ["GenerationService"]
+__all__ = ["GenerationService", "ChatRun", "ChoiceResult", "raise_error"]
 
 # requests whose body is larger than this are converted in a thread (FastLane parses them
 # there too): a chat of many content parts costs ~0.4 s per 18 MiB to convert
@@ -55,7 +55,7 @@ def _raise(ev: ErrorEvent) -> None:
 
 
 @dataclass
-class _Choice:
+class ChoiceResult:
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -101,6 +101,45 @@ def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
     return delta
 
 
+@dataclass
+class ChatRun:
+    """One chat generation started on a worker, for the other client APIs (Anthropic
+    Messages, Ollama, Responses …): they build a ``ChatCompletionRequest``, start it with
+    ``GenerationService.start_chat`` and render ``batches()`` (streamed) or ``collect()``
+    (whole) in their own shapes — tools, structured output, reasoning and limits are the
+    chat path's. Always ``aclose()`` (``collect`` does)."""
+
+    service: GenerationService
+    stream: EventStream | LocalEventStream
+    model: str
+    request_id: str
+    n: int
+    deadline: float
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def fingerprint(self) -> str:
+        return _fingerprint(self.stream)
+
+    def batches(self) -> AsyncIterator[list[Event]]:
+        """The worker's events, one list per read, metered; an ``ErrorEvent`` is left in the
+        list for the caller to render (``raise_error(ev)`` turns it into the gateway error)."""
+        return self.service._batches(self.stream)
+
+    async def collect(self) -> tuple[list[ChoiceResult], UsageEvent]:
+        """Every choice whole (text, reasoning, tool calls, finish reason) and the usage;
+        errors raise ``GatewayError``; the deadline is the request's."""
+        return await self.service._collect(self.stream, self.n, self.deadline)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def raise_error(ev: ErrorEvent) -> None:
+    """Raise the gateway error a worker's error event stands for."""
+    _raise(ev)
+
+
 class GenerationService:
     def __init__(
         self, workers: WorkerClient, *, timeout: float, metrics: Metrics | None = None, grammar_limits: GrammarLimits | None = None
@@ -118,8 +157,8 @@ class GenerationService:
 
     async def _collect(
         self, stream: EventStream | LocalEventStream, n_choices: int, deadline: float
-    ) -> tuple[list[_Choice], UsageEvent]:
-        choices = [_Choice() for _ in range(n_choices)]
+    ) -> tuple[list[ChoiceResult], UsageEvent]:
+        choices = [ChoiceResult() for _ in range(n_choices)]
         usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
         batches = self._batches(stream)
         try:
@@ -170,17 +209,23 @@ class GenerationService:
             await stream.aclose()
 
     # ---- chat ---------------------------------------------------------------
-    async def chat(self, req: ChatCompletionRequest, body_bytes: int = 0) -> Response:
-        """``body_bytes``: the size of the request body (large ones are converted in a thread)."""
+    async def start_chat(self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl") -> ChatRun:
+        """Resolve the model, convert and dispatch ``req``: the started generation.
+        ``body_bytes``: the size of the request body (large ones are converted in a thread)."""
         deadline = self.workers.deadline()  # one for dispatch, retries and the whole answer
         req.model = await self.workers.resolve(req.model, CHAT)
-        rid = new_id("chatcmpl")
+        rid = new_id(id_prefix)
         if body_bytes > _CONVERT_OFF_LOOP_BYTES:
             gen = await asyncio.to_thread(chat_to_generate, req, rid, self.grammar_limits)
         else:
             gen = chat_to_generate(req, rid, self.grammar_limits)
         stream = await self.workers.open(req.model, gen, deadline=deadline)
-        created = int(time.time())
+        return ChatRun(self, stream, req.model, rid, req.n, deadline)
+
+    async def chat(self, req: ChatCompletionRequest, body_bytes: int = 0) -> Response:
+        """``body_bytes``: the size of the request body (large ones are converted in a thread)."""
+        run = await self.start_chat(req, body_bytes)
+        stream, rid, deadline, created = run.stream, run.request_id, run.deadline, run.created
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = self._chat_chunks(stream, req, rid, created, include_usage)
@@ -251,17 +296,22 @@ class GenerationService:
         return []
 
     # ---- completions ----------------------------------------------------------
-    async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:
+    async def start_completion(self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl") -> ChatRun:
+        """As ``start_chat``, for a completion (the prompt as is, no chat template); the
+        run's choices are prompts × n."""
         deadline = self.workers.deadline()
         req.model = await self.workers.resolve(req.model, COMPLETION)
-        rid = new_id("cmpl")
+        rid = new_id(id_prefix)
         if body_bytes > _CONVERT_OFF_LOOP_BYTES:
             gen = await asyncio.to_thread(completion_to_generate, req, rid)
         else:
             gen = completion_to_generate(req, rid)
-        n_choices = len(gen.prompts or []) * req.n
         stream = await self.workers.open(req.model, gen, deadline=deadline)
-        created = int(time.time())
+        return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
+
+    async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:
+        run = await self.start_completion(req, body_bytes)
+        stream, rid, deadline, created, n_choices = run.stream, run.request_id, run.deadline, run.created, run.n
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             chunks = self._completion_chunks(stream, req, rid, created, include_usage)

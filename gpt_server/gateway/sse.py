@@ -69,6 +69,7 @@ class SSEResponse(Response):
     """
 
     media_type = "text/event-stream"
+    encode: Callable[[Any], bytes] = staticmethod(frame)  # one event on the wire (NDJSON: a line)
 
     def __init__(
         self,
@@ -121,7 +122,7 @@ class SSEResponse(Response):
             if pinger is None or not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
                 raise
             log.warning("stream ended at the shutdown drain deadline")
-            await body(frame(self.error_event(shutdown_error())) + self.done, more=False)
+            await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
         finally:
             if pinger is not None:
                 pinger.cancel()
@@ -137,13 +138,13 @@ class SSEResponse(Response):
             async with asyncio.timeout_at(deadline):
                 async for batch in self.batches:
                     if batch:
-                        await body(b"".join(frame(c) for c in batch))
+                        await body(b"".join(self.encode(c) for c in batch))
         except TimeoutError:
             within = f" within {self.timeout:g} seconds" if self.timeout is not None else " in time"
-            return frame(self.error_event(TimeoutError_(f"the request did not finish{within}")))
+            return self.encode(self.error_event(TimeoutError_(f"the request did not finish{within}")))
         except GatewayError as exc:
-            return frame(self.error_event(exc))
+            return self.encode(self.error_event(exc))
         except Exception:  # a stream must end with an error event, not a cut
             log.exception("stream failed")
-            return frame(self.error_event(InternalError("internal error while streaming")))
+            return self.encode(self.error_event(InternalError("internal error while streaming")))
         return b""
