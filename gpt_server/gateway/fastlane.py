@@ -32,7 +32,7 @@ from ..errors import BadRequestError, GatewayError, UnsupportedMediaTypeError
 from ..web.error_handlers import validation_message
 from ..web.responses import error_response
 
-__all__ = ["FastLane", "plain_routes"]
+__all__ = ["FastLane", "plain_routes", "declared_json"]
 
 Endpoint = Callable[[Any, Request], Awaitable[Response]]
 
@@ -58,7 +58,7 @@ def _validate_large(model: type[BaseModel], raw: bytes) -> BaseModel:
     return model.model_validate_json(raw)
 
 
-def _declared_json(request: Request) -> bool:
+def declared_json(request: Request) -> bool:
     """``application/json`` or ``application/*+json``; no content type only without ``Origin``."""
     ctype = request.headers.get("content-type")
     if ctype is None:
@@ -108,7 +108,7 @@ class FastLane:
         request = Request(scope, receive)
         try:
             await self.guard(request)
-            if not _declared_json(request):
+            if not declared_json(request):
                 raise UnsupportedMediaTypeError("send the body as JSON, with the header 'Content-Type: application/json'")
             try:
                 raw = await request.body()

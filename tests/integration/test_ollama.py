@@ -16,8 +16,7 @@ import openai
 import pytest
 
 from tests.embed_helpers import MINILM, entry
-from tests.helpers import Server, base_config, served, smollm_entry
-from tests.integration.test_tools_structured import THINK_TEMPLATE
+from tests.helpers import THINK_TEMPLATE, Server, base_config, served, smollm_entry
 
 KEY = "sk-ollama-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}

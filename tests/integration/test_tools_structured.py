@@ -12,7 +12,7 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.helpers import Server, base_config, served, smollm_entry
+from tests.helpers import THINK_TEMPLATE, Server, base_config, served, smollm_entry
 from tests.openai_shapes import assert_openai_shape, sse_payloads
 
 WEATHER = {
@@ -239,12 +239,6 @@ def test_langchain(server: Server) -> None:
         assert isinstance(j["title"], str)
 
 
-THINK_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n"
-    "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
-    "{% endif %}"
-)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ from ...protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, ModelEntryIn
 from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
-from ..fastlane import _declared_json
+from ..fastlane import declared_json
 from ..invoke import call_json
 from ..serving import ChatRun, ChoiceResult, raise_error
 from ..sse import SSEResponse
@@ -94,7 +94,7 @@ def _validate(model: type[M], data: Any) -> M:
 async def _parse(request: Request, model: type[M]) -> M:
     """The body as ``model``; declared JSON as on the /v1 routes (FastLane), so a web page
     cannot post here without a CORS preflight."""
-    if not _declared_json(request):
+    if not declared_json(request):
         raise UnsupportedMediaTypeError("send the body as JSON, with the header 'Content-Type: application/json'")
     raw = await request.body()
     if not raw:
