@@ -81,6 +81,7 @@ class SSEResponse(Response):
         done: bytes | None = DONE,
         error_event: Callable[[GatewayError], Any] = plain_error,
         headers: dict[str, str] | None = None,
+        framer: Callable[[Any], bytes] = frame,
     ) -> None:
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
@@ -93,6 +94,7 @@ class SSEResponse(Response):
         self.on_close = on_close  # runs last (sync or async), also when the iterator never started
         self.done = done or b""
         self.error_event = error_event
+        self.framer = framer  # one event's bytes (``frame``; Anthropic's streams name each event)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
@@ -121,7 +123,7 @@ class SSEResponse(Response):
             if pinger is None or not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
                 raise
             log.warning("stream ended at the shutdown drain deadline")
-            await body(frame(self.error_event(shutdown_error())) + self.done, more=False)
+            await body(self.framer(self.error_event(shutdown_error())) + self.done, more=False)
         finally:
             if pinger is not None:
                 pinger.cancel()
@@ -137,13 +139,13 @@ class SSEResponse(Response):
             async with asyncio.timeout_at(deadline):
                 async for batch in self.batches:
                     if batch:
-                        await body(b"".join(frame(c) for c in batch))
+                        await body(b"".join(self.framer(c) for c in batch))
         except TimeoutError:
             within = f" within {self.timeout:g} seconds" if self.timeout is not None else " in time"
-            return frame(self.error_event(TimeoutError_(f"the request did not finish{within}")))
+            return self.framer(self.error_event(TimeoutError_(f"the request did not finish{within}")))
         except GatewayError as exc:
-            return frame(self.error_event(exc))
+            return self.framer(self.error_event(exc))
         except Exception:  # a stream must end with an error event, not a cut
             log.exception("stream failed")
-            return frame(self.error_event(InternalError("internal error while streaming")))
+            return self.framer(self.error_event(InternalError("internal error while streaming")))
         return b""
