@@ -260,6 +260,8 @@ def to_chat(req: MessagesRequest) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(fields)
     except ValidationError as exc:
-        e = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in e.get("loc", ()))
-        raise BadRequestError(f"{where}: {e.get('msg', 'invalid value')}" if where else "invalid request", param=where or None) from None
+        errors = exc.errors()
+        if not errors:
+            raise BadRequestError("invalid request") from None
+        where = ".".join(str(p) for p in errors[0]["loc"])
+        raise BadRequestError(f"{where}: {errors[0]['msg']}" if where else errors[0]["msg"], param=where or None) from None

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import GatewayError, error_body
 from .responses import FastJSONResponse, StreamAborted, error_response
 
-__all__ = ["validation_message", "install_error_handlers", "anthropic_error", "ANTHROPIC_PATHS"]
+__all__ = ["validation_message", "install_error_handlers", "anthropic_error", "ANTHROPIC_PATHS", "gateway_error_response"]
 
 log = logging.getLogger("gpt_server")
 
@@ -68,11 +68,16 @@ def _reshaped(request: Request, response: FastJSONResponse, message: str) -> Fas
     return FastJSONResponse(anthropic_error(response.status_code, message), status_code=response.status_code, headers=headers or None)
 
 
+def gateway_error_response(request: Request, exc: GatewayError) -> FastJSONResponse:
+    """The response for ``exc``: OpenAI's shape, Anthropic's on the Anthropic routes."""
+    return _reshaped(request, error_response(exc), str(exc))
+
+
 def install_error_handlers(app: Starlette) -> None:
     """OpenAI-format errors for a FastAPI or a plain Starlette app (Anthropic's on its routes)."""
 
     async def _gateway_error(request: Request, exc: GatewayError) -> FastJSONResponse:
-        return _reshaped(request, error_response(exc), str(exc))
+        return gateway_error_response(request, exc)
 
     async def _validation_error(request: Request, exc: RequestValidationError) -> FastJSONResponse:
         message, param = validation_message(list(exc.errors()))

@@ -48,7 +48,7 @@ def _text(msg: Any) -> str:
 
 def test_create_text_and_stream_equal(client: anthropic.Anthropic) -> None:
     kw: dict[str, Any] = dict(
-        model=MODEL, max_tokens=24, temperature=0, system="You are terse.", messages=[{"role": "user", "content": "Name a colour."}]
+        model=MODEL, max_tokens=24, extra_body={"temperature": 0}, system="You are terse.", messages=[{"role": "user", "content": "Name a colour."}]
     )
     msg = client.messages.create(**kw)
     assert msg.type == "message" and msg.role == "assistant" and msg.id.startswith("msg_")
@@ -73,7 +73,7 @@ def test_max_tokens_and_stop_sequences(client: anthropic.Anthropic) -> None:
     msg = client.messages.create(model=MODEL, max_tokens=3, messages=[{"role": "user", "content": "Write a long story about a dragon."}])
     assert msg.stop_reason == "max_tokens" and msg.usage.output_tokens == 3
     msg = client.messages.create(
-        model=MODEL, max_tokens=64, temperature=0, stop_sequences=["1"], messages=[{"role": "user", "content": "Count from 1 to 10: 1, 2, 3"}]
+        model=MODEL, max_tokens=64, extra_body={"temperature": 0}, stop_sequences=["1"], messages=[{"role": "user", "content": "Count from 1 to 10: 1, 2, 3"}]
     )
     assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == "1"
     assert "1" not in _text(msg)
@@ -81,7 +81,7 @@ def test_max_tokens_and_stop_sequences(client: anthropic.Anthropic) -> None:
 
 def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
     messages: list[dict[str, Any]] = [{"role": "user", "content": "What's the weather in Paris?"}]
-    msg = client.messages.create(model=MODEL, max_tokens=128, tools=[WEATHER], tool_choice={"type": "any"}, messages=messages)
+    msg = client.messages.create(model=MODEL, max_tokens=200, extra_body={"temperature": 0}, tools=[WEATHER], tool_choice={"type": "any"}, messages=messages)
     assert msg.stop_reason == "tool_use"
     uses = [b for b in msg.content if b.type == "tool_use"]
     assert uses and uses[0].name == "get_weather"
@@ -97,7 +97,7 @@ def test_tool_use_round_trip(client: anthropic.Anthropic) -> None:
 
 def test_tool_use_streamed(client: anthropic.Anthropic) -> None:
     kw: dict[str, Any] = dict(
-        model=MODEL, max_tokens=128, temperature=0, tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"},
+        model=MODEL, max_tokens=128, extra_body={"temperature": 0}, tools=[WEATHER], tool_choice={"type": "tool", "name": "get_weather"},
         messages=[{"role": "user", "content": "Weather in Rome?"}],
     )
     whole = client.messages.create(**kw)
@@ -121,7 +121,8 @@ def test_bad_requests_in_anthropic_shape(client: anthropic.Anthropic, server: Se
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _png()}}
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": [image, {"type": "text", "text": "what is this?"}]}])
-    assert e.value.status_code == 400 and e.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert e.value.status_code == 400 and e.value.body["type"] == "error"  # type: ignore[index]
+    assert e.value.body["error"]["type"] == "invalid_request_error" and "param" not in e.value.body["error"]  # type: ignore[index]
     assert "image" in e.value.body["error"]["message"].lower()  # type: ignore[index]
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(model=MODEL, max_tokens=0, messages=[{"role": "user", "content": "hi"}])
