@@ -28,12 +28,18 @@ def _bearer(request: Request) -> tuple[str, bytes] | None:
 
 
 def api_key_guard(keys: list[str]):  # noqa: ANN201 - FastAPI dependency
+    """Bearer keys; on the Anthropic routes (``/v1/messages…``) also ``x-api-key: <key>``,
+    which the anthropic SDK sends (``Authorization`` wins when both are there)."""
     encoded = [k.encode() for k in keys]
 
     async def check(request: Request) -> None:
         if not encoded:
             return
         given = _bearer(request)
+        if given is None and request.url.path.startswith("/v1/messages"):
+            x_key = request.headers.get("x-api-key")
+            if x_key is not None:
+                given = ("bearer", x_key.strip().encode())
         if given is None:
             raise AuthenticationError(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'."

@@ -29,8 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import BadRequestError, GatewayError, UnsupportedMediaTypeError
-from ..web.error_handlers import validation_message
-from ..web.responses import error_response
+from ..web.error_handlers import gateway_error_response, validation_message
 
 __all__ = ["FastLane", "plain_routes", "declared_json"]
 
@@ -124,5 +123,5 @@ class FastLane:
                 raise BadRequestError(message, param=param) from None
             response = await endpoint(body, request)
         except GatewayError as exc:
-            response = error_response(exc)
+            response = gateway_error_response(request, exc)
         await response(scope, receive, send)

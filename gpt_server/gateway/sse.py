@@ -82,6 +82,7 @@ class SSEResponse(Response):
         done: bytes | None = DONE,
         error_event: Callable[[GatewayError], Any] = plain_error,
         headers: dict[str, str] | None = None,
+        encode: Callable[[Any], bytes] | None = None,
     ) -> None:
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
@@ -94,6 +95,8 @@ class SSEResponse(Response):
         self.on_close = on_close  # runs last (sync or async), also when the iterator never started
         self.done = done or b""
         self.error_event = error_event
+        if encode is not None:  # one event's bytes (Anthropic's streams name each event)
+            self.encode = encode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
