@@ -118,6 +118,8 @@ def _png() -> str:
 
 
 def test_bad_requests_in_anthropic_shape(client: anthropic.Anthropic, server: Server) -> None:
+    with pytest.raises(anthropic.BadRequestError):  # found by the fuzz run: it was a 500
+        client.messages.count_tokens(model=MODEL, messages=[{"role": "user", "content": []}])
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": _png()}}
     with pytest.raises(anthropic.BadRequestError) as e:
         client.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": [image, {"type": "text", "text": "what is this?"}]}])

@@ -205,11 +205,14 @@ async def _events(run: ChatRun, req: MessagesRequest) -> AsyncIterator[list[dict
 @router.post("/v1/messages/count_tokens")
 async def count_tokens(body: CountTokensRequest, request: Request) -> FastJSONResponse:
     fields = chat_fields(body)
-    tok = TokenizeRequest(
-        model=body.model,
-        messages=[_validated(ChatMessage, m) for m in fields["messages"]],
-        tools=[_validated(Tool, t) for t in fields.get("tools") or []] or None,
-        enable_thinking=fields.get("enable_thinking"),
+    tok = _validated(
+        TokenizeRequest,
+        {
+            "model": body.model,
+            "messages": [_validated(ChatMessage, m) for m in fields["messages"]],
+            "tools": [_validated(Tool, t) for t in fields.get("tools") or []] or None,
+            "enable_thinking": fields.get("enable_thinking"),
+        },
     )
     tok.model = await resolve_model(request, tok.model, TOKENIZE)
     result = await call_json(request, tok.model, TOKENIZE, tokenize_payload(tok))
