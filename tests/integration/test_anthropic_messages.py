@@ -16,18 +16,14 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.helpers import Server, base_config, served, smollm_entry
+from tests.helpers import WEATHER_TOOL, Server, base_config, served, smollm_entry
 
 KEY = "sk-anthropic-test"
 MODEL = "smollm2"
-WEATHER = {
-    "name": "get_weather",
-    "description": "Get the current weather for a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"],
-    },
+WEATHER = {  # the shared tool in Anthropic's shape
+    "name": WEATHER_TOOL["function"]["name"],
+    "description": WEATHER_TOOL["function"]["description"],
+    "input_schema": WEATHER_TOOL["function"]["parameters"],
 }
 
 

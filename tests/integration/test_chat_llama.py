@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers import Server, hang_up_long_stream, served
+from tests.helpers import Server, assert_workers_idle, hang_up_long_stream, served
 
 EXACT_CONFIG = """\
 serve_args: {host: 127.0.0.1, port: 18700, api_keys: "key-1,key-2"}
@@ -290,13 +290,7 @@ def test_concurrent_requests_progress_together(client: openai.OpenAI) -> None:
 
 def test_client_disconnect_stops_generation(server: Server) -> None:
     hang_up_long_stream(server, "smollm2")
-    deadline = time.monotonic() + 5  # 2000 tokens take far longer than this
-    while time.monotonic() < deadline:
-        infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
-        if all(i["inflight"] == 0 for i in infos):
-            break
-        time.sleep(0.1)
-    assert all(i["inflight"] == 0 for i in infos), infos
+    assert_workers_idle(server, within=5)  # 2000 tokens take far longer than this
 
 
 def test_health_and_docs(server: Server) -> None:

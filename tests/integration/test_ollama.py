@@ -4,7 +4,6 @@ the real server, driven by the real ``ollama`` Python client and LangChain's Cha
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,22 +15,19 @@ import openai
 import pytest
 
 from tests.embed_helpers import MINILM, entry
-from tests.helpers import THINK_TEMPLATE, Server, base_config, served, smollm_entry
+from tests.helpers import (
+    THINK_TEMPLATE,
+    WEATHER_TOOL,
+    Server,
+    assert_workers_idle,
+    base_config,
+    served,
+    smollm_entry,
+)
 
 KEY = "sk-ollama-test"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 PERSON = {
     "type": "object",
     "properties": {"name": {"type": "string", "maxLength": 30}, "age": {"type": "integer", "minimum": 0, "maximum": 150}},
@@ -261,13 +257,7 @@ def test_hang_up_stops_the_generation(server: Server) -> None:
     with httpx.stream("POST", f"{server.base_url}/api/chat", json=body, headers=AUTH, timeout=120) as r:
         lines = r.iter_lines()
         assert json.loads(next(lines))["done"] is False
-    deadline = time.monotonic() + 5  # 1500 tokens take far longer than this
-    while time.monotonic() < deadline:
-        infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers()).json() for w in server.workers()]
-        if all(i["inflight"] == 0 for i in infos):
-            break
-        time.sleep(0.1)
-    assert all(i["inflight"] == 0 for i in infos), infos
+    assert_workers_idle(server, within=5)  # 1500 tokens take far longer than this
 
 
 def test_think_becomes_message_thinking(client: ollama.Client) -> None:

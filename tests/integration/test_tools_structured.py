@@ -12,21 +12,10 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from tests.helpers import THINK_TEMPLATE, Server, base_config, served, smollm_entry
+from tests.helpers import THINK_TEMPLATE, WEATHER_TOOL, Server, base_config, served, smollm_entry
 from tests.openai_shapes import assert_openai_shape, sse_payloads
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather for a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-            "required": ["city", "unit"],
-        },
-    },
-}
+WEATHER = WEATHER_TOOL
 ADD = {
     "type": "function",
     "function": {
