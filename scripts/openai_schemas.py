@@ -28,6 +28,7 @@ ROOTS = [
     "CreateTranslationResponseVerboseJson",
     "ImagesResponse",
     "ErrorResponse",
+    "Response",
 ]
 DROP = {"description", "example", "examples", "title", "deprecated"}
 PREFIX = "#/components/schemas/"
