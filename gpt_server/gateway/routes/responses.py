@@ -42,7 +42,7 @@ def _not_found(rid: str) -> NotFoundError:
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
@@ -84,13 +84,20 @@ def _response(run: ChatRun, req: ResponsesRequest, status: str, output: list[dic
         "temperature": req.temperature if req.temperature is not None else 1.0,
         "text": _text_config(req),
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
-        "tools": [dict(t) for t in req.tools or []],
+        "tools": [_tool(t) for t in req.tools or []],
         "top_p": req.top_p if req.top_p is not None else 1.0,
         "truncation": req.truncation or "disabled",
         "usage": usage,
-        "user": req.user,
         "metadata": req.metadata or {},
+        **({"user": req.user} if req.user is not None else {}),
     }
+
+
+def _tool(t: dict[str, Any]) -> dict[str, Any]:
+    out = {"type": "function", "name": t.get("name"), "parameters": t.get("parameters"), "strict": t.get("strict")}
+    if t.get("description") is not None:
+        out["description"] = t["description"]
+    return out
 
 
 def _status(finish: str | None) -> str:
