@@ -73,6 +73,9 @@ class ResponseStore:
         now = time.monotonic()
         self._expire(now)
         entry = self._items.get(rid)
+        if entry is not None and entry.expires <= now:
+            self._drop(rid)
+            return None
         if entry is None or entry.owner != owner:
             return None
         return entry
