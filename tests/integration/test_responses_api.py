@@ -66,16 +66,18 @@ def test_create_string_input_and_instructions(client: openai.OpenAI, server: Ser
 
 
 def test_stream_matches_whole(client: openai.OpenAI) -> None:
-    kw: dict[str, Any] = dict(model=MODEL, input="Name a fruit.", max_output_tokens=24, **PINNED)
+    kw: dict[str, Any] = dict(model=MODEL, input="Name a fruit.", max_output_tokens=48, **PINNED)
     whole = client.responses.create(**kw)
     with client.responses.stream(**kw) as stream:
-        types = [ev.type for ev in stream]
-        final = stream.get_final_response()
+        events = list(stream)
+    types = [ev.type for ev in events]
+    final = events[-1].response  # type: ignore[union-attr]
     assert types[:2] == ["response.created", "response.in_progress"]
     assert types[-1] in ("response.completed", "response.incomplete")
     assert types.index("response.output_item.added") < types.index("response.output_text.delta") < types.index("response.output_text.done")
     assert types.index("response.output_text.done") < types.index("response.output_item.done") < len(types) - 1
-    assert final.output_text == whole.output_text
+    assert final.output_text == whole.output_text and final.status == whole.status
+    assert final.usage is not None and whole.usage is not None and final.usage.output_tokens == whole.usage.output_tokens
     deltas = [ev.delta for ev in client.responses.create(stream=True, **kw) if ev.type == "response.output_text.delta"]
     assert "".join(deltas) == whole.output_text
 

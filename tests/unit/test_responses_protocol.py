@@ -10,6 +10,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from openai import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import Response, ResponseStreamEvent
 
 from gpt_server.errors import BadRequestError
@@ -79,6 +81,12 @@ def test_stream_events_parse_with_sdk_and_schema() -> None:
     assert parsed.output[2].arguments == '{"a":1}'  # type: ignore[union-attr]
     assert_openai_shape("Response", final)
     assert store.get("owner", final["id"]) is not None and store.get("someone else", final["id"]) is None
+    # the SDK's typed-stream accumulator (client.responses.stream) takes the sequence
+    state: ResponseStreamState[Any] = ResponseStreamState(input_tools=req.tools, text_format=omit)  # type: ignore[arg-type]
+    for e in out:
+        state.handle_event(EVENT_MODELS[e["type"]].model_validate(e))
+    done = state._completed_response
+    assert done is not None and done.output_text == "Hello" and done.output[2].type == "function_call"
 
 
 def test_request_translation() -> None:
