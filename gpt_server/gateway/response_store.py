@@ -17,7 +17,10 @@ __all__ = ["ResponseStore", "StoredResponse", "owner_of"]
 
 
 def owner_of(request: Request) -> str:
-    """Who made a request: a hash of its bearer key (one shared owner without keys)."""
+    """Who made a request: a hash of its bearer key; one shared owner when the server has
+    no API keys (any or no key is then accepted, and is no identity)."""
+    if not request.app.state.config.serve_args.api_keys:
+        return ""
     header = request.headers.get("authorization", "")
     _, _, token = header.partition(" ")
     return hashlib.sha256(token.strip().encode()).hexdigest() if token.strip() else ""

@@ -35,8 +35,8 @@ def _store(request: Request) -> ResponseStore:
     return store
 
 
-def _not_found(rid: str) -> NotFoundError:
-    return NotFoundError(f"Response with id '{rid}' not found.", param="response_id")
+def _not_found(rid: str, param: str = "response_id") -> NotFoundError:
+    return NotFoundError(f"Response with id '{rid}' not found.", param=param)
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
@@ -162,7 +162,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     if body.previous_response_id:
         prev = _store(request).get(owner, body.previous_response_id)
         if prev is None:
-            raise _not_found(body.previous_response_id)
+            raise _not_found(body.previous_response_id, "previous_response_id")
         history = prev.history + [dict(o) for o in prev.response["output"]]
     new_items = normalize_input(body)
     conversation = history + new_items
