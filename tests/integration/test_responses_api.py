@@ -94,6 +94,7 @@ def test_function_call_then_output(client: openai.OpenAI) -> None:
         previous_response_id=first.id,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": '{"temperature": 21, "sky": "sunny"}'}],
         tools=[WEATHER],
+        tool_choice="none",
         max_output_tokens=32,
         **PINNED,
     )
