@@ -84,7 +84,7 @@ def test_stream_matches_whole(client: openai.OpenAI) -> None:
 
 def test_function_call_then_output(client: openai.OpenAI) -> None:
     first = client.responses.create(
-        model=MODEL, input="What's the weather in Paris?", tools=[WEATHER], tool_choice="required", max_output_tokens=64, **PINNED
+        model=MODEL, input="What's the weather in Paris?", tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, max_output_tokens=128, **PINNED
     )
     calls = [o for o in first.output if o.type == "function_call"]
     assert calls and calls[0].name == "get_weather" and calls[0].call_id
@@ -100,16 +100,21 @@ def test_function_call_then_output(client: openai.OpenAI) -> None:
     )
     assert second.previous_response_id == first.id
     assert second.output[-1].type == "message" and second.output_text
+    assert [i.type for i in client.responses.input_items.list(second.id).data] == ["function_call_output"]
     # the stored conversation reached the model: more prompt than the tool output alone
-    assert second.usage is not None and first.usage is not None and second.usage.input_tokens > first.usage.input_tokens
+    alone = client.responses.create(
+        model=MODEL, input='{"temperature": 21, "sky": "sunny"}', tools=[WEATHER], tool_choice="none", max_output_tokens=4, **PINNED
+    )
+    assert second.usage is not None and alone.usage is not None and second.usage.input_tokens > alone.usage.input_tokens + 10
 
 
 def test_stream_function_call(client: openai.OpenAI) -> None:
     with client.responses.stream(
-        model=MODEL, input="Weather in Oslo?", tools=[WEATHER], tool_choice="required", max_output_tokens=64, **PINNED
+        model=MODEL, input="Weather in Oslo?", tools=[WEATHER], tool_choice="required", parallel_tool_calls=False, max_output_tokens=128, **PINNED
     ) as stream:
-        types = [ev.type for ev in stream]
-        final = stream.get_final_response()
+        events = list(stream)
+    types = [ev.type for ev in events]
+    final = events[-1].response  # type: ignore[union-attr]
     assert "response.function_call_arguments.delta" in types and "response.function_call_arguments.done" in types
     call = next(o for o in final.output if o.type == "function_call")
     jsonschema.validate(json.loads(call.arguments), WEATHER["parameters"])
