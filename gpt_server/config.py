@@ -114,6 +114,10 @@ class ServeArgs(_Section):
             "and the file's lifetime before cleanup"
         ),
     )
+    # Responses API: responses kept for previous_response_id / GET (in memory, per API key)
+    responses_max_stored: int = Field(1000, ge=0, le=1_000_000, description="stored /v1/responses responses kept at most (oldest dropped first); 0 = none stored")
+    responses_max_stored_bytes: int = Field(64 * 2**20, ge=0, le=2**34, description="bytes of stored /v1/responses responses kept at most (oldest dropped first)")
+    responses_ttl: float = Field(3600.0, ge=1, le=30 * 86400, description="seconds a stored /v1/responses response is kept")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod

@@ -28,6 +28,7 @@ ROOTS = [
     "CreateTranslationResponseVerboseJson",
     "ImagesResponse",
     "ErrorResponse",
+    "Response",
 ]
 DROP = {"description", "example", "examples", "title", "deprecated"}
 PREFIX = "#/components/schemas/"
@@ -53,6 +54,18 @@ def _clean(node: Any, refs: set[str]) -> Any:
     return node
 
 
+def _self_refs(node: Any, name: str) -> Any:
+    """Draft 2019-09's ``$recursiveAnchor`` / ``$recursiveRef: "#"`` (CompoundFilter) as a
+    plain ``$ref`` to the schema itself (not valid in the 2020-12 validators otherwise)."""
+    if isinstance(node, dict):
+        if node.get("$recursiveRef") == "#":
+            return {"$ref": "#/$defs/" + name}
+        return {k: _self_refs(v, name) for k, v in node.items() if k != "$recursiveAnchor"}
+    if isinstance(node, list):
+        return [_self_refs(v, name) for v in node]
+    return node
+
+
 def extract(doc: dict[str, Any]) -> dict[str, Any]:
     schemas = doc["components"]["schemas"]
     defs: dict[str, Any] = {}
@@ -62,7 +75,7 @@ def extract(doc: dict[str, Any]) -> dict[str, Any]:
         if name in defs:
             continue
         refs: set[str] = set()
-        defs[name] = _clean(schemas[name], refs)
+        defs[name] = _self_refs(_clean(schemas[name], refs), name)
         todo.extend(sorted(refs - defs.keys()))
     return dict(sorted(defs.items()))
 

@@ -26,6 +26,7 @@ from .files import ImageStore
 from .history import History
 from .hosts import HostGuardMiddleware, host_guard_needed
 from .metrics import Metrics, MetricsMiddleware
+from .response_store import ResponseStore
 from .routes import route_modules
 from .serving import GenerationService
 from .workers import WorkerClient
@@ -68,6 +69,7 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     app.state.history = history
     limits = GrammarLimits(max_bytes=sa.max_grammar_bytes, max_depth=sa.max_grammar_depth)
     app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics, grammar_limits=limits)
+    app.state.responses = ResponseStore(sa.responses_max_stored, sa.responses_max_stored_bytes, sa.responses_ttl)
     install_error_handlers(app)
 
     guard = api_key_guard(sa.api_keys)
