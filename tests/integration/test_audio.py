@@ -55,7 +55,11 @@ def test_round_trip_wer(client: openai.OpenAI, spoken_wav: bytes) -> None:
 
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "aac", "flac"])
 def test_every_speech_format_decodes_and_transcribes(client: openai.OpenAI, fmt: str) -> None:
-    audio = client.audio.speech.create(model="tts-1", voice="echo", input=SENTENCE, response_format=fmt).content
+    # one file (streaming is the default for mp3/opus/aac; streamed audio is decoded in the contract suite):
+    # a streamed AAC's frame alignment follows the chunk timing, enough to move whisper-tiny's WER by a word
+    audio = client.audio.speech.create(
+        model="tts-1", voice="echo", input=SENTENCE, response_format=fmt, extra_body={"stream": False}
+    ).content
     assert 2.0 < decode_seconds(audio) < 10.0
     text = client.audio.transcriptions.create(model="whisper-1", file=(f"speech.{fmt}", audio))
     assert wer(SENTENCE, text.text) <= 0.2, (fmt, text.text)
