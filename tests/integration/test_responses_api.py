@@ -12,22 +12,16 @@ import jsonschema
 import openai
 import pytest
 
-from tests.helpers import Server, base_config, served, smollm_entry
+from tests.helpers import WEATHER_TOOL, Server, base_config, served, smollm_entry
 from tests.openai_shapes import assert_openai_shape
 
 KEY, OTHER = "sk-resp-one", "sk-resp-two"
 MODEL = "smollm2"
 PINNED: dict[str, Any] = {"temperature": 0, "extra_body": {"seed": 7}}
-WEATHER = {
+WEATHER = {  # the shared tool in the Responses shape, strict
     "type": "function",
-    "name": "get_weather",
-    "description": "Get the current weather for a city",
-    "parameters": {
-        "type": "object",
-        "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-        "required": ["city", "unit"],
-        "additionalProperties": False,
-    },
+    **WEATHER_TOOL["function"],
+    "parameters": {**WEATHER_TOOL["function"]["parameters"], "additionalProperties": False},
     "strict": True,
 }
 
