@@ -116,14 +116,14 @@ class ChatSession:
             extra["temperature"] = self.args.temperature
         parts: list[str] = []
         usage = None
+        served = self.model
         stream = None
         try:
-            stream = self.client.chat.completions.create(
-                model=self.model, messages=messages, stream=True,  # type: ignore[arg-type]
-                stream_options={"include_usage": True}, **extra,
-            )
+            create: Any = self.client.chat.completions.create  # the options are passed as a plain dict
+            stream = create(model=self.model, messages=messages, stream=True, stream_options={"include_usage": True}, **extra)
             for chunk in stream:
                 usage = chunk.usage or usage
+                served = chunk.model or served
                 for choice in chunk.choices:
                     if choice.delta.content:
                         parts.append(choice.delta.content)
@@ -140,7 +140,7 @@ class ChatSession:
         self.say("")
         self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": "".join(parts)}]
         if self.args.usage and usage is not None:
-            self.say(f"[usage: prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}]")
+            self.say(f"[usage: model={served} prompt_tokens={usage.prompt_tokens} completion_tokens={usage.completion_tokens}]")
 
 
 def describe(exc: Exception, url: str) -> str:
