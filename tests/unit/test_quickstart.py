@@ -13,7 +13,14 @@ import pytest
 
 from gpt_server.cli import build_parser
 from gpt_server.config import parse_config
-from gpt_server.quickstart import DetectError, ModelSpec, config_data, default_name, detect, gguf_metadata
+from gpt_server.quickstart import (
+    DetectError,
+    ModelSpec,
+    config_data,
+    default_name,
+    detect,
+    gguf_metadata,
+)
 from tests.helpers import MODEL_PATH
 
 
@@ -82,6 +89,7 @@ def test_directories_by_their_files(tmp_path: Path) -> None:
     clf = _hf_dir(tmp_path, "clf", {"architectures": ["RobertaForSequenceClassification"], "id2label": {"0": "a", "1": "b", "2": "c"}})
     lm = _hf_dir(tmp_path, "lm", {"architectures": ["LlamaForCausalLM"]})
     vlm = _hf_dir(tmp_path, "vlm", {"architectures": ["LlavaForConditionalGeneration"]})
+    enc = _hf_dir(tmp_path, "enc", {"architectures": ["XLMRobertaModel"]})
     ct2 = _hf_dir(tmp_path, "whisper-ct2", {"alignment_heads": [[1, 0]], "suppress_ids": []}, "model.bin")
     sd = tmp_path / "sd"
     sd.mkdir()
@@ -90,13 +98,14 @@ def test_directories_by_their_files(tmp_path: Path) -> None:
     voice.mkdir()
     (voice / "en_US-x-low.onnx").write_bytes(b"\0")
     (voice / "en_US-x-low.onnx.json").write_text("{}")
-    got = {d.name: (x.model_type, x.work_mode) for d in (st, ce, clf, lm, vlm, ct2, sd, voice) for x in [detect(str(d))]}
+    got = {d.name: (x.model_type, x.work_mode) for d in (st, ce, clf, lm, vlm, enc, ct2, sd, voice) for x in [detect(str(d))]}
     assert got == {
         "st": ("embedding", "sentence_transformers"),
         "ce": ("rerank", "sentence_transformers"),
         "clf": ("moderation", "sentence_transformers"),
         "lm": ("auto", "hf"),
         "vlm": ("auto", "hf"),
+        "enc": ("embedding", "sentence_transformers"),
         "whisper-ct2": ("asr", "faster_whisper"),
         "sd": ("image", "diffusers"),
         "voice": ("tts", "piper"),
@@ -159,3 +168,16 @@ def test_overrides_are_validated_like_yaml() -> None:
     data, _ = config_data([ModelSpec(MODEL_PATH, alias=["bad alias!"])], {})
     with pytest.raises(Exception, match="alias 'bad alias!' is not a valid model id"):
         parse_config(data)
+
+
+def test_model_flags_add_to_a_config_file_or_replace_the_default(tmp_path: Path) -> None:
+    from gpt_server.cli import _load
+
+    base = tmp_path / "base.yaml"
+    base.write_text(f"serve_args: {{port: 9100}}\nmodels:\n  - existing:\n      model_config: {{model_name_or_path: {MODEL_PATH}}}\n")
+    data, source = _load(build_parser().parse_args(["serve", "-c", str(base), "--model", MODEL_PATH, "--name", "extra"]))
+    assert [next(iter(m)) for m in data["models"]] == ["existing", "extra"] and data["serve_args"]["port"] == 9100
+    assert source == f"{base} + --model"
+    data, _ = _load(build_parser().parse_args(["serve", "--model", MODEL_PATH]))
+    assert [next(iter(m)) for m in data["models"]] == ["smollm2-135m-instruct.q4_1"]  # the default's models are gone
+    assert data["serve_args"] == {"host": "127.0.0.1", "port": 8082}  # its other sections stay
