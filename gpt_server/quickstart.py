@@ -286,9 +286,25 @@ def _entry(d: Detected, s: ModelSpec, name: str) -> dict[str, Any]:
         body["alias"] = ",".join(s.alias)
     body["model_config"] = {"model_name_or_path": d.spec, **d.model_config}
     body["model_type"] = s.model_type or d.model_type
-    body["work_mode"] = s.work_mode or d.work_mode
+    work_mode = s.work_mode or _engine_for(s.model_type, d)
+    if work_mode:
+        body["work_mode"] = work_mode
     body["workers"] = [{"gpus": []} for _ in range(s.replicas)]
     return {name: body}
+
+
+def _engine_for(model_type: str | None, d: Detected) -> str | None:
+    """The engine for ``--model-type`` without ``--work-mode``: the detected one when it serves
+    that kind, llama.cpp's server for a GGUF, else none (the kind's default engine)."""
+    from .backends.registry import engines
+
+    if not model_type or model_type == d.model_type:
+        return d.work_mode
+    registry = engines()
+    for name in (d.work_mode, "llama_cpp_server" if d.path.suffix.lower() == ".gguf" else None):
+        if name in registry and model_type in registry[name].kinds:
+            return name
+    return None
 
 
 def config_data(specs: list[ModelSpec], base: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[Detected]]:

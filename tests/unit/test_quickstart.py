@@ -181,3 +181,15 @@ def test_model_flags_add_to_a_config_file_or_replace_the_default(tmp_path: Path)
     data, _ = _load(build_parser().parse_args(["serve", "--model", MODEL_PATH]))
     assert [next(iter(m)) for m in data["models"]] == ["smollm2-135m-instruct.q4_1"]  # the default's models are gone
     assert data["serve_args"] == {"host": "127.0.0.1", "port": 8082}  # its other sections stay
+
+
+def test_model_type_alone_picks_an_engine_that_serves_it(tmp_path: Path) -> None:
+    data, _ = config_data([ModelSpec(MODEL_PATH, model_type="embedding")], {})
+    assert parse_config(data).models[0].work_mode == "llama_cpp_server"  # a GGUF: llama.cpp's server embeds
+    st = _hf_dir(tmp_path, "st", {"architectures": ["BertModel"]}, "modules.json")
+    data, _ = config_data([ModelSpec(str(st), model_type="rerank")], {})
+    assert parse_config(data).models[0].work_mode == "sentence_transformers"  # the detected engine serves it
+    lm = _hf_dir(tmp_path, "lm", {"architectures": ["LlamaForCausalLM"]})
+    data, _ = config_data([ModelSpec(str(lm), model_type="embedding")], {})
+    assert "work_mode" not in data["models"][0]["lm"]  # hf cannot embed: the kind's default engine
+    assert parse_config(data).models[0].work_mode == "sentence_transformers"
