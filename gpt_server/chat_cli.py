@@ -201,6 +201,8 @@ def run_chat(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except openai.APIError as exc:
         print(f"gpt-server chat: {describe(exc, args.url)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
     model = args.model or default
     if model is None:
         print(f"gpt-server chat: the server at {_base_url(args.url)} serves no chat model ({', '.join(ids) or 'none'})", file=sys.stderr)

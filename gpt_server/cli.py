@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from . import __version__
+from .chat_cli import add_chat_flags
 from .config import DEFAULT_CONFIG_DATA, ENV_VARS, ConfigError, parse_config, read_config_data
 from .quickstart import add_model_flags
 
@@ -78,10 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--port", type=int, help="serve_args.port")
     add_model_flags(init)
 
-    p = sub.add_parser("chat", help="chat with a served model in the terminal (streaming, multi-turn)")
-    from .chat_cli import add_chat_flags
-
-    add_chat_flags(p)
+    add_chat_flags(sub.add_parser("chat", help="chat with a served model in the terminal (streaming, multi-turn)"))
 
     p = sub.add_parser("engines", help="list the engines (work_mode) of this build and of installed plug-ins")
     p.add_argument("name", nargs="?", help="an engine: show the model_config keys it takes")
