@@ -103,7 +103,7 @@ class TestTritonChat(ChatSuite):
 
     def test_tools_parse_mode_and_clear_refusals(self, server: Server, client: openai.OpenAI) -> None:
         msgs = [{"role": "user", "content": "What is the weather in Paris?"}]
-        r = client.chat.completions.create(model=self.model, messages=msgs, tools=[WEATHER_TOOL], max_tokens=40, temperature=0)
+        r = client.chat.completions.create(model=self.model, messages=msgs, tools=[WEATHER_TOOL], max_tokens=12, temperature=0)
         assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
         url, h = f"{server.base_url}/v1/chat/completions", server.headers()
         refused = {
@@ -121,6 +121,20 @@ class TestTritonChat(ChatSuite):
                                              {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}
         bad = httpx.post(url, json={"model": self.model, "messages": [image], "max_tokens": 4}, headers=h, timeout=60)
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "unsupported_content", bad.text
+
+    def test_fastapi_tritonserver_generate_route(self, server: Server, client: openai.OpenAI) -> None:
+        """POST /generate as fastapi_tritonserver defines it: the prompt is the user's turn."""
+        url, h = f"{server.base_url}/generate", server.headers()
+        r = httpx.post(url, json={"prompt": "Name three colors.", "max_output_len": 6, "temperature": 0, "top_k": -1,
+                                  "top_p": 1.0, "repetition_penalty": 1.0, "num_beams": 1, "uuid": "req-1"},
+                       headers=h, timeout=60)
+        assert r.status_code == 200, r.text
+        same = client.chat.completions.create(model=self.model, messages=COLORS, max_tokens=6, temperature=0)
+        assert r.json() == {"text": same.choices[0].message.content, "id": "req-1"}
+        for extra, param in (({"num_beams": 2}, "num_beams"), ({"max_output_len": 0}, "max_output_len"),
+                             ({"stream": True}, "stream")):
+            bad = httpx.post(url, json={"prompt": "Hi", **extra}, headers=h, timeout=60)
+            assert bad.status_code == 400 and bad.json()["error"]["param"] == param, bad.text
 
     def test_triton_down_is_503_then_recovers(self, server: Server, client: openai.OpenAI) -> None:
         """Triton stopped: requests get a 503 in the OpenAI shape (never a hang or a 500); Triton

@@ -193,7 +193,7 @@ class TritonBackend(Tokenizes, Backend):
         plan = _Plan(prompts=[])
         plan.tool_parser, _ = parser_for_request(self.tool_parser_name, req.tools)
         if req.kind == "chat":
-            messages, images = req.messages or [], []
+            messages, images = req.messages or [], list[str]()
             if self.preset.images:
                 messages, images = qwen_vl_messages(messages)
             text = self._chat_text(messages, req.tools, plan.tool_parser, req.chat_template_kwargs)
@@ -325,7 +325,7 @@ class TritonBackend(Tokenizes, Backend):
                 tail = text.flush()
                 if tail:
                     queue.put_nowait(DeltaEvent(index=index, text=tail))
-            queue.put_nowait(FinishEvent(index=index, finish_reason=reason))  # type: ignore[arg-type]
+            queue.put_nowait(FinishEvent(index=index, finish_reason="length" if reason == "length" else "stop"))
             queue.put_nowait(UsageEvent(prompt_tokens=0, completion_tokens=tokens))
         except GatewayError as exc:
             queue.put_nowait(exc)

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -89,7 +89,7 @@ class TritonClient:
             cb()
         return ServiceUnavailableError("the Triton server is unreachable", code="triton_unreachable")
 
-    async def generate_stream(self, inputs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def generate_stream(self, inputs: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """Triton's responses to one request, in order; leaving early closes the stream."""
         got = 0
         try:

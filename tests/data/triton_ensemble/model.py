@@ -41,10 +41,12 @@ class TritonPythonModel:
 
         cfg = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
-        self.llm = Llama(
+        self._make = lambda logits_all: Llama(
             model_path=params["gguf"], n_ctx=int(params.get("n_ctx", "2048")), n_threads=int(params.get("n_threads", "1")),
-            logits_all=True, verbose=False,
+            logits_all=logits_all, verbose=False,
         )
+        self.llm = self._make(False)
+        self.llm_lp: Any = None  # logprobs need logits of every position: a second instance, made on first use
         self.events_log = params.get("events_log")
         self.lock = threading.Lock()  # llama.cpp runs one request at a time; others wait here
         self.log_lock = threading.Lock()
@@ -95,9 +97,12 @@ class TritonPythonModel:
         )
         rid = request.request_id()
         with self.lock:
+            if want_lp and self.llm_lp is None:
+                self.llm_lp = self._make(True)
+            llm = self.llm_lp if want_lp else self.llm
             self._log(event="start", id=rid, max_tokens=max_tokens, stream=stream, stop_words=stops)
             text, pending, tokens, cancelled = "", None, 0, False
-            for chunk in self.llm.create_completion(prompt, **kw):
+            for chunk in llm.create_completion(prompt, **kw):
                 if request.is_cancelled():
                     cancelled = True
                     break
