@@ -19,7 +19,7 @@ from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_re
 from ...chat.templates import ChatTemplate
 from ...chat.tool_parsers import ToolParser, detect_tool_parser
 from ...chat.tools import max_calls, parser_for_request, prepare_tool_messages
-from ...errors import BadRequestError, GatewayError, ServiceUnavailableError
+from ...errors import BadRequestError, GatewayError, InternalError, ServiceUnavailableError
 from ...protocol.worker import (
     DeltaEvent,
     ErrorEvent,
@@ -329,6 +329,9 @@ class TritonBackend(Tokenizes, Backend):
             queue.put_nowait(UsageEvent(prompt_tokens=0, completion_tokens=tokens))
         except GatewayError as exc:
             queue.put_nowait(exc)
+        except Exception as exc:
+            log.exception("triton choice %d failed", index)
+            queue.put_nowait(InternalError(f"the triton engine failed: {type(exc).__name__}"))
         finally:
             queue.put_nowait(None)
 
