@@ -93,6 +93,13 @@ class TestTritonChat(ChatSuite):
         starts = [e for e in self.triton.events()[before:] if e["event"] == "start"]
         assert starts[-1]["stop_words"][:2] == [stop, "a,b"], starts  # one CSV row, as the ensemble reads it
 
+    def test_n_is_parallel_triton_requests(self, client: openai.OpenAI) -> None:
+        before = len(self.triton.events())
+        r = client.completions.create(model=self.model, prompt=["The sky is", "Grass is"], n=2, max_tokens=2, temperature=0.9, seed=5)
+        assert sorted(c.index for c in r.choices) == [0, 1, 2, 3]
+        starts = [e for e in self.triton.events()[before:] if e["event"] == "start"]
+        assert len(starts) == 4 and all(e["max_tokens"] == 2 and e["stream"] for e in starts), starts
+
     def test_logprobs_come_from_triton(self, client: openai.OpenAI) -> None:
         r = client.chat.completions.create(model=self.model, messages=COLORS, max_tokens=5, temperature=0, logprobs=True,
                                            logit_bias={"2": -100})
