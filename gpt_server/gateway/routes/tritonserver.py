@@ -1,0 +1,38 @@
+"""``POST /generate`` as fastapi_tritonserver defines it, served by the chat path (any chat
+model; the ``triton`` engine is the one it was made for)."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from ...errors import BadRequestError
+from ...protocol.openai import CHAT, ChatCompletionRequest
+from ...protocol.tritonserver import TritonGenerateRequest, generate_chat_body
+from ...web.error_handlers import validation_message
+from ...web.limits import body_bytes
+from ...web.responses import FastJSONResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["tritonserver"])
+
+
+@router.post("/generate")
+async def generate(body: TritonGenerateRequest, request: Request) -> Response:
+    if body.num_beams > 1:
+        raise BadRequestError("beam search (num_beams > 1) is not supported", param="num_beams")
+    if body.stream:
+        raise BadRequestError("/generate answers whole; stream with /v1/chat/completions", param="stream")
+    model = await request.app.state.controller.resolve(body.model, CHAT)
+    try:
+        creq = ChatCompletionRequest.model_validate(generate_chat_body(body, model))
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise BadRequestError(message, param=param) from None
+    run = await request.app.state.generation.start_chat(creq, body_bytes(request))
+    choices, _ = await run.collect()
+    return FastJSONResponse({"text": "".join(choices[0].text), "id": body.uuid or str(uuid.uuid4())})

@@ -1,0 +1,150 @@
+"""A real Triton Inference Server for the tests: the ``tritonserver`` binary of the
+``nvidia-pytriton`` wheel, on a hand-written model repository (tests/data/triton_ensemble).
+
+The wheel is unpacked once into ``<test cache>/triton-<version>`` (``pip download --no-deps``:
+its own requirements, numpy<2 among them, never touch our venv). Its Python-backend stub is
+linked against an old pybind11 that reads numpy<2's ABI, so the stub runs in a small venv of
+its own with numpy 1.26 ahead of our site-packages (llama-cpp-python comes from ours); the stub
+finds that venv through PATH. PyTriton's own ``Triton().bind()`` is not used: its proxy model's
+multiprocessing resource tracker fails under this Python build.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.servers import Proc
+from gpt_server.procs import free_port
+from tests.relay_helpers import _run, cache_root
+
+__all__ = ["PYTRITON_VERSION", "STUB_NUMPY", "build_tritonserver", "TritonServer", "ensemble_config"]
+
+PYTRITON_VERSION = "0.7.0"
+STUB_NUMPY = "1.26.4"
+MODEL_PY = Path(__file__).parent / "data" / "triton_ensemble" / "model.py"
+
+_INPUTS = [  # TensorRT-LLM's ensemble inputs (those the test model reads), all but two optional
+    ("text_input", "TYPE_STRING", "[ 1 ]", False), ("max_tokens", "TYPE_INT32", "[ 1 ]", False),
+    ("stream", "TYPE_BOOL", "[ 1 ]", True), ("temperature", "TYPE_FP32", "[ 1 ]", True),
+    ("top_k", "TYPE_INT32", "[ 1 ]", True), ("top_p", "TYPE_FP32", "[ 1 ]", True),
+    ("repetition_penalty", "TYPE_FP32", "[ 1 ]", True), ("presence_penalty", "TYPE_FP32", "[ 1 ]", True),
+    ("frequency_penalty", "TYPE_FP32", "[ 1 ]", True), ("beam_width", "TYPE_INT32", "[ 1 ]", True),
+    ("end_id", "TYPE_INT32", "[ 1 ]", True), ("pad_id", "TYPE_INT32", "[ 1 ]", True),
+    ("random_seed", "TYPE_UINT64", "[ 1 ]", True), ("return_log_probs", "TYPE_BOOL", "[ 1 ]", True),
+    ("stop_words", "TYPE_STRING", "[ -1 ]", True), ("bad_words", "TYPE_STRING", "[ -1 ]", True),
+]
+_OUTPUTS = [("text_output", "TYPE_STRING", "[ -1 ]"), ("cum_log_probs", "TYPE_FP32", "[ -1 ]"),
+            ("output_log_probs", "TYPE_FP32", "[ -1, -1 ]")]
+
+
+def build_tritonserver(root: Path | None = None) -> Path:
+    """The unpacked wheel's ``tritonserver`` directory, made once (returns ``<dir>``)."""
+    base = (root or cache_root()) / f"triton-{PYTRITON_VERSION}"
+    marker = base / ".gpt-server-ready"
+    version = f"{PYTRITON_VERSION} {STUB_NUMPY} {sys.version_info.major}.{sys.version_info.minor}"
+    if marker.is_file() and marker.read_text().strip() == version:
+        return base
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    log = base.parent / "triton-build.log"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run([*pip, "download", "--no-deps", "-d", str(base / "wheel"), f"nvidia-pytriton=={PYTRITON_VERSION}"], log)
+    (wheel,) = (base / "wheel").glob("*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        z.extractall(base / "unpacked")
+    shutil.rmtree(base / "wheel")
+    server = base / "unpacked" / "pytriton" / "tritonserver"
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy(server / "python_backend_stubs" / minor / "triton_python_backend_stub", server / "backends" / "python")
+    for p in [server / "bin" / "tritonserver", server / "backends" / "python" / "triton_python_backend_stub"]:
+        p.chmod(0o755)
+    stubenv = base / "stubenv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(stubenv)], log)
+    site = stubenv / "lib" / f"python{minor}" / "site-packages"
+    _run([*pip, "install", "--no-deps", "--target", str(site), f"numpy=={STUB_NUMPY}"], log)
+    (site / "zz_gpt_server_test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    marker.write_text(version)
+    return base
+
+
+def ensemble_config(name: str, gguf: str, events_log: Path) -> str:
+    """config.pbtxt of the test model: decoupled Python backend, the ensemble's tensors."""
+    ins = ",\n".join(
+        f'  {{ name: "{n}" data_type: {t} dims: {d}{" optional: true" if opt else ""} }}' for n, t, d, opt in _INPUTS
+    )
+    outs = ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _OUTPUTS)
+    params = {"gguf": gguf, "events_log": str(events_log), "n_ctx": "2048", "n_threads": "1"}
+    ps = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items())
+    return (
+        f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\nmodel_transaction_policy {{ decoupled: true }}\n'
+        f"input [\n{ins}\n]\noutput [\n{outs}\n]\ninstance_group [ {{ count: 1 kind: KIND_CPU }} ]\n{ps}\n"
+    )
+
+
+class TritonServer:
+    """tritonserver on a loopback HTTP port (gRPC and metrics off), serving ``ensemble``."""
+
+    def __init__(self, tmp: Path, gguf: str, model: str = "ensemble") -> None:
+        self.base = build_tritonserver()
+        self.tmp = tmp
+        self.model = model
+        self.port = free_port()
+        self.events_log = tmp / "triton-events.jsonl"
+        repo = tmp / "triton-repo"
+        (repo / model / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(MODEL_PY, repo / model / "1" / "model.py")
+        (repo / model / "config.pbtxt").write_text(ensemble_config(model, gguf, self.events_log))
+        self.repo = repo
+        self.proc: Proc | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 90.0) -> TritonServer:
+        server = self.base / "unpacked" / "pytriton" / "tritonserver"
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env = {
+            "LD_LIBRARY_PATH": os.pathsep.join(
+                [str(self.base / "unpacked" / "nvidia_pytriton.libs"), libdir, os.environ.get("LD_LIBRARY_PATH", "")]
+            ),
+            "PATH": os.pathsep.join([str(self.base / "stubenv" / "bin"), os.environ.get("PATH", "")]),
+        }
+        args = [
+            str(server / "bin" / "tritonserver"), f"--model-repository={self.repo}",
+            f"--backend-directory={server / 'backends'}", f"--http-port={self.port}", "--http-address=127.0.0.1",
+            "--allow-grpc=false", "--allow-metrics=false", "--exit-timeout-secs=5",
+        ]
+        self.proc = Proc(args, self.tmp / "tritonserver.log", env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.proc.check()
+            try:
+                if httpx.get(f"{self.url}/v2/models/{self.model}/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"tritonserver not ready in {timeout}s:\n{self.proc.log_text(4000)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop(timeout=15)
+            self.proc = None
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the model logged: one start and one done/cancelled per request."""
+        if not self.events_log.exists():
+            return []
+        return [json.loads(line) for line in self.events_log.read_text().splitlines() if line.strip()]
