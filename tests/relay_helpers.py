@@ -21,6 +21,7 @@ __all__ = [
     "VLLM_TORCH",
     "build_vllm_venv",
     "convert_gguf_to_hf",
+    "thinking_model_dir",
     "cache_root",
 ]
 
@@ -149,6 +150,35 @@ def convert_gguf_to_hf(out_dir: Path) -> Path:
     log = out_dir.parent / "convert.log"
     _run([sys.executable, "-c", code, str(src.parent), src.name, str(out_dir)], log, env={"OMP_NUM_THREADS": "1"})
     return out_dir
+
+
+# two special tokens SmolLM2 never writes in chat, renamed so that vLLM's <think> reasoning
+# parsers find their start and end tokens in the vocabulary
+_THINK_TOKENS = {"<gh_stars>": "<think>", "<issue_start>": "</think>"}
+
+
+def thinking_model_dir(src: Path, out: Path) -> Path:
+    """``src`` (a converted SmolLM2) whose tokenizer has ``<think>``/``</think>`` as special
+    tokens (ids 7 and 8); the weights are linked, not copied."""
+    import json
+
+    if (out / "tokenizer.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name not in ("tokenizer.json", "chat_template.jinja"):
+            (tmp / f.name).symlink_to(f.resolve())
+    tok = json.loads((src / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    for old, new in _THINK_TOKENS.items():
+        vocab[new] = vocab.pop(old)
+    for t in tok["added_tokens"]:
+        t["content"] = _THINK_TOKENS.get(t["content"], t["content"])
+    (tmp / "tokenizer.json").write_text(json.dumps(tok))
+    os.replace(tmp, out)
+    return out
 
 
 if __name__ == "__main__":  # build the caches ahead of a test run
