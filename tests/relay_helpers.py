@@ -22,6 +22,7 @@ __all__ = [
     "build_vllm_venv",
     "convert_gguf_to_hf",
     "thinking_model_dir",
+    "build_vllm_cross_encoder",
     "cache_root",
 ]
 
@@ -178,6 +179,26 @@ def thinking_model_dir(src: Path, out: Path) -> Path:
         t["content"] = _THINK_TOKENS.get(t["content"], t["content"])
     (tmp / "tokenizer.json").write_text(json.dumps(tok))
     os.replace(tmp, out)
+    return out
+
+
+def build_vllm_cross_encoder(out: Path, seed: int = 0) -> Path:
+    """A tiny random BERT cross-encoder (num_labels 1) with MiniLM's tokenizer, its attention
+    heads 32 wide: vLLM's CPU attention has no kernel for the 16-wide heads of the one
+    tests/embed_helpers.py builds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tests.embed_helpers import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=256, initializer_range=0.5, num_labels=1,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
     return out
 
 

@@ -30,14 +30,19 @@ from tests.contract.chat import NO_EOS, ChatSuite
 from tests.contract.embed import EmbedSuite
 from tests.contract.rerank import RerankSuite
 from tests.embed_helpers import (
-    build_cross_encoder,
     cross_encoder_scores,
     minilm_dir,
     minilm_vectors,
 )
 from tests.helpers import WEATHER_TOOL, Server, base_config, served
 from tests.hf_helpers import lora_dir
-from tests.relay_helpers import build_vllm_venv, cache_root, convert_gguf_to_hf, thinking_model_dir
+from tests.relay_helpers import (
+    build_vllm_cross_encoder,
+    build_vllm_venv,
+    cache_root,
+    convert_gguf_to_hf,
+    thinking_model_dir,
+)
 
 pytestmark = [
     pytest.mark.slow_vllm,
@@ -187,8 +192,9 @@ POOL_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
 def pooling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     python = _vllm_python()
     tmp = tmp_path_factory.mktemp("vllm_pooling")
-    ce = build_cross_encoder(tmp / "ce")
-    common = {"python": python, "max_model_len": 256, "startup_timeout": 1200, "engine_env": POOL_ENV}
+    ce = build_vllm_cross_encoder(tmp / "ce")
+    # float32 as sentence-transformers computes the reference (vLLM on CPU would pick half precision)
+    common = {"python": python, "max_model_len": 256, "dtype": "float32", "startup_timeout": 1200, "engine_env": POOL_ENV}
     models = [
         {"embed": {
             "model_config": {"model_name_or_path": minilm_dir(), **common,
