@@ -193,16 +193,18 @@ def pooling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
     python = _vllm_python()
     tmp = tmp_path_factory.mktemp("vllm_pooling")
     ce = build_vllm_cross_encoder(tmp / "ce")
-    # float32 as sentence-transformers computes the reference (vLLM on CPU would pick half precision)
+    # float32 as sentence-transformers computes the reference (vLLM on CPU would pick half
+    # precision); --enforce-eager: no compilation at start-up for two tiny encoders
     common = {"python": python, "max_model_len": 256, "dtype": "float32", "startup_timeout": 1200, "engine_env": POOL_ENV}
     models = [
         {"embed": {
             "model_config": {"model_name_or_path": minilm_dir(), **common,
                              # Matryoshka sizes vLLM may cut to (``dimensions``)
-                             "engine_args": ["--hf-overrides", json.dumps({"matryoshka_dimensions": [128, 256]})]},
+                             "engine_args": ["--hf-overrides", json.dumps({"matryoshka_dimensions": [128, 256]}),
+                                             "--enforce-eager"]},
             "model_type": "embedding", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
         {"rerank": {
-            "model_config": {"model_name_or_path": str(ce), **common},
+            "model_config": {"model_name_or_path": str(ce), **common, "engine_args": ["--enforce-eager"]},
             "model_type": "rerank", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
     ]
     cfg = base_config(models=models)
