@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
