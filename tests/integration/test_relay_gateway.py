@@ -1,5 +1,5 @@
-"""work_mode: openai in front of a second GPT Server: vision, guided output and enforced tools
-through the relay, end to end on a real vision model.
+"""work_mode: openai in front of a second GPT Server: vision, guided output, enforced tools
+and an upstream's LoRA adapters through the relay, end to end on real (tiny) models.
 
 The upstream is a GPT Server serving a tiny random LLaVA with transformers (``hf``), under
 the default media policy: it refuses image URLs on private addresses. The relay (a second GPT
@@ -17,11 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from tests.helpers import WEATHER_TOOL, Server, base_config, served
-from tests.hf_helpers import hf_entry, tiny_llava_dir
+from tests.hf_helpers import hf_entry, lora_dir, smollm_hf_dir, tiny_llava_dir
 
 KEY_ENV = "GPT_SERVER_TEST_GATEWAY_UPSTREAM_KEY"
 MAX_PIXELS = 64 * 64
@@ -74,13 +75,14 @@ def images() -> Iterator[ImageHost]:
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp: Path = tmp_path_factory.mktemp("relay_gateway_upstream")
-    cfg = base_config(api_keys="up-key", models=[hf_entry("vlm", tiny_llava_dir())])
+    models = [hf_entry("vlm", tiny_llava_dir()), hf_entry("smol", smollm_hf_dir(), lora={"smol-lora": str(lora_dir(1))})]
+    cfg = base_config(api_keys="up-key", models=models)
     with served(cfg, tmp, "relay_gateway_upstream", timeout=180) as srv:
         yield srv
 
 
-def _relay(name: str, upstream: Server, **mc: Any) -> dict[str, Any]:
-    config = {"model_name_or_path": "vlm", "api_base": f"{upstream.base_url}/v1", "api_key_env": KEY_ENV,
+def _relay(name: str, upstream: Server, model: str = "vlm", **mc: Any) -> dict[str, Any]:
+    config = {"model_name_or_path": model, "api_base": f"{upstream.base_url}/v1", "api_key_env": KEY_ENV,
               "upstream_timeout": 60, **mc}
     return {name: {"model_config": config, "model_type": "auto", "work_mode": "openai", "workers": [{"gpus": []}]}}
 
@@ -92,6 +94,7 @@ def relay(upstream: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     models = [
         _relay("relay-vlm", upstream, api_flavor="gpt_server", allow_private_media_urls=True, max_image_pixels=MAX_PIXELS),
         _relay("relay-plain", upstream),  # api_flavor openai: what OpenAI's API lacks is refused
+        _relay("relay-smol", upstream, "smol", lora_adapters=["smol-lora"]),
     ]
     try:
         with served(base_config(models=models), tmp, "relay_gateway", timeout=120) as srv:
@@ -151,3 +154,14 @@ def test_guided_output_and_enforced_tools_through_a_gpt_server_upstream(client: 
         client.chat.completions.create(model="relay-plain", messages=ask, max_tokens=4, extra_body={"guided_regex": "a+"})
     assert isinstance(ei.value.body, dict) and ei.value.body["param"] == "guided_regex"
     assert ei.value.body["code"] == "unsupported_parameter"
+
+
+def test_upstream_lora_adapters_are_model_ids_with_their_parent(client: openai.OpenAI, relay: Server, upstream: Server) -> None:
+    cards = {m["id"]: m for m in httpx.get(f"{relay.base_url}/v1/models", timeout=30).json()["data"]}
+    assert cards["smol-lora"]["parent"] == "relay-smol" and cards["relay-smol"]["parent"] is None
+    kw: dict[str, Any] = dict(messages=[{"role": "user", "content": "Say something about the sea."}], max_tokens=10, temperature=0)
+    base = client.chat.completions.create(model="relay-smol", **kw).choices[0].message.content
+    tuned = client.chat.completions.create(model="smol-lora", **kw)
+    assert tuned.model == "smol-lora" and tuned.choices[0].message.content != base
+    direct = openai.OpenAI(base_url=f"{upstream.base_url}/v1", api_key="up-key", max_retries=0, timeout=60)
+    assert direct.chat.completions.create(model="smol-lora", **kw).choices[0].message.content == tuned.choices[0].message.content

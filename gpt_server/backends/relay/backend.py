@@ -247,6 +247,10 @@ class OpenAIRelayBackend(RelayBackend):
 
     options: UpstreamOptions
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.adapters = list(self.options.lora_adapters or [])
+
     def load(self) -> None:
         mc = self.options
         if not mc.api_base:

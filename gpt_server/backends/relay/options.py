@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -34,6 +34,12 @@ class RelayOptions(ChatOptions, MediaOptions, ParallelOptions):
 class UpstreamOptions(RelayOptions):
     api_base: str | None = Field(None, max_length=2048, description="base URL of the OpenAI-compatible upstream")
     api_key_env: str | None = Field(None, max_length=256, description="environment variable holding the upstream's API key")
+    lora_adapters: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None,
+        max_length=64,
+        description="LoRA adapters the upstream serves under their own model ids (a vLLM with --lora-modules, "
+        "a GPT Server with lora): each is a model id here too, its parent this entry",
+    )
     api_flavor: Flavor = Field(
         "openai",
         description="the server behind api_base, for what OpenAI's API lacks: 'vllm' (structured_outputs), "
