@@ -158,16 +158,17 @@ class TestVllmChat(ChatSuite):
     def test_tool_choice_required_and_named_are_enforced(self, client: openai.OpenAI) -> None:
         ask = [{"role": "user", "content": "Hello there."}]  # nothing about weather: only enforcement calls it
         other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
-        r = client.chat.completions.create(model=self.model, messages=ask, tools=[WEATHER_TOOL, other], max_tokens=80,
-                                           tool_choice="required", parallel_tool_calls=False)
+        r = client.chat.completions.create(model=self.model, messages=ask, tools=[WEATHER_TOOL, other], max_tokens=120,
+                                           tool_choice="required", parallel_tool_calls=False, temperature=0)
+        assert r.choices[0].finish_reason == "tool_calls", r.choices[0]
         calls = r.choices[0].message.tool_calls
         assert calls is not None and len(calls) == 1 and calls[0].function.name in ("get_weather", "get_time")
         assert isinstance(json.loads(calls[0].function.arguments), dict)
         named = {"type": "function", "function": {"name": "get_weather"}}
-        r = client.chat.completions.create(model=self.model, messages=ask, tools=[WEATHER_TOOL, other], max_tokens=80,
-                                           tool_choice=named)
+        r = client.chat.completions.create(model=self.model, messages=ask, tools=[WEATHER_TOOL, other], max_tokens=120,
+                                           tool_choice=named, temperature=0)
         calls = r.choices[0].message.tool_calls
-        assert calls and {c.function.name for c in calls} == {"get_weather"}
+        assert calls and {c.function.name for c in calls} == {"get_weather"}, r.choices[0]
         assert "city" in json.loads(calls[0].function.arguments)
 
     # ---- reasoning ----------------------------------------------------------------------

@@ -101,8 +101,8 @@ def _calls_schema(spec: ToolSpec) -> dict[str, Any]:
 
 def _json_schema(schema: dict[str, Any], flavor: str) -> dict[str, Any]:
     """A JSON-schema constraint in the engine's own parameters."""
-    if flavor == "vllm":
-        return {"structured_outputs": {"json": schema}}
+    if flavor == "vllm":  # compact, and no keys the schema does not name: as our own engines write it
+        return {"structured_outputs": {"json": schema, "disable_any_whitespace": True, "disable_additional_properties": True}}
     if flavor == "vllm_guided":
         return {"guided_json": schema}
     if flavor == "llama_cpp":  # llama-cpp-python: a schema-constrained json_object
