@@ -21,6 +21,8 @@ __all__ = [
     "VLLM_TORCH",
     "build_vllm_venv",
     "convert_gguf_to_hf",
+    "thinking_model_dir",
+    "build_vllm_cross_encoder",
     "cache_root",
 ]
 
@@ -149,6 +151,55 @@ def convert_gguf_to_hf(out_dir: Path) -> Path:
     log = out_dir.parent / "convert.log"
     _run([sys.executable, "-c", code, str(src.parent), src.name, str(out_dir)], log, env={"OMP_NUM_THREADS": "1"})
     return out_dir
+
+
+# two special tokens SmolLM2 never writes in chat, renamed so that vLLM's <think> reasoning
+# parsers find their start and end tokens in the vocabulary
+_THINK_TOKENS = {"<gh_stars>": "<think>", "<issue_start>": "</think>"}
+
+
+def thinking_model_dir(src: Path, out: Path) -> Path:
+    """``src`` (a converted SmolLM2) whose tokenizer has ``<think>``/``</think>`` as special
+    tokens (ids 7 and 8); the weights are linked, not copied."""
+    import json
+
+    if (out / "tokenizer.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name not in ("tokenizer.json", "chat_template.jinja"):
+            (tmp / f.name).symlink_to(f.resolve())
+    tok = json.loads((src / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    for old, new in _THINK_TOKENS.items():
+        vocab[new] = vocab.pop(old)
+    for t in tok["added_tokens"]:
+        t["content"] = _THINK_TOKENS.get(t["content"], t["content"])
+    (tmp / "tokenizer.json").write_text(json.dumps(tok))
+    os.replace(tmp, out)
+    return out
+
+
+def build_vllm_cross_encoder(out: Path, seed: int = 0) -> Path:
+    """A tiny random BERT cross-encoder (num_labels 1) with MiniLM's tokenizer, its attention
+    heads 32 wide: vLLM's CPU attention has no kernel for the 16-wide heads of the one
+    tests/embed_helpers.py builds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from tests.embed_helpers import minilm_dir
+
+    tok = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=256, initializer_range=0.5, num_labels=1,
+    )
+    BertForSequenceClassification(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 if __name__ == "__main__":  # build the caches ahead of a test run

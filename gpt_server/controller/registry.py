@@ -252,5 +252,6 @@ class Registry:
                         workers=1,
                         context_length=r.info.context_length,
                         capabilities=list(r.info.capabilities),
+                        parent=r.info.model_name if n in r.info.adapters else None,
                     )
         return sorted(out.values(), key=lambda m: m.id)

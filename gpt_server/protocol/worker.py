@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -100,6 +100,9 @@ class WorkerInfo(_Strict):
     )
     model_name: str = Field(min_length=1, max_length=128)
     aliases: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(default=[], max_length=64)
+    adapters: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default=[], max_length=64, description="the aliases that are LoRA adapters of model_name (their parent)"
+    )
     model_kind: str = Field("auto", max_length=32)
     engine: str = Field("", max_length=64, description="the engine (work_mode) serving it")
     capabilities: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(default=[], max_length=64)
@@ -177,6 +180,7 @@ class ModelEntryInfo(_Strict):
     workers: int
     context_length: int | None = None
     capabilities: list[str] = []
+    parent: str | None = None  # the base model of a LoRA adapter
 
 
 class InvokeRequest(_Strict):

@@ -227,6 +227,7 @@ class WorkerRuntime:
             address=self.address,
             model_name=self.model_name,
             aliases=self.aliases,
+            adapters=[a for a in getattr(self.backend, "extra_model_names", []) if a in self.aliases],
             model_kind=self.model_kind,
             engine=self.engine,
             capabilities=sorted(self.backend.capabilities),

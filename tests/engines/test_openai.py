@@ -1,10 +1,11 @@
 """work_mode: openai — relaying to an OpenAI-compatible upstream: ``python -m llama_cpp.server``
 on the packaged SmolLM2 GGUF, started beside GPT Server on loopback (one for chat, one with
-``--embedding`` for embeddings). Upstream failures (down, bad key, context overflow) are
+``--embedding`` for embeddings), and a second GPT Server for rerank. Upstream failures (down, bad key, context overflow) are
 covered in tests/integration/test_relay_openai.py."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,12 @@ import numpy as np
 
 from tests.contract.chat import ChatSuite
 from tests.contract.embed import EmbedSuite
+from tests.contract.rerank import RerankSuite
+from tests.embed_helpers import build_cross_encoder, cross_encoder_scores, entry
+from tests.helpers import base_config, served
 from tests.relay_helpers import LlamaCppServer
+
+RERANK_KEY_ENV = "GPT_SERVER_TEST_RERANK_UPSTREAM_KEY"
 
 
 def relay_entry(name: str, api_base: str, kind: str) -> dict[str, Any]:
@@ -66,3 +72,29 @@ class TestOpenAIRelayEmbed(EmbedSuite):
         """The upstream asked directly."""
         r = httpx.post(f"{self.upstream.base_url}/embeddings", json={"model": "x", "input": texts}, timeout=120).json()
         return np.array([d["embedding"] for d in sorted(r["data"], key=lambda d: d["index"])], dtype=np.float32)
+
+
+class TestOpenAIRelayRerank(RerankSuite):
+    """A remote upstream's ``/rerank`` (Jina/Cohere shape, as vLLM, SGLang and GPT Server serve
+    it): the upstream is a second GPT Server serving a tiny cross-encoder with
+    sentence-transformers; the scores must be that model's."""
+
+    model_dir: ClassVar[Path]
+
+    @classmethod
+    @contextmanager
+    def models(cls, tmp: Path) -> Iterator[list[dict[str, Any]]]:
+        cls.model_dir = build_cross_encoder(tmp / "ce")
+        upstream_models = [entry("upstream-ce", str(cls.model_dir), "rerank")]
+        with served(base_config(api_keys="up-key", models=upstream_models), tmp, "contract_openai_upstream_rerank") as up:
+            os.environ[RERANK_KEY_ENV] = "up-key"
+            mc = {"model_name_or_path": "upstream-ce", "api_base": f"{up.base_url}/v1", "api_key_env": RERANK_KEY_ENV,
+                  "api_flavor": "gpt_server", "upstream_timeout": 60}
+            try:
+                yield [{cls.model: {"model_config": mc, "model_type": "rerank", "work_mode": "openai",
+                                    "workers": [{"gpus": []}]}}]
+            finally:
+                os.environ.pop(RERANK_KEY_ENV, None)
+
+    def reference(self, query: str, documents: list[str]) -> list[float]:
+        return cross_encoder_scores(self.model_dir, query, documents)

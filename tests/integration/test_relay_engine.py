@@ -8,7 +8,9 @@ points at a wrapper interpreter that takes a few seconds to start (a slow engine
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import stat
 import sys
@@ -24,7 +26,7 @@ from gpt_server.backends.base import BackendSpec
 from gpt_server.backends.engine_process import EngineStartError
 from gpt_server.backends.relay.backend import EngineServerBackend
 from gpt_server.config import parse_config, resolve_model_path
-from tests.helpers import MODEL_PATH, Server, base_config, free_port, served
+from tests.helpers import MODEL_PATH, WEATHER_TOOL, Server, base_config, free_port, served
 
 MSG = [{"role": "user", "content": "Say hello."}]
 SLOW_START_S = 3
@@ -107,6 +109,26 @@ def test_engine_api_key_is_not_on_its_command_line(server: Server, engine_port: 
     assert httpx.get(url, timeout=10).status_code == 401
     assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
     assert httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+
+
+def test_guided_output_in_llama_cpp_grammar_and_the_rest_refused(client: openai.OpenAI) -> None:
+    """llama.cpp's server takes GBNF: guided_choice and guided_grammar become its ``grammar``,
+    tool_choice required a JSON schema of the calls; a regex it cannot take is a 400 naming it."""
+    r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8,
+                                       extra_body={"guided_choice": ["alpha", 'say "beta"']})
+    assert r.choices[0].message.content in ("alpha", 'say "beta"')
+    r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=8,
+                                       extra_body={"guided_grammar": 'root ::= ("yes" | "no") " " [0-9]'})
+    assert re.fullmatch(r"(yes|no) [0-9]", r.choices[0].message.content or ""), r.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, extra_body={"guided_regex": "a+"})
+    assert ei.value.body["param"] == "guided_regex" and ei.value.body["code"] == "unsupported_parameter"
+    # tool_choice required: the relay constrains llama.cpp to a JSON schema of the calls
+    r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=60, tools=[WEATHER_TOOL],
+                                       tool_choice="required", parallel_tool_calls=False, temperature=0)
+    (call,) = r.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather" and r.choices[0].finish_reason == "tool_calls"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
 
 
 def test_engine_crash_restarts_and_serves_again(server: Server, client: openai.OpenAI, engine_port: int) -> None:

@@ -7,15 +7,23 @@ outside GPT Server with an API key; GPT Server reaches it through ``api_base`` a
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from gpt_server.backends.base import BackendSpec
+from gpt_server.backends.relay.backend import OpenAIRelayBackend
+from gpt_server.config import parse_config
+from gpt_server.protocol.rerank import RERANK, RerankPayload
 from tests.helpers import Server, base_config, free_port, served
 from tests.relay_helpers import LlamaCppServer
 
@@ -152,3 +160,42 @@ def test_embeddings_relay_equal_upstream(client: openai.OpenAI, upstreams: tuple
     with pytest.raises(openai.BadRequestError) as ei:  # images are not relayed (yet): a 400, never a 500
         client.embeddings.create(model="remote-embed", input=["a", {"image": "aGVsbG8="}])  # type: ignore[list-item]
     assert ei.value.body["param"] == "input" and ei.value.body["code"] == "unsupported_input"
+
+
+def test_tei_rerank_translation() -> None:
+    """``api_flavor: tei``: /v1/rerank becomes TEI's ``POST /rerank {query, texts}`` at the
+    upstream's root; its ``[{index, score}]`` come back in our order, with ``top_n`` and the
+    documents applied here (a stand-in TEI on loopback: no TEI build installs here)."""
+    seen: list[tuple[str, dict]] = []
+
+    class Tei(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            seen.append((self.path, body))
+            data = json.dumps([{"index": i, "score": 1.0 / (1 + len(t))} for i, t in enumerate(body["texts"])][::-1]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Tei)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        model = relay_entry("tei", f"http://127.0.0.1:{srv.server_address[1]}/v1", key_env=None, kind="rerank")
+        model["tei"]["model_config"]["api_flavor"] = "tei"
+        entry = parse_config({"models": [model]}).models[0]
+        backend = OpenAIRelayBackend(BackendSpec(entry=entry, model_path="smol-upstream"))
+        backend.load()
+        docs = ["a much longer document", "short", "mid size"]
+        payload = RerankPayload(query="q", documents=docs, top_n=2, return_documents=True)
+        out = asyncio.run(backend.invoke(RERANK, payload))
+        backend.close()
+    finally:
+        srv.shutdown()
+    assert seen == [("/rerank", {"query": "q", "texts": docs})]
+    assert [(r["index"], r["document"]["text"]) for r in out["results"]] == [(1, "short"), (2, "mid size")]
+    assert out["results"][0]["relevance_score"] == pytest.approx(1 / 6)

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from gpt_server.backends.relay.commands import LAUNCHERS, LaunchSpec, build_command
 from gpt_server.backends.relay.options import EngineServerOptions
-from gpt_server.backends.relay.translate import upstream_body, upstream_error
+from gpt_server.backends.relay.translate import (
+    CallsFromJson,
+    enforces_by_schema,
+    upstream_body,
+    upstream_error,
+)
 from gpt_server.config import ConfigError, parse_config
 from gpt_server.errors import BadRequestError, RateLimitError, UpstreamError
-from gpt_server.protocol.worker import GenerateRequest, SamplingParams, StructuredSpec, ToolSpec
+from gpt_server.protocol.worker import (
+    DeltaEvent,
+    FinishEvent,
+    GenerateRequest,
+    SamplingParams,
+    StructuredSpec,
+    ToolSpec,
+)
 
 FULL = dict(
     model_name_or_path="/models/qwen",
@@ -188,3 +202,99 @@ def test_upstream_error_mapping() -> None:
     assert isinstance(e429, RateLimitError) and e429.headers["Retry-After"] == "7"
     assert upstream_error(503, None).status == 502
     assert upstream_error(401, {}).status == 502
+
+
+@pytest.mark.parametrize(
+    ("flavor", "spec_", "want"),
+    [
+        ("vllm", StructuredSpec(type="regex", pattern="a+"), {"structured_outputs": {"regex": "a+"}}),
+        ("vllm", StructuredSpec(type="choice", choices=["x", "y"]), {"structured_outputs": {"choice": ["x", "y"]}}),
+        ("vllm", StructuredSpec(type="grammar", grammar="root ::= \"a\""), {"structured_outputs": {"grammar": "root ::= \"a\""}}),
+        ("vllm_guided", StructuredSpec(type="choice", choices=["x"]), {"guided_choice": ["x"]}),
+        ("gpt_server", StructuredSpec(type="regex", pattern="b"), {"guided_regex": "b"}),
+        ("sglang", StructuredSpec(type="regex", pattern="a+"), {"regex": "a+"}),
+        ("sglang", StructuredSpec(type="choice", choices=["a.b", "c"]), {"regex": r"(a\.b|c)"}),
+        ("sglang", StructuredSpec(type="grammar", grammar="root ::= \"a\""), {"ebnf": "root ::= \"a\""}),
+        ("lmdeploy", StructuredSpec(type="regex", pattern="a+"),
+         {"response_format": {"type": "regex_schema", "regex_schema": "a+"}}),
+        ("llama_cpp", StructuredSpec(type="choice", choices=["yes", 'say "no"']),
+         {"grammar": 'root ::= "yes" | "say \\"no\\""'}),
+        ("llama_cpp", StructuredSpec(type="grammar", grammar="root ::= \"a\""), {"grammar": "root ::= \"a\""}),
+    ],
+)
+def test_guided_output_in_each_engines_own_parameters(flavor: str, spec_: StructuredSpec, want: dict) -> None:
+    body = upstream_body(_req(structured=spec_), "u", flavor)[1]
+    assert {k: body[k] for k in want} == want
+    if "response_format" not in want:
+        assert "response_format" not in body
+
+
+@pytest.mark.parametrize(
+    ("flavor", "spec_", "param"),
+    [
+        ("openai", StructuredSpec(type="regex", pattern="a"), "guided_regex"),
+        ("openai", StructuredSpec(type="choice", choices=["a"]), "guided_choice"),
+        ("trtllm", StructuredSpec(type="grammar", grammar="root ::= \"a\""), "guided_grammar"),
+        ("lmdeploy", StructuredSpec(type="grammar", grammar="root ::= \"a\""), "guided_grammar"),
+        ("llama_cpp", StructuredSpec(type="regex", pattern="a"), "guided_regex"),
+        ("tei", StructuredSpec(type="regex", pattern="a"), "guided_regex"),
+    ],
+)
+def test_guided_output_an_engine_cannot_honour_is_400(flavor: str, spec_: StructuredSpec, param: str) -> None:
+    with pytest.raises(BadRequestError) as ei:
+        upstream_body(_req(structured=spec_), "u", flavor)
+    assert ei.value.param == param and ei.value.code == "unsupported_parameter" and flavor in ei.value.message
+
+
+def test_enforced_tool_choice_natively_or_by_a_schema_of_the_calls() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+             {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}}]
+    required = _req(tools=ToolSpec(tools=tools, choice="required", parallel=False))
+    for flavor in ("openai", "gpt_server"):
+        body = upstream_body(required, "u", flavor)[1]
+        assert body["tool_choice"] == "required" and body["parallel_tool_calls"] is False
+        assert not enforces_by_schema(required, flavor)
+    vllm = upstream_body(required, "u", "vllm")[1]
+    assert vllm["tool_choice"] == "none" and vllm["tools"] == tools and enforces_by_schema(required, "vllm")
+    schema = vllm["structured_outputs"]["json"]
+    assert schema["maxItems"] == 1 and schema["minItems"] == 1 and len(schema["items"]["anyOf"]) == 2
+    named = _req(tools=ToolSpec(tools=tools, choice="named", name="g"))
+    items = upstream_body(named, "u", "sglang")[1]["response_format"]["json_schema"]["schema"]["items"]
+    assert items["properties"]["name"] == {"const": "g"}
+    assert upstream_body(named, "u", "llama_cpp")[1]["response_format"]["type"] == "json_object"
+    with pytest.raises(BadRequestError) as ei:
+        upstream_body(required, "u", "trtllm")
+    assert ei.value.param == "tool_choice"
+    auto = _req(tools=ToolSpec(tools=tools, choice="auto"))
+    assert upstream_body(auto, "u", "llama_cpp")[1]["tool_choice"] == "auto" and not enforces_by_schema(auto, "vllm")
+    both = _req(tools=ToolSpec(tools=tools, choice="required"), structured=StructuredSpec(type="regex", pattern="a"))
+    with pytest.raises(BadRequestError):
+        upstream_body(both, "u", "vllm")
+
+
+def test_calls_from_json_become_tool_calls() -> None:
+    conv = CallsFromJson()
+    out = [*conv.feed(DeltaEvent(index=0, text='[{"name": "f", "argu')),
+           *conv.feed(DeltaEvent(index=0, text='ments": {"x": 1}}]')), *conv.feed(FinishEvent(index=0, finish_reason="stop"))]
+    (delta, finish) = out
+    assert isinstance(delta, DeltaEvent) and delta.text == "" and delta.tool_calls is not None
+    assert [(c.name, json.loads(c.arguments)) for c in delta.tool_calls] == [("f", {"x": 1})]
+    assert isinstance(finish, FinishEvent) and finish.finish_reason == "tool_calls"
+    cut = [*conv.feed(DeltaEvent(index=1, text='[{"na')), *conv.feed(FinishEvent(index=1, finish_reason="length"))]
+    assert [type(e).__name__ for e in cut] == ["DeltaEvent", "FinishEvent"] and cut[0].text == '[{"na'  # type: ignore[union-attr]
+    assert cut[1].finish_reason == "length"  # type: ignore[union-attr]
+
+
+def test_pooling_runners_and_rerank_commands() -> None:
+    def cmd(engine: str, **kw: object) -> list[str]:
+        s = spec(engine, model_name_or_path="/m")
+        return build_command(LaunchSpec(**{**s.__dict__, **kw})).argv  # type: ignore[arg-type]
+
+    assert pairs(cmd("vllm", rerank=True))["--runner"] == "pooling"
+    assert pairs(cmd("vllm", embedding=True))["--runner"] == "pooling"
+    assert "--is-embedding" in cmd("sglang", rerank=True)
+    for engine in ("lmdeploy-pytorch", "lmdeploy-turbomind", "trtllm", "llama_cpp_server"):
+        with pytest.raises(ConfigError, match="rerank"):
+            cmd(engine, rerank=True)
+    with pytest.raises(ConfigError, match="lora"):
+        build_command(LaunchSpec(**{**spec("vllm", model_name_or_path="/m", lora={"a": "/a"}).__dict__, "embedding": True}))

@@ -22,6 +22,7 @@ KEYS = {
     "context_length", "heartbeat_interval", "pid", "replica", "default", "fingerprint", "queue_length", "active", "healthy", "dispatched_total",
     "gateway_inflight", "failures", "requests_total", "tokens_total", "last_error", "state",
     "engine", "rss_bytes",  # protocol 3: the dashboard's engine and memory columns
+    "adapters",  # protocol 4: the aliases that are LoRA adapters (their /v1/models parent)
 }
 
 

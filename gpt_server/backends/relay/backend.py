@@ -27,6 +27,7 @@ from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
 from ...protocol.openai import RESERVED_TEMPLATE_KEYS
+from ...protocol.rerank import RERANK, RerankPayload
 from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, TokenizePayload
 from ...protocol.worker import Event, GenerateRequest
 from ...settings import ConfigError
@@ -34,9 +35,11 @@ from ...web.internal import SECRET_ENV
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
 from ..engine_process import EngineProcess, ProcessOptions
 from ..text_tasks.media import refuse_images
+from ..text_tasks.results import rerank_response
 from .client import UpstreamClient
-from .commands import LaunchSpec, build_command
-from .options import EngineServerOptions, RelayOptions, UpstreamOptions
+from .commands import LORA_ENGINES, LaunchSpec, build_command
+from .options import EngineServerOptions, Flavor, RelayOptions, UpstreamOptions
+from .translate import ENGINE_FLAVORS
 
 __all__ = ["RelayBackend", "OpenAIRelayBackend", "EngineServerBackend"]
 
@@ -48,7 +51,7 @@ _DEFAULT_STARTUP = 900.0
 
 
 # what a relay can carry today; the model's kind picks among them
-_RELAYED = frozenset({"chat", "completion", "embed"})
+_RELAYED = frozenset({"chat", "completion", "embed", "rerank"})
 # engines whose own server answers vLLM's /tokenize and /detokenize at its root
 _TOKENIZING_ENGINES = frozenset({"vllm", "sglang"})
 
@@ -62,11 +65,24 @@ class RelayBackend(Backend):
         super().__init__(spec)
         caps = kind(spec.entry.kind).capabilities & _RELAYED
         if not caps:
-            raise ConfigError(f"model_type '{spec.entry.kind}' cannot be relayed yet (chat LLMs and embeddings can)")
+            raise ConfigError(
+                f"model_type '{spec.entry.kind}' cannot be relayed (chat LLMs, embeddings and rerankers can)"
+            )
         self.capabilities = caps
         self.client: UpstreamClient | None = None
         self.upstream_model = spec.entry.name
         self.fetcher = MediaFetcher(self.options.media_policy())
+        # LoRA adapters the engine serves under their own names: each is a model id of ours
+        self.adapters: list[str] = []
+
+    @property
+    def flavor(self) -> Flavor:
+        return "openai"
+
+    @property
+    def extra_model_names(self) -> list[str]:
+        """LoRA adapters are model ids of their own (``parent``: this entry)."""
+        return list(self.adapters)
 
     @property
     def capacity(self) -> int:
@@ -93,7 +109,9 @@ class RelayBackend(Backend):
         if request.kind == "chat" and request.messages:
             # the engine never fetches: remote images come inline, every image passed the pixel caps
             request = request.model_copy(update={"messages": await inline_images(request.messages, self.fetcher)})
-        async for ev in client.generate(request, self.upstream_model):
+        # an adapter's name is the engine's model id for it
+        model = request.model if request.model in self.adapters else self.upstream_model
+        async for ev in client.generate(request, model):
             yield ev
 
     async def invoke(self, capability: Capability, payload: BaseModel) -> InvokeResult:
@@ -103,6 +121,8 @@ class RelayBackend(Backend):
             return await self._tokenize(payload_as(payload, TokenizePayload))
         if capability == DETOKENIZE:
             return await self._detokenize(payload_as(payload, DetokenizePayload))
+        if capability == RERANK:
+            return await self._rerank(payload_as(payload, RerankPayload))
         if capability != EMBED:
             return await super().invoke(capability, payload)
         p = payload_as(payload, EmbedPayload)
@@ -116,6 +136,31 @@ class RelayBackend(Backend):
         data.pop("model", None)  # the gateway stamps the name the client used
         data.setdefault("object", "list")
         return data
+
+    async def _rerank(self, p: RerankPayload) -> InvokeResult:
+        """The engine's own rerank API (vLLM, SGLang, Jina/Cohere-style upstreams, GPT Server:
+        ``<base>/rerank``; TEI: ``/rerank`` at its root); ordering, ``top_n`` and documents are ours."""
+        if p.max_tokens_per_doc is not None:
+            raise BadRequestError(
+                "max_tokens_per_doc is not supported through this relay", param="max_tokens_per_doc",
+                code="unsupported_parameter",
+            )
+        if not p.documents:
+            return rerank_response([], [], top_n=p.top_n, return_documents=p.return_documents, tokens=0)
+        client = self._ready_client()
+        if self.flavor == "tei":
+            raw = await client.post_any(self._root_url("/rerank"), {"query": p.query, "texts": p.documents})
+            items, tokens = raw, 0
+        else:
+            body = {"model": self.upstream_model, "query": p.query, "documents": p.documents, "return_documents": False}
+            data = await client.post_json("/rerank", body)
+            items = data.get("results")
+            usage = data.get("usage")
+            if not isinstance(usage, dict):
+                usage = {}
+            tokens = int(usage.get("total_tokens") or usage.get("prompt_tokens") or 0)
+        scores = _rerank_scores(items, len(p.documents))
+        return rerank_response(scores, p.documents, top_n=p.top_n, return_documents=p.return_documents, tokens=tokens)
 
     def _root_url(self, path: str) -> str:
         """``path`` at the upstream's root (its OpenAI routes are under /v1, these are not)."""
@@ -155,6 +200,19 @@ class RelayBackend(Backend):
             self.client = None
 
 
+def _rerank_scores(items: Any, n_docs: int) -> list[float]:
+    """One score per document, by index, from ``[{index, relevance_score | score}]``."""
+    scores: list[float | None] = [None] * n_docs
+    for item in items if isinstance(items, list) else []:
+        i = item.get("index") if isinstance(item, dict) else None
+        score = item.get("relevance_score", item.get("score")) if isinstance(item, dict) else None
+        if isinstance(i, int) and 0 <= i < n_docs and isinstance(score, (int, float)):
+            scores[i] = float(score)
+    if any(s is None for s in scores):
+        raise UpstreamError(f"the upstream's rerank answer does not score all {n_docs} documents")
+    return [s for s in scores if s is not None]
+
+
 def _check_embeddings(data: dict[str, Any], n_inputs: int) -> None:
     """One flat vector (or base64 string) per input, else the upstream is misconfigured."""
     items = data.get("data")
@@ -189,6 +247,10 @@ class OpenAIRelayBackend(RelayBackend):
 
     options: UpstreamOptions
 
+    def __init__(self, spec: BackendSpec) -> None:
+        super().__init__(spec)
+        self.adapters = list(self.options.lora_adapters or [])
+
     def load(self) -> None:
         mc = self.options
         if not mc.api_base:
@@ -202,7 +264,11 @@ class OpenAIRelayBackend(RelayBackend):
                     f"'{mc.api_key_env}' is not set"
                 )
         self.upstream_model = mc.model_name_or_path
-        self.client = UpstreamClient(mc.api_base, key, self._timeout(), name="the upstream engine")
+        self.client = UpstreamClient(mc.api_base, key, self._timeout(), name="the upstream engine", flavor=self.flavor)
+
+    @property
+    def flavor(self) -> Flavor:
+        return self.options.api_flavor
 
 
 class EngineServerBackend(RelayBackend):
@@ -217,6 +283,12 @@ class EngineServerBackend(RelayBackend):
             self.capabilities = self.capabilities | (kind(spec.entry.kind).capabilities & {TOKENIZE, DETOKENIZE})
         self.process: EngineProcess | None = None
         self._tmpdir: str | None = None
+        if self.options.lora and spec.entry.work_mode in LORA_ENGINES:
+            self.adapters = list(self.options.lora)
+
+    @property
+    def flavor(self) -> Flavor:
+        return ENGINE_FLAVORS.get(self.spec.entry.work_mode or "", "openai")
 
     def launch_spec(self, port: int, api_key: str | None) -> LaunchSpec:
         entry = self.spec.entry
@@ -238,6 +310,7 @@ class EngineServerBackend(RelayBackend):
             api_key=api_key,
             chat_template_file=template_file,
             embedding=entry.kind == "embedding",
+            rerank=entry.kind == "rerank",
         )
 
     def _engine_env(self) -> dict[str, str]:
@@ -268,7 +341,9 @@ class EngineServerBackend(RelayBackend):
             )
         )
         self.process.start()
-        self.client = UpstreamClient(base + "/v1", api_key, self._timeout(), name=f"the {self.spec.entry.work_mode} engine")
+        self.client = UpstreamClient(
+            base + "/v1", api_key, self._timeout(), name=f"the {self.spec.entry.work_mode} engine", flavor=self.flavor
+        )
 
     def healthy(self) -> bool:
         return self.process is not None and self.process.healthy()

@@ -11,8 +11,21 @@ from typing import Any
 import httpx
 
 from ...errors import GatewayError, ServiceUnavailableError, UpstreamError
-from ...protocol.worker import DeltaEvent, ErrorEvent, Event, GenerateRequest, UsageEvent
-from .translate import chunk_events, upstream_body, upstream_error
+from ...protocol.worker import (
+    DeltaEvent,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerateRequest,
+    UsageEvent,
+)
+from .translate import (
+    CallsFromJson,
+    chunk_events,
+    enforces_by_schema,
+    upstream_body,
+    upstream_error,
+)
 
 __all__ = ["UpstreamClient"]
 
@@ -37,9 +50,12 @@ def _usage(usage: Any, fallback_completion: int) -> UsageEvent:
 class UpstreamClient:
     """One ``httpx.AsyncClient`` (created in the worker's event loop) for one upstream."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, name: str = "upstream") -> None:
+    def __init__(
+        self, base_url: str, api_key: str | None, timeout: float, name: str = "upstream", flavor: str = "openai"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.name = name
+        self.flavor = flavor  # the upstream's API beyond OpenAI's (translate.Flavor)
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = httpx.Timeout(connect=10.0, read=timeout, write=60.0, pool=None)
         self._client: httpx.AsyncClient | None = None
@@ -74,6 +90,13 @@ class UpstreamClient:
 
     # ---- JSON endpoints -----------------------------------------------------------
     async def post_json(self, path: str, body: dict[str, Any], *, fresh: bool = False) -> dict[str, Any]:
+        data = await self.post_any(path, body, fresh=fresh)
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{self.name} answered something that is not a JSON object")
+        return data
+
+    async def post_any(self, path: str, body: dict[str, Any], *, fresh: bool = False) -> Any:
+        """The JSON the upstream answers (any shape); its HTTP errors as ours."""
         try:
             if fresh:  # on a new connection: the pooled ones may be the broken ones
                 async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as c:
@@ -88,13 +111,21 @@ class UpstreamClient:
         data = _json_or_none(resp.content)
         if resp.status_code != 200:
             raise upstream_error(resp.status_code, data, resp.headers.get("retry-after"))
-        if not isinstance(data, dict):
-            raise UpstreamError(f"{self.name} answered something that is not a JSON object")
         return data
 
     # ---- streaming generation -------------------------------------------------------
     async def generate(self, req: GenerateRequest, model: str) -> AsyncIterator[Event]:
-        path, body = upstream_body(req, model)
+        path, body = upstream_body(req, model, self.flavor)
+        if not enforces_by_schema(req, self.flavor):
+            async for ev in self._generate(req, model, path, body):
+                yield ev
+            return
+        calls = CallsFromJson()  # the engine writes the calls as JSON: they become tool calls here
+        async for ev in self._generate(req, model, path, body):
+            for out in calls.feed(ev) if isinstance(ev, (DeltaEvent, FinishEvent)) else [ev]:
+                yield out
+
+    async def _generate(self, req: GenerateRequest, model: str, path: str, body: dict[str, Any]) -> AsyncIterator[Event]:
         state = _StreamState()
         try:
             async with self._http().stream("POST", path, json=body) as resp:

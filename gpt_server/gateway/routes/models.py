@@ -14,6 +14,7 @@ def _card(m) -> dict:  # noqa: ANN001
         "created": m.created,
         "owned_by": "gpt-server",
         "root": m.model_name,
+        "parent": m.parent,
         "kind": m.model_kind,
         "capabilities": m.capabilities,
         "max_model_len": m.context_length,
