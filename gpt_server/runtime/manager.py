@@ -297,7 +297,12 @@ class ModelManager:
                 raise ConflictError(f"model '{name}' is already configured; unload it or use reload", param="model", code="model_exists")
             data = copy.deepcopy(self.data)
             data["models"] = [*(data.get("models") or []), copy.deepcopy(item)]
-            cfg = _validated(data, "models")
+            try:
+                cfg = _validated(data, "models", source="model entry")
+            except BadRequestError as exc:  # the errors name keys of the body, not of the whole config
+                exc.message = exc.message.replace(f"models[{len(data['models']) - 1}].", "")
+                exc.param = name
+                raise
             entry = cfg.model(name)
             if not entry.enable:
                 raise BadRequestError(f"model '{name}' has enable: false", param="enable")
@@ -413,8 +418,8 @@ class ModelManager:
             for m in list(self.models.values()):
                 if m.entry.load != "on_demand" or m.entry.keep_alive < 0 or not m.replicas or m.lock.locked():
                     continue
-                if self._inflight(m):
-                    m.last_used = now
+                if self._inflight(m) or not all(self.ready(r) for r in m.replicas):
+                    m.last_used = now  # busy, or still loading: idle time starts once it serves
                 elif now - m.last_used > m.entry.keep_alive:
                     log.info("on_demand model %s idle for %.0fs (keep_alive %gs): unloading", m.name, now - m.last_used, m.entry.keep_alive)
                     with contextlib.suppress(Exception):
