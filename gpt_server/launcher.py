@@ -75,7 +75,7 @@ class LocalReplicas:
         if spec.in_process:
             fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
             runtime = build_runtime(
-                cfg, entry, replica=index, address=f"{SCHEME}{os.getpid()}/{worker_id}", controller_address=None,
+                cfg, entry, replica=index, address=f"{SCHEME}{os.getpid()}/{entry.name}-{index}", controller_address=None,  # index: unique among live replicas
                 n_threads=int(fixed) if fixed else threads, controller=self.link, worker_id=worker_id,
             )
             return InProcessReplica(entry.name, index, runtime, self.transport, max_body_bytes=worker_body_limit(cfg))
