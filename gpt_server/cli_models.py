@@ -77,7 +77,11 @@ def _print_models(body: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    method, path, body = _request(args)
+    try:
+        method, path, body = _request(args)
+    except (OSError, yaml.YAMLError) as exc:
+        print(f"gpt-server models: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
     headers = {"Authorization": f"Bearer {args.admin_key}"} if args.admin_key else {}
     try:
         resp = httpx.request(method, args.url.rstrip("/") + path, json=body, headers=headers, timeout=args.timeout)
