@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # the benchmark lives in bench/ (a source checkout); its own parser reads the rest
     sub.add_parser("bench", help="paired benchmark (bench/README.md); --help after it for options", add_help=False)
+    sub.add_parser("models", help="ls|load|unload|scale|restart|reload models of a running server", add_help=False)
     return parser
 
 
@@ -151,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw[:1] == ["bench"]:
         return _bench(raw[1:])
+    if raw[:1] == ["models"]:  # the admin API's client (cli_models.py)
+        from .cli_models import main as models_main
+
+        return models_main(raw[1:])
     args = build_parser().parse_args(argv)
     if args.command == "engines":
         return _engines(args.name)
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"{source}: models: no enabled model to serve")
             from .launcher import serve
 
-            run_async(serve(cfg, data))
+            run_async(serve(cfg, data, args.config))
         elif args.command == "controller":
             from .launcher import run_controller
 

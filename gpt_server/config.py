@@ -118,6 +118,24 @@ class ServeArgs(_Section):
     responses_max_stored: int = Field(1000, ge=0, le=1_000_000, description="stored /v1/responses responses kept at most (oldest dropped first); 0 = none stored")
     responses_max_stored_bytes: int = Field(64 * 2**20, ge=0, le=2**34, description="bytes of stored /v1/responses responses kept at most (oldest dropped first)")
     responses_ttl: float = Field(3600.0, ge=1, le=30 * 86400, description="seconds a stored /v1/responses response is kept")
+    # run-time model management (docs/runtime.md)
+    memory_budget: int | None = Field(
+        None, ge=0, le=2**50,
+        description="bytes the loaded models may take on this host (an integer or '8GiB', '512MB'); a load beyond it "
+        "first unloads idle on_demand models, least recently used first, else is refused with a 503 and the numbers; "
+        "default 80% of the host's RAM; 0 = no budget",
+    )
+    load_timeout: float = Field(
+        300.0, gt=0, le=3600,
+        description="seconds a request to an unloaded on_demand model (and an admin load that waits) waits for it to load",
+    )
+
+    @field_validator("memory_budget", mode="before")
+    @classmethod
+    def _bytes(cls, v: Any) -> Any:
+        from .sizes import parse_bytes
+
+        return parse_bytes(v) if isinstance(v, str) else v
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
@@ -221,6 +239,34 @@ class ModelEntry(_Section):
     device: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
     workers: list[WorkerSpec] = Field(default_factory=lambda: [WorkerSpec()], min_length=1, max_length=256)
     kind: str = Field("auto", description="normalised model kind (derived)")
+    load: Literal["eager", "on_demand"] = Field(
+        "eager",
+        description="eager = loaded at start; on_demand = loaded by its first request (which waits up to "
+        "serve_args.load_timeout) and unloaded after keep_alive idle seconds; listed in /v1/models either way",
+    )
+    keep_alive: float = Field(
+        300.0, ge=-1, le=30 * 86400,
+        description="on_demand models: idle seconds (no request in flight) before the model is unloaded; -1 = never",
+    )
+    memory_estimate: int | None = Field(
+        None, ge=0, le=2**50,
+        description="bytes one replica takes, for serve_args.memory_budget (an integer or '2GiB'); default: the model "
+        "files' size times an engine factor",
+    )
+
+    @field_validator("memory_estimate", mode="before")
+    @classmethod
+    def _estimate_bytes(cls, v: Any) -> Any:
+        from .sizes import parse_bytes
+
+        return parse_bytes(v) if isinstance(v, str) else v
+
+    @field_validator("keep_alive")
+    @classmethod
+    def _keep_alive(cls, v: float) -> float:
+        if v < 0 and v != -1:
+            raise ValueError("keep_alive is -1 (never unload) or idle seconds >= 0")
+        return v
 
     @field_validator("alias", mode="before")
     @classmethod

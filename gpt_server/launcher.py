@@ -1,27 +1,30 @@
 """`gpt-server serve`: controller + gateway in this process, one process per worker replica
-(or, for replicas with ``in_process: true``, the worker app in this process too)."""
+(or, for replicas with ``in_process: true``, the worker app in this process too). The
+replicas belong to a ``runtime.manager.ModelManager``: the admin API, SIGHUP and on_demand
+models load, unload, scale and replace them while the server runs."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
+import shutil
 import signal
-import sys
 import tempfile
-import time
-from dataclasses import dataclass
 
 import orjson
 
-from .config import Config
+from .config import Config, ModelEntry
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
 from .controller.dispatch import make_policy
 from .controller.registry import Registry
+from .errors import GatewayError
 from .gateway.app import build_app
-from .procs import die_with_parent
+from .runtime.manager import ModelManager
+from .runtime.memory import default_budget
+from .runtime.ondemand import OnDemandController
+from .runtime.replica import InProcessReplica, ProcessReplica, Replica
 from .transport.inproc import SCHEME, InProcessTransport
 from .web.internal import (
     SECRET_ENV,
@@ -32,85 +35,12 @@ from .web.internal import (
     require_secret_off_loopback,
 )
 from .web.serve import bind_socket, make_server
-from .worker.app import DEFAULT_MAX_BODY_BYTES, build_worker_app
-from .worker.generation import Generation
-from .worker.main import backend_available, build_runtime, worker_body_limit
-from .worker.runtime import RegistryLink, WorkerRuntime
+from .worker.main import WORKER_ID_ENV, backend_available, build_runtime, worker_body_limit
+from .worker.runtime import RegistryLink
 
-__all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
+__all__ = ["serve", "run_controller", "run_gateway", "LocalReplicas", "LocalWorker"]
 
 log = logging.getLogger("gpt_server.launcher")
-
-
-@dataclass
-class WorkerProcess:
-    model: str
-    replica: int
-    args: list[str]
-    env: dict[str, str]
-    proc: asyncio.subprocess.Process | None = None
-    started_at: float = 0.0
-
-    @property
-    def label(self) -> str:
-        return f"{self.model}#{self.replica}"
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gpt_server.cli", *self.args, env=self.env, preexec_fn=die_with_parent
-        )
-        self.started_at = time.monotonic()
-        log.info("started worker %s (pid %d)", self.label, self.proc.pid)
-
-    async def stop(self, timeout: float = 15.0) -> None:
-        p = self.proc
-        if p is None or p.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            p.terminate()
-        try:
-            await asyncio.wait_for(p.wait(), timeout)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            await p.wait()
-
-
-class Supervisor:
-    """Starts worker processes, restarts crashed ones with backoff, stops them all."""
-
-    def __init__(self, workers: list[WorkerProcess]) -> None:
-        self.workers = workers
-        self.stopping = False
-        self._tasks: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        for w in self.workers:
-            await w.start()
-            self._tasks.append(asyncio.create_task(self._watch(w)))
-
-    async def _watch(self, w: WorkerProcess) -> None:
-        backoff = 1.0
-        while not self.stopping:
-            assert w.proc is not None
-            code = await w.proc.wait()
-            if self.stopping:
-                return
-            ran = time.monotonic() - w.started_at
-            if ran > 60:
-                backoff = 1.0
-            log.error("worker %s exited with code %s after %.1fs; restarting in %.0fs", w.label, code, ran, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 30.0)
-            if self.stopping:
-                return
-            await w.start()
-
-    async def stop(self) -> None:
-        self.stopping = True
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*(w.stop() for w in self.workers), return_exceptions=True)
 
 
 def _thread_shares(cfg: Config) -> tuple[int, int]:
@@ -123,69 +53,56 @@ def _thread_shares(cfg: Config) -> tuple[int, int]:
     return max(1, cores // max(llm_workers, 1)), max(1, cores // max(cpu_workers, 1))
 
 
-def _worker_processes(cfg: Config, config_path: str, controller_address: str, secret: str) -> list[WorkerProcess]:
-    """One process per replica; the internal secret travels in the environment (never argv)."""
+class LocalReplicas:
+    """The ``ReplicaFactory`` of ``serve``: a worker process per replica, or the worker app in
+    this process for ``in_process: true``. Each process reads its own private config file (the
+    settings of this start and its one model entry)."""
+
+    def __init__(
+        self, base: dict, controller_address: str, secret: str, registry: Registry, transport: InProcessTransport, workdir: str
+    ) -> None:
+        self.base = {k: v for k, v in base.items() if k != "models"}
+        self.controller_address = controller_address
+        self.secret = secret
+        self.link = RegistryLink(registry)  # in-process replicas register directly, no HTTP
+        self.transport = transport
+        self.workdir = workdir
+
+    def __call__(self, cfg: Config, entry: ModelEntry, raw: dict, index: int, worker_id: str) -> Replica:
+        spec = entry.workers[min(index, len(entry.workers) - 1)]  # replicas beyond the list: as the last one
+        llm_threads, other_threads = _thread_shares(cfg)
+        threads = llm_threads if entry.kind == "auto" else other_threads
+        if spec.in_process:
+            fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
+            runtime = build_runtime(
+                cfg, entry, replica=index, address=f"{SCHEME}{os.getpid()}/{entry.name}-{index}", controller_address=None,  # index: unique among live replicas
+                n_threads=int(fixed) if fixed else threads, controller=self.link, worker_id=worker_id,
+            )
+            return InProcessReplica(entry.name, index, runtime, self.transport, max_body_bytes=worker_body_limit(cfg))
+        env = {**os.environ, SECRET_ENV: self.secret, WORKER_ID_ENV: worker_id}
+        if spec.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
+        else:
+            env.setdefault("GPT_SERVER_THREADS", str(threads))
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+        workers = list(raw.get("workers") or [{}])
+        workers += [workers[-1]] * (index + 1 - len(workers))
+        path = os.path.join(self.workdir, f"{worker_id}.json")
+        with open(path, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(orjson.dumps({**self.base, "models": [{entry.name: {**raw, "workers": workers}}]}))
+        args = ["worker", "-c", path, "--model", entry.name, "--replica", str(index), "--controller-address", self.controller_address]
+        return ProcessReplica(model=entry.name, replica=index, worker_id=worker_id, args=args, env=env)
+
+
+# the in-process replica (older name)
+LocalWorker = InProcessReplica
+
+
+def _local_workers(cfg: Config, registry: Registry, transport: InProcessTransport) -> list[InProcessReplica]:
+    """The ``in_process`` replicas of ``cfg``, built and not started (tests drive them directly)."""
     llm_threads, other_threads = _thread_shares(cfg)
-    out = []
-    for e in cfg.enabled_models():
-        for i, w in enumerate(e.workers):
-            if w.in_process:
-                continue
-            env = {**os.environ, SECRET_ENV: secret}
-            if w.gpus:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
-            else:
-                threads = llm_threads if e.kind == "auto" else other_threads
-                env.setdefault("GPT_SERVER_THREADS", str(threads))
-                env.setdefault("OMP_NUM_THREADS", str(threads))
-            args = ["worker", "-c", config_path, "--model", e.name, "--replica", str(i), "--controller-address", controller_address]
-            out.append(WorkerProcess(model=e.name, replica=i, args=args, env=env))
-    return out
-
-
-@dataclass
-class LocalWorker:
-    """A replica with ``in_process: true``: its worker app runs in this process."""
-
-    model: str
-    replica: int
-    runtime: WorkerRuntime
-    transport: InProcessTransport
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    task: asyncio.Task[None] | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.model}#{self.replica} (in process)"
-
-    async def start(self) -> None:
-        runtime = self.runtime
-        self.transport.register(runtime.address, build_worker_app(runtime, max_body_bytes=self.max_body_bytes), lambda req: Generation.start(runtime, req))
-        self.task = asyncio.create_task(self._load())
-
-    async def _load(self) -> None:
-        try:
-            await self.runtime.start()
-        except Exception:
-            self.runtime.state = "failed"
-            log.exception("in-process worker %s failed to load; it is not served", self.label)
-
-    async def stop(self) -> None:
-        self.transport.unregister(self.runtime.address)
-        if self.task is None:  # never started
-            return
-        if not self.task.done():  # still loading: nothing to drain
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            return
-        if self.runtime.state != "failed":
-            await self.runtime.stop()
-
-
-def _local_workers(cfg: Config, registry: Registry, transport: InProcessTransport) -> list[LocalWorker]:
-    llm_threads, other_threads = _thread_shares(cfg)
-    fixed = os.environ.get("GPT_SERVER_THREADS")  # as for worker processes, the environment wins
-    # the gateway of this process dispatches from this registry: call it directly, no HTTP
+    fixed = os.environ.get("GPT_SERVER_THREADS")
     link = RegistryLink(registry)
     out = []
     for e in cfg.enabled_models():
@@ -197,22 +114,16 @@ def _local_workers(cfg: Config, registry: Registry, transport: InProcessTranspor
                 n_threads=int(fixed) if fixed else (llm_threads if e.kind == "auto" else other_threads),
                 controller=link,
             )
-            out.append(
-                LocalWorker(model=e.name, replica=i, runtime=runtime, transport=transport, max_body_bytes=worker_body_limit(cfg))
-            )
+            out.append(InProcessReplica(e.name, i, runtime, transport, max_body_bytes=worker_body_limit(cfg)))
     return out
 
 
-async def _wait_ready(registry: Registry, workers: list[WorkerProcess | LocalWorker], timeout: float) -> None:
+async def _wait_ready(manager: ModelManager, replicas: list[Replica], timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last_log = 0.0
     while True:
-        registered = {(r.info.model_name, r.info.replica) for r in registry.workers.values()}
-        waiting = [
-            w for w in workers
-            if (w.model, w.replica) not in registered and not (isinstance(w, LocalWorker) and w.runtime.state == "failed")
-        ]
+        waiting = [r for r in replicas if not manager.ready(r) and not (isinstance(r, InProcessReplica) and r.failure)]
         if not waiting:
             return
         now = loop.time()
@@ -231,8 +142,9 @@ def _install_stop(event: asyncio.Event) -> None:
         loop.add_signal_handler(sig, event.set)
 
 
-async def serve(cfg: Config, config_data: dict | None) -> None:
-    """Run controller + gateway here and every worker replica as a child process."""
+async def serve(cfg: Config, config_data: dict | None, config_path: str | None = None) -> None:
+    """Run controller + gateway here and every worker replica as a child process (or in this
+    process). ``config_path``: the file ``POST /admin/reload`` and SIGHUP read again."""
     for e in cfg.enabled_models():
         backend_available(e)
     # every internal route is behind a secret: the configured one, else one made for this start,
@@ -252,26 +164,27 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     gsock = bind_socket(sa.host, sa.port)
     controller_address = cfg.model_worker_args.controller_address or tls.url(connect_host(ca.host), csock.getsockname()[1])
     transport = InProcessTransport()
-    local = _local_workers(cfg, registry, transport)  # before anything that needs cleaning up
-    # workers read the same validated settings from a private file
-    fd, cfg_path = tempfile.mkstemp(prefix="gpt-server-", suffix=".json")
-    with os.fdopen(fd, "wb") as f:
-        f.write(orjson.dumps(config_data or {}))
+    # worker processes read the validated settings from private files here
+    workdir = tempfile.mkdtemp(prefix="gpt-server-")
+    data = config_data or {}
+    factory = LocalReplicas(data, controller_address, secret, registry, transport, workdir)
+    budget = sa.memory_budget if sa.memory_budget is not None else default_budget()
+    manager = ModelManager(
+        cfg, data, registry, factory, config_path=config_path, memory_budget=budget, drain_timeout=sa.shutdown_timeout
+    )
     cserver = make_server(build_controller_app(registry, secret=secret), csock, tls=tls)
-    gserver = make_server(build_app(cfg, LocalController(registry), local=transport), gsock, graceful=sa.shutdown_timeout)
+    controller = OnDemandController(LocalController(registry), manager)
+    gserver = make_server(build_app(cfg, controller, local=transport, manager=manager), gsock, graceful=sa.shutdown_timeout)
     stop = asyncio.Event()
     _install_stop(stop)
+    _install_reload(manager)
     tasks = [
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
-    workers = _worker_processes(cfg, cfg_path, controller_address, secret)
-    sup = Supervisor(workers)
     try:
-        for lw in local:
-            await lw.start()
-        await sup.start()
-        ready = asyncio.create_task(_wait_ready(registry, [*workers, *local], cfg.model_worker_args.startup_timeout))
+        started = await manager.start()
+        ready = asyncio.create_task(_wait_ready(manager, started, cfg.model_worker_args.startup_timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if ready.done():
@@ -283,12 +196,30 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         log.info("shutting down: draining in-flight requests (up to %.0fs)", sa.shutdown_timeout)
         gserver.should_exit = True
         await asyncio.gather(tasks[1], return_exceptions=True)  # the gateway drains first
-        await sup.stop()
-        await asyncio.gather(*(lw.stop() for lw in local), return_exceptions=True)
+        await manager.aclose()
         cserver.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
-        with contextlib.suppress(OSError):
-            os.unlink(cfg_path)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _install_reload(manager: ModelManager) -> None:
+    """SIGHUP: reload the config file (as ``POST /admin/reload``); a bad file changes nothing."""
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Task[None]] = []
+
+    async def reload() -> None:
+        try:
+            await manager.reload()
+        except GatewayError as exc:
+            log.error("SIGHUP: config not reloaded, nothing changed: %s", exc.message)
+        except Exception:
+            log.exception("SIGHUP: reload failed")
+
+    def on_hup() -> None:
+        pending[:] = [t for t in pending if not t.done()]
+        pending.append(loop.create_task(reload()))
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
 
 
 async def run_controller(cfg: Config) -> None:

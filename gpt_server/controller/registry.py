@@ -44,6 +44,7 @@ class WorkerRecord:
     rss_bytes: int = 0
     last_error: str | None = None
     state: str = "ready"
+    draining: bool = False  # the launcher is taking it out: no new requests, in-flight ones finish
 
     @property
     def worker_id(self) -> str:
@@ -114,8 +115,16 @@ class Registry:
         rec.healthy = hb.healthy
         rec.dispatched_since_beat = 0
         rec.requests_total, rec.tokens_total, rec.rss_bytes = hb.requests_total, hb.tokens_total, hb.rss_bytes
-        rec.last_error, rec.state = hb.last_error, hb.state
+        rec.last_error, rec.state = hb.last_error, "draining" if rec.draining else hb.state
         return True
+
+    def drain(self, worker_id: str) -> WorkerRecord | None:
+        """Offer this worker no new request (it stays listed as draining until it leaves);
+        its record, whose ``tracked`` count falls to 0 as the requests in flight end."""
+        rec = self.workers.get(worker_id)
+        if rec is not None:
+            rec.draining, rec.state = True, "draining"
+        return rec
 
     def unregister(self, worker_id: str) -> bool:
         rec = self.workers.pop(worker_id, None)
@@ -141,7 +150,7 @@ class Registry:
     def candidates(self, model: str) -> list[WorkerRecord]:
         now = self.clock()
         return [
-            r for r in self.workers.values() if model in r.names and r.healthy and not r.expired(now)
+            r for r in self.workers.values() if model in r.names and r.healthy and not r.draining and not r.expired(now)
         ]
 
     def dispatch(
@@ -238,7 +247,7 @@ class Registry:
         now = self.clock()
         out: dict[str, ModelEntryInfo] = {}
         for r in self.workers.values():
-            if not r.healthy or r.expired(now):
+            if not r.healthy or r.draining or r.expired(now):
                 continue
             for n in sorted(r.names - {CATCH_ALL}, key=lambda x: (x != r.info.model_name, x)):
                 if n in out:

@@ -28,14 +28,18 @@ from .hosts import HostGuardMiddleware, host_guard_needed
 from .metrics import Metrics, MetricsMiddleware
 from .response_store import ResponseStore
 from .routes import route_modules
+from .routes.admin import ModelAdmin
 from .serving import GenerationService
 from .workers import WorkerClient
 
 __all__ = ["build_app"]
 
 
-def build_app(config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None) -> FastAPI:
-    """The gateway; ``local`` reaches the workers ``serve`` runs in this process."""
+def build_app(
+    config: Config, controller: ControllerClient, *, local: InProcessTransport | None = None, manager: ModelAdmin | None = None
+) -> FastAPI:
+    """The gateway; ``local`` reaches the workers ``serve`` runs in this process; ``manager``
+    (``serve``'s model manager) answers the admin API's model routes."""
     sa = config.serve_args
     history = History(interval=sa.dashboard_interval)  # the dashboard's charts
     workers = WorkerClient(
@@ -62,6 +66,7 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     )
     app.state.config = config
     app.state.controller = controller
+    app.state.manager = manager
     app.state.workers = workers
     app.state.image_store = image_store
     metrics = Metrics(history)

@@ -17,7 +17,9 @@ from ..web.serve import bind_socket, make_server
 from .app import build_worker_app
 from .runtime import ControllerLink, WorkerRuntime, advertise_host
 
-__all__ = ["run_worker", "build_runtime", "backend_available", "worker_body_limit"]
+__all__ = ["run_worker", "build_runtime", "backend_available", "worker_body_limit", "WORKER_ID_ENV"]
+
+WORKER_ID_ENV = "GPT_SERVER_WORKER_ID"
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ def build_runtime(
     controller_address: str | None,
     n_threads: int | None,
     controller: ControllerLink | None = None,
+    worker_id: str | None = None,
 ) -> WorkerRuntime:
     """The backend (not loaded yet) and the runtime around it, for one replica."""
     backend_available(entry)
@@ -70,6 +73,7 @@ def build_runtime(
         verify=cfg.internal_tls().client_context,
         default=entry.default,
         engine=entry.work_mode or "",
+        worker_id=worker_id,
     )
 
 
@@ -104,6 +108,7 @@ async def run_worker(
     runtime = build_runtime(
         cfg, entry, replica=replica, address=tls.url(adv, real_port),
         controller_address=ctrl, n_threads=int(threads) if threads else None,
+        worker_id=os.environ.get(WORKER_ID_ENV) or None,  # set by the launcher that follows this replica
     )
     server = make_server(build_worker_app(runtime, max_body_bytes=worker_body_limit(cfg)), sock, tls=tls)
     loop = asyncio.get_running_loop()

@@ -156,6 +156,7 @@ class WorkerRuntime:
         verify: ssl.SSLContext | bool = True,
         default: bool = False,
         engine: str = "",
+        worker_id: str | None = None,
     ) -> None:
         """``controller``: how to reach the controller; HTTP to ``controller_address`` when None
         (an https:// one verified with ``verify``); ``default``: the model a request without a name
@@ -172,7 +173,8 @@ class WorkerRuntime:
         self.replica = replica
         self.default = default
         self.engine = engine[:64]
-        self.worker_id = f"{model_name}-{replica}-{uuid.uuid4().hex[:8]}"
+        # the launcher names its replicas (``worker_id``) to follow them in the registry
+        self.worker_id = (worker_id or f"{model_name}-{replica}-{uuid.uuid4().hex[:8]}")[:200]
         self.state = "loading"
         self.inflight = 0
         self.requests_total = 0

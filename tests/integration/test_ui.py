@@ -225,6 +225,11 @@ def test_browser_chat_streams_and_dashboard_is_live(server: Server) -> None:
         page.wait_for_function(f"() => document.querySelector('{row}').innerText.includes('127.0.0.1')")
         assert page.inner_text("#admin-status") == "admin view"
         assert page.inner_text("#dash-models tbody tr[data-model=smollm2] .state") == "ready"
+        # the admin key also shows model management: state per replica, load/unload/scale buttons
+        manage = "#admin-models tbody tr[data-admin-model=smollm2]"
+        page.wait_for_selector(f"{manage} .state.ready")
+        assert "#0 ready" in page.inner_text(manage)
+        assert [b.inner_text() for b in page.locator(f"{manage} button").all()] == ["Load", "Unload", "+1", "−1"]
         # a request while the dashboard polls: its token rate shows up
         page.evaluate(
             """(key) => fetch('/v1/chat/completions', {method: 'POST',

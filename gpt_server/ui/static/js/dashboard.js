@@ -2,6 +2,7 @@
 // entered, /admin/dashboard (worker addresses and raw errors). The models table turns the
 // workers' cumulative counters into rates; the charts draw the gateway's history samples,
 // fetched once and then only the newer ones (?since=).
+import { refreshAdminModels } from "./admin_models.js";
 import { getJSON } from "./api.js";
 import { lineChart } from "./chart.js";
 import { $, el } from "./util.js";
@@ -168,6 +169,7 @@ export async function refreshDashboard() {
     workers: Object.fromEntries(data.workers.map((w) => [w.worker_id, w])),
   };
   $("#admin-status").textContent = data.view === "admin" ? "admin view" : "client view";
+  refreshAdminModels(data.view === "admin" ? adminKey() : "");
   $("#dash-updated").textContent = `updated ${new Date(data.time * 1000).toLocaleTimeString()} · every ${PERIOD_MS / 1000}s · `
     + `one sample every ${hist.interval}s`;
 }

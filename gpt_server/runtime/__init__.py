@@ -1,0 +1,1 @@
+"""Run-time model management: replicas started and stopped while traffic flows."""
