@@ -56,8 +56,8 @@ class TestTritonChat(ChatSuite):
     def models(cls, tmp: Path) -> Iterator[list[dict[str, Any]]]:
         try:
             triton = TritonServer(tmp, resolve_model_path(MODEL_PATH))
-        except Exception as exc:  # noqa: BLE001 - a wheel the registry refuses is not a Triton failure
-            pytest.skip(f"could not unpack the nvidia-pytriton wheel: {exc}")
+        except Exception as exc:  # noqa: BLE001 - the proof of the triton engine: no Triton is a failure
+            pytest.fail(f"could not install the nvidia-pytriton wheel's tritonserver: {exc}")
         cls.triton = triton.start()
         try:
             yield [{
