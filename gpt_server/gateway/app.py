@@ -29,6 +29,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .response_store import ResponseStore
 from .routes import route_modules
 from .serving import GenerationService
+from .session_store import SessionStore
 from .workers import WorkerClient
 
 __all__ = ["build_app"]
@@ -70,6 +71,7 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
     limits = GrammarLimits(max_bytes=sa.max_grammar_bytes, max_depth=sa.max_grammar_depth)
     app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics, grammar_limits=limits)
     app.state.responses = ResponseStore(sa.responses_max_stored, sa.responses_max_stored_bytes, sa.responses_ttl)
+    app.state.sessions = SessionStore(sa.sessions_max, sa.sessions_max_bytes, sa.sessions_max_session_bytes, sa.sessions_max_turns, sa.sessions_ttl)
     install_error_handlers(app)
 
     guard = api_key_guard(sa.api_keys)
