@@ -194,7 +194,14 @@ class Registry:
         ]
         if not cands:
             return None
-        rec = self._pinned(model, affinity, cands) if affinity else None
+        rec = None
+        if affinity:
+            wid = self.affinity.get(model, affinity)
+            pinned = next((c for c in cands if c.worker_id == wid), None) if wid else None
+            if pinned is not None and pinned.load < max(pinned.capacity, 1):
+                rec = pinned
+            elif pinned is not None and len(cands) > 1:  # full: another replica takes the key
+                cands = [c for c in cands if c is not pinned]
         if rec is None:
             chosen = self.policy.choose(model, cands)
             assert isinstance(chosen, WorkerRecord)
@@ -209,13 +216,6 @@ class Registry:
         return DispatchReply(
             worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint
         )
-
-    def _pinned(self, model: str, key: str, cands: list[WorkerRecord]) -> WorkerRecord | None:
-        wid = self.affinity.get(model, key)
-        rec = next((c for c in cands if c.worker_id == wid), None) if wid else None
-        if rec is None or rec.load >= max(rec.capacity, 1):
-            return None
-        return rec
 
     def knows(self, model: str) -> bool:
         return any(model in r.names for r in self.workers.values())

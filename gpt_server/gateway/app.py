@@ -104,9 +104,13 @@ def build_app(config: Config, controller: ControllerClient, *, local: InProcessT
             workers = []
         return Response(metrics.render(workers), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root(request: Request) -> Response:
+        """A browser (it accepts HTML) goes to the API docs; any other client gets Ollama's
+        liveness answer, which Ollama clients probe before they talk to a server."""
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/docs")
+        return Response("Ollama is running", media_type="text/plain; charset=utf-8")
 
     app.add_middleware(FastLane, routes=plain, guard=guard)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes, json_limit=sa.max_json_body_bytes)
