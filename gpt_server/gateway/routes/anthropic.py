@@ -133,7 +133,7 @@ class _MessageStream(RunTranslator):
         self.call_index: int | None = None
 
     def head(self) -> list[Any]:
-        message = {
+        message: dict[str, Any] = {
             "id": _message_id(self.run),
             "type": "message",
             "role": "assistant",
