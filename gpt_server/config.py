@@ -130,6 +130,15 @@ class ServeArgs(_Section):
         description="seconds a request to an unloaded on_demand model (and an admin load that waits) waits for it to load",
     )
 
+    # LMDeploy interactive sessions (/v1/chat/interactive): histories kept in memory, per API key
+    sessions_max: int = Field(1000, ge=0, le=1_000_000, description="interactive sessions kept at most (least recently used dropped first); 0 = none kept")
+    sessions_max_bytes: int = Field(64 * 2**20, ge=0, le=2**34, description="bytes of all interactive session histories kept at most (least recently used dropped first)")
+    sessions_max_session_bytes: int = Field(
+        4 * 2**20, ge=1024, le=2**30, description="bytes of one interactive session's history at most; a longer one ends (its next turn starts afresh)"
+    )
+    sessions_max_turns: int = Field(256, ge=1, le=100_000, description="turns of one interactive session at most; then 400 until it is ended")
+    sessions_ttl: float = Field(1800.0, ge=1, le=30 * 86400, description="seconds an idle interactive session is kept")
+
     @field_validator("memory_budget", mode="before")
     @classmethod
     def _bytes(cls, v: Any) -> Any:

@@ -103,7 +103,7 @@ def build_controller_app(registry: Registry, *, secret: str | None = None, run_e
 
     @app.post("/controller/dispatch")
     async def dispatch(req: DispatchRequest) -> DispatchReply:
-        return registry.dispatch_or_raise(req.model, req.exclude, req.capability)
+        return registry.dispatch_or_raise(req.model, req.exclude, req.capability, affinity=req.affinity)
 
     @app.get("/controller/models")
     async def models() -> list[ModelEntryInfo]:

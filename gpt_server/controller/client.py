@@ -19,7 +19,7 @@ __all__ = ["ControllerClient", "LocalController", "RemoteController"]
 
 
 class ControllerClient(Protocol):
-    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply: ...
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None, affinity: str | None = None) -> DispatchReply: ...
     async def resolve(self, model: str, capability: str | None = None) -> str: ...
     async def models(self) -> list[ModelEntryInfo]: ...
     async def workers(self) -> list[WorkerView]: ...
@@ -34,8 +34,8 @@ class LocalController:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
 
-    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
-        return self.registry.dispatch_or_raise(model, exclude, capability, track=True)
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None, affinity: str | None = None) -> DispatchReply:
+        return self.registry.dispatch_or_raise(model, exclude, capability, track=True, affinity=affinity)
 
     def done(self, worker_id: str) -> None:
         self.registry.done(worker_id)
@@ -119,7 +119,7 @@ class RemoteController:
                 rec.last_error, rec.state = view.last_error, view.state
                 rec.expires = False  # expiry is the controller's job
             fresh.created.update(self.mirror.created)
-            self.mirror.workers = fresh.workers
+            self.mirror.workers = fresh.workers  # the mirror (and its affinity pins) stays
             self.mirror.created = fresh.created
             self._loaded_at = time.monotonic()
 
@@ -141,15 +141,16 @@ class RemoteController:
                 if not self.mirror.workers:
                     raise
 
-    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
+    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None, affinity: str | None = None) -> DispatchReply:
+        """From the mirror; affinity pins are this gateway's (kept across refreshes)."""
         await self._ensure()
         try:
-            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True)
+            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True, affinity=affinity)
         except GatewayError as exc:
             if exc.status != 404:
                 raise
             await self._reload()  # a model we have not seen yet: ask once more
-            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True)
+            return self.mirror.dispatch_or_raise(model, exclude, capability, track=True, affinity=affinity)
 
     def done(self, worker_id: str) -> None:
         self.mirror.done(worker_id)

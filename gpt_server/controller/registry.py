@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -19,11 +20,38 @@ from ..protocol.worker import (
 )
 from .dispatch import Policy
 
-__all__ = ["WorkerRecord", "Registry", "MISSED_HEARTBEATS"]
+__all__ = ["WorkerRecord", "Registry", "Affinity", "MISSED_HEARTBEATS", "MAX_AFFINITY_KEY"]
 
 log = logging.getLogger(__name__)
 
 MISSED_HEARTBEATS = 3
+MAX_AFFINITY_KEY = 256  # characters of an affinity key
+
+
+class Affinity:
+    """Which replica last served an affinity key (an interactive session, a chain of
+    responses …), so the next request of the key goes there while it is alive and not
+    saturated (its engine still holds the key's KV prefix). Bounded: the least recently
+    used keys are forgotten first; a forgotten key is dispatched as if new."""
+
+    def __init__(self, max_keys: int = 100_000) -> None:
+        self.max_keys = max_keys
+        self._pins: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._pins)
+
+    def get(self, model: str, key: str) -> str | None:
+        wid = self._pins.get((model, key))
+        if wid is not None:
+            self._pins.move_to_end((model, key))
+        return wid
+
+    def pin(self, model: str, key: str, worker_id: str) -> None:
+        self._pins[(model, key)] = worker_id
+        self._pins.move_to_end((model, key))
+        while len(self._pins) > self.max_keys:
+            self._pins.popitem(last=False)
 
 
 @dataclass
@@ -90,6 +118,7 @@ class Registry:
         self.clock = clock
         self.workers: dict[str, WorkerRecord] = {}
         self.created: dict[str, int] = {}
+        self.affinity = Affinity()
 
     def register(self, info: WorkerInfo) -> None:
         if info.protocol_version != PROTOCOL_VERSION:
@@ -160,10 +189,13 @@ class Registry:
         capability: str | None = None,
         *,
         track: bool = False,
+        affinity: str | None = None,
     ) -> DispatchReply | None:
         """Choose a worker. ``track``: the caller reports the end of the request with
         ``done(worker_id)``, so the load it puts on the worker is known exactly (not
-        only at the next heartbeat)."""
+        only at the next heartbeat). ``affinity``: a key whose requests go to the replica
+        that served the key's last one while it is a candidate and below its capacity;
+        else the policy chooses and the key is pinned to that choice."""
         cands = [
             c
             for c in self.candidates(model)
@@ -171,8 +203,20 @@ class Registry:
         ]
         if not cands:
             return None
-        rec = self.policy.choose(model, cands)
-        assert isinstance(rec, WorkerRecord)
+        rec = None
+        if affinity:
+            wid = self.affinity.get(model, affinity)
+            pinned = next((c for c in cands if c.worker_id == wid), None) if wid else None
+            if pinned is not None and pinned.load < max(pinned.capacity, 1):
+                rec = pinned
+            elif pinned is not None and len(cands) > 1:  # full: another replica takes the key
+                cands = [c for c in cands if c is not pinned]
+        if rec is None:
+            chosen = self.policy.choose(model, cands)
+            assert isinstance(chosen, WorkerRecord)
+            rec = chosen
+            if affinity:
+                self.affinity.pin(model, affinity, rec.worker_id)
         if track:
             rec.tracked += 1
         else:
@@ -225,10 +269,11 @@ class Registry:
         capability: str | None = None,
         *,
         track: bool = False,
+        affinity: str | None = None,
     ) -> DispatchReply:
         """Dispatch, or raise the error a client should see (404 / 400 / 503)."""
         model = self.resolve(model, capability)
-        reply = self.dispatch(model, exclude, capability, track=track)
+        reply = self.dispatch(model, exclude, capability, track=track, affinity=affinity)
         if reply is not None:
             return reply
         recs = [r for r in self.workers.values() if model in r.names]

@@ -30,6 +30,7 @@ from .response_store import ResponseStore
 from .routes import route_modules
 from .routes.admin import ModelAdmin
 from .serving import GenerationService
+from .session_store import SessionStore
 from .workers import WorkerClient
 
 __all__ = ["build_app"]
@@ -75,6 +76,7 @@ def build_app(
     limits = GrammarLimits(max_bytes=sa.max_grammar_bytes, max_depth=sa.max_grammar_depth)
     app.state.generation = GenerationService(workers, timeout=sa.request_timeout, metrics=metrics, grammar_limits=limits)
     app.state.responses = ResponseStore(sa.responses_max_stored, sa.responses_max_stored_bytes, sa.responses_ttl)
+    app.state.sessions = SessionStore(sa.sessions_max, sa.sessions_max_bytes, sa.sessions_max_session_bytes, sa.sessions_max_turns, sa.sessions_ttl)
     install_error_handlers(app)
 
     guard = api_key_guard(sa.api_keys)
@@ -107,9 +109,13 @@ def build_app(
             workers = []
         return Response(metrics.render(workers), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/", include_in_schema=False)
-    async def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def root(request: Request) -> Response:
+        """A browser (it accepts HTML) goes to the API docs; any other client gets Ollama's
+        liveness answer, which Ollama clients probe before they talk to a server."""
+        if "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/docs")
+        return Response("Ollama is running", media_type="text/plain; charset=utf-8")
 
     app.add_middleware(FastLane, routes=plain, guard=guard)  # inside the body limit
     app.add_middleware(BodyLimitMiddleware, limit=sa.max_body_bytes, json_limit=sa.max_json_body_bytes)

@@ -34,6 +34,7 @@ class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]  # this request's input, with ids
     history: list[dict[str, Any]]  # the whole conversation before this response's output
+    chain: str = ""  # the dispatch affinity key of its previous_response_id chain
 
 
 class ResponseStore:
@@ -56,7 +57,9 @@ class ResponseStore:
                 break
             self._drop(rid)
 
-    def put(self, owner: str, response: dict[str, Any], input_items: list[dict[str, Any]], history: list[dict[str, Any]]) -> bool:
+    def put(
+        self, owner: str, response: dict[str, Any], input_items: list[dict[str, Any]], history: list[dict[str, Any]], chain: str = ""
+    ) -> bool:
         """Keep a response (False when it alone is over the byte bound)."""
         size = len(orjson.dumps([response, history]))
         if self.max_entries == 0 or size > self.max_bytes:
@@ -66,7 +69,7 @@ class ResponseStore:
         rid = response["id"]
         if rid in self._items:
             self._drop(rid)
-        self._items[rid] = StoredResponse(owner, now + self.ttl, size, response, input_items, history)
+        self._items[rid] = StoredResponse(owner, now + self.ttl, size, response, input_items, history, chain)
         self._bytes += size
         while len(self._items) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._items)))

@@ -36,7 +36,7 @@ from .metrics import Metrics
 from .sse import SSEResponse
 from .workers import EventStream, LocalEventStream, WorkerClient
 
-__all__ = ["GenerationService", "ChatRun", "ChoiceResult", "raise_error"]
+__all__ = ["GenerationService", "ChatRun", "ChoiceResult", "RunTranslator", "raise_error"]
 
 # requests whose body is larger than this are converted in a thread (FastLane parses them
 # there too): a chat of many content parts costs ~0.4 s per 18 MiB to convert
@@ -121,10 +121,46 @@ class ChatRun:
     def fingerprint(self) -> str:
         return _fingerprint(self.stream)
 
+    @property
+    def worker_id(self) -> str:
+        """The replica serving this run."""
+        return self.stream.target.worker_id
+
     def batches(self) -> AsyncIterator[list[Event]]:
         """The worker's events, one list per read, metered; an ``ErrorEvent`` is left in the
         list for the caller to render (``raise_error(ev)`` turns it into the gateway error)."""
         return self.service._batches(self.stream)
+
+    async def translate(self, tr: RunTranslator) -> AsyncIterator[list[Any]]:
+        """The run as a client API's stream: ``tr.head()`` goes out with the first read, each
+        read of worker events becomes the list of events ``tr`` makes of it (one client write),
+        ``tr.tail`` ends it. A worker error ends the stream after the events before it have
+        gone out (raised as the gateway error for the stream's error event). Closes the run."""
+        head = tr.head()
+        batches = self.batches()
+        try:
+            async for batch in batches:
+                out, head = head, []
+                for ev in batch:
+                    if isinstance(ev, DeltaEvent):
+                        tr.on_delta(ev, out)
+                    elif isinstance(ev, FinishEvent):
+                        tr.on_finish(ev, out)
+                    elif isinstance(ev, UsageEvent):
+                        tr.on_usage(ev, out)
+                    elif isinstance(ev, ErrorEvent):
+                        if out:
+                            yield out
+                        _raise(ev)
+                if out:
+                    yield out
+            out = head
+            tr.tail(out)
+            if out:
+                yield out
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]
+            await self.aclose()
 
     async def collect(self) -> tuple[list[ChoiceResult], UsageEvent]:
         """Every choice whole (text, reasoning, tool calls, finish reason) and the usage;
@@ -133,6 +169,32 @@ class ChatRun:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+
+class RunTranslator:
+    """One client API's streaming shape over a ``ChatRun`` (``ChatRun.translate``): override
+    ``head`` (events before the first token), ``on_delta`` / ``on_finish`` / ``on_usage``
+    (append the API's events to ``out``) and ``tail`` (the closing events). The finish
+    reason and usage are kept for the tail."""
+
+    def __init__(self) -> None:
+        self.finish_reason: str | None = None
+        self.usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
+
+    def head(self) -> list[Any]:
+        return []
+
+    def on_delta(self, ev: DeltaEvent, out: list[Any]) -> None:
+        return None
+
+    def on_finish(self, ev: FinishEvent, out: list[Any]) -> None:
+        self.finish_reason = ev.finish_reason
+
+    def on_usage(self, ev: UsageEvent, out: list[Any]) -> None:
+        self.usage = ev
+
+    def tail(self, out: list[Any]) -> None:
+        return None
 
 
 def raise_error(ev: ErrorEvent) -> None:
@@ -209,9 +271,12 @@ class GenerationService:
             await stream.aclose()
 
     # ---- chat ---------------------------------------------------------------
-    async def start_chat(self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl") -> ChatRun:
+    async def start_chat(
+        self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl", affinity: str | None = None
+    ) -> ChatRun:
         """Resolve the model, convert and dispatch ``req``: the started generation.
-        ``body_bytes``: the size of the request body (large ones are converted in a thread)."""
+        ``body_bytes``: the size of the request body (large ones are converted in a thread);
+        ``affinity``: a key whose requests stay on one replica (a session, a response chain)."""
         deadline = self.workers.deadline()  # one for dispatch, retries and the whole answer
         req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id(id_prefix)
@@ -219,7 +284,7 @@ class GenerationService:
             gen = await asyncio.to_thread(chat_to_generate, req, rid, self.grammar_limits)
         else:
             gen = chat_to_generate(req, rid, self.grammar_limits)
-        stream = await self.workers.open(req.model, gen, deadline=deadline)
+        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
         return ChatRun(self, stream, req.model, rid, req.n, deadline)
 
     async def chat(self, req: ChatCompletionRequest, body_bytes: int = 0) -> Response:
@@ -296,7 +361,9 @@ class GenerationService:
         return []
 
     # ---- completions ----------------------------------------------------------
-    async def start_completion(self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl") -> ChatRun:
+    async def start_completion(
+        self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl", affinity: str | None = None
+    ) -> ChatRun:
         """As ``start_chat``, for a completion (the prompt as is, no chat template); the
         run's choices are prompts × n."""
         deadline = self.workers.deadline()
@@ -306,7 +373,7 @@ class GenerationService:
             gen = await asyncio.to_thread(completion_to_generate, req, rid)
         else:
             gen = completion_to_generate(req, rid)
-        stream = await self.workers.open(req.model, gen, deadline=deadline)
+        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
     async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:

@@ -218,9 +218,12 @@ class WorkerClient:
         except TimeoutError:
             raise self.timed_out() from None
 
-    async def open(self, model: str, request: GenerateRequest, *, deadline: float | None = None) -> EventStream | LocalEventStream:
+    async def open(
+        self, model: str, request: GenerateRequest, *, deadline: float | None = None, affinity: str | None = None
+    ) -> EventStream | LocalEventStream:
         """Start a chat/completion on a worker; the stream of events it answers, its first
-        event before ``deadline`` (loop time; default: the request timeout from now)."""
+        event before ``deadline`` (loop time; default: the request timeout from now).
+        ``affinity``: the key that sends related requests to one replica (``Registry.dispatch``)."""
         payload = b""
 
         async def call(target: DispatchReply) -> _Response | LocalGeneration:
@@ -233,7 +236,7 @@ class WorkerClient:
             return await self._post(target, "/worker/generate", payload)
 
         sent = time.perf_counter()
-        result, target = await self._within(deadline, self._send(model, request.kind, call))
+        result, target = await self._within(deadline, self._send(model, request.kind, call, affinity))
         on_close = self._releaser(target, sent)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
             return EventStream(result, target, on_close, sent)
@@ -295,7 +298,9 @@ class WorkerClient:
         if self.history is not None:
             self.history.abort(target.model_name)
 
-    async def _send(self, model: str, capability: str, call: Callable[[DispatchReply], Awaitable[T]]) -> tuple[T, DispatchReply]:
+    async def _send(
+        self, model: str, capability: str, call: Callable[[DispatchReply], Awaitable[T]], affinity: str | None = None
+    ) -> tuple[T, DispatchReply]:
         """Dispatch and ``call`` the chosen worker; other replicas are tried when one cannot
         be reached or answers 429/503. The worker is the dispatcher's until the caller
         releases it (success) or at once (failure)."""
@@ -303,7 +308,7 @@ class WorkerClient:
         last: GatewayError | None = None
         for _ in range(self.max_retries + 1):
             try:
-                target = await self.controller.dispatch(model, exclude, capability)
+                target = await self.controller.dispatch(model, exclude, capability, affinity)
             except GatewayError as exc:
                 if last is not None and exc.status in (404, 503):
                     raise last from None

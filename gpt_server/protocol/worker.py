@@ -163,6 +163,7 @@ class DispatchRequest(_Strict):
     model: str
     exclude: list[str] = []
     capability: str | None = None
+    affinity: str | None = Field(None, max_length=256)  # requests of one key go to one replica while it can take them
 
 
 class DispatchReply(_Strict):

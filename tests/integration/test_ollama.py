@@ -273,3 +273,24 @@ def test_think_becomes_message_thinking(client: ollama.Client) -> None:
     assert not off.message.thinking and off.message.content
     g = client.generate(model="smollm2-think", prompt="Hi", think=True, options={"temperature": 0, "num_predict": 30})
     assert g.thinking == whole.message.thinking
+
+
+def test_root_answers_ollama_probes_and_sends_browsers_to_the_docs(client: ollama.Client, server: Server) -> None:
+    """Ollama clients (Open WebUI, Continue …) probe ``GET /`` / ``HEAD /`` for "Ollama is
+    running"; a browser (it accepts HTML) still lands on the API docs. No key needed, as Ollama."""
+    probe = client._client.get("/")  # the ollama client's own connection
+    assert probe.status_code == 200 and probe.text == "Ollama is running"
+    head = httpx.head(f"{server.base_url}/", timeout=10)
+    assert head.status_code == 200 and head.headers["content-type"].startswith("text/plain")
+    browser = httpx.get(f"{server.base_url}/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}, timeout=10)
+    assert browser.status_code == 307 and browser.headers["location"] == "/docs"
+
+
+def test_openapi_documents_the_ollama_request_bodies(server: Server) -> None:
+    paths = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()["paths"]
+    for path, field in [("/api/chat", "messages"), ("/api/generate", "prompt"), ("/api/embed", "input"), ("/api/embeddings", "prompt"), ("/api/show", "model")]:
+        schema = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert field in schema["properties"] and "$ref" not in json.dumps(schema), path
+    msg = paths["/api/chat"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["messages"]
+    assert msg["items"]["properties"]["role"]  # the nested message model is inlined, with its bounds
+    assert paths["/api/chat"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["messages"].get("maxItems")

@@ -126,3 +126,28 @@ def test_resolve_default_only_and_catch_all() -> None:
     assert reg.resolve("", "chat") == "chat-c"
     assert reg.dispatch_or_raise("", (), "chat").model_name == "chat-c"
     assert "*" not in {m.id for m in reg.models()}
+
+
+def test_affinity_keeps_a_key_on_its_replica_until_it_is_full_or_gone() -> None:
+    reg = _registry("round_robin")
+    first = reg.dispatch("m", track=True, affinity="s1").worker_id
+    # round robin alone would alternate; the key stays (its requests ended in between)
+    for _ in range(4):
+        reg.done(first)
+        assert reg.dispatch("m", track=True, affinity="s1").worker_id == first
+    other = "w1" if first == "w0" else "w0"
+    # saturated (4 in flight = capacity): the policy chooses and the key moves there
+    for _ in range(3):
+        reg.dispatch("m", track=True, exclude=[other])
+    assert reg.workers[first].load == 4
+    assert reg.dispatch("m", track=True, affinity="s1").worker_id == other
+    assert reg.dispatch("m", track=True, affinity="s1").worker_id == other  # re-pinned
+    # its replica gone (excluded after a failure, or removed): re-pinned to the survivor
+    assert reg.dispatch("m", track=True, affinity="s1", exclude=[other]).worker_id == first
+    reg.unregister(first)
+    assert reg.dispatch("m", affinity="s1").worker_id == other
+    # other keys and models are independent; the pins are bounded (least recently used go)
+    reg.affinity.max_keys = 2
+    for k in ("a", "b", "c"):
+        reg.dispatch("m", affinity=k)
+    assert len(reg.affinity) == 2 and reg.affinity.get("m", "s1") is None

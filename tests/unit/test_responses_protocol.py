@@ -17,6 +17,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from gpt_server.errors import BadRequestError
 from gpt_server.gateway.response_store import ResponseStore
 from gpt_server.gateway.routes import responses as routes
+from gpt_server.gateway.serving import ChatRun
 from gpt_server.protocol.responses import ResponsesRequest, normalize_input, to_chat
 from gpt_server.protocol.worker import DeltaEvent, FinishEvent, ToolCallDelta, UsageEvent
 from tests.openai_shapes import assert_openai_shape
@@ -47,7 +48,9 @@ def _stream(req: ResponsesRequest, events: list[Any], store: ResponseStore) -> l
 
     async def run() -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        async for batch in routes._events(_Run(events), req, request, "owner", [], []):  # type: ignore[arg-type]
+        fake = _Run(events)
+        tr = routes._ResponseStream(fake, req, lambda final: routes._keep(request, "owner", req, final, [], [], "chain"))  # type: ignore[arg-type]
+        async for batch in ChatRun.translate(fake, tr):  # type: ignore[arg-type]
             out += batch
         return out
 

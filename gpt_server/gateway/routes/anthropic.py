@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -17,12 +16,12 @@ from ...errors import BadRequestError, GatewayError
 from ...protocol.anthropic import CountTokensRequest, MessagesRequest, chat_fields, to_chat
 from ...protocol.openai import ChatMessage, Tool
 from ...protocol.tokenize import TOKENIZE, TokenizeRequest, tokenize_payload
-from ...protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, UsageEvent
+from ...protocol.worker import DeltaEvent
 from ...web.error_handlers import anthropic_error, validation_message
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 from ..invoke import call_json, resolve_model
-from ..serving import ChatRun, raise_error
+from ..serving import ChatRun, RunTranslator
 from ..sse import SSEResponse
 
 __all__ = ["router", "named_frame"]
@@ -88,7 +87,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     if body.stream:
         service = request.app.state.generation
         return SSEResponse(
-            _events(run, body),
+            run.translate(_MessageStream(run, body)),
             timeout=service.timeout,
             deadline=run.deadline,
             on_close=run.aclose,
@@ -122,84 +121,61 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     )
 
 
-async def _events(run: ChatRun, req: MessagesRequest) -> AsyncIterator[list[dict[str, Any]]]:
+class _MessageStream(RunTranslator):
     """The Anthropic event sequence: message_start, per block content_block_start / delta /
     stop (thinking, text, tool_use), message_delta (stop reason, usage), message_stop."""
-    start = {
-        "type": "message_start",
-        "message": {
-            "id": _message_id(run),
+
+    def __init__(self, run: ChatRun, req: MessagesRequest) -> None:
+        super().__init__()
+        self.run, self.req = run, req
+        self.index = -1
+        self.kind: str | None = None  # the open block's type
+        self.call_index: int | None = None
+
+    def head(self) -> list[Any]:
+        message: dict[str, Any] = {
+            "id": _message_id(self.run),
             "type": "message",
             "role": "assistant",
-            "model": run.model,
+            "model": self.run.model,
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
             "usage": _usage(0, 0),
-        },
-    }
-    head: list[dict[str, Any]] = [start]
-    index = -1
-    kind: str | None = None  # the open block's type
-    call_index: int | None = None
-    finish: str | None = None
-    usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
+        }
+        return [{"type": "message_start", "message": message}]
 
-    def open_block(out: list[dict[str, Any]], block: dict[str, Any]) -> None:
-        nonlocal index, kind
-        if kind is not None:
-            out.append({"type": "content_block_stop", "index": index})
-        index += 1
-        kind = block["type"]
-        out.append({"type": "content_block_start", "index": index, "content_block": block})
+    def _open(self, out: list[Any], block: dict[str, Any]) -> None:
+        if self.kind is not None:
+            out.append({"type": "content_block_stop", "index": self.index})
+        self.index += 1
+        self.kind = block["type"]
+        out.append({"type": "content_block_start", "index": self.index, "content_block": block})
 
-    batches = run.batches()
-    try:
-        async for batch in batches:
-            out, head = head, []
-            for ev in batch:
-                if isinstance(ev, ErrorEvent):
-                    if out:
-                        yield out
-                    raise_error(ev)
-                if isinstance(ev, DeltaEvent):
-                    if ev.reasoning:
-                        if kind != "thinking":
-                            open_block(out, {"type": "thinking", "thinking": "", "signature": ""})
-                        out.append({"type": "content_block_delta", "index": index, "delta": {"type": "thinking_delta", "thinking": ev.reasoning}})
-                    if ev.text:
-                        if kind != "text":
-                            open_block(out, {"type": "text", "text": ""})
-                        out.append({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": ev.text}})
-                    for d in ev.tool_calls or ():
-                        if d.id or kind != "tool_use" or d.index != call_index:
-                            open_block(out, {"type": "tool_use", "id": d.id or f"toolu_{d.index}", "name": d.name, "input": {}})
-                            call_index = d.index
-                        if d.arguments:
-                            out.append({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": d.arguments}})
-                elif isinstance(ev, FinishEvent):
-                    finish = ev.finish_reason
-                elif isinstance(ev, UsageEvent):
-                    usage = ev
-            if out:
-                yield out
-        out = head
-        if kind is None:  # nothing generated: one empty text block, as Anthropic sends
-            open_block(out, {"type": "text", "text": ""})
-        out.append({"type": "content_block_stop", "index": index})
-        reason, seq = _stop_reason(finish, req)
-        out.append(
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": reason, "stop_sequence": seq},
-                "usage": {"input_tokens": usage.prompt_tokens, "output_tokens": usage.completion_tokens},
-            }
-        )
+    def on_delta(self, ev: DeltaEvent, out: list[Any]) -> None:
+        if ev.reasoning:
+            if self.kind != "thinking":
+                self._open(out, {"type": "thinking", "thinking": "", "signature": ""})
+            out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "thinking_delta", "thinking": ev.reasoning}})
+        if ev.text:
+            if self.kind != "text":
+                self._open(out, {"type": "text", "text": ""})
+            out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "text_delta", "text": ev.text}})
+        for d in ev.tool_calls or ():
+            if d.id or self.kind != "tool_use" or d.index != self.call_index:
+                self._open(out, {"type": "tool_use", "id": d.id or f"toolu_{d.index}", "name": d.name, "input": {}})
+                self.call_index = d.index
+            if d.arguments:
+                out.append({"type": "content_block_delta", "index": self.index, "delta": {"type": "input_json_delta", "partial_json": d.arguments}})
+
+    def tail(self, out: list[Any]) -> None:
+        if self.kind is None:  # nothing generated: one empty text block, as Anthropic sends
+            self._open(out, {"type": "text", "text": ""})
+        out.append({"type": "content_block_stop", "index": self.index})
+        reason, seq = _stop_reason(self.finish_reason, self.req)
+        usage = {"input_tokens": self.usage.prompt_tokens, "output_tokens": self.usage.completion_tokens}
+        out.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq}, "usage": usage})
         out.append({"type": "message_stop"})
-        yield out
-    finally:
-        await batches.aclose()  # type: ignore[attr-defined]
-        await run.aclose()
 
 
 @router.post("/v1/messages/count_tokens")

@@ -43,13 +43,13 @@ from ...protocol.ollama import (
     tool_calls_out,
 )
 from ...protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
-from ...protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, ModelEntryInfo, UsageEvent
+from ...protocol.worker import DeltaEvent, FinishEvent, ModelEntryInfo, UsageEvent
 from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 from ..fastlane import declared_json
 from ..invoke import call_json
-from ..serving import ChatRun, ChoiceResult, raise_error
+from ..serving import ChatRun, ChoiceResult, RunTranslator
 from ..sse import SSEResponse
 
 __all__ = ["router"]
@@ -58,6 +58,26 @@ router = APIRouter(prefix="/api", tags=["ollama"])
 
 M = TypeVar("M", bound=BaseModel)
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+
+
+def _inline(node: Any, defs: dict[str, Any]) -> Any:
+    """``node`` with its ``#/$defs/..`` references replaced by the definitions (the models
+    are not recursive)."""
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that parses ``model`` itself (so errors keep
+    Ollama's shape): documented in /openapi.json, and fuzzed from it."""
+    schema = model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}}}
 
 
 class NDJSONResponse(SSEResponse):
@@ -167,47 +187,36 @@ def _piece(name: str, chat: bool, text: str, thinking: str | None = None, calls:
     return out
 
 
-async def _lines(run: ChatRun, name: str, chat: bool, clock: _Clock) -> AsyncIterator[list[dict[str, Any]]]:
+class _Lines(RunTranslator):
     """The run's events as Ollama stream lines: a line per read of text/thinking, the tool
     calls whole in one line when the choice ends, then the ``done`` line with the counts."""
-    calls = ChoiceResult()
-    finish: str | None = None
-    usage: UsageEvent | None = None
-    batches = run.batches()
-    try:
-        async for batch in batches:
-            out: list[dict[str, Any]] = []
-            failed: ErrorEvent | None = None
-            for ev in batch:
-                if isinstance(ev, DeltaEvent):
-                    clock.tick()
-                    if ev.tool_calls:
-                        calls.add_calls(ev.tool_calls)
-                    if ev.text or ev.reasoning:
-                        out.append({**_piece(name, chat, ev.text, ev.reasoning), "done": False})
-                elif isinstance(ev, FinishEvent):
-                    finish = ev.finish_reason
-                    if calls.tool_calls:
-                        found = tool_calls_out([calls.tool_calls[i] for i in sorted(calls.tool_calls)])
-                        out.append({**_piece(name, chat, "", calls=found), "done": False})
-                elif isinstance(ev, UsageEvent):
-                    usage = ev
-                elif isinstance(ev, ErrorEvent):
-                    failed = ev
-                    break
-            if out:
-                yield out
-            if failed is not None:
-                raise_error(failed)
-        yield [{**_piece(name, chat, ""), "done": True, "done_reason": done_reason(finish), **clock.stats(usage)}]
-    finally:
-        await batches.aclose()  # type: ignore[attr-defined]
+
+    def __init__(self, name: str, chat: bool, clock: _Clock) -> None:
+        super().__init__()
+        self.name, self.chat, self.clock = name, chat, clock
+        self.calls = ChoiceResult()
+
+    def on_delta(self, ev: DeltaEvent, out: list[Any]) -> None:
+        self.clock.tick()
+        if ev.tool_calls:
+            self.calls.add_calls(ev.tool_calls)
+        if ev.text or ev.reasoning:
+            out.append({**_piece(self.name, self.chat, ev.text, ev.reasoning), "done": False})
+
+    def on_finish(self, ev: FinishEvent, out: list[Any]) -> None:
+        super().on_finish(ev, out)
+        if self.calls.tool_calls:
+            found = tool_calls_out([self.calls.tool_calls[i] for i in sorted(self.calls.tool_calls)])
+            out.append({**_piece(self.name, self.chat, "", calls=found), "done": False})
+
+    def tail(self, out: list[Any]) -> None:
+        out.append({**_piece(self.name, self.chat, ""), "done": True, "done_reason": done_reason(self.finish_reason), **self.clock.stats(self.usage)})
 
 
 async def _answer(request: Request, run: ChatRun, name: str, chat: bool, stream: bool, clock: _Clock) -> Response:
     gen = request.app.state.generation
     if stream:
-        return NDJSONResponse(_lines(run, name, chat, clock), timeout=gen.timeout, deadline=run.deadline, on_close=run.aclose)
+        return NDJSONResponse(run.translate(_Lines(name, chat, clock)), timeout=gen.timeout, deadline=run.deadline, on_close=run.aclose)
     choices, usage = await run.collect()
     c = choices[0]
     clock.tick()
@@ -216,7 +225,7 @@ async def _answer(request: Request, run: ChatRun, name: str, chat: bool, stream:
     return FastJSONResponse({**body, "done": True, "done_reason": done_reason(c.finish_reason), **clock.stats(usage)})
 
 
-@router.post("/chat")
+@router.post("/chat", openapi_extra=_body(OllamaChatRequest))
 @_ollama_errors
 async def chat(request: Request) -> Response:
     req = await _parse(request, OllamaChatRequest)
@@ -229,7 +238,7 @@ async def chat(request: Request) -> Response:
     return await _answer(request, run, req.model, True, req.stream, clock)
 
 
-@router.post("/generate")
+@router.post("/generate", openapi_extra=_body(OllamaGenerateRequest))
 @_ollama_errors
 async def generate(request: Request) -> Response:
     req = await _parse(request, OllamaGenerateRequest)
@@ -258,7 +267,7 @@ async def _embed(request: Request, model: str, inputs: str | list[str], dimensio
     return vectors, int((result.get("usage") or {}).get("prompt_tokens", 0))
 
 
-@router.post("/embed")
+@router.post("/embed", openapi_extra=_body(OllamaEmbedRequest))
 @_ollama_errors
 async def embed(request: Request) -> Response:
     req = await _parse(request, OllamaEmbedRequest)
@@ -281,7 +290,7 @@ async def embed(request: Request) -> Response:
     )
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=_body(OllamaEmbeddingsRequest))
 @_ollama_errors
 async def embeddings(request: Request) -> Response:
     req = await _parse(request, OllamaEmbeddingsRequest)
@@ -347,7 +356,7 @@ async def ps(request: Request) -> Response:
     return FastJSONResponse({"models": out})
 
 
-@router.post("/show")
+@router.post("/show", openapi_extra=_body(OllamaShowRequest))
 @_ollama_errors
 async def show(request: Request) -> Response:
     req = await _parse(request, OllamaShowRequest)

@@ -5,7 +5,8 @@ default) live in ``app.state.responses``, bounded, expiring and per API key."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -13,11 +14,11 @@ from fastapi.responses import Response
 
 from ...errors import GatewayError, NotFoundError
 from ...protocol.responses import ResponsesRequest, normalize_input, to_chat
-from ...protocol.worker import DeltaEvent, ErrorEvent, FinishEvent, UsageEvent
+from ...protocol.worker import DeltaEvent
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 from ..response_store import ResponseStore, owner_of
-from ..serving import ChatRun, ChoiceResult, raise_error
+from ..serving import ChatRun, ChoiceResult, RunTranslator
 from ..sse import SSEResponse
 from .anthropic import named_frame
 
@@ -150,30 +151,34 @@ def _with_ids(items: list[dict[str, Any]], sfx: str) -> list[dict[str, Any]]:
     return out
 
 
-def _keep(request: Request, owner: str, req: ResponsesRequest, response: dict[str, Any], history: list[dict[str, Any]], items: list[dict[str, Any]]) -> None:
+def _keep(
+    request: Request, owner: str, req: ResponsesRequest, response: dict[str, Any], history: list[dict[str, Any]], items: list[dict[str, Any]], chain: str
+) -> None:
     if req.store:
-        _store(request).put(owner, response, items, history)
+        _store(request).put(owner, response, items, history, chain=chain)
 
 
 @router.post("/v1/responses")
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     owner = owner_of(request)
     history: list[dict[str, Any]] = []
+    chain = "responses:" + uuid.uuid4().hex  # the dispatch affinity of a previous_response_id chain
     if body.previous_response_id:
         prev = _store(request).get(owner, body.previous_response_id)
         if prev is None:
             raise _not_found(body.previous_response_id, "previous_response_id")
         history = prev.history + [dict(o) for o in prev.response["output"]]
+        chain = prev.chain or chain
     new_items = normalize_input(body)
     conversation = history + new_items
     chat_req = to_chat(body, conversation)
-    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="resp")
+    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="resp", affinity=chain)
     stored_input = _with_ids(new_items, _suffix(run))
     stored_history = history + stored_input
     if body.stream:
         service = request.app.state.generation
         return SSEResponse(
-            _events(run, body, request, owner, stored_history, stored_input),
+            run.translate(_ResponseStream(run, body, lambda final: _keep(request, owner, body, final, stored_history, stored_input, chain))),
             timeout=service.timeout,
             deadline=run.deadline,
             on_close=run.aclose,
@@ -184,7 +189,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     choices, usage = await run.collect()
     c = choices[0]
     response = _response(run, body, _status(c.finish_reason), _output(run, c), _usage(usage.prompt_tokens, usage.completion_tokens), c.finish_reason)
-    _keep(request, owner, body, response, stored_history, stored_input)
+    _keep(request, owner, body, response, stored_history, stored_input, chain)
     return FastJSONResponse(response)
 
 
@@ -192,117 +197,101 @@ def _stream_error(exc: GatewayError) -> dict[str, Any]:
     return {"type": "error", "code": getattr(exc, "code", None) or "server_error", "message": str(exc), "param": getattr(exc, "param", None), "sequence_number": 0}
 
 
-async def _events(
-    run: ChatRun, req: ResponsesRequest, request: Request, owner: str, history: list[dict[str, Any]], stored_input: list[dict[str, Any]]
-) -> AsyncIterator[list[dict[str, Any]]]:
+class _ResponseStream(RunTranslator):
     """The Responses event sequence: response.created / in_progress, per output item
     output_item.added, its parts and deltas, their done events, output_item.done, then
     response.completed (or response.incomplete at the token limit)."""
-    sfx = _suffix(run)
-    seq = 0
-    output: list[dict[str, Any]] = []
-    cur: dict[str, Any] | None = None  # the open item (kept whole as it grows)
-    call_index: int | None = None
-    finish: str | None = None
-    usage = UsageEvent(prompt_tokens=0, completion_tokens=0)
 
-    def ev(out: list[dict[str, Any]], kind: str, **fields: Any) -> None:
-        nonlocal seq
-        out.append({"type": kind, "sequence_number": seq, **fields})
-        seq += 1
+    def __init__(self, run: ChatRun, req: ResponsesRequest, keep: Callable[[dict[str, Any]], None]) -> None:
+        super().__init__()
+        self.run, self.req, self.keep = run, req, keep
+        self.sfx = _suffix(run)
+        self.seq = 0
+        self.output: list[dict[str, Any]] = []
+        self.cur: dict[str, Any] | None = None  # the open item (kept whole as it grows)
+        self.call_index: int | None = None
 
-    def close(out: list[dict[str, Any]]) -> None:
-        nonlocal cur
+    def _ev(self, out: list[Any], kind: str, **fields: Any) -> None:
+        out.append({"type": kind, "sequence_number": self.seq, **fields})
+        self.seq += 1
+
+    def head(self) -> list[Any]:
+        out: list[Any] = []
+        self._ev(out, "response.created", response=_response(self.run, self.req, "in_progress", [], None, None))
+        self._ev(out, "response.in_progress", response=_response(self.run, self.req, "in_progress", [], None, None))
+        return out
+
+    def _close(self, out: list[Any]) -> None:
+        cur = self.cur
         if cur is None:
             return
-        idx = len(output) - 1
+        idx = len(self.output) - 1
         if cur["type"] == "reasoning":
             text = cur["summary"][0]["text"]
-            ev(out, "response.reasoning_summary_text.done", item_id=cur["id"], output_index=idx, summary_index=0, text=text)
-            ev(out, "response.reasoning_summary_part.done", item_id=cur["id"], output_index=idx, summary_index=0, part={"type": "summary_text", "text": text})
+            self._ev(out, "response.reasoning_summary_text.done", item_id=cur["id"], output_index=idx, summary_index=0, text=text)
+            self._ev(out, "response.reasoning_summary_part.done", item_id=cur["id"], output_index=idx, summary_index=0, part={"type": "summary_text", "text": text})
         elif cur["type"] == "message":
             part = cur["content"][0]
-            ev(out, "response.output_text.done", item_id=cur["id"], output_index=idx, content_index=0, text=part["text"], logprobs=[])
-            ev(out, "response.content_part.done", item_id=cur["id"], output_index=idx, content_index=0, part=dict(part))
+            self._ev(out, "response.output_text.done", item_id=cur["id"], output_index=idx, content_index=0, text=part["text"], logprobs=[])
+            self._ev(out, "response.content_part.done", item_id=cur["id"], output_index=idx, content_index=0, part=dict(part))
             cur["status"] = "completed"
         else:
-            ev(out, "response.function_call_arguments.done", item_id=cur["id"], output_index=idx, arguments=cur["arguments"], name=cur["name"])
+            self._ev(out, "response.function_call_arguments.done", item_id=cur["id"], output_index=idx, arguments=cur["arguments"], name=cur["name"])
             cur["status"] = "completed"
-        ev(out, "response.output_item.done", output_index=idx, item=_copy(cur))
-        cur = None
+        self._ev(out, "response.output_item.done", output_index=idx, item=_copy(cur))
+        self.cur = None
 
-    def open_item(out: list[dict[str, Any]], item: dict[str, Any]) -> None:
-        nonlocal cur
-        close(out)
-        output.append(item)
-        cur = item
-        idx = len(output) - 1
+    def _open(self, out: list[Any], item: dict[str, Any]) -> dict[str, Any]:
+        self._close(out)
+        self.output.append(item)
+        self.cur = item
+        idx = len(self.output) - 1
         if item["type"] == "reasoning":
-            ev(out, "response.output_item.added", output_index=idx, item={"id": item["id"], "type": "reasoning", "summary": []})
+            self._ev(out, "response.output_item.added", output_index=idx, item={"id": item["id"], "type": "reasoning", "summary": []})
             item["summary"] = [{"type": "summary_text", "text": ""}]
-            ev(out, "response.reasoning_summary_part.added", item_id=item["id"], output_index=idx, summary_index=0, part={"type": "summary_text", "text": ""})
+            self._ev(out, "response.reasoning_summary_part.added", item_id=item["id"], output_index=idx, summary_index=0, part={"type": "summary_text", "text": ""})
         elif item["type"] == "message":
-            ev(out, "response.output_item.added", output_index=idx, item=_copy(item))
+            self._ev(out, "response.output_item.added", output_index=idx, item=_copy(item))
             item["content"] = [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}]
-            ev(out, "response.content_part.added", item_id=item["id"], output_index=idx, content_index=0, part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            self._ev(out, "response.content_part.added", item_id=item["id"], output_index=idx, content_index=0, part=part)
         else:
-            ev(out, "response.output_item.added", output_index=idx, item=_copy(item))
+            self._ev(out, "response.output_item.added", output_index=idx, item=_copy(item))
+        return item
 
-    head: list[dict[str, Any]] = []
-    ev(head, "response.created", response=_response(run, req, "in_progress", [], None, None))
-    ev(head, "response.in_progress", response=_response(run, req, "in_progress", [], None, None))
-    batches = run.batches()
-    try:
-        async for batch in batches:
-            out, head = head, []
-            for e in batch:
-                if isinstance(e, ErrorEvent):
-                    if out:
-                        yield out
-                    raise_error(e)
-                if isinstance(e, DeltaEvent):
-                    if e.reasoning:
-                        if cur is None or cur["type"] != "reasoning":
-                            open_item(out, {"id": f"rs_{sfx}_{len(output)}", "type": "reasoning", "summary": []})
-                        assert cur is not None
-                        cur["summary"][0]["text"] += e.reasoning
-                        ev(out, "response.reasoning_summary_text.delta", item_id=cur["id"], output_index=len(output) - 1, summary_index=0, delta=e.reasoning)
-                    if e.text:
-                        if cur is None or cur["type"] != "message":
-                            open_item(out, _message_item(f"msg_{sfx}_{len(output)}", "", "in_progress"))
-                        assert cur is not None
-                        cur["content"][0]["text"] += e.text
-                        ev(out, "response.output_text.delta", item_id=cur["id"], output_index=len(output) - 1, content_index=0, delta=e.text, logprobs=[])
-                    for d in e.tool_calls or ():
-                        if d.id or cur is None or cur["type"] != "function_call" or d.index != call_index:
-                            open_item(out, _call_item(f"fc_{sfx}_{d.index}", d.id or f"call_{sfx}_{d.index}", d.name or "", "", "in_progress"))
-                            call_index = d.index
-                        assert cur is not None
-                        if d.arguments:
-                            cur["arguments"] += d.arguments
-                            ev(out, "response.function_call_arguments.delta", item_id=cur["id"], output_index=len(output) - 1, delta=d.arguments)
-                elif isinstance(e, FinishEvent):
-                    finish = e.finish_reason
-                elif isinstance(e, UsageEvent):
-                    usage = e
-            if out:
-                yield out
-        out = head
-        if not output:  # nothing generated: one empty message, as the whole answer has
-            open_item(out, _message_item(f"msg_{sfx}_0", "", "in_progress"))
-        close(out)
-        status = _status(finish)
+    def on_delta(self, e: DeltaEvent, out: list[Any]) -> None:
+        sfx, cur = self.sfx, self.cur
+        if e.reasoning:
+            if cur is None or cur["type"] != "reasoning":
+                cur = self._open(out, {"id": f"rs_{sfx}_{len(self.output)}", "type": "reasoning", "summary": []})
+            cur["summary"][0]["text"] += e.reasoning
+            self._ev(out, "response.reasoning_summary_text.delta", item_id=cur["id"], output_index=len(self.output) - 1, summary_index=0, delta=e.reasoning)
+        if e.text:
+            if cur is None or cur["type"] != "message":
+                cur = self._open(out, _message_item(f"msg_{sfx}_{len(self.output)}", "", "in_progress"))
+            cur["content"][0]["text"] += e.text
+            self._ev(out, "response.output_text.delta", item_id=cur["id"], output_index=len(self.output) - 1, content_index=0, delta=e.text, logprobs=[])
+        for d in e.tool_calls or ():
+            if d.id or cur is None or cur["type"] != "function_call" or d.index != self.call_index:
+                cur = self._open(out, _call_item(f"fc_{sfx}_{d.index}", d.id or f"call_{sfx}_{d.index}", d.name or "", "", "in_progress"))
+                self.call_index = d.index
+            if d.arguments:
+                cur["arguments"] += d.arguments
+                self._ev(out, "response.function_call_arguments.delta", item_id=cur["id"], output_index=len(self.output) - 1, delta=d.arguments)
+
+    def tail(self, out: list[Any]) -> None:
+        if not self.output:  # nothing generated: one empty message, as the whole answer has
+            self._open(out, _message_item(f"msg_{self.sfx}_0", "", "in_progress"))
+        self._close(out)
+        status = _status(self.finish_reason)
         if status == "incomplete":
-            for item in output:
+            for item in self.output:
                 if item["type"] == "message":
                     item["status"] = "incomplete"
-        final = _response(run, req, status, [_copy(o) for o in output], _usage(usage.prompt_tokens, usage.completion_tokens), finish)
-        _keep(request, owner, req, final, history, stored_input)
-        ev(out, "response.completed" if status == "completed" else "response.incomplete", response=final)
-        yield out
-    finally:
-        await batches.aclose()  # type: ignore[attr-defined]
-        await run.aclose()
+        usage = _usage(self.usage.prompt_tokens, self.usage.completion_tokens)
+        final = _response(self.run, self.req, status, [_copy(o) for o in self.output], usage, self.finish_reason)
+        self.keep(final)
+        self._ev(out, "response.completed" if status == "completed" else "response.incomplete", response=final)
 
 
 def _copy(item: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,215 @@
+"""LMDeploy api_server's routes, translated onto the chat and completion paths.
+
+``POST /v1/chat/interactive``: LMDeploy's interactive sessions. With ``interactive_mode:
+true`` the session's history is kept here (``app.state.sessions``: per API key, bounded,
+expiring) and the next turn sends only its new prompt; ``interactive_mode: false`` serves
+the turn and ends the session; ``cancel: true`` stops the session's running turn. A
+session's turns go to the replica that served its last one (dispatch affinity), so an
+engine that reuses a cached prefix (llama.cpp's slots) prefills only the new tokens. The
+answer: ``text``, ``tokens``, ``input_tokens``, ``history_tokens``, ``finish_reason``;
+streamed as LMDeploy streams it, one JSON object per line.
+
+``POST /generate``: a prompt (as is, no chat template) or token ids in; ``text``,
+``output_ids`` and ``meta_info`` out, streamed as ``data:`` events ending with ``[DONE]``.
+The worker streams text, so ``output_ids`` are the generated text's tokenization; streamed,
+they come whole with the last event (the chunks' ids concatenated are the output's ids).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from ...errors import BadRequestError
+from ...protocol.lmdeploy import (
+    InteractiveRequest,
+    LMDeployGenerateRequest,
+    generate_body,
+    interactive_chat_body,
+    interactive_messages,
+)
+from ...protocol.openai import ChatCompletionRequest, CompletionRequest
+from ...protocol.tokenize import TOKENIZE, TokenizePayload
+from ...protocol.worker import DeltaEvent
+from ...web.error_handlers import validation_message
+from ...web.limits import body_bytes
+from ...web.responses import FastJSONResponse
+from ..invoke import call_json
+from ..response_store import owner_of
+from ..serving import ChatRun, RunTranslator
+from ..session_store import Session, SessionStore
+from ..sse import SSEResponse
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["lmdeploy"])
+
+_FINISH = {"content_filter": "stop"}
+
+
+class _LinesResponse(SSEResponse):
+    """LMDeploy's interactive stream: one JSON object and a newline per event (its media
+    type says event-stream); no keep-alive, no done marker; an error ends it with an
+    ``{"error": {...}}`` line."""
+
+    encode = staticmethod(lambda event: orjson.dumps(event) + b"\n")
+
+    def __init__(self, lines: AsyncIterator[list[Any]], **kw: Any) -> None:
+        super().__init__(lines, keepalive=1e9, done=None, **kw)
+
+
+def _validate(model: type[BaseModel], data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(list(exc.errors()))
+        raise BadRequestError(message, param=param) from None
+
+
+def _answer(text: str, tokens: int, input_tokens: int, history_tokens: int, finish: str | None) -> dict[str, Any]:
+    reason = _FINISH.get(finish, finish) if finish else None
+    return {"text": text, "tokens": tokens, "input_tokens": input_tokens, "history_tokens": history_tokens, "finish_reason": reason}
+
+
+class _InteractiveStream(RunTranslator):
+    """A line per read of text, then the closing line with the counts and finish reason."""
+
+    def __init__(self, history_tokens: int) -> None:
+        super().__init__()
+        self.history_tokens = history_tokens
+        self.text: list[str] = []
+        self.pieces = 0
+
+    def on_delta(self, ev: DeltaEvent, out: list[Any]) -> None:
+        if ev.text:
+            self.text.append(ev.text)
+            self.pieces += 1
+            out.append(_answer(ev.text, self.pieces, 0, self.history_tokens, None))
+
+    def tail(self, out: list[Any]) -> None:
+        u = self.usage
+        out.append(_answer("", u.completion_tokens, max(0, u.prompt_tokens - self.history_tokens), self.history_tokens, self.finish_reason or "stop"))
+
+
+def _sessions(request: Request) -> SessionStore:
+    store: SessionStore = request.app.state.sessions
+    return store
+
+
+async def _session_lines(run: ChatRun, tr: _InteractiveStream, store: SessionStore, s: Session | None, messages: list[dict[str, Any]], keep: bool) -> AsyncIterator[list[Any]]:
+    done = False
+    try:
+        async for out in run.translate(tr):
+            yield out
+        done = True
+    finally:
+        if s is not None:
+            if done:
+                history = messages + [{"role": "assistant", "content": "".join(tr.text)}]
+                store.finish(s, history, tr.usage.prompt_tokens + tr.usage.completion_tokens, keep)
+            else:
+                store.abandon(s)
+
+
+@router.post("/v1/chat/interactive")
+async def chat_interactive(body: InteractiveRequest, request: Request) -> Response:
+    """A turn of an LMDeploy interactive session (see the module's notes)."""
+    store, owner = _sessions(request), owner_of(request)
+    if body.cancel:
+        if body.session_id == -1:
+            raise BadRequestError("please set a session_id to cancel a request", param="session_id")
+        s = store.get(owner, body.session_id)
+        if s is not None and s.cancel is not None:
+            await s.cancel()
+        return FastJSONResponse(_answer("", 0, 0, 0, "stop"))
+    if not body.interactive_mode and body.prompt == "" and body.request_output_len == 0:
+        store.end(owner, body.session_id)  # LMDeploy's way to end a session
+        return FastJSONResponse(_answer("", 0, 0, 0, "stop"))
+    s = store.begin(owner, body.session_id) if body.session_id != -1 else None
+    try:
+        messages = (list(s.messages) if s else []) + interactive_messages(body)
+        creq = _validate(ChatCompletionRequest, interactive_chat_body(body, body.model, messages))
+        run = await request.app.state.generation.start_chat(creq, body_bytes(request), id_prefix="interactive", affinity=s.affinity if s else None)
+    except BaseException:
+        if s is not None:
+            store.abandon(s)
+        raise
+    if s is not None:
+        s.cancel = run.aclose
+    tr = _InteractiveStream(s.history_tokens if s else 0)
+    keep = body.interactive_mode
+    lines = _session_lines(run, tr, store, s, messages, keep)
+    if body.stream:
+        service = request.app.state.generation
+        return _LinesResponse(lines, timeout=service.timeout, deadline=run.deadline, on_close=run.aclose)
+    last: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout_at(run.deadline):
+            async for out in lines:  # the same events, gathered
+                last = out[-1]
+    except TimeoutError:
+        raise request.app.state.workers.timed_out() from None
+    finally:
+        await lines.aclose()  # type: ignore[attr-defined]
+    return FastJSONResponse({**last, "text": "".join(tr.text)})
+
+
+class _GenerateStream(RunTranslator):
+    """``data:`` events of text; the last carries the output ids and the counts."""
+
+    def __init__(self, request: Request, model: str) -> None:
+        super().__init__()
+        self.request, self.model = request, model
+        self.text: list[str] = []
+
+    def on_delta(self, ev: DeltaEvent, out: list[Any]) -> None:
+        if ev.text:
+            self.text.append(ev.text)
+            out.append({"text": ev.text, "output_ids": [], "meta_info": _meta(None, None, None)})
+
+
+def _meta(prompt: int | None, completion: int | None, finish: str | None) -> dict[str, Any]:
+    reason = _FINISH.get(finish, finish) if finish else None
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "finish_reason": {"type": reason} if reason else None,
+        "output_token_logprobs": None,
+        "routed_experts": None,
+    }
+
+
+async def _output_ids(request: Request, model: str, text: str) -> list[int]:
+    if not text:
+        return []
+    result = await call_json(request, model, TOKENIZE, TokenizePayload(prompt=text, add_special_tokens=False))
+    return [int(t) for t in result.get("tokens", [])]
+
+
+async def _generate_events(run: ChatRun, tr: _GenerateStream) -> AsyncIterator[list[Any]]:
+    async for out in run.translate(tr):
+        yield out
+    u = tr.usage
+    ids = await _output_ids(tr.request, tr.model, "".join(tr.text))
+    yield [{"text": "", "output_ids": ids, "meta_info": _meta(u.prompt_tokens, u.completion_tokens, tr.finish_reason or "stop")}]
+
+
+@router.post("/generate")
+async def generate(body: LMDeployGenerateRequest, request: Request) -> Response:
+    """LMDeploy's ``/generate`` (see the module's notes)."""
+    creq = _validate(CompletionRequest, generate_body(body, body.model))
+    service = request.app.state.generation
+    run = await service.start_completion(creq, body_bytes(request), id_prefix="generate")
+    tr = _GenerateStream(request, run.model)
+    if body.stream:
+        return SSEResponse(_generate_events(run, tr), timeout=service.timeout, deadline=run.deadline, on_close=run.aclose)
+    choices, usage = await run.collect()
+    text = "".join(choices[0].text)
+    ids = await _output_ids(request, run.model, text)
+    return FastJSONResponse({"text": text, "output_ids": ids, "meta_info": _meta(usage.prompt_tokens, usage.completion_tokens, choices[0].finish_reason or "stop")})
