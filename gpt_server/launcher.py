@@ -11,17 +11,18 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 
-from .config import Config
+from .config import Config, ConfigError
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
 from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .gateway.app import build_app
-from .procs import die_with_parent
+from .procs import CONFIG_ERROR_EXIT, die_with_parent
 from .transport.inproc import SCHEME, InProcessTransport
 from .web.internal import (
     SECRET_ENV,
@@ -76,12 +77,23 @@ class WorkerProcess:
             await p.wait()
 
 
-class Supervisor:
-    """Starts worker processes, restarts crashed ones with backoff, stops them all."""
+def config_error_exit(code: int | None) -> bool:
+    """A worker's exit that a restart cannot fix: its model cannot load because of its config
+    (missing files, an engine's interpreter, a device the host lacks). Any other exit is a
+    crash, restarted with backoff."""
+    return code == CONFIG_ERROR_EXIT
 
-    def __init__(self, workers: list[WorkerProcess]) -> None:
+
+class Supervisor:
+    """Starts worker processes, restarts crashed ones with backoff, stops them all. A worker
+    that exits with a configuration error is not restarted: ``fatal`` says why and
+    ``on_fatal`` is called (serve stops, exit code 2)."""
+
+    def __init__(self, workers: list[WorkerProcess], on_fatal: Callable[[str], None] | None = None) -> None:
         self.workers = workers
         self.stopping = False
+        self.on_fatal = on_fatal
+        self.fatal: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -95,6 +107,12 @@ class Supervisor:
             assert w.proc is not None
             code = await w.proc.wait()
             if self.stopping:
+                return
+            if config_error_exit(code):
+                self.fatal = f"model '{w.model}' (replica {w.replica}) cannot load because of its configuration (see above); not restarted"
+                log.error("worker %s: %s", w.label, self.fatal)
+                if self.on_fatal is not None:
+                    self.on_fatal(self.fatal)
                 return
             ran = time.monotonic() - w.started_at
             if ran > 60:
@@ -132,6 +150,8 @@ def _worker_processes(cfg: Config, config_path: str, controller_address: str, se
             if w.in_process:
                 continue
             env = {**os.environ, SECRET_ENV: secret}
+            if cfg.model_worker_args.log_level:
+                env.setdefault("GPT_SERVER_LOG_LEVEL", cfg.model_worker_args.log_level)
             if w.gpus:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in w.gpus)
             else:
@@ -153,6 +173,7 @@ class LocalWorker:
     transport: InProcessTransport
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     task: asyncio.Task[None] | None = None
+    on_fatal: Callable[[str], None] | None = None  # a configuration error: serve stops
 
     @property
     def label(self) -> str:
@@ -166,6 +187,11 @@ class LocalWorker:
     async def _load(self) -> None:
         try:
             await self.runtime.start()
+        except ConfigError as exc:
+            self.runtime.state = "failed"
+            log.error("in-process worker %s cannot load: %s", self.label, exc)
+            if self.on_fatal is not None:
+                self.on_fatal(str(exc))
         except Exception:
             self.runtime.state = "failed"
             log.exception("in-process worker %s failed to load; it is not served", self.label)
@@ -261,12 +287,20 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
     gserver = make_server(build_app(cfg, LocalController(registry), local=transport), gsock, graceful=sa.shutdown_timeout)
     stop = asyncio.Event()
     _install_stop(stop)
+    fatal: list[str] = []
+
+    def on_fatal(why: str) -> None:
+        fatal.append(why)
+        stop.set()
+
+    for lw in local:
+        lw.on_fatal = on_fatal
     tasks = [
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
     workers = _worker_processes(cfg, cfg_path, controller_address, secret)
-    sup = Supervisor(workers)
+    sup = Supervisor(workers, on_fatal=on_fatal)
     try:
         for lw in local:
             await lw.start()
@@ -289,6 +323,8 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(OSError):
             os.unlink(cfg_path)
+    if fatal:
+        raise ConfigError(fatal[0])
 
 
 async def run_controller(cfg: Config) -> None:

@@ -151,7 +151,11 @@ declare_kind(
         default_engine="sentence_transformers",
         description="text embeddings (/v1/embeddings)",
         legacy_names=("embeddings",),
-        legacy_engines={"embedding_infinity": "infinity", "embedding_sentence_transformers": "sentence_transformers"},
+        legacy_engines={
+            "embedding_infinity": "infinity",
+            "embedding_sentence_transformers": "sentence_transformers",
+            "embedding_vllm": "vllm",
+        },
     )
 )
 

@@ -106,7 +106,7 @@ def _load_adapters(model: Any, lora: dict[str, str]) -> Any:
     return model.eval()
 
 
-def load_model(path: str, mc: HFOptions, gpus: list[int], threads: int | None) -> LoadedModel:
+def load_model(path: str, mc: HFOptions, on_gpu: bool, threads: int | None) -> LoadedModel:
     import torch
     from transformers import (
         AutoConfig,
@@ -118,16 +118,16 @@ def load_model(path: str, mc: HFOptions, gpus: list[int], threads: int | None) -
 
     if threads:
         torch.set_num_threads(threads)
-    on_gpu = bool(gpus) and torch.cuda.is_available()
-    cfg = AutoConfig.from_pretrained(path)
+    trust = mc.trust_remote_code  # explicit per model (default off): code shipped with the model runs only then
+    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust)
     vision = getattr(cfg, "vision_config", None) is not None
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(mc.dtype, on_gpu)}
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(mc.dtype, on_gpu), "trust_remote_code": trust}
     if on_gpu:
         kwargs["device_map"] = "auto"  # spread over the worker's GPUs (CUDA_VISIBLE_DEVICES)
     cls = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     model = cls.from_pretrained(path, **kwargs).eval()
-    processor = AutoProcessor.from_pretrained(path) if vision else None
-    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if vision else None
+    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if mc.lora:
         model = _load_adapters(model, mc.lora)
     n_vocab = int(model.get_output_embeddings().weight.shape[0])
