@@ -130,8 +130,10 @@ async def run_worker(
     try:
         await server.serve(sockets=[sock])
     except SystemExit:  # uvicorn's exit when the lifespan (the model's load) failed
-        if runtime.config_error is not None:
-            raise runtime.config_error from None
+        err = runtime.config_error
+        if err is not None:  # named from the model down, whoever raised it
+            msg = str(err)
+            raise ConfigError(msg if msg.startswith("models.") else f"models.{entry.name}.{msg}") from None
         raise
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BadRequestError
-from ...settings import resolve_model_path
+from ...settings import ConfigError, resolve_model_path
 from . import HFOptions
 from .tokens import TokenTable
 
@@ -119,7 +119,15 @@ def load_model(path: str, mc: HFOptions, on_gpu: bool, threads: int | None) -> L
     if threads:
         torch.set_num_threads(threads)
     trust = mc.trust_remote_code  # explicit per model (default off): code shipped with the model runs only then
-    cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    except ValueError as exc:
+        if trust or "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(
+            "model_config.trust_remote_code: the model ships its own Python code (auto_map in its config.json); "
+            "set trust_remote_code: true for this model if you trust that code"
+        ) from None
     vision = getattr(cfg, "vision_config", None) is not None
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(mc.dtype, on_gpu), "trust_remote_code": trust}
     if on_gpu:
