@@ -29,7 +29,7 @@ def resolve_dtype(name: str | None, on_gpu: bool) -> Any:
     if name == "auto":
         return "auto"
     if name.lower() not in _DTYPES:
-        raise ValueError(f"dtype '{name}' is not supported (auto, float32, float16, bfloat16)")
+        raise ConfigError(f"model_config.dtype: '{name}' is not supported (auto, float32, float16, bfloat16)")
     return getattr(torch, _DTYPES[name.lower()])
 
 
