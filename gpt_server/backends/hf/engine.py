@@ -2,10 +2,13 @@
 
 Requests that arrive together and share an adapter (and, for vision, the same images)
 form a *cohort*: one left-padded prefill, then one forward per step over all its rows
-with a shared ``DynamicCache`` and attention mask. Several cohorts run interleaved, one
-forward each per engine step, so a new request starts at the next step instead of
-waiting for older ones to finish (a simple continuous batching). Finished or cancelled
-rows leave their cohort at once (``batch_select_indices`` on the cache).
+with a shared ``DynamicCache`` and attention mask. A new request starts at the next step
+instead of waiting for older ones to finish: it is prefilled as its own cohort, and then
+joins the running cohort of the same adapter (its cache and mask left-padded to the
+longer length and stacked on the batch axis), so every step is one forward over all the
+rows of an adapter — continuous batching. Finished or cancelled rows leave at once
+(``batch_select_indices`` on the cache), and columns no remaining row attends to are
+cut from the left, so the padded length never exceeds the longest live row.
 
 Each row is sampled on its own by the shared numpy sampler, so results match the
 llama.cpp engine's semantics; a per-sequence ``constraint`` (grammar) and
@@ -115,7 +118,30 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         for cohort in list(self._cohorts):
             if cohort not in new:
                 self._guard(cohort, self._decode)
-        self._cohorts = [c for c in self._cohorts if c.rows]
+        self._cohorts = self._merge([c for c in self._cohorts if c.rows])
+
+    @property
+    def cohorts(self) -> int:
+        """How many forwards one engine step runs (one per adapter once requests have joined)."""
+        return len(self._cohorts)
+
+    def _merge(self, cohorts: list[_Cohort]) -> list[_Cohort]:
+        """Join cohorts of one adapter into one batch (left-pad the shorter caches and masks)."""
+        out: list[_Cohort] = []
+        by_adapter: dict[str | None, _Cohort] = {}
+        for c in cohorts:
+            into = by_adapter.get(c.adapter)
+            if into is None or not (_mergeable(into) and _mergeable(c)):
+                if into is None:
+                    by_adapter[c.adapter] = c
+                out.append(c)
+                continue
+            try:
+                _join(into, c)
+            except Exception:  # an unexpected cache layout: keep the cohorts apart
+                log.exception("could not join two batches; they run side by side")
+                out.append(c)
+        return out
 
     def _fail_running(self, error: str) -> None:
         for c in self._cohorts:
@@ -224,6 +250,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
             idx = torch.tensor(keep, dtype=torch.long, device=self._device)
             cohort.cache.batch_select_indices(idx)
             cohort.mask = cohort.mask[idx]
+            _trim_left(cohort)
 
     # ---- sampling -------------------------------------------------------------
     def _sample(self, s: Sequence, logits: np.ndarray, prompt_len: int) -> int:
@@ -242,3 +269,58 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
 
     def _finish(self, s: Sequence, reason: str | None, error: str | None = None) -> None:
         finish(s, reason, error)
+
+
+# ---- joining batches ------------------------------------------------------------
+def _layers(cache: Any) -> list[Any] | None:
+    """The cache's per-layer tensors holders when every layer is a plain full-attention one."""
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+        return None  # sliding-window, linear-attention or quantised caches are not joined
+    if any(getattr(layer, "keys", None) is None or getattr(layer, "values", None) is None for layer in layers):
+        return None
+    return list(layers)
+
+
+def _mergeable(c: _Cohort) -> bool:
+    layers = _layers(c.cache) if c.cache is not None and c.mask is not None else None
+    if not layers or not c.rows or len(c.next_ids) != len(c.rows):
+        return False
+    return all(layer.keys.shape[-2] == c.mask.shape[1] for layer in layers)
+
+
+def _join(into: _Cohort, other: _Cohort) -> None:
+    """Append ``other``'s rows to ``into``: left-pad the shorter of the two, stack on the batch axis."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b = _layers(into.cache), _layers(other.cache)
+    assert a is not None and b is not None and len(a) == len(b)
+    la, lb = into.mask.shape[1], other.mask.shape[1]
+    width = max(la, lb)
+
+    def pad(t: Any, length: int) -> Any:  # (B, H, L, D) → (B, H, width, D), zeros on the left
+        return t if length == width else F.pad(t, (0, 0, width - length, 0))
+
+    for x, y in zip(a, b, strict=True):
+        x.keys = torch.cat([pad(x.keys, la), pad(y.keys, lb)], dim=0)
+        x.values = torch.cat([pad(x.values, la), pad(y.values, lb)], dim=0)
+    into.mask = torch.cat([F.pad(into.mask, (width - la, 0)), F.pad(other.mask, (width - lb, 0))], dim=0)
+    into.rows = into.rows + other.rows
+    into.next_ids = into.next_ids + other.next_ids
+    other.rows = []
+
+
+def _trim_left(c: _Cohort) -> None:
+    """Cut the leading columns that no row attends to (left by rows that have left)."""
+    layers = _layers(c.cache)
+    if layers is None or c.mask is None or c.mask.shape[1] == 0:
+        return
+    used = c.mask.any(dim=0).nonzero()
+    start = int(used[0].item()) if used.numel() else 0
+    if start <= 0 or any(layer.keys.shape[-2] != c.mask.shape[1] for layer in layers):
+        return
+    for layer in layers:
+        layer.keys = layer.keys[..., start:, :]
+        layer.values = layer.values[..., start:, :]
+    c.mask = c.mask[:, start:]

@@ -1,0 +1,94 @@
+"""The transformers engine's continuous batching, in process on the real SmolLM2 weights.
+
+Requests that arrive while others are decoding are prefilled on their own and then join
+the running batch: one forward per step for all rows of an adapter. Greedy answers must be
+the same token for token as each request run alone, and rows leaving the batch must not
+disturb the rest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from gpt_server.protocol.worker import SamplingParams
+
+PROMPTS = [
+    "The capital of France is",
+    "Write a short list of three fruits, then explain why each one is healthy:",
+    "Once upon a time, in a small village near the mountains, there lived a",
+]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    from gpt_server.backends.hf import HFOptions
+    from gpt_server.backends.hf.engine import HFEngine
+    from gpt_server.backends.hf.loading import load_model
+    from tests.hf_helpers import smollm_hf_dir
+
+    path = str(smollm_hf_dir())
+    lm = load_model(path, HFOptions(model_name_or_path=path, dtype="float32"), [], 2)
+    eng = HFEngine(lm.model, lm.tokens, max_active=8, n_ctx=lm.n_ctx, set_adapter=lm.set_adapter)
+    eng.lm = lm
+    yield eng
+    eng.close()
+
+
+def _seq(eng: Any, i: int, max_tokens: int) -> Any:
+    from gpt_server.backends.hf.engine import Sequence
+
+    done = threading.Event()
+
+    def sink(ev: Any) -> None:
+        if ev.finish_reason is not None or ev.error is not None:
+            done.set()
+
+    s = Sequence(
+        index=i,
+        prompt=eng.lm.encode(PROMPTS[i], add_special=True),
+        params=SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        max_tokens=max_tokens,
+        sink=sink,
+        cancelled=threading.Event(),
+    )
+    s.finished = done  # type: ignore[attr-defined]
+    return s
+
+
+def _wait(seqs: list[Any], timeout: float = 120) -> None:
+    for s in seqs:
+        assert s.finished.wait(timeout), "a sequence did not finish"
+
+
+def test_late_requests_join_the_running_batch_with_identical_greedy_output(engine: Any) -> None:
+    lengths = [40, 12, 24]  # the middle one leaves the batch first
+    solo = []
+    for i, n in enumerate(lengths):
+        s = _seq(engine, i, n)
+        engine.submit([s])
+        _wait([s])
+        solo.append(list(s.generated))
+        assert s.generated, "no tokens"
+
+    first = _seq(engine, 0, lengths[0])
+    engine.submit([first])
+    deadline = time.monotonic() + 60
+    while len(first.generated) < 6 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert len(first.generated) >= 6, "the first request never got going"
+    late = [_seq(engine, 1, lengths[1]), _seq(engine, 2, lengths[2])]
+    engine.submit(late)
+    seen: set[tuple[int, int]] = set()
+    while not all(s.finished.is_set() for s in [first, *late]):
+        seen.add((engine.active, engine.cohorts))
+        time.sleep(0.002)
+    _wait([first, *late])
+    assert [list(first.generated), list(late[0].generated), list(late[1].generated)] == solo
+    # three rows decoding in one forward: the late requests joined the first one's batch
+    assert (3, 1) in seen, f"(active rows, forwards per step) seen: {sorted(seen)}"
+    assert engine.active == 0 and engine.cohorts == 0
