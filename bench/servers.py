@@ -23,7 +23,7 @@ import yaml
 
 from gpt_server.procs import free_port
 
-__all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "BareServer", "Agent", "RssSampler", "ROOT"]
+__all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "LlamaServer", "BareServer", "Agent", "RssSampler", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_HEADER = "X-GPT-Server-Secret"
@@ -234,6 +234,33 @@ class PeerServer:
 
     def pids(self) -> dict[str, int]:
         return {"peer": self.proc.pid}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class LlamaServer:
+    """llama.cpp's own C++ ``llama-server`` on the same GGUF, threads and parallel slots (the anchor peer)."""
+
+    def __init__(self, binary: str, model_path: str, n_threads: int, n_ctx: int, n_parallel: int, out: Path) -> None:
+        self.port = free_port()
+        args = [
+            binary, "--model", model_path, "--alias", "llama-server", "--host", "127.0.0.1", "--port", str(self.port),
+            "--threads", str(n_threads), "--threads-batch", str(n_threads), "--parallel", str(n_parallel),
+            # the context is split between the slots: give each slot what one gateway sequence gets
+            "--ctx-size", str(n_ctx * n_parallel), "--no-webui", "--log-disable",
+        ]
+        self.proc = Proc(args, out / "peer_llama_server.log", cwd=ROOT)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 120.0) -> None:
+        _wait(f"{self.base_url}/v1/models", self.proc, timeout)
+
+    def pids(self) -> dict[str, int]:
+        return {"llama-server": self.proc.pid}
 
     def stop(self) -> None:
         self.proc.stop()

@@ -1,4 +1,4 @@
-"""Command line: `gpt-server serve | controller | worker | gateway | config`."""
+"""Command line: `gpt-server serve | controller | worker | gateway | check-config | config init | chat | engines`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from typing import Any
 
 from . import __version__
+from .chat_cli import add_chat_flags
 from .config import DEFAULT_CONFIG_DATA, ENV_VARS, ConfigError, parse_config, read_config_data
+from .quickstart import add_model_flags
 
 __all__ = ["main", "build_parser"]
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="override serve_args.host")
     p.add_argument("--port", type=int, help="override serve_args.port")
     p.add_argument("--controller-port", type=int, help="override controller_args.port")
+    add_model_flags(p)
 
     p = sub.add_parser("controller", help="run only the controller (registry + dispatch)")
     _add_config(p)
@@ -66,6 +69,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)
 
+    p = sub.add_parser("config", help="write a config file: `config init`")
+    init = p.add_subparsers(dest="config_command", required=True).add_parser(
+        "init", help="write a commented config.yaml for the --model flags (or the built-in default)"
+    )
+    init.add_argument("-o", "--output", default="config.yaml", metavar="PATH", help="where to write it ('-': stdout)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.add_argument("--host", help="serve_args.host")
+    init.add_argument("--port", type=int, help="serve_args.port")
+    add_model_flags(init)
+
+    add_chat_flags(sub.add_parser("chat", help="chat with a served model in the terminal (streaming, multi-turn)"))
+
     p = sub.add_parser("engines", help="list the engines (work_mode) of this build and of installed plug-ins")
     p.add_argument("name", nargs="?", help="an engine: show the model_config keys it takes")
 
@@ -80,6 +95,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{args.config}: the top level must be a mapping")
+    if getattr(args, "models", None):  # serve --model: added to -c's models, or instead of the default's
+        from .quickstart import config_data, launch_base
+
+        data, _ = config_data(args.models, data if args.config else launch_base(data))
+        return data, (f"{args.config} + --model" if args.config else "--model")
     return data, args.config or "built-in default"
 
 
@@ -134,6 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "engines":
         return _engines(args.name)
+    if args.command == "config":
+        from .quickstart import init_config
+
+        return init_config(args, DEFAULT_CONFIG_DATA)
+    if args.command == "chat":
+        from .chat_cli import run_chat
+
+        return run_chat(args)
     from .logs import setup_logging
     from .web.serve import run_async
 
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             _override(data, "serve_args", "host", args.host)
             _override(data, "serve_args", "port", args.port)
             _override(data, "controller_args", "port", args.controller_port)
+            _override(data, "serve_args", "api_keys", args.api_keys)
         elif args.command in ("controller", "gateway"):
             section = "controller_args" if args.command == "controller" else "serve_args"
             _override(data, section, "host", args.host)
