@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     except ConfigError as exc:
         print(f"gpt-server: {exc}", file=sys.stderr)
+        if args.command == "worker":  # the launcher stops serve instead of restarting this replica
+            from .procs import CONFIG_ERROR_EXIT
+
+            return CONFIG_ERROR_EXIT
         return 2
     except KeyboardInterrupt:
         return 130

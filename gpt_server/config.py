@@ -49,7 +49,18 @@ ENV_VARS: dict[str, str] = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,127}$")
 
 
+def _only_enabled(v: bool) -> bool:
+    """gpt_server's ``enable`` of a role: ``serve`` runs every role, so only true is honoured."""
+    if not v:
+        raise ValueError(
+            "false is not supported: `gpt-server serve` runs the gateway and the controller; run the roles you "
+            "want alone with `gpt-server gateway`, `gpt-server controller` or `gpt-server worker`"
+        )
+    return v
+
+
 class ServeArgs(_Section):
+    enable: bool = Field(True, description="gpt_server's switch of the API server; only true (serve runs it)")
     host: str = Field("127.0.0.1", description="gateway bind address")
     port: int = Field(8082, ge=0, le=65535, description="gateway port")
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (comma separated or a list); empty = no auth")
@@ -146,6 +157,8 @@ class ServeArgs(_Section):
 
         return parse_bytes(v) if isinstance(v, str) else v
 
+    _enable = field_validator("enable")(_only_enabled)
+
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
     def _split_keys(cls, v: Any) -> Any:
@@ -164,6 +177,7 @@ class ServeArgs(_Section):
 
 
 class ControllerArgs(_Section):
+    enable: bool = Field(True, description="gpt_server's switch of the controller; only true (serve runs it)")
     host: str = Field("127.0.0.1", description="controller bind address")
     port: int = Field(21001, ge=0, le=65535, description="controller port")
     dispatch_method: str = Field(
@@ -184,6 +198,8 @@ class ControllerArgs(_Section):
     tls_ca: str | None = Field(
         None, description="PEM CA bundle gateways and workers verify internal https:// peers against (default: the system's)"
     )
+
+    _enable = field_validator("enable")(_only_enabled)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> ControllerArgs:
@@ -209,6 +225,14 @@ class ModelWorkerArgs(_Section):
     limit_worker_concurrency: int = Field(64, ge=1, le=100_000, description="requests admitted per worker (running + queued)")
     heartbeat_interval: float = Field(3.0, gt=0, le=600, description="seconds between heartbeats; 3 missed = removed")
     startup_timeout: float = Field(600.0, gt=0, description="seconds the launcher waits for a worker to be ready")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] | None = Field(
+        None, description="log level of the worker processes (default: serve's own; $GPT_SERVER_LOG_LEVEL wins)"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, v: Any) -> Any:
+        return v.lower() if isinstance(v, str) else v
 
 
 class _RawModelConfig(ModelConfig):
@@ -277,6 +301,22 @@ class ModelEntry(_Section):
             raise ValueError("keep_alive is -1 (never unload) or idle seconds >= 0")
         return v
 
+    port: int | None = Field(
+        None, ge=1, le=65535, description="port of this model's worker (replica i: port + i); default model_worker_args.port, else a free one"
+    )
+    task_type: Literal["auto", "embedding", "reranker", "classify"] | None = Field(
+        None,
+        description="gpt_server's model_config.task_type of an embedding entry: embedding, reranker (→ rerank), classify "
+        "(→ moderation); auto/unset = from the model's config.json (a cross-encoder becomes a rerank model)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpt_server_shape(cls, data: Any) -> Any:
+        from .config_compat import lift_entry
+
+        return lift_entry(data) if isinstance(data, dict) else data
+
     @field_validator("alias", mode="before")
     @classmethod
     def _split_alias(cls, v: Any) -> Any:
@@ -305,10 +345,13 @@ class ModelEntry(_Section):
     @model_validator(mode="after")
     def _normalise(self) -> ModelEntry:
         from .backends.registry import engines
+        from .config_compat import ENGINE_ALIASES, ENGINE_HINTS, REFUSED_MODEL_TYPES
         from .protocol.kinds import kinds, legacy_model_types
 
         known_kinds = kinds()
         mt = self.model_type.lower()
+        if mt in REFUSED_MODEL_TYPES:
+            raise ValueError(f"model_type '{self.model_type}' is not supported: {REFUSED_MODEL_TYPES[mt]}")
         if mt in known_kinds:
             self.kind = mt
         elif mt in (legacy := legacy_model_types()):
@@ -317,15 +360,18 @@ class ModelEntry(_Section):
                 self.work_mode = wm
         else:
             raise ValueError(f"model_type '{self.model_type}' is unknown; use one of {', '.join(known_kinds)}")
+        self._text_task()
         if self.work_mode is None:
             self.work_mode = known_kinds[self.kind].default_engine
+        self.work_mode = ENGINE_ALIASES.get((self.kind, self.work_mode), self.work_mode)
         registry = engines()
         if self.work_mode not in registry:
             raise ValueError(f"work_mode '{self.work_mode}' is unknown; use one of {', '.join(sorted(registry))}")
         served = registry[self.work_mode].kinds
         if self.kind not in served:
+            hint = f": {ENGINE_HINTS[mt]}" if mt in ENGINE_HINTS else ""
             raise ValueError(
-                f"work_mode '{self.work_mode}' cannot serve model_type '{self.kind}' (it serves {', '.join(sorted(served))})"
+                f"work_mode '{self.work_mode}' cannot serve model_type '{self.kind}' (it serves {', '.join(sorted(served))}){hint}"
             )
         for i, w in enumerate(self.workers):
             if self.device == "cpu" and w.gpus:
@@ -333,6 +379,19 @@ class ModelEntry(_Section):
             if w.in_process and (w.gpus or self.device in ("gpu", "cuda")):
                 raise ValueError(f"workers[{i}].in_process runs on CPU only: leave gpus empty, device cpu or auto")
         return self
+
+    def _text_task(self) -> None:
+        """An embedding entry's task: ``task_type``, else the model's config (cross-encoder → rerank)."""
+        from .config_compat import text_task_kind
+
+        if self.kind != "embedding":
+            return
+        path: str | None
+        try:
+            path = resolve_model_path(self.model_config_.model_name_or_path)
+        except ConfigError:
+            path = None
+        self.kind = text_task_kind(self.task_type, path) or self.kind
 
     @property
     def names(self) -> list[str]:
@@ -380,6 +439,14 @@ class Config(_Section):
             engine = registry[m.work_mode or ""]
             try:
                 m.model_config_ = engine.options.model_validate(m.model_config_.model_dump(exclude_unset=True))
+                for key, why in engine.check(m.model_config_) if engine.check is not None else ():
+                    errors.append(
+                        InitErrorDetails(
+                            type=PydanticCustomError("unsupported_option", "{why}", {"why": why}),
+                            loc=("models", i, "model_config", key),
+                            input=getattr(m.model_config_, key, None),
+                        )
+                    )
             except ValidationError as exc:
                 for e in exc.errors():
                     if e["type"] == "extra_forbidden":

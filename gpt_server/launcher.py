@@ -11,10 +11,11 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Callable
 
 import orjson
 
-from .config import Config, ModelEntry
+from .config import Config, ConfigError, ModelEntry
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
 from .controller.dispatch import make_policy
@@ -67,6 +68,7 @@ class LocalReplicas:
         self.link = RegistryLink(registry)  # in-process replicas register directly, no HTTP
         self.transport = transport
         self.workdir = workdir
+        self.on_fatal: Callable[[str], None] | None = None  # told when a replica's config cannot load
 
     def __call__(self, cfg: Config, entry: ModelEntry, raw: dict, index: int, worker_id: str) -> Replica:
         spec = entry.workers[min(index, len(entry.workers) - 1)]  # replicas beyond the list: as the last one
@@ -78,8 +80,12 @@ class LocalReplicas:
                 cfg, entry, replica=index, address=f"{SCHEME}{os.getpid()}/{entry.name}-{index}", controller_address=None,  # index: unique among live replicas
                 n_threads=int(fixed) if fixed else threads, controller=self.link, worker_id=worker_id,
             )
-            return InProcessReplica(entry.name, index, runtime, self.transport, max_body_bytes=worker_body_limit(cfg))
+            return InProcessReplica(
+                entry.name, index, runtime, self.transport, max_body_bytes=worker_body_limit(cfg), on_fatal=self.on_fatal
+            )
         env = {**os.environ, SECRET_ENV: self.secret, WORKER_ID_ENV: worker_id}
+        if cfg.model_worker_args.log_level:
+            env.setdefault("GPT_SERVER_LOG_LEVEL", cfg.model_worker_args.log_level)
         if spec.gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in spec.gpus)
         else:
@@ -92,7 +98,7 @@ class LocalReplicas:
             os.fchmod(f.fileno(), 0o600)
             f.write(orjson.dumps({**self.base, "models": [{entry.name: {**raw, "workers": workers}}]}))
         args = ["worker", "-c", path, "--model", entry.name, "--replica", str(index), "--controller-address", self.controller_address]
-        return ProcessReplica(model=entry.name, replica=index, worker_id=worker_id, args=args, env=env)
+        return ProcessReplica(model=entry.name, replica=index, worker_id=worker_id, args=args, env=env, on_fatal=self.on_fatal)
 
 
 # the in-process replica (older name)
@@ -178,6 +184,17 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
     stop = asyncio.Event()
     _install_stop(stop)
     _install_reload(manager)
+    fatal: list[str] = []
+    starting = True
+
+    def on_fatal(why: str) -> None:
+        """A replica's config cannot load: while starting, serve stops (exit 2); later (an admin
+        load, a reload) the replica stays failed with the reason and the rest keeps serving."""
+        if starting:
+            fatal.append(why)
+            stop.set()
+
+    factory.on_fatal = on_fatal
     tasks = [
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
@@ -187,7 +204,8 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
         ready = asyncio.create_task(_wait_ready(manager, started, cfg.model_worker_args.startup_timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if ready.done():
+        starting = False
+        if ready.done() and not fatal:
             host, port = gsock.getsockname()[:2]
             names = sorted({n for e in cfg.enabled_models() for n in e.names})
             log.info("GPT Server ready on http://%s:%d/v1 serving %s", host, port, ", ".join(names))
@@ -200,6 +218,8 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
         cserver.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         shutil.rmtree(workdir, ignore_errors=True)
+    if fatal:
+        raise ConfigError(fatal[0])
 
 
 def _install_reload(manager: ModelManager) -> None:

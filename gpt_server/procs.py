@@ -8,7 +8,11 @@ import socket
 import sys
 from collections.abc import Callable
 
-__all__ = ["free_port", "die_with_parent"]
+__all__ = ["free_port", "die_with_parent", "CONFIG_ERROR_EXIT"]
+
+# a worker process exits with this code when its model cannot load because of its config
+# (sysexits EX_CONFIG): the launcher stops `serve` (exit 2) instead of restarting it forever
+CONFIG_ERROR_EXIT = 78
 
 _PR_SET_PDEATHSIG = 1
 

@@ -7,7 +7,7 @@ take is an error that names it, instead of a setting silently ignored.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
@@ -26,6 +26,8 @@ __all__ = [
     "MediaOptions",
     "TextTaskOptions",
     "EngineProcessOptions",
+    "TrustOptions",
+    "EngineTuningOptions",
 ]
 
 
@@ -160,3 +162,39 @@ class EngineProcessOptions(ModelConfig):
 
     python: str | None = Field(None, description="interpreter of the engine's own environment (default: this one)")
     engine_args: list[str] | None = Field(None, description="extra command-line arguments for the engine, appended last")
+
+
+class TrustOptions(ModelConfig):
+    trust_remote_code: bool = Field(
+        False,
+        description=(
+            "run Python code shipped with the model (custom architectures, tokenizers, pipelines): passed to "
+            "transformers / sentence-transformers / diffusers, and as --trust-remote-code to vLLM, SGLang, "
+            "TensorRT-LLM and infinity. Off by default: turn it on only for models whose code you trust"
+        ),
+    )
+
+
+class EngineTuningOptions(ModelConfig):
+    """gpt_server's engine keys, each turned into the engine's own flag or refused by name."""
+
+    enforce_eager: bool | None = Field(
+        None, description="no CUDA graphs (vLLM --enforce-eager, SGLang --disable-cuda-graph, LMDeploy pytorch --eager-mode)"
+    )
+    enable_chunked_prefill: bool | None = Field(
+        None, description="chunked prefill on/off (vLLM --[no-]enable-chunked-prefill; SGLang off = --chunked-prefill-size -1)"
+    )
+    kv_cache_quant_policy: int | None = Field(
+        None, ge=0, le=8,
+        description="KV-cache quantisation: 0 off, 4 or 8 bits (LMDeploy --quant-policy; vLLM/SGLang: 8 = fp8 KV cache)",
+    )
+    hf_overrides: dict[str, Any] | None = Field(
+        None, description="overrides of the model's config.json (vLLM --hf-overrides, SGLang --json-model-override-args)"
+    )
+
+    @field_validator("kv_cache_quant_policy")
+    @classmethod
+    def _quant_policy(cls, v: int | None) -> int | None:
+        if v is not None and v not in (0, 4, 8):
+            raise ValueError("must be 0, 4 or 8")
+        return v

@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 import logging
 import pkgutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ..settings import ModelConfig
 
 if TYPE_CHECKING:
+    from ..config import ModelEntry
     from .base import Backend
 
 __all__ = ["Engine", "ENTRY_POINT_GROUP", "engines", "engine", "refresh"]
@@ -41,6 +42,10 @@ class Engine:
     options: type[ModelConfig]
     kinds: frozenset[str]
     description: str = ""
+    # checks of an entry's options beyond their types, at config validation: (key, reason) per refused key
+    check: Callable[[ModelConfig], list[tuple[str, str]]] | None = None
+    # checks of this host before a worker starts (an engine's own interpreter …); raises ConfigError
+    preflight: Callable[[ModelEntry], None] | None = None
 
     def available(self) -> bool:
         """The backend's module exists in this build (its engine library may still be missing)."""

@@ -117,6 +117,9 @@ class EmbeddingRequest(OpenAIBaseModel):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1, le=EMBED_LIMITS.max_dimensions)
     user: str | None = Field(default=None, max_length=256)
+    # gpt_server's rerank through the embeddings call: on a rerank model, `input` holds the
+    # documents and each embedding is [relevance score to this query]
+    query: str | None = Field(default=None, min_length=1, max_length=1_000_000)
 
     @field_validator("input")
     @classmethod
@@ -151,7 +154,11 @@ declare_kind(
         default_engine="sentence_transformers",
         description="text embeddings (/v1/embeddings)",
         legacy_names=("embeddings",),
-        legacy_engines={"embedding_infinity": "infinity", "embedding_sentence_transformers": "sentence_transformers"},
+        legacy_engines={
+            "embedding_infinity": "infinity",
+            "embedding_sentence_transformers": "sentence_transformers",
+            "embedding_vllm": "vllm",
+        },
     )
 )
 

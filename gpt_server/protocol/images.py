@@ -154,7 +154,7 @@ declare_kind(
         label="images",
         default_engine="diffusers",
         description="image generation, edits and variations (/v1/images/*)",
-        legacy_names=("flux", "sd"),
+        legacy_names=("flux", "sd", "qwen_image", "qwen_image_edit", "z_image"),  # gpt_server names: diffusers pipelines
     )
 )
 

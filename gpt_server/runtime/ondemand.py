@@ -21,15 +21,17 @@ class OnDemandController:
         self.registry = manager.registry
         self._listed_since: dict[str, int] = {}
 
-    async def dispatch(self, model: str, exclude: list[str], capability: str | None = None) -> DispatchReply:
+    async def dispatch(
+        self, model: str, exclude: list[str], capability: str | None = None, affinity: str | None = None
+    ) -> DispatchReply:
         try:
-            reply = await self.inner.dispatch(model, exclude, capability)
+            reply = await self.inner.dispatch(model, exclude, capability, affinity)
         except GatewayError as exc:
             name = self.manager.lookup(model) if exc.status in (404, 503) else None
             if name is None:
                 raise
             await self.manager.ensure_loaded(name)  # bounded by serve_args.load_timeout
-            reply = await self.inner.dispatch(model, exclude, capability)
+            reply = await self.inner.dispatch(model, exclude, capability, affinity)
         self.manager.touch(reply.model_name)
         return reply
 

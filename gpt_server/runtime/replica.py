@@ -13,10 +13,12 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..procs import die_with_parent
+from ..config import ConfigError
+from ..procs import CONFIG_ERROR_EXIT, die_with_parent
 from ..transport.inproc import InProcessTransport
 from ..worker.app import DEFAULT_MAX_BODY_BYTES, build_worker_app
 from ..worker.generation import Generation
@@ -69,6 +71,9 @@ class ProcessReplica:
     started_at: float = 0.0
     failure: str | None = None
     stopping: bool = False
+    # a worker that exits with CONFIG_ERROR_EXIT (its model cannot load because of its config)
+    # is not restarted: ``on_fatal`` hears why (serve, while starting, stops with exit code 2)
+    on_fatal: Callable[[str], None] | None = None
     _watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -101,6 +106,12 @@ class ProcessReplica:
             assert self.proc is not None
             code = await self.proc.wait()
             if self.stopping:
+                return
+            if code == CONFIG_ERROR_EXIT:
+                self.failure = f"model '{self.model}' (replica {self.replica}) cannot load because of its configuration (see the log); not restarted"
+                log.error("worker %s: %s", self.label, self.failure)
+                if self.on_fatal is not None:
+                    self.on_fatal(self.failure)
                 return
             ran = time.monotonic() - self.started_at
             if ran > 60:
@@ -144,6 +155,7 @@ class InProcessReplica:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     task: asyncio.Task[None] | None = None
     failure: str | None = None
+    on_fatal: Callable[[str], None] | None = None  # a configuration error (see ProcessReplica)
 
     @property
     def worker_id(self) -> str:
@@ -165,6 +177,12 @@ class InProcessReplica:
     async def _load(self) -> None:
         try:
             await self.runtime.start()
+        except ConfigError as exc:
+            self.runtime.state = "failed"
+            self.failure = f"cannot load because of its configuration: {exc}"
+            log.error("in-process worker %s %s", self.label, self.failure)
+            if self.on_fatal is not None:
+                self.on_fatal(str(exc))
         except Exception as exc:
             self.runtime.state = "failed"
             self.failure = f"failed to load: {type(exc).__name__}: {str(exc)[:300]}"

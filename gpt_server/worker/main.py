@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 
 def backend_available(entry: ModelEntry) -> None:
+    """What can be checked before a worker starts, on this host: the engine is in this build,
+    a local model path exists, the engine's own checks (its interpreter …). A ``ConfigError``
+    names the key; ``serve`` stops with exit code 2 before starting anything."""
     from ..backends.registry import engines
 
     known = engines()
@@ -34,6 +37,12 @@ def backend_available(entry: ModelEntry) -> None:
             f"models.{entry.name}.work_mode: engine '{entry.work_mode}' is not available in this build "
             f"(available: {', '.join(ready)})"
         )
+    path = resolve_model_path(entry.model_config_.model_name_or_path)
+    if path.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(path)):
+        raise ConfigError(f"models.{entry.name}.model_config.model_name_or_path: '{path}' does not exist")
+    check = known[entry.work_mode].preflight
+    if check is not None:
+        check(entry)
 
 
 def build_runtime(
@@ -101,7 +110,8 @@ async def run_worker(
     if gpus and "CUDA_VISIBLE_DEVICES" not in os.environ:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     threads = os.environ.get("GPT_SERVER_THREADS")
-    sock = bind_socket(bind_host, port if port is not None else (mwa.port + replica if mwa.port else 0))
+    first = entry.port or mwa.port  # the model's own port (gpt_server's per-model port), else the workers' first
+    sock = bind_socket(bind_host, port if port is not None else (first + replica if first else 0))
     real_port = sock.getsockname()[1]
     ctrl = controller_address or mwa.controller_address or tls.url(connect_host(cfg.controller_args.host), cfg.controller_args.port)
     adv = advertise_host(bind_host, ctrl, advertise or mwa.advertise_host)
@@ -122,7 +132,14 @@ async def run_worker(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     log.info("worker %s#%d listening on %s (advertised %s)", entry.name, replica, real_port, runtime.address)
-    await server.serve(sockets=[sock])
+    try:
+        await server.serve(sockets=[sock])
+    except SystemExit:  # uvicorn's exit when the lifespan (the model's load) failed
+        err = runtime.config_error
+        if err is not None:  # named from the model down, whoever raised it
+            msg = str(err)
+            raise ConfigError(msg if msg.startswith("models.") else f"models.{entry.name}.{msg}") from None
+        raise
 
 
 async def _drain_then_exit(runtime: WorkerRuntime, server: uvicorn.Server) -> None:

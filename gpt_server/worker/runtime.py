@@ -22,6 +22,7 @@ import psutil
 from ..backends.base import Backend
 from ..errors import RateLimitError, ServiceUnavailableError
 from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerInfo
+from ..settings import ConfigError
 
 if TYPE_CHECKING:
     from ..controller.registry import Registry
@@ -180,6 +181,8 @@ class WorkerRuntime:
         self.requests_total = 0
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.last_error: str | None = None
+        # why the model cannot load because of its config (the worker then exits with CONFIG_ERROR_EXIT)
+        self.config_error: ConfigError | None = None
         self._link: ControllerLink | None = controller
         self._verify = verify
         self._task: asyncio.Task[None] | None = None
@@ -188,7 +191,11 @@ class WorkerRuntime:
     # ---- lifecycle ------------------------------------------------------------
     async def start(self) -> None:
         log.info("loading %s (%s)", self.model_name, type(self.backend).__name__)
-        await asyncio.to_thread(self.backend.load)
+        try:
+            await asyncio.to_thread(self.backend.load)
+        except ConfigError as exc:
+            self.config_error = exc
+            raise
         if self.state == "draining":  # stopped while loading: never offered
             return
         self.state = "ready"

@@ -27,6 +27,7 @@ from ...errors import BadRequestError, GatewayError, InternalError
 from ...protocol.images import IMAGE, IMAGE_VARIATION, ImageJob
 from ...protocol.kinds import Capability
 from ..base import Backend, BackendSpec, BinaryResult, payload_as
+from ..devices import torch_on_gpu
 from . import DiffusersOptions
 from .codec import decode_image, encode_image, mask_from
 from .params import ModelLimits, Plan, plan_job
@@ -59,7 +60,7 @@ class DiffusersBackend(Backend):
         import torch
 
         mc = self.options
-        on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
+        on_gpu = torch_on_gpu(self.spec)
         if not on_gpu:
             torch.set_num_threads(mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1))
         self.pipes = load_pipelines(self.spec.model_path, on_gpu=on_gpu, dtype=mc.dtype)

@@ -23,6 +23,7 @@ from ...errors import BadRequestError
 from ...protocol.audio import TranscribePayload, TranscriptTextDelta, TranscriptTextDone
 from ...protocol.kinds import Capability
 from ..base import Backend, BackendSpec, BinaryResult, InvokeResult, payload_as
+from ..devices import require_gpu, wants_gpu
 from . import FasterWhisperOptions
 
 __all__ = ["FasterWhisperBackend"]
@@ -57,7 +58,11 @@ class FasterWhisperBackend(Backend):
         from faster_whisper import WhisperModel
 
         mc = self.options
-        on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
+        import ctranslate2
+
+        cuda = ctranslate2.get_cuda_device_count() > 0
+        require_gpu(self.spec, cuda, "ctranslate2 finds no CUDA device")
+        on_gpu = wants_gpu(self.spec) or (self.spec.entry.device == "auto" and bool(self.spec.gpus) and cuda)
         device = "cuda" if on_gpu else "cpu"
         compute_type = mc.compute_type or ("float16" if on_gpu else "int8")
         threads = mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1)

@@ -10,13 +10,16 @@ from ..options import (
     MediaOptions,
     ParallelOptions,
     ThreadOptions,
+    TrustOptions,
 )
 from ..registry import Engine
 
 __all__ = ["HFOptions", "ENGINES"]
 
 
-class HFOptions(ChatOptions, GrammarOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions):
+class HFOptions(
+    ChatOptions, GrammarOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions, TrustOptions
+):
     pass
 
 

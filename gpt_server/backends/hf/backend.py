@@ -28,6 +28,7 @@ from ...protocol.worker import (
     ToolSpec,
 )
 from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..devices import torch_on_gpu
 from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
@@ -77,7 +78,7 @@ class HFBackend(Tokenizes, Backend):
     def load(self) -> None:
         mc = self.options
         threads = mc.n_threads or self.spec.n_threads
-        self.loaded = lm = load_model(self.spec.model_path, mc, self.spec.gpus, threads)
+        self.loaded = lm = load_model(self.spec.model_path, mc, torch_on_gpu(self.spec), threads)
         self.engine = HFEngine(
             lm.model,
             lm.tokens,

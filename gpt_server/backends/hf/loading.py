@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BadRequestError
-from ...settings import resolve_model_path
+from ...settings import ConfigError, resolve_model_path
 from . import HFOptions
 from .tokens import TokenTable
 
@@ -29,7 +29,7 @@ def resolve_dtype(name: str | None, on_gpu: bool) -> Any:
     if name == "auto":
         return "auto"
     if name.lower() not in _DTYPES:
-        raise ValueError(f"dtype '{name}' is not supported (auto, float32, float16, bfloat16)")
+        raise ConfigError(f"model_config.dtype: '{name}' is not supported (auto, float32, float16, bfloat16)")
     return getattr(torch, _DTYPES[name.lower()])
 
 
@@ -106,7 +106,7 @@ def _load_adapters(model: Any, lora: dict[str, str]) -> Any:
     return model.eval()
 
 
-def load_model(path: str, mc: HFOptions, gpus: list[int], threads: int | None) -> LoadedModel:
+def load_model(path: str, mc: HFOptions, on_gpu: bool, threads: int | None) -> LoadedModel:
     import torch
     from transformers import (
         AutoConfig,
@@ -118,16 +118,24 @@ def load_model(path: str, mc: HFOptions, gpus: list[int], threads: int | None) -
 
     if threads:
         torch.set_num_threads(threads)
-    on_gpu = bool(gpus) and torch.cuda.is_available()
-    cfg = AutoConfig.from_pretrained(path)
+    trust = mc.trust_remote_code  # explicit per model (default off): code shipped with the model runs only then
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust)
+    except ValueError as exc:
+        if trust or "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(
+            "model_config.trust_remote_code: the model ships its own Python code (auto_map in its config.json); "
+            "set trust_remote_code: true for this model if you trust that code"
+        ) from None
     vision = getattr(cfg, "vision_config", None) is not None
-    kwargs: dict[str, Any] = {"dtype": resolve_dtype(mc.dtype, on_gpu)}
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(mc.dtype, on_gpu), "trust_remote_code": trust}
     if on_gpu:
         kwargs["device_map"] = "auto"  # spread over the worker's GPUs (CUDA_VISIBLE_DEVICES)
     cls = AutoModelForImageTextToText if vision else AutoModelForCausalLM
     model = cls.from_pretrained(path, **kwargs).eval()
-    processor = AutoProcessor.from_pretrained(path) if vision else None
-    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path)
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust) if vision else None
+    tokenizer = processor.tokenizer if processor is not None else AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
     if mc.lora:
         model = _load_adapters(model, mc.lora)
     n_vocab = int(model.get_output_embeddings().weight.shape[0])

@@ -100,6 +100,8 @@ class InfinityBackend(TextTaskBackend):
         ]
         if mc.dtype:
             cmd += ["--dtype", mc.dtype]
+        # infinity trusts the model's code by default: here only when the entry says so
+        cmd.append("--trust-remote-code" if mc.trust_remote_code else "--no-trust-remote-code")
         return cmd + list(mc.engine_args or [])
 
     def _env(self) -> dict[str, str]:
@@ -114,7 +116,7 @@ class InfinityBackend(TextTaskBackend):
         from transformers import AutoConfig, AutoTokenizer
 
         path = self.spec.model_path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.options.trust_remote_code)
         st_cfg = Path(path) / "sentence_bert_config.json"
         if self.max_seq_length is None and st_cfg.is_file():  # what sentence-transformers truncates at
             self.max_seq_length = json.loads(st_cfg.read_text()).get("max_seq_length")
@@ -122,7 +124,7 @@ class InfinityBackend(TextTaskBackend):
             limit = getattr(self.tokenizer, "model_max_length", None)
             self.max_seq_length = limit if isinstance(limit, int) and limit < 1_000_000 else 512
         if self.kind == "moderation":
-            cfg = AutoConfig.from_pretrained(path)
+            cfg = AutoConfig.from_pretrained(path, trust_remote_code=self.options.trust_remote_code)
             self.set_labels([str(cfg.id2label.get(i, f"LABEL_{i}")) for i in range(cfg.num_labels)])
 
     def _probe(self) -> None:

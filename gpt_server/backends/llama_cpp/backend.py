@@ -21,7 +21,9 @@ from ...protocol.worker import (
     GenerateRequest,
     ToolSpec,
 )
+from ...settings import ConfigError
 from ..base import Backend, BackendSpec
+from ..devices import require_gpu, wants_gpu
 from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
@@ -55,7 +57,12 @@ class LlamaCppBackend(Tokenizes, Backend):
     def load(self) -> None:
         mc = self.options
         if not os.path.isfile(self.spec.model_path):
-            raise FileNotFoundError(f"GGUF file not found: {self.spec.model_path}")
+            raise ConfigError(
+                f"models.{self.spec.entry.name}.model_config.model_name_or_path: GGUF file not found: {self.spec.model_path}"
+            )
+        import llama_cpp
+
+        require_gpu(self.spec, bool(llama_cpp.llama_supports_gpu_offload()), "this llama-cpp-python build has no GPU offload")
         self.engine = LlamaEngine(
             EngineOptions(
                 model_path=self.spec.model_path,
@@ -63,7 +70,7 @@ class LlamaCppBackend(Tokenizes, Backend):
                 n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
                 n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
                 n_batch=mc.n_batch or 512,
-                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus else 0)),
+                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)),
             )
         )
         eng = self.engine

@@ -25,6 +25,7 @@ from ...errors import BadRequestError
 from ...protocol.audio import SPEECH, SpeechPayload
 from ...protocol.kinds import Capability
 from ..base import Backend, BackendSpec, BinaryResult, payload_as
+from ..devices import require_gpu, wants_gpu
 from . import PiperOptions
 from .voice import VoiceMap, load_voice
 
@@ -56,7 +57,11 @@ class PiperBackend(Backend):
     def load(self) -> None:
         mc = self.options
         threads = mc.n_threads or self.spec.n_threads or min(4, os.cpu_count() or 1)
-        on_gpu = bool(self.spec.gpus) and self.spec.entry.device != "cpu"
+        import onnxruntime
+
+        cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+        require_gpu(self.spec, cuda, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        on_gpu = wants_gpu(self.spec) or (self.spec.entry.device == "auto" and bool(self.spec.gpus) and cuda)
         self.voice = load_voice(self.spec.model_path, threads, use_cuda=on_gpu)
         cfg = self.voice.config
         self.voices = VoiceMap(dict(cfg.speaker_id_map), cfg.num_speakers, mc.voices)

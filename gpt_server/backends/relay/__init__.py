@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..registry import Engine
 from .commands import LAUNCHERS
+from .engine_flags import check
 from .options import EngineServerOptions, UpstreamOptions
+from .preflight import check_host
 
 __all__ = ["ENGINES"]
 
@@ -28,6 +32,8 @@ ENGINES = (
             options=EngineServerOptions,
             kinds=_RELAYED_KINDS | ({"rerank"} if name in _RERANKING else set()),
             description=f"the engine's own OpenAI server ({name}) on loopback, optionally from its own virtualenv",
+            check=partial(check, name),
+            preflight=partial(check_host, name),
         )
         for name in LAUNCHERS
     ),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...settings import ConfigError
+from .engine_flags import extra_flags
 from .options import EngineServerOptions
 
 __all__ = [
@@ -275,6 +276,6 @@ def build_command(spec: LaunchSpec) -> EngineCommand:
         fn = LAUNCHERS[spec.engine]
     except KeyError:
         raise ConfigError(f"work_mode '{spec.engine}' does not start an engine server") from None
-    argv = fn(spec) + list(spec.config.engine_args or [])
+    argv = fn(spec) + extra_flags(spec.engine, spec.config) + list(spec.config.engine_args or [])
     env = {API_KEY_ENV[spec.engine]: spec.api_key} if spec.api_key and spec.engine in API_KEY_ENV else {}
     return EngineCommand(argv=argv, health_path=HEALTH_PATHS[spec.engine], env=env)

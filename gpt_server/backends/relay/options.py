@@ -10,10 +10,12 @@ from ..options import (
     ChatOptions,
     DTypeOptions,
     EngineProcessOptions,
+    EngineTuningOptions,
     LoraOptions,
     MediaOptions,
     ParallelOptions,
     ThreadOptions,
+    TrustOptions,
 )
 
 __all__ = ["Flavor", "RelayOptions", "UpstreamOptions", "EngineServerOptions"]
@@ -48,7 +50,9 @@ class UpstreamOptions(RelayOptions):
     )
 
 
-class EngineServerOptions(RelayOptions, EngineProcessOptions, DTypeOptions, LoraOptions, ThreadOptions):
+class EngineServerOptions(
+    RelayOptions, EngineProcessOptions, DTypeOptions, LoraOptions, ThreadOptions, TrustOptions, EngineTuningOptions
+):
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="share of GPU memory the engine may take")
     enable_prefix_caching: bool | None = Field(None, description="the engine's prefix cache on/off (default: the engine's)")
     n_batch: int | None = Field(None, ge=16, le=65536, description="llama_cpp_server: most tokens per step")

@@ -3,13 +3,13 @@ moderation/classification."""
 
 from __future__ import annotations
 
-from ..options import MediaOptions, TextTaskOptions, ThreadOptions
+from ..options import MediaOptions, TextTaskOptions, ThreadOptions, TrustOptions
 from ..registry import Engine
 
 __all__ = ["SentenceTransformersOptions", "ENGINES"]
 
 
-class SentenceTransformersOptions(TextTaskOptions, ThreadOptions, MediaOptions):
+class SentenceTransformersOptions(TextTaskOptions, ThreadOptions, MediaOptions, TrustOptions):
     """The media options bound the image inputs of a model that embeds images (CLIP-style)."""
 
 

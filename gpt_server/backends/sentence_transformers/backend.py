@@ -15,6 +15,7 @@ from ...chat.media import MediaFetcher
 from ...protocol.embeddings import EMBED_IMAGE
 from ...settings import ConfigError
 from ..base import BackendSpec
+from ..devices import torch_on_gpu
 from ..text_tasks.base import BatchedTextTaskBackend
 from . import SentenceTransformersOptions
 from .engines import (
@@ -66,12 +67,13 @@ class SentenceTransformersBackend(BatchedTextTaskBackend):
 
     def _load_torch_engine(self, path: str) -> Any:
         mc = self.options
-        device = torch_device(self.spec.entry.device)
+        device = "cuda" if torch_on_gpu(self.spec) else torch_device(self.spec.entry.device)
+        trust = mc.trust_remote_code
         if self.kind == "embedding":
-            return EmbedEngine(path, device, mc.max_seq_length, mc.normalize_embeddings)
+            return EmbedEngine(path, device, mc.max_seq_length, mc.normalize_embeddings, trust_remote_code=trust)
         if self.kind == "rerank":
-            return CrossEncoderEngine(path, device, mc.max_seq_length)
-        return SequenceClassifierEngine(path, device, mc.max_seq_length)
+            return CrossEncoderEngine(path, device, mc.max_seq_length, trust_remote_code=trust)
+        return SequenceClassifierEngine(path, device, mc.max_seq_length, trust_remote_code=trust)
 
     def close(self) -> None:
         super().close()

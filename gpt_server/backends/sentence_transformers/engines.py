@@ -59,10 +59,12 @@ class EmbedEngine:
     """A SentenceTransformer; inputs are texts, token-id lists (the model's own vocabulary)
     and, for a model with the image modality (CLIP-style), decoded RGB images."""
 
-    def __init__(self, path: str, device: str, max_seq_length: int | None, normalize: bool | None) -> None:
+    def __init__(
+        self, path: str, device: str, max_seq_length: int | None, normalize: bool | None, *, trust_remote_code: bool = False
+    ) -> None:
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(path, device=device)
+        self.model = SentenceTransformer(path, device=device, trust_remote_code=trust_remote_code)
         self.model.eval()
         limit = _position_limit(self.model)
         if max_seq_length:
@@ -127,10 +129,10 @@ class EmbedEngine:
 class CrossEncoderEngine:
     """A sentence-transformers CrossEncoder (num_labels 1): (query, document) → relevance score."""
 
-    def __init__(self, path: str, device: str, max_seq_length: int | None) -> None:
+    def __init__(self, path: str, device: str, max_seq_length: int | None, *, trust_remote_code: bool = False) -> None:
         from sentence_transformers import CrossEncoder
 
-        self.model = CrossEncoder(path, device=device)
+        self.model = CrossEncoder(path, device=device, trust_remote_code=trust_remote_code)
         self.model.eval()
         if self.model.num_labels != 1:
             raise ValueError(
@@ -165,11 +167,13 @@ class CrossEncoderEngine:
 class SequenceClassifierEngine:
     """A transformers sequence-classification model: text → one score per label."""
 
-    def __init__(self, path: str, device: str, max_seq_length: int | None) -> None:
+    def __init__(self, path: str, device: str, max_seq_length: int | None, *, trust_remote_code: bool = False) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path).to(device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code).to(device).eval()
+        )
         cfg = self.model.config
         self.labels = [str(cfg.id2label.get(i, f"LABEL_{i}")) for i in range(cfg.num_labels)]
         self.multi_label = cfg.problem_type == "multi_label_classification" or cfg.num_labels == 1
