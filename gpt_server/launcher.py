@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -36,6 +37,9 @@ from .worker.app import DEFAULT_MAX_BODY_BYTES, build_worker_app
 from .worker.generation import Generation
 from .worker.main import backend_available, build_runtime, worker_body_limit
 from .worker.runtime import RegistryLink, WorkerRuntime
+
+if TYPE_CHECKING:
+    from .cluster.ray import RayReplicaSet
 
 __all__ = ["serve", "run_controller", "run_gateway", "WorkerProcess"]
 
@@ -231,7 +235,17 @@ def _install_stop(event: asyncio.Event) -> None:
         loop.add_signal_handler(sig, event.set)
 
 
-async def serve(cfg: Config, config_data: dict | None) -> None:
+def _ray_threads(cfg: Config) -> dict[str, int]:
+    """CPU threads (= Ray ``num_cpus``) per replica of each model on a Ray cluster: the model's
+    ``ray_options.num_cpus``, else its ``n_threads``, else 1 (nodes differ: no share of this host)."""
+    out = {}
+    for e in cfg.enabled_models():
+        n = e.ray_options.get("num_cpus") or getattr(e.model_config_, "n_threads", None) or 1
+        out[e.name] = max(1, int(n))
+    return out
+
+
+async def serve(cfg: Config, config_data: dict | None, ray_address: str | None = None) -> None:
     """Run controller + gateway here and every worker replica as a child process."""
     for e in cfg.enabled_models():
         backend_available(e)
@@ -265,8 +279,15 @@ async def serve(cfg: Config, config_data: dict | None) -> None:
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
-    workers = _worker_processes(cfg, cfg_path, controller_address, secret)
-    sup = Supervisor(workers)
+    sup: Supervisor | RayReplicaSet
+    if cfg.cluster.backend == "ray":  # replicas as Ray actors (cluster/ray.py); Ray restarts them
+        from .cluster.ray import RayReplicaSet
+
+        sup = RayReplicaSet(cfg, config_data, controller_address, secret, _ray_threads(cfg), address=ray_address)
+        workers: list[Any] = sup.workers
+    else:
+        workers = _worker_processes(cfg, cfg_path, controller_address, secret)
+        sup = Supervisor(workers)
     try:
         for lw in local:
             await lw.start()

@@ -8,7 +8,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-__all__ = ["free_port", "die_with_parent"]
+__all__ = ["free_port", "die_with_parent", "killed_with_parent"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -38,3 +38,10 @@ def die_with_parent() -> None:
     stopping it (Linux; elsewhere a no-op)."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def killed_with_parent() -> None:
+    """``preexec_fn`` for a child that must vanish at once with its parent (SIGKILL, Linux): a
+    replica whose Ray actor is gone is lost, like its node."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
