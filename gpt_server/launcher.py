@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .config import Config
+from .config import Config, ConfigError
 from .controller.app import build_controller_app
 from .controller.client import LocalController, RemoteController
 from .controller.dispatch import make_policy
@@ -281,8 +281,10 @@ async def serve(cfg: Config, config_data: dict | None, ray_address: str | None =
     ]
     sup: Supervisor | RayReplicaSet
     if cfg.cluster.backend == "ray":  # replicas as Ray actors (cluster/ray.py); Ray restarts them
-        from .cluster.ray import RayReplicaSet
-
+        try:
+            from .cluster.ray import RayReplicaSet
+        except ImportError as exc:
+            raise ConfigError(f"cluster.backend: ray needs Ray (pip install gpt-server[ray]): {exc}") from exc
         sup = RayReplicaSet(cfg, config_data, controller_address, secret, _ray_threads(cfg), address=ray_address)
         workers: list[Any] = sup.workers
     else:

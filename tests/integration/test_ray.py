@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +37,7 @@ class RayNodes:
     def __init__(self) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="gsr-", dir="/tmp")  # short: Ray's unix sockets live in it
         self.port = free_port()
+        self.dashboard_port = free_port()  # the minimal dashboard still starts (state API); not on 8265
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**os.environ, **NODE_ENV}
         ARTIFACTS.mkdir(exist_ok=True)
@@ -52,7 +54,8 @@ class RayNodes:
 
     def start_head(self) -> None:
         self._start([
-            "--head", "--port", str(self.port), "--include-dashboard=false", "--temp-dir", self.temp_dir,
+            "--head", "--port", str(self.port), "--include-dashboard=false", "--dashboard-port", str(self.dashboard_port),
+            "--temp-dir", self.temp_dir,
             "--resources", json.dumps({"node_a": 1}),
         ])
 
@@ -69,7 +72,7 @@ class RayNodes:
                 cmd = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            ours = self.temp_dir in cmd or f"127.0.0.1:{self.port}" in cmd or f"--gcs-address={self.address}" in cmd
+            ours = self.temp_dir in cmd or re.search(rf"gcs[-_]address=[\d.]+:{self.port}\b", cmd) is not None
             if ours and "pytest" not in cmd and all(w in cmd for w in words):
                 out.append(int(d))
         return out
@@ -125,7 +128,7 @@ def ray_nodes() -> Iterator[RayNodes]:
     finally:
         left = nodes.stop()
         assert not left, f"stray Ray processes after teardown: {left}"
-        assert _port_free(nodes.port), f"GCS port {nodes.port} still bound after teardown"
+        assert _port_free(nodes.port) and _port_free(nodes.dashboard_port), "a Ray port is still bound after teardown"
 
 
 def _cluster(srv: Any, nodes: RayNodes, *args: str) -> str:
