@@ -259,6 +259,15 @@ def test_replicas_as_actors_survive_node_loss_and_scale(ray_nodes: RayNodes, tmp
         assert "+smollm2#1" in _cluster(srv, ray_nodes, "scale", "smollm2", "2")
         _wait(lambda: len(ws := srv.workers()) == 2 and all(w["healthy"] for w in ws), 90, "the new replica registers")
         assert sorted(_placement(_status(srv, ray_nodes))) == ["smollm2#0", "smollm2#1"]
+        # a crashed worker takes its actor down and Ray restarts the actor (max_restarts)
+        victim = srv.workers()[0]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        _wait(
+            lambda: len(ws := srv.workers()) == 2 and all(w["healthy"] for w in ws) and victim not in {w["pid"] for w in ws},
+            90, "the crashed replica is restarted by Ray",
+        )
+        restarts = {r["name"]: r["restarts"] for r in _status(srv, ray_nodes)["replicas"] if r["state"] == "ALIVE"}
+        assert sorted(restarts) == ["smollm2#0", "smollm2#1"] and max(restarts.values()) >= 1, restarts
         bad = subprocess.run(
             [sys.executable, "-m", "gpt_server.cli", "cluster", "scale", "smollm2", "100000", "-c", str(srv.config_path),
              "--ray", ray_nodes.address], capture_output=True, text=True, timeout=60, env=ray_nodes.env,
