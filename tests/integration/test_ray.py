@@ -60,7 +60,8 @@ class RayNodes:
         ])
 
     def start_b(self) -> None:
-        self._start(["--address", self.address, "--resources", json.dumps({"node_b": 1})])
+        # two logical GPUs (Ray only counts them): the placement of a `gpus: [0, 1]` replica is checked
+        self._start(["--address", self.address, "--resources", json.dumps({"node_b": 1}), "--num-gpus", "2"])
 
     def pids(self, *words: str) -> list[int]:
         """Our Ray processes: those whose command line names our temp dir or GCS port."""
@@ -275,3 +276,40 @@ def test_replicas_as_actors_survive_node_loss_and_scale(ray_nodes: RayNodes, tmp
         assert bad.returncode == 2 and "between 0 and 256" in bad.stderr
     # (4) serve's shutdown removed its actors (the fixture then checks no Ray process is left)
     assert _placement(_status(srv, ray_nodes)) == {}
+
+
+GPU_PLACEMENT = """
+import json, sys
+import ray
+from gpt_server.cluster.ray import _actor_options, connect
+from gpt_server.config import parse_config
+from ray.util import placement_group_table
+entry = {"tp": {"model_config": {"model_name_or_path": "x.gguf"}, "work_mode": "llama_cpp", "workers": [{"gpus": [0, 1]}]}}
+cfg = parse_config({"models": [entry], "cluster": {"address": sys.argv[1], "namespace": "gpu-check"}}, source="t")
+connect(cfg.cluster)
+opts = _actor_options(cfg.models[0], 0, None)
+
+@ray.remote
+def where():
+    ctx = ray.get_runtime_context()
+    return {"gpus": ray.get_gpu_ids(), "node": ctx.get_node_id()}
+
+got = ray.get(where.options(**opts).remote(), timeout=60)
+pg = opts["scheduling_strategy"].placement_group
+table = placement_group_table(pg)
+node_b = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node_b" in n["Resources"]]
+print(json.dumps({"got": got, "strategy": table["strategy"], "bundles": table["bundles"], "node_b": node_b}))
+"""
+
+
+def test_gpu_replica_is_one_strict_pack_bundle(ray_nodes: RayNodes) -> None:
+    """``workers: [{gpus: [0, 1]}]`` → one placement-group bundle of 2 GPUs (STRICT_PACK) on a node
+    that has them; the actor options are the ones serve uses (node_b declares two logical GPUs)."""
+    r = subprocess.run(
+        [sys.executable, "-c", GPU_PLACEMENT, ray_nodes.address], capture_output=True, text=True, timeout=120, env=ray_nodes.env
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["strategy"] == "STRICT_PACK" and len(out["bundles"]) == 1, out
+    assert out["bundles"]["0"]["GPU"] == 2.0, out  # JSON keys are strings
+    assert len(out["got"]["gpus"]) == 2 and out["got"]["node"] in out["node_b"], out
