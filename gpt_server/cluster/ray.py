@@ -318,3 +318,10 @@ class RayReplicaSet:
                         cluster.stop_replica(m, r)
 
         await asyncio.to_thread(stop_all)
+
+    async def scale(self, model: str, count: int) -> list[str]:
+        """Replica count changes for the runtime-management API: actors created or removed
+        (the launch comes from this serve process, so it works with no replica running)."""
+        if self.cluster is None:
+            raise RuntimeError("the Ray replicas are not started")
+        return await asyncio.to_thread(self.cluster.scale, model, count, self.launch(model, 0))
