@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="override serve_args.port")
     p.add_argument("--controller-port", type=int, help="override controller_args.port")
     add_model_flags(p)
+    p.add_argument("--ray", metavar="ADDRESS", help="run the replicas as actors on this Ray cluster (cluster.backend: ray)")
 
     p = sub.add_parser("controller", help="run only the controller (registry + dispatch)")
     _add_config(p)
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--controller-address", help="default: serve_args.controller_address or controller_args")
+
+    p = sub.add_parser("cluster", help="the Ray cluster of cluster.backend: ray (status, scale)")
+    _add_config(p)
+    p.add_argument("action", choices=["status", "scale"])
+    p.add_argument("model", nargs="?", help="scale: the model")
+    p.add_argument("replicas", nargs="?", type=int, help="scale: its replica count")
+    p.add_argument("--ray", metavar="ADDRESS", help="Ray cluster address (default: cluster.address)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)
@@ -178,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             _override(data, "serve_args", "port", args.port)
             _override(data, "controller_args", "port", args.controller_port)
             _override(data, "serve_args", "api_keys", args.api_keys)
+            if args.ray:
+                _override(data, "cluster", "backend", "ray")
+                _override(data, "cluster", "address", args.ray)
         elif args.command in ("controller", "gateway"):
             section = "controller_args" if args.command == "controller" else "serve_args"
             _override(data, section, "host", args.host)
@@ -194,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             from .launcher import serve
 
             run_async(serve(cfg, data, args.config))
+        elif args.command == "cluster":
+            from .cluster.cli import cluster_command
+
+            return cluster_command(cfg, args)
         elif args.command == "controller":
             from .launcher import run_controller
 

@@ -28,6 +28,7 @@ __all__ = [
     "ModelConfig",
     "WorkerSpec",
     "ModelEntry",
+    "ClusterArgs",
     "Config",
     "ENV_VARS",
     "load_config",
@@ -253,6 +254,28 @@ class WorkerSpec(_Section):
     )
 
 
+_RAY_OPTIONS = frozenset(
+    {"resources", "label_selector", "runtime_env", "num_cpus", "num_gpus", "memory", "accelerator_type", "scheduling_strategy"}
+)
+
+
+class ClusterArgs(_Section):
+    """Where worker replicas run: local processes (default) or actors on a Ray cluster (docs/ray.md)."""
+
+    backend: Literal["local", "ray"] = Field(
+        "local", description="local: one child process per replica; ray: one Ray actor per replica (pip install gpt-server[ray])"
+    )
+    address: str = Field(
+        "auto", max_length=512,
+        description="Ray cluster to join: auto (the node's running cluster), ray://head:10001 (Ray Client) or host:port (GCS)",
+    )
+    namespace: str = Field(
+        "gpt-server", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:+-]+$",
+        description="Ray namespace of the replica actors (named <model>#<replica>)",
+    )
+    max_restarts: int = Field(-1, ge=-1, le=1_000_000, description="times Ray restarts a lost replica actor (-1: always)")
+
+
 class ModelEntry(_Section):
     name: str = ""
     alias: list[str] = Field(
@@ -271,6 +294,11 @@ class ModelEntry(_Section):
     work_mode: str | None = Field(None, description="engine (default: the kind's default engine)")
     device: Literal["cpu", "gpu", "cuda", "auto"] = "auto"
     workers: list[WorkerSpec] = Field(default_factory=lambda: [WorkerSpec()], min_length=1, max_length=256)
+    ray_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="cluster.backend ray: extra actor options for this model's replicas (resources, label_selector, "
+        "runtime_env, num_cpus, memory, scheduling_strategy: SPREAD), merged over the ones derived from workers",
+    )
     kind: str = Field("auto", description="normalised model kind (derived)")
     load: Literal["eager", "on_demand"] = Field(
         "eager",
@@ -316,6 +344,14 @@ class ModelEntry(_Section):
         from .config_compat import lift_entry
 
         return lift_entry(data) if isinstance(data, dict) else data
+
+    @field_validator("ray_options")
+    @classmethod
+    def _check_ray_options(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) - _RAY_OPTIONS)
+        if bad:
+            raise ValueError(f"unknown key(s) {', '.join(bad)}; use {', '.join(sorted(_RAY_OPTIONS))}")
+        return v
 
     @field_validator("alias", mode="before")
     @classmethod
@@ -403,6 +439,7 @@ class Config(_Section):
     controller_args: ControllerArgs = Field(default_factory=ControllerArgs)
     model_worker_args: ModelWorkerArgs = Field(default_factory=ModelWorkerArgs)
     models: list[ModelEntry] = Field(default_factory=list)
+    cluster: ClusterArgs = Field(default_factory=ClusterArgs)
 
     @field_validator("models", mode="before")
     @classmethod

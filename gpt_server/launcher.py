@@ -22,7 +22,7 @@ from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .errors import GatewayError
 from .gateway.app import build_app
-from .runtime.manager import ModelManager
+from .runtime.manager import ModelManager, ReplicaFactory
 from .runtime.memory import default_budget
 from .runtime.ondemand import OnDemandController
 from .runtime.replica import InProcessReplica, ProcessReplica, Replica
@@ -173,7 +173,18 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
     # worker processes read the validated settings from private files here
     workdir = tempfile.mkdtemp(prefix="gpt-server-")
     data = config_data or {}
-    factory = LocalReplicas(data, controller_address, secret, registry, transport, workdir)
+    local = LocalReplicas(data, controller_address, secret, registry, transport, workdir)
+    factory: ReplicaFactory = local
+    if cfg.cluster.backend == "ray":  # replicas as Ray actors (cluster/ray.py); Ray restarts and re-places them
+        try:
+            from .cluster.ray import RayReplicas, connect_cluster
+        except ImportError as exc:
+            raise ConfigError(f"cluster.backend: ray needs Ray (pip install gpt-server[ray]): {exc}") from exc
+        try:
+            cluster = await connect_cluster(cfg, cfg.cluster.address)
+        except Exception as exc:
+            raise ConfigError(f"cluster.address: cannot join the Ray cluster at {cfg.cluster.address!r}: {exc}") from exc
+        factory = RayReplicas(data, controller_address, secret, cluster)
     budget = sa.memory_budget if sa.memory_budget is not None else default_budget()
     manager = ModelManager(
         cfg, data, registry, factory, config_path=config_path, memory_budget=budget, drain_timeout=sa.shutdown_timeout
@@ -194,7 +205,7 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
             fatal.append(why)
             stop.set()
 
-    factory.on_fatal = on_fatal
+    local.on_fatal = on_fatal
     tasks = [
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),

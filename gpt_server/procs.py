@@ -8,7 +8,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-__all__ = ["free_port", "die_with_parent", "CONFIG_ERROR_EXIT"]
+__all__ = ["free_port", "die_with_parent", "killed_with_parent", "CONFIG_ERROR_EXIT"]
 
 # a worker process exits with this code when its model cannot load because of its config
 # (sysexits EX_CONFIG): the launcher stops `serve` (exit 2) instead of restarting it forever
@@ -42,3 +42,10 @@ def die_with_parent() -> None:
     stopping it (Linux; elsewhere a no-op)."""
     if _prctl is not None:
         _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def killed_with_parent() -> None:
+    """``preexec_fn`` for a child that must vanish at once with its parent (SIGKILL, Linux): a
+    replica whose Ray actor is gone is lost, like its node."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,0 +1,49 @@
+"""`gpt-server cluster status | scale MODEL N`: the Ray cluster of ``cluster.backend: ray``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..config import Config, ConfigError
+
+__all__ = ["cluster_command"]
+
+
+def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
+    try:
+        from .ray import MAX_REPLICAS, RayCluster
+    except ImportError as exc:
+        raise ConfigError(f"gpt-server cluster: needs Ray (pip install gpt-server[ray]): {exc}") from exc
+    if args.action == "scale":
+        if args.model is None or args.replicas is None:
+            raise ConfigError("gpt-server cluster scale MODEL REPLICAS")
+        if not 0 <= args.replicas <= MAX_REPLICAS:
+            raise ConfigError(f"replicas must be between 0 and {MAX_REPLICAS}")
+        cluster = RayCluster(cfg, args.ray)
+        try:
+            changes = cluster.scale(args.model, args.replicas)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        print(" ".join(changes) or "no change")
+        return 0
+    status = RayCluster(cfg, args.ray).status()
+    if args.json:
+        print(json.dumps(status, indent=2, default=str))
+        return 0
+    _print_status(status)
+    return 0
+
+
+def _print_status(status: dict) -> None:
+    out = sys.stdout
+    ips = {n["node_id"]: n["address"] for n in status["nodes"]}
+    out.write(f"namespace {status['namespace']}\nnodes:\n")
+    for n in status["nodes"]:
+        res = ", ".join(f"{k}={v:g}" for k, v in sorted(n["resources"].items()) if not k.startswith("node:"))
+        out.write(f"  {n['node_id'][:12]}  {n['address']:<15}  {'alive' if n['alive'] else 'dead '}  {res}\n")
+    out.write("replicas:\n")
+    for r in sorted(status["replicas"], key=lambda r: r["name"]):
+        where = ips.get(r["node_id"] or "", "-")
+        out.write(f"  {r['name']:<30}  {r['state']:<12}  node {(r['node_id'] or '-')[:12]} ({where})  restarts {r['restarts']}\n")
