@@ -26,7 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
-from ...errors import BadRequestError
+from ...errors import BadRequestError, GatewayError
 from ...protocol.lmdeploy import (
     InteractiveRequest,
     LMDeployGenerateRequest,
@@ -34,17 +34,20 @@ from ...protocol.lmdeploy import (
     interactive_chat_body,
     interactive_messages,
 )
-from ...protocol.openai import ChatCompletionRequest, CompletionRequest
+from ...protocol.openai import CHAT, ChatCompletionRequest, CompletionRequest
 from ...protocol.tokenize import TOKENIZE, TokenizePayload
+from ...protocol.tritonserver import TritonGenerateRequest
 from ...protocol.worker import DeltaEvent
 from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
+from ...web.openapi import request_body
 from ...web.responses import FastJSONResponse
 from ..invoke import call_json
 from ..response_store import owner_of
 from ..serving import ChatRun, RunTranslator
 from ..session_store import Session, SessionStore
 from ..sse import SSEResponse
+from .tritonserver import TRITON_ONLY_KEYS, triton_generate
 
 __all__ = ["router"]
 
@@ -200,8 +203,44 @@ async def _generate_events(run: ChatRun, tr: _GenerateStream) -> AsyncIterator[l
     yield [{"text": "", "output_ids": ids, "meta_info": _meta(u.prompt_tokens, u.completion_tokens, tr.finish_reason or "stop")}]
 
 
-@router.post("/generate")
-async def generate(body: LMDeployGenerateRequest, request: Request) -> Response:
+_GENERATE_BODY = request_body(LMDeployGenerateRequest, TritonGenerateRequest)
+
+
+@router.post("/generate", openapi_extra=_GENERATE_BODY)
+async def generate(request: Request) -> Response:
+    """``/generate`` in either shape: LMDeploy's (``prompt`` or ``input_ids`` → ``text``,
+    ``output_ids``, ``meta_info``) or fastapi_tritonserver's (``prompt``, ``max_output_len``,
+    ``num_beams``, ``images``, ``uuid`` → ``text``, ``id``). A body with a field only the latter
+    has, or a bare ``prompt`` for a model served by the triton engine, takes the latter."""
+    try:
+        data = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise BadRequestError("the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise BadRequestError("the body must be a JSON object")
+    if TRITON_ONLY_KEYS & data.keys() or (not _LMDEPLOY_ONLY_KEYS & data.keys() and await _served_by_triton(request, data)):
+        return await triton_generate(_validate(TritonGenerateRequest, data), request)
+    return await _lmdeploy_generate(_validate(LMDeployGenerateRequest, data), request)
+
+
+_LMDEPLOY_ONLY_KEYS = frozenset({"input_ids", "max_tokens", "return_logprob", "session_id", "stop", "skip_special_tokens"})
+
+
+async def _served_by_triton(request: Request, data: dict[str, Any]) -> bool:
+    """Whether the model the body names (or the default chat model) runs on the triton engine."""
+    cfg = getattr(request.app.state, "config", None)
+    name = data.get("model") or ""
+    if cfg is None or not isinstance(name, str):
+        return False
+    try:
+        resolved = await request.app.state.controller.resolve(name, CHAT)
+    except GatewayError:
+        return False  # the chosen path reports it
+    entry = cfg.model(resolved)
+    return entry is not None and entry.work_mode == "triton"
+
+
+async def _lmdeploy_generate(body: LMDeployGenerateRequest, request: Request) -> Response:
     """LMDeploy's ``/generate`` (see the module's notes)."""
     creq = _validate(CompletionRequest, generate_body(body, body.model))
     service = request.app.state.generation

@@ -46,6 +46,7 @@ from ...protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, Completi
 from ...protocol.worker import DeltaEvent, FinishEvent, ModelEntryInfo, UsageEvent
 from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
+from ...web.openapi import request_body
 from ...web.responses import FastJSONResponse
 from ..fastlane import declared_json
 from ..invoke import call_json
@@ -60,24 +61,10 @@ M = TypeVar("M", bound=BaseModel)
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
 
 
-def _inline(node: Any, defs: dict[str, Any]) -> Any:
-    """``node`` with its ``#/$defs/..`` references replaced by the definitions (the models
-    are not recursive)."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/$defs/"):
-            return _inline(defs[ref.removeprefix("#/$defs/")], defs)
-        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
-    if isinstance(node, list):
-        return [_inline(v, defs) for v in node]
-    return node
-
-
 def _body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a route that parses ``model`` itself (so errors keep
     Ollama's shape): documented in /openapi.json, and fuzzed from it."""
-    schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": _inline(schema, schema.get("$defs", {}))}}}}
+    return request_body(model)
 
 
 class NDJSONResponse(SSEResponse):

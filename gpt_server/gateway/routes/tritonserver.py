@@ -1,11 +1,12 @@
 """``POST /generate`` as fastapi_tritonserver defines it, served by the chat path (any chat
-model; the ``triton`` engine is the one it was made for)."""
+model; the ``triton`` engine is the one it was made for). LMDeploy's ``/generate`` shares the
+path: routes/lmdeploy.py owns the route and hands a body in this shape to ``triton_generate``."""
 
 from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 from pydantic import ValidationError
 
@@ -16,13 +17,13 @@ from ...web.error_handlers import validation_message
 from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 
-__all__ = ["router"]
+__all__ = ["triton_generate", "TRITON_ONLY_KEYS"]
 
-router = APIRouter(tags=["tritonserver"])
+# fields only fastapi_tritonserver's /generate has (LMDeploy's has input_ids, max_tokens, …)
+TRITON_ONLY_KEYS = frozenset({"max_output_len", "num_beams", "images", "uuid"})
 
 
-@router.post("/generate")
-async def generate(body: TritonGenerateRequest, request: Request) -> Response:
+async def triton_generate(body: TritonGenerateRequest, request: Request) -> Response:
     if body.num_beams > 1:
         raise BadRequestError("beam search (num_beams > 1) is not supported", param="num_beams")
     if body.stream:
