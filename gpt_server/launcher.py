@@ -129,7 +129,7 @@ async def _wait_ready(manager: ModelManager, replicas: list[Replica], timeout: f
     deadline = loop.time() + timeout
     last_log = 0.0
     while True:
-        waiting = [r for r in replicas if not manager.ready(r) and not (isinstance(r, InProcessReplica) and r.failure)]
+        waiting = [r for r in replicas if not manager.ready(r) and not (r.failure is not None and not r.alive and getattr(r, "final", True))]
         if not waiting:
             return
         now = loop.time()
@@ -215,8 +215,10 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
         ready = asyncio.create_task(_wait_ready(manager, started, cfg.model_worker_args.startup_timeout))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({ready, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        became_ready = ready.done() and not ready.cancelled()
+        ready.cancel()
         starting = False
-        if ready.done() and not fatal:
+        if became_ready and not fatal:
             host, port = gsock.getsockname()[:2]
             names = sorted({n for e in cfg.enabled_models() for n in e.names})
             log.info("GPT Server ready on http://%s:%d/v1 serving %s", host, port, ", ".join(names))

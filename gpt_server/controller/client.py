@@ -117,6 +117,7 @@ class RemoteController:
                 # for the dashboard
                 rec.requests_total, rec.tokens_total, rec.rss_bytes = view.requests_total, view.tokens_total, view.rss_bytes
                 rec.last_error, rec.state = view.last_error, view.state
+                rec.draining = view.state == "draining"  # the serving controller is taking it out
                 rec.expires = False  # expiry is the controller's job
             fresh.created.update(self.mirror.created)
             self.mirror.workers = fresh.workers  # the mirror (and its affinity pins) stays

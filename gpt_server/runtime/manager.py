@@ -190,6 +190,11 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while not all(self.ready(r) for r in reps):
+            failed = [r for r in reps if _failed_for_good(r)]
+            if failed:  # a replica that failed for good does not become ready: say so now
+                raise ServiceUnavailableError(
+                    f"{failed[0].label} failed to load: {failed[0].failure}", code="model_load_failed"
+                )
             if loop.time() > deadline:
                 raise TimeoutError_(
                     f"not ready after {timeout:.0f}s: {', '.join(r.label for r in reps if not self.ready(r))}",
@@ -217,11 +222,20 @@ class ModelManager:
                     m.draining.remove(r)
 
     # ---- operations -------------------------------------------------------------------
+    def _check_current(self, m: Managed) -> None:
+        """Under ``m.lock``: the model was not removed (reload, rollback) while this waited."""
+        if self.models.get(m.entry.name) is not m:
+            raise NotFoundError(f"model '{m.entry.name}' was removed", param="model", code="model_not_found")
+
     async def load(self, name: str, *, wait: bool = True) -> dict[str, Any]:
         m = self._get(name)
         async with m.lock:
+            self._check_current(m)
             m.wanted = True
             m.last_used = time.monotonic()
+            dead = [r for r in m.replicas if _failed_for_good(r)]
+            if dead:  # a load that failed (OOM, an engine error) is tried again, not reused
+                await self._retire(m, dead)
             reps = m.replicas or await self._grow(m, len(m.entry.workers))
         if wait:
             await self._wait_or_fail(m, reps)
@@ -253,6 +267,7 @@ class ModelManager:
             raise BadRequestError(f"replicas must be 0..{MAX_REPLICAS}", param="replicas")
         m = self._get(name)
         async with m.lock:
+            self._check_current(m)
             have = len(m.replicas)
             new: list[Replica] = []
             if replicas > have:
@@ -263,7 +278,12 @@ class ModelManager:
                 await self._retire(m, order[: have - replicas])
             m.wanted = replicas > 0
         if wait and new:
-            await self._wait_ready(new, self.load_timeout)
+            try:
+                await self._wait_ready(new, self.load_timeout)
+            except BaseException:
+                async with m.lock:  # replicas that never became ready do not stay counted
+                    await self._retire(m, [r for r in new if not self.ready(r)])
+                raise
         log.info("model %s scaled from %d to %d replica(s)", m.name, have, replicas)
         return self.describe(m)
 
@@ -271,6 +291,7 @@ class ModelManager:
         """Rolling: a new replica, ready, then the old one drained and stopped."""
         m = self._get(name)
         async with m.lock:
+            self._check_current(m)
             old = next((r for r in m.replicas if r.replica == index), None)
             if old is None:
                 raise NotFoundError(f"model '{m.name}' has no replica {index}", param="replica", code="replica_not_found")
@@ -298,7 +319,7 @@ class ModelManager:
             data = copy.deepcopy(self.data)
             data["models"] = [*(data.get("models") or []), copy.deepcopy(item)]
             try:
-                cfg = _validated(data, "models", source="model entry")
+                cfg = await asyncio.to_thread(_validated, data, "models", source="model entry")
             except BadRequestError as exc:  # the errors name keys of the body, not of the whole config
                 exc.message = exc.message.replace(f"models[{len(data['models']) - 1}].", "")
                 exc.param = name
@@ -322,7 +343,8 @@ class ModelManager:
     async def _forget(self, name: str) -> None:
         m = self.models.pop(name, None)
         if m is not None:
-            await self._retire(m, list(m.replicas))
+            async with m.lock:  # a load of it in progress finishes first; later ones see it is gone
+                await self._retire(m, list(m.replicas))
         self.data["models"] = [i for i in self.data.get("models") or [] if next(iter(i)) != name]
         with contextlib.suppress(ConfigError):
             self.cfg = parse_config(self.data, source="config")
@@ -340,7 +362,7 @@ class ModelManager:
                 raise BadRequestError(f"{self.config_path}: the top level must be a mapping", code="invalid_config")
             # this start's command-line overrides and secret stay; only models: is new
             merged = {**copy.deepcopy(self.data), "models": data.get("models") or []}
-            cfg = _validated(merged, "models", source=self.config_path)
+            cfg = await asyncio.to_thread(_validated, merged, "models", source=self.config_path)
             old_raw = {n: m.raw for n, m in self.models.items()}
             new_raw = _raw_entries(merged)
             enabled = {e.name for e in cfg.enabled_models()}
@@ -418,7 +440,8 @@ class ModelManager:
             for m in list(self.models.values()):
                 if m.entry.load != "on_demand" or m.entry.keep_alive < 0 or not m.replicas or m.lock.locked():
                     continue
-                if self._inflight(m) or not all(self.ready(r) for r in m.replicas):
+                failed = all(_failed_for_good(r) for r in m.replicas)
+                if not failed and (self._inflight(m) or not all(self.ready(r) for r in m.replicas)):
                     m.last_used = now  # busy, or still loading: idle time starts once it serves
                 elif now - m.last_used > m.entry.keep_alive:
                     log.info("on_demand model %s idle for %.0fs (keep_alive %gs): unloading", m.name, now - m.last_used, m.entry.keep_alive)
@@ -452,6 +475,12 @@ class ModelManager:
             victim.wanted = False
             await self._retire(victim, list(victim.replicas))
             evicted.append(victim.name)
+
+
+def _failed_for_good(r: Replica) -> bool:
+    """Down and not coming back by itself: a load error, a config error, a placement refused
+    (a worker process between a crash and its restart is down but not failed for good)."""
+    return r.failure is not None and not r.alive and getattr(r, "final", True)
 
 
 def _raw_entries(data: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -74,6 +74,7 @@ class ProcessReplica:
     # a worker that exits with CONFIG_ERROR_EXIT (its model cannot load because of its config)
     # is not restarted: ``on_fatal`` hears why (serve, while starting, stops with exit code 2)
     on_fatal: Callable[[str], None] | None = None
+    final: bool = False  # failed for good (a config error); a crash is restarted instead
     _watch: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -96,7 +97,7 @@ class ProcessReplica:
         log.info("started worker %s (pid %d)", self.label, self.proc.pid)
 
     async def start(self) -> None:
-        self.stopping = False
+        self.stopping, self.final, self.failure = False, False, None
         await self._spawn()
         self._watch = asyncio.create_task(self._supervise())
 
@@ -108,6 +109,7 @@ class ProcessReplica:
             if self.stopping:
                 return
             if code == CONFIG_ERROR_EXIT:
+                self.final = True
                 self.failure = f"model '{self.model}' (replica {self.replica}) cannot load because of its configuration (see the log); not restarted"
                 log.error("worker %s: %s", self.label, self.failure)
                 if self.on_fatal is not None:

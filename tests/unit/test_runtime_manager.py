@@ -134,3 +134,23 @@ def test_bad_reload_changes_nothing_and_a_good_one_only_the_difference(tmp_path:
         await mgr.aclose()
 
     asyncio.run(run())
+
+
+def test_a_failed_on_demand_load_is_tried_again_by_the_next_request() -> None:
+    """A load that failed for good (an OOM, an engine error) is not reused: the next request
+    retires the failed replica and starts a new one."""
+
+    async def run() -> None:
+        mgr, log = _manager([_entry("od", load="on_demand")])
+        await mgr.start()
+        await mgr.load("od", wait=False)
+        bad = mgr.models["od"].replicas[0]
+        mgr.registry.unregister(bad.worker_id)
+        bad.alive, bad.failure = False, "failed to load: OutOfMemoryError"
+        await mgr.ensure_loaded("od")  # before: 503 model_load_failed forever
+        (fresh,) = mgr.models["od"].replicas
+        assert fresh is not bad and mgr.ready(fresh)
+        assert f"stop {bad.label} inflight=0" in log
+        await mgr.aclose()
+
+    asyncio.run(run())

@@ -105,19 +105,44 @@ def _sessions(request: Request) -> SessionStore:
     return store
 
 
-async def _session_lines(run: ChatRun, tr: _InteractiveStream, store: SessionStore, s: Session | None, messages: list[dict[str, Any]], keep: bool) -> AsyncIterator[list[Any]]:
+class _Turn:
+    """Settles a session's turn exactly once: finished with its answer, else abandoned (also
+    when the stream never started: an async generator closed before its first step runs no
+    ``finally``, so the response's ``on_close`` settles it too)."""
+
+    def __init__(self, run: ChatRun, store: SessionStore, s: Session | None) -> None:
+        self.run, self.store, self.s = run, store, s
+        self.settled = s is None
+
+    def finish(self, history: list[dict[str, Any]], tokens: int, keep: bool) -> None:
+        if not self.settled and self.s is not None:
+            self.settled = True
+            self.store.finish(self.s, history, tokens, keep)
+
+    def abandon(self) -> None:
+        if not self.settled and self.s is not None:
+            self.settled = True
+            self.store.abandon(self.s)
+
+    async def close(self) -> None:
+        try:
+            await self.run.aclose()
+        finally:
+            self.abandon()
+
+
+async def _session_lines(run: ChatRun, tr: _InteractiveStream, turn: _Turn, messages: list[dict[str, Any]], keep: bool) -> AsyncIterator[list[Any]]:
     done = False
     try:
         async for out in run.translate(tr):
             yield out
         done = True
     finally:
-        if s is not None:
-            if done:
-                history = messages + [{"role": "assistant", "content": "".join(tr.text)}]
-                store.finish(s, history, tr.usage.prompt_tokens + tr.usage.completion_tokens, keep)
-            else:
-                store.abandon(s)
+        if done:
+            history = messages + [{"role": "assistant", "content": "".join(tr.text)}]
+            turn.finish(history, tr.usage.prompt_tokens + tr.usage.completion_tokens, keep)
+        else:
+            turn.abandon()
 
 
 @router.post("/v1/chat/interactive")
@@ -147,10 +172,11 @@ async def chat_interactive(body: InteractiveRequest, request: Request) -> Respon
         s.cancel = run.aclose
     tr = _InteractiveStream(s.history_tokens if s else 0)
     keep = body.interactive_mode
-    lines = _session_lines(run, tr, store, s, messages, keep)
+    turn = _Turn(run, store, s)
+    lines = _session_lines(run, tr, turn, messages, keep)
     if body.stream:
         service = request.app.state.generation
-        return _LinesResponse(lines, timeout=service.timeout, deadline=run.deadline, on_close=run.aclose)
+        return _LinesResponse(lines, timeout=service.timeout, deadline=run.deadline, on_close=turn.close)
     last: dict[str, Any] = {}
     try:
         async with asyncio.timeout_at(run.deadline):
@@ -160,6 +186,7 @@ async def chat_interactive(body: InteractiveRequest, request: Request) -> Respon
         raise request.app.state.workers.timed_out() from None
     finally:
         await lines.aclose()  # type: ignore[attr-defined]
+        turn.abandon()  # settled already unless the gathering stopped early
     return FastJSONResponse({**last, "text": "".join(tr.text)})
 
 
