@@ -211,7 +211,28 @@ class Gateway(ServeProcess):
         return out
 
 
-class PeerServer:
+class _PeerProcess:
+    """A peer OpenAI-compatible server process on ``self.port`` (``/v1/models`` says it is up)."""
+
+    port: int
+    proc: Proc
+    name: str = "peer"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait(self, timeout: float = 120.0) -> None:
+        _wait(f"{self.base_url}/v1/models", self.proc, timeout)
+
+    def pids(self) -> dict[str, int]:
+        return {self.name: self.proc.pid}
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+class PeerServer(_PeerProcess):
     """``python -m llama_cpp.server`` on the same GGUF and thread count (the peer)."""
 
     def __init__(self, model_path: str, n_threads: int, n_ctx: int, out: Path) -> None:
@@ -225,22 +246,11 @@ class PeerServer:
         ]
         self.proc = Proc(args, out / "peer_llama_cpp_server.log", cwd=ROOT)
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def wait(self, timeout: float = 120.0) -> None:
-        _wait(f"{self.base_url}/v1/models", self.proc, timeout)
-
-    def pids(self) -> dict[str, int]:
-        return {"peer": self.proc.pid}
-
-    def stop(self) -> None:
-        self.proc.stop()
-
-
-class LlamaServer:
+class LlamaServer(_PeerProcess):
     """llama.cpp's own C++ ``llama-server`` on the same GGUF, threads and parallel slots (the anchor peer)."""
+
+    name = "llama-server"
 
     def __init__(self, binary: str, model_path: str, n_threads: int, n_ctx: int, n_parallel: int, out: Path) -> None:
         self.port = free_port()
@@ -251,19 +261,6 @@ class LlamaServer:
             "--ctx-size", str(n_ctx * n_parallel), "--no-webui", "--log-disable",
         ]
         self.proc = Proc(args, out / "peer_llama_server.log", cwd=ROOT)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait(self, timeout: float = 120.0) -> None:
-        _wait(f"{self.base_url}/v1/models", self.proc, timeout)
-
-    def pids(self) -> dict[str, int]:
-        return {"llama-server": self.proc.pid}
-
-    def stop(self) -> None:
-        self.proc.stop()
 
 
 class BareServer:

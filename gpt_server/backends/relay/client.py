@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from ...protocol.worker import (
     GenerateRequest,
     UsageEvent,
 )
+from ..http_client import LoopBoundClient
 from .translate import (
     CallsFromJson,
     chunk_events,
@@ -56,32 +56,16 @@ class UpstreamClient:
         self.base_url = base_url.rstrip("/")
         self.name = name
         self.flavor = flavor  # the upstream's API beyond OpenAI's (translate.Flavor)
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = httpx.Timeout(connect=10.0, read=timeout, write=60.0, pool=None)
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        timeouts = httpx.Timeout(connect=10.0, read=timeout, write=60.0, pool=None)
+        self._conn = LoopBoundClient(self.base_url, timeouts, headers)
 
     def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url,
-                headers=self._headers,
-                timeout=self._timeout,
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
-            )
-            self._loop = asyncio.get_running_loop()
-        return self._client
+        return self._conn.get()
 
     def close(self) -> None:
         """Close from any thread (the worker calls backend.close in a thread)."""
-        client, loop = self._client, self._loop
-        self._client = None
-        if client is None or loop is None or loop.is_closed():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(5)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
+        self._conn.close()
 
     def _unreachable(self, exc: Exception) -> GatewayError:
         # the address is for the log only: clients learn the model's state, not our network
@@ -99,7 +83,7 @@ class UpstreamClient:
         """The JSON the upstream answers (any shape); its HTTP errors as ours."""
         try:
             if fresh:  # on a new connection: the pooled ones may be the broken ones
-                async with httpx.AsyncClient(base_url=self.base_url, headers=self._headers, timeout=self._timeout) as c:
+                async with self._conn.fresh() as c:
                     resp = await c.post(path, json=body)
             else:
                 resp = await self._http().post(path, json=body)

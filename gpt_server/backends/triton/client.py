@@ -8,7 +8,6 @@ inputs → 400 with its message, anything else → 502.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import threading
@@ -18,6 +17,7 @@ from typing import Any
 import httpx
 
 from ...errors import BadRequestError, GatewayError, ServiceUnavailableError, UpstreamError
+from ..http_client import LoopBoundClient
 
 __all__ = ["TritonClient", "HealthWatch", "normalise_url"]
 
@@ -57,31 +57,15 @@ class TritonClient:
         self.base_url = normalise_url(base_url)
         self.model = model
         self.model_path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "")
-        self._timeout = httpx.Timeout(connect=5.0, read=timeout, write=60.0, pool=None)
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn = LoopBoundClient(self.base_url, httpx.Timeout(connect=5.0, read=timeout, write=60.0, pool=None))
         self.on_unreachable: list[Any] = []  # callbacks when a request finds Triton down
 
     def _http(self) -> httpx.AsyncClient:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(
-                base_url=self.base_url, timeout=self._timeout,
-                limits=httpx.Limits(max_connections=1024, max_keepalive_connections=64),
-            )
-            self._loop = loop
-        return self._client
+        return self._conn.get()
 
     def close(self) -> None:
         """Close from any thread (the worker calls backend.close in a thread)."""
-        client, loop = self._client, self._loop
-        self._client = None
-        if client is None or loop is None or loop.is_closed():
-            return
-        try:
-            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result(5)
-        except Exception:  # noqa: BLE001 - best effort at shutdown
-            pass
+        self._conn.close()
 
     def _unreachable(self, exc: Exception) -> GatewayError:
         log.warning("Triton at %s is unreachable: %s: %s", self.base_url, type(exc).__name__, exc)
