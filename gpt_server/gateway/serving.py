@@ -126,6 +126,14 @@ class ChatRun:
         """The replica serving this run."""
         return self.stream.target.worker_id
 
+    def streamed(
+        self, events: AsyncIterator[Any], cls: type[SSEResponse] = SSEResponse, on_close: Callable[[], Any] | None = None, **kw: Any
+    ) -> SSEResponse:
+        """``events`` (this run, translated) as a streamed response bounded like the chat route's
+        (the service's read timeout, the run's deadline); closing it ends the run unless
+        ``on_close`` does that itself."""
+        return cls(events, timeout=self.service.timeout, deadline=self.deadline, on_close=on_close or self.aclose, **kw)
+
     def batches(self) -> AsyncIterator[list[Event]]:
         """The worker's events, one list per read, metered; an ``ErrorEvent`` is left in the
         list for the caller to render (``raise_error(ev)`` turns it into the gateway error)."""

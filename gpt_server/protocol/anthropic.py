@@ -12,7 +12,7 @@ import orjson
 from pydantic import Field, ValidationError
 
 from ..errors import BadRequestError
-from .openai import LIMITS, ChatCompletionRequest, ModelName, OpenAIBaseModel
+from .openai import LIMITS, ChatCompletionRequest, ModelName, OpenAIBaseModel, function_tool
 
 __all__ = [
     "MessagesRequest",
@@ -201,10 +201,7 @@ def _tools(req: _Common) -> list[dict[str, Any]] | None:
     for i, t in enumerate(req.tools):
         if t.type not in (None, "custom"):
             raise BadRequestError(f"tools.{i}.type: server tool '{t.type}' is not supported; only custom tools are", param=f"tools.{i}.type")
-        fn: dict[str, Any] = {"name": t.name, "parameters": t.input_schema or {"type": "object", "properties": {}}}
-        if t.description is not None:
-            fn["description"] = t.description
-        tools.append({"type": "function", "function": fn})
+        tools.append(function_tool(t.name, t.input_schema, t.description))
     return tools
 
 

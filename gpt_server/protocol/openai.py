@@ -18,6 +18,7 @@ from ..errors import BadRequestError
 from .kinds import Kind, declare_capability, declare_kind
 
 __all__ = [
+    "function_tool",
     "LIMITS",
     "RESERVED_TEMPLATE_KEYS",
     "OpenAIBaseModel",
@@ -311,3 +312,14 @@ declare_kind(
         ),
     )
 )
+
+
+def function_tool(name: Any, parameters: Any, description: Any = None, strict: Any = None) -> dict[str, Any]:
+    """A chat-completions ``tools`` item from another API's tool definition (Anthropic's custom
+    tools, Responses' function tools): no parameters means an empty object schema."""
+    fn: dict[str, Any] = {"name": name, "parameters": parameters or {"type": "object", "properties": {}}}
+    if description is not None:
+        fn["description"] = description
+    if strict is not None:
+        fn["strict"] = strict
+    return {"type": "function", "function": fn}

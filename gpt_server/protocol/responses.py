@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError
 
 from ..errors import BadRequestError
-from .openai import LIMITS, ChatCompletionRequest, ModelName, OpenAIBaseModel
+from .openai import LIMITS, ChatCompletionRequest, ModelName, OpenAIBaseModel, function_tool
 
 __all__ = ["ResponsesRequest", "to_chat", "normalize_input"]
 
@@ -164,12 +164,7 @@ def _tools(req: ResponsesRequest) -> list[dict[str, Any]] | None:
         kind = t.get("type")
         if kind != "function":
             raise _bad(f"tools.{i}.type", f"built-in tool '{kind}' is not supported; only function tools are")
-        fn: dict[str, Any] = {"name": t.get("name"), "parameters": t.get("parameters") or {"type": "object", "properties": {}}}
-        if t.get("description") is not None:
-            fn["description"] = t["description"]
-        if t.get("strict") is not None:
-            fn["strict"] = t["strict"]
-        tools.append({"type": "function", "function": fn})
+        tools.append(function_tool(t.get("name"), t.get("parameters"), t.get("description"), t.get("strict")))
     return tools
 
 

@@ -22,7 +22,6 @@ from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 from ..invoke import call_json, resolve_model
 from ..serving import ChatRun, RunTranslator
-from ..sse import SSEResponse
 
 __all__ = ["router", "named_frame"]
 
@@ -85,16 +84,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
     chat_req = to_chat(body)
     run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="msg")
     if body.stream:
-        service = request.app.state.generation
-        return SSEResponse(
-            run.translate(_MessageStream(run, body)),
-            timeout=service.timeout,
-            deadline=run.deadline,
-            on_close=run.aclose,
-            done=None,
-            error_event=_stream_error,
-            encode=named_frame,
-        )
+        return run.streamed(run.translate(_MessageStream(run, body)), done=None, error_event=_stream_error, encode=named_frame)
     choices, usage = await run.collect()
     c = choices[0]
     content: list[dict[str, Any]] = []

@@ -175,8 +175,7 @@ async def chat_interactive(body: InteractiveRequest, request: Request) -> Respon
     turn = _Turn(run, store, s)
     lines = _session_lines(run, tr, turn, messages, keep)
     if body.stream:
-        service = request.app.state.generation
-        return _LinesResponse(lines, timeout=service.timeout, deadline=run.deadline, on_close=turn.close)
+        return run.streamed(lines, _LinesResponse, on_close=turn.close)
     last: dict[str, Any] = {}
     try:
         async with asyncio.timeout_at(run.deadline):
@@ -274,7 +273,7 @@ async def _lmdeploy_generate(body: LMDeployGenerateRequest, request: Request) ->
     run = await service.start_completion(creq, body_bytes(request), id_prefix="generate")
     tr = _GenerateStream(request, run.model)
     if body.stream:
-        return SSEResponse(_generate_events(run, tr), timeout=service.timeout, deadline=run.deadline, on_close=run.aclose)
+        return run.streamed(_generate_events(run, tr))
     choices, usage = await run.collect()
     text = "".join(choices[0].text)
     ids = await _output_ids(request, run.model, text)

@@ -201,9 +201,8 @@ class _Lines(RunTranslator):
 
 
 async def _answer(request: Request, run: ChatRun, name: str, chat: bool, stream: bool, clock: _Clock) -> Response:
-    gen = request.app.state.generation
     if stream:
-        return NDJSONResponse(run.translate(_Lines(name, chat, clock)), timeout=gen.timeout, deadline=run.deadline, on_close=run.aclose)
+        return run.streamed(run.translate(_Lines(name, chat, clock)), NDJSONResponse)
     choices, usage = await run.collect()
     c = choices[0]
     clock.tick()

@@ -19,7 +19,6 @@ from ...web.limits import body_bytes
 from ...web.responses import FastJSONResponse
 from ..response_store import ResponseStore, owner_of
 from ..serving import ChatRun, ChoiceResult, RunTranslator
-from ..sse import SSEResponse
 from .anthropic import named_frame
 
 __all__ = ["router"]
@@ -176,16 +175,8 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     stored_input = _with_ids(new_items, _suffix(run))
     stored_history = history + stored_input
     if body.stream:
-        service = request.app.state.generation
-        return SSEResponse(
-            run.translate(_ResponseStream(run, body, lambda final: _keep(request, owner, body, final, stored_history, stored_input, chain))),
-            timeout=service.timeout,
-            deadline=run.deadline,
-            on_close=run.aclose,
-            done=None,
-            error_event=_stream_error,
-            encode=named_frame,
-        )
+        keep = lambda final: _keep(request, owner, body, final, stored_history, stored_input, chain)  # noqa: E731
+        return run.streamed(run.translate(_ResponseStream(run, body, keep)), done=None, error_event=_stream_error, encode=named_frame)
     choices, usage = await run.collect()
     c = choices[0]
     response = _response(run, body, _status(c.finish_reason), _output(run, c), _usage(usage.prompt_tokens, usage.completion_tokens), c.finish_reason)
