@@ -47,6 +47,9 @@ class _Timer:
         self.t0 = time.perf_counter()
         self.events: list[float] = []
 
+    def restart(self) -> None:
+        self.t0 = time.perf_counter()
+
     def content(self) -> None:
         self.events.append(time.perf_counter() - self.t0)
 
@@ -93,9 +96,18 @@ class HttpTarget:
         except (TimeoutError, aiohttp.ClientError, ValueError, KeyError) as exc:
             return Sample(ok=False, e2e=0.0, error=f"{type(exc).__name__}: {exc}"[:300])
 
-    async def _post(self, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
+    async def _post(self, path: str, body: dict[str, Any], timer: _Timer | None = None) -> aiohttp.ClientResponse:
         assert self.session is not None
-        resp = await self.session.post(self.base + path, data=orjson.dumps(body), headers=self.headers)
+        data = orjson.dumps(body)
+        try:
+            resp = await self.session.post(self.base + path, data=data, headers=self.headers)
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+            # the server closed a kept-alive connection as the request went out (llama-server's
+            # cpp-httplib ends a connection after 5 requests); the request never reached it,
+            # so send it again on a fresh connection, timed from the new start
+            if timer is not None:
+                timer.restart()
+            resp = await self.session.post(self.base + path, data=data, headers=self.headers)
         if resp.status != 200:
             text = (await resp.read())[:300].decode(errors="replace")
             resp.release()
@@ -110,7 +122,7 @@ class HttpTarget:
         if spec.stream:
             body["stream_options"] = {"include_usage": True}
         timer = _Timer()
-        resp = await self._post("/v1/chat/completions", body)
+        resp = await self._post("/v1/chat/completions", body, timer)
         async with resp:
             if not spec.stream:
                 data = orjson.loads(await resp.read())

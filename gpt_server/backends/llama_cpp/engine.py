@@ -28,6 +28,10 @@ from ..textgen.textstream import TextStream
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 
+# a prompt "continues" a slot's cache when it shares all of it but this many tokens: the
+# template may render the previous answer's end differently from the tokens generated
+_CONTINUE_SLACK = 4
+
 log = logging.getLogger(__name__)
 
 _backend_lock = threading.Lock()
@@ -65,6 +69,7 @@ class Sequence:
     text: TextStream | None = None
     slot: int = -1
     n_past: int = 0  # tokens of this sequence already in the KV cache
+    cached: int = 0  # prompt tokens found in the cache at admission (not prefilled)
     generated: list[int] = field(default_factory=list)
     next_token: int = -1
     pending_lp: list[TokenLogprob] = field(default_factory=list)
@@ -77,6 +82,7 @@ class _Slot:
     seq_id: int
     tokens: list[int] = field(default_factory=list)  # what the KV cache holds
     seq: Sequence | None = None
+    used: int = 0  # admission clock when a sequence last took the slot (LRU)
 
 
 class LlamaEngine(EngineThread[Sequence, None]):
@@ -111,6 +117,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
         self._pieces: dict[int, bytes] = {}
+        self._clock = 0
         self._start_thread()
 
     # ---- tokens -------------------------------------------------------------
@@ -195,7 +202,16 @@ class LlamaEngine(EngineThread[Sequence, None]):
         return any(s.seq is not None for s in self._slots)
 
     def _admit(self) -> None:
-        """Move waiting sequences into free slots, preferring the longest cached prefix."""
+        """Move waiting sequences into free slots, reusing the longest cached prefix.
+
+        The slot a sequence takes is the one whose cache it continues (a later turn of
+        the same chat), else an empty one, else the least recently used: other slots'
+        caches stay for the prompts they hold. The longest cached prefix of the prompt,
+        in whichever slot it is (running ones too), is then shared into that slot:
+        the KV cache is unified, so ``llama_memory_seq_cp`` tags the cells with one more
+        sequence instead of copying them. So a repeated prompt or a shared system prompt
+        is prefilled once, whatever slot it lands in.
+        """
         while self._waiting:
             free = [s for s in self._slots if s.seq is None]
             if not free:
@@ -204,17 +220,24 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if seq.cancelled.is_set():
                 seq.sink(SeqEvent(index=seq.index, finish_reason="abort"))
                 continue
-            best, best_len = free[0], -1
-            for slot in free:
-                n = _common_prefix(slot.tokens, seq.prompt)
-                if n > best_len:
-                    best, best_len = slot, n
-            reuse = min(best_len, len(seq.prompt) - 1)
-            llama_cpp.llama_memory_seq_rm(self.memory, best.seq_id, reuse, -1)
-            best.tokens = best.tokens[:reuse]
-            best.seq = seq
-            seq.slot = best.seq_id
-            seq.n_past = reuse
+            limit = len(seq.prompt) - 1  # the last prompt token is always decoded
+            common = {id(slot): min(_common_prefix(slot.tokens, seq.prompt), limit) for slot in self._slots}
+            target = _choose_slot(free, common)
+            src = max(self._slots, key=lambda slot: common[id(slot)])
+            reuse = common[id(target)]
+            if common[id(src)] > reuse and src is not target:
+                reuse = common[id(src)]
+                llama_cpp.llama_memory_seq_rm(self.memory, target.seq_id, -1, -1)
+                llama_cpp.llama_memory_seq_cp(self.memory, src.seq_id, target.seq_id, 0, reuse)
+                target.tokens = src.tokens[:reuse]
+            else:
+                llama_cpp.llama_memory_seq_rm(self.memory, target.seq_id, reuse, -1)
+                target.tokens = target.tokens[:reuse]
+            self._clock += 1
+            target.used = self._clock
+            target.seq = seq
+            seq.slot = target.seq_id
+            seq.n_past = seq.cached = reuse
 
     def _drop_cancelled(self) -> None:
         for slot in self._slots:
@@ -308,6 +331,19 @@ class LlamaEngine(EngineThread[Sequence, None]):
         slot.seq = None
         if s is not None:
             finish(s, reason, error)
+
+def _choose_slot(free: list[_Slot], common: dict[int, int]) -> _Slot:
+    """The free slot a new sequence takes: one whose cache it continues (the prompt covers
+    what the slot holds, bar the last token or so), else an empty one, else the least
+    recently used."""
+    cont = [s for s in free if s.tokens and common[id(s)] >= len(s.tokens) - _CONTINUE_SLACK]
+    if cont:
+        return max(cont, key=lambda s: common[id(s)])
+    empty = [s for s in free if not s.tokens]
+    if empty:
+        return empty[0]
+    return min(free, key=lambda s: s.used)
+
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
