@@ -2,17 +2,54 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..options import ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions
 from ..registry import Engine
 
-__all__ = ["LlamaCppOptions", "ENGINES"]
+__all__ = ["LlamaCppOptions", "SpeculativeOptions", "ENGINES"]
+
+
+class SpeculativeOptions(BaseModel):
+    """``speculative:`` drafts a few tokens per decoding sequence and verifies them in the same
+    batch; the output is the same as without (greedy: token for token; seeded: the same draws)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["ngram", "draft"] = Field(
+        description="ngram: prompt lookup (the next tokens after the latest earlier match of the last n tokens in "
+        "the prompt and the answer so far); draft: a second, small GGUF proposes them greedily"
+    )
+    num_draft_tokens: int = Field(5, ge=1, le=16, description="most tokens drafted per sequence and step")
+    ngram_max: int = Field(3, ge=1, le=8, description="ngram: longest suffix looked up (tried first)")
+    ngram_min: int = Field(2, ge=1, le=8, description="ngram: shortest suffix looked up")
+    draft_model: str | None = Field(
+        None, max_length=4096, description="draft: the draft GGUF (path or pkg:<package>/<path>), same vocabulary"
+    )
+    draft_n_gpu_layers: int = Field(0, ge=-1, le=100_000, description="draft: layers of the draft model on the GPU (-1 = all)")
+
+    @model_validator(mode="after")
+    def _check(self) -> SpeculativeOptions:
+        if self.ngram_min > self.ngram_max:
+            raise ValueError(f"ngram_min ({self.ngram_min}) must not exceed ngram_max ({self.ngram_max})")
+        if self.mode == "draft" and not self.draft_model:
+            raise ValueError("mode 'draft' needs draft_model (a GGUF path or pkg:<package>/<path>)")
+        if self.mode == "ngram" and self.draft_model:
+            raise ValueError("draft_model is only used with mode 'draft'")
+        return self
 
 
 class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions):
     n_batch: int | None = Field(None, ge=16, le=65536, description="most tokens per engine step (default 512)")
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1 = all)")
+    speculative: SpeculativeOptions | None = Field(
+        None,
+        description="speculative decoding (default off): {mode: ngram | draft, num_draft_tokens: 1..16 (5), "
+        "ngram_max (3), ngram_min (2), draft_model}; sequences with a grammar (structured output, enforced tools) "
+        "are not drafted",
+    )
 
 
 ENGINES = (

@@ -21,13 +21,13 @@ from ...protocol.worker import (
     GenerateRequest,
     ToolSpec,
 )
-from ...settings import ConfigError
+from ...settings import ConfigError, resolve_model_path
 from ..base import Backend, BackendSpec
 from ..devices import require_gpu, wants_gpu
 from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
-from . import LlamaCppOptions
+from . import LlamaCppOptions, SpeculativeOptions
 from .engine import EngineOptions, LlamaEngine, Sequence
 
 __all__ = ["LlamaCppBackend"]
@@ -63,16 +63,17 @@ class LlamaCppBackend(Tokenizes, Backend):
         import llama_cpp
 
         require_gpu(self.spec, bool(llama_cpp.llama_supports_gpu_offload()), "this llama-cpp-python build has no GPU offload")
-        self.engine = LlamaEngine(
-            EngineOptions(
-                model_path=self.spec.model_path,
-                n_ctx=mc.n_ctx or mc.max_model_len,
-                n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
-                n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
-                n_batch=mc.n_batch or 512,
-                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)),
-            )
-        )
+        spec = mc.speculative
+        if spec is not None and spec.draft_model is not None:
+            key = f"models.{self.spec.entry.name}.model_config.speculative.draft_model"
+            draft = resolve_model_path(spec.draft_model)
+            if not os.path.isfile(draft):
+                raise ConfigError(f"{key}: GGUF file not found: {draft}")
+            spec = spec.model_copy(update={"draft_model": draft})
+        try:
+            self.engine = self._engine(spec)
+        except ValueError as exc:  # the draft model does not fit the model
+            raise ConfigError(f"models.{self.spec.entry.name}.model_config.speculative: {exc}") from exc
         eng = self.engine
         meta = eng.metadata()
 
@@ -87,6 +88,20 @@ class LlamaCppBackend(Tokenizes, Backend):
         self.reasoning_parser_name = mc.reasoning_parser or detect_reasoning_parser(self.template.source)
         self.grammars = GrammarFactory(
             self._tokenizer_info, eng.n_vocab, cache_bytes=mc.grammar_cache_bytes, compile_timeout=mc.grammar_compile_timeout
+        )
+
+    def _engine(self, spec: SpeculativeOptions | None) -> LlamaEngine:
+        mc = self.options
+        return LlamaEngine(
+            EngineOptions(
+                model_path=self.spec.model_path,
+                n_ctx=mc.n_ctx or mc.max_model_len,
+                n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
+                n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
+                n_batch=mc.n_batch or 512,
+                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)),
+                speculative=spec,
+            )
         )
 
     def _tokenizer_info(self) -> Any:

@@ -5,6 +5,15 @@ One context holds ``n_parallel`` sequences (slots). Every step builds one
 newly admitted ones, decodes it once and samples each sequence on its own — the
 way llama.cpp's own server does. A slot keeps its KV cache after a request ends, so
 a later prompt that shares a prefix (multi-turn chat) skips that part.
+
+Speculative decoding (``EngineOptions.speculative``): a decoding sequence's next token goes
+into the batch with up to k drafted tokens after it (prompt lookup or a draft model, see
+``speculative.py``), logits at every position. ``_verify`` samples each position with the
+sequence's own sampler, in order, and keeps going while the sampled token is the draft
+that is already in the cache; the first other token is emitted and ends the run. Every
+emitted token is sampled from the same context as without drafts, so greedy output is the
+same token for token and a seeded sampler makes the same draws. Rejected positions leave
+the KV cache (``llama_memory_seq_rm``) and the slot's ``tokens``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from ..textgen.engine_thread import EngineThread
 from ..textgen.sampling import SamplerState
 from ..textgen.sequences import SeqEvent, finish, sample_step
 from ..textgen.textstream import TextStream
+from . import SpeculativeOptions
+from .speculative import DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 
@@ -54,6 +65,7 @@ class EngineOptions:
     n_threads: int | None = None
     n_batch: int = 512
     n_gpu_layers: int = 0
+    speculative: SpeculativeOptions | None = None
 
 
 @dataclass
@@ -75,6 +87,8 @@ class Sequence:
     pending_lp: list[TokenLogprob] = field(default_factory=list)
     done: bool = False
     constraint: Any = None  # chat.structured.GrammarConstraint, or None
+    speculate: bool = True  # drafts allowed (the engine's ``speculative`` option decides if any)
+    lookup: NgramIndex | None = None
 
 
 @dataclass
@@ -118,6 +132,22 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
         self._pieces: dict[int, bytes] = {}
         self._clock = 0
+        self.spec = opts.speculative
+        self.draft: DraftModel | None = None
+        if self.spec is not None and self.spec.mode == "draft":
+            assert self.spec.draft_model is not None
+            self.draft = DraftModel(
+                self.spec.draft_model, n_parallel=self.n_parallel, n_ctx_seq=self.n_ctx_seq, n_batch=self.n_batch,
+                n_threads=threads, n_gpu_layers=self.spec.draft_n_gpu_layers,
+            )
+            if self.draft.n_vocab != self.n_vocab:
+                n = self.draft.n_vocab
+                self.draft.close()
+                self.ctx.close()
+                self.model.close()
+                raise ValueError(f"the draft model's vocabulary ({n} tokens) differs from the model's ({self.n_vocab})")
+        # speculative decoding: tokens drafted, drafts accepted, decode steps that verified drafts
+        self.spec_stats = {"drafted": 0, "accepted": 0, "verify_steps": 0}
         self._start_thread()
 
     # ---- tokens -------------------------------------------------------------
@@ -184,6 +214,8 @@ class LlamaEngine(EngineThread[Sequence, None]):
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self.draft is not None:
+            self.draft.close()
         self.ctx.close()
         self.model.close()
 
@@ -221,7 +253,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 seq.sink(SeqEvent(index=seq.index, finish_reason="abort"))
                 continue
             limit = len(seq.prompt) - 1  # the last prompt token is always decoded
-            common = {id(slot): min(_common_prefix(slot.tokens, seq.prompt), limit) for slot in self._slots}
+            common = {id(slot): min(common_prefix(slot.tokens, seq.prompt), limit) for slot in self._slots}
             target = _choose_slot(free, common)
             src = max(self._slots, key=lambda slot: common[id(slot)])
             reuse = common[id(target)]
@@ -247,16 +279,19 @@ class LlamaEngine(EngineThread[Sequence, None]):
     def _decode_step(self) -> None:
         b = self._batch
         n = 0
-        plan: list[tuple[_Slot, int, bool]] = []  # (slot, tokens added, is decode)
-        outputs: list[tuple[_Slot, int]] = []
-        # 1) one token for every decoding sequence
-        for slot in self._slots:
+        prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
+        outputs: list[tuple[_Slot, int]] = []  # prompts' last positions
+        verify: list[tuple[_Slot, int, list[int]]] = []  # (slot, row of next_token, drafts after it)
+        decoding = [slot for slot in self._slots if slot.seq is not None and slot.seq.n_past >= len(slot.seq.prompt)]
+        drafts = self._drafts(decoding, self.n_batch - len(decoding)) if self.spec is not None else {}
+        # 1) one token for every decoding sequence, and its drafts
+        for slot in decoding:
             s = slot.seq
-            if s is None or s.n_past < len(s.prompt):
-                continue
-            n = self._put(b, n, s.next_token, s.n_past, slot.seq_id, True)
-            plan.append((slot, 1, True))
-            outputs.append((slot, n - 1))
+            assert s is not None
+            verify.append((slot, n, drafts.get(slot.seq_id, [])))
+            n = put_token(b, n, s.next_token, s.n_past, slot.seq_id, True)
+            for j, tok in enumerate(verify[-1][2]):
+                n = put_token(b, n, tok, s.n_past + 1 + j, slot.seq_id, True)
         # 2) prompt chunks with the remaining budget
         for slot in self._slots:
             s = slot.seq
@@ -266,10 +301,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
             for j in range(take):
                 pos = s.n_past + j
                 last = pos == len(s.prompt) - 1
-                n = self._put(b, n, s.prompt[pos], pos, slot.seq_id, last)
+                n = put_token(b, n, s.prompt[pos], pos, slot.seq_id, last)
                 if last:
                     outputs.append((slot, n - 1))
-            plan.append((slot, take, False))
+            prefill.append((slot, take))
         if n == 0:
             return
         b.n_tokens = n
@@ -283,30 +318,92 @@ class LlamaEngine(EngineThread[Sequence, None]):
                     slot.tokens = []
                     self._finish(slot, None, error=msg)
             return
-        for slot, count, is_decode in plan:
+        for slot, count in prefill:
             s = slot.seq
             assert s is not None
-            if is_decode:
-                slot.tokens.append(s.next_token)
-            else:
-                slot.tokens.extend(s.prompt[s.n_past : s.n_past + count])
+            slot.tokens.extend(s.prompt[s.n_past : s.n_past + count])
             s.n_past += count
+        for slot, row, drafted in verify:
+            self._verify(slot, row, drafted)
         for slot, i in outputs:
             s = slot.seq
             if s is None:
                 continue
-            ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, i)
-            logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
-            self._sample(slot, s, logits)
+            self._sample(slot, s, self._logits(i))
 
-    @staticmethod
-    def _put(b: Any, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
-        b.token[n] = token
-        b.pos[n] = pos
-        b.n_seq_id[n] = 1
-        b.seq_id[n][0] = seq_id
-        b.logits[n] = logits
-        return n + 1
+    def _logits(self, row: int) -> np.ndarray:
+        ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, row)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
+        """Drafts per slot for the decoding sequences that may have them, ``budget`` tokens in all.
+
+        A sequence drafts no more than it may still emit after its next token (max_tokens, its
+        context), and none while a grammar constrains it."""
+        spec = self.spec
+        assert spec is not None
+        want: list[tuple[_Slot, Sequence, int]] = []
+        for slot in decoding:
+            s = slot.seq
+            assert s is not None
+            if not s.speculate or s.constraint is not None:
+                continue
+            k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
+            if k > 0:
+                want.append((slot, s, k))
+        if self.draft is not None:
+            reqs: list[DraftRequest] = []
+            for slot, s, k in want:
+                k = min(k, budget - sum(r.k for r in reqs))
+                if k > 0:
+                    reqs.append(DraftRequest(seq_id=slot.seq_id, history=s.prompt + s.generated, k=k))
+            self.draft.propose(reqs)
+            return {r.seq_id: r.drafts[: r.k] for r in reqs if r.drafts}
+        out: dict[int, list[int]] = {}
+        for slot, s, k in want:
+            if budget <= 0:
+                break
+            if s.lookup is None:
+                s.lookup = NgramIndex(spec.ngram_min, spec.ngram_max)
+            s.lookup.sync(s.prompt, s.generated)
+            got = s.lookup.propose(min(k, budget))
+            if got:
+                out[slot.seq_id] = got
+                budget -= len(got)
+        return out
+
+    def _verify(self, slot: _Slot, row: int, drafts: list[int]) -> None:
+        """After the decode: sample the positions of ``slot``'s next token and its drafts in
+        order, keeping each draft the sampler agrees with; the first other token (or a finish)
+        ends the run. Rejected drafts leave the KV cache."""
+        s = slot.seq
+        assert s is not None
+        slot.tokens.append(s.next_token)
+        s.n_past += 1
+        reason: str | None = None
+        accepted = 0
+        for j in range(len(drafts) + 1):
+            tok, reason = sample_step(
+                s, self._logits(row + j), is_eos=self.is_eog, piece=self.piece, text_of=self._text_of,
+                context_full=s.n_past + 1 >= self.n_ctx_seq,
+            )
+            if reason is not None:
+                break
+            if j < len(drafts) and tok == drafts[j]:  # already in the cache at n_past
+                slot.tokens.append(tok)
+                s.n_past += 1
+                accepted += 1
+                continue
+            s.next_token = tok
+            break
+        if drafts:
+            self.spec_stats["drafted"] += len(drafts)
+            self.spec_stats["accepted"] += accepted
+            self.spec_stats["verify_steps"] += 1
+            if accepted < len(drafts):
+                llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, s.n_past, -1)
+        if reason is not None:
+            self._finish(slot, reason)
 
     def _sample(self, slot: _Slot, s: Sequence, logits: np.ndarray) -> None:
         tok, reason = sample_step(
@@ -344,10 +441,3 @@ def _choose_slot(free: list[_Slot], common: dict[int, int]) -> _Slot:
         return empty[0]
     return min(free, key=lambda s: s.used)
 
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
