@@ -86,6 +86,10 @@ class Backend(ABC):
     def healthy(self) -> bool:
         return True
 
+    def stats(self) -> dict[str, int]:
+        """Engine counters the worker's ``/worker/info`` shows under ``engine_stats`` (default none)."""
+        return {}
+
     def fingerprint(self) -> str:
         """The ``system_fingerprint`` of this model's responses: a hash of the model's name
         and files, the engine and the GPT Server build, so it changes when any of them does."""

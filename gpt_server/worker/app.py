@@ -128,6 +128,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "inflight": runtime.inflight,
                 "requests_total": runtime.requests_total,
                 "last_error": runtime.last_error,
+                "engine_stats": runtime.backend.stats(),
             }
         )
 

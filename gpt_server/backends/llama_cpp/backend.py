@@ -129,6 +129,12 @@ class LlamaCppBackend(Tokenizes, Backend):
     def healthy(self) -> bool:
         return self.engine is not None and self.engine.healthy()
 
+    def stats(self) -> dict[str, int]:
+        """Speculative decoding: ``spec_drafted`` tokens drafted, ``spec_accepted`` of them kept,
+        ``spec_verify_steps`` sequence-steps that verified drafts (zeros when it is off)."""
+        eng = self.engine
+        return {f"spec_{k}": v for k, v in eng.spec_stats.items()} if eng is not None else {}
+
     # ---- request preparation (runs in a thread) ------------------------------
     def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:
         eng = self.engine
