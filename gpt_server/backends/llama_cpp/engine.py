@@ -42,6 +42,8 @@ __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 # a prompt "continues" a slot's cache when it shares all of it but this many tokens: the
 # template may render the previous answer's end differently from the tokens generated
 _CONTINUE_SLACK = 4
+# most decode steps a sequence goes without drafts after its drafts were rejected
+_MAX_BACKOFF = 8
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,8 @@ class Sequence:
     constraint: Any = None  # chat.structured.GrammarConstraint, or None
     speculate: bool = True  # drafts allowed (the engine's ``speculative`` option decides if any)
     lookup: NgramIndex | None = None
+    spec_backoff: int = 0  # steps to skip drafting after a rejected run (doubles, reset by an accepted draft)
+    spec_skip: int = 0
 
 
 @dataclass
@@ -339,7 +343,8 @@ class LlamaEngine(EngineThread[Sequence, None]):
         """Drafts per slot for the decoding sequences that may have them, ``budget`` tokens in all.
 
         A sequence drafts no more than it may still emit after its next token (max_tokens, its
-        context), and none while a grammar constrains it."""
+        context), none while a grammar constrains it, and none for a few steps after a run whose
+        drafts were all rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps)."""
         spec = self.spec
         assert spec is not None
         want: list[tuple[_Slot, Sequence, int]] = []
@@ -347,6 +352,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
             s = slot.seq
             assert s is not None
             if not s.speculate or s.constraint is not None:
+                continue
+            if s.spec_skip > 0:
+                s.spec_skip -= 1
                 continue
             k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
             if k > 0:
@@ -402,6 +410,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
             self.spec_stats["verify_steps"] += 1
             if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, s.n_past, -1)
+            # drafts that keep failing (free text) cost batch rows for nothing: back off
+            s.spec_backoff = 0 if accepted else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
+            s.spec_skip = s.spec_backoff
         if reason is not None:
             self._finish(slot, reason)
 
