@@ -137,3 +137,24 @@ def test_bare_floor_server(tmp_path: Path) -> None:
         assert np.allclose(vecs, want, atol=1e-5)
     finally:
         srv.stop()
+
+
+def test_speculative_bench_smoke(tmp_path: Path) -> None:
+    """``python -m bench.speculative``: spec on vs off on one server, a few requests per side."""
+    from bench.speculative import build_parser as spec_parser
+    from bench.speculative import run as spec_run
+
+    args = spec_parser().parse_args(["--sets", "grounded", "--concurrency", "1", "--rounds", "2", "--requests", "2",
+                                     "--max-tokens", "24", "--threads", "1", "--n-parallel", "2", "--n-ctx", "1024",
+                                     "--out", str(tmp_path)])
+    t0 = time.monotonic()
+    res = spec_run(args)
+    assert time.monotonic() - t0 < 120
+    assert json.loads((tmp_path / "speculative.json").read_text()) == json.loads(json.dumps(res))
+    (row,) = res["rows"]
+    assert row["set"] == "grounded" and row["concurrency"] == 1 and row["errors"] == 0
+    assert row["spec_tok_s"] > 0 and row["plain_tok_s"] > 0 and len(row["ratio_per_round"]) == 2
+    assert row["ratio"] == pytest.approx(row["spec_tok_s"] / row["plain_tok_s"], rel=0.02)
+    # the first two grounded prompts copy their passage: drafts are accepted, answers the same
+    assert row["answers"] == 2 and row["identical_answers"] == 2
+    assert 0 < row["accepted"] <= row["drafted"] and 0 < row["acceptance"] <= 1
