@@ -43,7 +43,7 @@ __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 # template may render the previous answer's end differently from the tokens generated
 _CONTINUE_SLACK = 4
 # most decode steps a sequence goes without drafts after its drafts were rejected
-_MAX_BACKOFF = 8
+_MAX_BACKOFF = 32
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,9 @@ class Sequence:
     constraint: Any = None  # chat.structured.GrammarConstraint, or None
     speculate: bool = True  # drafts allowed (the engine's ``speculative`` option decides if any)
     lookup: NgramIndex | None = None
-    spec_backoff: int = 0  # steps to skip drafting after a rejected run (doubles, reset by an accepted draft)
+    spec_backoff: int = 0  # steps to skip drafting after a poor run (doubles, reset by a good one)
     spec_skip: int = 0
+    spec_len: int = 0  # drafts wanted next: the last run's accepted length + 1 (0: num_draft_tokens)
 
 
 @dataclass
@@ -344,7 +345,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
 
         A sequence drafts no more than it may still emit after its next token (max_tokens, its
         context), none while a grammar constrains it, and none for a few steps after a run whose
-        drafts were all rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps)."""
+        drafts were mostly rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps). After a partly accepted
+        run it drafts one more than that run kept: on a CPU every verified row costs most of a
+        decode step, so drafts that will be thrown away are what speculation loses on."""
         spec = self.spec
         assert spec is not None
         want: list[tuple[_Slot, Sequence, int]] = []
@@ -356,7 +359,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s.spec_skip > 0:
                 s.spec_skip -= 1
                 continue
-            k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
+            k = min(s.spec_len or spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
             if k > 0:
                 want.append((slot, s, k))
         if self.draft is not None:
@@ -411,8 +414,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, s.n_past, -1)
             # drafts that keep failing (free text) cost batch rows for nothing: back off
-            s.spec_backoff = 0 if accepted else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
+            good = 2 * accepted >= len(drafts)
+            s.spec_backoff = 0 if good else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
             s.spec_skip = s.spec_backoff
+            s.spec_len = 0 if accepted == len(drafts) else accepted + 1
         if reason is not None:
             self._finish(slot, reason)
 
