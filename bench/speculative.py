@@ -105,8 +105,9 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
         return sum(x["tokens"] for x in rs) / sum(x["wall"] for x in rs)
 
     per_round = [s["tokens"] / s["wall"] / (p["tokens"] / p["wall"]) for s, p in zip(got["spec"], got["plain"], strict=True)]
-    spec_ans = {k: v for x in got["spec"] for k, v in x["answers"].items()}
-    plain_ans = {k: v for x in got["plain"] for k, v in x["answers"].items()}
+    # each prompt's first answer of the point (later rounds start from other cache states)
+    spec_ans = {k: v for x in reversed(got["spec"]) for k, v in x["answers"].items()}
+    plain_ans = {k: v for x in reversed(got["plain"]) for k, v in x["answers"].items()}
     drafted = after["spec_drafted"] - before["spec_drafted"]
     accepted = after["spec_accepted"] - before["spec_accepted"]
     row = {
@@ -117,6 +118,7 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
         "ratio_min": round(min(per_round), 3), "ratio_max": round(max(per_round), 3),
         "ratio_median": round(statistics.median(per_round), 3),
         "identical_answers": sum(spec_ans.get(k) == v for k, v in plain_ans.items()), "answers": len(plain_ans),
+        "different_answers": {k: {"plain": v, "spec": spec_ans.get(k)} for k, v in plain_ans.items() if spec_ans.get(k) != v},
         "drafted": drafted, "accepted": accepted, "acceptance": round(accepted / drafted, 3) if drafted else None,
         "errors": sum(x["errors"] for side in got.values() for x in side),
         "loadavg": os.getloadavg(),
