@@ -85,6 +85,7 @@ class HFBackend(Tokenizes, Backend):
             max_active=mc.n_parallel or _DEFAULT_PARALLEL,
             n_ctx=lm.n_ctx,
             set_adapter=lm.set_adapter,
+            prefix_cache_bytes=mc.prefix_cache_mb << 20,
         )
         tok = lm.tokenizer
         self.template = ChatTemplate(
