@@ -186,5 +186,8 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, A
     }
 
 
-def usage_dict(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage_dict(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:  # OpenAI's field: prompt tokens served from the engine's cache
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out

@@ -319,7 +319,7 @@ class GenerationService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
         return FastJSONResponse(body)
 
@@ -364,7 +364,7 @@ class GenerationService:
             return [chunk(ev.index, {}, finish=ev.finish_reason)]
         if isinstance(ev, UsageEvent):
             if include_usage:
-                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
             return []
         return []
 
@@ -407,7 +407,7 @@ class GenerationService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
         return FastJSONResponse(body)
 
@@ -442,5 +442,5 @@ class GenerationService:
         if isinstance(ev, FinishEvent):
             return [{**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}]
         if isinstance(ev, UsageEvent) and include_usage:
-            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
         return []

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -318,6 +318,8 @@ class UsageEvent(_Strict):
     t: Literal["usage"] = "usage"
     prompt_tokens: int
     completion_tokens: int
+    # prompt tokens the engine found in its cache (not prefilled again); None = it does not say
+    cached_tokens: int | None = None
 
 
 class ErrorEvent(_Strict):

@@ -275,6 +275,7 @@ class HFBackend(Tokenizes, Backend):
             eng.wake,
             prompt_tokens=sum(len(t) for t in plan.prompts),
             echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
+            per_prompt=p.n,
         ):
 
             yield ev
