@@ -16,6 +16,8 @@ import base64
 import json
 import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -89,6 +91,8 @@ class TestVllmChat(ChatSuite):
                     "startup_timeout": 1200,
                     "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                     "lora": {"smol-lora": str(lora_dir(1))},  # random, non-zero B: it moves the output
+                    "runtime_lora": True,  # POST /admin/models/<name>/adapters (test_lora_adapter_at_run_time)
+                    "max_loras": 2,
                     "chat_template": THINK_OPT_IN,
                     "reasoning_parser": "deepseek_v3",  # content unless enable_thinking: the suite is unaffected
                 },
@@ -136,6 +140,66 @@ class TestVllmChat(ChatSuite):
         text = client.completions.create(model="smol-lora", prompt="The sea is", max_tokens=8, temperature=0)
         assert text.choices[0].text != client.completions.create(
             model=self.model, prompt="The sea is", max_tokens=8, temperature=0).choices[0].text
+
+    def test_lora_adapter_at_run_time(self, client: openai.OpenAI, server: Server) -> None:
+        """Admin API: load an adapter on the running vLLM (a model id with parent), chat with it,
+        unload it (404 after); bad names and paths are refused first, changing nothing."""
+        admin = httpx.Client(base_url=server.base_url, headers=server.headers(), timeout=300)
+        url, path = f"/admin/models/{self.model}/adapters", str(lora_dir(2))
+        refused = {
+            "gpt-4o-mini": (409, "model_exists"),  # an alias of a model
+            "smol-lora": (409, "model_exists"),  # an adapter of the config
+            "x" * 129: (400, None),
+        }
+        for name, (status, code) in refused.items():
+            r = admin.post(url, json={"name": name, "path": path})
+            assert r.status_code == status and (code is None or r.json()["error"]["code"] == code), r.text
+        r = admin.post(url, json={"name": "smol-rt", "path": "/nonexistent/adapter"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "adapter_path_not_found", r.text
+        assert admin.post(url, json={"name": "smol-rt", "path": "relative/dir"}).status_code == 400
+        assert admin.post("/admin/models/nope/adapters", json={"name": "smol-rt", "path": path}).status_code == 404
+        assert "smol-rt" not in {m.id for m in client.models.list()}
+
+        r = admin.post(url, json={"name": "smol-rt", "path": path})
+        assert r.status_code == 200, r.text
+        assert r.json()["adapters"] == [{"name": "smol-rt", "path": path, "replicas": 1}]
+        cards = {m["id"]: m for m in httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["data"]}
+        assert cards["smol-rt"]["parent"] == self.model
+        kw: dict[str, Any] = dict(messages=HI, max_tokens=16, temperature=0)
+        base = client.chat.completions.create(model=self.model, **kw).choices[0].message.content
+        config_lora = client.chat.completions.create(model="smol-lora", **kw).choices[0].message.content
+        tuned = client.chat.completions.create(model="smol-rt", **kw)
+        text = tuned.choices[0].message.content
+        assert tuned.model == "smol-rt" and text and text != base and text != config_lora  # its own weights ran
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="smol-rt", stream=True, **kw) if c.choices)
+        assert streamed == text
+        assert admin.post(url, json={"name": "smol-rt", "path": path}).status_code == 409  # loaded already
+
+        # the replica's worker dies: its restart (a new vLLM) registers without the adapter, the
+        # model manager loads it there again, and it answers as before
+        worker = next(w for w in server.workers() if w["model_name"] == self.model)
+        os.kill(worker["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 1500
+        while time.monotonic() < deadline:
+            ws = [w for w in server.workers() if w["model_name"] == self.model and w["healthy"] and w["pid"] != worker["pid"]]
+            if ws and "smol-rt" in ws[0]["adapters"]:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the restarted replica did not get the run-time adapter back")
+        assert client.chat.completions.create(model="smol-rt", **kw).choices[0].message.content == text
+        assert admin.get("/admin/models").json()["data"][0]["adapters"][0]["replicas"] == 1
+
+        r = admin.delete(f"{url}/smol-rt")
+        assert r.status_code == 200 and r.json()["adapters"] == [], r.text
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="smol-rt", **kw)
+        assert "smol-rt" not in {m.id for m in client.models.list()}
+        assert admin.delete(f"{url}/smol-rt").status_code == 404
+        r = admin.delete(f"{url}/smol-lora")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "adapter_in_config", r.text
+        assert client.chat.completions.create(model="smol-lora", **kw).choices[0].message.content == config_lora
 
     # ---- structured output and enforced tools ---------------------------------------
     def test_guided_regex_choice_and_grammar(self, client: openai.OpenAI) -> None:
