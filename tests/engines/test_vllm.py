@@ -215,6 +215,11 @@ class TestVllmChat(ChatSuite):
         grammar = 'root ::= ("yes" | "no") ", " [0-9] [0-9]'
         r = client.chat.completions.create(model=self.model, messages=ask, max_tokens=10, extra_body={"guided_grammar": grammar})
         assert re.fullmatch(r"(yes|no), [0-9]{2}", r.choices[0].message.content or ""), r.choices[0].message.content
+        # legacy completions carry them too (vLLM's structured_outputs on /v1/completions)
+        c = client.completions.create(model=self.model, prompt="My code is", max_tokens=20, extra_body={"guided_regex": "[0-9]{3}-[a-z]{3}"})
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{3}", c.choices[0].text), c.choices[0].text
+        c = client.completions.create(model=self.model, prompt="Pick:", max_tokens=10, extra_body={"guided_choice": colors})
+        assert c.choices[0].text in colors, c.choices[0].text
 
     def test_tool_choice_required_and_named_are_enforced(self, client: openai.OpenAI) -> None:
         ask = [{"role": "user", "content": "Hello there."}]  # nothing about weather: only enforcement calls it
