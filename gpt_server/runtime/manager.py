@@ -35,11 +35,12 @@ from .memory import estimate_bytes
 from .replica import Replica
 from .worker_calls import WorkerCaller
 
-__all__ = ["ModelManager", "ReplicaFactory", "MAX_REPLICAS"]
+__all__ = ["ModelManager", "ReplicaFactory", "MAX_REPLICAS", "MAX_RUNTIME_ADAPTERS"]
 
 log = logging.getLogger("gpt_server.launcher")
 
 MAX_REPLICAS = 64  # what one scale call may ask for
+MAX_RUNTIME_ADAPTERS = 32  # LoRA adapters loaded at run time per model (a worker registers at most 64 model ids)
 # builds (does not start) replica ``index`` of ``entry``, named ``worker_id`` in the registry;
 # ``raw`` is the entry's config data (what a worker process reads)
 ReplicaFactory = Callable[[Config, ModelEntry, dict[str, Any], int, str], Replica]
@@ -453,6 +454,11 @@ class ModelManager:
                 raise ConflictError(
                     f"'{name}' is already a model id (of model '{owner}'): choose another adapter name",
                     param="name", code="model_exists",
+                )
+            if len(m.adapters) >= MAX_RUNTIME_ADAPTERS:
+                raise BadRequestError(
+                    f"model '{m.name}' has {len(m.adapters)} adapters loaded at run time, the most there may be: unload one first",
+                    param="name", code="too_many_adapters",
                 )
             ready = [r for r in m.replicas if self.ready(r)]
             if not ready:

@@ -33,6 +33,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_MAX_NAMES = 64  # WorkerInfo.aliases' bound
+
 
 def process_memory(*, with_children: bool) -> int:
     """Resident bytes of this process, plus its child processes' (an engine server the worker
@@ -261,6 +263,8 @@ class WorkerRuntime:
                 raise BadRequestError("'path' is required to load an adapter", param="path")
             if name == self.model_name or name in self.aliases:
                 raise ConflictError(f"'{name}' is already a model id of this worker", param="name", code="adapter_exists")
+            if len(self.aliases) >= _MAX_NAMES:
+                raise BadRequestError(f"a worker serves at most {_MAX_NAMES} model ids (aliases and adapters)", param="name")
             await self.backend.load_adapter(name, path)
             self.aliases.append(name)
         else:

@@ -39,9 +39,11 @@ from tests.embed_helpers import (
 from tests.helpers import WEATHER_TOOL, Server, base_config, served
 from tests.hf_helpers import lora_dir
 from tests.relay_helpers import (
+    build_tiny_qwen3_reranker,
     build_vllm_cross_encoder,
     cache_root,
     convert_gguf_to_hf,
+    qwen3_reranker_scores,
     thinking_model_dir,
     vllm_python,
 )
@@ -273,6 +275,13 @@ def pooling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         {"rerank": {
             "model_config": {"model_name_or_path": str(ce), **common, "engine_args": ["--enforce-eager"]},
             "model_type": "rerank", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
+        # gpt_server's qwen3-reranker entry as its example writes it (tests/data/gpt_server_config.yaml)
+        {"qwen3-reranker": {
+            "model_config": {"model_name_or_path": str(build_tiny_qwen3_reranker(tmp / "q3")), **common,
+                             "task_type": "reranker", "engine_args": ["--enforce-eager"],
+                             "hf_overrides": {"architectures": ["Qwen3ForSequenceClassification"],
+                                              "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}},
+            "model_type": "embedding", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
     ]
     cfg = base_config(models=models)
     cfg["model_worker_args"]["startup_timeout"] = 1500
@@ -322,3 +331,20 @@ class TestVllmRerank(RerankSuite):
 
     def reference(self, query: str, documents: list[str]) -> list[float]:
         return cross_encoder_scores(self.model_dir, query, documents)
+
+
+def test_gpt_server_qwen3_reranker_entry_on_vllm(pooling_server: Server) -> None:
+    """gpt_server's qwen3-reranker entry (model_type embedding, task_type reranker, hf_overrides
+    making vLLM score with lm_head[yes] - lm_head[no]) serves /v1/rerank and gpt_server's rerank
+    through the embeddings call, with the scores transformers computes from the same weights."""
+    query, docs = "what is the capital of france", ["Paris is the capital of France.", "Bananas are yellow.", "Berlin."]
+    r = httpx.post(f"{pooling_server.base_url}/v1/rerank", json={"model": "qwen3-reranker", "query": query, "documents": docs},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    model_dir = Path(pooling_server.config["models"][2]["qwen3-reranker"]["model_config"]["model_name_or_path"])
+    want = qwen3_reranker_scores(model_dir, query, docs)
+    assert [got[i] for i in range(len(docs))] == pytest.approx(want, abs=2e-3), (got, want)
+    emb = openai.OpenAI(base_url=f"{pooling_server.base_url}/v1", api_key="none").embeddings.create(
+        model="qwen3-reranker", input=docs, extra_body={"query": query})
+    assert [d.embedding[0] for d in emb.data] == pytest.approx(want, abs=2e-3)
