@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
 from tests.contract.chat import NO_EOS, ChatSuite
@@ -192,6 +193,23 @@ class TestVllmChat(ChatSuite):
             pytest.fail("the restarted replica did not get the run-time adapter back")
         assert client.chat.completions.create(model="smol-rt", **kw).choices[0].message.content == text
         assert admin.get("/admin/models").json()["data"][0]["adapters"][0]["replicas"] == 1
+
+        # the vLLM process inside the worker dies: the worker restarts it and loads the adapter
+        # into it again before the replica is offered
+        worker = next(w for w in server.workers() if w["model_name"] == self.model)
+        engine = next(p for p in psutil.Process(worker["pid"]).children() if "vllm" in " ".join(p.cmdline()))
+        os.killpg(engine.pid, signal.SIGKILL)  # its own process group: API server and engine core
+        deadline = time.monotonic() + 1500
+        down = False
+        while time.monotonic() < deadline:
+            ok = httpx.get(f"{worker['address']}/worker/health", headers=server.internal_headers(), timeout=10).status_code == 200
+            down = down or not ok
+            if down and ok:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the worker's engine did not come back")
+        assert client.chat.completions.create(model="smol-rt", **kw).choices[0].message.content == text
 
         r = admin.delete(f"{url}/smol-rt")
         assert r.status_code == 200 and r.json()["adapters"] == [], r.text
