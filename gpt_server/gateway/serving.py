@@ -378,9 +378,9 @@ class GenerationService:
         req.model = await self.workers.resolve(req.model, COMPLETION)
         rid = new_id(id_prefix)
         if body_bytes > _CONVERT_OFF_LOOP_BYTES:
-            gen = await asyncio.to_thread(completion_to_generate, req, rid)
+            gen = await asyncio.to_thread(completion_to_generate, req, rid, self.grammar_limits)
         else:
-            gen = completion_to_generate(req, rid)
+            gen = completion_to_generate(req, rid, self.grammar_limits)
         stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
