@@ -20,7 +20,7 @@ from tests.hf_helpers import CACHE_ROOT
 
 ONNX_CACHE = CACHE_ROOT / "onnx"
 INT8 = "embed-int8"
-# one or two words: activations quantised per tensor cost these most (cosine ~0.97, see docs/embeddings.md)
+# one or two words: activations quantised per tensor cost these most (cosine ~0.98, see docs/embeddings.md)
 ONE_WORD_TEXTS = ["ok", "hello", "Paris", "thanks a lot"]
 # a fixed set of sentences: short and long, paraphrases, numbers, code, non-English
 QUALITY_TEXTS = [
@@ -76,7 +76,7 @@ class TestOnnxEmbed(EmbedSuite):
         short = vectors(client.embeddings.create(model=INT8, input=ONE_WORD_TEXTS))
         ref = minilm_vectors(ONE_WORD_TEXTS)
         cos_short = (short * ref).sum(axis=1) / (np.linalg.norm(short, axis=1) * np.linalg.norm(ref, axis=1))
-        assert cos_short.min() >= 0.95, cos_short  # the known weak spot, pinned so it cannot get worse unseen
+        assert cos_short.min() >= 0.97, cos_short  # the weak spot (0.962 before smoothing), pinned
 
 
 def test_quantize_takes_int8_only() -> None:

@@ -134,7 +134,7 @@ class OnnxEmbedBackend(BatchedTextTaskBackend):
         else:
             onnx_file = find_onnx(model_dir) or export_encoder(model_dir, cache)
         if mc.quantize == "int8":
-            onnx_file = quantize_int8(onnx_file, cache)
+            onnx_file = quantize_int8(onnx_file, cache, model_dir)
         engine = OnnxEngine(model_dir, onnx_file, mc.n_threads or self.spec.n_threads, mc.max_seq_length,
                             mc.normalize_embeddings)
         self.dimension = engine.dimension
