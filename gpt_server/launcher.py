@@ -26,6 +26,7 @@ from .runtime.manager import ModelManager, ReplicaFactory
 from .runtime.memory import default_budget
 from .runtime.ondemand import OnDemandController
 from .runtime.replica import InProcessReplica, ProcessReplica, Replica
+from .runtime.worker_calls import WorkerCaller
 from .transport.inproc import SCHEME, InProcessTransport
 from .web.internal import (
     SECRET_ENV,
@@ -187,7 +188,8 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
         factory = RayReplicas(data, controller_address, secret, cluster)
     budget = sa.memory_budget if sa.memory_budget is not None else default_budget()
     manager = ModelManager(
-        cfg, data, registry, factory, config_path=config_path, memory_budget=budget, drain_timeout=sa.shutdown_timeout
+        cfg, data, registry, factory, config_path=config_path, memory_budget=budget, drain_timeout=sa.shutdown_timeout,
+        worker_calls=WorkerCaller(secret, local=transport, verify=tls.client_context),
     )
     cserver = make_server(build_controller_app(registry, secret=secret), csock, tls=tls)
     controller = OnDemandController(LocalController(registry), manager)

@@ -218,6 +218,41 @@ def build_vllm_cross_encoder(out: Path, seed: int = 0) -> Path:
     return out
 
 
+def build_tiny_qwen3_reranker(out: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen3 causal LM with SmolLM2's tokenizer, shaped like Qwen3-Reranker: vLLM
+    (hf_overrides ``is_original_qwen3_reranker``) scores with lm_head["yes"] - lm_head["no"]."""
+    import torch
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(convert_gguf_to_hf(cache_root() / "smollm2-hf"))
+    torch.manual_seed(seed)
+    cfg = Qwen3Config(
+        vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, head_dim=64, max_position_embeddings=512, tie_word_embeddings=False,
+        initializer_range=0.2,
+    )
+    Qwen3ForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def qwen3_reranker_scores(model_dir: Path, query: str, documents: list[str]) -> list[float]:
+    """P("yes") of the last token of query + document (softmax over "no"/"yes"), in process."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    no, yes = tok.convert_tokens_to_ids(["no", "yes"])
+    out = []
+    with torch.no_grad():
+        for d in documents:
+            ids = tok(query, d)["input_ids"]
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            out.append(float(torch.sigmoid(logits[yes] - logits[no])))
+    return out
+
+
 if __name__ == "__main__":  # build the caches ahead of a test run
     print(build_vllm_venv())
     print(convert_gguf_to_hf(cache_root() / "smollm2-hf"))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # the entry's type only: engines depend on settings, not on t
 from ..protocol.kinds import Capability
 from ..protocol.worker import Event, GenerateRequest
 
-__all__ = ["Backend", "BackendSpec", "BinaryResult", "InvokeResult", "payload_as"]
+__all__ = ["Backend", "BackendSpec", "BinaryResult", "InvokeResult", "payload_as", "runtime_lora_unsupported"]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -110,7 +110,27 @@ class Backend(ABC):
 
         raise BadRequestError(f"this model does not support {capability}", param="model")
 
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Serve LoRA adapter ``path`` (on this host) as model ``name`` from now on. Engines
+        that cannot change adapters while they run answer 400, naming the engine."""
+        raise runtime_lora_unsupported(self.spec.entry.work_mode or "")
+
+    async def unload_adapter(self, name: str) -> None:
+        """Stop serving the adapter ``name`` loaded with ``load_adapter``."""
+        raise runtime_lora_unsupported(self.spec.entry.work_mode or "")
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Event]:
         """Chat/completion: yield deltas, finishes, then one usage event."""
         raise NotImplementedError
         yield  # pragma: no cover
+
+
+def runtime_lora_unsupported(engine: str) -> Exception:
+    """The 400 of an engine that cannot load LoRA adapters while it runs."""
+    from ..errors import BadRequestError
+
+    return BadRequestError(
+        f"engine '{engine}' does not load LoRA adapters at run time (work_mode vllm with "
+        "model_config.runtime_lora: true does); declare adapters in model_config.lora instead",
+        param="model", code="runtime_lora_unsupported",
+    )

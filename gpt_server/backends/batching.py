@@ -9,7 +9,9 @@ Waiting policy: a lone request on an idle engine runs at once (no added latency 
 concurrency 1). Once traffic is concurrent (the last batch held several requests, or
 requests were queued behind it), a new batch waits up to ``max_wait_ms`` for more
 requests before it starts, unless it is already full. Requests that arrive while a
-batch runs simply queue for the next one.
+batch runs simply queue for the next one. Traffic stops counting as concurrent once the
+engine has sat idle for ``IDLE_RESET_WINDOWS`` windows (at least ``IDLE_RESET_MIN_S``): the
+first request after a burst does not wait for company that is not coming.
 
 Failure isolation: ``run_batch`` may return an exception instance in place of an
 item's output (a bad input found while preparing it): only the request holding that
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 
 I = TypeVar("I")  # noqa: E741 - item type
 O = TypeVar("O")  # noqa: E741 - output type
+
+
+IDLE_RESET_WINDOWS = 10
+IDLE_RESET_MIN_S = 0.02
 
 
 class BatcherClosedError(RuntimeError):
@@ -76,6 +82,8 @@ class DynamicBatcher(Generic[I, O]):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=name)
         self._task: asyncio.Task[None] | None = None
         self._concurrent = False
+        self._idle_reset = max(IDLE_RESET_WINDOWS * self.max_wait, IDLE_RESET_MIN_S)
+        self._last_done = 0.0  # loop time the last batch finished
         self._closed = False
 
     # ---- public -----------------------------------------------------------------
@@ -134,6 +142,8 @@ class DynamicBatcher(Generic[I, O]):
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            if self._concurrent and asyncio.get_running_loop().time() - self._last_done > self._idle_reset:
+                self._concurrent = False  # idle since the last burst: this request is alone
             if self._concurrent:
                 await self._gather_window()
             batch = self._take()
@@ -143,6 +153,7 @@ class DynamicBatcher(Generic[I, O]):
             self._concurrent = len(batch) > 1 or had_backlog
             try:
                 await self._run(batch)
+                self._last_done = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 for job in batch:
                     if not job.future.done():

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -41,6 +42,9 @@ class ProcessOptions:
     max_backoff: float = 30.0
     log_lines: int = 200
     secrets: list[str] = field(default_factory=list)  # masked in our logs
+    # called (in the supervisor thread) when a restarted engine is healthy, before it is offered
+    # again: state the worker gave the old one (LoRA adapters loaded at run time) is given back
+    after_restart: Callable[[], None] | None = None
 
 
 class EngineProcess:
@@ -118,6 +122,11 @@ class EngineProcess:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self.opts.max_backoff)
                 continue
+            if self._first.is_set() and self.opts.after_restart is not None:
+                try:
+                    self.opts.after_restart()
+                except Exception:
+                    log.exception("%s: restoring its state after the restart failed", self.opts.name)
             self.state = "ready"
             backoff = 1.0
             log.info("%s is ready (pid %s)", self.opts.name, self.pid)

@@ -130,7 +130,13 @@ class Registry:
             )
         now = self.clock()
         names = frozenset([info.model_name, *info.aliases])
-        self.workers[info.worker_id] = WorkerRecord(info=info, last_seen=now, names=names)
+        rec = self.workers.get(info.worker_id)
+        if rec is not None and rec.info.pid == info.pid and rec.info.address == info.address:
+            # the same worker registering what changed (a LoRA adapter loaded at run time): its
+            # live counts and draining state stay
+            rec.info, rec.names, rec.last_seen = info, names, now
+        else:
+            self.workers[info.worker_id] = WorkerRecord(info=info, last_seen=now, names=names)
         for n in names:
             self.created.setdefault(n, int(time.time()))
         log.info("worker %s registered: %s at %s", info.worker_id, info.model_name, info.address)

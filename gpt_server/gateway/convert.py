@@ -73,7 +73,7 @@ def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     return ToolSpec(tools=tools, choice="required" if tc == "required" else "auto", parallel=parallel)
 
 
-def _structured(req: ChatCompletionRequest, limits: GrammarLimits) -> StructuredSpec | None:
+def _structured(req: ChatCompletionRequest | CompletionRequest, limits: GrammarLimits) -> StructuredSpec | None:
     spec = _structured_spec(req)
     if spec is not None:
         given = [k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, k) is not None]
@@ -81,7 +81,7 @@ def _structured(req: ChatCompletionRequest, limits: GrammarLimits) -> Structured
     return spec
 
 
-def _structured_spec(req: ChatCompletionRequest) -> StructuredSpec | None:
+def _structured_spec(req: ChatCompletionRequest | CompletionRequest) -> StructuredSpec | None:
     given = [
         k for k in ("guided_json", "guided_regex", "guided_choice", "guided_grammar") if getattr(req, k) is not None
     ]
@@ -135,7 +135,7 @@ def chat_to_generate(req: ChatCompletionRequest, request_id: str, limits: Gramma
     )
 
 
-def completion_to_generate(req: CompletionRequest, request_id: str) -> GenerateRequest:
+def completion_to_generate(req: CompletionRequest, request_id: str, limits: GrammarLimits = GrammarLimits()) -> GenerateRequest:
     if req.suffix:
         raise BadRequestError("suffix is not supported by this model", param="suffix", code="unsupported_parameter")
     if req.best_of is not None and req.best_of != req.n:
@@ -150,11 +150,14 @@ def completion_to_generate(req: CompletionRequest, request_id: str) -> GenerateR
         prompts = list(p)  # type: ignore[arg-type]
     if len(prompts) * req.n > LIMITS.max_choices_per_request:
         raise BadRequestError(f"too many choices: prompts × n must be at most {LIMITS.max_choices_per_request}", param="n")
+    structured = _structured(req, limits)  # each prompt's completion is constrained, as on chat
     params = _sampling(req, req.max_tokens)
     params.echo = req.echo
     params.logprobs = req.logprobs is not None
     params.top_logprobs = req.logprobs or 0
-    return GenerateRequest(request_id=request_id, model=req.model, kind="completion", prompts=prompts, params=params)
+    return GenerateRequest(
+        request_id=request_id, model=req.model, kind="completion", prompts=prompts, params=params, structured=structured
+    )
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
@@ -186,5 +189,8 @@ def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, A
     }
 
 
-def usage_dict(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def usage_dict(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cached is not None:  # OpenAI's field: prompt tokens served from the engine's cache
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out

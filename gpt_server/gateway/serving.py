@@ -319,7 +319,7 @@ class GenerationService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
         return FastJSONResponse(body)
 
@@ -364,7 +364,7 @@ class GenerationService:
             return [chunk(ev.index, {}, finish=ev.finish_reason)]
         if isinstance(ev, UsageEvent):
             if include_usage:
-                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
             return []
         return []
 
@@ -378,9 +378,9 @@ class GenerationService:
         req.model = await self.workers.resolve(req.model, COMPLETION)
         rid = new_id(id_prefix)
         if body_bytes > _CONVERT_OFF_LOOP_BYTES:
-            gen = await asyncio.to_thread(completion_to_generate, req, rid)
+            gen = await asyncio.to_thread(completion_to_generate, req, rid, self.grammar_limits)
         else:
-            gen = completion_to_generate(req, rid)
+            gen = completion_to_generate(req, rid, self.grammar_limits)
         stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
@@ -407,7 +407,7 @@ class GenerationService:
                 }
                 for i, c in enumerate(choices)
             ],
-            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens),
+            "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
         return FastJSONResponse(body)
 
@@ -442,5 +442,5 @@ class GenerationService:
         if isinstance(ev, FinishEvent):
             return [{**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}]
         if isinstance(ev, UsageEvent) and include_usage:
-            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens)}]
+            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
         return []

@@ -228,7 +228,18 @@ class _SamplingFields(OpenAIBaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
-class ChatCompletionRequest(_SamplingFields):
+class _StructuredFields(OpenAIBaseModel):
+    """Constrained output, for chat and legacy completions alike."""
+
+    response_format: ResponseFormat | None = None
+    # extensions (vLLM names)
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
+    guided_choice: list[Annotated[str, Field(max_length=1024)]] | None = Field(default=None, max_length=LIMITS.max_choices)
+    guided_grammar: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
+
+
+class ChatCompletionRequest(_SamplingFields, _StructuredFields):
     messages: list[ChatMessage] = Field(min_length=1, max_length=LIMITS.max_messages)
     max_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_tokens)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=LIMITS.max_tokens)
@@ -237,12 +248,6 @@ class ChatCompletionRequest(_SamplingFields):
     tools: list[Tool] | None = Field(default=None, max_length=LIMITS.max_tools)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
-    response_format: ResponseFormat | None = None
-    # extensions (vLLM names)
-    guided_json: dict[str, Any] | None = None
-    guided_regex: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
-    guided_choice: list[Annotated[str, Field(max_length=1024)]] | None = Field(default=None, max_length=LIMITS.max_choices)
-    guided_grammar: str | None = Field(default=None, max_length=LIMITS.max_grammar_chars)
     chat_template_kwargs: dict[str, Any] | None = None
     enable_thinking: bool | None = None
 
@@ -273,7 +278,7 @@ class ChatCompletionRequest(_SamplingFields):
         return self
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(_SamplingFields, _StructuredFields):
     prompt: (
         Annotated[str, Field(max_length=LIMITS.max_text_chars)]
         | list[Annotated[str, Field(max_length=LIMITS.max_text_chars)]]

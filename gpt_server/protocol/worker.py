@@ -37,6 +37,9 @@ __all__ = [
     "DispatchRequest",
     "DispatchReply",
     "ModelEntryInfo",
+    "AdapterChange",
+    "ADAPTER_NAME_PATTERN",
+    "MAX_ADAPTER_PATH",
     "InvokeRequest",
     "invoke_body",
     "SamplingParams",
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -182,6 +185,20 @@ class ModelEntryInfo(_Strict):
     context_length: int | None = None
     capabilities: list[str] = []
     parent: str | None = None  # the base model of a LoRA adapter
+
+
+# a LoRA adapter's name is a model id: letters, digits and . _ : / @ + - (1-128 characters)
+ADAPTER_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$"
+MAX_ADAPTER_PATH = 4096
+
+
+class AdapterChange(_Strict):
+    """``POST /worker/adapters``: load (``path`` given) or unload a LoRA adapter at run time.
+    The worker answers with the adapters it serves then, and registers again with them."""
+
+    op: Literal["load", "unload"]
+    name: str = Field(pattern=ADAPTER_NAME_PATTERN, max_length=128)
+    path: str | None = Field(None, min_length=1, max_length=MAX_ADAPTER_PATH, description="on the worker's host")
 
 
 class InvokeRequest(_Strict):
@@ -318,6 +335,8 @@ class UsageEvent(_Strict):
     t: Literal["usage"] = "usage"
     prompt_tokens: int
     completion_tokens: int
+    # prompt tokens the engine found in its cache (not prefilled again); None = it does not say
+    cached_tokens: int | None = None
 
 
 class ErrorEvent(_Strict):

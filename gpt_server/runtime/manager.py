@@ -24,6 +24,7 @@ from ..controller.registry import Registry
 from ..errors import (
     BadRequestError,
     ConflictError,
+    GatewayError,
     NotFoundError,
     ServiceUnavailableError,
     TimeoutError_,
@@ -32,12 +33,14 @@ from ..sizes import format_bytes
 from ..worker.main import backend_available
 from .memory import estimate_bytes
 from .replica import Replica
+from .worker_calls import WorkerCaller
 
-__all__ = ["ModelManager", "ReplicaFactory", "MAX_REPLICAS"]
+__all__ = ["ModelManager", "ReplicaFactory", "MAX_REPLICAS", "MAX_RUNTIME_ADAPTERS"]
 
 log = logging.getLogger("gpt_server.launcher")
 
 MAX_REPLICAS = 64  # what one scale call may ask for
+MAX_RUNTIME_ADAPTERS = 32  # LoRA adapters loaded at run time per model (a worker registers at most 64 model ids)
 # builds (does not start) replica ``index`` of ``entry``, named ``worker_id`` in the registry;
 # ``raw`` is the entry's config data (what a worker process reads)
 ReplicaFactory = Callable[[Config, ModelEntry, dict[str, Any], int, str], Replica]
@@ -53,10 +56,17 @@ class Managed:
     wanted: bool = False  # loaded (eager, or on_demand after a request); False = unloaded
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # LoRA adapters loaded at run time (name → path on the workers' hosts): every replica gets them
+    adapters: dict[str, str] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.entry.name
+
+    def config_adapters(self) -> set[str]:
+        """The adapters its config declares (``lora``, ``lora_adapters``): not ours to change."""
+        mc = self.entry.model_config_
+        return set(getattr(mc, "lora", None) or {}) | set(getattr(mc, "lora_adapters", None) or [])
 
 
 class ModelManager:
@@ -72,6 +82,7 @@ class ModelManager:
         config_path: str | None = None,
         memory_budget: int = 0,
         drain_timeout: float = 30.0,
+        worker_calls: WorkerCaller | None = None,
     ) -> None:
         self.cfg = cfg
         self.data = copy.deepcopy(data)
@@ -85,6 +96,8 @@ class ModelManager:
         self._ops = asyncio.Lock()  # one config-changing operation (add / reload) at a time
         self._idle: asyncio.Task[None] | None = None
         self._closing = False
+        self.worker_calls = worker_calls
+        self._adapter_tries: dict[tuple[str, str], float] = {}  # (worker_id, adapter) → next attempt
 
     # ---- start / stop -----------------------------------------------------------------
     async def start(self) -> list[Replica]:
@@ -138,6 +151,10 @@ class ModelManager:
             "load": m.entry.load, "keep_alive": m.entry.keep_alive, "state": state, "replicas": reps,
             "configured_replicas": len(m.entry.workers), "memory_estimate_bytes": m.estimate,
             "idle_seconds": round(time.monotonic() - m.last_used, 1),
+            "adapters": [
+                {"name": a, "path": p, "replicas": sum(a in self._served_adapters(r) for r in m.replicas)}
+                for a, p in m.adapters.items()
+            ],
         }
 
     def listing(self) -> dict[str, Any]:
@@ -410,6 +427,116 @@ class ModelManager:
             elif len(old) > len(entry.workers):
                 await self._retire(m, old[len(entry.workers):])
 
+    # ---- LoRA adapters at run time -----------------------------------------------------
+    def _served_adapters(self, r: Replica) -> set[str]:
+        rec = self.registry.workers.get(r.worker_id)
+        return set(rec.info.adapters) if rec is not None else set()
+
+    def _taken(self, name: str) -> str | None:
+        """What already answers to ``name`` (a model, an alias, another adapter), if anything."""
+        for o in self.models.values():
+            if name in o.entry.names or name in o.config_adapters() or name in o.adapters:
+                return o.name
+        if self.registry.knows(name):
+            return next(r.info.model_name for r in self.registry.workers.values() if name in r.names)
+        return None
+
+    async def load_adapter(self, model: str, name: str, path: str) -> dict[str, Any]:
+        """Load LoRA adapter ``path`` on every ready replica of ``model``; it is then the model
+        id ``name`` (parent: ``model``). All or nothing: a replica that refuses (the engine cannot,
+        the path is not there) undoes it on the others. Replicas started later, or restarted,
+        get it from ``_sync_adapters``."""
+        m = self._get(model)
+        async with m.lock:
+            self._check_current(m)
+            owner = self._taken(name)
+            if owner is not None:
+                raise ConflictError(
+                    f"'{name}' is already a model id (of model '{owner}'): choose another adapter name",
+                    param="name", code="model_exists",
+                )
+            if len(m.adapters) >= MAX_RUNTIME_ADAPTERS:
+                raise BadRequestError(
+                    f"model '{m.name}' has {len(m.adapters)} adapters loaded at run time, the most there may be: unload one first",
+                    param="name", code="too_many_adapters",
+                )
+            ready = [r for r in m.replicas if self.ready(r)]
+            if not ready:
+                raise ConflictError(f"model '{m.name}' has no ready replica: load it first", param="model", code="model_not_loaded")
+            done: list[Replica] = []
+            try:
+                for r in ready:  # one after the other: the first refusal stops it early
+                    await self._change(r, "load", name, path)
+                    done.append(r)
+            except BaseException:
+                for r in done:
+                    with contextlib.suppress(Exception):
+                        await self._change(r, "unload", name, None)
+                raise
+            m.adapters[name] = path
+        log.info("LoRA adapter %s (%s) loaded on %d replica(s) of %s", name, path, len(ready), m.name)
+        return self.describe(m)
+
+    async def unload_adapter(self, model: str, name: str) -> dict[str, Any]:
+        m = self._get(model)
+        async with m.lock:
+            self._check_current(m)
+            if name not in m.adapters:
+                if name in m.config_adapters():
+                    raise BadRequestError(
+                        f"adapter '{name}' is declared in the config of model '{m.name}': remove it there and reload",
+                        param="name", code="adapter_in_config",
+                    )
+                raise NotFoundError(f"model '{m.name}' has no adapter '{name}' loaded at run time", param="name", code="adapter_not_found")
+            del m.adapters[name]  # replicas that miss the unload now are unloaded by _sync_adapters
+            for r in m.replicas:
+                if name in self._served_adapters(r):
+                    try:
+                        await self._change(r, "unload", name, None)
+                    except GatewayError as exc:
+                        log.warning("unloading adapter %s from %s failed (%s); will try again", name, r.label, exc)
+        log.info("LoRA adapter %s unloaded from %s", name, m.name)
+        return self.describe(m)
+
+    async def _change(self, r: Replica, op: str, name: str, path: str | None) -> None:
+        rec = self.registry.workers.get(r.worker_id)
+        if self.worker_calls is None or rec is None:
+            raise ServiceUnavailableError(f"{r.label} cannot be reached", code="replica_unreachable")
+        body: dict[str, Any] = {"op": op, "name": name}
+        if path is not None:
+            body["path"] = path
+        await self.worker_calls.post(rec.info.address, "/worker/adapters", body)
+
+    async def _sync_adapters(self) -> None:
+        """Each ready replica serves exactly its model's run-time adapters: a replica that
+        registered without one (started later, or restarted) gets it, one that still has an
+        unloaded one loses it. Failures are logged and tried again after a while."""
+        now = time.monotonic()
+        for m in list(self.models.values()):
+            if m.lock.locked():
+                continue
+            keep = m.config_adapters()
+            for r in list(m.replicas):
+                if not self.ready(r):
+                    continue
+                have = self._served_adapters(r) - keep
+                todo: list[tuple[str, str, str | None]] = [("load", a, p) for a, p in m.adapters.items() if a not in have]
+                todo += [("unload", a, None) for a in have if a not in m.adapters]
+                for op, a, p in todo:
+                    key = (r.worker_id, a)
+                    if self._adapter_tries.get(key, 0.0) > now:
+                        continue
+                    try:
+                        async with m.lock:
+                            await self._change(r, op, a, p)
+                        self._adapter_tries.pop(key, None)
+                        log.info("LoRA adapter %s: %s on %s (out of step with its model)", a, op, r.label)
+                    except GatewayError as exc:
+                        self._adapter_tries[key] = now + 10.0
+                        log.warning("LoRA adapter %s: %s on %s failed (%s); trying again in 10s", a, op, r.label, exc)
+        if len(self._adapter_tries) > 10_000:
+            self._adapter_tries.clear()
+
     # ---- on demand --------------------------------------------------------------------
     def touch(self, model: str) -> None:
         m = self.models.get(model)
@@ -436,6 +563,10 @@ class ModelManager:
     async def _idle_loop(self) -> None:
         while not self._closing:
             await asyncio.sleep(0.5)
+            try:
+                await self._sync_adapters()
+            except Exception:
+                log.exception("syncing LoRA adapters failed")
             now = time.monotonic()
             for m in list(self.models.values()):
                 if m.entry.load != "on_demand" or m.entry.keep_alive < 0 or not m.replicas or m.lock.locked():

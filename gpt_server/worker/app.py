@@ -26,6 +26,7 @@ from ..errors import AuthenticationError, BadRequestError, GatewayError, Interna
 from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
+    AdapterChange,
     Event,
     GenerateRequest,
     InvokeRequest,
@@ -180,8 +181,14 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
         await release()
         return FastJSONResponse(result)
 
+    async def adapters(request: Request) -> Response:
+        change = await _parse(request, AdapterChange)
+        served = await runtime.change_adapter(change.op, change.name, change.path)
+        return FastJSONResponse({"adapters": served})
+
     app = Starlette(
         routes=[
+            Route("/worker/adapters", adapters, methods=["POST"]),
             Route("/worker/health", health, methods=["GET"]),
             Route("/worker/info", info, methods=["GET"]),
             Route("/worker/generate", generate, methods=["POST"]),

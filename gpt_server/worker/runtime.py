@@ -20,7 +20,7 @@ import httpx
 import psutil
 
 from ..backends.base import Backend
-from ..errors import RateLimitError, ServiceUnavailableError
+from ..errors import BadRequestError, ConflictError, RateLimitError, ServiceUnavailableError
 from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerInfo
 from ..settings import ConfigError
 
@@ -32,6 +32,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_MAX_NAMES = 64  # WorkerInfo.aliases' bound
 
 
 def process_memory(*, with_children: bool) -> int:
@@ -251,6 +253,31 @@ class WorkerRuntime:
 
     def ready(self) -> bool:
         return self.state == "ready" and self.backend.healthy()
+
+    # ---- LoRA adapters at run time ------------------------------------------------------
+    async def change_adapter(self, op: str, name: str, path: str | None) -> list[str]:
+        """Load (``path``) or unload an adapter on the engine, then register again so the
+        controller routes ``name`` here (or no longer does); the adapters served now."""
+        if op == "load":
+            if path is None:
+                raise BadRequestError("'path' is required to load an adapter", param="path")
+            if name == self.model_name or name in self.aliases:
+                raise ConflictError(f"'{name}' is already a model id of this worker", param="name", code="adapter_exists")
+            if len(self.aliases) >= _MAX_NAMES:
+                raise BadRequestError(f"a worker serves at most {_MAX_NAMES} model ids (aliases and adapters)", param="name")
+            await self.backend.load_adapter(name, path)
+            self.aliases.append(name)
+        else:
+            await self.backend.unload_adapter(name)
+            if name in self.aliases:
+                self.aliases.remove(name)
+        if self._link is not None and self._registered:
+            try:
+                await self._register()
+            except ControllerUnreachable as exc:  # the heartbeat loop registers again
+                log.warning("registering the adapter change failed (%s); will register again", exc)
+                self._registered = False
+        return list(self.info().adapters)
 
     # ---- admission ----------------------------------------------------------------
     def admit(self) -> None:

@@ -16,6 +16,8 @@ import base64
 import json
 import os
 import re
+import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +26,7 @@ from typing import Any, ClassVar
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 
 from tests.contract.chat import NO_EOS, ChatSuite
@@ -37,9 +40,11 @@ from tests.embed_helpers import (
 from tests.helpers import WEATHER_TOOL, Server, base_config, served
 from tests.hf_helpers import lora_dir
 from tests.relay_helpers import (
+    build_tiny_qwen3_reranker,
     build_vllm_cross_encoder,
     cache_root,
     convert_gguf_to_hf,
+    qwen3_reranker_scores,
     thinking_model_dir,
     vllm_python,
 )
@@ -89,6 +94,8 @@ class TestVllmChat(ChatSuite):
                     "startup_timeout": 1200,
                     "engine_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
                     "lora": {"smol-lora": str(lora_dir(1))},  # random, non-zero B: it moves the output
+                    "runtime_lora": True,  # POST /admin/models/<name>/adapters (test_lora_adapter_at_run_time)
+                    "max_loras": 2,
                     "chat_template": THINK_OPT_IN,
                     "reasoning_parser": "deepseek_v3",  # content unless enable_thinking: the suite is unaffected
                 },
@@ -137,6 +144,83 @@ class TestVllmChat(ChatSuite):
         assert text.choices[0].text != client.completions.create(
             model=self.model, prompt="The sea is", max_tokens=8, temperature=0).choices[0].text
 
+    def test_lora_adapter_at_run_time(self, client: openai.OpenAI, server: Server) -> None:
+        """Admin API: load an adapter on the running vLLM (a model id with parent), chat with it,
+        unload it (404 after); bad names and paths are refused first, changing nothing."""
+        admin = httpx.Client(base_url=server.base_url, headers=server.headers(), timeout=300)
+        url, path = f"/admin/models/{self.model}/adapters", str(lora_dir(2))
+        refused = {
+            "gpt-4o-mini": (409, "model_exists"),  # an alias of a model
+            "smol-lora": (409, "model_exists"),  # an adapter of the config
+            "x" * 129: (400, None),
+        }
+        for name, (status, code) in refused.items():
+            r = admin.post(url, json={"name": name, "path": path})
+            assert r.status_code == status and (code is None or r.json()["error"]["code"] == code), r.text
+        r = admin.post(url, json={"name": "smol-rt", "path": "/nonexistent/adapter"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "adapter_path_not_found", r.text
+        assert admin.post(url, json={"name": "smol-rt", "path": "relative/dir"}).status_code == 400
+        assert admin.post("/admin/models/nope/adapters", json={"name": "smol-rt", "path": path}).status_code == 404
+        assert "smol-rt" not in {m.id for m in client.models.list()}
+
+        r = admin.post(url, json={"name": "smol-rt", "path": path})
+        assert r.status_code == 200, r.text
+        assert r.json()["adapters"] == [{"name": "smol-rt", "path": path, "replicas": 1}]
+        cards = {m["id"]: m for m in httpx.get(f"{server.base_url}/v1/models", timeout=30).json()["data"]}
+        assert cards["smol-rt"]["parent"] == self.model
+        kw: dict[str, Any] = dict(messages=HI, max_tokens=16, temperature=0)
+        base = client.chat.completions.create(model=self.model, **kw).choices[0].message.content
+        config_lora = client.chat.completions.create(model="smol-lora", **kw).choices[0].message.content
+        tuned = client.chat.completions.create(model="smol-rt", **kw)
+        text = tuned.choices[0].message.content
+        assert tuned.model == "smol-rt" and text and text != base and text != config_lora  # its own weights ran
+        streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="smol-rt", stream=True, **kw) if c.choices)
+        assert streamed == text
+        assert admin.post(url, json={"name": "smol-rt", "path": path}).status_code == 409  # loaded already
+
+        # the replica's worker dies: its restart (a new vLLM) registers without the adapter, the
+        # model manager loads it there again, and it answers as before
+        worker = next(w for w in server.workers() if w["model_name"] == self.model)
+        os.kill(worker["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 1500
+        while time.monotonic() < deadline:
+            ws = [w for w in server.workers() if w["model_name"] == self.model and w["healthy"] and w["pid"] != worker["pid"]]
+            if ws and "smol-rt" in ws[0]["adapters"]:
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the restarted replica did not get the run-time adapter back")
+        assert client.chat.completions.create(model="smol-rt", **kw).choices[0].message.content == text
+        assert admin.get("/admin/models").json()["data"][0]["adapters"][0]["replicas"] == 1
+
+        # the vLLM process inside the worker dies: the worker restarts it and loads the adapter
+        # into it again before the replica is offered
+        worker = next(w for w in server.workers() if w["model_name"] == self.model)
+        engine = next(p for p in psutil.Process(worker["pid"]).children() if "vllm" in " ".join(p.cmdline()))
+        os.killpg(engine.pid, signal.SIGKILL)  # its own process group: API server and engine core
+        deadline = time.monotonic() + 1500
+        down = False
+        while time.monotonic() < deadline:
+            ok = httpx.get(f"{worker['address']}/worker/health", headers=server.internal_headers(), timeout=10).status_code == 200
+            down = down or not ok
+            if down and ok:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("the worker's engine did not come back")
+        assert client.chat.completions.create(model="smol-rt", **kw).choices[0].message.content == text
+
+        r = admin.delete(f"{url}/smol-rt")
+        assert r.status_code == 200 and r.json()["adapters"] == [], r.text
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="smol-rt", **kw)
+        assert "smol-rt" not in {m.id for m in client.models.list()}
+        assert admin.delete(f"{url}/smol-rt").status_code == 404
+        r = admin.delete(f"{url}/smol-lora")
+        assert r.status_code == 400 and r.json()["error"]["code"] == "adapter_in_config", r.text
+        assert client.chat.completions.create(model="smol-lora", **kw).choices[0].message.content == config_lora
+
     # ---- structured output and enforced tools ---------------------------------------
     def test_guided_regex_choice_and_grammar(self, client: openai.OpenAI) -> None:
         ask = [{"role": "user", "content": "Give me a code."}]
@@ -151,6 +235,11 @@ class TestVllmChat(ChatSuite):
         grammar = 'root ::= ("yes" | "no") ", " [0-9] [0-9]'
         r = client.chat.completions.create(model=self.model, messages=ask, max_tokens=10, extra_body={"guided_grammar": grammar})
         assert re.fullmatch(r"(yes|no), [0-9]{2}", r.choices[0].message.content or ""), r.choices[0].message.content
+        # legacy completions carry them too (vLLM's structured_outputs on /v1/completions)
+        c = client.completions.create(model=self.model, prompt="My code is", max_tokens=20, extra_body={"guided_regex": "[0-9]{3}-[a-z]{3}"})
+        assert re.fullmatch(r"[0-9]{3}-[a-z]{3}", c.choices[0].text), c.choices[0].text
+        c = client.completions.create(model=self.model, prompt="Pick:", max_tokens=10, extra_body={"guided_choice": colors})
+        assert c.choices[0].text in colors, c.choices[0].text
 
     def test_tool_choice_required_and_named_are_enforced(self, client: openai.OpenAI) -> None:
         ask = [{"role": "user", "content": "Hello there."}]  # nothing about weather: only enforcement calls it
@@ -204,6 +293,13 @@ def pooling_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         {"rerank": {
             "model_config": {"model_name_or_path": str(ce), **common, "engine_args": ["--enforce-eager"]},
             "model_type": "rerank", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
+        # gpt_server's qwen3-reranker entry as its example writes it (tests/data/gpt_server_config.yaml)
+        {"qwen3-reranker": {
+            "model_config": {"model_name_or_path": str(build_tiny_qwen3_reranker(tmp / "q3")), **common,
+                             "task_type": "reranker", "engine_args": ["--enforce-eager"],
+                             "hf_overrides": {"architectures": ["Qwen3ForSequenceClassification"],
+                                              "classifier_from_token": ["no", "yes"], "is_original_qwen3_reranker": True}},
+            "model_type": "embedding", "work_mode": "vllm", "device": "cpu", "workers": [{"gpus": []}]}},
     ]
     cfg = base_config(models=models)
     cfg["model_worker_args"]["startup_timeout"] = 1500
@@ -253,3 +349,20 @@ class TestVllmRerank(RerankSuite):
 
     def reference(self, query: str, documents: list[str]) -> list[float]:
         return cross_encoder_scores(self.model_dir, query, documents)
+
+
+def test_gpt_server_qwen3_reranker_entry_on_vllm(pooling_server: Server) -> None:
+    """gpt_server's qwen3-reranker entry (model_type embedding, task_type reranker, hf_overrides
+    making vLLM score with lm_head[yes] - lm_head[no]) serves /v1/rerank and gpt_server's rerank
+    through the embeddings call, with the scores transformers computes from the same weights."""
+    query, docs = "what is the capital of france", ["Paris is the capital of France.", "Bananas are yellow.", "Berlin."]
+    r = httpx.post(f"{pooling_server.base_url}/v1/rerank", json={"model": "qwen3-reranker", "query": query, "documents": docs},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    got = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+    model_dir = Path(pooling_server.config["models"][2]["qwen3-reranker"]["model_config"]["model_name_or_path"])
+    want = qwen3_reranker_scores(model_dir, query, docs)
+    assert [got[i] for i in range(len(docs))] == pytest.approx(want, abs=2e-3), (got, want)
+    emb = openai.OpenAI(base_url=f"{pooling_server.base_url}/v1", api_key="none").embeddings.create(
+        model="qwen3-reranker", input=docs, extra_body={"query": query})
+    assert [d.embedding[0] for d in emb.data] == pytest.approx(want, abs=2e-3)

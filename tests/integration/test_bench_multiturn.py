@@ -25,3 +25,20 @@ def test_multiturn_bench_smoke(tmp_path) -> None:  # noqa: ANN001
     # the stateless request carries the whole conversation: the history and the new turn
     assert r["stateless_prompt_tokens"] >= r["session_last_history_tokens"] + r["session_last_input_tokens"] - 8
     assert res["ratio_stateless_over_session"] == round(res["stateless_last_ttft_ms_p50"] / res["session_last_ttft_ms_p50"], 3)
+
+
+def test_multiturn_chat_mode_smoke(tmp_path) -> None:  # noqa: ANN001
+    """``--chat``: concurrent stateless conversations (llama-server left out: CI does not build it)."""
+    args = build_parser().parse_args(
+        ["--chat", "--no-peer", "--conversations", "2", "--turns", "3", "--reps", "1", "--max-tokens", "4", "--n-ctx", "1024", "--out", str(tmp_path)]
+    )
+    res = run(args)
+    assert json.loads((tmp_path / "multiturn.json").read_text()) == res
+    assert "llama-server" not in res
+    (rnd,) = res["gateway"]["rounds"]
+    assert len(rnd["conversations"]) == 2
+    for conv in rnd["conversations"]:
+        assert len(conv["ttft_ms"]) == 3 and all(t > 0 for t in conv["ttft_ms"])
+        assert conv["full_prefill_ms"] > 0 and conv["last_prompt_tokens"] > 0
+    g = res["gateway"]
+    assert g["full_over_late"] == round(g["full_prefill_ms_p50"] / g["late_ttft_ms_p50"], 3)

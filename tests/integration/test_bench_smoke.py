@@ -1,4 +1,4 @@
-"""A small run of the benchmark tool (bench/): echo pair and a tiny llama pair.
+"""A small run of the benchmark tool (bench/): echo pair and a tiny llama pair; the onnx mode.
 
 Not a timing gate: it checks the tool runs end to end against real servers and that
 the JSON it writes is sane (counts add up, percentiles ordered, ratios computed).
@@ -158,3 +158,31 @@ def test_speculative_bench_smoke(tmp_path: Path) -> None:
     # the first two grounded prompts copy their passage: drafts are accepted, answers the same
     assert row["answers"] == 2 and row["identical_answers"] == 2
     assert 0 < row["accepted"] <= row["drafted"] and 0 < row["acceptance"] <= 1
+
+
+def test_onnx_mode(tmp_path: Path) -> None:
+    """The onnx mode (torch vs onnx vs onnx int8 behind one gateway, + encode in process at
+    c=1), a few requests: every side answered, rates and ratios computed, cosine reported."""
+    from tests.hf_helpers import CACHE_ROOT
+
+    args = build_parser().parse_args([
+        "--pairs", "onnx", "--onnx-concurrency", "1,2", "--rounds", "2", "--embed-requests", "3", "--threads", "1",
+        "--onnx-cache-dir", str(CACHE_ROOT / "onnx"), "--no-plots", "--out", str(tmp_path),
+    ])
+    res = run(args)
+    body = json.loads((tmp_path / "results.json").read_text())["onnx"]
+    assert [r["concurrency"] for r in body["rows"]] == [1, 2]
+    for r in body["rows"]:
+        sides = {"torch", "onnx", "int8"} | ({"direct"} if r["concurrency"] == 1 else set())
+        assert set(r["items_per_s"]) == sides and all(v > 0 for v in r["items_per_s"].values())
+        assert sum(r["errors"].values()) == 0, r["first_error"]
+        assert all(len(v) == 2 for v in r["per_round_items_per_s"].values())  # two rounds each
+        for key in ("onnx_vs_torch", "int8_vs_torch") + (("gateway_vs_direct",) if r["concurrency"] == 1 else ()):
+            ratio = r[key]
+            assert ratio["ratio"] > 0 and ratio["per_round"]["min"] <= ratio["per_round"]["median"] <= ratio["per_round"]["max"]
+        want = r["items_per_s"]["onnx"] / r["items_per_s"]["torch"]
+        assert r["onnx_vs_torch"]["ratio"] == pytest.approx(want, rel=1e-2)
+    cos = body["cosine_to_torch"]
+    assert cos["onnx"]["min"] > 0.9999 and 0.98 < cos["int8"]["min"] < 0.99999  # int8 is close, not identical
+    assert {"worker:st:0", "worker:onnx:0", "worker:onnx-int8:0"} <= set(res["rss"]["onnx"])
+    assert "Embeddings on ONNX Runtime" in (tmp_path / "report.md").read_text()

@@ -314,3 +314,22 @@ def test_dispatcher_counts_return_to_zero(server: Server) -> None:
         time.sleep(0.2)
     assert counts == [0, 0], counts
     assert sum(w["dispatched_total"] for w in server.workers()) > 20
+
+
+def test_usage_reports_cached_prompt_tokens(client: openai.OpenAI) -> None:
+    """A repeated prompt is not prefilled again, and usage says so (prompt_tokens_details.cached_tokens)."""
+    msgs = [{"role": "user", "content": f"Spell the word {time.time_ns()} backwards."}]
+    cached = []
+    for _ in range(4):  # two replicas: one of them serves it at least twice
+        r = client.chat.completions.create(model="smollm2", messages=msgs, max_tokens=4, temperature=0)
+        assert r.usage is not None and r.usage.prompt_tokens_details is not None
+        cached.append(r.usage.prompt_tokens_details.cached_tokens)
+        prompt = r.usage.prompt_tokens
+    assert cached[0] < prompt - 8, cached  # the first time only the template's head can be cached
+    assert max(cached) == prompt - 1, (cached, prompt)  # all but the last prompt token, decoded for the logits
+    chunks = list(client.chat.completions.create(
+        model="smollm2", messages=msgs, max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True}
+    ))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    assert 0 <= usage.prompt_tokens_details.cached_tokens <= usage.prompt_tokens

@@ -92,3 +92,62 @@ def test_late_requests_join_the_running_batch_with_identical_greedy_output(engin
     # three rows decoding in one forward: the late requests joined the first one's batch
     assert (3, 1) in seen, f"(active rows, forwards per step) seen: {sorted(seen)}"
     assert engine.active == 0 and engine.cohorts == 0
+
+
+def _run(eng: Any, prompt: list[int], max_tokens: int) -> Any:
+    from gpt_server.backends.hf.engine import Sequence
+
+    done = threading.Event()
+
+    def sink(ev: Any) -> None:
+        if ev.finish_reason is not None or ev.error is not None:
+            done.set()
+
+    s = Sequence(index=0, prompt=prompt, params=SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                 max_tokens=max_tokens, sink=sink, cancelled=threading.Event())
+    eng.submit([s])
+    assert done.wait(120), "the sequence did not finish"
+    deadline = time.monotonic() + 10  # the row leaves its batch (and is stored) just after it finishes
+    while eng.active and time.monotonic() < deadline:
+        time.sleep(0.002)
+    return s
+
+
+def test_a_later_turn_prefills_only_what_the_prefix_store_lacks(engine: Any) -> None:
+    """The next turn of a chat starts from the stored KV of the previous one: same greedy answer."""
+    from gpt_server.backends.hf.engine import PrefixStore
+
+    lm = engine.lm
+    turn1 = lm.encode(PROMPTS[1], add_special=True)
+    try:
+        engine.prefixes = PrefixStore(0)  # off: the reference answers
+        first = _run(engine, turn1, 16)
+        turn2 = turn1 + list(first.generated) + lm.encode(" Now name two vegetables as well:", add_special=False)
+        fresh = _run(engine, turn2, 16)
+        assert fresh.cached == 0 and len(engine.prefixes) == 0
+
+        engine.prefixes = PrefixStore(256 << 20)
+        again = _run(engine, turn1, 16)
+        assert again.generated == first.generated
+        assert len(engine.prefixes) == 1
+        reused = _run(engine, turn2, 16)
+        # turn 1's prompt and its answer but the last token (never forwarded) came from the store
+        assert reused.cached == len(turn1) + len(first.generated) - 1, (reused.cached, len(turn1), len(first.generated))
+        assert reused.generated == fresh.generated
+        # turn 2's entry supersedes turn 1's (a prefix of it)
+        assert len(engine.prefixes) == 1 and engine.prefixes.hits == 1
+
+        # a budget for one entry: the older goes
+        engine.prefixes = PrefixStore(256 << 20)
+        _run(engine, turn1, 4)
+        one = engine.prefixes.used
+        other = list(turn1)
+        other[0] = turn1[1]  # same length, nothing in common
+        engine.prefixes = PrefixStore(one * 3 // 2)
+        _run(engine, turn1, 4)
+        _run(engine, other, 4)
+        assert len(engine.prefixes) == 1 and engine.prefixes.used <= engine.prefixes.budget
+        assert engine.prefixes.find(None, turn1 + [1, 2]) is None
+        assert engine.prefixes.find(None, other + [1, 2]) is not None
+    finally:
+        engine.prefixes = PrefixStore(0)

@@ -123,6 +123,12 @@ def test_guided_output_in_llama_cpp_grammar_and_the_rest_refused(client: openai.
     with pytest.raises(openai.BadRequestError) as ei:
         client.chat.completions.create(model="managed", messages=MSG, max_tokens=8, extra_body={"guided_regex": "a+"})
     assert ei.value.body["param"] == "guided_regex" and ei.value.body["code"] == "unsupported_parameter"
+    # legacy completions: the same translation (before: the guided_* keys were dropped at the gateway)
+    c = client.completions.create(model="managed", prompt="Say:", max_tokens=8, extra_body={"guided_choice": ["alpha", "gamma"]})
+    assert c.choices[0].text in ("alpha", "gamma"), c.choices[0].text
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.completions.create(model="managed", prompt="Say:", max_tokens=8, extra_body={"guided_regex": "a+"})
+    assert ei.value.body["param"] == "guided_regex"
     # tool_choice required: the relay constrains llama.cpp to a JSON schema of the calls
     r = client.chat.completions.create(model="managed", messages=MSG, max_tokens=60, tools=[WEATHER_TOOL],
                                        tool_choice="required", parallel_tool_calls=False, temperature=0)

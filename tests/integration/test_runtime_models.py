@@ -159,6 +159,30 @@ def test_admin_routes_refuse_api_keys_and_anonymous(server: Server) -> None:
     assert denied.returncode == 1 and "HTTP 403" in denied.stderr
 
 
+def test_runtime_lora_adapters_are_refused_by_name_where_the_engine_cannot(server: Server, tmp_path: Path) -> None:
+    """POST /admin/models/<name>/adapters on llama.cpp: a 400 naming the engine (vLLM with
+    runtime_lora loads them: tests/engines/test_vllm.py); bad bodies are 400, unknown names 404,
+    an API key 403 — and nothing changes."""
+    url = "/admin/models/smollm2/adapters"
+    body = {"name": "my-lora", "path": str(tmp_path)}
+    r = _admin(server, "POST", url, json=body)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["code"] == "runtime_lora_unsupported" and "'llama_cpp'" in err["message"], err
+    assert _admin(server, "POST", url, key=API_KEY, json=body).status_code == 403
+    assert _admin(server, "POST", url, key=None, json=body).status_code == 401
+    for bad in ({"name": "x" * 129, "path": str(tmp_path)}, {"name": "bad name", "path": str(tmp_path)},
+                {"name": "ok", "path": "relative/dir"}, {"name": "ok", "path": "/" + "a" * 5000}, {"name": "ok"}):
+        r = _admin(server, "POST", url, json=bad)
+        assert r.status_code == 400 and set(r.json()["error"]) == {"message", "type", "param", "code"}, (bad, r.text)
+    taken = _admin(server, "POST", url, json={"name": "text-embedding-3-small", "path": str(tmp_path)})  # minilm's alias
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "model_exists", taken.text
+    assert _admin(server, "POST", "/admin/models/nope/adapters", json=body).status_code == 404
+    gone = _admin(server, "DELETE", f"{url}/my-lora")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "adapter_not_found", gone.text
+    assert _model(server, "smollm2")["adapters"] == [] and "my-lora" not in _listed(server)
+
+
 def test_on_demand_model_loads_on_first_request_and_unloads_after_keep_alive(server: Server) -> None:
     # listed while unloaded (workers: 0), so clients can find it
     assert _listed(server).get("minilm") == 0 and _model(server, "minilm")["state"] == "unloaded"

@@ -174,6 +174,28 @@ def test_structured_stream_equals_non_stream_and_extensions(client: openai.OpenA
     assert ei.value.status_code == 400
 
 
+def test_structured_output_on_legacy_completions(client: openai.OpenAI) -> None:
+    """/v1/completions honours guided_regex/choice/grammar/json and response_format like chat
+    (before: accepted and silently dropped); bad ones are 400 as on chat."""
+    kw: dict[str, Any] = dict(model="smollm2", max_tokens=24, temperature=0)
+    for stream in (False, True):
+        r = client.completions.create(prompt="My code is", stream=stream, extra_body={"guided_regex": r"[0-9]{3}-[a-z]{3}"}, **kw)
+        text = "".join(c.choices[0].text for c in r if c.choices) if stream else r.choices[0].text
+        assert __import__("re").fullmatch(r"[0-9]{3}-[a-z]{3}", text), text
+    r = client.completions.create(prompt="The best color is", extra_body={"guided_choice": ["crimson", "teal"]}, **kw)
+    assert r.choices[0].text in ("crimson", "teal"), r.choices[0].text
+    grammar = 'root ::= ("yes" | "no") ", " [0-9] [0-9]'
+    r = client.completions.create(prompt="Answer:", extra_body={"guided_grammar": grammar}, **kw)
+    assert __import__("re").fullmatch(r"(yes|no), [0-9]{2}", r.choices[0].text), r.choices[0].text
+    small = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 99}}, "required": ["n"]}
+    for extra in ({"guided_json": small}, {"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": small}}}):
+        r = client.completions.create(prompt="A number as JSON:", extra_body=extra, **kw)
+        jsonschema.validate(json.loads(r.choices[0].text), small)
+    for bad in ({"guided_regex": "(unclosed"}, {"guided_choice": []}, {"guided_regex": "a", "guided_choice": ["b"]}):
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(prompt="x", extra_body=bad, **kw)
+
+
 class Person(BaseModel):
     name: str = Field(max_length=40)
     age: int = Field(ge=0, le=150)

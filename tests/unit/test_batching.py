@@ -145,6 +145,25 @@ def test_lone_request_runs_at_once_but_concurrent_traffic_waits_for_the_window()
     assert batches == 1  # the late request joined the waiting batch
 
 
+def test_first_request_after_a_burst_does_not_wait_once_the_engine_went_idle() -> None:
+    """Concurrent traffic arms the window (right after it, a request still waits for company:
+    the test above); an engine idle since then for ten windows runs the next lone request at once."""
+    rec = Recorder()
+
+    async def main() -> float:
+        b = DynamicBatcher(rec, max_batch_size=32, max_wait_ms=150)
+        await asyncio.gather(b.submit([1]), b.submit([2]))
+        await asyncio.gather(b.submit([3]), b.submit([4]))  # concurrent traffic seen
+        await asyncio.sleep(0.15 * 10 + 0.2)  # then idle for more than ten windows
+        t0 = time.perf_counter()
+        await b.submit([5])
+        idle = time.perf_counter() - t0
+        await b.close()
+        return idle
+
+    assert run(main()) < 0.1  # before: 0.15 s, the window of a burst long gone
+
+
 def test_cancelled_request_is_dropped_and_close_fails_the_queue() -> None:
     rec = Recorder(delay=0.2)
 

@@ -298,3 +298,23 @@ def test_pooling_runners_and_rerank_commands() -> None:
             cmd(engine, rerank=True)
     with pytest.raises(ConfigError, match="lora"):
         build_command(LaunchSpec(**{**spec("vllm", model_name_or_path="/m", lora={"a": "/a"}).__dict__, "embedding": True}))
+
+
+def test_runtime_lora_flags_env_and_refusals() -> None:
+    """runtime_lora: vLLM gets --enable-lora, its runtime-update switch in the environment and
+    --max-loras/--max-lora-rank; any other engine refuses the keys at config validation."""
+    from gpt_server.backends.relay.engine_flags import check
+
+    cmd = build_command(spec("vllm", model_name_or_path="/m", runtime_lora=True, max_loras=3, max_lora_rank=32))
+    assert "--enable-lora" in cmd.argv and pairs(cmd.argv)["--max-loras"] == "3" and pairs(cmd.argv)["--max-lora-rank"] == "32"
+    assert cmd.env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    off = build_command(spec("vllm", model_name_or_path="/m", runtime_lora=False))
+    assert "--enable-lora" not in off.argv and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in off.env
+    with pytest.raises(ConfigError, match="runtime_lora"):
+        build_command(LaunchSpec(**{**spec("vllm", model_name_or_path="/m", runtime_lora=True).__dict__, "embedding": True}))
+    for engine in ("sglang", "lmdeploy-pytorch", "trtllm", "llama_cpp_server"):
+        refused = dict(check(engine, EngineServerOptions(model_name_or_path="/m", runtime_lora=True, max_loras=2)))
+        assert "runtime_lora" in refused and "vllm" in refused["runtime_lora"], (engine, refused)
+        assert check(engine, EngineServerOptions(model_name_or_path="/m", runtime_lora=False)) == []
+    with pytest.raises(ValueError, match="max_loras"):
+        EngineServerOptions(model_name_or_path="/m", max_loras=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..options import (
     ChatOptions,
     DTypeOptions,
@@ -20,7 +22,11 @@ __all__ = ["HFOptions", "ENGINES"]
 class HFOptions(
     ChatOptions, GrammarOptions, MediaOptions, DTypeOptions, LoraOptions, ParallelOptions, ThreadOptions, TrustOptions
 ):
-    pass
+    prefix_cache_mb: int = Field(
+        256, ge=0, le=1_048_576,
+        description="KV cache kept from finished requests (MiB, on the model's device) so that a later prompt "
+        "sharing their prefix — the next turn of a chat, a common system prompt — prefills only the rest; 0 = off",
+    )
 
 
 ENGINES = (

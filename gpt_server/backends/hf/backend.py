@@ -85,6 +85,7 @@ class HFBackend(Tokenizes, Backend):
             max_active=mc.n_parallel or _DEFAULT_PARALLEL,
             n_ctx=lm.n_ctx,
             set_adapter=lm.set_adapter,
+            prefix_cache_bytes=mc.prefix_cache_mb << 20,
         )
         tok = lm.tokenizer
         self.template = ChatTemplate(
@@ -274,6 +275,7 @@ class HFBackend(Tokenizes, Backend):
             eng.wake,
             prompt_tokens=sum(len(t) for t in plan.prompts),
             echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
+            per_prompt=p.n,
         ):
 
             yield ev

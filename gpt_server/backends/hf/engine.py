@@ -10,6 +10,10 @@ rows of an adapter — continuous batching. Finished or cancelled rows leave at 
 (``batch_select_indices`` on the cache), and columns no remaining row attends to are
 cut from the left, so the padded length never exceeds the longest live row.
 
+A finished row's KV cache is kept in a prefix store (per adapter, LRU within a byte
+budget): a later prompt that shares its prefix — the next turn of the chat, a repeated
+system prompt — starts from a copy of those tensors and prefills only the rest.
+
 Each row is sampled on its own by the shared numpy sampler, so results match the
 llama.cpp engine's semantics; a per-sequence ``constraint`` (grammar) and
 ``logits_hook(generated_ids, logits) -> logits`` can narrow the choice.
@@ -61,6 +65,8 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     pending_lp: list[TokenLogprob] = field(default_factory=list)
     done: bool = False
+    cached: int = 0  # prompt tokens taken from the prefix store (not prefilled)
+    reuse: Any = None  # (tokens, per-layer (keys, values)) found at admission
 
 
 @dataclass
@@ -83,6 +89,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         max_active: int,
         n_ctx: int,
         set_adapter: Callable[[str | None], None],
+        prefix_cache_bytes: int = 0,
     ) -> None:
         super().__init__(n_vocab=tokens.n_vocab, thread_name="hf-engine", label="transformers")
         self.model = model
@@ -94,6 +101,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}
         self._cohorts: list[_Cohort] = []
+        self.prefixes = PrefixStore(prefix_cache_bytes)
         self._start_thread()
 
     @property
@@ -162,6 +170,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         """Group waiting sequences (same adapter and group) into new cohorts, within capacity."""
         free = self.max_active - self.active
         groups: dict[tuple[str | None, str], list[Sequence]] = {}
+        new_hits: list[_Cohort] = []
         kept: deque[Sequence] = deque()
         while self._waiting:
             s = self._waiting.popleft()
@@ -171,10 +180,15 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
             if free <= 0 or kept:  # first come, first served
                 kept.append(s)
                 continue
-            groups.setdefault((s.adapter, s.group), []).append(s)
             free -= 1
+            if s.extra is None:
+                s.reuse = self.prefixes.find(s.adapter, s.prompt)
+            if s.reuse is not None:  # prefilled on its own from the stored prefix
+                new_hits.append(_Cohort(rows=[s], adapter=s.adapter))
+                continue
+            groups.setdefault((s.adapter, s.group), []).append(s)
         self._waiting = kept
-        new = [_Cohort(rows=rows, adapter=key[0]) for key, rows in groups.items()]
+        new = [_Cohort(rows=rows, adapter=key[0]) for key, rows in groups.items()] + new_hits
         self._cohorts.extend(new)
         return new
 
@@ -193,6 +207,9 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         from transformers import DynamicCache
 
         rows = cohort.rows
+        if len(rows) == 1 and rows[0].reuse is not None:
+            self._prefill_from(cohort, rows[0])
+            return
         width = max(len(s.prompt) for s in rows)
         pad = self.tokens.pad_id
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -207,6 +224,25 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         cohort.mask = mask.to(self._device)
         pos = (cohort.mask.cumsum(-1) - 1).clamp(min=0)
         logits = self._forward(cohort, input_ids=ids.to(self._device), attention_mask=cohort.mask, position_ids=pos, **extra)
+        self._after(cohort, logits)
+
+    def _prefill_from(self, cohort: _Cohort, s: Sequence) -> None:
+        """Prefill one row from a stored prefix: its tensors copied into a fresh cache, the rest forwarded."""
+        import torch
+        from transformers import DynamicCache
+
+        n, tensors = s.reuse
+        s.reuse = None
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(tensors):
+            cache.update(k[..., :n, :].clone(), v[..., :n, :].clone(), i)
+        cohort.cache = cache
+        total = len(s.prompt)
+        cohort.mask = torch.ones((1, total), dtype=torch.long, device=self._device)
+        ids = torch.tensor([s.prompt[n:]], dtype=torch.long, device=self._device)
+        pos = torch.arange(n, total, dtype=torch.long, device=self._device).unsqueeze(0)
+        s.cached = n
+        logits = self._forward(cohort, input_ids=ids, attention_mask=cohort.mask, position_ids=pos)
         self._after(cohort, logits)
 
     def _decode(self, cohort: _Cohort) -> None:
@@ -242,6 +278,7 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         for i in rows:
             if reason is not None:
                 self._finish(cohort.rows[i], reason)
+            self._keep_prefix(cohort, i)
         dropped = set(rows)
         keep = [i for i in range(len(cohort.rows)) if i not in dropped]
         cohort.rows = [cohort.rows[i] for i in keep]
@@ -251,6 +288,25 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
             cohort.cache.batch_select_indices(idx)
             cohort.mask = cohort.mask[idx]
             _trim_left(cohort)
+
+    def _keep_prefix(self, cohort: _Cohort, i: int) -> None:
+        """Store row ``i``'s KV (its prompt and the tokens generated and forwarded so far)."""
+        s = cohort.rows[i]
+        if not self.prefixes.budget or s.extra is not None:
+            return
+        layers = _layers(cohort.cache)
+        if layers is None or cohort.mask is None:
+            return
+        tokens = s.prompt + s.generated[:-1]  # the last sampled token was never forwarded
+        n = int(cohort.mask[i].sum().item())
+        width = cohort.mask.shape[1]
+        if n != len(tokens) or n < _MIN_PREFIX or any(layer.keys.shape[-2] != width for layer in layers):
+            return
+        if not bool(cohort.mask[i, width - n :].all()):
+            return  # not one contiguous run at the right: leave it
+        tensors = [(layer.keys[i : i + 1, :, width - n :, :].clone(), layer.values[i : i + 1, :, width - n :, :].clone())
+                   for layer in layers]
+        self.prefixes.put(s.adapter, tokens, tensors)
 
     # ---- sampling -------------------------------------------------------------
     def _sample(self, s: Sequence, logits: np.ndarray, prompt_len: int) -> int:
@@ -269,6 +325,70 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
 
     def _finish(self, s: Sequence, reason: str | None, error: str | None = None) -> None:
         finish(s, reason, error)
+
+
+# ---- the prefix store --------------------------------------------------------------
+_MIN_PREFIX = 16  # shorter shared prefixes are prefilled with the rest of their cohort
+
+
+class PrefixStore:
+    """KV tensors of finished rows, per adapter, least recently used first out, within a byte budget.
+
+    Used on the engine thread only.
+    """
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self.hits = 0
+        self.hit_tokens = 0
+        self._entries: dict[tuple[str | None, tuple[int, ...]], tuple[list[Any], int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, adapter: str | None, tokens: list[int], tensors: list[tuple[Any, Any]]) -> None:
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in tensors)
+        if size > self.budget:
+            return
+        key = (adapter, tuple(tokens))
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.used -= old[1]
+        # an entry whose tokens are a prefix of the new one adds nothing any more
+        for other in [k for k in self._entries if k[0] == adapter and len(k[1]) <= len(tokens) and key[1][: len(k[1])] == k[1]]:
+            self.used -= self._entries.pop(other)[1]
+        while self._entries and self.used + size > self.budget:
+            self.used -= self._entries.pop(next(iter(self._entries)))[1]
+        self._entries[key] = (tensors, size)
+        self.used += size
+
+    def find(self, adapter: str | None, prompt: list[int]) -> tuple[int, list[Any]] | None:
+        """The longest stored prefix of ``prompt`` (at least ``_MIN_PREFIX`` tokens, never all
+        of it: the last prompt token is forwarded to get the logits); it becomes most recent."""
+        best, best_n = None, 0
+        limit = len(prompt) - 1
+        for key in self._entries:
+            if key[0] != adapter:
+                continue
+            n = _common_prefix(key[1], prompt, limit)
+            if n > best_n:
+                best, best_n = key, n
+        if best is None or best_n < _MIN_PREFIX:
+            return None
+        entry = self._entries.pop(best)
+        self._entries[best] = entry
+        self.hits += 1
+        self.hit_tokens += best_n
+        return best_n, entry[0]
+
+
+def _common_prefix(a: tuple[int, ...], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 # ---- joining batches ------------------------------------------------------------

@@ -262,6 +262,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             eng.wake,
             prompt_tokens=sum(len(t) for t in prompts),
             echo=(lambda s: eng.detokenize(s.prompt)) if p.echo else None,
+            per_prompt=p.n,
         ):
 
             yield ev

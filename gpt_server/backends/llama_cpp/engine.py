@@ -242,8 +242,8 @@ class LlamaEngine(EngineThread[Sequence, None]):
         """Move waiting sequences into free slots, reusing the longest cached prefix.
 
         The slot a sequence takes is the one whose cache it continues (a later turn of
-        the same chat), else an empty one, else the least recently used: other slots'
-        caches stay for the prompts they hold. The longest cached prefix of the prompt,
+        the same chat) or mostly repeats, else an empty one, else the least recently used:
+        other slots' caches stay for the prompts they hold. The longest cached prefix of the prompt,
         in whichever slot it is (running ones too), is then shared into that slot:
         the KV cache is unified, so ``llama_memory_seq_cp`` tags the cells with one more
         sequence instead of copying them. So a repeated prompt or a shared system prompt
@@ -259,7 +259,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 continue
             limit = len(seq.prompt) - 1  # the last prompt token is always decoded
             common = {id(slot): min(common_prefix(slot.tokens, seq.prompt), limit) for slot in self._slots}
-            target = _choose_slot(free, common)
+            target = _choose_slot(free, common, len(seq.prompt))
             src = max(self._slots, key=lambda slot: common[id(slot)])
             reuse = common[id(target)]
             if common[id(src)] > reuse and src is not target:
@@ -445,13 +445,16 @@ class LlamaEngine(EngineThread[Sequence, None]):
         if s is not None:
             finish(s, reason, error)
 
-def _choose_slot(free: list[_Slot], common: dict[int, int]) -> _Slot:
-    """The free slot a new sequence takes: one whose cache it continues (the prompt covers
-    what the slot holds, bar the last token or so), else an empty one, else the least
-    recently used."""
-    cont = [s for s in free if s.tokens and common[id(s)] >= len(s.tokens) - _CONTINUE_SLACK]
-    if cont:
-        return max(cont, key=lambda s: common[id(s)])
+def _choose_slot(free: list[_Slot], common: dict[int, int], prompt_len: int) -> _Slot:
+    """The free slot a new sequence takes: the one whose cache it continues (the prompt covers
+    what the slot holds, bar the last few tokens: a later turn) or mostly repeats (at least half
+    the prompt: the same request again, which then runs on the same cells as before — llama.cpp's
+    numbers depend a little on where in the cache a sequence's cells lie), else an empty one, else
+    the least recently used."""
+    best = max(free, key=lambda s: common[id(s)])
+    n = common[id(best)]
+    if best.tokens and (n >= len(best.tokens) - _CONTINUE_SLACK or 2 * n >= prompt_len):
+        return best
     empty = [s for s in free if not s.tokens]
     if empty:
         return empty[0]

@@ -14,7 +14,7 @@ from ...settings import ConfigError
 from ..text_tasks.base import BatchedTextTaskBackend
 from ..text_tasks.inputs import pad_ids, split_inputs
 from . import OnnxOptions
-from .export import INPUTS, export_encoder, find_onnx
+from .export import INPUTS, export_encoder, find_onnx, quantize_int8
 
 __all__ = ["OnnxEmbedBackend"]
 
@@ -126,13 +126,15 @@ class OnnxEmbedBackend(BatchedTextTaskBackend):
             raise ConfigError(f"models.{self.spec.entry.name}: model directory '{model_dir}' does not exist")
         if self.spec.gpus and self.spec.entry.device != "cpu":
             raise ConfigError(f"models.{self.spec.entry.name}: work_mode onnx runs on the CPU; leave gpus empty")
+        cache = Path(mc.onnx_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gpt-server", "onnx"))
         if mc.onnx_file:
             onnx_file = Path(mc.onnx_file)
             if not onnx_file.is_file():
                 raise ConfigError(f"models.{self.spec.entry.name}.model_config.onnx_file: '{onnx_file}' does not exist")
         else:
-            cache = Path(mc.onnx_cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "gpt-server", "onnx"))
             onnx_file = find_onnx(model_dir) or export_encoder(model_dir, cache)
+        if mc.quantize == "int8":
+            onnx_file = quantize_int8(onnx_file, cache, model_dir)
         engine = OnnxEngine(model_dir, onnx_file, mc.n_threads or self.spec.n_threads, mc.max_seq_length,
                             mc.normalize_embeddings)
         self.dimension = engine.dimension

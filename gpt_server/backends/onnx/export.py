@@ -1,4 +1,5 @@
-"""Export a transformers encoder to ONNX once, keyed by the weights and library versions."""
+"""Export a transformers encoder to ONNX once, keyed by the weights and library versions; an int8
+copy of an ONNX file (``quantize_int8``), keyed by that file, the scheme and ONNX Runtime's version."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-__all__ = ["find_onnx", "export_encoder"]
+__all__ = ["find_onnx", "export_encoder", "quantize_int8", "INT8_SCHEME"]
 
 log = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+# what quantize_int8 does (part of its cache key: change it when the settings below change)
+INT8_SCHEME = "smoothquant0.5-dynamic-qint8-per-channel-matmul-v2"
+_EXTERNAL_DATA_BYTES = 1536 * 1024 * 1024  # protobuf's 2 GiB limit, with room for the graph
 
 
 def find_onnx(model_dir: Path) -> Path | None:
@@ -83,6 +87,50 @@ def export_encoder(model_dir: Path, cache_dir: Path) -> Path:
         try:
             os.replace(tmp, out)
         except OSError:  # another worker finished the same export first
+            if not target.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _int8_key(src: Path, model_dir: Path) -> str:
+    st = src.stat()
+    h = hashlib.sha256(f"{src.resolve()}:{st.st_size}:{st.st_mtime_ns}:{model_dir.resolve()}:{INT8_SCHEME}".encode())
+    h.update(f"ort{version('onnxruntime')}-onnx{version('onnx')}".encode())
+    return h.hexdigest()[:24]
+
+
+def quantize_int8(src: Path, cache_dir: Path, model_dir: Path) -> Path:
+    """``cache_dir/int8-<key>/model.onnx``: ``src`` smoothed (``smooth.smooth_graph``, calibrated
+    with ``model_dir``'s tokenizer), then int8 weights (per output channel) on every MatMul and
+    activations quantised at run time (ONNX Runtime's ``quantize_dynamic``), made once. The key
+    covers ``src`` (path, size, mtime), the model directory, the scheme and the onnxruntime/onnx
+    versions, so a new export or library re-quantises."""
+    out = cache_dir / f"int8-{_int8_key(src, model_dir)}"
+    target = out / "model.onnx"
+    if target.is_file():
+        return target
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .smooth import smooth_graph
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix="quantize-"))
+    try:
+        log.info("quantising %s to int8 (once; cached in %s)", src, out)
+        big = src.stat().st_size > _EXTERNAL_DATA_BYTES
+        smoothed = tmp / "smoothed" / "model.onnx"
+        smoothed.parent.mkdir()
+        smooth_graph(src, smoothed, model_dir, external_data=big)
+        quantize_dynamic(
+            smoothed, tmp / "model.onnx", weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+            use_external_data_format=big,
+        )
+        shutil.rmtree(smoothed.parent)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another worker finished the same one first
             if not target.is_file():
                 raise
     finally:

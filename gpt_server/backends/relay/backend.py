@@ -8,6 +8,7 @@ relay to it. Both stream deltas through without buffering.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import os
@@ -18,11 +19,12 @@ import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 from pydantic import BaseModel
 
 from ...chat.images import inline_images
 from ...chat.media import MediaFetcher
-from ...errors import BadRequestError, ServiceUnavailableError, UpstreamError
+from ...errors import BadRequestError, NotFoundError, ServiceUnavailableError, UpstreamError
 from ...procs import free_port
 from ...protocol.embeddings import EMBED, EmbedPayload
 from ...protocol.kinds import Capability, kind
@@ -32,12 +34,12 @@ from ...protocol.tokenize import DETOKENIZE, TOKENIZE, DetokenizePayload, Tokeni
 from ...protocol.worker import Event, GenerateRequest
 from ...settings import ConfigError
 from ...web.internal import SECRET_ENV
-from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..base import Backend, BackendSpec, InvokeResult, payload_as, runtime_lora_unsupported
 from ..engine_process import EngineProcess, ProcessOptions
 from ..text_tasks.media import refuse_images
 from ..text_tasks.results import rerank_response
 from .client import UpstreamClient
-from .commands import LORA_ENGINES, LaunchSpec, build_command
+from .commands import LORA_ENGINES, RUNTIME_LORA_ENGINES, LaunchSpec, build_command
 from .options import EngineServerOptions, Flavor, RelayOptions, UpstreamOptions
 from .translate import ENGINE_FLAVORS
 
@@ -285,6 +287,9 @@ class EngineServerBackend(RelayBackend):
         self._tmpdir: str | None = None
         if self.options.lora and spec.entry.work_mode in LORA_ENGINES:
             self.adapters = list(self.options.lora)
+        # adapters loaded at run time (name → path): given back to the engine after a restart
+        self.runtime_adapters: dict[str, str] = {}
+        self._api_key = ""
 
     @property
     def flavor(self) -> Flavor:
@@ -338,8 +343,10 @@ class EngineServerBackend(RelayBackend):
                 headers={"Authorization": f"Bearer {api_key}"},
                 secrets=[api_key],
                 startup_timeout=mc.startup_timeout or _DEFAULT_STARTUP,
+                after_restart=self._restore_adapters,
             )
         )
+        self._api_key = api_key
         self.process.start()
         self.client = UpstreamClient(
             base + "/v1", api_key, self._timeout(), name=f"the {self.spec.entry.work_mode} engine", flavor=self.flavor
@@ -347,6 +354,62 @@ class EngineServerBackend(RelayBackend):
 
     def healthy(self) -> bool:
         return self.process is not None and self.process.healthy()
+
+    # ---- LoRA adapters at run time (vLLM: /v1/load_lora_adapter, /v1/unload_lora_adapter) ------
+    def _check_runtime_lora(self) -> None:
+        engine = self.spec.entry.work_mode or ""
+        if engine not in RUNTIME_LORA_ENGINES:
+            raise runtime_lora_unsupported(engine)
+        if not self.options.runtime_lora:
+            raise BadRequestError(
+                f"model '{self.spec.entry.name}' (engine '{engine}') was started without run-time LoRA: set "
+                "model_config.runtime_lora: true", param="model", code="runtime_lora_disabled",
+            )
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        self._check_runtime_lora()
+        if name in self.adapters:
+            raise BadRequestError(f"adapter '{name}' is already served by this model", param="name", code="adapter_exists")
+        if not await asyncio.to_thread(os.path.isdir, path):
+            raise BadRequestError(
+                f"LoRA adapter path '{path}' is not a directory on the worker's host", param="path", code="adapter_path_not_found"
+            )
+        await self._ready_client().post_any("/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        self.runtime_adapters[name] = path
+        self.adapters.append(name)
+        log.info("LoRA adapter %s loaded from %s", name, path)
+
+    async def unload_adapter(self, name: str) -> None:
+        self._check_runtime_lora()
+        if name not in self.runtime_adapters:
+            raise NotFoundError(f"no adapter '{name}' was loaded at run time", param="name", code="adapter_not_found")
+        # off our list first: no new request is sent for it; those on their way finish
+        self.adapters.remove(name)
+        path = self.runtime_adapters.pop(name)
+        try:
+            await self._ready_client().post_any("/unload_lora_adapter", {"lora_name": name})
+        except NotFoundError:
+            pass  # the engine restarted without it meanwhile
+        except Exception:
+            self.adapters.append(name)
+            self.runtime_adapters[name] = path
+            raise
+        log.info("LoRA adapter %s unloaded", name)
+
+    def _restore_adapters(self) -> None:
+        """After an engine restart (supervisor thread): load the run-time adapters again."""
+        if not self.runtime_adapters or self.client is None:
+            return
+        headers = {"Authorization": f"Bearer {self._api_key}"}
+        with httpx.Client(base_url=self.client.base_url, headers=headers, timeout=120) as c:
+            for name, path in list(self.runtime_adapters.items()):
+                r = c.post("/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+                if r.status_code != 200:
+                    log.error("LoRA adapter %s could not be loaded again after the engine restart: %s", name, r.text[:300])
+                    self.adapters.remove(name)
+                    self.runtime_adapters.pop(name, None)
+                else:
+                    log.info("LoRA adapter %s loaded again after the engine restart", name)
 
     def close(self) -> None:
         super().close()

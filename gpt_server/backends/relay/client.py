@@ -38,9 +38,12 @@ def _error_event(exc: GatewayError) -> ErrorEvent:
 
 def _usage(usage: Any, fallback_completion: int) -> UsageEvent:
     if isinstance(usage, dict):
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
         return UsageEvent(
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
+            cached_tokens=cached if isinstance(cached, int) and cached >= 0 else None,
         )
     # the upstream ignores stream_options.include_usage: one chunk is one token on the
     # engines we know (vLLM, llama.cpp); the prompt size is unknown

@@ -21,6 +21,7 @@ __all__ = [
     "EngineCommand",
     "LAUNCHERS",
     "LORA_ENGINES",
+    "RUNTIME_LORA_ENGINES",
     "HEALTH_PATHS",
     "API_KEY_ENV",
     "build_command",
@@ -70,6 +71,8 @@ API_KEY_ENV: dict[str, str] = {
 
 # engines that serve each LoRA adapter under its own model name (the request's model picks it)
 LORA_ENGINES = frozenset({"vllm", "sglang", "lmdeploy-pytorch"})
+# engines whose server loads and unloads adapters while it runs (model_config.runtime_lora)
+RUNTIME_LORA_ENGINES = frozenset({"vllm"})
 
 HEALTH_PATHS: dict[str, str] = {
     "vllm": "/health",
@@ -278,4 +281,8 @@ def build_command(spec: LaunchSpec) -> EngineCommand:
         raise ConfigError(f"work_mode '{spec.engine}' does not start an engine server") from None
     argv = fn(spec) + extra_flags(spec.engine, spec.config) + list(spec.config.engine_args or [])
     env = {API_KEY_ENV[spec.engine]: spec.api_key} if spec.api_key and spec.engine in API_KEY_ENV else {}
+    if spec.config.runtime_lora and spec.engine in RUNTIME_LORA_ENGINES:
+        if spec.pooling:
+            _refuse(spec.engine, "runtime_lora", "LoRA adapters are for generating models")
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"  # /v1/load_lora_adapter, /v1/unload_lora_adapter
     return EngineCommand(argv=argv, health_path=HEALTH_PATHS[spec.engine], env=env)

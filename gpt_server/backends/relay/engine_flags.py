@@ -35,6 +35,12 @@ def _flag(engine: str, key: str, value: Any) -> list[str] | None:
                 return ["--trust-remote-code"] if value else []
             case "kv_cache_quant_policy":
                 return {0: [], 8: ["--kv-cache-dtype", "fp8"]}.get(value)
+            case "runtime_lora":  # VLLM_ALLOW_RUNTIME_LORA_UPDATING: commands.build_command
+                return ["--enable-lora"] if value else []
+            case "max_loras":
+                return ["--max-loras", str(value)]
+            case "max_lora_rank":
+                return ["--max-lora-rank", str(value)]
     if engine == "sglang":
         match key:
             case "enforce_eager":
@@ -76,15 +82,23 @@ def _flag(engine: str, key: str, value: Any) -> list[str] | None:
 _HINTS = {
     "trust_remote_code": "this engine has no switch for it",
     "kv_cache_quant_policy": "vLLM and SGLang take 0 or 8 (fp8 KV cache), LMDeploy 0, 4 or 8",
+    "runtime_lora": "loading LoRA adapters at run time is implemented for work_mode vllm; list adapters in lora instead",
+    "max_loras": "a vLLM flag; pass this engine's own in engine_args",
+    "max_lora_rank": "a vLLM flag; pass this engine's own in engine_args",
 }
-_KEYS = ("enforce_eager", "enable_chunked_prefill", "hf_overrides", "trust_remote_code", "kv_cache_quant_policy", *_LLAMA_ONLY)
+_KEYS = (
+    "enforce_eager", "enable_chunked_prefill", "hf_overrides", "trust_remote_code", "kv_cache_quant_policy",
+    "runtime_lora", "max_loras", "max_lora_rank", *_LLAMA_ONLY,
+)
 
 
 def _set_keys(c: EngineServerOptions) -> list[tuple[str, Any]]:
     out = []
     for key in _KEYS:
         value = getattr(c, key)
-        if value is None or (key == "trust_remote_code" and value is False and "trust_remote_code" not in c.model_fields_set):
+        if value is None or (key == "runtime_lora" and value is False):
+            continue
+        if key == "trust_remote_code" and value is False and "trust_remote_code" not in c.model_fields_set:
             continue
         out.append((key, value))
     return out

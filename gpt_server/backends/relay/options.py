@@ -64,3 +64,13 @@ class EngineServerOptions(
         None, ge=1, le=65535, description="loopback port of the engine server (default: a free port)"
     )
     engine_env: dict[str, str] | None = Field(None, description="extra environment variables for the engine process")
+    runtime_lora: bool | None = Field(
+        None,
+        description="vllm: LoRA adapters may be loaded and unloaded while it runs (POST /admin/models/<name>/adapters); "
+        "starts vLLM with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING (its endpoints stay on loopback, "
+        "behind the engine's per-start key). Other engines refuse it",
+    )
+    max_loras: int | None = Field(None, ge=1, le=256, description="vllm: LoRA adapters in one batch (--max-loras)")
+    max_lora_rank: int | None = Field(
+        None, ge=1, le=1024, description="vllm: the largest LoRA rank it accepts (--max-lora-rank; vLLM's default 16)"
+    )

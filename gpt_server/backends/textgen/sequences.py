@@ -144,6 +144,7 @@ async def stream_sequences(
     *,
     prompt_tokens: int,
     echo: Callable[[Any], str] | None = None,
+    per_prompt: int = 1,
 ) -> AsyncIterator[Event]:
     """Run sequences on an engine thread; their deltas, finishes and one usage event.
 
@@ -176,7 +177,9 @@ async def stream_sequences(
                 remaining -= 1
                 completion += ev.completion_tokens
                 yield FinishEvent(index=ev.index, finish_reason=ev.finish_reason)
-        yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion)
+        # ``cached``: prompt tokens the engine took from its cache, once per prompt (its first choice)
+        cached = sum(int(getattr(s, "cached", 0)) for s in seqs if s.index % per_prompt == 0)
+        yield UsageEvent(prompt_tokens=prompt_tokens, completion_tokens=completion, cached_tokens=cached)
     finally:
         cancelled.set()
         wake()

@@ -7,6 +7,8 @@ DELETE /admin/models/{name}                   unload: drain in-flight requests, 
 POST   /admin/models/{name}/scale             {"replicas": n}
 POST   /admin/models/{name}/replicas/{i}/restart   rolling: a new replica ready, then the old drained
 POST   /admin/reload                          read the config file again, apply the difference
+POST   /admin/models/{name}/adapters          {"name", "path"}: load a LoRA adapter on every replica
+DELETE /admin/models/{name}/adapters/{adapter}   unload a LoRA adapter loaded at run time
 
 The routes call the ``ModelAdmin`` that ``serve`` hands to ``build_app`` (its model manager, in
 this process); a gateway started alone has none and answers 501.
@@ -20,6 +22,7 @@ from fastapi import APIRouter, Body, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import GatewayError
+from ...protocol.worker import ADAPTER_NAME_PATTERN, MAX_ADAPTER_PATH
 
 __all__ = ["admin_router", "ModelAdmin"]
 
@@ -37,6 +40,8 @@ class ModelAdmin(Protocol):
     async def scale(self, name: str, replicas: int, *, wait: bool = True) -> dict[str, Any]: ...
     async def restart(self, name: str, index: int) -> dict[str, Any]: ...
     async def reload(self) -> dict[str, Any]: ...
+    async def load_adapter(self, model: str, name: str, path: str) -> dict[str, Any]: ...
+    async def unload_adapter(self, model: str, name: str) -> dict[str, Any]: ...
 
 
 class AdminUnavailable(GatewayError):
@@ -48,6 +53,18 @@ class AdminUnavailable(GatewayError):
 class ScaleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     replicas: int = Field(ge=0, le=64, description="replicas wanted (0 = unloaded)")
+
+
+class AdapterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(
+        pattern=ADAPTER_NAME_PATTERN, max_length=128,
+        description="the adapter's model id: letters, digits and . _ : / @ + - (1-128 characters), no model's name or alias",
+    )
+    path: str = Field(
+        min_length=2, max_length=MAX_ADAPTER_PATH, pattern=r"^/",
+        description="absolute path of the adapter's directory (PEFT format) on the hosts of the model's replicas",
+    )
 
 
 def _admin(request: Request) -> ModelAdmin:
@@ -90,3 +107,13 @@ async def restart_replica(request: Request, name: Name, index: Annotated[int, Pa
 @admin_router.post("/admin/reload")
 async def reload_config(request: Request) -> dict[str, Any]:
     return await _admin(request).reload()
+
+
+@admin_router.post("/admin/models/{name}/adapters")
+async def load_adapter(request: Request, name: Name, body: AdapterBody) -> dict[str, Any]:
+    return await _admin(request).load_adapter(name, body.name, body.path)
+
+
+@admin_router.delete("/admin/models/{name}/adapters/{adapter:path}")
+async def unload_adapter(request: Request, name: Name, adapter: Annotated[str, Path(max_length=128)]) -> dict[str, Any]:
+    return await _admin(request).unload_adapter(name, adapter)

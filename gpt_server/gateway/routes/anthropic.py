@@ -66,12 +66,13 @@ def _input(arguments: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    read = min(cached or 0, prompt)  # Anthropic counts cache reads apart from input_tokens
     return {
-        "input_tokens": prompt,
+        "input_tokens": prompt - read,
         "output_tokens": completion,
         "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_read_input_tokens": read,
     }
 
 
@@ -106,7 +107,7 @@ async def create_message(body: MessagesRequest, request: Request) -> Response:
             "content": content,
             "stop_reason": reason,
             "stop_sequence": seq,
-            "usage": _usage(usage.prompt_tokens, usage.completion_tokens),
+            "usage": _usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
     )
 
@@ -163,7 +164,8 @@ class _MessageStream(RunTranslator):
             self._open(out, {"type": "text", "text": ""})
         out.append({"type": "content_block_stop", "index": self.index})
         reason, seq = _stop_reason(self.finish_reason, self.req)
-        usage = {"input_tokens": self.usage.prompt_tokens, "output_tokens": self.usage.completion_tokens}
+        u = _usage(self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.cached_tokens)
+        usage = {k: u[k] for k in ("input_tokens", "output_tokens", "cache_read_input_tokens")}
         out.append({"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": seq}, "usage": usage})
         out.append({"type": "message_stop"})
 

@@ -39,10 +39,10 @@ def _not_found(rid: str, param: str = "response_id") -> NotFoundError:
     return NotFoundError(f"Response with id '{rid}' not found.", param=param)
 
 
-def _usage(prompt: int, completion: int) -> dict[str, Any]:
+def _usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": cached or 0, "cache_write_tokens": 0},
         "output_tokens": completion,
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": prompt + completion,
@@ -179,7 +179,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         return run.streamed(run.translate(_ResponseStream(run, body, keep)), done=None, error_event=_stream_error, encode=named_frame)
     choices, usage = await run.collect()
     c = choices[0]
-    response = _response(run, body, _status(c.finish_reason), _output(run, c), _usage(usage.prompt_tokens, usage.completion_tokens), c.finish_reason)
+    response = _response(run, body, _status(c.finish_reason), _output(run, c), _usage(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens), c.finish_reason)
     _keep(request, owner, body, response, stored_history, stored_input, chain)
     return FastJSONResponse(response)
 
@@ -279,7 +279,7 @@ class _ResponseStream(RunTranslator):
             for item in self.output:
                 if item["type"] == "message":
                     item["status"] = "incomplete"
-        usage = _usage(self.usage.prompt_tokens, self.usage.completion_tokens)
+        usage = _usage(self.usage.prompt_tokens, self.usage.completion_tokens, self.usage.cached_tokens)
         final = _response(self.run, self.req, status, [_copy(o) for o in self.output], usage, self.finish_reason)
         self.keep(final)
         self._ev(out, "response.completed" if status == "completed" else "response.incomplete", response=final)
