@@ -40,6 +40,9 @@ class RoundSpec:
 Target = Callable[[int, RoundSpec], Awaitable[Sample]]
 
 
+_STALE_RETRIES = 8
+
+
 class _Timer:
     """Records content-event arrival times for one request."""
 
@@ -99,15 +102,18 @@ class HttpTarget:
     async def _post(self, path: str, body: dict[str, Any], timer: _Timer | None = None) -> aiohttp.ClientResponse:
         assert self.session is not None
         data = orjson.dumps(body)
-        try:
-            resp = await self.session.post(self.base + path, data=data, headers=self.headers)
-        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
-            # the server closed a kept-alive connection as the request went out (llama-server's
-            # cpp-httplib ends a connection after 5 requests); the request never reached it,
-            # so send it again on a fresh connection, timed from the new start
-            if timer is not None:
-                timer.restart()
-            resp = await self.session.post(self.base + path, data=data, headers=self.headers)
+        for attempt in range(_STALE_RETRIES + 1):
+            try:
+                resp = await self.session.post(self.base + path, data=data, headers=self.headers)
+                break
+            except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError):
+                # the server closed a kept-alive connection as the request went out (llama-server's
+                # cpp-httplib ends a connection after a few requests); the request never reached
+                # it, so send it again (the pool may hold several such), timed from the new start
+                if attempt == _STALE_RETRIES:
+                    raise
+                if timer is not None:
+                    timer.restart()
         if resp.status != 200:
             text = (await resp.read())[:300].decode(errors="replace")
             resp.release()

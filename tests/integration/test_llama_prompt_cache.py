@@ -113,3 +113,22 @@ def test_a_later_turn_continues_its_slot(engine: Any) -> None:
     turn2 = _run(engine, history)
     assert turn2.slot == turn1.slot
     assert turn2.cached >= len(a) + len(turn1.generated) - 1
+
+
+def test_a_shared_system_prompt_does_not_evict_the_slot_that_holds_it(engine: Any) -> None:
+    """Most of B is A's system prompt: B must take the empty slot (sharing that prefix), not
+    overwrite A's (before: a prompt sharing half of itself with a slot took that slot)."""
+    _reset(engine)
+    system = "<|im_start|>system\nYou are a careful assistant who answers questions about geography and history in short plain sentences.<|im_end|>\n"
+
+    def chat(q: str) -> list[int]:
+        return engine.tokenize(f"{system}<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n", add_special=True, parse_special=True)
+
+    a, b = chat("Where is Lima?"), chat("Who was Ada?")
+    shared = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    assert 2 * shared >= len(b), "the test needs B to be mostly the shared prefix"
+    ra = _run(engine, a)
+    rb = _run(engine, b)
+    assert rb.slot != ra.slot and rb.cached == shared
+    assert _run(engine, a).cached == len(a) - 1
+    assert _run(engine, b).cached == len(b) - 1

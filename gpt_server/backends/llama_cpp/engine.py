@@ -447,13 +447,13 @@ class LlamaEngine(EngineThread[Sequence, None]):
 
 def _choose_slot(free: list[_Slot], common: dict[int, int], prompt_len: int) -> _Slot:
     """The free slot a new sequence takes: the one whose cache it continues (the prompt covers
-    what the slot holds, bar the last few tokens: a later turn) or mostly repeats (at least half
-    the prompt: the same request again, which then runs on the same cells as before — llama.cpp's
-    numbers depend a little on where in the cache a sequence's cells lie), else an empty one, else
-    the least recently used."""
+    what the slot holds, bar the last few tokens: a later turn) or holds all of (the same
+    request again, which then runs on the same cells as before — llama.cpp's numbers depend a
+    little on where in the cache a sequence's cells lie), else an empty one, else the least
+    recently used (a prompt sharing only a system prompt with a slot must not overwrite it)."""
     best = max(free, key=lambda s: common[id(s)])
     n = common[id(best)]
-    if best.tokens and (n >= len(best.tokens) - _CONTINUE_SLACK or 2 * n >= prompt_len):
+    if best.tokens and (n >= len(best.tokens) - _CONTINUE_SLACK or n >= prompt_len - 1):
         return best
     empty = [s for s in free if not s.tokens]
     if empty:
