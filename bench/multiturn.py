@@ -90,22 +90,8 @@ def _ttft_interactive(client: httpx.Client, body: dict[str, Any]) -> tuple[float
 
 
 def _ttft_chat(client: httpx.Client, model: str, messages: list[dict[str, Any]], max_tokens: int) -> tuple[float, int]:
-    body = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
-    first: float | None = None
-    prompt_tokens = 0
-    with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            ev = json.loads(line[6:])
-            if ev.get("usage"):
-                prompt_tokens = ev["usage"]["prompt_tokens"]
-            for c in ev.get("choices") or ():
-                if c["delta"].get("content") and first is None:
-                    first = time.perf_counter()
-    return ((first or time.perf_counter()) - t0) * 1e3, prompt_tokens
+    ttft, prompt_tokens, _ = _chat_turn(client, model, messages, max_tokens)
+    return ttft, prompt_tokens
 
 
 def _session(client: httpx.Client, args: argparse.Namespace, rep: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from importlib.metadata import version
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["find_onnx", "export_encoder", "quantize_int8", "INT8_SCHEME"]
@@ -43,55 +44,65 @@ def _key(model_dir: Path) -> str:
 def export_encoder(model_dir: Path, cache_dir: Path) -> Path:
     """``cache_dir/<key>/model.onnx``, exported (dynamic batch and sequence axes) if not there yet."""
     out = cache_dir / _key(model_dir)
+    return _made_once(out, "export-", lambda tmp: _export(model_dir, out, tmp))
+
+
+def _made_once(out: Path, prefix: str, make: Callable[[Path], None]) -> Path:
+    """``out/model.onnx``: made by ``make`` in a fresh folder next to ``out``, which then becomes
+    ``out`` in one rename (a worker that loses the race to another keeps the other's)."""
     target = out / "model.onnx"
     if target.is_file():
         return target
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix="export-"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=prefix))
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
-        sample = tok(["an example sentence", "another one, a little longer"], padding=True, return_tensors="pt")
-        names = [n for n in INPUTS if n in sample]
-
-        class Encoder(torch.nn.Module):
-            """input ids, attention mask (and token types, where the model has them) → hidden states."""
-
-            def __init__(self, inner: Any) -> None:
-                super().__init__()
-                self.inner = inner
-
-            def forward(
-                self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
-            ) -> torch.Tensor:
-                extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-                out: torch.Tensor = self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-                return out
-
-        batch = torch.export.Dim("batch", max=65536)
-        seq = torch.export.Dim("seq", max=int(getattr(model.config, "max_position_embeddings", 512)))
-        log.info("exporting %s to ONNX (once; cached in %s)", model_dir, out)
-        torch.onnx.export(
-            Encoder(model),
-            tuple(sample[n] for n in names),
-            str(tmp / "model.onnx"),
-            input_names=names,
-            output_names=["last_hidden_state"],
-            dynamic_shapes={n: {0: batch, 1: seq} for n in names},
-            dynamo=True,
-            external_data=False,
-        )
+        make(tmp)
         try:
             os.replace(tmp, out)
-        except OSError:  # another worker finished the same export first
+        except OSError:  # another worker finished the same one first
             if not target.is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _export(model_dir: Path, out: Path, tmp: Path) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    sample = tok(["an example sentence", "another one, a little longer"], padding=True, return_tensors="pt")
+    names = [n for n in INPUTS if n in sample]
+
+    class Encoder(torch.nn.Module):
+        """input ids, attention mask (and token types, where the model has them) → hidden states."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        ) -> torch.Tensor:
+            extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+            out: torch.Tensor = self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+            return out
+
+    batch = torch.export.Dim("batch", max=65536)
+    seq = torch.export.Dim("seq", max=int(getattr(model.config, "max_position_embeddings", 512)))
+    log.info("exporting %s to ONNX (once; cached in %s)", model_dir, out)
+    torch.onnx.export(
+        Encoder(model),
+        tuple(sample[n] for n in names),
+        str(tmp / "model.onnx"),
+        input_names=names,
+        output_names=["last_hidden_state"],
+        dynamic_shapes={n: {0: batch, 1: seq} for n in names},
+        dynamo=True,
+        external_data=False,
+    )
 
 
 def _int8_key(src: Path, model_dir: Path) -> str:
@@ -108,31 +119,21 @@ def quantize_int8(src: Path, cache_dir: Path, model_dir: Path) -> Path:
     covers ``src`` (path, size, mtime), the model directory, the scheme and the onnxruntime/onnx
     versions, so a new export or library re-quantises."""
     out = cache_dir / f"int8-{_int8_key(src, model_dir)}"
-    target = out / "model.onnx"
-    if target.is_file():
-        return target
+    return _made_once(out, "quantize-", lambda tmp: _quantize(src, model_dir, out, tmp))
+
+
+def _quantize(src: Path, model_dir: Path, out: Path, tmp: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .smooth import smooth_graph
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix="quantize-"))
-    try:
-        log.info("quantising %s to int8 (once; cached in %s)", src, out)
-        big = src.stat().st_size > _EXTERNAL_DATA_BYTES
-        smoothed = tmp / "smoothed" / "model.onnx"
-        smoothed.parent.mkdir()
-        smooth_graph(src, smoothed, model_dir, external_data=big)
-        quantize_dynamic(
-            smoothed, tmp / "model.onnx", weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-            use_external_data_format=big,
-        )
-        shutil.rmtree(smoothed.parent)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another worker finished the same one first
-            if not target.is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("quantising %s to int8 (once; cached in %s)", src, out)
+    big = src.stat().st_size > _EXTERNAL_DATA_BYTES
+    smoothed = tmp / "smoothed" / "model.onnx"
+    smoothed.parent.mkdir()
+    smooth_graph(src, smoothed, model_dir, external_data=big)
+    quantize_dynamic(
+        smoothed, tmp / "model.onnx", weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
+        use_external_data_format=big,
+    )
+    shutil.rmtree(smoothed.parent)
