@@ -8,9 +8,9 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 __all__ = ["find_onnx", "export_encoder", "quantize_int8", "INT8_SCHEME"]
