@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -190,6 +191,10 @@ def run_chat(args: argparse.Namespace, out: TextIO | None = None) -> int:
     import openai
 
     out = out or sys.stdout
+    if sys.stdin.isatty() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # started from a shell that ignores SIGINT for background jobs: Ctrl-C is how this
+        # interactive program stops an answer, so take it back
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:
