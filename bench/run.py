@@ -168,28 +168,25 @@ def _run_chat_pairs(runner: Runner, pairs: list[str], res: dict[str, Any]) -> No
             res["pairs"]["direct"] = {"A": "gateway", "B": "LlamaEngine in-process",
                                       "rows": runner.pair(a, b, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
             b.stop()
+        def versus(key: str, label: str, server: Any, model: str, agent: str) -> None:
+            """The gateway (A) against an OpenAI-compatible peer server (B) on the same GGUF."""
+            stack.callback(server.stop)
+            server.wait()
+            peer_agent = Agent({"kind": "openai_chat", "base_url": server.base_url, "model": model}, out, agent)
+            stack.callback(peer_agent.stop)
+            rss.add(server.pids())
+            res["pairs"][key] = {"A": "gateway", "B": label,
+                                 "rows": runner.pair(a, peer_agent, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
+
         if "peer" in pairs:
             print("pair peer: gateway chat (A) vs python -m llama_cpp.server (B)", flush=True)
-            peer = PeerServer(path, args.threads, args.n_ctx, out)
-            stack.callback(peer.stop)
-            peer.wait()
-            b = Agent({"kind": "openai_chat", "base_url": peer.base_url, "model": "peer"}, out, "peer_chat")
-            stack.callback(b.stop)
-            rss.add(peer.pids())
-            res["pairs"]["peer"] = {"A": "gateway", "B": "llama_cpp.server",
-                                    "rows": runner.pair(a, b, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
+            versus("peer", "llama_cpp.server", PeerServer(path, args.threads, args.n_ctx, out), "peer", "peer_chat")
         if "llamaserver" in pairs:
             from .llama_server import build
 
             print("pair llamaserver: gateway chat (A) vs llama.cpp's llama-server (B)", flush=True)
             ls = LlamaServer(str(build()), path, args.threads, args.n_ctx, args.n_parallel, out)
-            stack.callback(ls.stop)
-            ls.wait()
-            b = Agent({"kind": "openai_chat", "base_url": ls.base_url, "model": "llama-server"}, out, "llama_server_chat")
-            stack.callback(b.stop)
-            rss.add(ls.pids())
-            res["pairs"]["llamaserver"] = {"A": "gateway", "B": "llama-server (C++)",
-                                           "rows": runner.pair(a, b, concs, runner.modes, runner.chat_spec, "output_tokens_per_s")}
+            versus("llamaserver", "llama-server (C++)", ls, "llama-server", "llama_server_chat")
         res["rss"]["llama"] = rss.stop()
         _gateway_cpu(res, "llama", ("direct", "peer", "llamaserver"))
 
