@@ -34,6 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_NAMES = 64  # WorkerInfo.aliases' bound
+_READINESS_POLL = 0.25  # seconds between readiness checks inside a heartbeat interval
 
 
 def process_memory(*, with_children: bool) -> int:
@@ -332,4 +333,18 @@ class WorkerRuntime:
             except Exception:  # the heartbeat must outlive any one failure
                 log.exception("heartbeat failed; will register again")
                 self._registered = False
-            await asyncio.sleep(self.heartbeat_interval if self._registered else min(1.0, self.heartbeat_interval))
+            await self._until_next_beat(self.heartbeat_interval if self._registered else min(1.0, self.heartbeat_interval))
+
+    async def _until_next_beat(self, interval: float) -> None:
+        """Sleep ``interval``, or less when readiness flips (an engine restarted inside this worker
+        came back, or went down): the controller then learns of it at once, not a beat later."""
+        was = self._beat_state()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + interval
+        while (left := end - loop.time()) > 0:
+            await asyncio.sleep(min(_READINESS_POLL, left))
+            if self._beat_state() != was:
+                return
+
+    def _beat_state(self) -> tuple[bool, bool]:
+        return self.ready(), self.backend.healthy()

@@ -204,7 +204,8 @@ class TestVllmChat(ChatSuite):
         while time.monotonic() < deadline:
             ok = httpx.get(f"{worker['address']}/worker/health", headers=server.internal_headers(), timeout=10).status_code == 200
             down = down or not ok
-            if down and ok:
+            # back on the worker, and the controller knows (its heartbeat says so at once)
+            if down and ok and any(w["healthy"] for w in server.workers() if w["worker_id"] == worker["worker_id"]):
                 break
             time.sleep(1)
         else:

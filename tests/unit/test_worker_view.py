@@ -109,3 +109,77 @@ def test_blank_admin_keys_are_refused() -> None:
 
     with pytest.raises(ConfigError, match="serve_args.admin_keys: a key is empty or blank"):
         parse_config({"models": [], "serve_args": {"admin_keys": ["ok", " "]}})
+
+
+class _FlakyEngine:
+    """A backend whose engine goes down and comes back (an engine process restarted by its worker)."""
+
+    capabilities = frozenset({"chat"})
+    capacity = 1
+    context_length = 2048
+    extra_model_names: list[str] = []
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def healthy(self) -> bool:
+        return self.up
+
+    def load(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def fingerprint(self) -> str:
+        return "fp_test"
+
+
+class _Beats:
+    def __init__(self) -> None:
+        self.beats: list[Heartbeat] = []
+
+    async def register(self, info: WorkerInfo) -> None:
+        pass
+
+    async def heartbeat(self, hb: Heartbeat) -> bool:
+        self.beats.append(hb)
+        return True
+
+    async def unregister(self, worker_id: str) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_a_readiness_change_is_reported_at_once_not_a_heartbeat_later() -> None:
+    """With a 30 s heartbeat, the engine going down and coming back each reach the controller
+    within a second (else the gateway answers 503 for a replica that is back, or routes to
+    one that is down, for up to a whole interval)."""
+    from gpt_server.worker.runtime import WorkerRuntime
+
+    async def run() -> None:
+        backend, link = _FlakyEngine(), _Beats()
+        rt = WorkerRuntime(backend, model_name="m", aliases=[], model_kind="llm", address="http://127.0.0.1:1",  # type: ignore[arg-type]
+                           controller_address=None, limit=4, heartbeat_interval=30.0, secret=None, controller=link)
+        await rt.start()
+        loop = asyncio.get_running_loop()
+
+        async def beat_with(healthy: bool) -> float:
+            t0 = loop.time()
+            while not any(b.healthy is healthy for b in link.beats):
+                assert loop.time() - t0 < 1.0, f"no heartbeat with healthy={healthy} within a second"
+                await asyncio.sleep(0.02)
+            return loop.time() - t0
+
+        await asyncio.sleep(0.1)  # registered; the first beat comes at once
+        link.beats.clear()
+        backend.up = False
+        await beat_with(False)
+        link.beats.clear()
+        backend.up = True
+        await beat_with(True)
+        await rt.stop(drain_timeout=0)
+
+    asyncio.run(run())
