@@ -3,7 +3,7 @@
 A prompt seen before is not prefilled again, whichever slot it lands in: the new sequence
 takes a slot it continues, else an empty one, else the least recently used one (so other
 slots keep what they cache), and the longest cached prefix — in any slot, running ones
-too — is shared into it (unified KV cache, ``llama_memory_seq_cp``). Greedy answers must
+too — is copied into it (``llama_memory_seq_cp`` of the KV stream). Greedy answers must
 be the same token for token as without the cache.
 """
 
@@ -39,18 +39,21 @@ def _tokens(eng: Any, text: str) -> list[int]:
     return eng.tokenize(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n", add_special=True, parse_special=True)
 
 
-def _run(eng: Any, prompt: list[int], max_tokens: int = 12, *, wait: bool = True) -> Any:
+def _run(eng: Any, prompt: list[int], max_tokens: int = 12, *, wait: bool = True, logprobs: bool = False) -> Any:
     from gpt_server.backends.llama_cpp.engine import Sequence
 
     done = threading.Event()
+    lps: list[float] = []
 
     def sink(ev: Any) -> None:
+        lps.extend(lp.logprob for lp in ev.logprobs or [])
         if ev.finish_reason is not None or ev.error is not None:
             done.set()
 
-    s = Sequence(index=0, prompt=prompt, params=SamplingParams(temperature=0.0, max_tokens=max_tokens),
-                 max_tokens=max_tokens, sink=sink, cancelled=threading.Event())
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs)
+    s = Sequence(index=0, prompt=prompt, params=params, max_tokens=max_tokens, sink=sink, cancelled=threading.Event())
     s.finished = done  # type: ignore[attr-defined]
+    s.lps = lps  # type: ignore[attr-defined]
     eng.submit([s])
     if wait:
         assert done.wait(60), "the sequence did not finish"
@@ -102,6 +105,26 @@ def test_a_prefix_is_shared_from_a_running_slot(engine: Any) -> None:
     assert twin.generated == solo.generated
     assert long.finished.wait(60)
     assert long.generated[:24] == solo.generated
+
+
+def test_an_answer_does_not_depend_on_what_other_slots_hold_or_run(engine: Any) -> None:
+    """A sequence's logits are the same whether it runs alone from an empty cache or next to
+    another running sequence, with a third slot's cache kept (each slot has its own KV stream)."""
+    _reset(engine)
+    a, b = _tokens(engine, PROMPTS[1]), _tokens(engine, PROMPTS[0] + " Make it long and sad.")
+    solo = _run(engine, a, max_tokens=32, logprobs=True)
+    _reset(engine)
+    _run(engine, _tokens(engine, PROMPTS[2]), max_tokens=64)  # a slot's cache ahead of A's cells
+    other = _run(engine, b, max_tokens=200, wait=False)
+    while len(other.generated) < 8 and not other.finished.is_set():
+        other.finished.wait(0.01)
+    beside = _run(engine, a, max_tokens=32, logprobs=True)
+    assert not other.finished.is_set(), "the other sequence must still run beside A"
+    assert beside.cached < 8, "A must be prefilled (the chat template's first tokens may be cached)"
+    assert beside.generated == solo.generated
+    assert len(beside.lps) == len(solo.lps) == 32
+    assert max(abs(x - y) for x, y in zip(beside.lps, solo.lps, strict=True)) < 1e-3, (beside.lps, solo.lps)
+    assert other.finished.wait(60)
 
 
 def test_a_later_turn_continues_its_slot(engine: Any) -> None:

@@ -44,6 +44,9 @@ __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 _CONTINUE_SLACK = 4
 # most decode steps a sequence goes without drafts after its drafts were rejected
 _MAX_BACKOFF = 32
+# a cached prefix in another slot is copied in when it saves at least this many prompt tokens:
+# copying a KV stream costs about two prefilled tokens (SmolLM2, 2048 cells per stream)
+_MIN_COPY = 8
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +127,17 @@ class LlamaEngine(EngineThread[Sequence, None]):
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = min(self.n_batch, 512)
         cparams.n_seq_max = self.n_parallel
-        cparams.kv_unified = True
+        # one KV stream per slot (as llama-server with a fixed --parallel): a step's attention
+        # reads each sequence's own cells only, not every slot's cached prompts, and a
+        # sequence's logits do not depend on what the other slots hold
+        cparams.kv_unified = False
         threads = opts.n_threads or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
-        # one unified KV pool of n_parallel × n_ctx_seq cells: every slot (including the
-        # prefix it keeps for reuse) is capped at n_ctx_seq, so the pool cannot run out
+        # n_parallel streams of n_ctx_seq cells: every slot (including the prefix it keeps for
+        # reuse) is capped at n_ctx_seq, so a stream cannot run out
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
@@ -244,10 +250,11 @@ class LlamaEngine(EngineThread[Sequence, None]):
         The slot a sequence takes is the one whose cache it continues (a later turn of
         the same chat) or mostly repeats, else an empty one, else the least recently used:
         other slots' caches stay for the prompts they hold. The longest cached prefix of the prompt,
-        in whichever slot it is (running ones too), is then shared into that slot:
-        the KV cache is unified, so ``llama_memory_seq_cp`` tags the cells with one more
-        sequence instead of copying them. So a repeated prompt or a shared system prompt
-        is prefilled once, whatever slot it lands in.
+        in whichever slot it is (running ones too), is then copied into that slot when it is
+        at least ``_MIN_COPY`` tokens longer than what the slot holds: ``llama_memory_seq_cp``
+        copies the source's KV stream (done at the next decode, a memcpy of the stream) and the
+        tail past the prefix is dropped. So a repeated prompt or a shared system prompt is
+        prefilled once, whatever slot it lands in.
         """
         while self._waiting:
             free = [s for s in self._slots if s.seq is None]
@@ -262,10 +269,11 @@ class LlamaEngine(EngineThread[Sequence, None]):
             target = _choose_slot(free, common, len(seq.prompt))
             src = max(self._slots, key=lambda slot: common[id(slot)])
             reuse = common[id(target)]
-            if common[id(src)] > reuse and src is not target:
+            if common[id(src)] >= reuse + _MIN_COPY and src is not target:
                 reuse = common[id(src)]
-                llama_cpp.llama_memory_seq_rm(self.memory, target.seq_id, -1, -1)
-                llama_cpp.llama_memory_seq_cp(self.memory, src.seq_id, target.seq_id, 0, reuse)
+                # across streams llama.cpp copies a whole sequence (p0 0, p1 -1): copy, then cut
+                llama_cpp.llama_memory_seq_cp(self.memory, src.seq_id, target.seq_id, 0, -1)
+                llama_cpp.llama_memory_seq_rm(self.memory, target.seq_id, reuse, -1)
                 target.tokens = src.tokens[:reuse]
             else:
                 llama_cpp.llama_memory_seq_rm(self.memory, target.seq_id, reuse, -1)
