@@ -13,6 +13,9 @@ _TITLES = {
     "llamaserver": "Chat: gateway (A) vs llama.cpp's C++ llama-server (B)",
     "embed": "Embeddings: gateway (A) vs sentence-transformers in-process (B)",
     "echo": "No-op echo worker: gateway (A) vs /worker/generate direct (B)",
+    "old_chat": "Before/after (--old): chat, this gateway (A) vs the old checkout's (B)",
+    "old_embed": "Before/after (--old): embeddings, this gateway (A) vs the old checkout's (B)",
+    "old_echo": "Before/after (--old): echo, this gateway (A) vs the old checkout's (B)",
 }
 
 

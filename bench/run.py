@@ -10,6 +10,11 @@ Pairs (``--pairs``):
   onnx    embeddings on ONNX Runtime (fp32, int8) vs sentence-transformers (torch), each a worker
           behind one gateway, + gateway vs ``encode`` in process at c=1 (bench/onnx_embed.py;
           not in the default set)
+
+``--old PATH`` (a checkout of an earlier commit, e.g. ``git worktree add /tmp/old <commit>``) adds,
+to each of the chat, embed and echo groups that run, one more pair in the same run: this
+checkout's gateway (A) against the old checkout's (B), same config and model, rounds alternating
+— the before/after of every row.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slo-tpot-ms", type=float, default=200.0)
     p.add_argument("--out", default=None, help="output folder (default bench/results/run-<time>)")
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--old", default=None, metavar="PATH",
+                   help="a checkout of an earlier commit: each group also runs this gateway (A) against that one's (B)")
     p.add_argument("--in-process", action="store_true",
                    help="chat and embedding workers run inside the gateway process (workers: [{in_process: true}])")
     return p
@@ -147,6 +154,22 @@ def _env(args: argparse.Namespace) -> dict[str, str]:
     return {"GPT_SERVER_THREADS": t, "OMP_NUM_THREADS": t, "HF_HUB_OFFLINE": "1", "GPT_SERVER_LOG_LEVEL": "warning"}
 
 
+def _versus_old(runner: Runner, res: dict[str, Any], key: str, a: Agent, models: list[dict[str, Any]], agent: dict[str, Any],
+                concs: list[int], modes: list[str], spec_of: Any, rate_key: str, stack: ExitStack) -> None:
+    """``--old``: the same config served from the old checkout (B) against this gateway's agent (A)."""
+    if not runner.args.old:
+        return
+    old_root = Path(runner.args.old).resolve()
+    print(f"pair {key}: this gateway (A) vs the gateway of {old_root} (B)", flush=True)
+    gw = Gateway(models, runner.out, key, _env(runner.args), root=old_root)
+    stack.callback(gw.stop)
+    gw.wait()
+    b = Agent({**agent, "base_url": gw.base_url}, runner.out, key)
+    stack.callback(b.stop)
+    res["pairs"][key] = {"A": "gateway (this checkout)", "B": f"gateway ({old_root})",
+                         "rows": runner.pair(a, b, concs, modes, spec_of, rate_key)}
+
+
 def _run_chat_pairs(runner: Runner, pairs: list[str], res: dict[str, Any]) -> None:
     from gpt_server.config import resolve_model_path
 
@@ -189,6 +212,8 @@ def _run_chat_pairs(runner: Runner, pairs: list[str], res: dict[str, Any]) -> No
             versus("llamaserver", "llama-server (C++)", ls, "llama-server", "llama_server_chat")
         res["rss"]["llama"] = rss.stop()
         _gateway_cpu(res, "llama", ("direct", "peer", "llamaserver"))
+        _versus_old(runner, res, "old_chat", a, [_llama_entry(args)], {"kind": "openai_chat", "model": "smollm2"},
+                    concs, runner.modes, runner.chat_spec, "output_tokens_per_s", stack)
 
 
 def _run_embed_pair(runner: Runner, res: dict[str, Any]) -> None:
@@ -226,6 +251,8 @@ def _run_embed_pair(runner: Runner, res: dict[str, Any]) -> None:
         res["pairs"]["embed"] = {"A": "gateway", "B": "sentence-transformers in-process", "rows": rows}
         res["rss"]["embed"] = rss.stop()
         _gateway_cpu(res, "embed", ("embed",))
+        _versus_old(runner, res, "old_embed", a, [entry], {"kind": "openai_embed", "model": "minilm"},
+                    _ints(args.concurrency), ["nostream"], spec, "requests_per_s", stack)
 
 
 def _run_echo_pair(runner: Runner, res: dict[str, Any]) -> None:
@@ -255,6 +282,8 @@ def _run_echo_pair(runner: Runner, res: dict[str, Any]) -> None:
         res["pairs"]["echo"] = {"A": "gateway", "B": "echo worker direct", "rows": rows}
         res["rss"]["echo"] = rss.stop()
         _gateway_cpu(res, "echo", ("echo",))
+        _versus_old(runner, res, "old_echo", a, [entry], {"kind": "openai_chat", "model": "echo"},
+                    concs, runner.modes, spec, "requests_per_s", stack)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -197,8 +197,10 @@ class ServeProcess:
 class Gateway(ServeProcess):
     """``gpt-server serve`` for a benchmark run, its config and log in the run's folder."""
 
-    def __init__(self, models: list[dict[str, Any]], out: Path, name: str, env: dict[str, str] | None = None) -> None:
-        super().__init__(serve_config(models), out / f"{name}.yaml", out / f"{name}.log", env, cwd=ROOT)
+    def __init__(self, models: list[dict[str, Any]], out: Path, name: str, env: dict[str, str] | None = None,
+                 root: Path = ROOT) -> None:
+        """``root``: the checkout whose ``gpt_server`` serves (``python -m`` from there)."""
+        super().__init__(serve_config(models), out / f"{name}.yaml", out / f"{name}.log", env, cwd=root)
 
     def wait(self, timeout: float = 180.0) -> None:
         self.wait_workers(timeout=timeout)

@@ -186,3 +186,32 @@ def test_onnx_mode(tmp_path: Path) -> None:
     assert cos["onnx"]["min"] > 0.9999 and 0.98 < cos["int8"]["min"] < 0.99999  # int8 is close, not identical
     assert {"worker:st:0", "worker:onnx:0", "worker:onnx-int8:0"} <= set(res["rss"]["onnx"])
     assert "Embeddings on ONNX Runtime" in (tmp_path / "report.md").read_text()
+
+
+def test_before_after_against_an_old_checkout(tmp_path: Path) -> None:
+    """``--old PATH``: each group also runs this gateway (A) against one served from another
+    checkout (B) in the same run; here the committed HEAD, unpacked with git archive."""
+    import subprocess
+
+    from bench.servers import ROOT
+
+    old = tmp_path / "old"
+    old.mkdir()
+    tar = subprocess.run(["git", "-C", str(ROOT), "archive", "HEAD"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=tar, check=True)
+    out = tmp_path / "out"
+    args = build_parser().parse_args([
+        "--pairs", "echo", "--concurrency", "1,2", "--modes", "stream", "--rounds", "2",
+        "--echo-requests", "10", "--echo-max-tokens", str(MAX_TOKENS), "--threads", "1",
+        "--old", str(old), "--no-plots", "--out", str(out),
+    ])
+    res = run(args)
+    pair = res["pairs"]["old_echo"]
+    assert str(old) in pair["B"]
+    assert [r["concurrency"] for r in pair["rows"]] == [1, 2]
+    for r in pair["rows"]:
+        _check_summary(r["A"], 20, True)  # two rounds of 10 per side
+        _check_summary(r["B"], 20, True)
+        assert r["ratio"] > 0 and r["A"]["output_tokens"] == r["B"]["output_tokens"] == MAX_TOKENS * 20
+    assert (out / "old_echo.yaml").exists()
+    assert "Before/after (--old): echo" in (out / "report.md").read_text()
