@@ -3,7 +3,7 @@ the prompt: rewrites, copy-edits, summaries, code edits) and embedding sentences
 
 from __future__ import annotations
 
-__all__ = ["CHAT_PROMPTS", "GROUNDED_PROMPTS", "EMBED_SENTENCES", "QUALITY_SENTENCES", "chat_prompt", "embed_inputs"]
+__all__ = ["CHAT_PROMPTS", "GROUNDED_PROMPTS", "EMBED_SENTENCES", "VARIED_SENTENCES", "QUALITY_SENTENCES", "chat_prompt", "embed_inputs"]
 
 CHAT_PROMPTS: tuple[str, ...] = (
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -70,6 +70,18 @@ EMBED_SENTENCES: tuple[str, ...] = (
     "Rain falls, rivers flow to the sea, and water evaporates again.",
 )
 
+# sentences of kinds the quantisation of embeddings is most likely to hurt: instructions,
+# code, another language, numbers, a long one (tests/engines/test_onnx.py checks on them too)
+VARIED_SENTENCES: tuple[str, ...] = (
+    "Reset your password from the account settings page, then sign in again.",
+    "def add(a, b):\n    return a + b",
+    "Le chat dort sur le canapé depuis ce matin.",
+    "Order #48213 shipped on 2024-03-02 and arrives in 3-5 business days.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a "
+    "by-product; it takes place in the chloroplasts of plant cells and of some algae and bacteria.",
+    "The central bank left interest rates unchanged, citing persistent inflation in services.",
+)
+
 # the fixed set an engine's vectors are compared on (cosine to torch's): short and long
 # sentences, paraphrases, numbers, code, another language
 QUALITY_SENTENCES: tuple[str, ...] = (
@@ -79,13 +91,7 @@ QUALITY_SENTENCES: tuple[str, ...] = (
     "Quarterly revenue grew by twelve percent.",
     "The company's sales rose 12% this quarter.",
     "How do I bake sourdough bread?",
-    "Reset your password from the account settings page, then sign in again.",
-    "def add(a, b):\n    return a + b",
-    "Le chat dort sur le canapé depuis ce matin.",
-    "Order #48213 shipped on 2024-03-02 and arrives in 3-5 business days.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a "
-    "by-product; it takes place in the chloroplasts of plant cells and of some algae and bacteria.",
-    "The central bank left interest rates unchanged, citing persistent inflation in services.",
+    *VARIED_SENTENCES,
 )
 
 

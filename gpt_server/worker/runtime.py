@@ -346,5 +346,6 @@ class WorkerRuntime:
             if self._beat_state() != was:
                 return
 
-    def _beat_state(self) -> tuple[bool, bool]:
-        return self.ready(), self.backend.healthy()
+    def _beat_state(self) -> tuple[str, bool]:
+        """What a heartbeat's ``healthy`` and ``state`` are made of."""
+        return self.state, self.backend.healthy()

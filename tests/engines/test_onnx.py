@@ -14,6 +14,7 @@ import openai
 import pydantic
 import pytest
 
+from bench.prompts import VARIED_SENTENCES
 from tests.contract.embed import TEXTS, EmbedSuite, vectors
 from tests.embed_helpers import MINILM, entry, minilm_vectors
 from tests.hf_helpers import CACHE_ROOT
@@ -23,16 +24,7 @@ INT8 = "embed-int8"
 # one or two words: activations quantised per tensor cost these most (cosine ~0.98, see docs/embeddings.md)
 ONE_WORD_TEXTS = ["ok", "hello", "Paris", "thanks a lot"]
 # a fixed set of sentences: short and long, paraphrases, numbers, code, non-English
-QUALITY_TEXTS = [
-    *TEXTS,
-    "Reset your password from the account settings page, then sign in again.",
-    "def add(a, b):\n    return a + b",
-    "Le chat dort sur le canapé depuis ce matin.",
-    "Order #48213 shipped on 2024-03-02 and arrives in 3-5 business days.",
-    "Photosynthesis converts light energy into chemical energy stored in glucose, releasing oxygen as a "
-    "by-product; it takes place in the chloroplasts of plant cells and of some algae and bacteria.",
-    "The central bank left interest rates unchanged, citing persistent inflation in services.",
-]
+QUALITY_TEXTS = [*TEXTS, *VARIED_SENTENCES]
 
 
 class TestOnnxEmbed(EmbedSuite):
