@@ -22,6 +22,7 @@ from .controller.dispatch import make_policy
 from .controller.registry import Registry
 from .errors import GatewayError
 from .gateway.app import build_app
+from .procs import settle_heap
 from .runtime.manager import ModelManager, ReplicaFactory
 from .runtime.memory import default_budget
 from .runtime.ondemand import OnDemandController
@@ -212,6 +213,9 @@ async def serve(cfg: Config, config_data: dict | None, config_path: str | None =
         asyncio.create_task(cserver.serve(sockets=[csock])),
         asyncio.create_task(gserver.serve(sockets=[gsock])),
     ]
+    # what start-up made (the apps, modules) is frozen out of the collector's passes; replicas
+    # loaded in this process later are not, so unloading one frees it
+    settle_heap()
     try:
         started = await manager.start()
         ready = asyncio.create_task(_wait_ready(manager, started, cfg.model_worker_args.startup_timeout))
@@ -267,6 +271,7 @@ async def run_controller(cfg: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     log.info("controller listening on %s:%d (%s)", ca.host, sock.getsockname()[1], ca.dispatch_method)
+    settle_heap()
     await server.serve(sockets=[sock])
 
 
@@ -286,4 +291,5 @@ async def run_gateway(cfg: Config, controller_address: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
     log.info("gateway listening on %s:%d, controller %s", sa.host, sock.getsockname()[1], controller_address)
+    settle_heap()
     await server.serve(sockets=[sock])

@@ -3,18 +3,32 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import signal
 import socket
 import sys
 from collections.abc import Callable
 
-__all__ = ["free_port", "die_with_parent", "killed_with_parent", "CONFIG_ERROR_EXIT"]
+__all__ = ["free_port", "die_with_parent", "killed_with_parent", "settle_heap", "CONFIG_ERROR_EXIT"]
 
 # a worker process exits with this code when its model cannot load because of its config
 # (sysexits EX_CONFIG): the launcher stops `serve` (exit 2) instead of restarting it forever
 CONFIG_ERROR_EXIT = 78
 
 _PR_SET_PDEATHSIG = 1
+
+
+def settle_heap() -> None:
+    """Collect, then freeze what is alive (``gc.freeze``): the objects of start-up (modules, the
+    app, a loaded model's Python side) move to a permanent generation that the garbage
+    collector's passes skip. Without it every full collection walks them all: 50-150 ms on this
+    project's processes (measured on a 2-core host), with the event loop held and, in a worker,
+    the GIL that the engine thread needs between steps, so every stream of the process stalls.
+    Frozen objects are still freed by reference counting; cyclic garbage among them never is, so
+    freeze only what lives as long as the process: after start-up, and in a worker process after
+    its one model loads (an in-process replica, which can be unloaded, is not frozen)."""
+    gc.collect()
+    gc.freeze()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

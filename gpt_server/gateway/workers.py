@@ -184,6 +184,9 @@ class WorkerClient:
         self.request_timeout = timeout
         self._headers = {SECRET_HEADER: secret} if secret else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout)
+        # a generation's events are read under the request's deadline (SSE, collect), which
+        # bounds them as the read timeout did, without a timer rescheduled on every read
+        self._event_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -233,7 +236,7 @@ class WorkerClient:
                     return await self.local.generate(target.address, request)
             if not payload:
                 payload = request.__pydantic_serializer__.to_json(request)
-            return await self._post(target, "/worker/generate", payload)
+            return await self._post(target, "/worker/generate", payload, events=True)
 
         sent = time.perf_counter()
         result, target = await self._within(deadline, self._send(model, request.kind, call, affinity))
@@ -269,15 +272,17 @@ class WorkerClient:
 
         return release
 
-    async def _post(self, target: DispatchReply, path: str, payload: bytes) -> _Response:
-        """POST to a worker; its response if 200, else the error it answered, raised."""
+    async def _post(self, target: DispatchReply, path: str, payload: bytes, events: bool = False) -> _Response:
+        """POST to a worker; its response if 200, else the error it answered, raised.
+        ``events``: a generation, whose reads the caller bounds with the request's deadline."""
         resp: _Response
         if is_local(target.address):
             if self.local is None:
                 raise aiohttp.ClientConnectionError(f"no in-process worker at {target.address}")
             resp = await self.local.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
         else:
-            resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON)
+            timeout = self._event_timeout if events else self._timeout
+            resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON, timeout=timeout)
         if resp.status == 200:
             return resp
         try:

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
+from ..procs import settle_heap
 from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
@@ -113,6 +114,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        settle_heap()  # a worker process serves this one model: its loaded heap stays as is
         yield
         await runtime.stop()
 
