@@ -160,6 +160,26 @@ def test_speculative_bench_smoke(tmp_path: Path) -> None:
     assert 0 < row["accepted"] <= row["drafted"] and 0 < row["acceptance"] <= 1
 
 
+def test_cost_mode_accounts_a_tokens_cpu(tmp_path: Path) -> None:
+    """``python -m bench.cost``, the gateway side (llama-server is not built here): a short window
+    at c=1 and c=2; every process's CPU per token, and the engine's step split, are reported and
+    add up (the engine threads do most of the work; a step's host part is a small share)."""
+    from bench.cost import main as cost_main
+
+    t0 = time.monotonic()
+    rc = cost_main(["--sides", "gateway", "--concurrency", "1,2", "--seconds", "2", "--rounds", "1", "--threads", "1",
+                    "--n-parallel", "2", "--n-ctx", "512", "--max-tokens", "16", "--out", str(tmp_path)])
+    assert rc == 0 and time.monotonic() - t0 < 120
+    res = json.loads((tmp_path / "cost.json").read_text())
+    assert [(r["side"], r["c"]) for r in res["rows"]] == [("gateway", 1), ("gateway", 2)]
+    for r in res["rows"]:
+        assert r["errors"] == 0 and r["tokens"] > 0 and r["tok_per_s"] > 0
+        assert r["engine_threads_ms_per_tok"] > r["gateway_ms_per_tok"] > 0
+        assert r["engine_rest_ms_per_tok"] >= 0 and r["client_ms_per_tok"] > 0
+        assert r["steps"] > 0 and 0 < r["host_ms_per_step"] < r["decode_ms_per_step"]
+    assert "| gateway | 1 |" in (tmp_path / "cost.md").read_text()
+
+
 def test_onnx_mode(tmp_path: Path) -> None:
     """The onnx mode (torch vs onnx vs onnx int8 behind one gateway, + encode in process at
     c=1), a few requests: every side answered, rates and ratios computed, cosine reported."""

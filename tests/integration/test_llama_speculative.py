@@ -280,3 +280,11 @@ def test_server_output_identical_and_counted(server: Server) -> None:
              for w in server.workers()}
     assert stats["spec"]["spec_accepted"] > 0 and stats["spec"]["spec_drafted"] >= stats["spec"]["spec_accepted"]
     assert stats["plain"]["spec_drafted"] == 0
+    # the decode loop's own account: the plain worker decoded the prompt and one token per step
+    # after it; a step's time inside llama_decode and around it (host) are both counted
+    p = stats["plain"]
+    assert p["step_steps"] >= plain.usage.completion_tokens - 1, p
+    assert p["step_tokens"] >= p["step_steps"] + plain.usage.prompt_tokens - 1, p
+    assert 0 < p["step_host_us"] < p["step_decode_us"], p
+    # with drafts, fewer steps than tokens: each step verified several
+    assert stats["spec"]["step_steps"] < 2 * spec.usage.completion_tokens

@@ -131,9 +131,14 @@ class LlamaCppBackend(Tokenizes, Backend):
 
     def stats(self) -> dict[str, int]:
         """Speculative decoding: ``spec_drafted`` tokens drafted, ``spec_accepted`` of them kept,
-        ``spec_verify_steps`` sequence-steps that verified drafts (zeros when it is off)."""
+        ``spec_verify_steps`` sequence-steps that verified drafts (zeros when it is off). The
+        decode loop: ``step_steps`` decode steps, ``step_tokens`` batch tokens they decoded,
+        ``step_decode_us`` microseconds inside llama_decode and ``step_host_us`` on the engine
+        thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through."""
         eng = self.engine
-        return {f"spec_{k}": v for k, v in eng.spec_stats.items()} if eng is not None else {}
+        if eng is None:
+            return {}
+        return {**{f"spec_{k}": v for k, v in eng.spec_stats.items()}, **{f"step_{k}": v for k, v in eng.step_stats.items()}}
 
     # ---- request preparation (runs in a thread) ------------------------------
     def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:

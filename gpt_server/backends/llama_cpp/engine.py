@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from llama_cpp import _internals
 from ...protocol.worker import SamplingParams, TokenLogprob
 from ..textgen.engine_thread import EngineThread
 from ..textgen.sampling import SamplerState
-from ..textgen.sequences import SeqEvent, finish, sample_step
+from ..textgen.sequences import SeqEvent, finish, release_events, sample_step
 from ..textgen.textstream import TextStream
 from . import SpeculativeOptions
 from .speculative import DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
@@ -159,6 +160,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 raise ValueError(f"the draft model's vocabulary ({n} tokens) differs from the model's ({self.n_vocab})")
         # speculative decoding: tokens drafted, drafts accepted, decode steps that verified drafts
         self.spec_stats = {"drafted": 0, "accepted": 0, "verify_steps": 0}
+        # decode steps, the batch tokens they decoded, and where each step's time went: inside
+        # llama_decode, and on this thread around it (building the batch, sampling, detokenizing,
+        # handing the events over), which llama.cpp's own threads wait through
+        self.step_stats = {"steps": 0, "tokens": 0, "decode_us": 0, "host_us": 0}
         self._start_thread()
 
     # ---- tokens -------------------------------------------------------------
@@ -239,7 +244,15 @@ class LlamaEngine(EngineThread[Sequence, None]):
     def _step(self, admitted: None) -> None:
         self._drop_cancelled()
         if self._busy():
-            self._decode_step()
+            t0 = time.perf_counter()
+            done = self._decode_step()
+            if done is not None:
+                n, in_decode = done
+                st = self.step_stats
+                st["steps"] += 1
+                st["tokens"] += n
+                st["decode_us"] += round(in_decode * 1e6)
+                st["host_us"] += round((time.perf_counter() - t0 - in_decode) * 1e6)
 
     def _busy(self) -> bool:
         return any(s.seq is not None for s in self._slots)
@@ -289,7 +302,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if slot.seq is not None and slot.seq.cancelled.is_set():
                 self._finish(slot, "abort")
 
-    def _decode_step(self) -> None:
+    def _decode_step(self) -> tuple[int, float] | None:
+        """One batch decoded and its outputs sampled: (batch tokens, seconds in llama_decode);
+        None when there was nothing to decode or the decode failed."""
         b = self._batch
         n = 0
         prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
@@ -319,9 +334,12 @@ class LlamaEngine(EngineThread[Sequence, None]):
                     outputs.append((slot, n - 1))
             prefill.append((slot, take))
         if n == 0:
-            return
+            return None
         b.n_tokens = n
+        release_events()  # the event loops run while this thread is in llama_decode, off the GIL
+        t0 = time.perf_counter()
         rc = llama_cpp.llama_decode(self.ctx.ctx, b)
+        in_decode = time.perf_counter() - t0
         if rc != 0:
             msg = f"llama_decode failed with code {rc}"
             log.error(msg)
@@ -330,7 +348,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
                     llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
                     slot.tokens = []
                     self._finish(slot, None, error=msg)
-            return
+            return None
         for slot, count in prefill:
             s = slot.seq
             assert s is not None
@@ -343,6 +361,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s is None:
                 continue
             self._sample(slot, s, self._logits(i))
+        return n, in_decode
 
     def _logits(self, row: int) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, row)

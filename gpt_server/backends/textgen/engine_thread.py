@@ -20,7 +20,7 @@ import numpy as np
 
 from ...protocol.worker import SamplingParams
 from .sampling import SamplerState
-from .sequences import SeqEvent
+from .sequences import SeqEvent, hold_events, release_events
 from .textstream import TextStream
 
 __all__ = ["EngineThread"]
@@ -111,9 +111,11 @@ class EngineThread(Generic[S, A]):
         self._thread.join(timeout=timeout)
 
     def _run(self) -> None:
+        hold_events()  # what a turn reports goes to the event loops together, before this thread blocks
         try:
             with self._loop_context():
                 while True:
+                    release_events()
                     with self._cond:
                         while not self._stop and not self._waiting and not self._busy():
                             self._cond.wait()
@@ -129,3 +131,5 @@ class EngineThread(Generic[S, A]):
                 while self._waiting:
                     s = self._waiting.popleft()
                     s.sink(SeqEvent(index=s.index, error=self._failed))
+        finally:
+            release_events()

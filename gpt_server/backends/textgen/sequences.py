@@ -31,9 +31,54 @@ from ...protocol.worker import (
 from .sampling import SamplerState, log_softmax, sample_token
 from .textstream import TextStream
 
-__all__ = ["SeqEvent", "SeqLike", "sample_step", "emit", "finish", "token_logprob", "stream_sequences"]
+__all__ = [
+    "SeqEvent", "SeqLike", "sample_step", "emit", "finish", "token_logprob", "stream_sequences", "hold_events", "release_events",
+]
 
 log = logging.getLogger(__name__)
+
+
+class _Outbox(threading.local):
+    """Per thread: the events its sequences reported that wait for ``release_events`` (None:
+    each goes to its event loop at once)."""
+
+    held: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any], Any]] | None = None
+
+
+_outbox = _Outbox()
+
+
+def hold_events() -> None:
+    """On an engine thread: the events its sequences report from now on wait until
+    ``release_events``, which hands them over together (one wake-up per event loop).
+
+    Handing each event over at once wakes the event loop in the middle of the step's host work
+    (sampling the other sequences, building the next batch). Every ctypes call there lets go of
+    the GIL, the woken loop takes it and writes its streams' events, and the engine thread waits
+    for it with llama.cpp's threads idle; released just before the engine blocks (the next decode,
+    an idle wait), the loop runs while the engine does not need the GIL."""
+    _outbox.held = []
+
+
+def release_events() -> None:
+    """Hand the held events to their event loops, in order (see ``hold_events``)."""
+    held = _outbox.held
+    if not held:
+        return
+    _outbox.held = []
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue[Any], Any]]] = {}
+    for loop, queue, ev in held:
+        by_loop.setdefault(loop, []).append((queue, ev))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # that loop has closed: nobody is waiting for these
+            pass
+
+
+def _deliver(items: list[tuple[asyncio.Queue[Any], Any]]) -> None:
+    for queue, ev in items:
+        queue.put_nowait(ev)
 
 
 @dataclass
@@ -156,7 +201,11 @@ async def stream_sequences(
     cancelled = threading.Event()
 
     def sink(ev: SeqEvent) -> None:
-        loop.call_soon_threadsafe(queue.put_nowait, ev)
+        held = _outbox.held  # the engine thread's, when it holds events for one hand-over
+        if held is None:
+            loop.call_soon_threadsafe(queue.put_nowait, ev)
+        else:
+            held.append((loop, queue, ev))
 
     seqs: Sequence[Any] = make(sink, cancelled)
     try:
