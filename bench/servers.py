@@ -21,6 +21,7 @@ import httpx
 import psutil
 import yaml
 
+from gpt_server.backends.llama_cpp.buffers import server_argv, use_extra_buffers
 from gpt_server.procs import free_port
 
 __all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "LlamaServer", "BareServer", "Agent", "RssSampler", "ROOT"]
@@ -239,8 +240,8 @@ class PeerServer(_PeerProcess):
 
     def __init__(self, model_path: str, n_threads: int, n_ctx: int, out: Path) -> None:
         self.port = free_port()
-        args = [
-            sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", "peer",
+        args = [  # extra weight buffers as our engine's (off on AMX CPUs: gpt_server.backends.llama_cpp.buffers)
+            *server_argv(sys.executable, None), "--model", model_path, "--model_alias", "peer",
             "--host", "127.0.0.1", "--port", str(self.port), "--n_threads", str(n_threads),
             "--n_threads_batch", str(n_threads), "--n_ctx", str(n_ctx), "--verbose", "False",
             # by default it aborts the running stream when another request arrives: queue instead
@@ -262,6 +263,8 @@ class LlamaServer(_PeerProcess):
             # the context is split between the slots: give each slot what one gateway sequence gets
             "--ctx-size", str(n_ctx * n_parallel), "--no-webui", "--log-disable",
         ]
+        if not use_extra_buffers(None):  # as our engine (an AMX CPU: gpt_server.backends.llama_cpp.buffers)
+            args.append("--no-repack")
         self.proc = Proc(args, out / "peer_llama_server.log", cwd=ROOT)
 
 

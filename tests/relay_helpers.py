@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from gpt_server.backends.llama_cpp.buffers import server_argv
 from tests.helpers import ARTIFACTS, free_port
 
 __all__ = [
@@ -63,7 +64,7 @@ class LlamaCppServer:
     def start(self, timeout: float = 60.0) -> LlamaCppServer:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
         args = [
-            sys.executable, "-m", "llama_cpp.server", "--model", GGUF_PATH, "--host", "127.0.0.1",
+            *server_argv(sys.executable, None), "--model", GGUF_PATH, "--host", "127.0.0.1",
             "--port", str(self.port), "--n_ctx", str(self.n_ctx), "--n_threads", "1",
             "--model_alias", "smol-upstream", *self.extra,
         ]

@@ -54,7 +54,9 @@ class TestLlamaCppServerEmbed(EmbedSuite):
         """llama-cpp-python in process, the same GGUF and pooling."""
         from llama_cpp import Llama
 
+        from gpt_server.backends.llama_cpp.buffers import default_model_params
         from gpt_server.config import resolve_model_path
 
-        llm = Llama(resolve_model_path(MODEL_PATH), embedding=True, pooling_type=1, n_ctx=512, n_threads=1, verbose=False)
+        with default_model_params():  # as the engine's server loads it (no AMX buffers on an AMX CPU)
+            llm = Llama(resolve_model_path(MODEL_PATH), embedding=True, pooling_type=1, n_ctx=512, n_threads=1, verbose=False)
         return np.array(llm.embed(texts), dtype=np.float32)

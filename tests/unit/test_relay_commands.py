@@ -131,8 +131,10 @@ def test_trtllm() -> None:
 
 
 def test_llama_cpp_server() -> None:
-    cmd = build_command(spec("llama_cpp_server", gpus=[], model_name_or_path="m", n_ctx=1024, n_threads=2))
+    cmd = build_command(spec("llama_cpp_server", gpus=[], model_name_or_path="m", n_ctx=1024, n_threads=2, repack=True))
     assert cmd.argv[1:3] == ["-m", "llama_cpp.server"] and cmd.health_path == "/v1/models"
+    plain = build_command(spec("llama_cpp_server", gpus=[], model_name_or_path="m", repack=False)).argv
+    assert plain[1] == "-c" and "use_extra_bufts = False" in plain[2] and plain[3] == "--model"
     p = pairs(cmd.argv)
     assert p["--model_alias"] == "qwen" and p["--n_ctx"] == "1024" and p["--n_threads"] == "2"
     assert "--n_gpu_layers" not in p

@@ -44,6 +44,11 @@ class SpeculativeOptions(BaseModel):
 class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions):
     n_batch: int | None = Field(None, ge=16, le=65536, description="most tokens per engine step (default 512)")
     n_gpu_layers: int | None = Field(None, ge=-1, description="layers offloaded to the GPU (-1 = all)")
+    repack: bool | None = Field(
+        None,
+        description="llama.cpp's extra weight buffers (repacked layouts, AMX; its --no-repack turns them off); "
+        "default: on, off on CPUs with AMX, whose AMX path crashes on some hosts (llama.cpp#20824)",
+    )
     speculative: SpeculativeOptions | None = Field(
         None,
         description="speculative decoding (default off): {mode: ngram | draft, num_draft_tokens: 1..16 (5), "

@@ -101,6 +101,7 @@ class LlamaCppBackend(Tokenizes, Backend):
                 n_batch=mc.n_batch or 512,
                 n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)),
                 speculative=spec,
+                repack=mc.repack,
             )
         )
 

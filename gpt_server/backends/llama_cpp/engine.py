@@ -36,6 +36,7 @@ from ..textgen.sampling import SamplerState
 from ..textgen.sequences import SeqEvent, finish, release_events, sample_step
 from ..textgen.textstream import TextStream
 from . import SpeculativeOptions
+from .buffers import use_extra_buffers
 from .speculative import DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
@@ -72,6 +73,7 @@ class EngineOptions:
     n_batch: int = 512
     n_gpu_layers: int = 0
     speculative: SpeculativeOptions | None = None
+    repack: bool | None = None  # llama.cpp's extra weight buffers (buffers.py; default: off on AMX CPUs)
 
 
 @dataclass
@@ -116,6 +118,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.opts = opts
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = opts.n_gpu_layers
+        mparams.use_extra_bufts = use_extra_buffers(opts.repack)
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
         super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp")
@@ -150,7 +153,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             assert self.spec.draft_model is not None
             self.draft = DraftModel(
                 self.spec.draft_model, n_parallel=self.n_parallel, n_ctx_seq=self.n_ctx_seq, n_batch=self.n_batch,
-                n_threads=threads, n_gpu_layers=self.spec.draft_n_gpu_layers,
+                n_threads=threads, n_gpu_layers=self.spec.draft_n_gpu_layers, extra_buffers=mparams.use_extra_bufts,
             )
             if self.draft.n_vocab != self.n_vocab:
                 n = self.draft.n_vocab

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ...settings import ConfigError
+from ..llama_cpp.buffers import server_argv
 from .engine_flags import extra_flags
 from .options import EngineServerOptions
 
@@ -237,7 +238,7 @@ def _llama_cpp_server(s: LaunchSpec) -> list[str]:
     _no_rerank(s)
     c = s.config
     argv = [
-        engine_python(c), "-m", "llama_cpp.server", "--model", s.model_path,
+        *server_argv(engine_python(c), c.repack), "--model", s.model_path,
         "--model_alias", s.served_name, "--host", s.host, "--port", str(s.port),
     ]
     if c.max_model_len or c.n_ctx:

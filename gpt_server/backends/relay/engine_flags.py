@@ -18,7 +18,7 @@ from .options import EngineServerOptions
 __all__ = ["extra_flags", "refused", "check"]
 
 # llama.cpp-only keys: the GPU engines schedule and place layers themselves
-_LLAMA_ONLY = ("n_batch", "n_gpu_layers", "n_threads")
+_LLAMA_ONLY = ("n_batch", "n_gpu_layers", "n_threads", "repack")
 
 
 def _flag(engine: str, key: str, value: Any) -> list[str] | None:

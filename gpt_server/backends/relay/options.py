@@ -57,6 +57,9 @@ class EngineServerOptions(
     enable_prefix_caching: bool | None = Field(None, description="the engine's prefix cache on/off (default: the engine's)")
     n_batch: int | None = Field(None, ge=16, le=65536, description="llama_cpp_server: most tokens per step")
     n_gpu_layers: int | None = Field(None, ge=-1, description="llama_cpp_server: layers offloaded to the GPU")
+    repack: bool | None = Field(
+        None, description="llama_cpp_server: llama.cpp's extra weight buffers (default: on, off on CPUs with AMX)"
+    )
     startup_timeout: float | None = Field(
         None, ge=1, le=86_400, description="seconds to wait for the engine's health endpoint (default 900)"
     )
