@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from bench.servers import Proc
+from gpt_server.backends.llama_cpp.buffers import use_extra_buffers
 from gpt_server.procs import free_port
 from tests.relay_helpers import _run, cache_root
 
@@ -84,7 +85,10 @@ def ensemble_config(name: str, gguf: str, events_log: Path) -> str:
         f'  {{ name: "{n}" data_type: {t} dims: {d}{" optional: true" if opt else ""} }}' for n, t, d, opt in _INPUTS
     )
     outs = ",\n".join(f'  {{ name: "{n}" data_type: {t} dims: {d} }}' for n, t, d in _OUTPUTS)
-    params = {"gguf": gguf, "events_log": str(events_log), "n_ctx": "2048", "n_threads": "1"}
+    params = {
+        "gguf": gguf, "events_log": str(events_log), "n_ctx": "2048", "n_threads": "1",
+        "extra_buffers": "1" if use_extra_buffers(None) else "0",  # as our engine (off on AMX CPUs)
+    }
     ps = "\n".join(f'parameters {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in params.items())
     return (
         f'name: "{name}"\nbackend: "python"\nmax_batch_size: 8\nmodel_transaction_policy {{ decoupled: true }}\n'

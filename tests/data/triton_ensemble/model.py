@@ -37,10 +37,20 @@ def _one(request: Any, name: str, default: Any) -> Any:
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
+        import llama_cpp.llama_cpp as L
         from llama_cpp import Llama
 
         cfg = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+        if params.get("extra_buffers") == "0":  # no AMX/repacked weight buffers (gpt_server's llama_cpp/buffers.py)
+            defaults = L.llama_model_default_params
+
+            def plain() -> Any:
+                p = defaults()
+                p.use_extra_bufts = False
+                return p
+
+            L.llama_model_default_params = plain
         self._make = lambda logits_all: Llama(
             model_path=params["gguf"], n_ctx=int(params.get("n_ctx", "2048")), n_threads=int(params.get("n_threads", "1")),
             logits_all=logits_all, verbose=False,
