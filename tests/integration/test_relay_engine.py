@@ -42,7 +42,8 @@ def engine_pids(port: int) -> list[int]:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"llama_cpp.server" in argv and b"--port" in argv and str(port).encode() in argv:
+        # ``-m llama_cpp.server``, or the ``-c`` that starts it without AMX buffers (llama_cpp/buffers.py)
+        if any(b"llama_cpp.server" in a for a in argv) and b"--port" in argv and str(port).encode() in argv:
             out.append(int(d.name))
     return out
 
