@@ -66,6 +66,7 @@ def test_trust_remote_code_defaults_off() -> None:
         ("lmdeploy-turbomind", {"n_batch": 512}, "models[0].m.model_config.n_batch: not supported by engine 'lmdeploy-turbomind'"),
         ("lmdeploy-turbomind", {"enforce_eager": True}, "models[0].m.model_config.enforce_eager: not supported"),
         ("lmdeploy-turbomind", {"trust_remote_code": False}, "models[0].m.model_config.trust_remote_code: not supported"),
+        ("vllm", {"repack": False}, "models[0].m.model_config.repack: not supported by engine 'vllm'"),
         ("vllm", {"kv_cache_quant_policy": 4}, "models[0].m.model_config.kv_cache_quant_policy: not supported"),
         ("lmdeploy-turbomind", {"lora": {"a": "/a"}}, "models[0].m.model_config.lora: not supported by engine 'lmdeploy-turbomind'"),
         ("llama_cpp_server", {"enable_prefix_caching": True}, "models[0].m.model_config.enable_prefix_caching: not supported"),
