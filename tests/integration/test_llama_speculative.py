@@ -214,6 +214,9 @@ def test_concurrent_sequences_mixing_drafting_and_not(engines: dict[str, Any]) -
     _wait(a, b)
     assert eng.spec_stats["accepted"] > before["accepted"]
     assert a.lookup is not None and b.lookup is None, "only the sequence that may speculate looks drafts up"
+    # the draft gate measured the steps by shape: two decoding, none or one of them drafting
+    shapes = {key for key, _ in eng.gate._samples}
+    assert (2, 0) in shapes and (2, 1) in shapes, eng.gate._samples
     _assert_kv_in_step(eng)
     for s in (a, b):
         assert len(s.generated) > 10

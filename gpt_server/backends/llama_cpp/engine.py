@@ -37,7 +37,7 @@ from ..textgen.sequences import SeqEvent, finish, release_events, sample_step
 from ..textgen.textstream import TextStream
 from . import SpeculativeOptions
 from .buffers import use_extra_buffers
-from .speculative import DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
+from .speculative import DraftGate, DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 
@@ -99,7 +99,8 @@ class Sequence:
     lookup: NgramIndex | None = None
     spec_backoff: int = 0  # steps to skip drafting after a poor run (doubles, reset by a good one)
     spec_skip: int = 0
-    spec_len: int = 0  # drafts wanted next: the last run's accepted length + 1 (0: num_draft_tokens)
+    spec_kept: float = 0.0  # this sequence's drafts kept, and runs ended by a rejected one (DraftGate.rate)
+    spec_rejected: float = 0.0
 
 
 @dataclass
@@ -148,6 +149,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self._pieces: dict[int, bytes] = {}
         self._clock = 0
         self.spec = opts.speculative
+        self.gate = DraftGate() if self.spec is not None else None
         self.draft: DraftModel | None = None
         if self.spec is not None and self.spec.mode == "draft":
             assert self.spec.draft_model is not None
@@ -309,6 +311,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         """One batch decoded and its outputs sampled: (batch tokens, seconds in llama_decode);
         None when there was nothing to decode or the decode failed."""
         b = self._batch
+        t_step = time.perf_counter()
         n = 0
         prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
         outputs: list[tuple[_Slot, int]] = []  # prompts' last positions
@@ -364,6 +367,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s is None:
                 continue
             self._sample(slot, s, self._logits(i))
+        if self.gate is not None and not prefill:  # every row sampled: what a step of this shape costs
+            longest = max(map(len, drafts.values()), default=0)
+            self.gate.record(len(decoding), len(drafts), longest, time.perf_counter() - t_step)
         return n, in_decode
 
     def _logits(self, row: int) -> np.ndarray:
@@ -375,11 +381,11 @@ class LlamaEngine(EngineThread[Sequence, None]):
 
         A sequence drafts no more than it may still emit after its next token (max_tokens, its
         context), none while a grammar constrains it, and none for a few steps after a run whose
-        drafts were mostly rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps). After a partly accepted
-        run it drafts one more than that run kept: on a CPU every verified row costs most of a
-        decode step, so drafts that will be thrown away are what speculation loses on."""
-        spec = self.spec
-        assert spec is not None
+        drafts were mostly rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps). Of what is proposed,
+        ``DraftGate`` keeps as many as are expected to raise the tokens per second, from the
+        measured cost of a step by its rows and each sequence's acceptance rate."""
+        spec, gate = self.spec, self.gate
+        assert spec is not None and gate is not None
         want: list[tuple[_Slot, Sequence, int]] = []
         for slot in decoding:
             s = slot.seq
@@ -389,7 +395,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s.spec_skip > 0:
                 s.spec_skip -= 1
                 continue
-            k = min(s.spec_len or spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
+            k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
             if k > 0:
                 want.append((slot, s, k))
         if self.draft is not None:
@@ -399,7 +405,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 if k > 0:
                     reqs.append(DraftRequest(seq_id=slot.seq_id, history=s.prompt + s.generated, k=k))
             self.draft.propose(reqs)
-            return {r.seq_id: r.drafts[: r.k] for r in reqs if r.drafts}
+            return self._gate(len(decoding), {r.seq_id: r.drafts[: r.k] for r in reqs if r.drafts})
         out: dict[int, list[int]] = {}
         for slot, s, k in want:
             if budget <= 0:
@@ -411,7 +417,17 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if got:
                 out[slot.seq_id] = got
                 budget -= len(got)
-        return out
+        return self._gate(len(decoding), out)
+
+    def _gate(self, seqs: int, proposed: dict[int, list[int]]) -> dict[int, list[int]]:
+        if not proposed:
+            return proposed
+        gate = self.gate
+        assert gate is not None
+        owners = [self._slots[sid].seq for sid in proposed]
+        offers = [(gate.rate(s.spec_kept, s.spec_rejected) if s is not None else 0.0, len(d)) for s, d in zip(owners, proposed.values(), strict=True)]
+        longest = gate.choose(seqs, offers)
+        return {sid: d[:longest] for sid, d in proposed.items()} if longest else {}
 
     def _verify(self, slot: _Slot, row: int, drafts: list[int]) -> None:
         """After the decode: sample the positions of ``slot``'s next token and its drafts in
@@ -441,13 +457,14 @@ class LlamaEngine(EngineThread[Sequence, None]):
             self.spec_stats["drafted"] += len(drafts)
             self.spec_stats["accepted"] += accepted
             self.spec_stats["verify_steps"] += 1
+            assert self.gate is not None
+            s.spec_kept, s.spec_rejected = self.gate.observe((s.spec_kept, s.spec_rejected), accepted, len(drafts))
             if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, s.n_past, -1)
             # drafts that keep failing (free text) cost batch rows for nothing: back off
             good = 2 * accepted >= len(drafts)
             s.spec_backoff = 0 if good else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
             s.spec_skip = s.spec_backoff
-            s.spec_len = 0 if accepted == len(drafts) else accepted + 1
         if reason is not None:
             self._finish(slot, reason)
 

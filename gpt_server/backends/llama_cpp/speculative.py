@@ -10,6 +10,11 @@ every position with the sequence's own sampler and keeps the drafts while they a
 - ``DraftModel``: a second, small GGUF with its own context and one KV sequence per slot,
   proposing k tokens greedily. Its cache follows the target's history by common prefix: what
   the target rejected is removed (``llama_memory_seq_rm``) before the next proposal.
+
+How many of the proposed drafts a step verifies is ``DraftGate``'s choice: every verified row
+costs time, and what a row costs depends on the hardware and the batch (on a GPU, or where a
+step is bound by reading the weights, a few more rows are nearly free; where it is bound by
+arithmetic, as for a small quantised model on a CPU or a full batch, each costs most of a step).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-__all__ = ["NgramIndex", "DraftModel", "DraftRequest", "common_prefix", "put_token"]
+__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "common_prefix", "put_token"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,113 @@ class NgramIndex:
             if start is not None:
                 return h[start + n : start + n + k]
         return []
+
+
+class DraftGate:
+    """Chooses how many drafts a decode step verifies, from what steps have cost here.
+
+    The cost of a step is kept by its shape: B decoding sequences, D of them carrying drafts,
+    the longest L drafts (no prompt chunk in the step): an exponential average of the whole
+    step's time (``llama_decode`` and sampling every row). Rows alone do not tell the cost:
+    llama.cpp, with one KV stream per sequence, splits a batch into micro-batches of equal
+    tokens per sequence, so four sequences with one row each plus one draft on one of them cost
+    two passes over the weights, where one draft on each costs one (measured in process, F32
+    SmolLM2: 34 ms for 4 × 1 rows, 57 ms for 2 + 1 + 1 + 1, 43 ms for 4 × 2).
+
+    Each sequence has an acceptance rate p (drafts kept ÷ drafts tried up to and including the
+    first rejected one, recent runs weighing most, starting from the engine-wide rate); its
+    draft j is kept with probability p^j. For each L the step verifies up to L drafts of every
+    sequence that offers some and is expected to emit B + (sum of those p^j) tokens; the gate
+    picks the L with the most tokens per second, where L = 0 must be beaten by ``MARGIN`` (the
+    rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
+    it finishes sooner). A shape with drafts not measured yet gets every draft offered (so it is
+    measured); a length past the longest measured for a shape costs, by assumption, what that
+    one costs (so it gets tried); one choice in ``EXPLORE_EVERY`` takes one draft more than the
+    best when that is expected to come within 25 % of it (one in 8 × ``EXPLORE_EVERY`` whatever
+    it is expected to give), so the averages near the choice keep up with the machine and the
+    context lengths. Exploring is not free: where drafts do not pay, one more draft on some
+    sequences costs a whole extra pass over the weights."""
+
+    EXPLORE_EVERY = 16
+    ALPHA = 0.2  # weight of a new measurement
+    PRIOR = 4.0  # a sequence's rate starts as this many observations at the engine-wide rate
+    MARGIN = 1.1  # drafts are verified only where expected to give this much more than none
+
+    def __init__(self) -> None:
+        self.cost: dict[tuple[int, int], dict[int, float]] = {}  # (B, sequences drafting) → L → seconds per step
+        self._samples: dict[tuple[tuple[int, int], int], int] = {}
+        self.kept = 1.0  # engine-wide drafts kept / rejected (decayed counts)
+        self.rejected = 1.0
+        self._offers = 0
+
+    def record(self, seqs: int, drafting: int, longest: int, seconds: float) -> None:
+        """One step's time. A shape's first step is not kept (llama.cpp grows its buffers on the
+        first batch of a new size): its second one starts the average."""
+        key = (seqs, drafting if longest else 0)
+        n = self._samples.get((key, longest), 0)
+        self._samples[(key, longest)] = n + 1
+        if n == 0:
+            return
+        row = self.cost.setdefault(key, {})
+        row[longest] = seconds if n == 1 else row[longest] + self.ALPHA * (seconds - row[longest])
+
+    def estimate(self, seqs: int, drafting: int, longest: int) -> float | None:
+        """Seconds for a step of ``seqs`` sequences, ``drafting`` of them with drafts, the longest
+        ``longest``: measured, or interpolated between the nearest measured lengths around it
+        (the step without drafts counts as length 0); None when nothing at or below ``longest``
+        was measured for this shape."""
+        row = dict(self.cost.get((seqs, drafting), {}))
+        if (seqs, 0) in self.cost:
+            row[0] = self.cost[(seqs, 0)][0]
+        if not row:
+            return None
+        if longest in row:
+            return row[longest]
+        lo = max((r for r in row if r < longest), default=None)
+        if lo is None:
+            return None
+        hi = min((r for r in row if r > longest), default=None)
+        if hi is None:
+            if lo == 0 and longest:
+                return None  # no step of this shape with drafts yet
+            return row[max(row)]  # not measured: assumed no dearer, so it gets tried
+        return row[lo] + (row[hi] - row[lo]) * (longest - lo) / (hi - lo)
+
+    def rate(self, kept: float, rejected: float) -> float:
+        p = self.kept / (self.kept + self.rejected)
+        return (kept + self.PRIOR * p) / (kept + rejected + self.PRIOR)
+
+    def observe(self, seq: tuple[float, float], kept: int, drafted: int) -> tuple[float, float]:
+        """One verified run: ``kept`` of ``drafted`` drafts accepted. ``seq`` and the result: the
+        sequence's own (kept, rejected) counts, halved at every run: acceptance comes in runs
+        (an answer copies a passage, then writes its own words), so the last runs say most."""
+        rejected = 1 if kept < drafted else 0
+        self.kept = 0.98 * self.kept + kept
+        self.rejected = 0.98 * self.rejected + rejected
+        return 0.75 * seq[0] + kept, 0.75 * seq[1] + rejected
+
+    def choose(self, seqs: int, offers: list[tuple[float, int]]) -> int:
+        """The most drafts any sequence verifies this step (each takes min(that, its offer)),
+        given ``seqs`` decoding sequences and the offers (acceptance rate, drafts offered)."""
+        self._offers += 1
+        most = max((k for _, k in offers), default=0)
+        t0 = self.estimate(seqs, 0, 0)
+        if t0 is None or most == 0 or self.estimate(seqs, len(offers), 1) is None:
+            return most  # a shape not measured yet: try it
+        value = [seqs / t0]
+        for length in range(1, most + 1):
+            t = self.estimate(seqs, len(offers), length)
+            assert t is not None  # a length at or below this one is measured
+            gain = sum(p**j for p, k in offers for j in range(1, min(k, length) + 1))
+            value.append((seqs + gain) / t)
+        value[0] *= self.MARGIN
+        best_l = max(range(len(value)), key=value.__getitem__)
+        if best_l < most and (
+            (self._offers % self.EXPLORE_EVERY == 0 and value[best_l + 1] >= 0.75 * value[best_l])
+            or self._offers % (8 * self.EXPLORE_EVERY) == 0
+        ):
+            best_l += 1
+        return best_l
 
 
 @dataclass

@@ -1,0 +1,90 @@
+"""``DraftGate``: how many drafts a llama.cpp decode step verifies, from measured step costs by
+shape and each sequence's acceptance rate (gpt_server/backends/llama_cpp/speculative.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt_server.backends.llama_cpp.speculative import DraftGate
+
+
+def _gate(costs: dict[tuple[int, int], dict[int, float]]) -> DraftGate:
+    g = DraftGate()
+    for (seqs, drafting), row in costs.items():
+        for longest, seconds in row.items():
+            g.record(seqs, drafting, longest, 1.0)  # a shape's first step is not kept
+            g.record(seqs, drafting, longest, seconds)
+    g._offers = 1  # clear of the exploring turns
+    return g
+
+
+def test_weight_bound_steps_verify_every_draft() -> None:
+    # a row more costs little (a GPU, a large model): a 0.7 acceptance pays for all five drafts
+    g = _gate({(1, 0): {0: 0.023}, (1, 1): {1: 0.024, 5: 0.028}})
+    assert g.choose(1, [(0.7, 5)]) == 5
+
+
+def test_arithmetic_bound_steps_verify_none() -> None:
+    # every row costs nearly a whole step: no acceptance short of certainty pays
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.019, 5: 0.052}})
+    assert g.choose(1, [(0.7, 5)]) == 0
+    assert g.choose(1, [(1.0, 5)]) == 5  # a sure copy still does
+
+
+def test_between_the_two_a_shorter_run_wins() -> None:
+    # drafts cheap at first, dear later: the best length is inside the offer
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.0105, 2: 0.011, 3: 0.02, 5: 0.04}})
+    assert g.choose(1, [(0.8, 5)]) == 2
+
+
+def test_a_shape_not_measured_gets_every_draft_offered() -> None:
+    g = DraftGate()
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # nothing measured at all
+    g.record(2, 0, 0, 0.02)
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # a first step is not a measure
+    g.record(2, 0, 0, 0.02)
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # two drafting sequences never measured
+    g.record(2, 2, 4, 0.08)
+    g.record(2, 2, 4, 0.08)
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 0  # now it is: up to four times the cost for 1-1.7 tokens
+
+
+def test_shapes_are_kept_apart() -> None:
+    """One sequence of four drafting costs an extra pass over the weights (llama.cpp splits the
+    batch by tokens per sequence): its cost must not be taken for four drafting together."""
+    g = _gate({(4, 0): {0: 0.034}, (4, 1): {1: 0.057}, (4, 4): {1: 0.043}})
+    assert g.estimate(4, 1, 1) == pytest.approx(0.057)
+    assert g.estimate(4, 4, 1) == pytest.approx(0.043)
+    assert g.estimate(4, 2, 1) is None
+    assert g.choose(4, [(0.8, 1)] * 4) == 1  # 4 + 3.2 tokens for 43 ms beats 4 for 34
+    assert g.choose(4, [(0.8, 1)]) == 0  # 4 + 0.8 tokens for 57 ms does not
+
+
+def test_estimates_interpolate_and_assume_untried_lengths_no_dearer() -> None:
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {2: 0.020, 6: 0.040}})
+    assert g.estimate(1, 1, 1) == pytest.approx(0.015)
+    assert g.estimate(1, 1, 4) == pytest.approx(0.030)
+    assert g.estimate(1, 1, 8) == pytest.approx(0.040)  # past the longest measured: tried
+    g.record(1, 1, 2, 0.030)  # an exponential average, not the last figure
+    assert g.estimate(1, 1, 2) == pytest.approx(0.020 + DraftGate.ALPHA * 0.010)
+
+
+def test_rates_start_at_the_engine_wide_rate_and_follow_recent_runs() -> None:
+    g = DraftGate()
+    assert g.rate(0.0, 0.0) == pytest.approx(0.5)
+    seq = (0.0, 0.0)
+    for _ in range(6):
+        seq = g.observe(seq, 5, 5)  # copying: every draft kept
+    high = g.rate(*seq)
+    assert high > 0.85
+    assert g.rate(0.0, 0.0) > 0.8  # the engine-wide rate moved too
+    for _ in range(5):
+        seq = g.observe(seq, 0, 5)  # then its own words
+    assert g.rate(*seq) < 0.75
+
+
+def test_it_explores_one_draft_more_now_and_then() -> None:
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.018, 5: 0.052}})
+    picks = [g.choose(1, [(0.7, 5)]) for _ in range(4 * DraftGate.EXPLORE_EVERY)]
+    assert picks.count(0) >= 3 * DraftGate.EXPLORE_EVERY
+    assert 1 in picks  # within reach of the best: tried every EXPLORE_EVERY choices
