@@ -139,20 +139,27 @@ def test_bare_floor_server(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_speculative_bench_smoke(tmp_path: Path) -> None:
-    """``python -m bench.speculative``: spec on vs off on one server, a few requests per side."""
+def test_speculative_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python -m bench.speculative``: spec on vs off on one server, a few requests per side, on
+    the packaged GGUF requantised to Q8_0 (``--weights``, made once into the bench cache)."""
+    import bench.speculative
     from bench.speculative import build_parser as spec_parser
     from bench.speculative import run as spec_run
 
+    monkeypatch.setattr(bench.speculative, "CACHE", tmp_path / "cache")
     args = spec_parser().parse_args(["--sets", "grounded", "--concurrency", "1", "--rounds", "2", "--requests", "2",
                                      "--max-tokens", "24", "--threads", "1", "--n-parallel", "2", "--n-ctx", "1024",
-                                     "--out", str(tmp_path)])
+                                     "--weights", "q8_0", "--out", str(tmp_path)])
     t0 = time.monotonic()
     res = spec_run(args)
     assert time.monotonic() - t0 < 120
     assert json.loads((tmp_path / "speculative.json").read_text()) == json.loads(json.dumps(res))
+    assert res["meta"]["model"] == str(tmp_path / "cache" / "SmolLM2-135M-Instruct.Q8_0.gguf")
+    assert not list((tmp_path / "cache").glob("*.part"))  # no half-written copy left behind
     (row,) = res["rows"]
     assert row["set"] == "grounded" and row["concurrency"] == 1 and row["errors"] == 0
+    for side in ("step_spec", "step_plain"):  # both workers' own step accounts
+        assert row[side]["steps"] > 0 and row[side]["decode_ms"] > 0, row[side]
     assert row["spec_tok_s"] > 0 and row["plain_tok_s"] > 0 and len(row["ratio_per_round"]) == 2
     assert row["ratio"] == pytest.approx(row["spec_tok_s"] / row["plain_tok_s"], rel=0.02)
     # the first two grounded prompts copy their passage: drafts are accepted, answers the same
