@@ -383,7 +383,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         context), none while a grammar constrains it, and none for a few steps after a run whose
         drafts were mostly rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps). Of what is proposed,
         ``DraftGate`` keeps as many as are expected to raise the tokens per second, from the
-        measured cost of a step by its rows and each sequence's acceptance rate."""
+        measured cost of a step by its shape and each sequence's acceptance rate."""
         spec, gate = self.spec, self.gate
         assert spec is not None and gate is not None
         want: list[tuple[_Slot, Sequence, int]] = []
