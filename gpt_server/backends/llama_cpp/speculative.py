@@ -98,6 +98,7 @@ class DraftGate:
     ALPHA = 0.2  # weight of a new measurement
     PRIOR = 4.0  # a sequence's rate starts as this many observations at the engine-wide rate
     MARGIN = 1.1  # drafts are verified only where expected to give this much more than none
+    DECAY = 0.75  # what a sequence's earlier counts weigh at each new run
 
     def __init__(self) -> None:
         self.cost: dict[tuple[int, int], dict[int, float]] = {}  # (B, sequences drafting) → L → seconds per step
@@ -145,12 +146,12 @@ class DraftGate:
 
     def observe(self, seq: tuple[float, float], kept: int, drafted: int) -> tuple[float, float]:
         """One verified run: ``kept`` of ``drafted`` drafts accepted. ``seq`` and the result: the
-        sequence's own (kept, rejected) counts, halved at every run: acceptance comes in runs
+        sequence's own (kept, rejected) counts, earlier runs weighed by ``DECAY``: acceptance comes in runs
         (an answer copies a passage, then writes its own words), so the last runs say most."""
         rejected = 1 if kept < drafted else 0
         self.kept = 0.98 * self.kept + kept
         self.rejected = 0.98 * self.rejected + rejected
-        return 0.75 * seq[0] + kept, 0.75 * seq[1] + rejected
+        return self.DECAY * seq[0] + kept, self.DECAY * seq[1] + rejected
 
     def choose(self, seqs: int, offers: list[tuple[float, int]]) -> int:
         """The most drafts any sequence verifies this step (each takes min(that, its offer)),
