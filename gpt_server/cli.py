@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("replicas", nargs="?", type=int, help="scale: its replica count")
     p.add_argument("--ray", metavar="ADDRESS", help="Ray cluster address (default: cluster.address)")
     p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
+                   help="scale: wait up to this long for new replicas to start (0: return once Ray has them)")
 
     p = sub.add_parser("check-config", help="validate a config file and exit")
     _add_config(p)

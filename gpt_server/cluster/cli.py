@@ -21,12 +21,19 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
             raise ConfigError("gpt-server cluster scale MODEL REPLICAS")
         if not 0 <= args.replicas <= MAX_REPLICAS:
             raise ConfigError(f"replicas must be between 0 and {MAX_REPLICAS}")
+        if not 0 <= args.wait <= 3600:
+            raise ConfigError("--wait must be between 0 and 3600 seconds")
         cluster = RayCluster(cfg, args.ray)
         try:
-            changes = cluster.scale(args.model, args.replicas)
+            changes = cluster.scale(args.model, args.replicas, wait=args.wait)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
-        print(" ".join(changes) or "no change")
+        print("\n".join(changes) or "no change")
+        if any(c.endswith(" DEAD") for c in changes):
+            print("a new replica's actor died while starting: see `ray logs` on its node", file=sys.stderr)
+            return 1
+        if any(c.startswith("+") and not c.endswith(" ALIVE") for c in changes) and args.wait > 0:
+            print(f"not placed within {args.wait:g} s (no node has room yet?); Ray places it when one has", file=sys.stderr)
         return 0
     status = RayCluster(cfg, args.ray).status()
     if args.json:

@@ -32,6 +32,7 @@ __all__ = ["ReplicaLaunch", "RayCluster", "RayReplica", "RayReplicas", "actor_na
 
 log = logging.getLogger("gpt_server.cluster.ray")
 
+SUBMIT_TIMEOUT = 30.0  # seconds for the GCS to take a new actor's creation task
 MAX_REPLICAS = 256  # as ``workers:`` in config.yaml
 
 
@@ -230,9 +231,11 @@ class RayCluster:
         with contextlib.suppress(Exception):
             remove_placement_group(get_placement_group(f"{name}-pg"))
 
-    def scale(self, model: str, count: int, template: ReplicaLaunch | None = None) -> list[str]:
-        """Create or remove actors until ``model`` has replicas 0..count-1; returns what changed.
-        Without ``template``, a new replica copies the launch of a running one."""
+    def scale(self, model: str, count: int, template: ReplicaLaunch | None = None, wait: float = 0.0) -> list[str]:
+        """Create or remove actors until ``model`` has replicas 0..count-1; returns what changed
+        (``-name``, ``+name``; with ``wait`` > 0, ``+name STATE`` after waiting up to ``wait``
+        seconds for the new actors to be placed and started). Without ``template``, a new
+        replica copies the launch of a running one."""
         if not 0 <= count <= MAX_REPLICAS:
             raise ValueError(f"replicas must be between 0 and {MAX_REPLICAS}")
         have = self.replicas(model).get(model, [])
@@ -246,11 +249,36 @@ class RayCluster:
                 raise ValueError(f"model '{model}' has no replica to copy; start it with `gpt-server serve`")
             source = ray.get_actor(actor_name(model, have[0]), namespace=self.namespace)  # held while called
             template = ray.get(source.template.remote(), timeout=30)
+        handles = {}
         for r in missing:
             assert template is not None
-            self.start_replica(template.for_replica(r))
+            handles[actor_name(model, r)] = self.start_replica(template.for_replica(r))
             changes.append(f"+{actor_name(model, r)}")
+        # Ray registers a named actor at once but sends its creation task to the GCS from a
+        # background thread: a process that exits before then (the `cluster scale` CLI) leaves
+        # the actor dead. Return once the GCS holds every creation task.
+        states = self.wait_replicas(handles, SUBMIT_TIMEOUT, until="submitted")
+        if wait > 0 and handles:
+            states = self.wait_replicas(handles, wait)
+            changes = [f"{c} {states[c[1:]]}" if c[1:] in states else c for c in changes]
         return changes
+
+    def wait_replicas(self, handles: dict[str, Any], timeout: float, until: str = "alive") -> dict[str, str]:
+        """Poll the GCS until every actor in ``handles`` (name → handle) is past
+        DEPENDENCIES_UNREADY (``until="submitted"``) or ALIVE or DEAD (``until="alive"``), or
+        ``timeout`` passes; returns name → state."""
+        from ray._private import state
+
+        done = {"submitted": lambda s: s != "DEPENDENCIES_UNREADY", "alive": lambda s: s in ("ALIVE", "DEAD")}[until]
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {}
+            for name, handle in handles.items():
+                info = state.actors(handle._actor_id.hex())
+                states[name] = (info or {}).get("State") or "UNKNOWN"
+            if all(done(s) for s in states.values()) or time.monotonic() >= deadline:
+                return states
+            time.sleep(0.1)
 
     def status(self) -> dict[str, Any]:
         """Nodes with their resources, and where each replica actor is (GCS state, no dashboard)."""

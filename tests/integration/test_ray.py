@@ -257,7 +257,9 @@ def test_replicas_as_actors_survive_node_loss_and_scale(ray_nodes: RayNodes, tmp
         assert sorted(_placement(_status(srv, ray_nodes))) == ["smollm2#0"]
         _wait(lambda: len(srv.workers()) == 1, 30, "the removed replica leaves the controller's list")
         assert _ask(srv.base_url) == 200
-        assert "+smollm2#1" in _cluster(srv, ray_nodes, "scale", "smollm2", "2")
+        # the CLI returns once the new actor is up (it used to exit as soon as Ray had the name, and
+        # an exit before Ray's core worker sent the creation task left the actor dead)
+        assert "+smollm2#1 ALIVE" in _cluster(srv, ray_nodes, "scale", "smollm2", "2")
         _wait(lambda: len(ws := srv.workers()) == 2 and all(w["healthy"] for w in ws), 90, "the new replica registers")
         assert sorted(_placement(_status(srv, ray_nodes))) == ["smollm2#0", "smollm2#1"]
         # a crashed worker takes its actor down and Ray restarts the actor (max_restarts)
@@ -274,6 +276,11 @@ def test_replicas_as_actors_survive_node_loss_and_scale(ray_nodes: RayNodes, tmp
              "--ray", ray_nodes.address], capture_output=True, text=True, timeout=60, env=ray_nodes.env,
         )
         assert bad.returncode == 2 and "between 0 and 256" in bad.stderr
+        bad = subprocess.run(
+            [sys.executable, "-m", "gpt_server.cli", "cluster", "scale", "smollm2", "2", "--wait", "1e9", "-c",
+             str(srv.config_path), "--ray", ray_nodes.address], capture_output=True, text=True, timeout=60, env=ray_nodes.env,
+        )
+        assert bad.returncode == 2 and "between 0 and 3600" in bad.stderr
     # (4) serve's shutdown removed its actors (the fixture then checks no Ray process is left)
     assert _placement(_status(srv, ray_nodes)) == {}
 
