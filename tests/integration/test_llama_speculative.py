@@ -291,3 +291,23 @@ def test_server_output_identical_and_counted(server: Server) -> None:
     assert 0 < p["step_host_us"] < p["step_decode_us"], p
     # with drafts, fewer steps than tokens: each step verified several
     assert stats["spec"]["step_steps"] < 2 * spec.usage.completion_tokens
+
+
+def test_two_drafting_sequences_get_equal_rows_with_filler(engines: dict[str, Any]) -> None:
+    """Both sequences may draft: one copying a passage, one writing its own words. A drafting
+    sequence with fewer drafts of its own than the step's length gets filler up to it (equal rows
+    per sequence keep the step one pass over the weights); filler is verified as any draft, so
+    the answers stay greedy and the cache exact."""
+    eng = engines["ngram"]
+    before = dict(eng.spec_stats)
+    _reset(eng)
+    a = _start(eng, PROMPTS[0], max_tokens=80)
+    b = _start(eng, PROMPTS[2], max_tokens=80)
+    eng.submit([a, b])
+    _wait(a, b)
+    assert eng.spec_stats["accepted"] > before["accepted"]
+    assert eng.spec_stats["filler"] > before["filler"], eng.spec_stats
+    _assert_kv_in_step(eng)
+    for s in (a, b):
+        assert len(s.generated) > 10
+        _assert_greedy(engines["off"], s)

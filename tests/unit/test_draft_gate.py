@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpt_server.backends.llama_cpp.speculative import DraftGate
+from gpt_server.backends.llama_cpp.speculative import DraftGate, NgramIndex
 
 
 def _gate(costs: dict[tuple[int, int], dict[int, float]]) -> DraftGate:
@@ -21,32 +21,32 @@ def _gate(costs: dict[tuple[int, int], dict[int, float]]) -> DraftGate:
 def test_weight_bound_steps_verify_every_draft() -> None:
     # a row more costs little (a GPU, a large model): a 0.7 acceptance pays for all five drafts
     g = _gate({(1, 0): {0: 0.023}, (1, 1): {1: 0.024, 5: 0.028}})
-    assert g.choose(1, [(0.7, 5)]) == 5
+    assert g.choose(1, [(0.7, 5)]) == (5, 1)
 
 
 def test_arithmetic_bound_steps_verify_none() -> None:
     # every row costs nearly a whole step: no acceptance short of certainty pays
     g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.019, 5: 0.052}})
-    assert g.choose(1, [(0.7, 5)]) == 0
-    assert g.choose(1, [(1.0, 5)]) == 5  # a sure copy still does
+    assert g.choose(1, [(0.7, 5)]) == (0, 0)
+    assert g.choose(1, [(1.0, 5)]) == (5, 1)  # a sure copy still does
 
 
 def test_between_the_two_a_shorter_run_wins() -> None:
     # drafts cheap at first, dear later: the best length is inside the offer
     g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.0105, 2: 0.011, 3: 0.02, 5: 0.04}})
-    assert g.choose(1, [(0.8, 5)]) == 2
+    assert g.choose(1, [(0.8, 5)]) == (2, 1)
 
 
 def test_a_shape_not_measured_gets_every_draft_offered() -> None:
     g = DraftGate()
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # nothing measured at all
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # nothing measured at all
     g.record(2, 0, 0, 0.02)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # a first step is not a measure
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # a first step is not a measure
     g.record(2, 0, 0, 0.02)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 4  # two drafting sequences never measured
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # two drafting sequences never measured
     g.record(2, 2, 4, 0.08)
     g.record(2, 2, 4, 0.08)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == 0  # now it is: up to four times the cost for 1-1.7 tokens
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (0, 0)  # now it is: up to four times the cost for 1-1.7 tokens
 
 
 def test_shapes_are_kept_apart() -> None:
@@ -56,8 +56,8 @@ def test_shapes_are_kept_apart() -> None:
     assert g.estimate(4, 1, 1) == pytest.approx(0.057)
     assert g.estimate(4, 4, 1) == pytest.approx(0.043)
     assert g.estimate(4, 2, 1) is None
-    assert g.choose(4, [(0.8, 1)] * 4) == 1  # 4 + 3.2 tokens for 43 ms beats 4 for 34
-    assert g.choose(4, [(0.8, 1)]) == 0  # 4 + 0.8 tokens for 57 ms does not
+    assert g.choose(4, [(0.8, 1)] * 4) == (1, 4)  # 4 + 3.2 tokens for 43 ms beats 4 for 34
+    assert g.choose(4, [(0.8, 1)]) == (0, 0)  # 4 + 0.8 tokens for 57 ms does not
 
 
 def test_estimates_interpolate_and_assume_untried_lengths_no_dearer() -> None:
@@ -85,6 +85,35 @@ def test_rates_start_at_the_engine_wide_rate_and_follow_recent_runs() -> None:
 
 def test_it_explores_one_draft_more_now_and_then() -> None:
     g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.018, 5: 0.052}})
-    picks = [g.choose(1, [(0.7, 5)]) for _ in range(4 * DraftGate.EXPLORE_EVERY)]
+    picks = [g.choose(1, [(0.7, 5)])[0] for _ in range(4 * DraftGate.EXPLORE_EVERY)]
     assert picks.count(0) >= 3 * DraftGate.EXPLORE_EVERY
     assert 1 in picks  # within reach of the best: tried every EXPLORE_EVERY choices
+
+
+def test_spare_sequences_carry_filler_where_equal_rows_are_cheaper() -> None:
+    """One of four sequences has drafts. Alone it makes the step two passes (57 ms); with filler
+    on the other three the step is one pass of 4 x 2 rows, nearly free where a step is bound by
+    reading the weights (36 ms): the gate takes the four."""
+    g = _gate({(4, 0): {0: 0.034}, (4, 1): {1: 0.057}, (4, 4): {1: 0.036}})
+    assert g.choose(4, [(0.9, 1)], spare=3) == (1, 4)  # (4 + 0.9) / 36 ms beats 1.1 x 4 / 34 ms
+    assert g.choose(4, [(0.9, 1)]) == (0, 0)  # without the spare ones it does not pay
+    # where a row costs nearly a step (arithmetic-bound), filler on every sequence is dear
+    g = _gate({(4, 0): {0: 0.034}, (4, 1): {1: 0.040}, (4, 4): {1: 0.065}})
+    assert g.choose(4, [(0.95, 1)], spare=3) == (0, 0)
+    # an unmeasured shape is tried, the sequences' own one first
+    g = _gate({(4, 0): {0: 0.034}, (4, 1): {1: 0.040}})
+    assert g.choose(4, [(0.5, 3)], spare=3) == (3, 4)
+
+
+def test_filler_continues_the_draft_from_the_history() -> None:
+    idx = NgramIndex(2, 3)
+    idx.extend([1, 2, 3, 4, 5, 9, 1, 2])
+    assert idx.propose(4) == [3, 4, 5, 9]  # (1, 2) was followed by 3 4 5 9
+    assert idx.fill([3, 4], 5) == [3, 4, 5, 9, 1]  # own drafts first, then what followed (3, 4)
+    assert idx.fill([], 3) == [3, 4, 5]
+    idx = NgramIndex(2, 3)
+    idx.extend([7, 8, 6])  # 6 never seen before: a single token looked up, then the last repeated
+    assert idx.fill([], 2) == [6, 6]
+    idx.extend([7])
+    assert idx.fill([], 3) == [8, 6, 7]  # 7 was followed by 8 (one-token lookup), chained on
+    assert len(idx.fill([1, 2, 3, 4], 2)) == 2  # never longer than asked

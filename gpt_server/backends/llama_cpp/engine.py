@@ -101,6 +101,7 @@ class Sequence:
     spec_skip: int = 0
     spec_kept: float = 0.0  # this sequence's drafts kept, and runs ended by a rejected one (DraftGate.rate)
     spec_rejected: float = 0.0
+    spec_own: int = 0  # of this step's drafts, how many are its own (the rest: filler, DraftGate)
 
 
 @dataclass
@@ -164,7 +165,8 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 self.model.close()
                 raise ValueError(f"the draft model's vocabulary ({n} tokens) differs from the model's ({self.n_vocab})")
         # speculative decoding: tokens drafted, drafts accepted, decode steps that verified drafts
-        self.spec_stats = {"drafted": 0, "accepted": 0, "verify_steps": 0}
+        # (of them filler, and filler kept: rows that make every drafting sequence's rows equal)
+        self.spec_stats = {"drafted": 0, "accepted": 0, "verify_steps": 0, "filler": 0, "filler_accepted": 0}
         # decode steps, the batch tokens they decoded, and where each step's time went: inside
         # llama_decode, and on this thread around it (building the batch, sampling, detokenizing,
         # handing the events over), which llama.cpp's own threads wait through
@@ -380,23 +382,30 @@ class LlamaEngine(EngineThread[Sequence, None]):
         """Drafts per slot for the decoding sequences that may have them, ``budget`` tokens in all.
 
         A sequence drafts no more than it may still emit after its next token (max_tokens, its
-        context), none while a grammar constrains it, and none for a few steps after a run whose
+        context), none while a grammar constrains it, and none of its own for a few steps after a run whose
         drafts were mostly rejected (1, 2, 4 … ``_MAX_BACKOFF`` steps). Of what is proposed,
         ``DraftGate`` keeps as many as are expected to raise the tokens per second, from the
-        measured cost of a step by its shape and each sequence's acceptance rate."""
+        measured cost of a step by its shape and each sequence's acceptance rate. With prompt
+        lookup every drafting sequence then gets exactly that many rows, filler after its own
+        drafts (``NgramIndex.fill``), and the gate may give filler to the other sequences that
+        may draft (those backing off included) where one pass of equal rows is cheaper."""
         spec, gate = self.spec, self.gate
         assert spec is not None and gate is not None
         want: list[tuple[_Slot, Sequence, int]] = []
+        spare: list[tuple[_Slot, Sequence, int]] = []  # may carry filler drafts only
         for slot in decoding:
             s = slot.seq
             assert s is not None
+            s.spec_own = 0
             if not s.speculate or s.constraint is not None:
+                continue
+            k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
+            if k <= 0:
                 continue
             if s.spec_skip > 0:
                 s.spec_skip -= 1
-                continue
-            k = min(spec.num_draft_tokens, s.max_tokens - len(s.generated) - 1, self.n_ctx_seq - s.n_past - 2)
-            if k > 0:
+                spare.append((slot, s, k))
+            else:
                 want.append((slot, s, k))
         if self.draft is not None:
             reqs: list[DraftRequest] = []
@@ -405,29 +414,55 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 if k > 0:
                     reqs.append(DraftRequest(seq_id=slot.seq_id, history=s.prompt + s.generated, k=k))
             self.draft.propose(reqs)
-            return self._gate(len(decoding), {r.seq_id: r.drafts[: r.k] for r in reqs if r.drafts})
-        out: dict[int, list[int]] = {}
-        for slot, s, k in want:
-            if budget <= 0:
-                break
+            out = {r.seq_id: r.drafts[: r.k] for r in reqs if r.drafts}
+            if not out:
+                return out
+            offers = [(self._rate(sid), len(d)) for sid, d in out.items()]
+            longest, _ = gate.choose(len(decoding), offers)
+            return self._own(out, longest)
+        own: dict[int, list[int]] = {}
+        limit: dict[int, tuple[Sequence, int]] = {}
+        for slot, s, k in want + spare:
             if s.lookup is None:
                 s.lookup = NgramIndex(spec.ngram_min, spec.ngram_max)
             s.lookup.sync(s.prompt, s.generated)
-            got = s.lookup.propose(min(k, budget))
+            limit[slot.seq_id] = (s, k)
+        for slot, s, k in want:
+            assert s.lookup is not None
+            got = s.lookup.propose(k)
             if got:
-                out[slot.seq_id] = got
-                budget -= len(got)
-        return self._gate(len(decoding), out)
+                own[slot.seq_id] = got
+        if not own:
+            return own
+        offers = [(self._rate(sid), len(d)) for sid, d in own.items()]
+        longest, carriers = gate.choose(len(decoding), offers, len(limit) - len(own))
+        if not longest:
+            return {}
+        longest = min(longest, budget // carriers)
+        out = self._own(own, longest)
+        if len(decoding) == 1:
+            return out  # one sequence: its rows are one pass however many
+        # every carrier gets ``longest`` rows (its own drafts first, filler after): equal rows
+        # per sequence make the step one pass over the weights (DraftGate)
+        for sid, (s, k) in limit.items():
+            if sid in out or carriers > len(own):
+                assert s.lookup is not None
+                out[sid] = s.lookup.fill(out.get(sid, []), min(longest, k))
+        return out
 
-    def _gate(self, seqs: int, proposed: dict[int, list[int]]) -> dict[int, list[int]]:
-        if not proposed:
-            return proposed
-        gate = self.gate
-        assert gate is not None
-        owners = [self._slots[sid].seq for sid in proposed]
-        offers = [(gate.rate(s.spec_kept, s.spec_rejected) if s is not None else 0.0, len(d)) for s, d in zip(owners, proposed.values(), strict=True)]
-        longest = gate.choose(seqs, offers)
-        return {sid: d[:longest] for sid, d in proposed.items()} if longest else {}
+    def _rate(self, seq_id: int) -> float:
+        s = self._slots[seq_id].seq
+        assert self.gate is not None
+        return self.gate.rate(s.spec_kept, s.spec_rejected) if s is not None else 0.0
+
+    def _own(self, proposed: dict[int, list[int]], longest: int) -> dict[int, list[int]]:
+        """Each sequence's own drafts, at most ``longest``; noted on it for ``_verify``."""
+        out = {sid: d[:longest] for sid, d in proposed.items()} if longest else {}
+        for sid, d in out.items():
+            s = self._slots[sid].seq
+            assert s is not None
+            s.spec_own = len(d)
+        return out
 
     def _verify(self, slot: _Slot, row: int, drafts: list[int]) -> None:
         """After the decode: sample the positions of ``slot``'s next token and its drafts in
@@ -454,17 +489,22 @@ class LlamaEngine(EngineThread[Sequence, None]):
             s.next_token = tok
             break
         if drafts:
+            own = min(s.spec_own, len(drafts))
             self.spec_stats["drafted"] += len(drafts)
             self.spec_stats["accepted"] += accepted
             self.spec_stats["verify_steps"] += 1
-            assert self.gate is not None
-            s.spec_kept, s.spec_rejected = self.gate.observe((s.spec_kept, s.spec_rejected), accepted, len(drafts))
+            self.spec_stats["filler"] += len(drafts) - own
+            self.spec_stats["filler_accepted"] += max(0, accepted - own)
             if accepted < len(drafts):
                 llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, s.n_past, -1)
-            # drafts that keep failing (free text) cost batch rows for nothing: back off
-            good = 2 * accepted >= len(drafts)
-            s.spec_backoff = 0 if good else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
-            s.spec_skip = s.spec_backoff
+            if own:  # the rate and the backoff judge the sequence's own drafts, not filler
+                kept = min(accepted, own)
+                assert self.gate is not None
+                s.spec_kept, s.spec_rejected = self.gate.observe((s.spec_kept, s.spec_rejected), kept, own)
+                # drafts that keep failing (free text) cost batch rows for nothing: back off
+                good = 2 * kept >= own
+                s.spec_backoff = 0 if good else min(2 * s.spec_backoff or 1, _MAX_BACKOFF)
+                s.spec_skip = s.spec_backoff
         if reason is not None:
             self._finish(slot, reason)
 

@@ -38,8 +38,9 @@ class NgramIndex:
     def __init__(self, n_min: int, n_max: int) -> None:
         self.n_min, self.n_max = n_min, n_max
         self.history: list[int] = []
-        # n → (n-gram → start of its latest occurrence that has a following token)
-        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(n_min, n_max + 1)}
+        # n → (n-gram → start of its latest occurrence that has a following token); n from 1:
+        # ``fill`` looks up single tokens too
+        self._index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(1, n_max + 1)}
 
     def extend(self, tokens: list[int]) -> None:
         h = self.history
@@ -68,23 +69,44 @@ class NgramIndex:
                 return h[start + n : start + n + k]
         return []
 
+    def fill(self, draft: list[int], k: int) -> list[int]:
+        """``draft`` made ``k`` tokens long with filler: what followed the latest earlier
+        occurrence of the last n tokens of history + draft, n down to 1, and the last token
+        again where nothing matches. A filler row is verified as any draft (kept only where the
+        model agrees); it is there so that every sequence in a step has as many rows."""
+        h = self.history
+        out = list(draft[:k])
+        while len(out) < k:
+            tail = (h[-self.n_max :] + out)[-self.n_max :]  # the context's last tokens
+            for n in range(min(self.n_max, len(h) + len(out) - 1), 0, -1):
+                start = self._index[n].get(tuple(tail[len(tail) - n :]))
+                if start is not None:
+                    out.extend(h[start + n : start + n + k - len(out)])
+                    break
+            else:
+                out.extend([tail[-1] if tail else 0] * (k - len(out)))
+        return out
+
 
 class DraftGate:
     """Chooses how many drafts a decode step verifies, from what steps have cost here.
 
-    The cost of a step is kept by its shape: B decoding sequences, D of them carrying drafts,
-    the longest L drafts (no prompt chunk in the step): an exponential average of the whole
-    step's time (``llama_decode`` and sampling every row). Rows alone do not tell the cost:
-    llama.cpp, with one KV stream per sequence, splits a batch into micro-batches of equal
-    tokens per sequence, so four sequences with one row each plus one draft on one of them cost
-    two passes over the weights, where one draft on each costs one (measured in process, F32
-    SmolLM2: 34 ms for 4 × 1 rows, 57 ms for 2 + 1 + 1 + 1, 43 ms for 4 × 2).
+    The cost of a step is kept by its shape: B decoding sequences, D of them carrying L drafts
+    each (no prompt chunk in the step): an exponential average of the whole step's time
+    (``llama_decode`` and sampling every row). Rows alone do not tell the cost: llama.cpp, with
+    one KV stream per sequence, splits a batch into micro-batches of equal tokens per sequence,
+    so four sequences with one row each plus one draft on one of them cost two passes over the
+    weights, where one draft on each costs one (measured in process, F32 SmolLM2: 34 ms for
+    4 × 1 rows, 57 ms for 2 + 1 + 1 + 1, 43 ms for 4 × 2). So the D sequences always carry the
+    same number of drafts: one with fewer of its own gets filler (``NgramIndex.fill``), and
+    sequences without drafts of their own may carry filler only, when a step where every
+    sequence has L + 1 rows is expected to do better than one where some have one.
 
     Each sequence has an acceptance rate p (drafts kept ÷ drafts tried up to and including the
     first rejected one, recent runs weighing most, starting from the engine-wide rate); its
-    draft j is kept with probability p^j. For each L the step verifies up to L drafts of every
-    sequence that offers some and is expected to emit B + (sum of those p^j) tokens; the gate
-    picks the L with the most tokens per second, where L = 0 must be beaten by ``MARGIN`` (the
+    draft j is kept with probability p^j. For each L (and D) the step is expected to emit
+    B + (sum of those p^j over the drafts of their own) tokens; the gate picks the L and D with
+    the most tokens per second, where L = 0 must be beaten by ``MARGIN`` (the
     rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
     it finishes sooner). A shape with drafts not measured yet gets every draft offered (so it is
     measured); a length past the longest measured for a shape costs, by assumption, what that
@@ -153,28 +175,44 @@ class DraftGate:
         self.rejected = 0.98 * self.rejected + rejected
         return self.DECAY * seq[0] + kept, self.DECAY * seq[1] + rejected
 
-    def choose(self, seqs: int, offers: list[tuple[float, int]]) -> int:
-        """The most drafts any sequence verifies this step (each takes min(that, its offer)),
-        given ``seqs`` decoding sequences and the offers (acceptance rate, drafts offered)."""
+    def choose(self, seqs: int, offers: list[tuple[float, int]], spare: int = 0) -> tuple[int, int]:
+        """(L, D): every one of D sequences verifies exactly L drafts this step, (0, 0) for none.
+
+        ``offers``: (acceptance rate, drafts offered) of the sequences with drafts of their own;
+        ``spare``: how many other decoding sequences could carry filler drafts. A sequence with
+        fewer drafts than L gets filler up to L, so that the step's rows are equal per sequence:
+        D is either the sequences with drafts or those and the spare ones, whichever is expected
+        to give more tokens per second (filler is counted as never kept)."""
         self._offers += 1
         most = max((k for _, k in offers), default=0)
+        if most == 0:
+            return 0, 0
+        shapes = [len(offers)] + ([len(offers) + spare] if spare else [])
         t0 = self.estimate(seqs, 0, 0)
-        if t0 is None or most == 0 or self.estimate(seqs, len(offers), 1) is None:
-            return most  # a shape not measured yet: try it
-        value = [seqs / t0]
-        for length in range(1, most + 1):
-            t = self.estimate(seqs, len(offers), length)
-            assert t is not None  # a length at or below this one is measured
-            gain = sum(p**j for p, k in offers for j in range(1, min(k, length) + 1))
-            value.append((seqs + gain) / t)
-        value[0] *= self.MARGIN
-        best_l = max(range(len(value)), key=value.__getitem__)
+        for d in shapes:
+            if t0 is None or self.estimate(seqs, d, 1) is None:
+                return most, d  # a shape not measured yet: try it
+        assert t0 is not None
+        gains = [sum(p**j for p, k in offers for j in range(1, min(k, length) + 1)) for length in range(most + 1)]
+        values: dict[int, list[float]] = {}
+        for d in shapes:
+            row = [self.MARGIN * seqs / t0]
+            for length in range(1, most + 1):
+                t = self.estimate(seqs, d, length)
+                assert t is not None  # a length at or below this one is measured
+                row.append((seqs + gains[length]) / t)
+            values[d] = row
+        best_d = max(shapes, key=lambda d: max(values[d]))
+        row = values[best_d]
+        best_l = max(range(len(row)), key=row.__getitem__)
         if best_l < most and (
-            (self._offers % self.EXPLORE_EVERY == 0 and value[best_l + 1] >= 0.75 * value[best_l])
+            (self._offers % self.EXPLORE_EVERY == 0 and row[best_l + 1] >= 0.75 * row[best_l])
             or self._offers % (8 * self.EXPLORE_EVERY) == 0
         ):
             best_l += 1
-        return best_l
+        elif best_l and len(shapes) > 1 and self._offers % (4 * self.EXPLORE_EVERY) == self.EXPLORE_EVERY // 2:
+            best_d = shapes[0] if best_d == shapes[1] else shapes[1]  # keep the other shape's cost current
+        return (best_l, best_d) if best_l else (0, 0)
 
 
 @dataclass
