@@ -162,13 +162,17 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
         "identical_answers": sum(spec_ans.get(k) == v for k, v in plain_ans.items()), "answers": len(plain_ans),
         "different_answers": {k: {"plain": v, "spec": spec_ans.get(k)} for k, v in plain_ans.items() if spec_ans.get(k) != v},
         "drafted": drafted, "accepted": accepted, "acceptance": round(accepted / drafted, 3) if drafted else None,
+        # of the drafts, filler (rows that make every drafting sequence's rows equal), and filler kept
+        "filler": after.get("spec_filler", 0) - before.get("spec_filler", 0),
+        "filler_accepted": after.get("spec_filler_accepted", 0) - before.get("spec_filler_accepted", 0),
         "step_spec": per_step("spec"), "step_plain": per_step("plain"),
         "errors": sum(x["errors"] for side in got.values() for x in side),
         "loadavg": os.getloadavg(),
     }
     print(f"  {name:8s} c={c}: spec {row['spec_tok_s']} tok/s, plain {row['plain_tok_s']} tok/s, ratio {row['ratio']} "
           f"(rounds {row['ratio_min']}–{row['ratio_max']}), identical {row['identical_answers']}/{row['answers']}, "
-          f"acceptance {row['acceptance']} ({accepted}/{drafted}), load {row['loadavg'][0]:.2f}\n"
+          f"acceptance {row['acceptance']} ({accepted}/{drafted}; filler {row['filler_accepted']}/{row['filler']}), "
+          f"load {row['loadavg'][0]:.2f}\n"
           f"    steps spec {row['step_spec']}, plain {row['step_plain']}", flush=True)
     return row
 

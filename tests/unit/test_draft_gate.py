@@ -117,3 +117,11 @@ def test_filler_continues_the_draft_from_the_history() -> None:
     idx.extend([7])
     assert idx.fill([], 3) == [8, 6, 7]  # 7 was followed by 8 (one-token lookup), chained on
     assert len(idx.fill([1, 2, 3, 4], 2)) == 2  # never longer than asked
+
+
+def test_drafts_that_would_not_pay_if_free_are_not_tried() -> None:
+    """Nothing measured, but one draft at a 0.2 rate on four sequences is 4.2 tokens at best, under
+    the margin: no step is spent measuring it."""
+    g = DraftGate()
+    assert g.choose(4, [(0.2, 1)]) == (0, 0)
+    assert g.choose(4, [(0.9, 5)]) == (5, 1)  # a likely copy is tried

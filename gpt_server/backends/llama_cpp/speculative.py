@@ -108,7 +108,8 @@ class DraftGate:
     B + (sum of those p^j over the drafts of their own) tokens; the gate picks the L and D with
     the most tokens per second, where L = 0 must be beaten by ``MARGIN`` (the
     rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
-    it finishes sooner). A shape with drafts not measured yet gets every draft offered (so it is
+    it finishes sooner). Drafts that would not beat the margin were they free are not verified
+    at all; otherwise a shape with drafts not measured yet gets every draft offered (so it is
     measured); a length past the longest measured for a shape costs, by assumption, what that
     one costs (so it gets tried); one choice in ``EXPLORE_EVERY`` takes one draft more than the
     best when that is expected to come within 25 % of it (one in 8 × ``EXPLORE_EVERY`` whatever
@@ -187,13 +188,15 @@ class DraftGate:
         most = max((k for _, k in offers), default=0)
         if most == 0:
             return 0, 0
+        gains = [sum(p**j for p, k in offers for j in range(1, min(k, length) + 1)) for length in range(most + 1)]
+        if seqs + gains[most] <= self.MARGIN * seqs:
+            return 0, 0  # would not pay were the drafts free: nothing to try or measure
         shapes = [len(offers)] + ([len(offers) + spare] if spare else [])
         t0 = self.estimate(seqs, 0, 0)
         for d in shapes:
             if t0 is None or self.estimate(seqs, d, 1) is None:
                 return most, d  # a shape not measured yet: try it
         assert t0 is not None
-        gains = [sum(p**j for p, k in offers for j in range(1, min(k, length) + 1)) for length in range(most + 1)]
         values: dict[int, list[float]] = {}
         for d in shapes:
             row = [self.MARGIN * seqs / t0]
