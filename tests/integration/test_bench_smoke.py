@@ -242,3 +242,19 @@ def test_before_after_against_an_old_checkout(tmp_path: Path) -> None:
         assert r["ratio"] > 0 and r["A"]["output_tokens"] == r["B"]["output_tokens"] == MAX_TOKENS * 20
     assert (out / "old_echo.yaml").exists()
     assert "Before/after (--old): echo" in (out / "report.md").read_text()
+
+
+def test_kv_streams_mode() -> None:
+    """``python -m bench.kv_streams``: one decode step per slot layout on the packaged GGUF, and
+    plain steps alone / alternating with a step of another shape; every figure is reported."""
+    import re
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "bench.kv_streams", "--slots", "4", "--repeat", "3", "--threads", "1"],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 0, r.stderr[-2000:]
+    layouts = re.findall(r"^  (.+?)\s+([x.]{4})\s+([\d.]+)$", r.stdout, re.M)
+    assert [m[1] for m in layouts] == ["xx..", "x.x.", "x..x", "xx..", "xxxx", "x.xx"], r.stdout
+    assert all(float(m[2]) > 0 for m in layouts)
+    assert re.search(r"^  2 sequences: [\d.]+ / [\d.]+$", r.stdout, re.M), r.stdout
