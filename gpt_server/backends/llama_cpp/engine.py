@@ -128,11 +128,15 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel
         self.n_batch = max(opts.n_batch, self.n_parallel)
+        # with several slots, one stream more than slots: the go-between when two slots swap
+        # their streams (``_compact``); no sequence ever decodes in it
+        self._spare: int | None = self.n_parallel if self.n_parallel > 1 else None
+        n_streams = self.n_parallel + (self._spare is not None)
         cparams = llama_cpp.llama_context_default_params()
-        cparams.n_ctx = self.n_ctx_seq * self.n_parallel
+        cparams.n_ctx = self.n_ctx_seq * n_streams
         cparams.n_batch = self.n_batch
         cparams.n_ubatch = min(self.n_batch, 512)
-        cparams.n_seq_max = self.n_parallel
+        cparams.n_seq_max = n_streams
         # one KV stream per slot (as llama-server with a fixed --parallel): a step's attention
         # reads each sequence's own cells only, not every slot's cached prompts, and a
         # sequence's logits do not depend on what the other slots hold
@@ -170,7 +174,8 @@ class LlamaEngine(EngineThread[Sequence, None]):
         # decode steps, the batch tokens they decoded, and where each step's time went: inside
         # llama_decode, and on this thread around it (building the batch, sampling, detokenizing,
         # handing the events over), which llama.cpp's own threads wait through
-        self.step_stats = {"steps": 0, "tokens": 0, "decode_us": 0, "host_us": 0}
+        # (and ``swaps``: two slots' streams exchanged to keep the slots in use adjacent)
+        self.step_stats = {"steps": 0, "tokens": 0, "decode_us": 0, "host_us": 0, "swaps": 0}
         self._start_thread()
 
     # ---- tokens -------------------------------------------------------------
@@ -314,6 +319,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         None when there was nothing to decode or the decode failed."""
         b = self._batch
         t_step = time.perf_counter()
+        swapped = self._compact()
         n = 0
         prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
         outputs: list[tuple[_Slot, int]] = []  # prompts' last positions
@@ -369,10 +375,53 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s is None:
                 continue
             self._sample(slot, s, self._logits(i))
-        if self.gate is not None and not prefill:  # every row sampled: what a step of this shape costs
+        if self.gate is not None and not prefill and not swapped:  # every row sampled: what a step of this shape costs
             longest = max(map(len, drafts.values()), default=0)
             self.gate.record(len(decoding), len(drafts), longest, time.perf_counter() - t_step)
         return n, in_decode
+
+    def _compact(self) -> bool:
+        """Keep the slots in use adjacent; whether any moved.
+
+        With one KV stream per slot, llama.cpp splits a batch into micro-batches of consecutive
+        sequence ids: sequences in slots 0 and 2 cost two passes over the weights where slots 0
+        and 1 cost one (bench/README.md, ``python -m bench.kv_streams``). So when the slots in use
+        are not side by side (a sequence finished before the others, a returning prompt took its
+        old slot), each one outside the window of slots that holds most of them swaps streams
+        with an idle slot inside it. A swap is three copies of a stream through the spare one
+        (queued by llama.cpp, done at the next decode), so the idle slot's cached prompt is kept,
+        only in another slot."""
+        if self._spare is None:
+            return False
+        used = [slot.seq is not None for slot in self._slots]
+        k = sum(used)
+        first = used.index(True) if k else 0
+        if k == 0 or used[first : first + k] == [True] * k:
+            return False
+        window = max(range(len(used) - k + 1), key=lambda w: sum(used[w : w + k]))
+        idle = [i for i in range(window, window + k) if not used[i]]
+        outside = [i for i, u in enumerate(used) if u and not window <= i < window + k]
+        for i, j in zip(idle, outside, strict=True):
+            self._swap(i, j)
+        return True
+
+    def _swap(self, i: int, j: int) -> None:
+        """Slots ``i`` and ``j`` exchange their KV streams and what they hold."""
+        spare, mem = self._spare, self.memory
+        assert spare is not None
+        for src, dst in ((i, spare), (j, i), (spare, j)):  # llama.cpp copies in this order
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, -1, -1)
+        llama_cpp.llama_memory_seq_rm(mem, spare, -1, -1)
+        a, b = self._slots[i], self._slots[j]
+        a.tokens, b.tokens = b.tokens, a.tokens
+        a.seq, b.seq = b.seq, a.seq
+        a.used, b.used = b.used, a.used
+        for slot in (a, b):
+            if slot.seq is not None:
+                slot.seq.slot = slot.seq_id
+        if self.draft is not None:
+            self.draft.swap(i, j)
+        self.step_stats["swaps"] += 1
 
     def _logits(self, row: int) -> np.ndarray:
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, row)

@@ -243,7 +243,7 @@ class DraftModel:
         cparams.n_ctx = self.n_ctx_seq * n_parallel
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
-        cparams.n_seq_max = n_parallel
+        cparams.n_seq_max = n_parallel + 1  # the last: the go-between of ``swap``
         cparams.kv_unified = True
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
@@ -252,6 +252,17 @@ class DraftModel:
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._kv: dict[int, list[int]] = {i: [] for i in range(n_parallel)}  # what each sequence's cache holds
+        self._spare = n_parallel
+
+    def swap(self, a: int, b: int) -> None:
+        """Sequences ``a`` and ``b`` exchange their caches (the engine swapped their slots). One
+        unified cache: the cells are relabelled, nothing is copied."""
+        mem, t = self.memory, self._spare
+        for src, dst in ((a, t), (b, a), (t, b)):
+            llama_cpp.llama_memory_seq_rm(mem, dst, -1, -1)
+            llama_cpp.llama_memory_seq_cp(mem, src, dst, -1, -1)
+        llama_cpp.llama_memory_seq_rm(mem, t, -1, -1)
+        self._kv[a], self._kv[b] = self._kv[b], self._kv[a]
 
     def close(self) -> None:
         if self._batch is not None:
