@@ -65,8 +65,10 @@ def test_estimates_interpolate_and_assume_untried_lengths_no_dearer() -> None:
     assert g.estimate(1, 1, 1) == pytest.approx(0.015)
     assert g.estimate(1, 1, 4) == pytest.approx(0.030)
     assert g.estimate(1, 1, 8) == pytest.approx(0.040)  # past the longest measured: tried
-    g.record(1, 1, 2, 0.030)  # an exponential average, not the last figure
-    assert g.estimate(1, 1, 2) == pytest.approx(0.020 + DraftGate.ALPHA * 0.010)
+    g.record(1, 1, 2, 0.030)  # a median of the recent steps, not the last figure
+    assert g.estimate(1, 1, 2) == pytest.approx(0.025)
+    g.record(1, 1, 2, 0.500)  # one preempted step does not move it far
+    assert g.estimate(1, 1, 2) == pytest.approx(0.030)
 
 
 def test_rates_start_at_the_engine_wide_rate_and_follow_recent_runs() -> None:
@@ -125,3 +127,19 @@ def test_drafts_that_would_not_pay_if_free_are_not_tried() -> None:
     g = DraftGate()
     assert g.choose(4, [(0.2, 1)]) == (0, 0)
     assert g.choose(4, [(0.9, 5)]) == (5, 1)  # a likely copy is tried
+
+
+def test_going_back_to_plain_steps_is_charged_to_drafting() -> None:
+    """A plain step right after a drafting one costs more (llama.cpp rebuilds its graph): that
+    excess is learnt apart, not averaged into the plain cost, and added to every drafting step."""
+    g = _gate({(4, 0): {0: 0.034}, (4, 4): {1: 0.043}})
+    assert g.choose(4, [(0.6, 1)] * 4) == (1, 4)  # 6.4 tokens for 43 ms beats 1.1 x 4 for 34
+    for _ in range(30):
+        g.record(4, 4, 1, 0.043)
+        g.record(4, 0, 0, 0.044)  # the plain step after it: 10 ms more
+    assert g.estimate(4, 0, 0) == pytest.approx(0.034)
+    assert g.back[4] == pytest.approx(0.010, rel=0.01)
+    assert g.choose(4, [(0.6, 1)] * 4) == (0, 0)  # 6.4 tokens for 53 ms does not
+    g.skip()
+    g.record(4, 0, 0, 0.034)  # after an unrecorded step: a plain sample again
+    assert g.estimate(4, 0, 0) == pytest.approx(0.034)

@@ -375,9 +375,12 @@ class LlamaEngine(EngineThread[Sequence, None]):
             if s is None:
                 continue
             self._sample(slot, s, self._logits(i))
-        if self.gate is not None and not prefill and not swapped:  # every row sampled: what a step of this shape costs
-            longest = max(map(len, drafts.values()), default=0)
-            self.gate.record(len(decoding), len(drafts), longest, time.perf_counter() - t_step)
+        if self.gate is not None:
+            if prefill or swapped:
+                self.gate.skip()
+            else:  # every row sampled: what a step of this shape costs
+                longest = max(map(len, drafts.values()), default=0)
+                self.gate.record(len(decoding), len(drafts), longest, time.perf_counter() - t_step)
         return n, in_decode
 
     def _compact(self) -> bool:

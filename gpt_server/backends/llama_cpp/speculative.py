@@ -20,6 +20,8 @@ arithmetic, as for a small quantised model on a CPU or a full batch, each costs 
 from __future__ import annotations
 
 import logging
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,7 +94,7 @@ class DraftGate:
     """Chooses how many drafts a decode step verifies, from what steps have cost here.
 
     The cost of a step is kept by its shape: B decoding sequences, D of them carrying L drafts
-    each (no prompt chunk in the step): an exponential average of the whole step's time
+    each (no prompt chunk in the step): the median of the last steps' whole time
     (``llama_decode`` and sampling every row). Rows alone do not tell the cost: llama.cpp, with
     one KV stream per sequence, splits a batch into micro-batches of equal tokens per sequence,
     so four sequences with one row each plus one draft on one of them cost two passes over the
@@ -108,19 +110,20 @@ class DraftGate:
     B + (sum of those p^j over the drafts of their own) tokens; the gate picks the L and D with
     the most tokens per second, where L = 0 must be beaten by ``MARGIN`` (the
     rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
-    it finishes sooner). Drafts that would not beat the margin were they free are not verified
+    it finishes sooner), and a step with drafts also pays for the graph llama.cpp rebuilds on the
+    next step without them (``back``). Drafts that would not beat the margin were they free are not verified
     at all; otherwise a shape with drafts not measured yet gets every draft offered (so it is
     measured); a length past the longest measured for a shape costs, by assumption, what that
     one costs (so it gets tried); one choice in ``EXPLORE_EVERY`` takes one draft more than the
     best when that is expected to come within 25 % of it (one in 8 × ``EXPLORE_EVERY`` whatever
-    it is expected to give), so the averages near the choice keep up with the machine and the
+    it is expected to give), so the figures near the choice keep up with the machine and the
     context lengths. Exploring is not free: where drafts do not pay, one more draft on some
     sequences costs a whole extra pass over the weights."""
 
     EXPLORE_EVERY = 16
-    ALPHA = 0.2  # weight of a new measurement
+    WINDOW = 15  # a shape's cost: the median of its last this many steps
     PRIOR = 4.0  # a sequence's rate starts as this many observations at the engine-wide rate
-    MARGIN = 1.1  # drafts are verified only where expected to give this much more than none
+    MARGIN = 1.25  # drafts are verified only where expected to give this much more than none
     DECAY = 0.75  # what a sequence's earlier counts weigh at each new run
 
     def __init__(self) -> None:
@@ -129,17 +132,40 @@ class DraftGate:
         self.kept = 1.0  # engine-wide drafts kept / rejected (decayed counts)
         self.rejected = 1.0
         self._offers = 0
+        # B → what the first step without drafts after one with drafts costs more than others:
+        # llama.cpp reuses a step's graph only for a batch of the same shape, so going back
+        # rebuilds it (~0.5-1 ms here); charged to every step with drafts
+        self.back: dict[int, float] = {}
+        self._last: tuple[int, int] | None = None  # the last recorded step: (B, L)
+        self._recent: dict[Any, deque[float]] = {}
+
+    def skip(self) -> None:
+        """A step not recorded (a prompt chunk in it, streams moved): the next one follows no
+        recorded shape."""
+        self._last = None
 
     def record(self, seqs: int, drafting: int, longest: int, seconds: float) -> None:
         """One step's time. A shape's first step is not kept (llama.cpp grows its buffers on the
-        first batch of a new size): its second one starts the average."""
+        first batch of a new size): from its second one on they count. A step without drafts
+        right after one with drafts goes to ``back`` instead."""
+        prev, self._last = self._last, (seqs, longest)
+        if not longest and prev is not None and prev[0] == seqs and prev[1] and (seqs, 0) in self.cost:
+            self.back[seqs] = self._keep(("back", seqs), seconds - self.cost[(seqs, 0)][0])
+            return
         key = (seqs, drafting if longest else 0)
         n = self._samples.get((key, longest), 0)
         self._samples[(key, longest)] = n + 1
         if n == 0:
             return
-        row = self.cost.setdefault(key, {})
-        row[longest] = seconds if n == 1 else row[longest] + self.ALPHA * (seconds - row[longest])
+        self.cost.setdefault(key, {})[longest] = self._keep((key, longest), seconds)
+
+    def _keep(self, key: Any, seconds: float) -> float:
+        """The median of the last ``WINDOW`` samples under ``key``, this one included. Step
+        times are skewed (a preempted thread adds milliseconds, nothing takes them away): a
+        mean runs high, and higher on the plain steps, which are most of the samples."""
+        recent = self._recent.setdefault(key, deque(maxlen=self.WINDOW))
+        recent.append(seconds)
+        return statistics.median(recent)
 
     def estimate(self, seqs: int, drafting: int, longest: int) -> float | None:
         """Seconds for a step of ``seqs`` sequences, ``drafting`` of them with drafts, the longest
@@ -198,12 +224,13 @@ class DraftGate:
                 return most, d  # a shape not measured yet: try it
         assert t0 is not None
         values: dict[int, list[float]] = {}
+        back = max(0.0, self.back.get(seqs, 0.0))
         for d in shapes:
             row = [self.MARGIN * seqs / t0]
             for length in range(1, most + 1):
                 t = self.estimate(seqs, d, length)
                 assert t is not None  # a length at or below this one is measured
-                row.append((seqs + gains[length]) / t)
+                row.append((seqs + gains[length]) / (t + back))
             values[d] = row
         best_d = max(shapes, key=lambda d: max(values[d]))
         row = values[best_d]
