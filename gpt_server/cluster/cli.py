@@ -29,6 +29,9 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         print("\n".join(changes) or "no change")
+        if any(c.endswith((" DEPENDENCIES_UNREADY", " UNKNOWN")) for c in changes):
+            print("Ray did not take a new replica's creation within 30 s: check the cluster (`ray status`)", file=sys.stderr)
+            return 1
         if any(c.endswith(" DEAD") for c in changes):
             print("a new replica's actor died while starting: see `ray logs` on its node", file=sys.stderr)
             return 1

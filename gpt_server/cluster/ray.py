@@ -33,6 +33,8 @@ __all__ = ["ReplicaLaunch", "RayCluster", "RayReplica", "RayReplicas", "actor_na
 log = logging.getLogger("gpt_server.cluster.ray")
 
 SUBMIT_TIMEOUT = 30.0  # seconds for the GCS to take a new actor's creation task
+# actor states once the GCS holds the creation task (before it: DEPENDENCIES_UNREADY)
+_SUBMITTED = frozenset({"PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"})
 MAX_REPLICAS = 256  # as ``workers:`` in config.yaml
 
 
@@ -258,8 +260,12 @@ class RayCluster:
         # background thread: a process that exits before then (the `cluster scale` CLI) leaves
         # the actor dead. Return once the GCS holds every creation task.
         states = self.wait_replicas(handles, SUBMIT_TIMEOUT, until="submitted")
-        if wait > 0 and handles:
+        unsent = [n for n, st in states.items() if st not in _SUBMITTED]
+        if unsent:  # said, not hidden: the actor may never be created
+            log.warning("Ray did not take the creation of %s within %g s", ", ".join(unsent), SUBMIT_TIMEOUT)
+        elif wait > 0 and handles:
             states = self.wait_replicas(handles, wait)
+        if unsent or wait > 0:
             changes = [f"{c} {states[c[1:]]}" if c[1:] in states else c for c in changes]
         return changes
 
@@ -269,7 +275,7 @@ class RayCluster:
         ``timeout`` passes; returns name → state."""
         from ray._private import state
 
-        done = {"submitted": lambda s: s != "DEPENDENCIES_UNREADY", "alive": lambda s: s in ("ALIVE", "DEAD")}[until]
+        done = {"submitted": lambda s: s in _SUBMITTED, "alive": lambda s: s in ("ALIVE", "DEAD")}[until]
         deadline = time.monotonic() + timeout
         while True:
             states = {}

@@ -37,7 +37,15 @@ from ..textgen.sequences import SeqEvent, finish, release_events, sample_step
 from ..textgen.textstream import TextStream
 from . import SpeculativeOptions
 from .buffers import use_extra_buffers
-from .speculative import DraftGate, DraftModel, DraftRequest, NgramIndex, common_prefix, put_token
+from .speculative import (
+    MAX_SEQ,
+    DraftGate,
+    DraftModel,
+    DraftRequest,
+    NgramIndex,
+    common_prefix,
+    put_token,
+)
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
 
@@ -130,7 +138,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.n_batch = max(opts.n_batch, self.n_parallel)
         # with several slots, one stream more than slots: the go-between when two slots swap
         # their streams (``_compact``); no sequence ever decodes in it
-        self._spare: int | None = self.n_parallel if self.n_parallel > 1 else None
+        self._spare: int | None = self.n_parallel if 1 < self.n_parallel < MAX_SEQ else None
         n_streams = self.n_parallel + (self._spare is not None)
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = self.n_ctx_seq * n_streams

@@ -29,7 +29,9 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "common_prefix", "put_token"]
+__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "MAX_SEQ", "common_prefix", "put_token"]
+
+MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: most sequences (streams) a context takes
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +217,11 @@ class DraftGate:
         if most == 0:
             return 0, 0
         gains = [sum(p**j for p, k in offers for j in range(1, min(k, length) + 1)) for length in range(most + 1)]
-        if seqs + gains[most] <= self.MARGIN * seqs:
-            return 0, 0  # would not pay were the drafts free: nothing to try or measure
+        explore = self._offers % (8 * self.EXPLORE_EVERY) == 0
+        if seqs + gains[most] <= self.MARGIN * seqs and not explore:
+            # would not pay were the drafts free: nothing to try or measure (but now and then
+            # one draft is: rates move only when drafts are verified)
+            return 0, 0
         shapes = [len(offers)] + ([len(offers) + spare] if spare else [])
         t0 = self.estimate(seqs, 0, 0)
         for d in shapes:
@@ -237,7 +242,7 @@ class DraftGate:
         best_l = max(range(len(row)), key=row.__getitem__)
         if best_l < most and (
             (self._offers % self.EXPLORE_EVERY == 0 and row[best_l + 1] >= 0.75 * row[best_l])
-            or self._offers % (8 * self.EXPLORE_EVERY) == 0
+            or explore
         ):
             best_l += 1
         elif best_l and len(shapes) > 1 and self._offers % (4 * self.EXPLORE_EVERY) == self.EXPLORE_EVERY // 2:
@@ -270,7 +275,9 @@ class DraftModel:
         cparams.n_ctx = self.n_ctx_seq * n_parallel
         cparams.n_batch = n_batch
         cparams.n_ubatch = min(n_batch, 512)
-        cparams.n_seq_max = n_parallel + 1  # the last: the go-between of ``swap``
+        # the last: the go-between of ``swap`` (llama.cpp takes at most 256 sequences; the engine
+        # swaps no slots then)
+        cparams.n_seq_max = min(n_parallel + 1, MAX_SEQ)
         cparams.kv_unified = True
         cparams.n_threads = n_threads
         cparams.n_threads_batch = n_threads
