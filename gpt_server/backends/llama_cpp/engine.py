@@ -496,9 +496,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
             return own
         offers = [(self._rate(sid), len(d)) for sid, d in own.items()]
         longest, carriers = gate.choose(len(decoding), offers, len(limit) - len(own))
+        longest = min(longest, budget // carriers) if carriers else 0
         if not longest:
             return {}
-        longest = min(longest, budget // carriers)
         out = self._own(own, longest)
         if len(decoding) == 1:
             return out  # one sequence: its rows are one pass however many
