@@ -9,7 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..options import ChatOptions, GrammarOptions, ParallelOptions, ThreadOptions
 from ..registry import Engine
 
-__all__ = ["LlamaCppOptions", "SpeculativeOptions", "ENGINES"]
+__all__ = ["LlamaCppOptions", "SpeculativeOptions", "ENGINES", "DEFAULT_COMPUTE_NICE"]
+
+# the engine's compute threads below the event loops on a CPU host (``compute_nice``)
+DEFAULT_COMPUTE_NICE = 5
 
 
 class SpeculativeOptions(BaseModel):
@@ -48,6 +51,14 @@ class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOption
         None,
         description="llama.cpp's extra weight buffers (repacked layouts, AMX; its --no-repack turns them off); "
         "default: on, off on CPUs with AMX, whose AMX path crashes on some hosts (llama.cpp#20824)",
+    )
+    compute_nice: int | None = Field(
+        None,
+        ge=0,
+        le=19,
+        description="nice steps the engine's compute threads (the decode loop and ggml's threads) run below "
+        "the rest of the worker, so that the event loops streaming the tokens get a core as soon as they wake "
+        f"(Linux); default {DEFAULT_COMPUTE_NICE} when the model runs on the CPU, 0 with GPU layers",
     )
     speculative: SpeculativeOptions | None = Field(
         None,

@@ -27,7 +27,7 @@ from ..devices import require_gpu, wants_gpu
 from ..textgen.limits import check_sampling, check_token_ids, completion_budget
 from ..textgen.sequences import SeqEvent, stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
-from . import LlamaCppOptions, SpeculativeOptions
+from . import DEFAULT_COMPUTE_NICE, LlamaCppOptions, SpeculativeOptions
 from .engine import EngineOptions, LlamaEngine, Sequence
 
 __all__ = ["LlamaCppBackend"]
@@ -91,18 +91,22 @@ class LlamaCppBackend(Tokenizes, Backend):
         )
 
     def _engine(self, spec: SpeculativeOptions | None) -> LlamaEngine:
+        return LlamaEngine(self.engine_options(spec))
+
+    def engine_options(self, spec: SpeculativeOptions | None) -> EngineOptions:
+        """The engine's settings from the entry (``spec``: the speculative options, paths resolved)."""
         mc = self.options
-        return LlamaEngine(
-            EngineOptions(
-                model_path=self.spec.model_path,
-                n_ctx=mc.n_ctx or mc.max_model_len,
-                n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
-                n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
-                n_batch=mc.n_batch or 512,
-                n_gpu_layers=(mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)),
-                speculative=spec,
-                repack=mc.repack,
-            )
+        n_gpu_layers = mc.n_gpu_layers if mc.n_gpu_layers is not None else (-1 if self.spec.gpus or wants_gpu(self.spec) else 0)
+        return EngineOptions(
+            model_path=self.spec.model_path,
+            n_ctx=mc.n_ctx or mc.max_model_len,
+            n_parallel=mc.n_parallel or _DEFAULT_PARALLEL,
+            n_threads=mc.n_threads or self.spec.n_threads or os.cpu_count() or 1,
+            n_batch=mc.n_batch or 512,
+            n_gpu_layers=n_gpu_layers,
+            speculative=spec,
+            repack=mc.repack,
+            nice=mc.compute_nice if mc.compute_nice is not None else (0 if n_gpu_layers else DEFAULT_COMPUTE_NICE),
         )
 
     def _tokenizer_info(self) -> Any:

@@ -82,6 +82,7 @@ class EngineOptions:
     n_gpu_layers: int = 0
     speculative: SpeculativeOptions | None = None
     repack: bool | None = None  # llama.cpp's extra weight buffers (buffers.py; default: off on AMX CPUs)
+    nice: int = 0  # nice steps of the engine thread and ggml's threads below the process (EngineThread)
 
 
 @dataclass
@@ -131,7 +132,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         mparams.use_extra_bufts = use_extra_buffers(opts.repack)
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
-        super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp")
+        super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp", nice=opts.nice)
         n_ctx_train = self.model.n_ctx_train()
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -49,9 +50,13 @@ class EngineThread(Generic[S, A]):
     Call ``_start_thread()`` at the end of the subclass's ``__init__``.
     """
 
-    def __init__(self, *, n_vocab: int, thread_name: str, label: str) -> None:
+    def __init__(self, *, n_vocab: int, thread_name: str, label: str, nice: int = 0) -> None:
+        """``nice``: how many nice steps the engine thread runs below the rest of its process
+        (Linux; the compute threads it starts, e.g. OpenMP's, inherit it), so that the event
+        loops around it get a core as soon as they wake."""
         self.n_vocab = n_vocab
         self._label = label
+        self._nice = nice
         self._waiting: deque[S] = deque()
         self._cond = threading.Condition()
         self._stop = False
@@ -110,7 +115,20 @@ class EngineThread(Generic[S, A]):
             self._cond.notify()
         self._thread.join(timeout=timeout)
 
+    def _lower_priority(self) -> None:
+        """This thread's nice value up by ``nice`` (before its first forward, so the compute
+        threads the library starts from it inherit it). Raising it needs no privilege."""
+        if self._nice <= 0:
+            return
+        try:
+            # on Linux, PRIO_PROCESS with a thread id reads and sets that thread alone
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
+        except (OSError, AttributeError) as exc:
+            log.warning("%s engine thread keeps its priority: %s", self._label, exc)
+
     def _run(self) -> None:
+        self._lower_priority()
         hold_events()  # what a turn reports goes to the event loops together, before this thread blocks
         try:
             with self._loop_context():
