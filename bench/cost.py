@@ -4,6 +4,7 @@ and the engine's own split of a decode step, for the gateway (worker processes) 
 
     python -m bench.cost --concurrency 1,8 --seconds 20 --rounds 2 --threads 2
     python -m bench.cost --sides gateway --seconds 3        # without llama-server (not built)
+    python -m bench.cost --sides echo --concurrency 1       # the serving path alone (no model)
 
 For each window (one side, one concurrency, ``--seconds`` of closed-loop streaming chat,
 temperature 0, ``--max-tokens`` each) it reads every thread's CPU time from ``/proc`` before
@@ -15,6 +16,10 @@ and after and divides by the tokens the clients received:
 - ``rest of engine process``: its other threads (our worker's event loop and HTTP; llama-server's
   HTTP threads);
 - ``client``: the load generator (this process; the same code for both sides).
+
+``--sides echo`` serves the no-op echo worker instead, paced like a decode loop
+(``--echo-interval-ms`` between tokens): what the gateway and the worker's serving path cost
+per token with no model competing for the cores (the worker's whole process counts as "rest").
 
 Our worker also reports its decode loop (``/worker/info`` ``engine_stats``): per step, the time
 inside ``llama_decode`` and on the engine thread around it (``host``: batch, sampling,
@@ -120,7 +125,8 @@ def measure(side: str, server: Any, model: str, headers: dict[str, str], pids: d
             args: argparse.Namespace) -> dict[str, Any]:
     """One window on ``side``: tok/s and CPU ms per output token by process and thread group."""
     gw = server if side == "gateway" else None
-    engine_pid = pids["worker"] if side == "gateway" else pids["llama-server"]
+    engine_pid = pids["llama-server"] if side == "llama-server" else pids["worker"]
+    n_engine = 0 if side == "echo" else args.threads  # the echo worker has no compute threads
     before = {name: thread_cpu(pid) for name, pid in pids.items()}
     stats0 = _engine_stats(gw) if gw is not None else None
     me0 = time.process_time()
@@ -134,8 +140,8 @@ def measure(side: str, server: Any, model: str, headers: dict[str, str], pids: d
     for name, pid in pids.items():
         per = _delta(before[name], after[name])
         if pid == engine_pid:
-            row["engine_threads_ms_per_tok"] = round(sum(per[: args.threads]) / tok * 1e3, 3)
-            row["engine_rest_ms_per_tok"] = round(sum(per[args.threads :]) / tok * 1e3, 3)
+            row["engine_threads_ms_per_tok"] = round(sum(per[:n_engine]) / tok * 1e3, 3)
+            row["engine_rest_ms_per_tok"] = round(sum(per[n_engine:]) / tok * 1e3, 3)
         else:
             row[f"{name}_ms_per_tok"] = round(sum(per) / tok * 1e3, 3)
     if gw is not None and stats0 is not None:
@@ -188,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-parallel", type=int, default=8)
     ap.add_argument("--n-ctx", type=int, default=2048)
-    ap.add_argument("--sides", default="gateway,llama-server", help="gateway and/or llama-server")
+    ap.add_argument("--sides", default="gateway,llama-server", help="gateway, llama-server and/or echo")
+    ap.add_argument("--echo-interval-ms", type=float, default=8.0, help="echo side: pause before each token")
     ap.add_argument("--out", default="bench/results/cost")
     args = ap.parse_args(argv)
     sides = [s for s in args.sides.split(",") if s]
@@ -208,6 +215,13 @@ def main(argv: list[str] | None = None) -> int:
             gw.wait()
             pids = gw.pids()
             servers["gateway"] = (gw, "smollm2", gw.headers(), {"gateway": pids["gateway"], "worker": pids["worker:smollm2:0"]})
+        if "echo" in sides:
+            mc = {"model_name_or_path": "echo", "n_parallel": 256, "token_interval_ms": args.echo_interval_ms}
+            ec = Gateway([{"echo": {"model_config": mc, "work_mode": "echo", "workers": [{"gpus": []}]}}], out, "echo_cost", env)
+            servers["echo"] = (ec, "echo", {}, {})
+            ec.wait()
+            pids = ec.pids()
+            servers["echo"] = (ec, "echo", ec.headers(), {"gateway": pids["gateway"], "worker": pids["worker:echo:0"]})
         if "llama-server" in sides:
             from .llama_server import build
 

@@ -187,6 +187,21 @@ def test_cost_mode_accounts_a_tokens_cpu(tmp_path: Path) -> None:
     assert "| gateway | 1 |" in (tmp_path / "cost.md").read_text()
 
 
+def test_cost_mode_echo_side_measures_the_serving_path_alone(tmp_path: Path) -> None:
+    """``python -m bench.cost --sides echo``: the paced echo worker (no model) behind the gateway;
+    the tokens arrive at the echo's pace and the gateway's and the worker's CPU per token are
+    reported (the worker as a whole, no compute threads)."""
+    from bench.cost import main as cost_main
+
+    rc = cost_main(["--sides", "echo", "--concurrency", "1", "--seconds", "2", "--rounds", "1", "--max-tokens", "32",
+                    "--echo-interval-ms", "5", "--out", str(tmp_path)])
+    assert rc == 0
+    (r,) = json.loads((tmp_path / "cost.json").read_text())["rows"]
+    assert r["side"] == "echo" and r["errors"] == 0 and r["tokens"] > 0
+    assert 40 < r["tok_per_s"] < 200  # one stream paced at 5 ms a token (plus the hops)
+    assert r["engine_threads_ms_per_tok"] == 0 and r["engine_rest_ms_per_tok"] > 0 and r["gateway_ms_per_tok"] > 0
+
+
 def test_onnx_mode(tmp_path: Path) -> None:
     """The onnx mode (torch vs onnx vs onnx int8 behind one gateway, + encode in process at
     c=1), a few requests: every side answered, rates and ratios computed, cosine reported."""

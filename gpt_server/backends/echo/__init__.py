@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..options import ParallelOptions
 from ..registry import Engine
 
@@ -9,7 +11,9 @@ __all__ = ["EchoOptions", "ENGINES"]
 
 
 class EchoOptions(ParallelOptions):
-    pass
+    token_interval_ms: float = Field(
+        0, ge=0, le=1000, description="a pause before each delta event (a model's decode rhythm; default none)"
+    )
 
 
 ENGINES = (

@@ -3,11 +3,13 @@
 It measures what the gateway and worker runtime cost by themselves. For a chat
 request it takes the last user message, for a completion each prompt, and streams
 it back word by word as ``N`` delta events (``N = max_tokens``, default 16, at most
-``MAX_EVENTS``), cycling the words when the text is shorter. Not for production use.
+``MAX_EVENTS``), cycling the words when the text is shorter; ``token_interval_ms`` paces the
+events like a decode loop. Not for production use.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -75,6 +77,7 @@ class EchoBackend(Backend):
         reason = "length" if p.max_tokens is not None and n >= p.max_tokens else "stop"
         prompt_tokens = 0
         index = 0
+        pause = self.options.token_interval_ms / 1000
         for text in texts:
             prompt_tokens += max(1, len(text.split()))
             pieces = _pieces(text, n)
@@ -82,6 +85,8 @@ class EchoBackend(Backend):
                 if p.echo:
                     yield DeltaEvent(index=index, text=text)
                 for piece in pieces:
+                    if pause:
+                        await asyncio.sleep(pause)
                     yield DeltaEvent(index=index, text=piece)
                 yield FinishEvent(index=index, finish_reason=reason)
                 index += 1
