@@ -24,7 +24,7 @@ from ...protocol.worker import (
 from ...settings import ConfigError, resolve_model_path
 from ..base import Backend, BackendSpec
 from ..devices import require_gpu, wants_gpu
-from ..textgen.limits import check_sampling, check_token_ids, completion_budget
+from ..textgen.limits import check_sampling, check_token_ids, completion_budget, prepares_inline
 from ..textgen.sequences import SeqEvent, stream_sequences
 from ..textgen.tokenize import TOKENIZE_CAPABILITIES, Tokenizes
 from . import DEFAULT_COMPUTE_NICE, LlamaCppOptions, SpeculativeOptions
@@ -145,7 +145,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             return {}
         return {**{f"spec_{k}": v for k, v in eng.spec_stats.items()}, **{f"step_{k}": v for k, v in eng.step_stats.items()}}
 
-    # ---- request preparation (runs in a thread) ------------------------------
+    # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----
     def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:
         eng = self.engine
         assert eng is not None and self.template is not None
@@ -235,7 +235,10 @@ class LlamaCppBackend(Tokenizes, Backend):
         eng = self.engine
         if eng is None or not eng.healthy():
             raise ServiceUnavailableError("the engine is not running")
-        prompts, plan = await asyncio.to_thread(self._prepare, request)
+        if prepares_inline(request):
+            prompts, plan = self._prepare(request)
+        else:
+            prompts, plan = await asyncio.to_thread(self._prepare, request)
         events = self._generate(request, prompts, plan)
         try:
             async for ev in postprocess(events, plan.tool_parser, plan.reasoning, max_calls(request)):
