@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -118,8 +119,8 @@ class EngineThread(Generic[S, A]):
     def _lower_priority(self) -> None:
         """This thread's nice value up by ``nice`` (before its first forward, so the compute
         threads the library starts from it inherit it). Raising it needs no privilege."""
-        if self._nice <= 0:
-            return
+        if self._nice <= 0 or not sys.platform.startswith("linux"):
+            return  # elsewhere PRIO_PROCESS takes a process id, not a thread's
         try:
             # on Linux, PRIO_PROCESS with a thread id reads and sets that thread alone
             tid = threading.get_native_id()
