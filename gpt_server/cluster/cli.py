@@ -13,7 +13,7 @@ __all__ = ["cluster_command"]
 
 def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
     try:
-        from .ray import MAX_REPLICAS, RayCluster
+        from .ray import MAX_REPLICAS, SUBMIT_TIMEOUT, SUBMITTED, RayCluster
     except ImportError as exc:
         raise ConfigError(f"gpt-server cluster: needs Ray (pip install gpt-server[ray]): {exc}") from exc
     if args.action == "scale":
@@ -29,8 +29,10 @@ def cluster_command(cfg: Config, args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         print("\n".join(changes) or "no change")
-        if any(c.endswith((" DEPENDENCIES_UNREADY", " UNKNOWN")) for c in changes):
-            print("Ray did not take a new replica's creation within 30 s: check the cluster (`ray status`)", file=sys.stderr)
+        # a new replica's line carries its state once one was read ("+name STATE")
+        if any(c.startswith("+") and c.partition(" ")[2] not in ("", *SUBMITTED) for c in changes):
+            print(f"Ray did not take a new replica's creation within {SUBMIT_TIMEOUT:g} s: check the cluster (`ray status`)",
+                  file=sys.stderr)
             return 1
         if any(c.endswith(" DEAD") for c in changes):
             print("a new replica's actor died while starting: see `ray logs` on its node", file=sys.stderr)

@@ -28,13 +28,13 @@ from ..procs import killed_with_parent
 from ..web.internal import SECRET_ENV
 from ..worker.main import WORKER_ID_ENV
 
-__all__ = ["ReplicaLaunch", "RayCluster", "RayReplica", "RayReplicas", "actor_name", "connect", "connect_cluster"]
+__all__ = ["ReplicaLaunch", "RayCluster", "RayReplica", "RayReplicas", "actor_name", "connect", "connect_cluster", "SUBMITTED", "SUBMIT_TIMEOUT"]
 
 log = logging.getLogger("gpt_server.cluster.ray")
 
 SUBMIT_TIMEOUT = 30.0  # seconds for the GCS to take a new actor's creation task
 # actor states once the GCS holds the creation task (before it: DEPENDENCIES_UNREADY)
-_SUBMITTED = frozenset({"PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"})
+SUBMITTED = frozenset({"PENDING_CREATION", "ALIVE", "RESTARTING", "DEAD"})
 MAX_REPLICAS = 256  # as ``workers:`` in config.yaml
 
 
@@ -260,7 +260,7 @@ class RayCluster:
         # background thread: a process that exits before then (the `cluster scale` CLI) leaves
         # the actor dead. Return once the GCS holds every creation task.
         states = self.wait_replicas(handles, SUBMIT_TIMEOUT, until="submitted")
-        unsent = [n for n, st in states.items() if st not in _SUBMITTED]
+        unsent = [n for n, st in states.items() if st not in SUBMITTED]
         if unsent:  # said, not hidden: the actor may never be created
             log.warning("Ray did not take the creation of %s within %g s", ", ".join(unsent), SUBMIT_TIMEOUT)
         elif wait > 0 and handles:
@@ -275,7 +275,7 @@ class RayCluster:
         ``timeout`` passes; returns name → state."""
         from ray._private import state
 
-        done = {"submitted": lambda s: s in _SUBMITTED, "alive": lambda s: s in ("ALIVE", "DEAD")}[until]
+        done = {"submitted": lambda s: s in SUBMITTED, "alive": lambda s: s in ("ALIVE", "DEAD")}[until]
         deadline = time.monotonic() + timeout
         while True:
             states = {}

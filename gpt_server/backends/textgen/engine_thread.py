@@ -125,7 +125,7 @@ class EngineThread(Generic[S, A]):
             # on Linux, PRIO_PROCESS with a thread id reads and sets that thread alone
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self._nice))
-        except (OSError, AttributeError) as exc:
+        except OSError as exc:
             log.warning("%s engine thread keeps its priority: %s", self._label, exc)
 
     def _run(self) -> None:
