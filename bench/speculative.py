@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=0, help="requests per round (default: the set's size, at least c)")
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--mode", choices=("ngram", "draft"), default="ngram")
-    p.add_argument("--num-draft-tokens", type=int, default=5)
+    p.add_argument("--num-draft-tokens", type=int, default=None, help="default: the engine's for the mode")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-parallel", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=2048)
@@ -183,7 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out) if args.out else Path("bench/results") / f"speculative-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     model = model_path(args.weights)
-    spec: dict[str, Any] = {"mode": args.mode, "num_draft_tokens": args.num_draft_tokens}
+    spec: dict[str, Any] = {"mode": args.mode}
+    if args.num_draft_tokens is not None:
+        spec["num_draft_tokens"] = args.num_draft_tokens
     if args.mode == "draft":
         spec["draft_model"] = model
 

@@ -247,9 +247,15 @@ def test_options_are_bounded() -> None:
 
     for bad in ({"mode": "ngram", "num_draft_tokens": 17}, {"mode": "ngram", "num_draft_tokens": 0},
                 {"mode": "ngram", "ngram_min": 4, "ngram_max": 2}, {"mode": "draft"},
-                {"mode": "ngram", "draft_model": "x.gguf"}, {"mode": "medusa"}, {"mode": "ngram", "k": 3}):
+                {"mode": "ngram", "draft_model": "x.gguf"}, {"mode": "medusa"}, {"mode": "ngram", "k": 3},
+                {"mode": "ngram", "num_draft_tokens": None}):
         with pytest.raises(ValidationError):
             SpeculativeOptions(**bad)
+    # the most drafts offered by mode: prompt lookup proposes for free (the gate verifies what
+    # pays), a draft model pays a decode for every token it proposes
+    assert SpeculativeOptions(mode="ngram").num_draft_tokens == 12
+    assert SpeculativeOptions(mode="draft", draft_model="x.gguf").num_draft_tokens == 5
+    assert SpeculativeOptions(mode="ngram", num_draft_tokens=3).num_draft_tokens == 3
 
 
 # ---- through a real server -----------------------------------------------------------------

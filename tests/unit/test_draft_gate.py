@@ -37,16 +37,27 @@ def test_between_the_two_a_shorter_run_wins() -> None:
     assert g.choose(1, [(0.8, 5)]) == (2, 1)
 
 
-def test_a_shape_not_measured_gets_every_draft_offered() -> None:
+def test_a_shape_not_measured_gets_a_short_run_first() -> None:
     g = DraftGate()
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # nothing measured at all
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # nothing measured at all
     g.record(2, 0, 0, 0.02)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # a first step is not a measure
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # a first step is not a measure
     g.record(2, 0, 0, 0.02)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (4, 2)  # two drafting sequences never measured
-    g.record(2, 2, 4, 0.08)
-    g.record(2, 2, 4, 0.08)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (0, 0)  # now it is: up to four times the cost for 1-1.7 tokens
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # two drafting sequences never measured
+    assert g.choose(2, [(0.5, 1), (0.5, 1)]) == (1, 2)  # never more than offered
+    g.record(2, 2, 2, 0.06)
+    g.record(2, 2, 2, 0.06)
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (0, 0)  # now it is: three times the cost for 1-1.5 tokens
+
+
+def test_longer_runs_follow_where_rows_prove_cheap() -> None:
+    """Measured at two drafts only: where those rows were nearly free (weight-bound) the gate
+    goes on to longer runs; where each cost most of a step it does not try longer ones blindly."""
+    g = _gate({(1, 0): {0: 0.020}, (1, 1): {2: 0.021}})
+    assert g.choose(1, [(0.9, 8)]) == (8, 1)
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {2: 0.016}})
+    longest, _ = g.choose(1, [(0.9, 8)])
+    assert 2 <= longest < 8
 
 
 def test_shapes_are_kept_apart() -> None:
@@ -60,11 +71,14 @@ def test_shapes_are_kept_apart() -> None:
     assert g.choose(4, [(0.8, 1)]) == (0, 0)  # 4 + 0.8 tokens for 57 ms does not
 
 
-def test_estimates_interpolate_and_assume_untried_lengths_no_dearer() -> None:
+def test_estimates_interpolate_and_extrapolate_along_the_longest_measured() -> None:
     g = _gate({(1, 0): {0: 0.010}, (1, 1): {2: 0.020, 6: 0.040}})
     assert g.estimate(1, 1, 1) == pytest.approx(0.015)
     assert g.estimate(1, 1, 4) == pytest.approx(0.030)
-    assert g.estimate(1, 1, 8) == pytest.approx(0.040)  # past the longest measured: tried
+    assert g.estimate(1, 1, 8) == pytest.approx(0.050)  # past the longest measured: its line
+    # one length measured: the line from the step without drafts; a dip in it is no saving
+    assert _gate({(1, 0): {0: 0.010}, (1, 1): {2: 0.014}}).estimate(1, 1, 6) == pytest.approx(0.022)
+    assert _gate({(1, 0): {0: 0.010}, (1, 1): {2: 0.009}}).estimate(1, 1, 6) == pytest.approx(0.009)
     g.record(1, 1, 2, 0.030)  # a median of the recent steps, not the last figure
     assert g.estimate(1, 1, 2) == pytest.approx(0.025)
     g.record(1, 1, 2, 0.500)  # one preempted step does not move it far
@@ -104,7 +118,7 @@ def test_spare_sequences_carry_filler_where_equal_rows_are_cheaper() -> None:
     assert g.choose(4, [(0.95, 2)], spare=3) == (0, 0)
     # an unmeasured shape is tried, the sequences' own one first
     g = _gate({(4, 0): {0: 0.034}, (4, 1): {1: 0.040}})
-    assert g.choose(4, [(0.9, 3)], spare=3) == (3, 4)
+    assert g.choose(4, [(0.9, 3)], spare=3) == (2, 4)
 
 
 def test_filler_continues_the_draft_from_the_history() -> None:
@@ -126,7 +140,7 @@ def test_drafts_that_would_not_pay_if_free_are_not_tried() -> None:
     the margin: no step is spent measuring it."""
     g = DraftGate()
     assert g.choose(4, [(0.2, 1)]) == (0, 0)
-    assert g.choose(4, [(0.9, 5)]) == (5, 1)  # a likely copy is tried
+    assert g.choose(4, [(0.9, 5)]) == (2, 1)  # a likely copy is tried (a short run first)
 
 
 def test_going_back_to_plain_steps_is_charged_to_drafting() -> None:

@@ -114,9 +114,10 @@ class DraftGate:
     rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
     it finishes sooner), and a step with drafts also pays for the graph llama.cpp rebuilds on the
     next step without them (``back``). Drafts that would not beat the margin were they free are not verified
-    at all; otherwise a shape with drafts not measured yet gets every draft offered (so it is
-    measured); a length past the longest measured for a shape costs, by assumption, what that
-    one costs (so it gets tried); one choice in ``EXPLORE_EVERY`` takes one draft more than the
+    at all; otherwise a shape with drafts not measured yet gets ``FIRST`` drafts per sequence (so it is
+    measured, without paying for a long run where rows are dear); a length past the longest
+    measured for a shape costs what the line through its two longest measured lengths says (rows
+    nearly free where a step is weight-bound, so longer runs get tried there); one choice in ``EXPLORE_EVERY`` takes one draft more than the
     best when that is expected to come within 25 % of it (one in 8 × ``EXPLORE_EVERY`` whatever
     it is expected to give), so the figures near the choice keep up with the machine and the
     context lengths. Exploring is not free: where drafts do not pay, one more draft on some
@@ -127,6 +128,7 @@ class DraftGate:
     PRIOR = 4.0  # a sequence's rate starts as this many observations at the engine-wide rate
     MARGIN = 1.25  # drafts are verified only where expected to give this much more than none
     DECAY = 0.75  # what a sequence's earlier counts weigh at each new run
+    FIRST = 2  # drafts per sequence in the first steps of a shape not measured yet
 
     def __init__(self) -> None:
         self.cost: dict[tuple[int, int], dict[int, float]] = {}  # (B, sequences drafting) → L → seconds per step
@@ -188,7 +190,13 @@ class DraftGate:
         if hi is None:
             if lo == 0 and longest:
                 return None  # no step of this shape with drafts yet
-            return row[max(row)]  # not measured: assumed no dearer, so it gets tried
+            # past the longest measured: the line through the two longest measured lengths
+            # (the step without drafts counts as 0), never falling. Each row costs what the
+            # last ones did: where rows are nearly free (weight-bound) longer runs look cheap and
+            # get tried; where each costs most of a step they are not tried blindly
+            below = max((r for r in row if r < lo), default=None)
+            slope = 0.0 if below is None else max(0.0, (row[lo] - row[below]) / (lo - below))
+            return row[lo] + slope * (longest - lo)
         return row[lo] + (row[hi] - row[lo]) * (longest - lo) / (hi - lo)
 
     def rate(self, kept: float, rejected: float) -> float:
@@ -226,7 +234,9 @@ class DraftGate:
         t0 = self.estimate(seqs, 0, 0)
         for d in shapes:
             if t0 is None or self.estimate(seqs, d, 1) is None:
-                return most, d  # a shape not measured yet: try it
+                # a shape not measured yet: try it, with a short run (longer ones follow where
+                # the rows prove cheap: the estimate past the longest measured length)
+                return min(most, self.FIRST), d
         assert t0 is not None
         values: dict[int, list[float]] = {}
         back = max(0.0, self.back.get(seqs, 0.0))
