@@ -166,6 +166,8 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
         "filler": after.get("spec_filler", 0) - before.get("spec_filler", 0),
         "filler_accepted": after.get("spec_filler_accepted", 0) - before.get("spec_filler_accepted", 0),
         "step_spec": per_step("spec"), "step_plain": per_step("plain"),
+        # the spec worker's steps given drafts, by the gate's reason (tried / chosen / explored)
+        "gate": {k[5:]: after[k] - before.get(k, 0) for k in after if k.startswith("gate_")},
         "errors": sum(x["errors"] for side in got.values() for x in side),
         "loadavg": os.getloadavg(),
     }
@@ -173,7 +175,7 @@ def _point(gw: Any, args: argparse.Namespace, name: str, c: int) -> dict[str, An
           f"(rounds {row['ratio_min']}–{row['ratio_max']}), identical {row['identical_answers']}/{row['answers']}, "
           f"acceptance {row['acceptance']} ({accepted}/{drafted}; filler {row['filler_accepted']}/{row['filler']}), "
           f"load {row['loadavg'][0]:.2f}\n"
-          f"    steps spec {row['step_spec']}, plain {row['step_plain']}", flush=True)
+          f"    steps spec {row['step_spec']}, plain {row['step_plain']}; drafting steps by why {row['gate']}", flush=True)
     return row
 
 

@@ -167,3 +167,17 @@ def test_drafting_is_tried_now_and_then_even_when_rates_are_low() -> None:
     g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.011}})
     picks = [g.choose(1, [(0.1, 6)]) for _ in range(8 * DraftGate.EXPLORE_EVERY)]
     assert picks.count((0, 0)) == len(picks) - 1 and (1, 1) in picks
+
+
+def test_steps_given_drafts_are_counted_by_why() -> None:
+    g = DraftGate()
+    g.choose(1, [(0.9, 5)])  # nothing measured: tried
+    assert g.choices == {"tried": 1, "chosen": 0, "explored": 0}
+    g = _gate({(1, 0): {0: 0.023}, (1, 1): {1: 0.024, 5: 0.028}})
+    g.choose(1, [(0.7, 5)])  # measured and paying: chosen
+    g.choose(1, [(0.1, 5)])  # would not pay were it free: no drafts, not counted
+    assert g.choices == {"tried": 0, "chosen": 1, "explored": 0}
+    g = _gate({(1, 0): {0: 0.010}, (1, 1): {1: 0.018, 5: 0.052}})
+    for _ in range(4 * DraftGate.EXPLORE_EVERY):
+        g.choose(1, [(0.7, 5)])
+    assert g.choices["explored"] >= 1 and g.choices["chosen"] == 0

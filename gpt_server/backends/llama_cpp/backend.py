@@ -136,14 +136,21 @@ class LlamaCppBackend(Tokenizes, Backend):
 
     def stats(self) -> dict[str, int]:
         """Speculative decoding: ``spec_drafted`` tokens drafted, ``spec_accepted`` of them kept,
-        ``spec_verify_steps`` sequence-steps that verified drafts (zeros when it is off). The
+        ``spec_verify_steps`` sequence-steps that verified drafts (zeros when it is off); the draft
+        gate's steps given drafts by why (``gate_tried``: a shape not measured yet,
+        ``gate_chosen``: expected to pay best, ``gate_explored``: keeping its figures current). The
         decode loop: ``step_steps`` decode steps, ``step_tokens`` batch tokens they decoded,
         ``step_decode_us`` microseconds inside llama_decode and ``step_host_us`` on the engine
         thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through."""
         eng = self.engine
         if eng is None:
             return {}
-        return {**{f"spec_{k}": v for k, v in eng.spec_stats.items()}, **{f"step_{k}": v for k, v in eng.step_stats.items()}}
+        gate = eng.gate.choices if eng.gate is not None else {}
+        return {
+            **{f"spec_{k}": v for k, v in eng.spec_stats.items()},
+            **{f"gate_{k}": v for k, v in gate.items()},
+            **{f"step_{k}": v for k, v in eng.step_stats.items()},
+        }
 
     # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----
     def _prepare(self, req: GenerateRequest) -> tuple[list[list[int]], _ChatPlan]:

@@ -142,6 +142,9 @@ class DraftGate:
         self.back: dict[int, float] = {}
         self._last: tuple[int, int] | None = None  # the last recorded step: (B, L)
         self._recent: dict[Any, deque[float]] = {}
+        # steps given drafts, by why: a shape not measured yet, expected to pay best, exploring
+        # (one draft more, or the other shape) — what learning costs (engine_stats gate_*)
+        self.choices = {"tried": 0, "chosen": 0, "explored": 0}
 
     def skip(self) -> None:
         """A step not recorded (a prompt chunk in it, streams moved): the next one follows no
@@ -236,6 +239,7 @@ class DraftGate:
             if t0 is None or self.estimate(seqs, d, 1) is None:
                 # a shape not measured yet: try it, with a short run (longer ones follow where
                 # the rows prove cheap: the estimate past the longest measured length)
+                self.choices["tried"] += 1
                 return min(most, self.FIRST), d
         assert t0 is not None
         values: dict[int, list[float]] = {}
@@ -250,14 +254,20 @@ class DraftGate:
         best_d = max(shapes, key=lambda d: max(values[d]))
         row = values[best_d]
         best_l = max(range(len(row)), key=row.__getitem__)
+        why = "chosen"
         if best_l < most and (
             (self._offers % self.EXPLORE_EVERY == 0 and row[best_l + 1] >= 0.75 * row[best_l])
             or explore
         ):
             best_l += 1
+            why = "explored"
         elif best_l and len(shapes) > 1 and self._offers % (4 * self.EXPLORE_EVERY) == self.EXPLORE_EVERY // 2:
             best_d = shapes[0] if best_d == shapes[1] else shapes[1]  # keep the other shape's cost current
-        return (best_l, best_d) if best_l else (0, 0)
+            why = "explored"
+        if not best_l:
+            return 0, 0
+        self.choices[why] += 1
+        return best_l, best_d
 
 
 @dataclass
