@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("ngram", "draft"), default="ngram")
     p.add_argument("--num-draft-tokens", type=int, default=None, help="default: the engine's for the mode")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--control", action="store_true",
+                   help="A/A: the spec side without speculative decoding (how far two plain workers differ here)")
     p.add_argument("--n-parallel", type=int, default=4)
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--weights", choices=tuple(WEIGHTS), default="q4_1",
@@ -200,7 +202,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"meta": {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "args": vars(args),
                                     "speculative": spec, "model": model, "cpu_count": os.cpu_count(), "loadavg_start": os.getloadavg()},
                            "rows": []}
-    gw = Gateway([entry("plain"), entry("spec", speculative=spec)], out, "speculative_gateway", env)
+    # --control: the "spec" worker without speculative decoding (an A/A run: what two plain
+    # workers of this host differ by, the floor under every ratio above)
+    gw = Gateway([entry("plain"), entry("spec") if args.control else entry("spec", speculative=spec)],
+                 out, "speculative_gateway", env)
     try:
         gw.wait()
         for side in ("spec", "plain"):  # warm both

@@ -19,6 +19,7 @@ arithmetic, as for a small quantised model on a CPU or a full batch, each costs 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import statistics
 from collections import deque
@@ -202,6 +203,28 @@ class DraftGate:
             return row[lo] + slope * (longest - lo)
         return row[lo] + (row[hi] - row[lo]) * (longest - lo) / (hi - lo)
 
+    def _estimates(self, seqs: int, drafting: int, most: int) -> list[float]:
+        """``estimate`` for every length 1..``most`` in one pass over the measured lengths; for a
+        shape whose step without drafts and at least one length with drafts are measured."""
+        row = dict(self.cost.get((seqs, drafting), {}))
+        row[0] = self.cost[(seqs, 0)][0]
+        known = sorted(row)
+        out: list[float] = []
+        i = 0  # known[i]: the longest measured length at or below the one estimated
+        for length in range(1, most + 1):
+            while i + 1 < len(known) and known[i + 1] <= length:
+                i += 1
+            lo = known[i]
+            if lo == length:
+                out.append(row[lo])
+            elif i + 1 < len(known):
+                hi = known[i + 1]
+                out.append(row[lo] + (row[hi] - row[lo]) * (length - lo) / (hi - lo))
+            else:  # past the longest measured: as ``estimate``
+                below = known[i - 1]
+                out.append(row[lo] + max(0.0, (row[lo] - row[below]) / (lo - below)) * (length - lo))
+        return out
+
     def rate(self, kept: float, rejected: float) -> float:
         p = self.kept / (self.kept + self.rejected)
         return (kept + self.PRIOR * p) / (kept + rejected + self.PRIOR)
@@ -227,7 +250,15 @@ class DraftGate:
         most = max((k for _, k in offers), default=0)
         if most == 0:
             return 0, 0
-        gains = [sum(p**j for p, k in offers for j in range(1, min(k, length) + 1)) for length in range(most + 1)]
+        # gains[L]: the drafts of their own expected kept when each sequence verifies up to L
+        # (a sequence's draft j is kept with probability p^j)
+        inc = [0.0] * (most + 1)
+        for p, k in offers:
+            pj = 1.0
+            for j in range(1, k + 1):
+                pj *= p
+                inc[j] += pj
+        gains = list(itertools.accumulate(inc))
         explore = self._offers % (8 * self.EXPLORE_EVERY) == 0
         if seqs + gains[most] <= self.MARGIN * seqs and not explore:
             # would not pay were the drafts free: nothing to try or measure (but now and then
@@ -245,12 +276,8 @@ class DraftGate:
         values: dict[int, list[float]] = {}
         back = max(0.0, self.back.get(seqs, 0.0))
         for d in shapes:
-            row = [self.MARGIN * seqs / t0]
-            for length in range(1, most + 1):
-                t = self.estimate(seqs, d, length)
-                assert t is not None  # a length at or below this one is measured
-                row.append((seqs + gains[length]) / (t + back))
-            values[d] = row
+            costs = self._estimates(seqs, d, most)
+            values[d] = [self.MARGIN * seqs / t0] + [(seqs + gains[n]) / (t + back) for n, t in enumerate(costs, 1)]
         best_d = max(shapes, key=lambda d: max(values[d]))
         row = values[best_d]
         best_l = max(range(len(row)), key=row.__getitem__)
