@@ -165,6 +165,25 @@ def test_speculative_bench_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # the first two grounded prompts copy their passage: drafts are accepted, answers the same
     assert row["answers"] == 2 and row["identical_answers"] == 2
     assert 0 < row["accepted"] <= row["drafted"] and 0 < row["acceptance"] <= 1
+    # the gate's reasons for the steps it gave drafts (engine_stats gate_*): one per such step
+    assert set(row["gate"]) == {"tried", "chosen", "explored"} and sum(row["gate"].values()) > 0
+    assert sum(row["gate"].values()) <= row["step_spec"]["steps"]
+
+
+def test_speculative_bench_control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--control``: the spec side without speculative decoding (an A/A run): nothing drafted."""
+    import bench.speculative
+    from bench.speculative import build_parser as spec_parser
+    from bench.speculative import run as spec_run
+
+    args = spec_parser().parse_args(["--control", "--sets", "grounded", "--concurrency", "1", "--rounds", "2", "--requests", "2",
+                                     "--max-tokens", "16", "--threads", "1", "--n-parallel", "2", "--n-ctx", "1024",
+                                     "--out", str(tmp_path)])
+    monkeypatch.setattr(bench.speculative, "CACHE", tmp_path / "cache")
+    (row,) = spec_run(args)["rows"]
+    assert row["errors"] == 0 and row["spec_tok_s"] > 0 and row["plain_tok_s"] > 0
+    assert row["drafted"] == 0 and row["acceptance"] is None and row["gate"] == {}
+    assert row["identical_answers"] == row["answers"] == 2  # the same worker twice, greedy
 
 
 def test_cost_mode_accounts_a_tokens_cpu(tmp_path: Path) -> None:
