@@ -19,6 +19,7 @@ arithmetic, as for a small quantised model on a CPU or a full batch, each costs 
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import statistics
@@ -178,52 +179,51 @@ class DraftGate:
     def estimate(self, seqs: int, drafting: int, longest: int) -> float | None:
         """Seconds for a step of ``seqs`` sequences, ``drafting`` of them with drafts, the longest
         ``longest``: measured, or interpolated between the nearest measured lengths around it
-        (the step without drafts counts as length 0); None when nothing at or below ``longest``
-        was measured for this shape."""
-        row = dict(self.cost.get((seqs, drafting), {}))
-        if (seqs, 0) in self.cost:
-            row[0] = self.cost[(seqs, 0)][0]
-        if not row:
+        (the step without drafts counts as length 0), or past the longest measured along the
+        line through the two longest (``_at``); None when nothing at or below ``longest`` was
+        measured for this shape, or only the step without drafts."""
+        row = self._row(seqs, drafting)
+        known = sorted(row)
+        i = bisect.bisect_right(known, longest) - 1
+        if i < 0 or (known[i] == 0 and longest and i == len(known) - 1):
             return None
-        if longest in row:
-            return row[longest]
-        lo = max((r for r in row if r < longest), default=None)
-        if lo is None:
-            return None
-        hi = min((r for r in row if r > longest), default=None)
-        if hi is None:
-            if lo == 0 and longest:
-                return None  # no step of this shape with drafts yet
-            # past the longest measured: the line through the two longest measured lengths
-            # (the step without drafts counts as 0), never falling. Each row costs what the
-            # last ones did: where rows are nearly free (weight-bound) longer runs look cheap and
-            # get tried; where each costs most of a step they are not tried blindly
-            below = max((r for r in row if r < lo), default=None)
-            slope = 0.0 if below is None else max(0.0, (row[lo] - row[below]) / (lo - below))
-            return row[lo] + slope * (longest - lo)
-        return row[lo] + (row[hi] - row[lo]) * (longest - lo) / (hi - lo)
+        return self._at(row, known, i, longest)
 
     def _estimates(self, seqs: int, drafting: int, most: int) -> list[float]:
         """``estimate`` for every length 1..``most`` in one pass over the measured lengths; for a
         shape whose step without drafts and at least one length with drafts are measured."""
-        row = dict(self.cost.get((seqs, drafting), {}))
-        row[0] = self.cost[(seqs, 0)][0]
+        row = self._row(seqs, drafting)
         known = sorted(row)
         out: list[float] = []
         i = 0  # known[i]: the longest measured length at or below the one estimated
         for length in range(1, most + 1):
             while i + 1 < len(known) and known[i + 1] <= length:
                 i += 1
-            lo = known[i]
-            if lo == length:
-                out.append(row[lo])
-            elif i + 1 < len(known):
-                hi = known[i + 1]
-                out.append(row[lo] + (row[hi] - row[lo]) * (length - lo) / (hi - lo))
-            else:  # past the longest measured: as ``estimate``
-                below = known[i - 1]
-                out.append(row[lo] + max(0.0, (row[lo] - row[below]) / (lo - below)) * (length - lo))
+            out.append(self._at(row, known, i, length))
         return out
+
+    def _row(self, seqs: int, drafting: int) -> dict[int, float]:
+        """A shape's measured lengths → seconds, the step without drafts as length 0."""
+        row = dict(self.cost.get((seqs, drafting), {}))
+        if (seqs, 0) in self.cost:
+            row[0] = self.cost[(seqs, 0)][0]
+        return row
+
+    @staticmethod
+    def _at(row: dict[int, float], known: list[int], i: int, length: int) -> float:
+        """The cost at ``length``, ``known`` the measured lengths in order and ``known[i]`` the
+        longest at or below it: measured, interpolated to the next one, or past the longest
+        measured along the line through the two longest, never falling. Each further row costs
+        what the last ones did: where rows are nearly free (weight-bound) longer runs look cheap
+        and get tried; where each costs most of a step they are not tried blindly."""
+        lo = known[i]
+        if lo == length:
+            return row[lo]
+        if i + 1 < len(known):
+            hi = known[i + 1]
+            return row[lo] + (row[hi] - row[lo]) * (length - lo) / (hi - lo)
+        slope = max(0.0, (row[lo] - row[known[i - 1]]) / (lo - known[i - 1])) if i else 0.0
+        return row[lo] + slope * (length - lo)
 
     def rate(self, kept: float, rejected: float) -> float:
         p = self.kept / (self.kept + self.rejected)
