@@ -39,9 +39,9 @@ def test_between_the_two_a_shorter_run_wins() -> None:
 
 def test_a_shape_not_measured_gets_a_short_run_first() -> None:
     g = DraftGate()
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # nothing measured at all
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (0, 0)  # nothing to weigh drafts against: plain steps first
     g.record(2, 0, 0, 0.02)
-    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # a first step is not a measure
+    assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (0, 0)  # a first step is not a measure
     g.record(2, 0, 0, 0.02)
     assert g.choose(2, [(0.5, 4), (0.5, 2)]) == (2, 2)  # two drafting sequences never measured
     assert g.choose(2, [(0.5, 1), (0.5, 1)]) == (1, 2)  # never more than offered
@@ -138,9 +138,9 @@ def test_filler_continues_the_draft_from_the_history() -> None:
 def test_drafts_that_would_not_pay_if_free_are_not_tried() -> None:
     """Nothing measured, but one draft at a 0.2 rate on four sequences is 4.2 tokens at best, under
     the margin: no step is spent measuring it."""
-    g = DraftGate()
+    g = _gate({(4, 0): {0: 0.034}, (1, 0): {0: 0.023}})
     assert g.choose(4, [(0.2, 1)]) == (0, 0)
-    assert g.choose(4, [(0.9, 5)]) == (2, 1)  # a likely copy is tried (a short run first)
+    assert g.choose(4, [(0.9, 12)]) == (2, 1)  # a likely copy is tried (a short run first)
 
 
 def test_going_back_to_plain_steps_is_charged_to_drafting() -> None:
@@ -170,8 +170,8 @@ def test_drafting_is_tried_now_and_then_even_when_rates_are_low() -> None:
 
 
 def test_steps_given_drafts_are_counted_by_why() -> None:
-    g = DraftGate()
-    g.choose(1, [(0.9, 5)])  # nothing measured: tried
+    g = _gate({(1, 0): {0: 0.023}})
+    g.choose(1, [(0.9, 5)])  # not measured with drafts: tried
     assert g.choices == {"tried": 1, "chosen": 0, "explored": 0}
     g = _gate({(1, 0): {0: 0.023}, (1, 1): {1: 0.024, 5: 0.028}})
     g.choose(1, [(0.7, 5)])  # measured and paying: chosen
@@ -181,3 +181,32 @@ def test_steps_given_drafts_are_counted_by_why() -> None:
     for _ in range(4 * DraftGate.EXPLORE_EVERY):
         g.choose(1, [(0.7, 5)])
     assert g.choices["explored"] >= 1 and g.choices["chosen"] == 0
+
+
+def test_a_shape_not_measured_is_tried_only_where_it_could_pay() -> None:
+    """Where one of four sequences drafts, llama.cpp makes the step two passes (the plain step and
+    one over the drafting sequence's rows); where all four do, one pass of twice the rows, which
+    costs about what a plain step of eight sequences does. A shape that could not beat the margin
+    at that least cost is not spent measuring (free chat: rates near one half)."""
+    g = _gate({(4, 0): {0: 0.034}, (1, 0): {0: 0.023}})
+    assert g.choose(4, [(0.6, 12)]) == (0, 0)  # 5.5 tokens for >= 57 ms against 1.25 x 4 for 34
+    assert g.choose(4, [(0.95, 12)]) == (2, 1)  # 12.2 tokens for >= 57 ms could: tried
+    # 8 rows: along the plain steps of 1 and 4 sequences, >= 49 ms; 5.5 tokens do not pay
+    assert g.choose(4, [(0.6, 12)], spare=3) == (0, 0)
+    assert g.choose(4, [(0.7, 12)] * 4) == (2, 4)  # four sequences' 9.2 tokens could
+    g = _gate({(4, 0): {0: 0.034}})
+    assert g.choose(4, [(0.6, 12)], spare=3) == (2, 4)  # nothing past 4 measured: >= 34 ms
+
+
+def test_a_step_of_sequences_never_measured_plain_is_weighed_along_the_others() -> None:
+    """Three sequences decode only between four and two (a request ends, the next starts): their
+    plain step is read off the line of the measured ones, so a shape of three, once measured with
+    drafts, is judged, not tried again and again."""
+    g = _gate({(2, 0): {0: 0.026}, (4, 0): {0: 0.034}})
+    assert g.estimate(3, 0, 0) == pytest.approx(0.030)
+    assert g.choose(3, [(0.9, 12)] * 3) == (2, 3)
+    g.record(3, 3, 2, 0.045)
+    g.record(3, 3, 2, 0.045)
+    assert g.estimate(3, 3, 1) == pytest.approx(0.0375)
+    assert g.choose(3, [(0.9, 12)] * 3)[0] > 2  # 3 x 1.71 tokens more for 15 ms more: chosen, longer
+    assert g.choices["tried"] == 1

@@ -116,7 +116,9 @@ class DraftGate:
     rates are estimates, and a sequence's emitted tokens only shorten the batch's life when
     it finishes sooner), and a step with drafts also pays for the graph llama.cpp rebuilds on the
     next step without them (``back``). Drafts that would not beat the margin were they free are not verified
-    at all; otherwise a shape with drafts not measured yet gets ``FIRST`` drafts per sequence (so it is
+    at all; nor is a shape not measured yet that would not beat it at the least such a step can cost,
+    judged from the plain steps measured (``_may_pay``: two passes where only some sequences draft);
+    otherwise a shape with drafts not measured yet gets ``FIRST`` drafts per sequence (so it is
     measured, without paying for a long run where rows are dear); a length past the longest
     measured for a shape costs what the line through its two longest measured lengths says (rows
     nearly free where a step is weight-bound, so longer runs get tried there); one choice in ``EXPLORE_EVERY`` takes one draft more than the
@@ -134,6 +136,7 @@ class DraftGate:
 
     def __init__(self) -> None:
         self.cost: dict[tuple[int, int], dict[int, float]] = {}  # (B, sequences drafting) → L → seconds per step
+        self.plain: dict[int, float] = {}  # B → seconds per step without drafts (as in ``cost``)
         self._samples: dict[tuple[tuple[int, int], int], int] = {}
         self.kept = 1.0  # engine-wide drafts kept / rejected (decayed counts)
         self.rejected = 1.0
@@ -166,7 +169,9 @@ class DraftGate:
         self._samples[(key, longest)] = n + 1
         if n == 0:
             return
-        self.cost.setdefault(key, {})[longest] = self._keep((key, longest), seconds)
+        self.cost.setdefault(key, {})[longest] = kept = self._keep((key, longest), seconds)
+        if not longest:
+            self.plain[seqs] = kept
 
     def _keep(self, key: Any, seconds: float) -> float:
         """The median of the last ``WINDOW`` samples under ``key``, this one included. Step
@@ -179,7 +184,8 @@ class DraftGate:
     def estimate(self, seqs: int, drafting: int, longest: int) -> float | None:
         """Seconds for a step of ``seqs`` sequences, ``drafting`` of them with drafts, the longest
         ``longest``: measured, or interpolated between the nearest measured lengths around it
-        (the step without drafts counts as length 0), or past the longest measured along the
+        (the step without drafts counts as length 0: measured, or along the plain steps of other
+        sizes, ``_t0``), or past the longest measured along the
         line through the two longest (``_at``); None when nothing at or below ``longest`` was
         measured for this shape, or only the step without drafts."""
         row = self._row(seqs, drafting)
@@ -205,9 +211,22 @@ class DraftGate:
     def _row(self, seqs: int, drafting: int) -> dict[int, float]:
         """A shape's measured lengths → seconds, the step without drafts as length 0."""
         row = dict(self.cost.get((seqs, drafting), {}))
-        if (seqs, 0) in self.cost:
-            row[0] = self.cost[(seqs, 0)][0]
+        t0 = self._t0(seqs)
+        if t0 is not None:
+            row[0] = t0
         return row
+
+    def _t0(self, seqs: int) -> float | None:
+        """The step of ``seqs`` sequences without drafts: measured, or along the plain steps
+        measured for other numbers of sequences (``_at``; below the fewest measured, what that
+        costs); None before any plain step is measured."""
+        plain = self.plain
+        t = plain.get(seqs)
+        if t is not None or not plain:
+            return t
+        known = sorted(plain)
+        i = bisect.bisect_right(known, seqs) - 1
+        return plain[known[0]] if i < 0 else self._at(plain, known, i, seqs)
 
     @staticmethod
     def _at(row: dict[int, float], known: list[int], i: int, length: int) -> float:
@@ -224,6 +243,19 @@ class DraftGate:
             return row[lo] + (row[hi] - row[lo]) * (length - lo) / (hi - lo)
         slope = max(0.0, (row[lo] - row[known[i - 1]]) / (lo - known[i - 1])) if i else 0.0
         return row[lo] + slope * (length - lo)
+
+    def _may_pay(self, seqs: int, drafting: int, gain: float, t0: float) -> bool:
+        """Whether a shape not measured yet could beat the step without drafts (``t0``) by the
+        margin, were its expected ``gain`` verified at the least its step can cost, judged from the
+        plain steps (``_t0``): where only some sequences draft, llama.cpp splits the batch into two
+        passes, the plain step and one over the drafting sequences' rows; where all do, one pass of
+        twice the rows, which costs about what the plain step of twice the sequences does."""
+        if drafting < seqs:
+            least = t0 + (self._t0(drafting) or 0.0)
+        else:
+            least = max(t0, self._t0(2 * seqs) or 0.0)
+        least += max(0.0, self.back.get(seqs, 0.0))
+        return (seqs + gain) / least > self.MARGIN * seqs / t0
 
     def rate(self, kept: float, rejected: float) -> float:
         p = self.kept / (self.kept + self.rejected)
@@ -265,14 +297,21 @@ class DraftGate:
             # one draft is: rates move only when drafts are verified)
             return 0, 0
         shapes = [len(offers)] + ([len(offers) + spare] if spare else [])
-        t0 = self.estimate(seqs, 0, 0)
+        t0 = self._t0(seqs)
+        if t0 is None:
+            return 0, 0  # nothing to weigh drafts against yet: plain steps measure it
+        new = [d for d in shapes if self.estimate(seqs, d, 1) is None]
+        if new and not explore:
+            # a shape not measured yet is tried only where it could pay at its least cost
+            shapes = [d for d in shapes if d not in new or self._may_pay(seqs, d, gains[most], t0)]
         for d in shapes:
-            if t0 is None or self.estimate(seqs, d, 1) is None:
+            if d in new:
                 # a shape not measured yet: try it, with a short run (longer ones follow where
                 # the rows prove cheap: the estimate past the longest measured length)
                 self.choices["tried"] += 1
                 return min(most, self.FIRST), d
-        assert t0 is not None
+        if not shapes:
+            return 0, 0
         values: dict[int, list[float]] = {}
         back = max(0.0, self.back.get(seqs, 0.0))
         for d in shapes:
