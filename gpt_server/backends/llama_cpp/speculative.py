@@ -136,7 +136,7 @@ class DraftGate:
 
     def __init__(self) -> None:
         self.cost: dict[tuple[int, int], dict[int, float]] = {}  # (B, sequences drafting) → L → seconds per step
-        self.plain: dict[int, float] = {}  # B → seconds per step without drafts (as in ``cost``)
+        self.plain: dict[int, float] = {}  # B → seconds per step without drafts
         self._samples: dict[tuple[tuple[int, int], int], int] = {}
         self.kept = 1.0  # engine-wide drafts kept / rejected (decayed counts)
         self.rejected = 1.0
@@ -161,16 +161,18 @@ class DraftGate:
         first batch of a new size): from its second one on they count. A step without drafts
         right after one with drafts goes to ``back`` instead."""
         prev, self._last = self._last, (seqs, longest)
-        if not longest and prev is not None and prev[0] == seqs and prev[1] and (seqs, 0) in self.cost:
-            self.back[seqs] = self._keep(("back", seqs), seconds - self.cost[(seqs, 0)][0])
+        if not longest and prev is not None and prev[0] == seqs and prev[1] and seqs in self.plain:
+            self.back[seqs] = self._keep(("back", seqs), seconds - self.plain[seqs])
             return
         key = (seqs, drafting if longest else 0)
         n = self._samples.get((key, longest), 0)
         self._samples[(key, longest)] = n + 1
         if n == 0:
             return
-        self.cost.setdefault(key, {})[longest] = kept = self._keep((key, longest), seconds)
-        if not longest:
+        kept = self._keep((key, longest), seconds)
+        if longest:
+            self.cost.setdefault(key, {})[longest] = kept
+        else:
             self.plain[seqs] = kept
 
     def _keep(self, key: Any, seconds: float) -> float:
