@@ -226,6 +226,11 @@ class ModelWorkerArgs(_Section):
     limit_worker_concurrency: int = Field(64, ge=1, le=100_000, description="requests admitted per worker (running + queued)")
     heartbeat_interval: float = Field(3.0, gt=0, le=600, description="seconds between heartbeats; 3 missed = removed")
     startup_timeout: float = Field(600.0, gt=0, description="seconds the launcher waits for a worker to be ready")
+    direct_streams: bool = Field(
+        True,
+        description="a gateway on the worker's host hands it the client's connection, and the worker writes a chat or "
+        "completion stream's chunks to it (plain HTTP/1.1 clients; no relay per token); false = every stream is relayed",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] | None = Field(
         None, description="log level of the worker processes (default: serve's own; $GPT_SERVER_LOG_LEVEL wins)"
     )

@@ -229,7 +229,8 @@ class Registry:
             rec.dispatched_since_beat += 1
         rec.dispatched_total += 1
         return DispatchReply(
-            worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint
+            worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint,
+            stream_socket=rec.info.stream_socket,
         )
 
     def knows(self, model: str) -> bool:

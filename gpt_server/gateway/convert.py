@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from ..chat.chunks import chat_logprobs, completion_logprobs, usage_dict
 from ..chat.grammar_limits import GrammarLimits, check_spec, check_tools
 from ..errors import BadRequestError
 from ..protocol.openai import (
@@ -18,7 +19,6 @@ from ..protocol.worker import (
     GenerateRequest,
     SamplingParams,
     StructuredSpec,
-    TokenLogprob,
     ToolSpec,
 )
 
@@ -158,39 +158,3 @@ def completion_to_generate(req: CompletionRequest, request_id: str, limits: Gram
     return GenerateRequest(
         request_id=request_id, model=req.model, kind="completion", prompts=prompts, params=params, structured=structured
     )
-
-
-def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:
-    return {
-        "content": [
-            {
-                "token": e.token,
-                "logprob": e.logprob,
-                "bytes": e.bytes,
-                "top_logprobs": [{"token": t.token, "logprob": t.logprob, "bytes": t.bytes} for t in e.top_logprobs],
-            }
-            for e in entries
-        ],
-        "refusal": None,
-    }
-
-
-def completion_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    offsets = []
-    pos = offset
-    for e in entries:
-        offsets.append(pos)
-        pos += len(e.token)
-    return {
-        "tokens": [e.token for e in entries],
-        "token_logprobs": [e.logprob for e in entries],
-        "top_logprobs": [{t.token: t.logprob for t in e.top_logprobs} for e in entries],
-        "text_offset": offsets,
-    }
-
-
-def usage_dict(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-    if cached is not None:  # OpenAI's field: prompt tokens served from the engine's cache
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
-    return out

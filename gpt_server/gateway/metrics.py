@@ -28,9 +28,18 @@ class Metrics:
         self.errors = Counter("gpt_server_errors", "Error responses by route and OpenAI error type", ["route", "type"], registry=r)
         self.ttft = Histogram("gpt_server_time_to_first_token_seconds", "Time to first token", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.e2e = Histogram("gpt_server_generation_seconds", "End-to-end generation time", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.handed = Counter(
+            "gpt_server_streams_handed", "Streams a worker on this host wrote to the client's connection itself", ["model"], registry=r
+        )
         self.tokens = Counter("gpt_server_tokens", "Tokens processed", ["model", "worker", "kind"], registry=r)
         self.queue = Gauge("gpt_server_worker_queue_length", "Requests queued or running on a worker", ["model", "worker"], registry=r)
         self.healthy = Gauge("gpt_server_worker_healthy", "1 when the worker is healthy", ["model", "worker"], registry=r)
+
+    def first_token(self, model: str, ttft: float) -> None:
+        """Record a time to first token (seconds from the request sent to the worker)."""
+        self.ttft.labels(model).observe(ttft)
+        if self.history is not None:
+            self.history.first_token(model, ttft)
 
     async def metered(
         self, batches: AsyncIterator[list[Event]], model: str, worker: str, start: float | None = None
@@ -44,10 +53,7 @@ class Metrics:
             async for batch in batches:
                 for ev in batch:
                     if first and isinstance(ev, DeltaEvent):
-                        ttft = time.perf_counter() - start
-                        self.ttft.labels(model).observe(ttft)
-                        if self.history is not None:
-                            self.history.first_token(model, ttft)
+                        self.first_token(model, time.perf_counter() - start)
                         first = False
                     elif isinstance(ev, UsageEvent):
                         self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)

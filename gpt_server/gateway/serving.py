@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
+from ..chat.chunks import ChunkShape
 from ..chat.grammar_limits import GrammarLimits
 from ..errors import GatewayError, TimeoutError_, error_from_body
 from ..protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
@@ -32,6 +33,7 @@ from .convert import (
     new_id,
     usage_dict,
 )
+from .direct import HandedSSEResponse
 from .metrics import Metrics
 from .sse import SSEResponse
 from .workers import EventStream, LocalEventStream, WorkerClient
@@ -83,22 +85,6 @@ class ChoiceResult:
         if self.reasoning:
             msg["reasoning_content"] = "".join(self.reasoning)
         return msg
-
-
-def _chunk_delta(ev: DeltaEvent) -> dict[str, Any]:
-    delta: dict[str, Any] = {}
-    if ev.reasoning:
-        delta["reasoning_content"] = ev.reasoning
-    if ev.text:
-        delta["content"] = ev.text
-    if ev.tool_calls:
-        delta["tool_calls"] = [
-            {"index": d.index, "id": d.id, "type": "function", "function": {"name": d.name, "arguments": d.arguments}}
-            if d.id
-            else {"index": d.index, "function": {"arguments": d.arguments}}
-            for d in ev.tool_calls
-        ]
-    return delta
 
 
 @dataclass
@@ -280,11 +266,13 @@ class GenerationService:
 
     # ---- chat ---------------------------------------------------------------
     async def start_chat(
-        self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl", affinity: str | None = None
+        self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl", affinity: str | None = None,
+        direct: bool = False,
     ) -> ChatRun:
         """Resolve the model, convert and dispatch ``req``: the started generation.
         ``body_bytes``: the size of the request body (large ones are converted in a thread);
-        ``affinity``: a key whose requests stay on one replica (a session, a response chain)."""
+        ``affinity``: a key whose requests stay on one replica (a session, a response chain);
+        ``direct``: a stream the worker may write to the client (a hand-off, ``transport.direct``)."""
         deadline = self.workers.deadline()  # one for dispatch, retries and the whole answer
         req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id(id_prefix)
@@ -292,17 +280,21 @@ class GenerationService:
             gen = await asyncio.to_thread(chat_to_generate, req, rid, self.grammar_limits)
         else:
             gen = chat_to_generate(req, rid, self.grammar_limits)
-        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
+        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity, direct=direct)
         return ChatRun(self, stream, req.model, rid, req.n, deadline)
 
-    async def chat(self, req: ChatCompletionRequest, body_bytes: int = 0) -> Response:
-        """``body_bytes``: the size of the request body (large ones are converted in a thread)."""
-        run = await self.start_chat(req, body_bytes)
+    async def chat(self, req: ChatCompletionRequest, body_bytes: int = 0, client: Any = None) -> Response:
+        """``body_bytes``: the size of the request body (large ones are converted in a thread);
+        ``client``: the client connection's transport where a worker on this host may write
+        the stream to it (``transport.direct.client_transport``)."""
+        run = await self.start_chat(req, body_bytes, direct=client is not None and req.stream)
         stream, rid, deadline, created = run.stream, run.request_id, run.deadline, run.created
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = self._chat_chunks(stream, req, rid, created, include_usage)
-            return SSEResponse(chunks, timeout=self.timeout, deadline=deadline, on_close=stream.aclose)
+            shape = ChunkShape(
+                kind="chat", id=rid, created=created, model=req.model, system_fingerprint=_fingerprint(stream), n=req.n,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=bool(req.logprobs),
+            )
+            return self._streamed(stream, shape, deadline, client)
         choices, usage = await self._collect(stream, req.n, deadline)
         body = {
             "id": rid,
@@ -323,24 +315,31 @@ class GenerationService:
         }
         return FastJSONResponse(body)
 
-    async def _chat_chunks(
-        self, stream: EventStream | LocalEventStream, req: ChatCompletionRequest, rid: str, created: int, include_usage: bool
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
-        extra = {"usage": None} if include_usage else {}
+    def _streamed(self, stream: EventStream | LocalEventStream, shape: ChunkShape, deadline: float, client: Any) -> Response:
+        """The stream as SSE: written by the worker where it was asked for a hand-off, else relayed."""
+        direct = getattr(stream, "direct", None)
+        if direct is None or client is None:
+            return SSEResponse(self._chunks(stream, shape), timeout=self.timeout, deadline=deadline, on_close=stream.aclose)
+        path, token = direct
+        model, metrics = stream.target.model_name, self.metrics
 
-        def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
-            return {
-                **base,
-                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
-                **extra,
-            }
+        def handed() -> None:
+            if metrics is not None:
+                metrics.handed.labels(model).inc()
 
-        head = [chunk(i, {"role": "assistant", "content": ""}) for i in range(req.n)]
-        events = self._chunk_batches(stream, lambda ev: self._chat_event(ev, req, chunk, base, include_usage))
+        return HandedSSEResponse(
+            self._batches(stream), handoff=self.workers.handoff, socket_path=path, token=token, transport=client, shape=shape,
+            on_handed=handed, timeout=self.timeout, deadline=deadline, on_close=stream.aclose,
+        )
+
+    async def _chunks(self, stream: EventStream | LocalEventStream, shape: ChunkShape) -> AsyncIterator[list[dict[str, Any]]]:
+        """The stream's chunks, a list per batch of worker events; a chat's role chunks go out
+        with the first tokens (the worker answers with them)."""
+        head = shape.head()
+        events = self._chunk_batches(stream, shape.chunks)
         try:
             async for out in events:
-                if head:  # the role chunks go out with the first tokens (the worker answers with them)
+                if head:
                     out, head = head + out, []
                 yield out
         except GatewayError:
@@ -353,24 +352,10 @@ class GenerationService:
         finally:
             await events.aclose()
 
-    def _chat_event(
-        self, ev: Event, req: ChatCompletionRequest, chunk: Any, base: dict[str, Any], include_usage: bool
-    ) -> list[dict[str, Any]]:
-        if isinstance(ev, DeltaEvent):
-            lp = chat_logprobs(ev.logprobs) if (req.logprobs and ev.logprobs) else None
-            delta = _chunk_delta(ev)
-            return [chunk(ev.index, delta, logprobs=lp)] if delta or lp else []
-        if isinstance(ev, FinishEvent):
-            return [chunk(ev.index, {}, finish=ev.finish_reason)]
-        if isinstance(ev, UsageEvent):
-            if include_usage:
-                return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
-            return []
-        return []
-
     # ---- completions ----------------------------------------------------------
     async def start_completion(
-        self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl", affinity: str | None = None
+        self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl", affinity: str | None = None,
+        direct: bool = False,
     ) -> ChatRun:
         """As ``start_chat``, for a completion (the prompt as is, no chat template); the
         run's choices are prompts × n."""
@@ -381,16 +366,19 @@ class GenerationService:
             gen = await asyncio.to_thread(completion_to_generate, req, rid, self.grammar_limits)
         else:
             gen = completion_to_generate(req, rid, self.grammar_limits)
-        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity)
+        stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity, direct=direct)
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
-    async def completion(self, req: CompletionRequest, body_bytes: int = 0) -> Response:
-        run = await self.start_completion(req, body_bytes)
+    async def completion(self, req: CompletionRequest, body_bytes: int = 0, client: Any = None) -> Response:
+        """As ``chat``."""
+        run = await self.start_completion(req, body_bytes, direct=client is not None and req.stream)
         stream, rid, deadline, created, n_choices = run.stream, run.request_id, run.deadline, run.created, run.n
         if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            chunks = self._completion_chunks(stream, req, rid, created, include_usage)
-            return SSEResponse(chunks, timeout=self.timeout, deadline=deadline, on_close=stream.aclose)
+            shape = ChunkShape(
+                kind="completion", id=rid, created=created, model=req.model, system_fingerprint=_fingerprint(stream), n=n_choices,
+                include_usage=bool(req.stream_options and req.stream_options.include_usage), logprobs=req.logprobs is not None,
+            )
+            return self._streamed(stream, shape, deadline, client)
         choices, usage = await self._collect(stream, n_choices, deadline)
         body = {
             "id": rid,
@@ -410,37 +398,3 @@ class GenerationService:
             "usage": usage_dict(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens),
         }
         return FastJSONResponse(body)
-
-    async def _completion_chunks(
-        self, stream: EventStream | LocalEventStream, req: CompletionRequest, rid: str, created: int, include_usage: bool
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        base = {"id": rid, "object": "text_completion", "created": created, "model": req.model, "system_fingerprint": _fingerprint(stream)}
-        extra = {"usage": None} if include_usage else {}
-        offsets: dict[int, int] = {}
-        events = self._chunk_batches(stream, lambda ev: self._completion_event(ev, req, base, extra, offsets, include_usage))
-        try:
-            async for out in events:
-                yield out
-        finally:
-            await events.aclose()
-
-    def _completion_event(
-        self,
-        ev: Event,
-        req: CompletionRequest,
-        base: dict[str, Any],
-        extra: dict[str, Any],
-        offsets: dict[int, int],
-        include_usage: bool,
-    ) -> list[dict[str, Any]]:
-        if isinstance(ev, DeltaEvent):
-            lp = None
-            if req.logprobs is not None and ev.logprobs:
-                lp = completion_logprobs(ev.logprobs, offsets.get(ev.index, 0))
-            offsets[ev.index] = offsets.get(ev.index, 0) + len(ev.text)
-            return [{**base, "choices": [{"index": ev.index, "text": ev.text, "logprobs": lp, "finish_reason": None}], **extra}]
-        if isinstance(ev, FinishEvent):
-            return [{**base, "choices": [{"index": ev.index, "text": "", "logprobs": None, "finish_reason": ev.finish_reason}], **extra}]
-        if isinstance(ev, UsageEvent) and include_usage:
-            return [{**base, "choices": [], "usage": usage_dict(ev.prompt_tokens, ev.completion_tokens, ev.cached_tokens)}]
-        return []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,7 @@ from ..protocol.worker import (
     GenerateRequest,
     invoke_body,
 )
+from ..transport.direct import DIRECT_HEADER, HandoffClient, is_loopback_address
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
 from .history import History
 
@@ -79,12 +81,20 @@ class EventStream(WorkerResponse):
     """
 
     def __init__(
-        self, response: _Response, target: DispatchReply, on_close: Callable[[], None] | None = None, sent: float | None = None
+        self,
+        response: _Response,
+        target: DispatchReply,
+        on_close: Callable[[], None] | None = None,
+        sent: float | None = None,
+        direct: tuple[str, str] | None = None,
     ) -> None:
-        """``sent``: when the request was sent (``time.perf_counter()``; time to first token counts from it)."""
+        """``sent``: when the request was sent (``time.perf_counter()``; time to first token counts from it);
+        ``direct``: (the worker's hand-off socket, the stream's token) where the worker waits for the
+        client's connection (``transport.direct``)."""
         super().__init__(response, on_close)
         self.target = target
         self.sent = time.perf_counter() if sent is None else sent
+        self.direct = direct
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         buf = b""
@@ -188,6 +198,7 @@ class WorkerClient:
         # bounds them as the read timeout did, without a timer rescheduled on every read
         self._event_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
         self._session: aiohttp.ClientSession | None = None
+        self.handoff = HandoffClient()  # streams handed to workers on this host (transport.direct)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -200,6 +211,7 @@ class WorkerClient:
         return self._session
 
     async def aclose(self) -> None:
+        self.handoff.close()
         if self._session is not None:
             await self._session.close()
 
@@ -222,27 +234,41 @@ class WorkerClient:
             raise self.timed_out() from None
 
     async def open(
-        self, model: str, request: GenerateRequest, *, deadline: float | None = None, affinity: str | None = None
+        self,
+        model: str,
+        request: GenerateRequest,
+        *,
+        deadline: float | None = None,
+        affinity: str | None = None,
+        direct: bool = False,
     ) -> EventStream | LocalEventStream:
         """Start a chat/completion on a worker; the stream of events it answers, its first
         event before ``deadline`` (loop time; default: the request timeout from now).
-        ``affinity``: the key that sends related requests to one replica (``Registry.dispatch``)."""
+        ``affinity``: the key that sends related requests to one replica (``Registry.dispatch``);
+        ``direct``: a worker on this host that offers a hand-off socket is asked to wait for the
+        client's connection (the stream's ``direct``; ``transport.direct``)."""
         payload = b""
+        handed: tuple[str, str] | None = None
 
         async def call(target: DispatchReply) -> _Response | LocalGeneration:
-            nonlocal payload
+            nonlocal payload, handed
             if self.local is not None and self.local.generates(target.address):  # in this process: the events themselves
                 async with asyncio.timeout(self._timeout.sock_read):
                     return await self.local.generate(target.address, request)
             if not payload:
                 payload = request.__pydantic_serializer__.to_json(request)
+            handed = None
+            path = target.stream_socket
+            if direct and path and is_loopback_address(target.address) and self.handoff.reachable(path):
+                handed = (path, secrets.token_hex(16))
+                return await self._post(target, "/worker/generate", payload, events=True, headers={**_JSON, DIRECT_HEADER: handed[1]})
             return await self._post(target, "/worker/generate", payload, events=True)
 
         sent = time.perf_counter()
         result, target = await self._within(deadline, self._send(model, request.kind, call, affinity))
         on_close = self._releaser(target, sent)
         if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
-            return EventStream(result, target, on_close, sent)
+            return EventStream(result, target, on_close, sent, direct=handed)
         return LocalEventStream(result, target, on_close, sent)
 
     async def invoke(
@@ -272,7 +298,9 @@ class WorkerClient:
 
         return release
 
-    async def _post(self, target: DispatchReply, path: str, payload: bytes, events: bool = False) -> _Response:
+    async def _post(
+        self, target: DispatchReply, path: str, payload: bytes, events: bool = False, headers: dict[str, str] | None = None
+    ) -> _Response:
         """POST to a worker; its response if 200, else the error it answered, raised.
         ``events``: a generation, whose reads the caller bounds with the request's deadline."""
         resp: _Response
@@ -282,7 +310,7 @@ class WorkerClient:
             resp = await self.local.post(target.address, path, payload, self._headers, read_timeout=self._timeout.sock_read)
         else:
             timeout = self._event_timeout if events else self._timeout
-            resp = await self._client().post(f"{target.address}{path}", data=payload, headers=_JSON, timeout=timeout)
+            resp = await self._client().post(f"{target.address}{path}", data=payload, headers=headers or _JSON, timeout=timeout)
         if resp.status == 200:
             return resp
         try:

@@ -53,6 +53,7 @@ __all__ = [
     "FinishEvent",
     "UsageEvent",
     "ErrorEvent",
+    "EndEvent",
     "Event",
     "EVENT_ADAPTER",
 ]
@@ -119,6 +120,11 @@ class WorkerInfo(_Strict):
         "", max_length=64, pattern=r"^[A-Za-z0-9_]*$",
         description="the responses' system_fingerprint: stable for one model, engine and build",
     )
+    stream_socket: str = Field(
+        "", max_length=256, pattern=r"^(/[^\x00]*)?$",
+        description="the worker's hand-off socket (a path on its host): a gateway on that host may give it "
+        "a client's connection to write a stream to (transport.direct)",
+    )
 
 
 class WorkerView(WorkerInfo):
@@ -174,6 +180,7 @@ class DispatchReply(_Strict):
     address: str
     model_name: str
     fingerprint: str = ""
+    stream_socket: str = ""
 
 
 class ModelEntryInfo(_Strict):
@@ -348,7 +355,15 @@ class ErrorEvent(_Strict):
     code: str | None = None
 
 
+class EndEvent(_Strict):
+    """The last event of a stream the worker wrote to the client itself (``transport.direct``):
+    everything up to ``[DONE]`` has been written; ``error``: it ended with an error event."""
+
+    t: Literal["end"] = "end"
+    error: bool = False
+
+
 Event = Annotated[
-    DeltaEvent | FinishEvent | UsageEvent | ErrorEvent, Field(discriminator="t")
+    DeltaEvent | FinishEvent | UsageEvent | ErrorEvent | EndEvent, Field(discriminator="t")
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

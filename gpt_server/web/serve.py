@@ -16,7 +16,10 @@ from starlette.types import ASGIApp
 from .internal import InternalTLS
 from .lifecycle import DRAIN_DEADLINE
 
-__all__ = ["bind_socket", "make_server", "run_async"]
+__all__ = ["bind_socket", "make_server", "run_async", "TRANSPORT_KEY"]
+
+# scope["extensions"][TRANSPORT_KEY]: the connection's transport (transport.direct hands it to a worker)
+TRANSPORT_KEY = "gpt_server.transport"
 
 log = logging.getLogger("gpt_server")
 
@@ -42,6 +45,7 @@ def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0, tl
     them at once. ``tls``: serve TLS with its certificate (internal listeners)."""
     config = uvicorn.Config(
         app,
+        http=_http_protocol(),
         log_level="warning",
         access_log=False,
         timeout_keep_alive=30,
@@ -51,6 +55,23 @@ def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0, tl
         ssl_keyfile=tls.keyfile if tls is not None else None,
     )
     return _Server(config, graceful)
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol, each request's scope carrying its connection's transport
+    (``scope["extensions"][TRANSPORT_KEY]``: a worker on this host may write a
+    stream to it); uvicorn's choice where httptools is not installed."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class _Protocol(HttpToolsProtocol):
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self.scope["extensions"] = {TRANSPORT_KEY: self.transport}  # type: ignore[dict-item]  # not an ASGI extension's dict
+
+    return _Protocol
 
 
 class _Server(uvicorn.Server):

@@ -33,6 +33,7 @@ from ..protocol.worker import (
     InvokeRequest,
     secret_matches,
 )
+from ..transport.direct import DIRECT_HEADER, write_stream
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
@@ -137,6 +138,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
 
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
+        token = request.headers.get(DIRECT_HEADER) if runtime.handoff is not None else None
         try:
             gen = await Generation.start(runtime, req)
         except GatewayError as exc:
@@ -144,6 +146,24 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
 
         async def body() -> AsyncIterator[bytes]:
             async with contextlib.aclosing(gen.events()) as events:
+                if token and runtime.handoff is not None:  # the client's connection may come (transport.direct)
+                    # the first event goes with the status line, as always (the gateway writes it,
+                    # then hands the connection over): nothing more until the hand-off
+                    first = await anext(events, None)
+                    if first is None:
+                        return
+                    yield _line(first)
+                    handoff = await runtime.handoff.take(token)
+                    if handoff.sock is not None:
+                        try:
+                            end = await write_stream(handoff, events)
+                        except OSError as exc:  # the client's connection broke: the gateway sees it too
+                            log.info("direct stream ended: %s", type(exc).__name__)
+                            return
+                        finally:
+                            runtime.handoff.finished(handoff)
+                        yield b"".join(_line(ev) for ev in end)
+                        return
                 async for ev in events:
                     yield _line(ev)
 

@@ -12,6 +12,7 @@ import uvicorn
 from ..backends.base import BackendSpec
 from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
+from ..transport.direct import HandoffServer
 from ..web.internal import connect_host, require_secret_off_loopback
 from ..web.serve import bind_socket, make_server
 from .app import build_worker_app
@@ -120,6 +121,9 @@ async def run_worker(
         controller_address=ctrl, n_threads=int(threads) if threads else None,
         worker_id=os.environ.get(WORKER_ID_ENV) or None,  # set by the launcher that follows this replica
     )
+    if mwa.direct_streams:  # a gateway on this host may hand it client connections (transport.direct)
+        runtime.handoff = HandoffServer()
+        runtime.handoff.start()
     server = make_server(build_worker_app(runtime, max_body_bytes=worker_body_limit(cfg)), sock, tls=tls)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -140,6 +144,9 @@ async def run_worker(
             msg = str(err)
             raise ConfigError(msg if msg.startswith("models.") else f"models.{entry.name}.{msg}") from None
         raise
+    finally:
+        if runtime.handoff is not None:
+            runtime.handoff.close()
 
 
 async def _drain_then_exit(runtime: WorkerRuntime, server: uvicorn.Server) -> None:

@@ -23,6 +23,7 @@ from ..backends.base import Backend
 from ..errors import BadRequestError, ConflictError, RateLimitError, ServiceUnavailableError
 from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerInfo
 from ..settings import ConfigError
+from ..transport.direct import HandoffServer
 
 if TYPE_CHECKING:
     from ..controller.registry import Registry
@@ -184,6 +185,8 @@ class WorkerRuntime:
         self.requests_total = 0
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.last_error: str | None = None
+        # streams written to the client's connection (transport.direct): set by a worker process
+        self.handoff: HandoffServer | None = None
         # why the model cannot load because of its config (the worker then exits with CONFIG_ERROR_EXIT)
         self.config_error: ConfigError | None = None
         self._link: ControllerLink | None = controller
@@ -250,6 +253,7 @@ class WorkerRuntime:
             replica=self.replica,
             default=self.default,
             fingerprint=self.backend.fingerprint(),
+            stream_socket=self.handoff.path if self.handoff is not None else "",
         )
 
     def ready(self) -> bool:

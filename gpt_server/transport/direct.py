@@ -1,0 +1,432 @@
+"""Streams a worker writes straight to the client's connection (a worker on the gateway's host).
+
+Relaying a stream costs the gateway a read, a parse, a render and a write per token, on
+top of the worker's own work: on two cores beside a running decode that was 0.2–0.3 ms of
+every token and part of the time to first token (bench/README.md). For a chat or
+completion stream whose worker runs on the gateway's host, the gateway hands the client's
+socket to the worker instead, and the worker writes the stream's chunks itself:
+
+1. The gateway sends ``POST /worker/generate`` with the header ``x-gpt-server-direct: <token>``.
+   The worker admits the request as always (an error is its HTTP answer, as always) and
+   answers 200 with the stream's first event, then waits for the socket.
+2. The gateway writes the response head and the first event's chunks (the role chunks with the
+   first token, as when relayed), and once they have left (its write buffer is empty) sends the
+   worker, over the worker's hand-off socket (a Unix ``SOCK_SEQPACKET`` socket in a private
+   directory; only this user's processes may connect), the token, the stream's ``ChunkShape``,
+   the time left and a duplicate of the client connection's descriptor (``SCM_RIGHTS``). Where
+   it cannot hand it over it sends ``none``, and the worker sends the rest of its events to the
+   gateway as usual. The hand-off happens while the next token is decoded.
+3. The worker writes each further event's chunks as HTTP/1.1 chunks of SSE, keep-alive
+   comments when idle, an error event where the generation fails, its deadline passes or the
+   gateway asks it to stop (the drain deadline), then ``[DONE]``; then it answers the gateway
+   with the usage and an ``EndEvent``. The gateway ends the chunked body (its server writes
+   the last chunk), so the connection stays usable for the client's next request.
+
+The client's hang-up is seen by the gateway as before (it closes the worker's request, which
+stops the generation); the worker's next write fails too. Only connections the gateway
+serves in plain HTTP/1.1 (no TLS) and workers that advertise a hand-off socket and run on a
+loopback address qualify; everything else is relayed.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..chat.chunks import ChunkShape
+from ..errors import TimeoutError_, error_from_body
+from ..protocol.worker import EndEvent, ErrorEvent, Event, UsageEvent
+from ..web.lifecycle import shutdown_error
+from ..web.serve import TRANSPORT_KEY
+
+__all__ = [
+    "DIRECT_HEADER",
+    "TRANSPORT_KEY",
+    "HandoffClient",
+    "HandoffServer",
+    "Handoff",
+    "client_transport",
+    "write_stream",
+    "is_loopback_address",
+]
+
+log = logging.getLogger(__name__)
+
+DIRECT_HEADER = "x-gpt-server-direct"
+_MAX_MESSAGE = 16 * 1024
+_DONE = b"data: [DONE]\n\n"
+_KEEPALIVE = b": keep-alive\n\n"
+_STALE_AFTER = 30.0  # a hand-off nobody took (its request failed in between) is closed after this
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def is_loopback_address(address: str) -> bool:
+    """A worker URL on this host's loopback (``http://127.0.0.1:…``, ``[::1]``, ``localhost``)."""
+    rest = address.split("://", 1)[-1]
+    host = rest[1:].split("]", 1)[0] if rest.startswith("[") else rest.split(":", 1)[0].split("/", 1)[0]
+    return host == "localhost" or host == "::1" or host.startswith("127.")
+
+
+def client_transport(scope: Mapping[str, Any]) -> Any | None:
+    """The client connection's transport where a worker may write to it: plain HTTP/1.1 served
+    by our uvicorn protocol (``web.serve``), no TLS, still open."""
+    ext = scope.get("extensions")
+    transport = ext.get(TRANSPORT_KEY) if ext else None
+    if transport is None or scope.get("http_version") != "1.1" or scope.get("scheme") != "http":
+        return None
+    if transport.is_closing() or transport.get_extra_info("sslcontext") is not None:
+        return None
+    return transport
+
+
+# ---- the gateway's side ---------------------------------------------------------------------------
+
+
+class HandoffClient:
+    """The gateway's connections to workers' hand-off sockets, one per socket path, opened on
+    first use; a broken one is dropped (and opened again next time)."""
+
+    def __init__(self) -> None:
+        self._socks: dict[str, socket.socket] = {}
+
+    def _sock(self, path: str) -> socket.socket:
+        sock = self._socks.get(path)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                sock.settimeout(0.5)  # a local connect; a stalled one is no hand-off
+                sock.connect(path)
+                sock.setblocking(False)
+            except OSError:
+                sock.close()
+                raise
+            self._socks[path] = sock
+        return sock
+
+    def reachable(self, path: str) -> bool:
+        """Connected to the hand-off socket at ``path`` (a worker in another mount namespace is not)."""
+        try:
+            self._sock(path)
+        except OSError:
+            return False
+        return True
+
+    def _send(self, path: str, message: dict[str, Any], fd: int | None = None) -> bool:
+        data = orjson.dumps(message)
+        for _ in range(2):  # a connection the worker closed (it restarted): once more, new
+            try:
+                sock = self._sock(path)
+            except OSError:
+                return False
+            try:
+                if fd is None:
+                    sock.send(data)
+                else:
+                    socket.send_fds(sock, [data], [fd])
+                return True
+            except BlockingIOError:
+                return False  # the worker is not reading its hand-offs: relay instead
+            except OSError:
+                self._drop(path)
+        return False
+
+    def _drop(self, path: str) -> None:
+        sock = self._socks.pop(path, None)
+        if sock is not None:
+            sock.close()
+
+    def hand(self, path: str, token: str, fd: int, shape: ChunkShape, *, timeout: float, limit: float, keepalive: float) -> bool:
+        """Give the worker the client connection ``fd`` for the stream ``token``, with the seconds
+        the stream has left (``timeout``) of the request timeout (``limit``); False when it could
+        not be sent (then the caller says ``decline``)."""
+        msg = {
+            "op": "stream", "token": token, "shape": shape.model_dump(mode="json"), "timeout": timeout, "limit": limit, "keepalive": keepalive,
+        }
+        return self._send(path, msg, fd)
+
+    def decline(self, path: str, token: str) -> None:
+        """The stream ``token`` is relayed: the worker answers with its events."""
+        self._send(path, {"op": "none", "token": token})
+
+    def stop(self, path: str, token: str, reason: str) -> bool:
+        """Ask the worker to end the stream ``token`` now (``shutdown``) with that error event."""
+        return self._send(path, {"op": "stop", "token": token, "reason": reason})
+
+    def close(self) -> None:
+        for path in list(self._socks):
+            self._drop(path)
+
+
+# ---- the worker's side ----------------------------------------------------------------------------
+
+
+@dataclass
+class Handoff:
+    """One stream handed to this worker: the client's socket (None: relay as usual)."""
+
+    token: str
+    sock: socket.socket | None
+    shape: ChunkShape | None = None
+    deadline: float = 0.0  # event-loop time
+    limit: float = 0.0  # the request timeout, for the timeout's message
+    keepalive: float = 15.0
+    stopped: asyncio.Future[str] | None = None
+    at: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # this process's descriptor only: the connection stays the gateway's
+            self.sock = None
+
+
+class HandoffServer:
+    """The worker's hand-off socket: a SOCK_SEQPACKET listener in a new private directory
+    (mode 0700), accepting only processes of this user; each message names a stream token."""
+
+    def __init__(self) -> None:
+        self.path = ""
+        self._dir = ""
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._waiting: dict[str, asyncio.Future[Handoff]] = {}
+        self._arrived: dict[str, Handoff] = {}
+        self._running: dict[str, Handoff] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> str:
+        """Listen (on the running loop); the socket's path."""
+        self._loop = asyncio.get_running_loop()
+        self._dir = tempfile.mkdtemp(prefix="gpt-server-handoff-")  # 0700
+        self.path = os.path.join(self._dir, "w.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        sock.bind(self.path)
+        os.chmod(self.path, 0o600)
+        sock.listen(64)
+        sock.setblocking(False)
+        self._listener = sock
+        self._loop.add_reader(sock.fileno(), self._accept)
+        return self.path
+
+    def close(self) -> None:
+        loop = self._loop
+        if self._listener is not None and loop is not None:
+            loop.remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
+        for conn in list(self._conns):
+            self._close_conn(conn)
+        for h in [*self._arrived.values(), *self._running.values()]:
+            h.close()
+        self._arrived.clear()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = ""
+
+    def _accept(self) -> None:
+        assert self._listener is not None and self._loop is not None
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                log.exception("hand-off socket: accept failed")
+                return
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+            if uid != os.getuid():
+                log.warning("hand-off socket: refused a process of uid %d", uid)
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._conns.add(conn)
+            self._loop.add_reader(conn.fileno(), self._read, conn)
+
+    def _close_conn(self, conn: socket.socket) -> None:
+        if conn in self._conns:
+            self._conns.discard(conn)
+            if self._loop is not None:
+                self._loop.remove_reader(conn.fileno())
+            conn.close()
+
+    def _read(self, conn: socket.socket) -> None:
+        while True:
+            fds = array.array("i")
+            try:
+                data, ancdata, flags, _ = conn.recvmsg(_MAX_MESSAGE, socket.CMSG_SPACE(4 * fds.itemsize))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close_conn(conn)
+                return
+            for level, kind, cdata in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+            if not data and not fds:
+                self._close_conn(conn)  # the gateway closed it
+                return
+            try:
+                self._message(orjson.loads(data), list(fds), flags)
+            except Exception:
+                log.exception("hand-off socket: a malformed message")
+                for fd in fds:
+                    os.close(fd)
+
+    def _message(self, msg: dict[str, Any], fds: list[int], flags: int) -> None:
+        op, token = msg.get("op"), str(msg.get("token", ""))
+        if op == "stop":
+            for fd in fds:
+                os.close(fd)
+            h = self._running.get(token)
+            if h is not None and h.stopped is not None and not h.stopped.done():
+                h.stopped.set_result(str(msg.get("reason", "shutdown")))
+            return
+        h = Handoff(token, None)
+        if op == "stream" and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
+            assert self._loop is not None
+            h.shape = ChunkShape.model_validate(msg["shape"])
+            h.deadline = self._loop.time() + float(msg["timeout"])
+            h.limit = float(msg.get("limit", msg["timeout"]))
+            h.keepalive = max(0.5, float(msg.get("keepalive", 15.0)))
+            h.sock = socket.socket(fileno=fds.pop())
+            h.sock.setblocking(False)  # it is already (the gateway's loop set it): for sock_sendall
+        for fd in fds:
+            os.close(fd)
+        waiter = self._waiting.pop(token, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(h)
+            return
+        self._prune()
+        self._arrived[token] = h
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for token in [t for t, h in self._arrived.items() if now - h.at > _STALE_AFTER]:
+            self._arrived.pop(token).close()
+
+    async def take(self, token: str, timeout: float = 10.0) -> Handoff:
+        """The hand-off of stream ``token`` (its socket None: relay) — the gateway sends one
+        right after this worker's answer; none within ``timeout`` is a relay too."""
+        h = self._arrived.pop(token, None)
+        if h is None:
+            fut: asyncio.Future[Handoff] = asyncio.get_running_loop().create_future()
+            self._waiting[token] = fut
+            try:
+                h = await asyncio.wait_for(fut, timeout)
+            except TimeoutError:
+                log.warning("no hand-off came for a direct stream within %gs; relaying it", timeout)
+                return Handoff(token, None)
+            finally:
+                self._waiting.pop(token, None)
+        if h.sock is not None:
+            h.stopped = asyncio.get_running_loop().create_future()
+            self._running[token] = h
+        return h
+
+    def finished(self, h: Handoff) -> None:
+        self._running.pop(h.token, None)
+        h.close()
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("direct stream watcher failed: %r", task.exception())
+
+
+class _Writer:
+    """Writes one handed-off stream: HTTP/1.1 chunks, one per event (or keep-alive), never two
+    at once (a lock); the watcher ends the stream at its deadline or when told to stop."""
+
+    def __init__(self, h: Handoff) -> None:
+        assert h.sock is not None and h.stopped is not None
+        self.h = h
+        self.sock = h.sock
+        self.loop = asyncio.get_running_loop()
+        self.lock = asyncio.Lock()
+        self.last = self.loop.time()
+        self.ending: str | None = None
+        self.main: asyncio.Task[Any] | None = None
+
+    async def send(self, data: bytes) -> None:
+        async with self.lock:
+            await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n" % (len(data), data))
+            self.last = self.loop.time()
+
+    async def watch(self) -> None:
+        h = self.h
+        assert h.stopped is not None
+        while True:
+            wake = min(self.last + h.keepalive, h.deadline)
+            done, _ = await asyncio.wait({h.stopped}, timeout=max(0.01, wake - self.loop.time()))
+            if done:
+                return self._end(h.stopped.result())
+            if self.loop.time() >= h.deadline:
+                return self._end("timeout")
+            if self.loop.time() - self.last >= h.keepalive and not self.lock.locked():
+                await self.send(_KEEPALIVE)
+
+    def _end(self, reason: str) -> None:
+        self.ending = reason
+        # a write under way finishes, and the loop sees ``ending`` after it; else stop waiting now
+        if not self.lock.locked() and self.main is not None:
+            self.main.cancel()
+
+
+async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
+    """Write the stream of ``events`` (the first event and the head went out through the
+    gateway) to the handed-off client socket; what the worker then answers the gateway (the
+    usage, then an ``EndEvent``)."""
+    assert h.shape is not None
+    w = _Writer(h)
+    w.main = asyncio.current_task()
+    shape = h.shape
+    tail: list[bytes] = []
+    usage: UsageEvent | None = None
+    error = False
+    watcher = w.loop.create_task(w.watch())
+    try:
+        try:
+            async for ev in events:
+                if isinstance(ev, ErrorEvent):
+                    body = {"error": {"message": ev.message, "type": ev.type, "param": ev.param, "code": ev.code}}
+                    tail.append(_sse(error_from_body(ev.status, body).body()))  # as the gateway renders it
+                    error = True
+                    break
+                if isinstance(ev, UsageEvent):
+                    usage = ev
+                out = [_sse(c) for c in shape.chunks(ev)]
+                if out:
+                    await w.send(b"".join(out))
+                if w.ending is not None:
+                    break
+        except asyncio.CancelledError:
+            if w.ending is None or w.main is None or w.main.uncancel() > 0:
+                raise
+        if w.ending is not None:
+            error = True
+            if w.ending == "timeout":
+                exc: Any = TimeoutError_(f"the request did not finish within {h.limit:g} seconds")
+            else:
+                exc = shutdown_error()
+            tail.append(_sse(exc.body()))
+        await w.send(b"".join([*tail, _DONE]))
+    finally:
+        watcher.cancel()  # not awaited: this task may be being cancelled
+        watcher.add_done_callback(_retrieve)
+    answer: list[Event] = [usage] if usage is not None else []
+    answer.append(EndEvent(error=error))
+    return answer

@@ -1,0 +1,170 @@
+"""Streams written by the worker straight to the client's connection (``transport.direct``).
+
+Two real servers on one model (SmolLM2 Q4_1, llama.cpp worker processes): one as shipped,
+where the gateway hands a stream's connection to its worker, and one with
+``model_worker_args.direct_streams: false``, where the gateway relays every token. The
+openai SDK must see the same chunks from both, the connection must serve the client's next
+requests, and the endings (the deadline, a hang-up) must hold as they do when relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import Server, assert_workers_idle, base_config, hang_up_long_stream, served
+
+MSG = [{"role": "user", "content": "Name three colors."}]
+TIMEOUT = 4.0  # the direct server's request_timeout: a long stream meets it
+
+
+def _handed(server: Server) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", headers=server.headers(), timeout=10).text
+    m = re.search(r'^gpt_server_streams_handed_total\{model="smollm2"\} ([0-9.e+]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cfg = base_config(api_keys="k1")
+    cfg["serve_args"]["request_timeout"] = TIMEOUT
+    with served(cfg, tmp_path_factory.mktemp("direct"), "direct_streams", 1) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cfg = base_config(api_keys="k1")
+    cfg["model_worker_args"]["direct_streams"] = False
+    with served(cfg, tmp_path_factory.mktemp("relayed"), "relayed_streams", 1) as srv:
+        yield srv
+
+
+def _client(server: Server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
+
+
+def _shapes(chunks: list[Any]) -> list[dict[str, Any]]:
+    """The chunks without what differs per request (id, created)."""
+    out = []
+    for c in chunks:
+        d = c.model_dump(exclude_none=False)
+        d.pop("id"), d.pop("created")
+        out.append(d)
+    return out
+
+
+def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
+    kw: dict[str, Any] = dict(
+        model="smollm2", messages=MSG, max_tokens=12, temperature=0, n=2, logprobs=True, top_logprobs=2,
+        stream=True, stream_options={"include_usage": True},
+    )
+    before = _handed(direct)
+    got = _shapes(list(_client(direct).chat.completions.create(**kw)))
+    want = _shapes(list(_client(relayed).chat.completions.create(**kw)))
+    assert got == want
+    roles = [c for c in got if c["choices"] and c["choices"][0]["delta"].get("role") == "assistant"]
+    assert len(roles) == 2 and got[-1]["usage"]["completion_tokens"] > 0
+    assert sum(1 for c in got if c["choices"] and c["choices"][0]["finish_reason"]) == 2
+    assert _handed(direct) == before + 1  # the worker wrote it
+    assert _handed(relayed) == 0  # the gateway relayed it
+
+
+def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
+    kw: dict[str, Any] = dict(model="smollm2", prompt=["The sky is", "Grass is"], max_tokens=8, temperature=0, logprobs=2, stream=True)
+    before = _handed(direct)
+    got = _shapes(list(_client(direct).completions.create(**kw)))
+    want = _shapes(list(_client(relayed).completions.create(**kw)))
+    assert got == want
+    assert {c["choices"][0]["index"] for c in got} == {0, 1}
+    assert all(c["choices"][0]["logprobs"]["text_offset"] is not None for c in got if c["choices"][0]["text"])
+    assert _handed(direct) == before + 1
+
+
+def test_the_connection_serves_the_clients_next_requests(direct: Server) -> None:
+    """After a stream the worker wrote, the gateway ends the body and reads the next request on
+    the same connection: streams and whole answers, one connection throughout."""
+    body = {"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0}
+    peers = set()
+    with httpx.Client(headers=direct.headers(), timeout=30, limits=httpx.Limits(max_connections=1)) as c:
+        for stream in (True, False, True, True):
+            if stream:
+                with c.stream("POST", f"{direct.base_url}/v1/chat/completions", json={**body, "stream": True}) as r:
+                    assert r.status_code == 200
+                    lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+                    peers.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+                assert lines[-1] == "data: [DONE]"
+                assert json.loads(lines[0][6:])["choices"][0]["delta"]["role"] == "assistant"
+            else:
+                r = c.post(f"{direct.base_url}/v1/chat/completions", json=body)
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"]
+                peers.add(r.extensions["network_stream"].get_extra_info("client_addr"))
+    assert len(peers) == 1, peers
+
+
+def test_an_http10_client_is_relayed(direct: Server) -> None:
+    """Only HTTP/1.1 connections are handed over (the worker writes chunked bodies)."""
+    before = _handed(direct)
+    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0, "stream": True}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s:
+        s.sendall(head + payload)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    status, _, body = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200"), status
+    events = [ln for ln in body.split(b"\n") if ln.startswith(b"data: ")]
+    assert events[-1] == b"data: [DONE]" and len(events) >= 3
+    assert _handed(direct) == before
+
+
+def test_the_deadline_ends_a_handed_stream_with_the_timeout_error(direct: Server) -> None:
+    body = {
+        "model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
+        "stream": True, "temperature": 1.0, "logit_bias": {"2": -100},  # no end-of-turn token: only the deadline ends it
+    }
+    before = _handed(direct)
+    with httpx.stream("POST", f"{direct.base_url}/v1/chat/completions", json=body, headers=direct.headers(), timeout=30) as r:
+        events = [ln[6:] for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    err = json.loads(events[-2])["error"]
+    assert err["code"] == "timeout" and err["type"] == "timeout_error", err
+    assert f"within {TIMEOUT:g} seconds" in err["message"]
+    assert len(events) > 10  # tokens came before it
+    assert _handed(direct) == before + 1
+    assert_workers_idle(direct)
+
+
+def test_a_hang_up_stops_the_workers_generation(direct: Server) -> None:
+    hang_up_long_stream(direct, "smollm2")
+    assert_workers_idle(direct)
+    r = _client(direct).chat.completions.create(model="smollm2", messages=MSG, max_tokens=4, temperature=0)
+    assert r.choices[0].message.content
+
+
+def test_a_bad_request_is_still_an_http_error(direct: Server) -> None:
+    """What the worker refuses before its answer is the gateway's HTTP error, as always."""
+    with pytest.raises(openai.BadRequestError):
+        list(_client(direct).chat.completions.create(model="smollm2", messages=MSG, max_tokens=10**9, stream=True))
+
+
+def test_the_worker_socket_is_advertised_only_to_the_internal_plane(direct: Server, tmp_path: Path) -> None:
+    """The hand-off socket's path is in the worker's registration (the internal plane), not in
+    anything an API client can read."""
+    workers = direct.workers()
+    assert workers and all(w["stream_socket"].startswith("/") for w in workers)
+    for path in ("/v1/models", "/health"):
+        text = httpx.get(f"{direct.base_url}{path}", headers=direct.headers(), timeout=10).text
+        assert "stream_socket" not in text and "handoff" not in text

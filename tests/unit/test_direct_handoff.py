@@ -1,0 +1,307 @@
+"""The hand-off of a client connection to a worker (``transport.direct``), over real sockets.
+
+A socketpair stands for the client's connection: the gateway's side hands one end to the
+worker's hand-off socket (a real SOCK_SEQPACKET listener, SCM_RIGHTS), the worker writes
+the stream to it, and the test reads what a client would read from the other end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from gpt_server.chat.chunks import ChunkShape
+from gpt_server.protocol.worker import (
+    DeltaEvent,
+    EndEvent,
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    UsageEvent,
+)
+from gpt_server.transport.direct import (
+    HandoffClient,
+    HandoffServer,
+    client_transport,
+    is_loopback_address,
+    write_stream,
+)
+
+
+def _sync(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
+    """Each test runs its own event loop (the hand-off server reads on it)."""
+
+    def test() -> None:
+        asyncio.run(fn())
+
+    test.__doc__ = fn.__doc__
+    return test
+
+
+def _shape(**kw: Any) -> ChunkShape:
+    return ChunkShape(**{"kind": "chat", "id": "chatcmpl-1", "created": 1, "model": "m", "system_fingerprint": "fp_1", **kw})
+
+
+def _read_chunked(sock: socket.socket, timeout: float = 5.0) -> list[bytes]:
+    """HTTP/1.1 chunks from ``sock`` until one ends with [DONE] (the gateway writes the last chunk)."""
+    sock.settimeout(timeout)
+    buf, chunks = b"", []
+    while not chunks or not chunks[-1].endswith(b"data: [DONE]\n\n"):
+        data = sock.recv(65536)
+        assert data, "connection closed before [DONE]"
+        buf += data
+        while b"\r\n" in buf:
+            size_line, rest = buf.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                break
+            chunks.append(rest[:size])
+            assert rest[size : size + 2] == b"\r\n"
+            buf = rest[size + 2 :]
+    return chunks
+
+
+def _events(sse: bytes) -> list[Any]:
+    out = []
+    for block in sse.split(b"\n\n"):
+        if block.startswith(b"data: "):
+            body = block[6:]
+            out.append("[DONE]" if body == b"[DONE]" else orjson.loads(body))
+        elif block.startswith(b":"):
+            out.append("keep-alive")
+    return out
+
+
+async def _gen(events: list[Event], wait: float = 0.0, then_block: bool = False) -> AsyncIterator[Event]:
+    if wait:
+        await asyncio.sleep(wait)
+    for ev in events:
+        yield ev
+    if then_block:
+        await asyncio.Event().wait()
+
+
+class _Pair:
+    def __init__(self) -> None:
+        self.server = HandoffServer()
+        self.path = self.server.start()
+        self.client = HandoffClient()
+        self.mine, self.theirs = socket.socketpair()  # theirs: the client's connection as the gateway holds it
+        self.theirs.setblocking(False)
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.close()
+        self.mine.close()
+        self.theirs.close()
+
+
+async def _stream(pair: _Pair, events: AsyncIterator[Event], shape: ChunkShape, **kw: Any) -> tuple[list[Event], list[Any]]:
+    opts = {"timeout": 10.0, "limit": 10.0, "keepalive": 15.0, **kw}
+    assert pair.client.hand(pair.path, "tok1", pair.theirs.fileno(), shape, **opts)
+    h = await pair.server.take("tok1", timeout=2)
+    assert h.sock is not None
+    try:
+        answer = await write_stream(h, events)
+    finally:
+        pair.server.finished(h)
+    sse = b"".join(await asyncio.to_thread(_read_chunked, pair.mine))
+    return answer, _events(sse)
+
+
+@_sync
+async def test_a_handed_stream_is_the_shapes_chunks_then_done() -> None:
+    pair = _Pair()
+    try:
+        evs: list[Event] = [
+            DeltaEvent(index=0, text="Hel"), DeltaEvent(index=0, text="lo"), FinishEvent(index=0, finish_reason="stop"),
+            UsageEvent(prompt_tokens=5, completion_tokens=2),
+        ]
+        answer, got = await _stream(pair, _gen(evs), _shape(include_usage=True))
+        want_shape = _shape(include_usage=True)
+        want = [c for ev in evs for c in want_shape.chunks(ev)] + ["[DONE]"]  # the head went out through the gateway
+        assert got == want
+        assert got[0]["choices"][0]["delta"] == {"content": "Hel"}
+        assert got[-2]["usage"]["total_tokens"] == 7
+        assert isinstance(answer[0], UsageEvent) and isinstance(answer[-1], EndEvent) and not answer[-1].error
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_completion_offsets_go_on_from_where_the_gateway_left_them() -> None:
+    pair = _Pair()
+    try:
+        shape = _shape(kind="completion", logprobs=True)
+        from gpt_server.protocol.worker import TokenLogprob
+
+        shape.chunks(DeltaEvent(index=0, text="abc", logprobs=[TokenLogprob(token="abc", logprob=-1.0)]))  # the gateway's first event
+        ev = DeltaEvent(index=0, text="de", logprobs=[TokenLogprob(token="de", logprob=-0.5)])
+        _, got = await _stream(pair, _gen([ev]), shape)
+        assert got[0]["choices"][0]["logprobs"]["text_offset"] == [3]
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_a_worker_error_is_the_last_event_before_done() -> None:
+    pair = _Pair()
+    try:
+        evs: list[Event] = [
+            DeltaEvent(index=0, text="a"),
+            ErrorEvent(status=500, type="server_error", message="generation failed: boom", code="internal_error"),
+        ]
+        answer, got = await _stream(pair, _gen(evs), _shape())
+        assert got[-1] == "[DONE]"
+        assert got[-2] == {"error": {"message": "generation failed: boom", "type": "server_error", "param": None, "code": "internal_error"}}
+        assert isinstance(answer[-1], EndEvent) and answer[-1].error
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_the_deadline_ends_the_stream_with_the_timeout_error() -> None:
+    pair = _Pair()
+    try:
+        answer, got = await _stream(pair, _gen([DeltaEvent(index=0, text="a")], then_block=True), _shape(), timeout=0.4, limit=7.0)
+        assert got[-1] == "[DONE]"
+        err = got[-2]["error"]
+        assert err["code"] == "timeout" and err["type"] == "timeout_error" and "within 7 seconds" in err["message"]
+        assert isinstance(answer[-1], EndEvent) and answer[-1].error
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_a_stop_ends_the_stream_with_the_shutdown_error() -> None:
+    pair = _Pair()
+    try:
+        async def stop_soon() -> None:
+            await asyncio.sleep(0.3)
+            assert pair.client.stop(pair.path, "tok1", "shutdown")
+
+        stopper = asyncio.create_task(stop_soon())
+        answer, got = await _stream(pair, _gen([DeltaEvent(index=0, text="a")], then_block=True), _shape())
+        await stopper
+        assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "server_shutdown"
+        assert got[-3]["choices"][0]["delta"] == {"content": "a"}
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_an_idle_stream_gets_keepalive_comments() -> None:
+    pair = _Pair()
+    try:
+        evs: list[Event] = [DeltaEvent(index=0, text="late"), FinishEvent(index=0, finish_reason="stop")]
+        _, got = await _stream(pair, _gen(evs, wait=1.3), _shape(), keepalive=0.5)
+        assert got.count("keep-alive") >= 2, got
+        assert got[-1] == "[DONE]" and got[-2]["choices"][0]["finish_reason"] == "stop"
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_a_declined_hand_off_and_one_that_never_comes_are_relays() -> None:
+    pair = _Pair()
+    try:
+        pair.client.decline(pair.path, "tok-declined")
+        h = await pair.server.take("tok-declined", timeout=2)
+        assert h.sock is None
+        h = await pair.server.take("tok-never", timeout=0.2)
+        assert h.sock is None
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_a_hand_off_may_arrive_before_the_worker_waits_for_it() -> None:
+    pair = _Pair()
+    try:
+        assert pair.client.hand(pair.path, "early", pair.theirs.fileno(), _shape(), timeout=5, limit=5, keepalive=15)
+        await asyncio.sleep(0.2)  # the worker's loop reads it into ``arrived``
+        h = await pair.server.take("early", timeout=0.01)
+        assert h.sock is not None
+        pair.server.finished(h)
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_the_socket_is_private_and_unreachable_once_closed() -> None:
+    pair = _Pair()
+    path = pair.path
+    mode = stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode)
+    assert mode == 0o700
+    assert pair.client.reachable(path)
+    pair.close()
+    assert not os.path.exists(path)
+    assert not HandoffClient().reachable(path)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+@_sync
+async def test_another_users_process_is_refused() -> None:
+    """The directory is 0700 and the listener checks the peer's uid too (SO_PEERCRED)."""
+    pair = _Pair()
+    try:
+        os.chmod(os.path.dirname(pair.path), 0o755)  # so only the uid check stands in the way
+        os.chmod(pair.path, 0o777)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: another user, tries to hand a descriptor over
+            try:
+                os.setuid(65534)
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                s.connect(pair.path)
+                s.settimeout(2)
+                got = s.recv(10)  # the worker closes the connection: b""
+                os.write(w, b"closed" if got == b"" else b"open")
+            except OSError as exc:
+                os.write(w, f"error {exc}".encode())
+            os._exit(0)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, os.read, r, 100)
+        await loop.run_in_executor(None, os.waitpid, pid, 0)
+        assert result == b"closed", result
+    finally:
+        pair.close()
+
+
+def test_loopback_addresses() -> None:
+    assert is_loopback_address("http://127.0.0.1:8000")
+    assert is_loopback_address("https://localhost:9")
+    assert is_loopback_address("http://[::1]:80")
+    assert not is_loopback_address("http://10.0.0.5:8000")
+    assert not is_loopback_address("http://worker-1:8000")
+    assert not is_loopback_address("inproc://smollm2/0")
+
+
+class _Transport:
+    def __init__(self, closing: bool = False, ssl: Any = None) -> None:
+        self.closing, self.ssl = closing, ssl
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_extra_info(self, name: str) -> Any:
+        return self.ssl if name == "sslcontext" else None
+
+
+def test_only_plain_http11_connections_are_handed() -> None:
+    t = _Transport()
+    ok = {"http_version": "1.1", "scheme": "http", "extensions": {"gpt_server.transport": t}}
+    assert client_transport(ok) is t
+    assert client_transport({**ok, "http_version": "1.0"}) is None
+    assert client_transport({**ok, "http_version": "2"}) is None
+    assert client_transport({**ok, "scheme": "https"}) is None
+    assert client_transport({**ok, "extensions": {"gpt_server.transport": _Transport(ssl=object())}}) is None
+    assert client_transport({**ok, "extensions": {"gpt_server.transport": _Transport(closing=True)}}) is None
+    assert client_transport({"http_version": "1.1", "scheme": "http"}) is None  # another server's scope
