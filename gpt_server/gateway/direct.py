@@ -96,7 +96,7 @@ class HandedSSEResponse(SSEResponse):
         if deadline is None:
             deadline = loop.time() + (self.timeout or 600.0)
         # the worker's answer, read in a task of its own: the drain deadline's cancel must not cut it
-        reader: asyncio.Task[bytes] | None = None
+        reader: asyncio.Task[bytes | None] | None = None
         relaying = False
 
         async def body(data: bytes, more: bool = True) -> None:
@@ -120,8 +120,7 @@ class HandedSSEResponse(SSEResponse):
                 if self.on_handed is not None:
                     self.on_handed()
                 reader = loop.create_task(self._wait_end(deadline + _END_GRACE))
-                tail = await asyncio.shield(reader)
-                await body(tail, more=False)
+                await self._end(body, await asyncio.shield(reader))
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
@@ -130,17 +129,23 @@ class HandedSSEResponse(SSEResponse):
             if reader is not None and self.handoff.stop(self.socket_path, self.token, "shutdown"):
                 # the worker writes the shutdown's error event and [DONE], then answers
                 done, _ = await asyncio.wait({reader}, timeout=_STOP_GRACE)
-                tail = reader.result() if done else b""
+                await self._end(body, reader.result() if done else b"")
             elif relaying:
-                tail = self.encode(self.error_event(shutdown_error())) + self.done
+                await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
             else:
-                tail = b""  # the worker cannot be told: end the body as it stands
-            await body(tail, more=False)
+                await body(b"", more=False)  # the worker cannot be told: end the body as it stands
         finally:
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)
             await aclose_then(self.events, self.on_close)
+
+    async def _end(self, body: Any, tail: bytes | None) -> None:
+        """Complete the response: ``tail`` written (the gateway's ending), or None where the
+        worker wrote the body's last chunk itself (the server must not write it again)."""
+        if tail is None:
+            self.transport.ended_elsewhere()
+        await body(tail or b"", more=False)
 
     async def _first(self, deadline: float) -> tuple[bytes, GatewayError | None]:
         """The head and the first read's chunks (the worker sent its first event with its
@@ -180,16 +185,16 @@ class HandedSSEResponse(SSEResponse):
             await asyncio.gather(pinger, return_exceptions=True)
             await aclose_then(self.batches, None)
 
-    async def _wait_end(self, until: float) -> bytes:
-        """Wait for the worker's ``EndEvent``; b"" then, else the ending the gateway writes
-        itself (the worker lost, or silent past ``until``)."""
+    async def _wait_end(self, until: float) -> bytes | None:
+        """Wait for the worker's ``EndEvent``: None then (it wrote the ending), else the
+        ending the gateway writes itself (the worker lost, or silent past ``until``)."""
         failure: GatewayError | None = None
         try:
             async with asyncio.timeout_at(until):
                 async for batch in self.events:
                     for ev in batch:
                         if isinstance(ev, EndEvent):
-                            return b""
+                            return None
                         if isinstance(ev, ErrorEvent):  # the worker's connection broke
                             failure = _error(ev)
             failure = failure or UpstreamError("the model worker stopped responding mid-stream", code="worker_lost")

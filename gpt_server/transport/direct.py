@@ -18,9 +18,11 @@ socket to the worker instead, and the worker writes the stream's chunks itself:
    gateway as usual. The hand-off happens while the next token is decoded.
 3. The worker writes each further event's chunks as HTTP/1.1 chunks of SSE, keep-alive
    comments when idle, an error event where the generation fails, its deadline passes or the
-   gateway asks it to stop (the drain deadline), then ``[DONE]``; then it answers the gateway
-   with the usage and an ``EndEvent``. The gateway ends the chunked body (its server writes
-   the last chunk), so the connection stays usable for the client's next request.
+   gateway asks it to stop (the drain deadline), then ``[DONE]`` and the body's last chunk in
+   one write (a client that stops reading at ``[DONE]`` finds the response complete and reuses
+   the connection); then it answers the gateway with the usage and an ``EndEvent``. The
+   gateway completes the response in its server without writing the last chunk again
+   (``web.serve.ConnectionTap``), so the connection serves the client's next request.
 
 The client's hang-up is seen by the gateway as before (it closes the worker's request, which
 stops the generation); the worker's next write fails too. Only connections the gateway
@@ -67,6 +69,7 @@ log = logging.getLogger(__name__)
 DIRECT_HEADER = "x-gpt-server-direct"
 _MAX_MESSAGE = 16 * 1024
 _DONE = b"data: [DONE]\n\n"
+_LAST_CHUNK = b"0\r\n\r\n"
 _KEEPALIVE = b": keep-alive\n\n"
 _STALE_AFTER = 30.0  # a hand-off nobody took (its request failed in between) is closed after this
 
@@ -109,9 +112,8 @@ class HandoffClient:
         if sock is None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                sock.settimeout(0.5)  # a local connect; a stalled one is no hand-off
+                sock.setblocking(False)  # a Unix socket connects at once or fails (EAGAIN: its backlog is full)
                 sock.connect(path)
-                sock.setblocking(False)
             except OSError:
                 sock.close()
                 raise
@@ -361,9 +363,11 @@ class _Writer:
         self.ending: str | None = None
         self.main: asyncio.Task[Any] | None = None
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, last: bool = False) -> None:
+        """One HTTP/1.1 chunk; ``last``: with the body's last chunk after it (the gateway's
+        server then skips its own, ``web.serve.ConnectionTap``)."""
         async with self.lock:
-            await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n" % (len(data), data))
+            await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n%b" % (len(data), data, _LAST_CHUNK if last else b""))
             self.last = self.loop.time()
 
     async def watch(self) -> None:
@@ -423,7 +427,7 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
             else:
                 exc = shutdown_error()
             tail.append(_sse(exc.body()))
-        await w.send(b"".join([*tail, _DONE]))
+        await w.send(b"".join([*tail, _DONE]), last=True)
     finally:
         watcher.cancel()  # not awaited: this task may be being cancelled
         watcher.add_done_callback(_retrieve)

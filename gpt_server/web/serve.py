@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 from .internal import InternalTLS
 from .lifecycle import DRAIN_DEADLINE
 
-__all__ = ["bind_socket", "make_server", "run_async", "TRANSPORT_KEY"]
+__all__ = ["bind_socket", "make_server", "run_async", "TRANSPORT_KEY", "ConnectionTap"]
 
 # scope["extensions"][TRANSPORT_KEY]: the connection's transport (transport.direct hands it to a worker)
 TRANSPORT_KEY = "gpt_server.transport"
@@ -57,10 +57,37 @@ def make_server(app: ASGIApp, sock: socket.socket, *, graceful: float = 10.0, tl
     return _Server(config, graceful)
 
 
+class ConnectionTap:
+    """A request's view of its connection's transport (``scope["extensions"][TRANSPORT_KEY]``):
+    the transport itself for a worker on this host to write a stream to (``transport.direct``),
+    and, once that worker has written the body's last chunk too, ``ended_elsewhere()``, so that
+    the server's own last chunk is not written a second time. uvicorn's response cycle writes
+    through it; everything else is the transport's."""
+
+    _LAST_CHUNK = b"0\r\n\r\n"
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self._skip_last = False
+
+    def ended_elsewhere(self) -> None:
+        """The chunked body's last chunk has been written by another process."""
+        self._skip_last = True
+
+    def write(self, data: bytes) -> None:
+        if self._skip_last and data == self._LAST_CHUNK:
+            self._skip_last = False
+            return
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
 def _http_protocol() -> Any:
-    """uvicorn's httptools protocol, each request's scope carrying its connection's transport
-    (``scope["extensions"][TRANSPORT_KEY]``: a worker on this host may write a
-    stream to it); uvicorn's choice where httptools is not installed."""
+    """uvicorn's httptools protocol, each request's scope carrying a ``ConnectionTap`` of its
+    connection (``scope["extensions"][TRANSPORT_KEY]``); uvicorn's choice where httptools is
+    not installed."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:
@@ -69,7 +96,13 @@ def _http_protocol() -> Any:
     class _Protocol(HttpToolsProtocol):
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope["extensions"] = {TRANSPORT_KEY: self.transport}  # type: ignore[dict-item]  # not an ASGI extension's dict
+            self.scope["extensions"] = {TRANSPORT_KEY: ConnectionTap(self.transport)}  # type: ignore[dict-item]  # not an ASGI extension's dict
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            cycle = getattr(self, "cycle", None)
+            if cycle is not None and cycle.scope is self.scope and hasattr(cycle, "transport"):
+                cycle.transport = self.scope["extensions"][TRANSPORT_KEY]  # type: ignore[typeddict-item]
 
     return _Protocol
 

@@ -110,6 +110,41 @@ def test_the_connection_serves_the_clients_next_requests(direct: Server) -> None
     assert len(peers) == 1, peers
 
 
+def _read_response(f: Any) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response from the socket file ``f``: its status line and its de-chunked body."""
+    status = f.readline()
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    body = b""
+    while True:
+        size = int(f.readline().strip(), 16)
+        chunk = f.read(size + 2)
+        assert chunk[-2:] == b"\r\n"
+        if size == 0:
+            return status, body
+        body += chunk[:-2]
+
+
+def test_the_body_ends_once_and_the_next_response_follows(direct: Server) -> None:
+    """On the wire: [DONE] and the body's last chunk in one piece (the worker wrote both), no
+    second last chunk from the gateway, then the next request's response on the same socket."""
+    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0, "stream": True}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    before = _handed(direct)
+    with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s, s.makefile("rb") as f:
+        for _ in range(2):
+            s.sendall(head + payload)
+            status, body = _read_response(f)
+            assert status.startswith(b"HTTP/1.1 200"), status
+            assert body.endswith(b"data: [DONE]\n\n") and body.count(b"[DONE]") == 1
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        assert f.readline().startswith(b"HTTP/1.1 200")  # not the junk of a second last chunk
+    assert _handed(direct) == before + 2
+
+
 def test_an_http10_client_is_relayed(direct: Server) -> None:
     """Only HTTP/1.1 connections are handed over (the worker writes chunked bodies)."""
     before = _handed(direct)

@@ -50,22 +50,25 @@ def _shape(**kw: Any) -> ChunkShape:
 
 
 def _read_chunked(sock: socket.socket, timeout: float = 5.0) -> list[bytes]:
-    """HTTP/1.1 chunks from ``sock`` until one ends with [DONE] (the gateway writes the last chunk)."""
+    """HTTP/1.1 chunks from ``sock`` up to the body's last chunk (empty), which must come in the
+    same read as [DONE], and nothing after it."""
     sock.settimeout(timeout)
     buf, chunks = b"", []
-    while not chunks or not chunks[-1].endswith(b"data: [DONE]\n\n"):
+    while True:
         data = sock.recv(65536)
-        assert data, "connection closed before [DONE]"
+        assert data, "connection closed before the last chunk"
         buf += data
         while b"\r\n" in buf:
             size_line, rest = buf.split(b"\r\n", 1)
             size = int(size_line, 16)
             if len(rest) < size + 2:
                 break
-            chunks.append(rest[:size])
             assert rest[size : size + 2] == b"\r\n"
             buf = rest[size + 2 :]
-    return chunks
+            if size == 0:
+                assert chunks[-1].endswith(b"data: [DONE]\n\n") and buf == b""
+                return chunks
+            chunks.append(rest[:size])
 
 
 def _events(sse: bytes) -> list[Any]:
