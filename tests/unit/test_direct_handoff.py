@@ -308,3 +308,27 @@ def test_only_plain_http11_connections_are_handed() -> None:
     assert client_transport({**ok, "extensions": {"gpt_server.transport": _Transport(ssl=object())}}) is None
     assert client_transport({**ok, "extensions": {"gpt_server.transport": _Transport(closing=True)}}) is None
     assert client_transport({"http_version": "1.1", "scheme": "http"}) is None  # another server's scope
+
+
+def test_the_connection_tap_skips_one_last_chunk_when_told() -> None:
+    from gpt_server.web.serve import ConnectionTap
+
+    class _T:
+        def __init__(self) -> None:
+            self.out: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.out.append(data)
+
+        def get_write_buffer_size(self) -> int:
+            return 7
+
+    t = _T()
+    tap = ConnectionTap(t)
+    tap.write(b"0\r\n\r\n")  # not told: written
+    tap.write(b"5\r\nhello\r\n")
+    tap.ended_elsewhere()
+    tap.write(b"0\r\n\r\n")  # the worker wrote it: skipped, once
+    tap.write(b"0\r\n\r\n")
+    assert t.out == [b"0\r\n\r\n", b"5\r\nhello\r\n", b"0\r\n\r\n"]
+    assert tap.get_write_buffer_size() == 7  # everything else is the transport's
