@@ -102,7 +102,7 @@ def _http_protocol() -> Any:
             super().on_headers_complete()
             cycle = getattr(self, "cycle", None)
             if cycle is not None and cycle.scope is self.scope and hasattr(cycle, "transport"):
-                cycle.transport = self.scope["extensions"][TRANSPORT_KEY]  # type: ignore[typeddict-item]
+                cycle.transport = self.scope["extensions"][TRANSPORT_KEY]
 
     return _Protocol
 
