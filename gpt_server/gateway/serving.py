@@ -52,6 +52,17 @@ def _fingerprint(stream: EventStream | LocalEventStream) -> str:
     return t.fingerprint or "fp_" + hashlib.sha256(t.model_name.encode()).hexdigest()[:12]
 
 
+# a stream is handed to its worker (transport.direct) only when it may run this many tokens: the
+# hand-off costs a fixed ~0.6 ms (one more message each way and the worker's set-up, measured on
+# instant streams) that the ~0.2–0.3 ms a token it saves pays back within a few tokens of a model,
+# but not on an answer capped at a handful of tokens that all come at once
+HAND_OFF_MIN_TOKENS = 32
+
+
+def _pays_to_hand(max_tokens: int | None) -> bool:
+    return max_tokens is None or max_tokens >= HAND_OFF_MIN_TOKENS
+
+
 def _raise(ev: ErrorEvent) -> None:
     raise error_from_body(ev.status, {"error": {"message": ev.message, "param": ev.param, "code": ev.code, "type": ev.type}})
 
@@ -287,7 +298,8 @@ class GenerationService:
         """``body_bytes``: the size of the request body (large ones are converted in a thread);
         ``client``: the client connection's transport where a worker on this host may write
         the stream to it (``transport.direct.client_transport``)."""
-        run = await self.start_chat(req, body_bytes, direct=client is not None and req.stream)
+        direct = client is not None and req.stream and _pays_to_hand(req.max_completion_tokens or req.max_tokens)
+        run = await self.start_chat(req, body_bytes, direct=direct)
         stream, rid, deadline, created = run.stream, run.request_id, run.deadline, run.created
         if req.stream:
             shape = ChunkShape(
@@ -371,7 +383,7 @@ class GenerationService:
 
     async def completion(self, req: CompletionRequest, body_bytes: int = 0, client: Any = None) -> Response:
         """As ``chat``."""
-        run = await self.start_completion(req, body_bytes, direct=client is not None and req.stream)
+        run = await self.start_completion(req, body_bytes, direct=client is not None and req.stream and _pays_to_hand(req.max_tokens))
         stream, rid, deadline, created, n_choices = run.stream, run.request_id, run.deadline, run.created, run.n
         if req.stream:
             shape = ChunkShape(

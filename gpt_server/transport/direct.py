@@ -346,12 +346,13 @@ class HandoffServer:
 
 def _retrieve(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("direct stream watcher failed: %r", task.exception())
+        log.info("a direct stream's keep-alive failed: %r", task.exception())
 
 
 class _Writer:
     """Writes one handed-off stream: HTTP/1.1 chunks, one per event (or keep-alive), never two
-    at once (a lock); the watcher ends the stream at its deadline or when told to stop."""
+    at once (a lock). Timers, not a task, end the stream at its deadline, notice a stop and
+    write keep-alives when it is idle."""
 
     def __init__(self, h: Handoff) -> None:
         assert h.sock is not None and h.stopped is not None
@@ -362,32 +363,50 @@ class _Writer:
         self.last = self.loop.time()
         self.ending: str | None = None
         self.main: asyncio.Task[Any] | None = None
+        self.main_writing = False
+        self._ping: asyncio.Task[None] | None = None
+        self._deadline = self.loop.call_at(h.deadline, self._end, "timeout")
+        self._tick = self.loop.call_later(h.keepalive, self._idle)
+        h.stopped.add_done_callback(self._stopped)
 
-    async def send(self, data: bytes, last: bool = False) -> None:
+    async def send(self, data: bytes, last: bool = False, main: bool = True) -> None:
         """One HTTP/1.1 chunk; ``last``: with the body's last chunk after it (the gateway's
         server then skips its own, ``web.serve.ConnectionTap``)."""
-        async with self.lock:
-            await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n%b" % (len(data), data, _LAST_CHUNK if last else b""))
-            self.last = self.loop.time()
+        self.main_writing = main
+        try:
+            async with self.lock:
+                await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n%b" % (len(data), data, _LAST_CHUNK if last else b""))
+                self.last = self.loop.time()
+        finally:
+            if main:
+                self.main_writing = False
 
-    async def watch(self) -> None:
-        h = self.h
-        assert h.stopped is not None
-        while True:
-            wake = min(self.last + h.keepalive, h.deadline)
-            done, _ = await asyncio.wait({h.stopped}, timeout=max(0.01, wake - self.loop.time()))
-            if done:
-                return self._end(h.stopped.result())
-            if self.loop.time() >= h.deadline:
-                return self._end("timeout")
-            if self.loop.time() - self.last >= h.keepalive and not self.lock.locked():
-                await self.send(_KEEPALIVE)
+    def _idle(self) -> None:
+        idle = self.loop.time() - self.last
+        if idle >= self.h.keepalive and self.ending is None and not self.lock.locked():
+            self._ping = self.loop.create_task(self.send(_KEEPALIVE, main=False))
+            self._ping.add_done_callback(_retrieve)
+            idle = 0.0
+        self._tick = self.loop.call_later(max(0.05, self.h.keepalive - idle), self._idle)
+
+    def _stopped(self, fut: asyncio.Future[str]) -> None:
+        if not fut.cancelled():
+            self._end(fut.result())
 
     def _end(self, reason: str) -> None:
+        if self.ending is not None:
+            return
         self.ending = reason
-        # a write under way finishes, and the loop sees ``ending`` after it; else stop waiting now
-        if not self.lock.locked() and self.main is not None:
+        # a write of the stream's under way finishes, and the loop sees ``ending`` after it;
+        # else stop waiting for the next event now
+        if not self.main_writing and self.main is not None:
             self.main.cancel()
+
+    def close(self) -> None:
+        self._deadline.cancel()
+        self._tick.cancel()
+        assert self.h.stopped is not None
+        self.h.stopped.remove_done_callback(self._stopped)
 
 
 async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
@@ -401,7 +420,6 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
     tail: list[bytes] = []
     usage: UsageEvent | None = None
     error = False
-    watcher = w.loop.create_task(w.watch())
     try:
         try:
             async for ev in events:
@@ -429,8 +447,7 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
             tail.append(_sse(exc.body()))
         await w.send(b"".join([*tail, _DONE]), last=True)
     finally:
-        watcher.cancel()  # not awaited: this task may be being cancelled
-        watcher.add_done_callback(_retrieve)
+        w.close()
     answer: list[Event] = [usage] if usage is not None else []
     answer.append(EndEvent(error=error))
     return answer

@@ -64,7 +64,7 @@ def _shapes(chunks: list[Any]) -> list[dict[str, Any]]:
 
 def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
     kw: dict[str, Any] = dict(
-        model="smollm2", messages=MSG, max_tokens=12, temperature=0, n=2, logprobs=True, top_logprobs=2,
+        model="smollm2", messages=MSG, max_tokens=40, temperature=0, n=2, logprobs=True, top_logprobs=2,
         stream=True, stream_options={"include_usage": True},
     )
     before = _handed(direct)
@@ -79,7 +79,7 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
 
 
 def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
-    kw: dict[str, Any] = dict(model="smollm2", prompt=["The sky is", "Grass is"], max_tokens=8, temperature=0, logprobs=2, stream=True)
+    kw: dict[str, Any] = dict(model="smollm2", prompt=["The sky is", "Grass is"], max_tokens=32, temperature=0, logprobs=2, stream=True)
     before = _handed(direct)
     got = _shapes(list(_client(direct).completions.create(**kw)))
     want = _shapes(list(_client(relayed).completions.create(**kw)))
@@ -92,7 +92,7 @@ def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: 
 def test_the_connection_serves_the_clients_next_requests(direct: Server) -> None:
     """After a stream the worker wrote, the gateway ends the body and reads the next request on
     the same connection: streams and whole answers, one connection throughout."""
-    body = {"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0}
+    body = {"model": "smollm2", "messages": MSG, "max_tokens": 32, "temperature": 0}
     peers = set()
     with httpx.Client(headers=direct.headers(), timeout=30, limits=httpx.Limits(max_connections=1)) as c:
         for stream in (True, False, True, True):
@@ -128,7 +128,7 @@ def _read_response(f: Any) -> tuple[bytes, bytes]:
 def test_the_body_ends_once_and_the_next_response_follows(direct: Server) -> None:
     """On the wire: [DONE] and the body's last chunk in one piece (the worker wrote both), no
     second last chunk from the gateway, then the next request's response on the same socket."""
-    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0, "stream": True}).encode()
+    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
@@ -148,7 +148,7 @@ def test_the_body_ends_once_and_the_next_response_follows(direct: Server) -> Non
 def test_an_http10_client_is_relayed(direct: Server) -> None:
     """Only HTTP/1.1 connections are handed over (the worker writes chunked bodies)."""
     before = _handed(direct)
-    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 6, "temperature": 0, "stream": True}).encode()
+    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
     head = (
         f"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
@@ -163,6 +163,19 @@ def test_an_http10_client_is_relayed(direct: Server) -> None:
     events = [ln for ln in body.split(b"\n") if ln.startswith(b"data: ")]
     assert events[-1] == b"data: [DONE]" and len(events) >= 3
     assert _handed(direct) == before
+
+
+def test_a_stream_capped_at_a_few_tokens_is_relayed(direct: Server) -> None:
+    """The hand-off's fixed cost does not pay on an answer of a handful of tokens."""
+    from gpt_server.gateway.serving import HAND_OFF_MIN_TOKENS
+
+    before = _handed(direct)
+    kw: dict[str, Any] = dict(model="smollm2", messages=MSG, temperature=0, stream=True)
+    chunks = list(_client(direct).chat.completions.create(**kw, max_tokens=HAND_OFF_MIN_TOKENS - 1))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    assert _handed(direct) == before
+    list(_client(direct).chat.completions.create(**kw, max_completion_tokens=HAND_OFF_MIN_TOKENS))
+    assert _handed(direct) == before + 1
 
 
 def test_the_deadline_ends_a_handed_stream_with_the_timeout_error(direct: Server) -> None:
