@@ -54,9 +54,9 @@ class DirectLlama:
     def shutdown(self) -> None:
         self.engine.close()
 
-    async def events(self, toks: list[int], max_tokens: int) -> AsyncIterator[Any]:
-        """Greedy generation of ``toks`` on the engine thread: its ``SeqEvent``s up to the
-        one that finishes (or carries an error)."""
+    async def events(self, toks: list[int], max_tokens: int, temperature: float = 0.0) -> AsyncIterator[Any]:
+        """Generation of ``toks`` on the engine thread (greedy at temperature 0): its
+        ``SeqEvent``s up to the one that finishes (or carries an error)."""
         from gpt_server.backends.llama_cpp.engine import SeqEvent, Sequence
         from gpt_server.protocol.worker import SamplingParams
 
@@ -64,7 +64,7 @@ class DirectLlama:
         queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
         cancelled = threading.Event()
         seq = Sequence(
-            index=0, prompt=toks, params=SamplingParams(max_tokens=max_tokens, temperature=0.0), max_tokens=max_tokens,
+            index=0, prompt=toks, params=SamplingParams(max_tokens=max_tokens, temperature=temperature), max_tokens=max_tokens,
             sink=lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev), cancelled=cancelled,
         )
         self.engine.submit([seq])
@@ -81,7 +81,7 @@ class DirectLlama:
     async def __call__(self, i: int, spec: RoundSpec) -> Sample:
         timer = _Timer()
         toks = await asyncio.to_thread(self._tokens, chat_prompt(i))
-        async with contextlib.aclosing(self.events(toks, spec.max_tokens)) as events:
+        async with contextlib.aclosing(self.events(toks, spec.max_tokens, spec.temperature)) as events:
             async for ev in events:
                 if ev.text:
                     timer.content()

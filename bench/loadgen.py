@@ -34,6 +34,7 @@ class RoundSpec:
     stream: bool = True
     max_tokens: int = 64
     items: int = 1  # embedding inputs per request
+    temperature: float = 0.0  # chat: 0 is greedy; above it, sampling over the whole vocabulary (top_p 1)
     timeout_s: float = 300.0
 
 
@@ -123,7 +124,7 @@ class HttpTarget:
     async def _chat(self, i: int, spec: RoundSpec) -> Sample:
         body: dict[str, Any] = {
             "model": self.model, "messages": [{"role": "user", "content": chat_prompt(i)}],
-            "max_tokens": spec.max_tokens, "temperature": 0.0, "stream": spec.stream,
+            "max_tokens": spec.max_tokens, "temperature": spec.temperature, "stream": spec.stream,
         }
         if spec.stream:
             body["stream_options"] = {"include_usage": True}
@@ -157,7 +158,7 @@ class HttpTarget:
         body = {
             "request_id": uuid.uuid4().hex, "model": self.model, "kind": "chat",
             "messages": [{"role": "user", "content": chat_prompt(i)}],
-            "params": {"max_tokens": spec.max_tokens, "temperature": 0.0},
+            "params": {"max_tokens": spec.max_tokens, "temperature": spec.temperature},
         }
         timer = _Timer()
         resp = await self._post("/worker/generate", body)

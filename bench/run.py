@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="stream,nostream", help="stream and/or nostream")
     p.add_argument("--rounds", type=int, default=2, help="rounds per side and point (A/B order alternates)")
     p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="chat pairs: 0 is greedy; above it every side samples (llama-server with its own top-k/p, min-p defaults)")
     p.add_argument("--requests-per-user", type=int, default=2, help="requests per round = max(min, c × this)")
     p.add_argument("--min-requests", type=int, default=8)
     p.add_argument("--echo-requests", type=int, default=400, help="requests per echo round")
@@ -106,7 +108,8 @@ class Runner:
         return rows
 
     def chat_spec(self, c: int, stream: bool) -> dict[str, Any]:
-        return {"concurrency": c, "requests": self._requests(c), "stream": stream, "max_tokens": self.args.max_tokens}
+        return {"concurrency": c, "requests": self._requests(c), "stream": stream, "max_tokens": self.args.max_tokens,
+                "temperature": self.args.temperature}
 
 
 def _delta(a: float | None, b: float | None) -> float | None:

@@ -58,3 +58,78 @@ def test_penalties_and_bias() -> None:
     assert sample_token(st.process(logits.copy()), st) == 8
     st = SamplerState(params=SamplingParams(temperature=0, repetition_penalty=1.5), rng=np.random.default_rng(0), n_vocab=10, prompt=[9])
     assert sample_token(st.process(logits.copy()), st) == 8
+
+
+class _FixedRng:
+    """An rng whose draws are given (``random()`` only, as ``_draw`` uses)."""
+
+    def __init__(self, values: list[float]) -> None:
+        self.values = list(values)
+
+    def random(self) -> float:
+        return self.values.pop(0)
+
+
+def test_block_draw_is_the_inverse_cdf_over_the_whole_vocabulary() -> None:
+    """``_draw`` finds by blocks the index one cumulative sum over all weights finds, for any
+    draw; tokens of weight 0 (a whole block of them, the padding-free tail) are never chosen."""
+    from gpt_server.backends.textgen.sampling import _draw
+
+    gen = np.random.default_rng(7)
+    for n in (10, 1000, 49152, 50257):  # one cumsum; blocks; blocks with a partial last block
+        w = np.exp(gen.standard_normal(n).astype(np.float32) * 3)
+        w[: min(n // 3, 300)] = 0.0  # the first block(s) weigh nothing
+        w[-3:] = 0.0
+        cum = np.cumsum(w, dtype=np.float64)
+        draws = gen.random(400).tolist() + [0.0, 1.0 - 1e-16]
+        for r in draws:
+            want = min(int(np.searchsorted(cum, r * cum[-1], side="right")), n - 1)
+            got = _draw(w, _FixedRng([r]))  # type: ignore[arg-type]
+            assert w[got] > 0
+            # equal, but where rounding moves a boundary: then a neighbour by cumulative weight
+            assert got == want or abs(cum[got] - r * cum[-1]) <= 1e-6 * cum[-1], (n, r, got, want)
+
+
+def test_sampled_frequencies_follow_the_distribution() -> None:
+    """Temperature 1 over a 49k vocabulary with five likely tokens: the draws' frequencies
+    are their softmax probabilities (within sampling error), and top-k/top-p/min-p keep to their sets."""
+    n = 49152
+    logits = np.full(n, -20.0, dtype=np.float32)
+    hot = np.array([5, 300, 20000, 40000, 49151])
+    logits[hot] = np.log(np.array([0.4, 0.3, 0.15, 0.1, 0.05], dtype=np.float32))
+    probs = np.exp(logits.astype(np.float64))
+    probs /= probs.sum()
+    st = SamplerState(params=SamplingParams(temperature=1.0), rng=np.random.default_rng(3), n_vocab=n)
+    draws = np.array([sample_token(logits.copy(), st) for _ in range(4000)])
+    for tok in hot:
+        freq = float(np.mean(draws == tok))
+        sd = np.sqrt(probs[tok] * (1 - probs[tok]) / len(draws))
+        assert abs(freq - probs[tok]) < 5 * sd, (tok, freq, probs[tok])
+    for kw, allowed in (({"top_k": 2}, {5, 300}), ({"top_p": 0.6}, {5, 300}), ({"min_p": 0.3}, {5, 300, 20000})):
+        st = SamplerState(params=SamplingParams(temperature=1.0, **kw), rng=np.random.default_rng(4), n_vocab=n)
+        got = {sample_token(logits.copy(), st) for _ in range(300)}
+        assert got == allowed, (kw, got)
+
+
+def test_penalties_touch_exactly_the_tokens_seen() -> None:
+    """Presence/frequency penalties on the generated tokens' counts and the repetition penalty
+    on prompt and generated tokens, as the whole-vocabulary formulas give them."""
+    gen = np.random.default_rng(11)
+    n = 3000
+    prompt = gen.integers(0, n, 40).tolist()
+    params = SamplingParams(temperature=1.0, presence_penalty=0.5, frequency_penalty=0.3, repetition_penalty=1.3)
+    st = SamplerState(params=params, rng=np.random.default_rng(0), n_vocab=n, prompt=prompt)
+    counts = np.zeros(n)
+    seen = np.zeros(n, dtype=bool)
+    seen[prompt] = True
+    for _ in range(60):
+        logits = gen.standard_normal(n).astype(np.float32) * 4
+        want = logits.astype(np.float64)
+        want[seen] = np.where(want[seen] > 0, want[seen] / 1.3, want[seen] * 1.3)
+        want -= counts * 0.3 + (counts > 0) * 0.5
+        got = st.process(logits.copy())
+        assert np.allclose(got, want, atol=1e-4)
+        tok = int(gen.integers(0, 200))  # repeats, so counts grow past 1
+        st.accept(tok)
+        counts[tok] += 1
+        seen[tok] = True
