@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-parallel", type=int, default=8)
     ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--compute-nice", type=int, default=None, help="gateway side: the model's compute_nice (default: its own)")
     ap.add_argument("--sides", default="gateway,llama-server", help="gateway, llama-server and/or echo")
     ap.add_argument("--echo-interval-ms", type=float, default=8.0, help="echo side: pause before each token")
     ap.add_argument("--out", default="bench/results/cost")
@@ -209,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "gateway" in sides:
             mc = {"model_name_or_path": LLAMA_MODEL, "n_ctx": args.n_ctx, "n_parallel": args.n_parallel, "n_threads": args.threads}
+            if args.compute_nice is not None:
+                mc["compute_nice"] = args.compute_nice
             gw = Gateway([{"smollm2": {"model_config": mc, "work_mode": "llama_cpp", "device": "cpu", "workers": [{"gpus": []}]}}],
                          out, "gateway_cost", env)
             servers["gateway"] = (gw, "smollm2", {}, {})

@@ -7,13 +7,25 @@ chunks from the same ``ChunkShape``, which the gateway sends it with the connect
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from ..protocol.worker import DeltaEvent, Event, FinishEvent, TokenLogprob, UsageEvent
+from ..protocol.worker import DeltaEvent, ErrorEvent, Event, FinishEvent, TokenLogprob, UsageEvent
 
-__all__ = ["ChunkShape", "chat_logprobs", "completion_logprobs", "usage_dict"]
+__all__ = ["ChunkShape", "chat_logprobs", "completion_logprobs", "render_batch", "usage_dict"]
+
+
+def render_batch(batch: list[Event], convert: Callable[[Event], list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], ErrorEvent | None]:
+    """The chunks of one batch of worker events, up to an error event, and that error (or None):
+    the chunks before an error go out, then the stream ends with it."""
+    out: list[dict[str, Any]] = []
+    for ev in batch:
+        if isinstance(ev, ErrorEvent):
+            return out, ev
+        out.extend(convert(ev))
+    return out, None
 
 
 def chat_logprobs(entries: list[TokenLogprob]) -> dict[str, Any]:

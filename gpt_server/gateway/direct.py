@@ -19,13 +19,13 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from ..chat.chunks import ChunkShape
+from ..chat.chunks import ChunkShape, render_batch
 from ..errors import GatewayError, TimeoutError_, UpstreamError, error_from_body
 from ..protocol.worker import EndEvent, ErrorEvent, Event
 from ..transport.direct import HandoffClient
 from ..web.lifecycle import is_drain_cancel, shutdown_error
 from ..web.responses import DisconnectWatch, aclose_then
-from .sse import KEEPALIVE, SSEResponse
+from .sse import SSEResponse
 
 __all__ = ["HandedSSEResponse"]
 
@@ -64,12 +64,8 @@ class HandedSSEResponse(SSEResponse):
         self.on_handed = on_handed
 
     def _render(self, batch: list[Event]) -> tuple[list[dict[str, Any]], GatewayError | None]:
-        out: list[dict[str, Any]] = []
-        for ev in batch:
-            if isinstance(ev, ErrorEvent):
-                return out, _error(ev)
-            out.extend(self.shape.chunks(ev))
-        return out, None
+        out, failed = render_batch(batch, self.shape.chunks)
+        return out, None if failed is None else _error(failed)
 
     async def _rest(self) -> AsyncIterator[list[dict[str, Any]]]:
         """The events after the first, relayed (``SSEResponse._stream`` writes them)."""
@@ -114,7 +110,7 @@ class HandedSSEResponse(SSEResponse):
                 await body(first)
                 if not self._hand(max(0.0, deadline - loop.time())):
                     self.handoff.decline(self.socket_path, self.token)
-                    await self._relay(body, loop)
+                    await self._relay_rest(body)
                     return
                 relaying = False
                 if self.on_handed is not None:
@@ -126,7 +122,7 @@ class HandedSSEResponse(SSEResponse):
             if not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
                 raise
             log.warning("stream ended at the shutdown drain deadline")
-            if reader is not None and self.handoff.stop(self.socket_path, self.token, "shutdown"):
+            if reader is not None and self.handoff.stop(self.socket_path, self.token):
                 # the worker writes the shutdown's error event and [DONE], then answers
                 done, _ = await asyncio.wait({reader}, timeout=_STOP_GRACE)
                 await self._end(body, reader.result() if done else b"")
@@ -161,28 +157,12 @@ class HandedSSEResponse(SSEResponse):
         out, failed = self._render(batch)
         return b"".join(head + [self.encode(c) for c in out]), failed
 
-    async def _relay(self, body: Any, loop: asyncio.AbstractEventLoop) -> None:
-        """The rest as ``SSEResponse`` writes it: every batch, keep-alives when idle, the ending."""
+    async def _relay_rest(self, body: Any) -> None:
+        """The events after the first, relayed as ``SSEResponse`` writes a stream."""
         self.batches = self._rest()
-        last = [loop.time()]
-
-        async def write(data: bytes, more: bool = True) -> None:
-            last[0] = loop.time()
-            await body(data, more)
-
-        async def ping() -> None:
-            while True:
-                await asyncio.sleep(max(0.05, self.keepalive - (loop.time() - last[0])))
-                if loop.time() - last[0] >= self.keepalive:
-                    await write(KEEPALIVE)
-
-        pinger = loop.create_task(ping())
         try:
-            tail = await self._stream(write)
-            await write(tail + self.done, more=False)
+            await self._relay(body)
         finally:
-            pinger.cancel()
-            await asyncio.gather(pinger, return_exceptions=True)
             await aclose_then(self.batches, None)
 
     async def _wait_end(self, until: float) -> bytes | None:

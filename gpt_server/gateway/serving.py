@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi.responses import Response
 
-from ..chat.chunks import ChunkShape
+from ..chat.chunks import ChunkShape, render_batch
 from ..chat.grammar_limits import GrammarLimits
 from ..errors import GatewayError, TimeoutError_, error_from_body
 from ..protocol.openai import CHAT, COMPLETION, ChatCompletionRequest, CompletionRequest
@@ -260,13 +260,7 @@ class GenerationService:
         batches = self._batches(stream)
         try:
             async for batch in batches:
-                out: list[dict[str, Any]] = []
-                failed: ErrorEvent | None = None
-                for ev in batch:
-                    if isinstance(ev, ErrorEvent):
-                        failed = ev
-                        break
-                    out.extend(convert(ev))
+                out, failed = render_batch(batch, convert)
                 if out:
                     yield out
                 if failed is not None:
@@ -329,7 +323,7 @@ class GenerationService:
 
     def _streamed(self, stream: EventStream | LocalEventStream, shape: ChunkShape, deadline: float, client: Any) -> Response:
         """The stream as SSE: written by the worker where it was asked for a hand-off, else relayed."""
-        direct = getattr(stream, "direct", None)
+        direct = stream.direct
         if direct is None or client is None:
             return SSEResponse(self._chunks(stream, shape), timeout=self.timeout, deadline=deadline, on_close=stream.aclose)
         path, token = direct

@@ -99,38 +99,49 @@ class SSEResponse(Response):
             self.encode = encode
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def body(data: bytes, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+
+        started = False
+        try:
+            async with DisconnectWatch(receive):  # the client left: nothing more to send
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                started = True
+                await self._relay(body)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if not started or not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
+                raise
+            log.warning("stream ended at the shutdown drain deadline")
+            await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
+        finally:
+            await aclose_then(self.batches, self.on_close)
+
+    async def _relay(self, body: Callable[..., Any]) -> None:
+        """Write every batch (``body(data, more)`` writes), a keep-alive comment when nothing
+        was written for ``keepalive`` seconds, then the ending: an error event where the
+        stream failed, and the done marker."""
         loop = asyncio.get_running_loop()
         last_write = loop.time()
 
-        async def body(data: bytes, more: bool = True) -> None:
+        async def write(data: bytes, more: bool = True) -> None:
             nonlocal last_write
             last_write = loop.time()
-            await send({"type": "http.response.body", "body": data, "more_body": more})
+            await body(data, more)
 
         async def ping() -> None:
             while True:
                 await asyncio.sleep(max(0.05, self.keepalive - (loop.time() - last_write)))
                 if loop.time() - last_write >= self.keepalive:
-                    await body(KEEPALIVE)
+                    await write(KEEPALIVE)
 
-        pinger: asyncio.Task[None] | None = None
+        pinger = loop.create_task(ping())
         try:
-            async with DisconnectWatch(receive):  # the client left: nothing more to send
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                pinger = loop.create_task(ping())
-                tail = await self._stream(body)
-                await body(tail + self.done, more=False)
-        except asyncio.CancelledError as exc:
-            task = asyncio.current_task()
-            if pinger is None or not is_drain_cancel(exc) or task is None or task.uncancel() > 0:
-                raise
-            log.warning("stream ended at the shutdown drain deadline")
-            await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
+            tail = await self._stream(write)
+            await write(tail + self.done, more=False)
         finally:
-            if pinger is not None:
-                pinger.cancel()
-                await asyncio.gather(pinger, return_exceptions=True)
-            await aclose_then(self.batches, self.on_close)
+            pinger.cancel()
+            await asyncio.gather(pinger, return_exceptions=True)
 
     async def _stream(self, body: Any) -> bytes:
         """Write every batch; what goes before the done marker (an error event, or nothing)."""

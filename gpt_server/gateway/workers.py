@@ -138,6 +138,8 @@ class LocalEventStream:
     event a batch: no network read to group them). ``aclose()`` stops the generation and
     tells the dispatcher, once."""
 
+    direct: tuple[str, str] | None = None  # never handed over: the worker shares the gateway's loop
+
     def __init__(self, generation: LocalGeneration, target: DispatchReply, on_close: Callable[[], None], sent: float | None = None) -> None:
         self.generation = generation
         self.target = target

@@ -60,6 +60,7 @@ __all__ = [
     "HandoffServer",
     "Handoff",
     "client_transport",
+    "stream_token",
     "write_stream",
     "is_loopback_address",
 ]
@@ -76,6 +77,14 @@ _STALE_AFTER = 30.0  # a hand-off nobody took (its request failed in between) is
 
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def stream_token(value: str | None) -> str | None:
+    """A stream's hand-off token as the gateway makes them (``secrets.token_hex(16)``): 32 to
+    64 lowercase hex digits; anything else None (the stream is relayed)."""
+    if value is None or not 32 <= len(value) <= 64 or value.strip("0123456789abcdef"):
+        return None
+    return value
 
 
 def is_loopback_address(address: str) -> bool:
@@ -165,9 +174,10 @@ class HandoffClient:
         """The stream ``token`` is relayed: the worker answers with its events."""
         self._send(path, {"op": "none", "token": token})
 
-    def stop(self, path: str, token: str, reason: str) -> bool:
-        """Ask the worker to end the stream ``token`` now (``shutdown``) with that error event."""
-        return self._send(path, {"op": "stop", "token": token, "reason": reason})
+    def stop(self, path: str, token: str) -> bool:
+        """Ask the worker to end the stream ``token`` now with the shutdown's error event (the
+        drain deadline)."""
+        return self._send(path, {"op": "stop", "token": token})
 
     def close(self) -> None:
         for path in list(self._socks):
@@ -289,13 +299,15 @@ class HandoffServer:
                     os.close(fd)
 
     def _message(self, msg: dict[str, Any], fds: list[int], flags: int) -> None:
-        op, token = msg.get("op"), str(msg.get("token", ""))
+        op, token = msg.get("op"), stream_token(str(msg.get("token", "")))
+        if token is None:
+            raise ValueError("no stream token")  # _read closes the descriptors
         if op == "stop":
             for fd in fds:
                 os.close(fd)
             h = self._running.get(token)
             if h is not None and h.stopped is not None and not h.stopped.done():
-                h.stopped.set_result(str(msg.get("reason", "shutdown")))
+                h.stopped.set_result("shutdown")
             return
         h = Handoff(token, None)
         if op == "stream" and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
@@ -354,7 +366,9 @@ class _Writer:
     at once (a lock). Timers, not a task, end the stream at its deadline, notice a stop and
     write keep-alives when it is idle."""
 
-    def __init__(self, h: Handoff) -> None:
+    def __init__(self, h: Handoff, main: asyncio.Task[Any] | None) -> None:
+        """``main``: the task writing the stream's events (cancelled where the stream must end
+        while it waits for the next one)."""
         assert h.sock is not None and h.stopped is not None
         self.h = h
         self.sock = h.sock
@@ -362,7 +376,7 @@ class _Writer:
         self.lock = asyncio.Lock()
         self.last = self.loop.time()
         self.ending: str | None = None
-        self.main: asyncio.Task[Any] | None = None
+        self.main = main
         self.main_writing = False
         self._ping: asyncio.Task[None] | None = None
         self._deadline = self.loop.call_at(h.deadline, self._end, "timeout")
@@ -414,8 +428,7 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
     gateway) to the handed-off client socket; what the worker then answers the gateway (the
     usage, then an ``EndEvent``)."""
     assert h.shape is not None
-    w = _Writer(h)
-    w.main = asyncio.current_task()
+    w = _Writer(h, asyncio.current_task())
     shape = h.shape
     tail: list[bytes] = []
     usage: UsageEvent | None = None

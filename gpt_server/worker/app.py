@@ -33,7 +33,7 @@ from ..protocol.worker import (
     InvokeRequest,
     secret_matches,
 )
-from ..transport.direct import DIRECT_HEADER, write_stream
+from ..transport.direct import DIRECT_HEADER, stream_token, write_stream
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
@@ -138,7 +138,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
 
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
-        token = request.headers.get(DIRECT_HEADER) if runtime.handoff is not None else None
+        token = stream_token(request.headers.get(DIRECT_HEADER)) if runtime.handoff is not None else None
         try:
             gen = await Generation.start(runtime, req)
         except GatewayError as exc:

@@ -31,8 +31,11 @@ from gpt_server.transport.direct import (
     HandoffServer,
     client_transport,
     is_loopback_address,
+    stream_token,
     write_stream,
 )
+
+TOKEN = "0123456789abcdef" * 2  # as secrets.token_hex(16) makes them
 
 
 def _sync(fn: Callable[[], Awaitable[None]]) -> Callable[[], None]:
@@ -108,8 +111,8 @@ class _Pair:
 
 async def _stream(pair: _Pair, events: AsyncIterator[Event], shape: ChunkShape, **kw: Any) -> tuple[list[Event], list[Any]]:
     opts = {"timeout": 10.0, "limit": 10.0, "keepalive": 15.0, **kw}
-    assert pair.client.hand(pair.path, "tok1", pair.theirs.fileno(), shape, **opts)
-    h = await pair.server.take("tok1", timeout=2)
+    assert pair.client.hand(pair.path, TOKEN, pair.theirs.fileno(), shape, **opts)
+    h = await pair.server.take(TOKEN, timeout=2)
     assert h.sock is not None
     try:
         answer = await write_stream(h, events)
@@ -188,7 +191,7 @@ async def test_a_stop_ends_the_stream_with_the_shutdown_error() -> None:
     try:
         async def stop_soon() -> None:
             await asyncio.sleep(0.3)
-            assert pair.client.stop(pair.path, "tok1", "shutdown")
+            assert pair.client.stop(pair.path, TOKEN)
 
         stopper = asyncio.create_task(stop_soon())
         answer, got = await _stream(pair, _gen([DeltaEvent(index=0, text="a")], then_block=True), _shape())
@@ -211,14 +214,35 @@ async def test_an_idle_stream_gets_keepalive_comments() -> None:
         pair.close()
 
 
+def test_only_tokens_of_the_gateways_shape_are_taken() -> None:
+    assert stream_token(TOKEN) == TOKEN and stream_token("f" * 64)
+    for bad in (None, "", "tok1", "A" * 32, "g" * 32, "a" * 31, "a" * 65, "a" * 31 + "/", "0" * 31 + "\n"):
+        assert stream_token(bad) is None, bad
+
+
+@_sync
+async def test_a_hand_off_with_a_malformed_token_is_dropped_and_its_descriptor_closed() -> None:
+    pair = _Pair()
+    try:
+        assert pair.client.reachable(pair.path)
+        await asyncio.sleep(0.1)  # connected and accepted: the descriptors that stay
+        before = len(os.listdir("/proc/self/fd"))
+        assert pair.client._send(pair.path, {"op": "stream", "token": "../x", "shape": {}, "timeout": 1}, pair.theirs.fileno())
+        await asyncio.sleep(0.2)  # the server reads it on this loop
+        assert len(os.listdir("/proc/self/fd")) == before  # the duplicate it received is closed
+        assert not pair.server._arrived and not pair.server._waiting
+    finally:
+        pair.close()
+
+
 @_sync
 async def test_a_declined_hand_off_and_one_that_never_comes_are_relays() -> None:
     pair = _Pair()
     try:
-        pair.client.decline(pair.path, "tok-declined")
-        h = await pair.server.take("tok-declined", timeout=2)
+        pair.client.decline(pair.path, "d" * 32)
+        h = await pair.server.take("d" * 32, timeout=2)
         assert h.sock is None
-        h = await pair.server.take("tok-never", timeout=0.2)
+        h = await pair.server.take("e" * 32, timeout=0.2)
         assert h.sock is None
     finally:
         pair.close()
@@ -228,9 +252,9 @@ async def test_a_declined_hand_off_and_one_that_never_comes_are_relays() -> None
 async def test_a_hand_off_may_arrive_before_the_worker_waits_for_it() -> None:
     pair = _Pair()
     try:
-        assert pair.client.hand(pair.path, "early", pair.theirs.fileno(), _shape(), timeout=5, limit=5, keepalive=15)
+        assert pair.client.hand(pair.path, "a" * 32, pair.theirs.fileno(), _shape(), timeout=5, limit=5, keepalive=15)
         await asyncio.sleep(0.2)  # the worker's loop reads it into ``arrived``
-        h = await pair.server.take("early", timeout=0.01)
+        h = await pair.server.take("a" * 32, timeout=0.01)
         assert h.sock is not None
         pair.server.finished(h)
     finally:
