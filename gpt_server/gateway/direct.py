@@ -25,6 +25,7 @@ from ..protocol.worker import EndEvent, ErrorEvent, Event
 from ..transport.direct import HandoffClient
 from ..web.lifecycle import is_drain_cancel, shutdown_error
 from ..web.responses import DisconnectWatch, aclose_then
+from ..web.serve import ConnectionTap
 from .sse import SSEResponse
 
 __all__ = ["HandedSSEResponse"]
@@ -98,8 +99,11 @@ class HandedSSEResponse(SSEResponse):
         async def body(data: bytes, more: bool = True) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": more})
 
+        tap = self.transport if isinstance(self.transport, ConnectionTap) else None
         try:
             async with DisconnectWatch(receive):
+                if tap is not None:
+                    tap.hold()  # the head goes with the first chunks, in one write
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 relaying = True
                 first, failed = await self._first(deadline)
@@ -108,6 +112,8 @@ class HandedSSEResponse(SSEResponse):
                     await body(first + self.encode(self.error_event(failed)) + self.done, more=False)
                     return
                 await body(first)
+                if tap is not None:
+                    tap.release()
                 if not self._hand(max(0.0, deadline - loop.time())):
                     self.handoff.decline(self.socket_path, self.token)
                     await self._relay_rest(body)
@@ -131,6 +137,8 @@ class HandedSSEResponse(SSEResponse):
             else:
                 await body(b"", more=False)  # the worker cannot be told: end the body as it stands
         finally:
+            if tap is not None:
+                tap.release()  # (where it ended before its first chunk)
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)

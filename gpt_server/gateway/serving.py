@@ -325,7 +325,7 @@ class GenerationService:
         """The stream as SSE: written by the worker where it was asked for a hand-off, else relayed."""
         direct = stream.direct
         if direct is None or client is None:
-            return SSEResponse(self._chunks(stream, shape), timeout=self.timeout, deadline=deadline, on_close=stream.aclose)
+            return SSEResponse(self._chunks(stream, shape), timeout=self.timeout, deadline=deadline, on_close=stream.aclose, hold_head=True)
         path, token = direct
         model, metrics = stream.target.model_name, self.metrics
 

@@ -30,6 +30,7 @@ from starlette.types import Receive, Scope, Send
 from ..errors import GatewayError, InternalError, TimeoutError_
 from ..web.lifecycle import is_drain_cancel, shutdown_error
 from ..web.responses import DisconnectWatch, aclose_then
+from ..web.serve import connection_tap
 
 __all__ = ["frame", "DONE", "KEEPALIVE", "SSEResponse", "plain_error", "typed_error"]
 
@@ -83,7 +84,11 @@ class SSEResponse(Response):
         error_event: Callable[[GatewayError], Any] = plain_error,
         headers: dict[str, str] | None = None,
         encode: Callable[[Any], bytes] | None = None,
+        hold_head: bool = False,
     ) -> None:
+        """``hold_head``: the head waits for the first write of the body and goes with it, in
+        one write (``ConnectionTap.hold``): for streams whose first events are at hand (a
+        worker answers with its first event), not for ones that may be silent a while."""
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
         self.background = None
@@ -97,14 +102,24 @@ class SSEResponse(Response):
         self.error_event = error_event
         if encode is not None:  # one event's bytes (Anthropic's streams name each event)
             self.encode = encode
+        self.hold_head = hold_head
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tap = connection_tap(scope) if self.hold_head else None
+
         async def body(data: bytes, more: bool = True) -> None:
+            nonlocal tap
             await send({"type": "http.response.body", "body": data, "more_body": more})
+            if tap is not None:
+                held = tap
+                tap = None
+                held.release()
 
         started = False
         try:
             async with DisconnectWatch(receive):  # the client left: nothing more to send
+                if tap is not None:
+                    tap.hold()
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 started = True
                 await self._relay(body)
@@ -115,6 +130,8 @@ class SSEResponse(Response):
             log.warning("stream ended at the shutdown drain deadline")
             await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
         finally:
+            if tap is not None:
+                tap.release()
             await aclose_then(self.batches, self.on_close)
 
     async def _relay(self, body: Callable[..., Any]) -> None:

@@ -14,6 +14,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..errors import GatewayError, InternalError
+from .serve import connection_tap
 
 __all__ = ["error_response", "StreamAborted", "DisconnectWatch", "ClosingStreamingResponse", "aclose_then", "FastJSONResponse"]
 
@@ -107,10 +108,22 @@ class ClosingStreamingResponse(StreamingResponse):
             log.exception("stream failed before its first byte")
             await error_response(InternalError("internal error while streaming", code="internal_error"))(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        tap = connection_tap(scope) if first else None
+        if tap is not None:
+            tap.hold()  # the head goes out with the first chunk, in one write
         try:
-            if first:
-                await self._send_chunk(send, first)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        except BaseException:
+            if tap is not None:
+                tap.release()
+            raise
+        try:
+            try:
+                if first:
+                    await self._send_chunk(send, first)
+            finally:
+                if tap is not None:
+                    tap.release()
             async for chunk in chunks:
                 await self._send_chunk(send, chunk)
         except OSError:
