@@ -111,14 +111,28 @@ def client_transport(scope: Mapping[str, Any]) -> Any | None:
 
 class HandoffClient:
     """The gateway's connections to workers' hand-off sockets, one per socket path, opened on
-    first use; a broken one is dropped (and opened again next time)."""
+    first use; a broken one is dropped (and opened again next time). Each new connection (a new
+    or restarted worker) first closes those whose worker has gone."""
 
     def __init__(self) -> None:
         self._socks: dict[str, socket.socket] = {}
 
+    def _prune(self) -> None:
+        """Close the connections whose worker closed its end (it exited, or was killed: the
+        kernel closes it then). A worker never sends on them: readable means closed."""
+        for path, sock in list(self._socks.items()):
+            try:
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                continue  # open, nothing to read
+            except OSError:
+                pass
+            self._drop(path)
+
     def _sock(self, path: str) -> socket.socket:
         sock = self._socks.get(path)
         if sock is None:
+            self._prune()
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 sock.setblocking(False)  # a Unix socket connects at once or fails (EAGAIN: its backlog is full)

@@ -364,3 +364,26 @@ def test_the_connection_tap_skips_one_last_chunk_when_told() -> None:
     tap.release()  # nothing held: nothing written
     tap.write(b"1\r\nd\r\n")
     assert t.out[3:] == [b"HTTP/1.1 200 OK\r\n\r\n3\r\nabc\r\n", b"1\r\nd\r\n"]
+
+
+@_sync
+async def test_connections_to_workers_that_exited_are_closed_when_another_opens() -> None:
+    """A worker that exits (or is killed) leaves the gateway's connection to it readable at EOF:
+    the next new connection closes it, so dead workers do not hold descriptors."""
+    first, second = HandoffServer(), HandoffServer()
+    client = HandoffClient()
+    try:
+        a, b = first.start(), second.start()
+        assert client.reachable(a)
+        await asyncio.sleep(0.05)  # accepted
+        first.close()  # the worker's end closes
+        await asyncio.sleep(0.05)
+        assert a in client._socks  # nothing has looked yet
+        assert client.reachable(b)
+        assert a not in client._socks and b in client._socks
+        assert client.reachable(b)  # a live one stays
+        assert b in client._socks
+    finally:
+        client.close()
+        first.close()
+        second.close()
