@@ -115,3 +115,37 @@ def test_a_gap_left_by_a_finished_sequence_is_closed(engine: Any) -> None:
     assert again.slot == 2 and again.cached == len(again.prompt) - 1, (again.slot, again.cached)
     assert again.generated == short.generated
     _assert_caches(eng)
+
+
+def test_a_sequence_whose_sampling_fails_ends_alone(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while one sequence is sampled ends that sequence with an error; the other
+    sequences of the step finish, and the engine serves the next request (it used to stop the
+    engine loop, so the worker answered 503 to everything after)."""
+    import gpt_server.backends.llama_cpp.engine as engine_mod
+
+    bad, good = _seq(engine, PROMPTS[0], 24), _seq(engine, PROMPTS[1], 24)
+    errors: list[str] = []
+    sink = bad.sink
+
+    def record(ev: Any) -> None:
+        if ev.error is not None:
+            errors.append(ev.error)
+        sink(ev)
+
+    bad.sink = record
+    real = engine_mod.sample_step
+
+    def failing(s: Any, *a: Any, **kw: Any) -> Any:
+        if s is bad and len(s.generated) >= 2:
+            raise FloatingPointError("injected")
+        return real(s, *a, **kw)
+
+    monkeypatch.setattr(engine_mod, "sample_step", failing)
+    _reset(engine)
+    _run(engine, bad, good)
+    assert errors == ["sampling failed (FloatingPointError)"]
+    assert len(good.generated) == 24 and engine.healthy()
+    monkeypatch.setattr(engine_mod, "sample_step", real)
+    after = _seq(engine, PROMPTS[2], 8)
+    _run(engine, after)
+    assert len(after.generated) == 8

@@ -133,3 +133,33 @@ def test_penalties_touch_exactly_the_tokens_seen() -> None:
         st.accept(tok)
         counts[tok] += 1
         seen[tok] = True
+
+
+def test_logits_with_no_distribution_give_the_most_likely_token() -> None:
+    """+inf (a repetition penalty near 0 divides a positive logit by it), nan, all -inf, or a
+    temperature whose inverse overflows: a token, never an exception (the engine thread samples)."""
+    from gpt_server.backends.textgen.sampling import _draw
+
+    n = 5000
+    base = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    cases = []
+    x = base.copy()
+    x[1234] = np.inf
+    cases.append((x, 1234))
+    x = base.copy()
+    x[77] = np.nan
+    x[4000] = 50.0
+    cases.append((x, 4000))
+    cases.append((np.full(n, -np.inf, dtype=np.float32), None))
+    for kw in ({"temperature": 1.0}, {"temperature": 0.9, "top_p": 0.5}, {"temperature": 1.0, "top_k": 10}, {"temperature": 1.0, "min_p": 0.1}):
+        for logits, want in cases:
+            st = SamplerState(params=SamplingParams(**kw), rng=np.random.default_rng(0), n_vocab=n)
+            tok = sample_token(logits.copy(), st)
+            assert 0 <= tok < n and (want is None or tok == want), (kw, tok, want)
+    st = SamplerState(params=SamplingParams(temperature=1e-38), rng=np.random.default_rng(0), n_vocab=n)
+    assert sample_token(base.copy(), st) == int(np.argmax(base))
+    st = SamplerState(params=SamplingParams(temperature=1.0, repetition_penalty=1e-300), rng=np.random.default_rng(0), n_vocab=n,
+                      prompt=[int(np.argmax(base))])
+    with np.errstate(divide="ignore", over="ignore"):
+        assert sample_token(st.process(base.copy()), st) == int(np.argmax(base))
+    assert _draw(np.zeros(10, dtype=np.float32), _FixedRng([0.5])) == 0  # type: ignore[arg-type]

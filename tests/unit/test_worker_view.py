@@ -206,7 +206,8 @@ def test_a_worker_process_freezes_its_loaded_heap_out_of_the_collectors_passes()
             frozen = gc.get_freeze_count()
             assert frozen > 1000, f"only {frozen} objects frozen after the worker started"
             young = [[]]  # made after start-up: the collector still tracks it
-            assert gc.is_tracked(young) and gc.get_freeze_count() == frozen
+            # (the count may fall: frozen objects are still freed by reference counting)
+            assert gc.is_tracked(young) and gc.get_freeze_count() <= frozen
             cycle: list[object] = []
             cycle.append(cycle)
             gone = len(gc.garbage)

@@ -378,12 +378,18 @@ class LlamaEngine(EngineThread[Sequence, None]):
             slot.tokens.extend(s.prompt[s.n_past : s.n_past + count])
             s.n_past += count
         for slot, row, drafted in verify:
-            self._verify(slot, row, drafted)
+            try:
+                self._verify(slot, row, drafted)
+            except Exception as exc:  # noqa: BLE001 - one sequence's sampling failed: it ends, the others go on
+                self._sampling_failed(slot, exc)
         for slot, i in outputs:
             s = slot.seq
             if s is None:
                 continue
-            self._sample(slot, s, self._logits(i))
+            try:
+                self._sample(slot, s, self._logits(i))
+            except Exception as exc:  # noqa: BLE001 - as above
+                self._sampling_failed(slot, exc)
         if self.gate is not None:
             if prefill or swapped:
                 self.gate.skip()
@@ -582,6 +588,14 @@ class LlamaEngine(EngineThread[Sequence, None]):
             self._finish(slot, reason)
         else:
             s.next_token = tok
+
+    def _sampling_failed(self, slot: _Slot, exc: Exception) -> None:
+        """End the slot's sequence with an error (its cache is dropped: the failure may have come
+        between drafts kept and drafts removed)."""
+        log.error("sampling failed; ending that sequence", exc_info=exc)
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, -1, -1)
+        slot.tokens = []
+        self._finish(slot, None, error=f"sampling failed ({type(exc).__name__})")
 
     def _text_of(self, tok: int) -> tuple[str, list[int]]:
         piece = self.piece(tok)

@@ -5,6 +5,7 @@ Shared by engines that hand us raw logits; deterministic for a given seed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +15,7 @@ from ...protocol.worker import SamplingParams
 __all__ = ["SamplerState", "log_softmax", "sample_token"]
 
 _FAST_K = 64  # candidates examined before falling back to a full sort for top-p
+_MAX_INV_T = 1e30  # 1 / temperature above this is greedy (float32 ends near 3.4e38)
 
 
 @dataclass
@@ -102,9 +104,15 @@ def sample_token(logits: np.ndarray, state: SamplerState) -> int:
         ids = np.argpartition(x, n - p.top_k)[n - p.top_k :]
         x = x[ids]
         n = x.shape[0]
-    # softmax(x / T) up to a factor: exp((x - max) / T), each in (0, 1], the largest 1
-    e = x - x.max()
-    e *= np.float32(1.0 / p.temperature)
+    top, inv_t = float(x.max()), 1.0 / p.temperature
+    if not math.isfinite(top) or inv_t > _MAX_INV_T:
+        # no distribution to draw from: a logit of +inf (a repetition penalty near 0, a bias)
+        # or nan, or a temperature so small its inverse overflows float32: the most likely token
+        choice = int(np.argmax(np.where(np.isnan(x), -np.inf, x)))
+        return int(ids[choice]) if ids is not None else choice
+    # softmax(x / T) up to a factor: exp((x - max) / T), each in [0, 1], the largest 1
+    e = x - np.float32(top)
+    e *= np.float32(inv_t)
     np.exp(e, out=e)
     if p.top_p >= 1.0 and p.min_p <= 0.0:  # the common case: sample the whole distribution
         choice = _draw(e, state.rng)
@@ -166,8 +174,10 @@ def _draw(weights: np.ndarray, rng: np.random.Generator) -> int:
 
 def _index(weights: np.ndarray, cum: np.ndarray, target: float) -> int:
     """The first position whose cumulative weight exceeds ``target``; where rounding puts the
-    target past the end, the last position with a weight (never one of weight 0)."""
+    target past the end, the last position with a weight (never one of weight 0; the largest
+    where none has one)."""
     i = int(np.searchsorted(cum, target, side="right"))
     if i < len(weights):
         return i
-    return int(np.flatnonzero(weights > 0)[-1])
+    heavy = np.flatnonzero(weights > 0)
+    return int(heavy[-1]) if heavy.size else int(np.argmax(weights))
