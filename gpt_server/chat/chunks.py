@@ -120,17 +120,23 @@ class ChunkShape(BaseModel):
             out["usage"] = None
         return out
 
+    def text_chunks(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> list[dict[str, Any]]:
+        """The chunks of a delta of text alone (no reasoning, no tool calls)."""
+        if self.kind == "chat":
+            lp = chat_logprobs(logprobs) if (self.logprobs and logprobs) else None
+            return [self._chat(index, {"content": text} if text else {}, logprobs=lp)] if text or lp else []
+        offset = self.offsets.get(index, 0)
+        lp = completion_logprobs(logprobs, offset) if (self.logprobs and logprobs) else None
+        self.offsets[index] = offset + len(text)
+        return [self._text(index, text, logprobs=lp)]
+
     def chunks(self, ev: Event) -> list[dict[str, Any]]:
         """The chunks of one worker event (none for an error: the caller renders it)."""
         if isinstance(ev, DeltaEvent):
-            if self.kind == "chat":
+            if self.kind == "chat" and (ev.reasoning or ev.tool_calls):
                 lp = chat_logprobs(ev.logprobs) if (self.logprobs and ev.logprobs) else None
-                delta = _chat_delta(ev)
-                return [self._chat(ev.index, delta, logprobs=lp)] if delta or lp else []
-            offset = self.offsets.get(ev.index, 0)
-            lp = completion_logprobs(ev.logprobs, offset) if (self.logprobs and ev.logprobs) else None
-            self.offsets[ev.index] = offset + len(ev.text)
-            return [self._text(ev.index, ev.text, logprobs=lp)]
+                return [self._chat(ev.index, _chat_delta(ev), logprobs=lp)]
+            return self.text_chunks(ev.index, ev.text, ev.logprobs)
         if isinstance(ev, FinishEvent):
             if self.kind == "chat":
                 return [self._chat(ev.index, {}, finish=ev.finish_reason)]

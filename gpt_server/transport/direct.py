@@ -36,10 +36,12 @@ import array
 import asyncio
 import logging
 import os
+import queue
 import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +51,8 @@ import orjson
 
 from ..chat.chunks import ChunkShape
 from ..errors import TimeoutError_, error_from_body
-from ..protocol.worker import EndEvent, ErrorEvent, Event, UsageEvent
+from ..protocol.deltas import DeltaWriter
+from ..protocol.worker import EndEvent, ErrorEvent, Event, TokenLogprob, UsageEvent
 from ..web.lifecycle import shutdown_error
 from ..web.serve import TRANSPORT_KEY
 
@@ -377,17 +380,29 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 class _Writer:
     """Writes one handed-off stream: HTTP/1.1 chunks, one per event (or keep-alive), never two
-    at once (a lock). Timers, not a task, end the stream at its deadline, notice a stop and
-    write keep-alives when it is idle."""
+    at once. Timers, not a task, end the stream at its deadline, notice a stop and write
+    keep-alives when it is idle.
+
+    Deltas may also come from the engine's thread (``protocol.deltas``): ``write_delta`` renders
+    one and appends it to ``pending``; ``kick`` has the writer thread (``_SendThread``) send it
+    with one non-blocking send. Every write of the event loop's takes ``pending`` first, so
+    nothing overtakes a delta taken before it; what a send leaves (the client reads slowly) stays
+    in ``pending`` for the loop, which waits until the socket can take it."""
 
     def __init__(self, h: Handoff, main: asyncio.Task[Any] | None) -> None:
         """``main``: the task writing the stream's events (cancelled where the stream must end
         while it waits for the next one)."""
-        assert h.sock is not None and h.stopped is not None
+        assert h.sock is not None and h.stopped is not None and h.shape is not None
         self.h = h
         self.sock = h.sock
+        self.shape = h.shape
         self.loop = asyncio.get_running_loop()
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # the event loop's writes, one at a time
+        self.tlock = threading.Lock()  # what follows, between the loop, the engine and the writer thread
+        self.pending = b""  # deltas taken on the engine thread, not sent yet
+        self.queued = False  # the writer thread has this stream to send
+        self.loop_writing = False  # a write of the loop's is under way (it sends ``pending`` after)
+        self.closed = False  # the stream's end is written or being written: nothing more comes
         self.last = self.loop.time()
         self.ending: str | None = None
         self.main = main
@@ -398,17 +413,75 @@ class _Writer:
         h.stopped.add_done_callback(self._stopped)
 
     async def send(self, data: bytes, last: bool = False, main: bool = True) -> None:
-        """One HTTP/1.1 chunk; ``last``: with the body's last chunk after it (the gateway's
-        server then skips its own, ``web.serve.ConnectionTap``)."""
+        """One HTTP/1.1 chunk after what ``pending`` holds (none for empty ``data``); ``last``:
+        with the body's last chunk after it (the gateway's server then skips its own,
+        ``web.serve.ConnectionTap``)."""
         self.main_writing = main
         try:
             async with self.lock:
-                await self.loop.sock_sendall(self.sock, b"%x\r\n%b\r\n%b" % (len(data), data, _LAST_CHUNK if last else b""))
-                self.last = self.loop.time()
+                tail = (_frame(data) if data else b"") + (_LAST_CHUNK if last else b"")
+                while True:
+                    with self.tlock:
+                        out, self.pending, tail = self.pending + tail, b"", b""
+                        self.loop_writing = bool(out)
+                    if not out:
+                        return
+                    try:
+                        await self.loop.sock_sendall(self.sock, out)
+                        self.last = self.loop.time()
+                    finally:
+                        with self.tlock:
+                            self.loop_writing = False
         finally:
             if main:
                 self.main_writing = False
 
+    # ---- deltas from the engine's thread (protocol.deltas) ------------------------------------
+    def write_delta(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> bool:
+        """On the engine thread: a delta's chunks taken for the connection (True), or not where
+        the stream ends (False: the caller hands the delta to the loop)."""
+        with self.tlock:
+            if self.closed or self.ending is not None:
+                return False
+            body = b"".join([_sse(c) for c in self.shape.text_chunks(index, text, logprobs)])
+            if body:
+                self.pending += _frame(body)
+            return True
+
+    def kick(self) -> None:
+        """On the engine thread, once a step: the writer thread sends what was taken."""
+        with self.tlock:
+            if not self.pending or self.queued or self.loop_writing or self.closed:
+                return  # nothing to send, or a send that will take it is on its way
+            self.queued = True
+        _send_thread().put(self)
+
+    def send_pending(self) -> None:
+        """On the writer thread: one non-blocking send of ``pending``."""
+        with self.tlock:
+            self.queued = False
+            if not self.pending or self.loop_writing or self.closed:
+                return
+            data, self.pending = self.pending, b""
+            try:
+                n = self.sock.send(data)
+            except BlockingIOError:
+                n = 0
+            except OSError as exc:  # the connection broke: the loop's next write raises it
+                log.debug("a direct stream's send failed: %r", exc)
+                n = len(data)
+            self.pending = data[n:]
+            if self.pending:  # the client reads slowly: the loop waits until it can write the rest
+                self.loop.call_soon_threadsafe(self._flush)
+            else:
+                self.last = time.monotonic()
+
+    def _flush(self) -> None:
+        if self.pending and not self.closed:
+            task = self.loop.create_task(self.send(b"", main=False))
+            task.add_done_callback(_retrieve)
+
+    # ---- endings and keep-alives ----------------------------------------------------------------
     def _idle(self) -> None:
         idle = self.loop.time() - self.last
         if idle >= self.h.keepalive and self.ending is None and not self.lock.locked():
@@ -424,29 +497,75 @@ class _Writer:
     def _end(self, reason: str) -> None:
         if self.ending is not None:
             return
-        self.ending = reason
+        with self.tlock:  # the engine thread takes nothing more
+            self.ending = reason
         # a write of the stream's under way finishes, and the loop sees ``ending`` after it;
         # else stop waiting for the next event now
         if not self.main_writing and self.main is not None:
             self.main.cancel()
 
     def close(self) -> None:
+        with self.tlock:  # after this no thread but the loop's touches the socket
+            self.closed = True
         self._deadline.cancel()
         self._tick.cancel()
         assert self.h.stopped is not None
         self.h.stopped.remove_done_callback(self._stopped)
 
 
-async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
+def _frame(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class _SendThread:
+    """The thread that sends the deltas engine threads took for their streams (``_Writer.kick``):
+    one per process, started from an event loop's thread (so it keeps that thread's priority, not
+    an engine thread's lower one)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Writer] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="gpt-server-stream-sender", daemon=True)
+        self._thread.start()
+
+    def put(self, w: _Writer) -> None:
+        self._queue.put(w)
+
+    def _run(self) -> None:
+        while True:
+            w = self._queue.get()
+            try:
+                w.send_pending()
+            except Exception:  # never stop the thread: that stream's loop writes raise it
+                log.exception("a direct stream's send failed")
+
+
+_sender: _SendThread | None = None
+_sender_lock = threading.Lock()
+
+
+def _send_thread() -> _SendThread:
+    global _sender
+    if _sender is None:
+        with _sender_lock:
+            if _sender is None:
+                _sender = _SendThread()
+    return _sender
+
+
+async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWriter | None = None) -> list[Event]:
     """Write the stream of ``events`` (the first event and the head went out through the
     gateway) to the handed-off client socket; what the worker then answers the gateway (the
-    usage, then an ``EndEvent``)."""
+    usage, then an ``EndEvent``). ``deltas``: the generation's hook for deltas written on the
+    engine's thread (``protocol.deltas``), set for as long as this writes the stream."""
     assert h.shape is not None
     w = _Writer(h, asyncio.current_task())
     shape = h.shape
     tail: list[bytes] = []
     usage: UsageEvent | None = None
     error = False
+    if deltas is not None:
+        _send_thread()  # started here, on the loop's thread (see _SendThread)
+        deltas.write, deltas.kick = w.write_delta, w.kick
     try:
         try:
             async for ev in events:
@@ -472,8 +591,12 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event]) -> list[Event]:
             else:
                 exc = shutdown_error()
             tail.append(_sse(exc.body()))
+        with w.tlock:  # the end goes last: nothing more from the engine thread
+            w.closed = True
         await w.send(b"".join([*tail, _DONE]), last=True)
     finally:
+        if deltas is not None:
+            deltas.write = deltas.kick = None
         w.close()
     answer: list[Event] = [usage] if usage is not None else []
     answer.append(EndEvent(error=error))

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
 from ..procs import settle_heap
+from ..protocol.deltas import DELTA_WRITER, DeltaWriter
 from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
@@ -131,6 +132,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "state": runtime.state,
                 "inflight": runtime.inflight,
                 "requests_total": runtime.requests_total,
+                "deltas_direct_total": runtime.deltas_direct_total,
                 "last_error": runtime.last_error,
                 "engine_stats": runtime.backend.stats(),
             }
@@ -139,10 +141,15 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
         token = stream_token(request.headers.get(DIRECT_HEADER)) if runtime.handoff is not None else None
+        # a stream this worker may write itself: its engine may write deltas on its own thread (protocol.deltas)
+        deltas = DeltaWriter() if token else None
+        reset = DELTA_WRITER.set(deltas)
         try:
             gen = await Generation.start(runtime, req)
         except GatewayError as exc:
             return error_response(exc)
+        finally:
+            DELTA_WRITER.reset(reset)
 
         async def body() -> AsyncIterator[bytes]:
             async with contextlib.aclosing(gen.events()) as events:
@@ -156,12 +163,14 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                     handoff = await runtime.handoff.take(token)
                     if handoff.sock is not None:
                         try:
-                            end = await write_stream(handoff, events)
+                            end = await write_stream(handoff, events, deltas)
                         except OSError as exc:  # the client's connection broke: the gateway sees it too
                             log.info("direct stream ended: %s", type(exc).__name__)
                             return
                         finally:
                             runtime.handoff.finished(handoff)
+                            if deltas is not None:
+                                runtime.deltas_direct_total += deltas.taken
                         yield b"".join(_line(ev) for ev in end)
                         return
                 async for ev in events:

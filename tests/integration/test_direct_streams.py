@@ -32,6 +32,12 @@ def _handed(server: Server) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _engine_written(server: Server) -> int:
+    """Deltas of handed streams the workers wrote from the engine's thread (protocol.deltas)."""
+    infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json() for w in server.workers()]
+    return sum(int(i["deltas_direct_total"]) for i in infos)
+
+
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     cfg = base_config(api_keys="k1")
@@ -67,7 +73,7 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
         model="smollm2", messages=MSG, max_tokens=40, temperature=0, n=2, logprobs=True, top_logprobs=2,
         stream=True, stream_options={"include_usage": True},
     )
-    before = _handed(direct)
+    before, engine_before = _handed(direct), _engine_written(direct)
     got = _shapes(list(_client(direct).chat.completions.create(**kw)))
     want = _shapes(list(_client(relayed).chat.completions.create(**kw)))
     assert got == want
@@ -76,14 +82,32 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
     assert sum(1 for c in got if c["choices"] and c["choices"][0]["finish_reason"]) == 2
     assert _handed(direct) == before + 1  # the worker wrote it
     assert _handed(relayed) == 0  # the gateway relayed it
+    # most of its deltas were written from the engine's thread, none of the relayed stream's
+    assert _engine_written(direct) - engine_before >= got[-1]["usage"]["completion_tokens"] // 2
+    assert _engine_written(relayed) == 0
+
+
+def test_a_stream_a_tool_parser_reads_is_written_by_the_loop_alone(direct: Server, relayed: Server) -> None:
+    """A tool parser changes the deltas between the engine and the connection: none is written
+    from the engine's thread, and the stream is the relayed one."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    kw: dict[str, Any] = dict(model="smollm2", messages=MSG, max_tokens=40, temperature=0, tools=tools, stream=True)
+    before, engine_before = _handed(direct), _engine_written(direct)
+    got = _shapes(list(_client(direct).chat.completions.create(**kw)))
+    want = _shapes(list(_client(relayed).chat.completions.create(**kw)))
+    assert got == want and len(got) > 3
+    assert _handed(direct) == before + 1
+    assert _engine_written(direct) == engine_before
 
 
 def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
     kw: dict[str, Any] = dict(model="smollm2", prompt=["The sky is", "Grass is"], max_tokens=32, temperature=0, logprobs=2, stream=True)
     before = _handed(direct)
+    engine_before = _engine_written(direct)
     got = _shapes(list(_client(direct).completions.create(**kw)))
     want = _shapes(list(_client(relayed).completions.create(**kw)))
     assert got == want
+    assert _engine_written(direct) - engine_before >= 16  # offsets carried across both writers
     assert {c["choices"][0]["index"] for c in got} == {0, 1}
     assert all(c["choices"][0]["logprobs"]["text_offset"] is not None for c in got if c["choices"][0]["text"])
     assert _handed(direct) == before + 1

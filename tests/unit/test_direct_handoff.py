@@ -8,16 +8,27 @@ the stream to it, and the test reads what a client would read from the other end
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import socket
 import stat
+import threading
+import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from gpt_server.backends.textgen.sequences import (
+    SeqEvent,
+    hold_events,
+    release_events,
+    stream_sequences,
+)
 from gpt_server.chat.chunks import ChunkShape
+from gpt_server.protocol.deltas import DELTA_WRITER, DeltaWriter
 from gpt_server.protocol.worker import (
     DeltaEvent,
     EndEvent,
@@ -52,13 +63,16 @@ def _shape(**kw: Any) -> ChunkShape:
     return ChunkShape(**{"kind": "chat", "id": "chatcmpl-1", "created": 1, "model": "m", "system_fingerprint": "fp_1", **kw})
 
 
-def _read_chunked(sock: socket.socket, timeout: float = 5.0) -> list[bytes]:
+def _read_chunked(sock: socket.socket, timeout: float = 5.0, slow: range = range(0)) -> list[bytes]:
     """HTTP/1.1 chunks from ``sock`` up to the body's last chunk (empty), which must come in the
-    same read as [DONE], and nothing after it."""
+    same read as [DONE], and nothing after it. ``slow``: the reads in this range take 256 bytes
+    each, 5 ms apart (the sender's buffer fills)."""
     sock.settimeout(timeout)
     buf, chunks = b"", []
-    while True:
-        data = sock.recv(65536)
+    for i in itertools.count():
+        if i in slow:
+            time.sleep(0.005)
+        data = sock.recv(256 if i in slow else 65536)
         assert data, "connection closed before the last chunk"
         buf += data
         while b"\r\n" in buf:
@@ -109,16 +123,19 @@ class _Pair:
         self.theirs.close()
 
 
-async def _stream(pair: _Pair, events: AsyncIterator[Event], shape: ChunkShape, **kw: Any) -> tuple[list[Event], list[Any]]:
+async def _stream(
+    pair: _Pair, events: AsyncIterator[Event], shape: ChunkShape, deltas: DeltaWriter | None = None, **kw: Any
+) -> tuple[list[Event], list[Any]]:
     opts = {"timeout": 10.0, "limit": 10.0, "keepalive": 15.0, **kw}
     assert pair.client.hand(pair.path, TOKEN, pair.theirs.fileno(), shape, **opts)
     h = await pair.server.take(TOKEN, timeout=2)
     assert h.sock is not None
+    reader = asyncio.ensure_future(asyncio.to_thread(_read_chunked, pair.mine, 20.0))  # as a client reads, meanwhile
     try:
-        answer = await write_stream(h, events)
+        answer = await write_stream(h, events, deltas)
     finally:
         pair.server.finished(h)
-    sse = b"".join(await asyncio.to_thread(_read_chunked, pair.mine))
+    sse = b"".join(await reader)
     return answer, _events(sse)
 
 
@@ -387,3 +404,99 @@ async def test_connections_to_workers_that_exited_are_closed_when_another_opens(
         client.close()
         first.close()
         second.close()
+
+
+# ---- deltas written on the engine's thread (protocol.deltas) ---------------------------------------
+
+
+def _engine_stream(n: int, pace: float = 0.0, forever: bool = False) -> tuple[AsyncIterator[Event], dict[str, threading.Event]]:
+    """A stream of ``n`` deltas ``<0>``, ``<1>`` … from a thread that acts as an engine: events
+    held and released every few tokens, as a real engine's step does. Returns the events and
+    the stream's cancelled flag (once it starts)."""
+    flag: dict[str, threading.Event] = {}
+
+    def make(sink: Any, cancelled: threading.Event) -> list[Any]:
+        flag["c"] = cancelled
+        return [types.SimpleNamespace(index=0, sink=sink)]
+
+    def engine(sink: Any) -> None:
+        hold_events()
+        i = 0
+        while (i < n or forever) and not flag["c"].is_set():
+            sink(SeqEvent(index=0, text=f"<{i}>"))
+            i += 1
+            if i % 3 == 0:
+                release_events()  # a step's end: the writers are kicked, the loop gets its events
+                if pace:
+                    time.sleep(pace)
+        sink(SeqEvent(index=0, finish_reason="stop", completion_tokens=i))
+        release_events()
+
+    def submit(seqs: list[Any]) -> None:
+        threading.Thread(target=engine, args=(seqs[0].sink,), daemon=True).start()
+
+    events = stream_sequences(make, submit, lambda: None, prompt_tokens=1, unchanged=True)
+    return events, flag
+
+
+async def _first(events: AsyncIterator[Event], deltas: DeltaWriter) -> Event:
+    """The first event, taken as the worker takes it: with the stream's ``DeltaWriter`` set."""
+    reset = DELTA_WRITER.set(deltas)
+    try:
+        return await anext(events)
+    finally:
+        DELTA_WRITER.reset(reset)
+
+
+@_sync
+async def test_deltas_written_on_the_engine_thread_keep_their_order() -> None:
+    """Deltas taken on the engine's thread, sent by the writer thread, partly left for the loop
+    where the client reads slowly (a small send buffer), and the loop's own events (the first
+    deltas, the finish) come out in the engine's order, each once."""
+    pair = _Pair()
+    try:
+        pair.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        n = 1500
+        deltas = DeltaWriter()
+        events, _ = _engine_stream(n, pace=0.001)
+        first = await _first(events, deltas)  # it goes out through the gateway, before the hand-off
+        assert isinstance(first, DeltaEvent) and first.text == "<0>"
+        shape = _shape(include_usage=True)
+        assert pair.client.hand(pair.path, TOKEN, pair.theirs.fileno(), shape, timeout=20.0, limit=20.0, keepalive=15.0)
+        h = await pair.server.take(TOKEN, timeout=2)
+        reader = asyncio.ensure_future(asyncio.to_thread(_read_chunked, pair.mine, 20.0, range(30, 130)))
+        try:
+            answer = await write_stream(h, events, deltas)
+        finally:
+            pair.server.finished(h)
+        got = _events(b"".join(await reader))
+        texts = [c["choices"][0]["delta"].get("content") for c in got if isinstance(c, dict) and c.get("choices")]
+        assert "".join(t for t in texts if t) == "".join(f"<{i}>" for i in range(1, n))
+        assert got[-3]["choices"][0]["finish_reason"] == "stop" and got[-2]["usage"]["completion_tokens"] == n
+        assert got[-1] == "[DONE]"
+        assert isinstance(answer[-1], EndEvent) and not answer[-1].error
+        # all but a few went the engine thread's way (the first, those around the hand-off, the finish)
+        assert deltas.taken + deltas.posted == n + 1 and deltas.taken > n * 0.9, (deltas.taken, deltas.posted)
+        assert deltas.write is None and deltas.kick is None  # nothing more once the stream is done
+    finally:
+        pair.close()
+
+
+@_sync
+async def test_the_deadline_ends_a_stream_the_engine_thread_writes() -> None:
+    """The deadline's error comes after the last delta taken and nothing follows it: the
+    engine's deltas after the end go nowhere."""
+    pair = _Pair()
+    try:
+        deltas = DeltaWriter()
+        events, flag = _engine_stream(0, pace=0.001, forever=True)
+        await _first(events, deltas)
+        answer, got = await _stream(pair, events, _shape(), timeout=0.5, limit=9.0, deltas=deltas)
+        flag["c"].set()
+        assert deltas.taken > 20
+        assert got[-1] == "[DONE]" and got[-2]["error"]["code"] == "timeout"
+        texts = [c["choices"][0]["delta"]["content"] for c in got[:-2]]
+        assert len(texts) > 20 and texts == [f"<{i}>" for i in range(1, len(texts) + 1)]
+        assert isinstance(answer[-1], EndEvent) and answer[-1].error
+    finally:
+        pair.close()

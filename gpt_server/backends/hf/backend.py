@@ -276,6 +276,7 @@ class HFBackend(Tokenizes, Backend):
             prompt_tokens=sum(len(t) for t in plan.prompts),
             echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
             per_prompt=p.n,
+            unchanged=plan.tool_parser is None and plan.reasoning is None,  # postprocess passes them on
         ):
 
             yield ev

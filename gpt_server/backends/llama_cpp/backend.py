@@ -283,6 +283,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             prompt_tokens=sum(len(t) for t in prompts),
             echo=(lambda s: eng.detokenize(s.prompt)) if p.echo else None,
             per_prompt=p.n,
+            unchanged=plan.tool_parser is None and plan.reasoning is None,  # postprocess passes them on
         ):
 
             yield ev

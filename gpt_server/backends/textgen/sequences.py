@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ...errors import InternalError
+from ...protocol.deltas import DELTA_WRITER
 from ...protocol.worker import (
     DeltaEvent,
     ErrorEvent,
@@ -43,6 +44,7 @@ class _Outbox(threading.local):
     each goes to its event loop at once)."""
 
     held: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any], Any]] | None = None
+    kicks: list[Callable[[], None]] | None = None  # deltas written on this thread: their writers, to start
 
 
 _outbox = _Outbox()
@@ -58,10 +60,17 @@ def hold_events() -> None:
     for it with llama.cpp's threads idle; released just before the engine blocks (the next decode,
     an idle wait), the loop runs while the engine does not need the GIL."""
     _outbox.held = []
+    _outbox.kicks = []
 
 
 def release_events() -> None:
-    """Hand the held events to their event loops, in order (see ``hold_events``)."""
+    """Hand the held events to their event loops, in order, and start the writers of the deltas
+    written on this thread (``protocol.deltas``) (see ``hold_events``)."""
+    kicks = _outbox.kicks
+    if kicks:
+        _outbox.kicks = []
+        for kick in kicks:
+            kick()
     held = _outbox.held
     if not held:
         return
@@ -190,17 +199,39 @@ async def stream_sequences(
     prompt_tokens: int,
     echo: Callable[[Any], str] | None = None,
     per_prompt: int = 1,
+    unchanged: bool = False,
 ) -> AsyncIterator[Event]:
     """Run sequences on an engine thread; their deltas, finishes and one usage event.
 
     ``make(sink, cancelled)`` builds the sequences; leaving early (client gone) sets
-    ``cancelled`` and wakes the engine so it drops them at its next step.
+    ``cancelled`` and wakes the engine so it drops them at its next step. ``unchanged``: the
+    caller passes the deltas on as they are (no parser), so the worker may take them on the
+    engine thread (``protocol.deltas``).
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
     cancelled = threading.Event()
+    direct = DELTA_WRITER.get() if unchanged else None
 
     def sink(ev: SeqEvent) -> None:
+        if direct is not None:
+            write, kick = direct.write, direct.kick
+            if (
+                write is not None
+                and kick is not None
+                and direct.posted == direct.drained
+                and ev.finish_reason is None
+                and ev.error is None
+                and write(ev.index, ev.text, ev.logprobs)
+            ):
+                direct.taken += 1
+                kicks = _outbox.kicks
+                if kicks is None:
+                    kick()
+                elif kick not in kicks:
+                    kicks.append(kick)
+                return
+            direct.posted += 1
         held = _outbox.held  # the engine thread's, when it holds events for one hand-over
         if held is None:
             loop.call_soon_threadsafe(queue.put_nowait, ev)
@@ -213,9 +244,12 @@ async def stream_sequences(
             for s in seqs:
                 yield DeltaEvent(index=s.index, text=echo(s))
         submit(list(seqs))
-        remaining, completion = len(seqs), 0
+        remaining, completion, taken = len(seqs), 0, 0
         while remaining:
+            if direct is not None:  # what was taken before has been written (protocol.deltas)
+                direct.drained = taken
             ev = await queue.get()
+            taken += 1
             if ev.text or ev.logprobs:
                 yield DeltaEvent(index=ev.index, text=ev.text, logprobs=ev.logprobs)
             if ev.error is not None:
