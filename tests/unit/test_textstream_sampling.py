@@ -163,3 +163,44 @@ def test_logits_with_no_distribution_give_the_most_likely_token() -> None:
     with np.errstate(divide="ignore", over="ignore"):
         assert sample_token(st.process(base.copy()), st) == int(np.argmax(base))
     assert _draw(np.zeros(10, dtype=np.float32), _FixedRng([0.5])) == 0  # type: ignore[arg-type]
+
+
+def test_sample_step_never_writes_into_the_logits_it_is_given() -> None:
+    """Engines pass a read-only view of their own logits buffer (llama.cpp's): every mode reads
+    it, and those that change logits (bias, penalties) work on a copy, with the same tokens."""
+    import types
+
+    from gpt_server.backends.textgen.sequences import sample_step
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=5000).astype(np.float32)
+    modes = [
+        {"temperature": 0.0},
+        {"temperature": 1.0, "seed": 5},
+        {"temperature": 0.7, "top_p": 0.9, "top_k": 50, "seed": 5},
+        {"temperature": 0.0, "logit_bias": {7: 100.0}},
+        {"temperature": 0.0, "presence_penalty": 2.0, "frequency_penalty": 1.0, "repetition_penalty": 1.3},
+        {"temperature": 0.0, "logprobs": True, "top_logprobs": 3},
+    ]
+    rows = []
+    for kw in modes:
+        toks = []
+        for writable in (False, True):
+            s = types.SimpleNamespace(
+                index=0, params=SamplingParams(**kw), max_tokens=100, sampler=None, text=TextStream([]), generated=[],
+                pending_lp=[], done=False, constraint=None, sink=lambda ev: None,
+            )
+            s.sampler = SamplerState(params=s.params, rng=np.random.default_rng(kw.get("seed")), n_vocab=base.size, prompt=[1, 2, 3])
+            got = []
+            for _ in range(6):
+                logits = base.copy()
+                logits.flags.writeable = writable
+                tok, _ = sample_step(s, logits, is_eos=lambda t: False, piece=lambda t: b"x", text_of=lambda t: ("x", [120]), context_full=False)
+                assert np.array_equal(logits, base), kw  # unchanged
+                got.append(tok)
+            toks.append(got)
+        assert toks[0] == toks[1], kw
+        rows.append(toks[0])
+    assert len(set(rows[0])) == 1 and rows[0][0] == int(np.argmax(base))  # greedy: the same token
+    assert set(rows[3]) == {7}  # the bias
+    assert len(set(rows[4])) == 6  # penalties: a token once chosen is pushed down

@@ -442,8 +442,12 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.step_stats["swaps"] += 1
 
     def _logits(self, row: int) -> np.ndarray:
+        """A read-only view of ``row``'s logits in llama.cpp's buffer (valid until the next
+        decode; ``sample_step`` copies them where it changes them)."""
         ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, row)
-        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+        view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
+        view.flags.writeable = False
+        return view
 
     def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
         """Drafts per slot for the decoding sequences that may have them, ``budget`` tokens in all.

@@ -65,6 +65,11 @@ class SamplerState:
             arr = self._ids_cache[key] = np.asarray(ids, dtype=np.int64)
         return arr
 
+    @property
+    def modifies(self) -> bool:
+        """``process`` changes logits (bias or penalties)."""
+        return self._bias_ids is not None or self._seen is not None or self._counts is not None
+
     def process(self, logits: np.ndarray) -> np.ndarray:
         """Apply bias and penalties (in place on a copy the caller owns), on the tokens they
         concern only (a pass over the vocabulary per token was ~0.1 ms)."""

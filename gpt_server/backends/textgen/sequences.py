@@ -159,12 +159,16 @@ def sample_step(
 ) -> tuple[int, str | None]:
     """Sample the next token of ``s`` and emit its text; (token, finish reason or None).
 
-    The caller releases its own resources (slot, batch row) when a reason comes back,
-    then calls ``finish``. ``context_full``: no room for another token after this one.
+    ``logits`` are read, never changed (a copy is made where bias, penalties, a grammar or
+    ``hook`` change them): an engine may pass a view of its own buffer. The caller releases its
+    own resources (slot, batch row) when a reason comes back, then calls ``finish``.
+    ``context_full``: no room for another token after this one.
     """
     assert s.sampler is not None and s.text is not None
     p = s.params
     lp = log_softmax(logits) if p.logprobs else None
+    if s.sampler.modifies or s.constraint is not None or hook is not None:
+        logits = logits.copy()
     processed = s.sampler.process(logits)
     if s.constraint is not None:
         s.constraint.mask(processed)
