@@ -151,3 +151,41 @@ def test_a_later_turn_prefills_only_what_the_prefix_store_lacks(engine: Any) -> 
         assert engine.prefixes.find(None, other + [1, 2]) is not None
     finally:
         engine.prefixes = PrefixStore(0)
+
+
+def test_a_sequence_whose_sampling_fails_ends_alone(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while one row is sampled ends that row with an error; the other row of its
+    batch finishes as it would alone, and the engine serves the next request (it used to end
+    every row of the batch)."""
+    import gpt_server.backends.hf.engine as engine_mod
+
+    solo = _seq(engine, 1, 24)
+    engine.submit([solo])
+    _wait([solo])
+    bad, good = _seq(engine, 0, 24), _seq(engine, 1, 24)
+    errors: list[str] = []
+    sink = bad.sink
+
+    def record(ev: Any) -> None:
+        if ev.error is not None:
+            errors.append(ev.error)
+        sink(ev)
+
+    bad.sink = record
+    real = engine_mod.sample_step
+
+    def failing(s: Any, *a: Any, **kw: Any) -> Any:
+        if s is bad and len(s.generated) >= 2:
+            raise FloatingPointError("injected")
+        return real(s, *a, **kw)
+
+    monkeypatch.setattr(engine_mod, "sample_step", failing)
+    engine.submit([bad, good])
+    _wait([bad, good])
+    assert errors == ["sampling failed (FloatingPointError)"] and len(bad.generated) == 2
+    assert list(good.generated) == list(solo.generated) and good.generated
+    monkeypatch.setattr(engine_mod, "sample_step", real)
+    again = _seq(engine, 1, 24)
+    engine.submit([again])
+    _wait([again])
+    assert list(again.generated) == list(solo.generated)

@@ -262,7 +262,12 @@ class HFEngine(EngineThread[Sequence, list[_Cohort]]):
         nexts: list[int] = []
         ended: list[int] = []
         for i, s in enumerate(cohort.rows):
-            tok = self._sample(s, logits[i], prompt_len=len(s.prompt))
+            try:
+                tok = self._sample(s, logits[i], prompt_len=len(s.prompt))
+            except Exception as exc:  # one sequence's sampling failed: it ends, its cohort goes on
+                log.error("sampling failed; ending that sequence", exc_info=exc)
+                self._finish(s, None, error=f"sampling failed ({type(exc).__name__})")
+                tok = 0  # never forwarded: the row is dropped below
             nexts.append(tok)
             if s.done:
                 ended.append(i)
