@@ -103,7 +103,7 @@ class HandedSSEResponse(SSEResponse):
         try:
             async with DisconnectWatch(receive):
                 if tap is not None:
-                    tap.hold()  # the head goes with the first chunks, in one write
+                    tap.hold_head()  # the head goes with the first chunks, in one write
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 relaying = True
                 first, failed = await self._first(deadline)
@@ -112,8 +112,6 @@ class HandedSSEResponse(SSEResponse):
                     await body(first + self.encode(self.error_event(failed)) + self.done, more=False)
                     return
                 await body(first)
-                if tap is not None:
-                    tap.release()
                 if not self._hand(max(0.0, deadline - loop.time())):
                     self.handoff.decline(self.socket_path, self.token)
                     await self._relay_rest(body)
@@ -137,8 +135,6 @@ class HandedSSEResponse(SSEResponse):
             else:
                 await body(b"", more=False)  # the worker cannot be told: end the body as it stands
         finally:
-            if tap is not None:
-                tap.release()  # (where it ended before its first chunk)
             if reader is not None and not reader.done():
                 reader.cancel()
                 await asyncio.gather(reader, return_exceptions=True)

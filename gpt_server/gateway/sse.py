@@ -87,7 +87,7 @@ class SSEResponse(Response):
         hold_head: bool = False,
     ) -> None:
         """``hold_head``: the head waits for the first write of the body and goes with it, in
-        one write (``ConnectionTap.hold``): for streams whose first events are at hand (a
+        one write (``ConnectionTap.hold_head``): for streams whose first events are at hand (a
         worker answers with its first event), not for ones that may be silent a while."""
         # no super().__init__: it would render an empty body and a Content-Length of 0
         self.status_code = 200
@@ -108,18 +108,13 @@ class SSEResponse(Response):
         tap = connection_tap(scope) if self.hold_head else None
 
         async def body(data: bytes, more: bool = True) -> None:
-            nonlocal tap
             await send({"type": "http.response.body", "body": data, "more_body": more})
-            if tap is not None:
-                held = tap
-                tap = None
-                held.release()
 
         started = False
         try:
             async with DisconnectWatch(receive):  # the client left: nothing more to send
                 if tap is not None:
-                    tap.hold()
+                    tap.hold_head()
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 started = True
                 await self._relay(body)
@@ -130,8 +125,6 @@ class SSEResponse(Response):
             log.warning("stream ended at the shutdown drain deadline")
             await body(self.encode(self.error_event(shutdown_error())) + self.done, more=False)
         finally:
-            if tap is not None:
-                tap.release()
             await aclose_then(self.batches, self.on_close)
 
     async def _relay(self, body: Callable[..., Any]) -> None:

@@ -110,20 +110,11 @@ class ClosingStreamingResponse(StreamingResponse):
             return
         tap = connection_tap(scope) if first else None
         if tap is not None:
-            tap.hold()  # the head goes out with the first chunk, in one write
+            tap.hold_head()  # the head goes out with the first chunk, in one write
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        except BaseException:
-            if tap is not None:
-                tap.release()
-            raise
-        try:
-            try:
-                if first:
-                    await self._send_chunk(send, first)
-            finally:
-                if tap is not None:
-                    tap.release()
+            if first:
+                await self._send_chunk(send, first)
             async for chunk in chunks:
                 await self._send_chunk(send, chunk)
         except OSError:

@@ -61,40 +61,38 @@ class ConnectionTap:
     """A request's view of its connection's transport (``scope["extensions"][TRANSPORT_KEY]``):
     the transport itself for a worker on this host to write a stream to (``transport.direct``),
     and, once that worker has written the body's last chunk too, ``ended_elsewhere()``, so that
-    the server's own last chunk is not written a second time. ``hold()`` / ``release()`` make a
-    response head and the first chunk of its body one write. uvicorn's response cycle writes
-    through it; everything else is the transport's."""
+    the server's own last chunk is not written a second time. ``hold_head()`` makes a response
+    head and the first chunk of its body one write. uvicorn's response cycle writes through it;
+    everything else is the transport's."""
 
     _LAST_CHUNK = b"0\r\n\r\n"
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self._skip_last = False
-        self._held: list[bytes] | None = None
+        self._holding = False  # the next write (the head) waits for the one after it
+        self._head: bytes | None = None
 
     def ended_elsewhere(self) -> None:
         """The chunked body's last chunk has been written by another process."""
         self._skip_last = True
 
-    def hold(self) -> None:
-        """Keep what the response writes until ``release()``, then write it at once: a head
-        and the first chunk in one segment wake the reader once (on a loaded host each write
-        to a local peer cost ~0.5 ms of the time to first token; bench/README.md)."""
-        if self._held is None:
-            self._held = []
-
-    def release(self) -> None:
-        held, self._held = self._held, None
-        if held:
-            self.transport.write(b"".join(held))
+    def hold_head(self) -> None:
+        """Keep the response's next write (its head) and write it with the one after it (the
+        first chunk of the body, or the body's end): one segment wakes the reader once (on a
+        loaded host each write to a local peer cost ~0.5 ms of the time to first token;
+        bench/README.md). Call it before the response starts."""
+        self._holding, self._head = True, None
 
     def write(self, data: bytes) -> None:
         if self._skip_last and data == self._LAST_CHUNK:
             self._skip_last = False
             return
-        if self._held is not None:
-            self._held.append(data)
-            return
+        if self._holding:
+            if self._head is None:
+                self._head = data
+                return
+            data, self._head, self._holding = self._head + data, None, False
         self.transport.write(data)
 
     def __getattr__(self, name: str) -> Any:

@@ -373,14 +373,16 @@ def test_the_connection_tap_skips_one_last_chunk_when_told() -> None:
     tap.write(b"0\r\n\r\n")
     assert t.out == [b"0\r\n\r\n", b"5\r\nhello\r\n", b"0\r\n\r\n"]
     assert tap.get_write_buffer_size() == 7  # everything else is the transport's
-    tap.hold()  # a head and the first chunk: one write, at release
+    tap.hold_head()  # a head and the first chunk: one write
     tap.write(b"HTTP/1.1 200 OK\r\n\r\n")
-    tap.write(b"3\r\nabc\r\n")
     assert len(t.out) == 3
-    tap.release()
-    tap.release()  # nothing held: nothing written
-    tap.write(b"1\r\nd\r\n")
+    tap.write(b"3\r\nabc\r\n")
+    tap.write(b"1\r\nd\r\n")  # then each write as it comes
     assert t.out[3:] == [b"HTTP/1.1 200 OK\r\n\r\n3\r\nabc\r\n", b"1\r\nd\r\n"]
+    tap.hold_head()  # a body that ends at once: the head goes with its end
+    tap.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    tap.write(b"0\r\n\r\n")
+    assert t.out[5:] == [b"HTTP/1.1 200 OK\r\n\r\n0\r\n\r\n"]
 
 
 @_sync
