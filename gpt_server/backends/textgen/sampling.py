@@ -30,7 +30,8 @@ class SamplerState:
     _counted: list[int] = field(default_factory=list)  # the tokens counted, each once
     _seen: np.ndarray | None = None  # prompt and generated tokens (repetition penalty)
     _seen_ids: list[int] = field(default_factory=list)  # the tokens seen, each once
-    _ids_cache: dict[str, np.ndarray] = field(default_factory=dict)
+    _counted_arr: np.ndarray | None = None  # ``_counted`` as an array, until a new token is counted
+    _seen_arr: np.ndarray | None = None  # ``_seen_ids`` as an array, until a new token is seen
     _bias_ids: np.ndarray | None = None
     _bias_vals: np.ndarray | None = None
 
@@ -52,18 +53,12 @@ class SamplerState:
         if self._counts is not None:
             if not self._counts[token]:
                 self._counted.append(token)
-                self._ids_cache.pop("counted", None)
+                self._counted_arr = None
             self._counts[token] += 1
         if self._seen is not None and not self._seen[token]:
             self._seen[token] = True
             self._seen_ids.append(token)
-            self._ids_cache.pop("seen", None)
-
-    def _ids(self, key: str, ids: list[int]) -> np.ndarray:
-        arr = self._ids_cache.get(key)
-        if arr is None:
-            arr = self._ids_cache[key] = np.asarray(ids, dtype=np.int64)
-        return arr
+            self._seen_arr = None
 
     @property
     def modifies(self) -> bool:
@@ -77,11 +72,15 @@ class SamplerState:
         if self._bias_ids is not None and self._bias_ids.size:
             logits[self._bias_ids] += self._bias_vals
         if self._seen is not None and self._seen_ids:
-            sel = self._ids("seen", self._seen_ids)
+            if self._seen_arr is None:
+                self._seen_arr = np.asarray(self._seen_ids, dtype=np.int64)
+            sel = self._seen_arr
             vals = logits[sel]
             logits[sel] = np.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
         if self._counts is not None and self._counted:
-            sel = self._ids("counted", self._counted)
+            if self._counted_arr is None:
+                self._counted_arr = np.asarray(self._counted, dtype=np.int64)
+            sel = self._counted_arr
             c = self._counts[sel]
             logits[sel] -= c * np.float32(p.frequency_penalty) + np.float32(p.presence_penalty)
         return logits
