@@ -42,6 +42,7 @@ from .speculative import (
     DraftGate,
     DraftModel,
     DraftRequest,
+    LogitRows,
     NgramIndex,
     common_prefix,
     put_token,
@@ -157,6 +158,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
         # n_parallel streams of n_ctx_seq cells: every slot (including the prefix it keeps for
         # reuse) is capped at n_ctx_seq, so a stream cannot run out
+        self._rows = LogitRows(self.ctx.ctx, self.n_vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
@@ -444,10 +446,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
     def _logits(self, row: int) -> np.ndarray:
         """A read-only view of ``row``'s logits in llama.cpp's buffer (valid until the next
         decode; ``sample_step`` copies them where it changes them)."""
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, row)
-        view = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))
-        view.flags.writeable = False
-        return view
+        return self._rows(row)
 
     def _drafts(self, decoding: list[_Slot], budget: int) -> dict[int, list[int]]:
         """Drafts per slot for the decoding sequences that may have them, ``budget`` tokens in all.

@@ -20,6 +20,7 @@ arithmetic, as for a small quantised model on a CPU or a full batch, each costs 
 from __future__ import annotations
 
 import bisect
+import ctypes
 import itertools
 import logging
 import statistics
@@ -31,7 +32,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "MAX_SEQ", "common_prefix", "put_token"]
+__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "LogitRows", "MAX_SEQ", "common_prefix", "put_token"]
 
 MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: most sequences (streams) a context takes
 
@@ -371,6 +372,7 @@ class DraftModel:
         cparams.n_threads_batch = n_threads
         cparams.no_perf = True
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
+        self._rows = LogitRows(self.ctx.ctx, self.n_vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
         self._kv: dict[int, list[int]] = {i: [] for i in range(n_parallel)}  # what each sequence's cache holds
@@ -458,8 +460,39 @@ class DraftModel:
         return True
 
     def _argmax(self, i: int) -> int:
-        ptr = llama_cpp.llama_get_logits_ith(self.ctx.ctx, i)
-        return int(np.argmax(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,))))
+        return int(np.argmax(self._rows(i)))
+
+
+# llama_get_logits_ith with the row's address as a plain int: llama-cpp-python's binding returns a
+# float pointer, and numpy's view of one (``np.ctypeslib.as_array``) costs a cast and a new
+# array type each call
+_LOGITS_ITH = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+    ctypes.cast(llama_cpp.llama_get_logits_ith, ctypes.c_void_p).value or 0
+)
+
+
+class LogitRows:
+    """Read-only numpy views of a context's output rows of logits (valid until its next
+    decode), one view kept per address: llama.cpp reuses its output buffer from step to step."""
+
+    _MAX_VIEWS = 512
+
+    def __init__(self, ctx: Any, n_vocab: int) -> None:
+        self._ctx = ctx
+        self._type = ctypes.c_float * n_vocab
+        self._views: dict[int, np.ndarray] = {}
+
+    def __call__(self, row: int) -> np.ndarray:
+        addr = _LOGITS_ITH(self._ctx, row)
+        if not addr:
+            raise RuntimeError(f"llama.cpp has no logits for output row {row}")
+        view = self._views.get(addr)
+        if view is None:
+            if len(self._views) >= self._MAX_VIEWS:  # the buffer moved (it grew): start again
+                self._views.clear()
+            view = self._views[addr] = np.frombuffer(memoryview(self._type.from_address(addr)), dtype=np.float32)
+            view.flags.writeable = False
+        return view
 
 
 def put_token(b: Any, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
