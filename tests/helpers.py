@@ -136,3 +136,26 @@ THINK_TEMPLATE = (
     "{% if enable_thinking is defined and not enable_thinking %}<think>\n\n</think>\n\n{% else %}<think>\n{% endif %}"
     "{% endif %}"
 )
+
+
+def fail_sampling(monkeypatch: Any, engine_module: Any, bad: Any, after: int = 2) -> list[str]:
+    """Make ``engine_module.sample_step`` raise for sequence ``bad`` once it has ``after`` tokens
+    (undone by ``monkeypatch``); the errors ``bad`` then reports, in a list that fills."""
+    errors: list[str] = []
+    sink = bad.sink
+
+    def record(ev: Any) -> None:
+        if ev.error is not None:
+            errors.append(ev.error)
+        sink(ev)
+
+    bad.sink = record
+    real = engine_module.sample_step
+
+    def failing(s: Any, *a: Any, **kw: Any) -> Any:
+        if s is bad and len(s.generated) >= after:
+            raise FloatingPointError("injected")
+        return real(s, *a, **kw)
+
+    monkeypatch.setattr(engine_module, "sample_step", failing)
+    return errors

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gpt_server.protocol.worker import SamplingParams
+from tests.helpers import fail_sampling
 
 PROMPTS = [
     "The capital of France is",
@@ -163,23 +164,8 @@ def test_a_sequence_whose_sampling_fails_ends_alone(engine: Any, monkeypatch: py
     engine.submit([solo])
     _wait([solo])
     bad, good = _seq(engine, 0, 24), _seq(engine, 1, 24)
-    errors: list[str] = []
-    sink = bad.sink
-
-    def record(ev: Any) -> None:
-        if ev.error is not None:
-            errors.append(ev.error)
-        sink(ev)
-
-    bad.sink = record
     real = engine_mod.sample_step
-
-    def failing(s: Any, *a: Any, **kw: Any) -> Any:
-        if s is bad and len(s.generated) >= 2:
-            raise FloatingPointError("injected")
-        return real(s, *a, **kw)
-
-    monkeypatch.setattr(engine_mod, "sample_step", failing)
+    errors = fail_sampling(monkeypatch, engine_mod, bad)
     engine.submit([bad, good])
     _wait([bad, good])
     assert errors == ["sampling failed (FloatingPointError)"] and len(bad.generated) == 2

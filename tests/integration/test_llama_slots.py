@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from gpt_server.protocol.worker import SamplingParams
+from tests.helpers import fail_sampling
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",
@@ -124,23 +125,8 @@ def test_a_sequence_whose_sampling_fails_ends_alone(engine: Any, monkeypatch: py
     import gpt_server.backends.llama_cpp.engine as engine_mod
 
     bad, good = _seq(engine, PROMPTS[0], 24), _seq(engine, PROMPTS[1], 24)
-    errors: list[str] = []
-    sink = bad.sink
-
-    def record(ev: Any) -> None:
-        if ev.error is not None:
-            errors.append(ev.error)
-        sink(ev)
-
-    bad.sink = record
     real = engine_mod.sample_step
-
-    def failing(s: Any, *a: Any, **kw: Any) -> Any:
-        if s is bad and len(s.generated) >= 2:
-            raise FloatingPointError("injected")
-        return real(s, *a, **kw)
-
-    monkeypatch.setattr(engine_mod, "sample_step", failing)
+    errors = fail_sampling(monkeypatch, engine_mod, bad)
     _reset(engine)
     _run(engine, bad, good)
     assert errors == ["sampling failed (FloatingPointError)"]
