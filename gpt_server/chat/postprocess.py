@@ -8,7 +8,7 @@ from ..protocol.worker import DeltaEvent, Event, FinishEvent, ToolCallDelta
 from .reasoning import StreamingReasoningExtractor, ThinkParser
 from .tool_parsers import StreamingToolExtractor, ToolParser
 
-__all__ = ["postprocess"]
+__all__ = ["passes_through", "postprocess"]
 
 
 class _Choice:
@@ -30,12 +30,17 @@ class _Choice:
         return DeltaEvent(index=index, text=content, logprobs=logprobs, reasoning=reasoning or None, tool_calls=calls or None)
 
 
+def passes_through(tool_parser: ToolParser | None, reasoning: ThinkParser | None) -> bool:
+    """``postprocess`` with these parsers passes every event on unchanged."""
+    return tool_parser is None and reasoning is None
+
+
 async def postprocess(
     events: AsyncIterator[Event], tool_parser: ToolParser | None, reasoning: ThinkParser | None, max_calls: int | None = None
 ) -> AsyncIterator[Event]:
     """Apply the reasoning parser, then the tool parser, to each choice's text; calls after
     ``max_calls`` are dropped (``parallel_tool_calls: false``)."""
-    if tool_parser is None and reasoning is None:
+    if passes_through(tool_parser, reasoning):
         async for ev in events:
             yield ev
         return

@@ -6,7 +6,7 @@ Handing each delta to the worker's event loop costs a wake-up, a queue and a pas
 stream's async generators per token, and on a small host that work runs beside the next decode.
 Where nothing between the engine and the connection changes the deltas (no tool or reasoning
 parser), the engine thread renders a delta itself and appends it to the stream's buffer; a
-writer thread sends the buffers (woken once a step, before the engine's next decode). Everything
+sender thread sends the buffers (woken once a step, before the engine's next decode). Everything
 else (the first event, finishes, errors, usage, keep-alives, the stream's end) keeps its path
 through the event loop, which writes the buffer first, and the two paths never overtake each
 other:

@@ -384,7 +384,7 @@ class _Writer:
     keep-alives when it is idle.
 
     Deltas may also come from the engine's thread (``protocol.deltas``): ``write_delta`` renders
-    one and appends it to ``pending``; ``kick`` has the writer thread (``_SendThread``) send it
+    one and appends it to ``pending``; ``kick`` has the sender thread (``_SendThread``) send it
     with one non-blocking send. Every write of the event loop's takes ``pending`` first, so
     nothing overtakes a delta taken before it; what a send leaves (the client reads slowly) stays
     in ``pending`` for the loop, which waits until the socket can take it."""
@@ -398,9 +398,9 @@ class _Writer:
         self.shape = h.shape
         self.loop = asyncio.get_running_loop()
         self.lock = asyncio.Lock()  # the event loop's writes, one at a time
-        self.tlock = threading.Lock()  # what follows, between the loop, the engine and the writer thread
+        self.tlock = threading.Lock()  # what follows, between the loop, the engine and the sender thread
         self.pending = b""  # deltas taken on the engine thread, not sent yet
-        self.queued = False  # the writer thread has this stream to send
+        self.queued = False  # the sender thread has this stream to send
         self.loop_writing = False  # a write of the loop's is under way (it sends ``pending`` after)
         self.closed = False  # the stream's end is written or being written: nothing more comes
         self.last = self.loop.time()
@@ -449,7 +449,7 @@ class _Writer:
             return True
 
     def kick(self) -> None:
-        """On the engine thread, once a step: the writer thread sends what was taken."""
+        """On the engine thread, once a step: the sender thread sends what was taken."""
         with self.tlock:
             if not self.pending or self.queued or self.loop_writing or self.closed:
                 return  # nothing to send, or a send that will take it is on its way
@@ -457,7 +457,7 @@ class _Writer:
         _send_thread().put(self)
 
     def send_pending(self) -> None:
-        """On the writer thread: one non-blocking send of ``pending``."""
+        """On the sender thread: one non-blocking send of ``pending``."""
         with self.tlock:
             self.queued = False
             if not self.pending or self.loop_writing or self.closed:
@@ -474,7 +474,7 @@ class _Writer:
             if self.pending:  # the client reads slowly: the loop waits until it can write the rest
                 self.loop.call_soon_threadsafe(self._flush)
             else:
-                self.last = time.monotonic()
+                self.last = self.loop.time()  # the loop's clock (read only: safe from this thread)
 
     def _flush(self) -> None:
         if self.pending and not self.closed:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from ...chat.images import inline_images
 from ...chat.media import MediaFetcher
-from ...chat.postprocess import postprocess
+from ...chat.postprocess import passes_through, postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
@@ -276,7 +276,7 @@ class HFBackend(Tokenizes, Backend):
             prompt_tokens=sum(len(t) for t in plan.prompts),
             echo=(lambda s: lm.tokens.detokenize(s.prompt)) if p.echo else None,
             per_prompt=p.n,
-            unchanged=plan.tool_parser is None and plan.reasoning is None,  # postprocess passes them on
+            unchanged=passes_through(plan.tool_parser, plan.reasoning),
         ):
 
             yield ev

@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ...chat.postprocess import postprocess
+from ...chat.postprocess import passes_through, postprocess
 from ...chat.reasoning import ThinkParser, detect_reasoning_parser, starts_in_reasoning
 from ...chat.structured import GrammarFactory
 from ...chat.templates import ChatTemplate
@@ -283,7 +283,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             prompt_tokens=sum(len(t) for t in prompts),
             echo=(lambda s: eng.detokenize(s.prompt)) if p.echo else None,
             per_prompt=p.n,
-            unchanged=plan.tool_parser is None and plan.reasoning is None,  # postprocess passes them on
+            unchanged=passes_through(plan.tool_parser, plan.reasoning),
         ):
 
             yield ev
