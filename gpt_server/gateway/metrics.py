@@ -52,8 +52,8 @@ class Metrics:
         try:
             async for batch in batches:
                 for ev in batch:
-                    if first and isinstance(ev, DeltaEvent):
-                        self.first_token(model, time.perf_counter() - start)
+                    if first and isinstance(ev, DeltaEvent):  # a whole answer's came ``held`` seconds before
+                        self.first_token(model, time.perf_counter() - start - (ev.held or 0.0))
                         first = False
                     elif isinstance(ev, UsageEvent):
                         self.tokens.labels(model, worker, "prompt").inc(ev.prompt_tokens)

@@ -272,12 +272,14 @@ class GenerationService:
     # ---- chat ---------------------------------------------------------------
     async def start_chat(
         self, req: ChatCompletionRequest, body_bytes: int = 0, id_prefix: str = "chatcmpl", affinity: str | None = None,
-        direct: bool = False,
+        direct: bool = False, whole: bool = False,
     ) -> ChatRun:
         """Resolve the model, convert and dispatch ``req``: the started generation.
         ``body_bytes``: the size of the request body (large ones are converted in a thread);
         ``affinity``: a key whose requests stay on one replica (a session, a response chain);
-        ``direct``: a stream the worker may write to the client (a hand-off, ``transport.direct``)."""
+        ``direct``: a stream the worker may write to the client (a hand-off, ``transport.direct``);
+        ``whole``: the run will be ``collect``ed, so the worker sends each choice whole at the
+        end (``GenerateRequest.whole``), not an event per token."""
         deadline = self.workers.deadline()  # one for dispatch, retries and the whole answer
         req.model = await self.workers.resolve(req.model, CHAT)
         rid = new_id(id_prefix)
@@ -285,6 +287,7 @@ class GenerationService:
             gen = await asyncio.to_thread(chat_to_generate, req, rid, self.grammar_limits)
         else:
             gen = chat_to_generate(req, rid, self.grammar_limits)
+        gen.whole = whole
         stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity, direct=direct)
         return ChatRun(self, stream, req.model, rid, req.n, deadline)
 
@@ -293,7 +296,7 @@ class GenerationService:
         ``client``: the client connection's transport where a worker on this host may write
         the stream to it (``transport.direct.client_transport``)."""
         direct = client is not None and req.stream and _pays_to_hand(req.max_completion_tokens or req.max_tokens)
-        run = await self.start_chat(req, body_bytes, direct=direct)
+        run = await self.start_chat(req, body_bytes, direct=direct, whole=not req.stream)
         stream, rid, deadline, created = run.stream, run.request_id, run.deadline, run.created
         if req.stream:
             shape = ChunkShape(
@@ -361,7 +364,7 @@ class GenerationService:
     # ---- completions ----------------------------------------------------------
     async def start_completion(
         self, req: CompletionRequest, body_bytes: int = 0, id_prefix: str = "cmpl", affinity: str | None = None,
-        direct: bool = False,
+        direct: bool = False, whole: bool = False,
     ) -> ChatRun:
         """As ``start_chat``, for a completion (the prompt as is, no chat template); the
         run's choices are prompts × n."""
@@ -372,12 +375,14 @@ class GenerationService:
             gen = await asyncio.to_thread(completion_to_generate, req, rid, self.grammar_limits)
         else:
             gen = completion_to_generate(req, rid, self.grammar_limits)
+        gen.whole = whole
         stream = await self.workers.open(req.model, gen, deadline=deadline, affinity=affinity, direct=direct)
         return ChatRun(self, stream, req.model, rid, len(gen.prompts or []) * req.n, deadline)
 
     async def completion(self, req: CompletionRequest, body_bytes: int = 0, client: Any = None) -> Response:
         """As ``chat``."""
-        run = await self.start_completion(req, body_bytes, direct=client is not None and req.stream and _pays_to_hand(req.max_tokens))
+        direct = client is not None and req.stream and _pays_to_hand(req.max_tokens)
+        run = await self.start_completion(req, body_bytes, direct=direct, whole=not req.stream)
         stream, rid, deadline, created, n_choices = run.stream, run.request_id, run.deadline, run.created, run.n
         if req.stream:
             shape = ChunkShape(

@@ -97,7 +97,7 @@ class EventStream(WorkerResponse):
         self.direct = direct
 
     async def batches(self) -> AsyncIterator[list[Event]]:
-        buf = b""
+        buf = bytearray()  # grown in place: a whole answer is one line of many reads
         try:
             async for chunk in self.response.content.iter_any():
                 buf += chunk

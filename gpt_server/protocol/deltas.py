@@ -20,18 +20,27 @@ other:
   is on its way through the event loop, so nothing it writes overtakes an earlier event.
   ``write`` returns False where the stream is ending: then the delta takes the event loop's
   path, as do all that follow it until the loop has written them.
+
+An answer wanted whole (``GenerateRequest.whole``: the client asked for no stream) uses the same
+hook with nothing to send: ``Answer.write`` keeps each delta on the engine thread, the events
+that do reach the event loop are added in their turn (``Answer.add``), and the worker sends
+each choice's text as one event at the end. The rule above keeps the two in order, since
+the engine takes a delta only when every event it posted has been added.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .worker import TokenLogprob
+from .worker import DeltaEvent
 
-__all__ = ["DELTA_WRITER", "DeltaWriter"]
+if TYPE_CHECKING:
+    from .worker import TokenLogprob, ToolCallDelta
+
+__all__ = ["DELTA_WRITER", "DeltaWriter", "Answer"]
 
 
 class DeltaWriter:
@@ -44,7 +53,7 @@ class DeltaWriter:
         # ``write``: the delta is taken for the connection, in order (True), or cannot be now
         # (False); ``kick``: send what was taken, called once a step (before the engine blocks)
         self.write: Callable[[int, str, list[TokenLogprob] | None], bool] | None = None  # (index, text, logprobs)
-        self.kick: Callable[[], None] | None = None
+        self.kick: Callable[[], None] | None = None  # None: nothing to send (``Answer``)
         self.posted = 0  # events the engine thread handed to the event loop (engine thread)
         self.taken = 0  # deltas ``write`` took (engine thread)
         self.drained = 0  # of those, how many the worker has written (event loop)
@@ -52,3 +61,70 @@ class DeltaWriter:
 
 # set by a worker around the start of a generation whose stream it may write itself
 DELTA_WRITER: ContextVar[DeltaWriter | None] = ContextVar("gpt_server_delta_writer", default=None)
+
+
+class _Choice:
+    __slots__ = ("calls", "logprobs", "reasoning", "text")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.reasoning: list[str] = []
+        self.calls: list[ToolCallDelta] = []
+
+
+class Answer:
+    """An answer sent whole: each choice's deltas, kept in order by the engine thread
+    (``write``, through the stream's ``DeltaWriter``) and by the event loop (``add``) in turn
+    (module docstring), sent as one ``DeltaEvent`` a choice (``events``)."""
+
+    __slots__ = ("choices", "first", "writer")
+
+    def __init__(self) -> None:
+        self.choices: dict[int, _Choice] = {}
+        self.first: float | None = None  # when the first delta came (``time.perf_counter``)
+        self.writer = DeltaWriter()
+
+    def take(self) -> None:
+        """From now on the engine thread keeps the deltas it may (the first comes through the
+        event loop: the worker answers its status line with it, as for any generation)."""
+        self.writer.write = self.write
+
+    def _choice(self, index: int) -> _Choice:
+        c = self.choices.get(index)
+        if c is None:
+            c = self.choices[index] = _Choice()
+        if self.first is None:
+            self.first = time.perf_counter()
+        return c
+
+    def write(self, index: int, text: str, logprobs: list[TokenLogprob] | None) -> bool:
+        """A delta taken on the engine thread."""
+        c = self._choice(index)
+        c.text.append(text)
+        if logprobs:
+            c.logprobs.extend(logprobs)
+        return True
+
+    def add(self, ev: DeltaEvent) -> None:
+        """A delta the event loop was handed."""
+        c = self._choice(ev.index)
+        c.text.append(ev.text)
+        if ev.logprobs:
+            c.logprobs.extend(ev.logprobs)
+        if ev.reasoning:
+            c.reasoning.append(ev.reasoning)
+        if ev.tool_calls:
+            c.calls.extend(ev.tool_calls)
+
+    def events(self) -> list[DeltaEvent]:
+        """One delta a choice that had any, by index; the engine thread takes no more."""
+        self.writer.write = None
+        held = 0.0 if self.first is None else time.perf_counter() - self.first
+        return [
+            DeltaEvent(
+                index=i, text="".join(c.text), logprobs=c.logprobs or None, reasoning="".join(c.reasoning) or None,
+                tool_calls=c.calls or None, held=held,
+            )
+            for i, c in sorted(self.choices.items())
+        ]

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -293,6 +293,9 @@ class GenerateRequest(_Strict):
     chat_template_kwargs: dict[str, Any] = {}
     tools: ToolSpec | None = None
     structured: StructuredSpec | None = None
+    # the caller wants the answer whole (not streamed): the worker sends each choice's deltas as
+    # one event at the end, not an event per token (``protocol.deltas.Answer``)
+    whole: bool = False
 
     @model_validator(mode="after")
     def _check_bounds(self) -> GenerateRequest:
@@ -330,6 +333,9 @@ class DeltaEvent(_Strict):
     logprobs: list[TokenLogprob] | None = None
     reasoning: str | None = None
     tool_calls: list[ToolCallDelta] | None = None
+    # a whole answer's deltas (``GenerateRequest.whole``): seconds from its first token to this
+    # event's sending, so the gateway can time the first token
+    held: float | None = None
 
 
 class FinishEvent(_Strict):

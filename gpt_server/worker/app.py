@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
 from ..procs import settle_heap
-from ..protocol.deltas import DELTA_WRITER, DeltaWriter
+from ..protocol.deltas import DELTA_WRITER, Answer, DeltaWriter
 from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
@@ -140,9 +140,11 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
 
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
-        token = stream_token(request.headers.get(DIRECT_HEADER)) if runtime.handoff is not None else None
-        # a stream this worker may write itself: its engine may write deltas on its own thread (protocol.deltas)
-        deltas = DeltaWriter() if token else None
+        token = stream_token(request.headers.get(DIRECT_HEADER)) if runtime.handoff is not None and not req.whole else None
+        # a stream this worker may write itself, or an answer sent whole: the engine may take
+        # deltas on its own thread (protocol.deltas)
+        answer = Answer() if req.whole else None
+        deltas = answer.writer if answer is not None else DeltaWriter() if token else None
         reset = DELTA_WRITER.set(deltas)
         try:
             gen = await Generation.start(runtime, req)
@@ -152,6 +154,14 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
             DELTA_WRITER.reset(reset)
 
         async def body() -> AsyncIterator[bytes]:
+            if answer is not None:  # the status line now, the answer in one write at its end
+                answer.take()
+                yield b""
+                try:
+                    yield b"".join(_line(ev) for ev in await gen.whole(answer))
+                finally:
+                    runtime.deltas_direct_total += answer.writer.taken
+                return
             async with contextlib.aclosing(gen.events()) as events:
                 if token and runtime.handoff is not None:  # the client's connection may come (transport.direct)
                     # the first event goes with the status line, as always (the gateway writes it,

@@ -7,11 +7,13 @@ its own request task: no serialisation, no second task and no queue per token.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..errors import BadRequestError, GatewayError, InternalError
-from ..protocol.worker import ErrorEvent, Event, GenerateRequest, UsageEvent
+from ..protocol.deltas import Answer
+from ..protocol.worker import DeltaEvent, ErrorEvent, Event, GenerateRequest, UsageEvent
 from .runtime import WorkerRuntime
 
 __all__ = ["Generation", "error_event"]
@@ -84,6 +86,18 @@ class Generation:
             yield error_event(InternalError(f"generation failed: {type(exc).__name__}"))
         finally:
             await self.aclose()
+
+    async def whole(self, answer: Answer) -> list[Event]:
+        """Every event, each choice's deltas as one (``answer``: the deltas the engine thread
+        kept, where it was given the answer's writer), then the finishes, usage or error."""
+        rest: list[Event] = []
+        async with contextlib.aclosing(self.events()) as events:
+            async for ev in events:
+                if isinstance(ev, DeltaEvent):
+                    answer.add(ev)
+                else:
+                    rest.append(ev)
+        return [*answer.events(), *rest]
 
     async def aclose(self) -> None:
         if self._closed:

@@ -184,7 +184,7 @@ class WorkerRuntime:
         self.inflight = 0
         self.requests_total = 0
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
-        self.deltas_direct_total = 0  # deltas of handed streams written on the engine's thread (protocol.deltas)
+        self.deltas_direct_total = 0  # deltas taken on the engine's thread: handed streams, whole answers (protocol.deltas)
         self.last_error: str | None = None
         # streams written to the client's connection (transport.direct): set by a worker process
         self.handoff: HandoffServer | None = None

@@ -5,6 +5,10 @@ where the gateway hands a stream's connection to its worker, and one with
 ``model_worker_args.direct_streams: false``, where the gateway relays every token. The
 openai SDK must see the same chunks from both, the connection must serve the client's next
 requests, and the endings (the deadline, a hang-up) must hold as they do when relayed.
+
+Answers asked for whole (no stream) reach the gateway in one event a choice at the end
+(``GenerateRequest.whole``), their deltas kept on the engine's thread: each must equal the same
+request streamed token by token and put together.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -240,3 +245,127 @@ def test_the_worker_socket_is_advertised_only_to_the_internal_plane(direct: Serv
     for path in ("/v1/models", "/health"):
         text = httpx.get(f"{direct.base_url}{path}", headers=direct.headers(), timeout=10).text
         assert "stream_socket" not in text and "handoff" not in text
+
+
+# ---- answers asked for whole ----------------------------------------------------------------
+
+
+def _metric_sum(server: Server, name: str) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", headers=server.headers(), timeout=10).text
+    m = re.search(rf'^{name}_sum\{{model="smollm2"\}} ([0-9.e+-]+)$', text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _put_together(chunks: list[Any]) -> dict[int, dict[str, Any]]:
+    """A chat stream's choices as whole messages: content, tool calls, logprobs, finish reason."""
+    out: dict[int, dict[str, Any]] = {}
+    for c in chunks:
+        for ch in c.choices:
+            o = out.setdefault(ch.index, {"content": "", "calls": {}, "logprobs": [], "finish": None})
+            o["content"] += ch.delta.content or ""
+            for tc in ch.delta.tool_calls or ():
+                call = o["calls"].setdefault(tc.index, {"id": None, "name": None, "arguments": ""})
+                call["id"] = tc.id or call["id"]
+                call["name"] = (tc.function.name if tc.function else None) or call["name"]
+                call["arguments"] += (tc.function.arguments if tc.function else None) or ""
+            if ch.logprobs and ch.logprobs.content:
+                o["logprobs"] += [lp.model_dump() for lp in ch.logprobs.content]
+            o["finish"] = ch.finish_reason or o["finish"]
+    return out
+
+
+def test_a_whole_answer_equals_the_stream_put_together(direct: Server, relayed: Server) -> None:
+    """n=2 with logprobs: one event a choice from the worker (most deltas kept on the engine
+    thread), the same text, logprobs, finish reasons and usage as the relayed stream's tokens."""
+    kw: dict[str, Any] = dict(model="smollm2", messages=MSG, max_tokens=40, temperature=0, n=2, logprobs=True, top_logprobs=2)
+    engine_before = _engine_written(direct)
+    whole = _client(direct).chat.completions.create(**kw)
+    streamed = list(_client(relayed).chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    want = _put_together(streamed)
+    assert len(whole.choices) == 2
+    for ch in whole.choices:
+        w = want[ch.index]
+        assert ch.message.content == w["content"] and w["content"]
+        assert ch.finish_reason == w["finish"]
+        assert ch.logprobs is not None and [lp.model_dump() for lp in ch.logprobs.content or ()] == w["logprobs"]
+    assert whole.usage is not None and streamed[-1].usage is not None
+    assert whole.usage.completion_tokens == streamed[-1].usage.completion_tokens
+    assert _engine_written(direct) - engine_before >= whole.usage.completion_tokens // 2
+
+
+def test_a_whole_completion_equals_the_stream_put_together(direct: Server, relayed: Server) -> None:
+    """Two prompts, logprobs with their text offsets."""
+    kw: dict[str, Any] = dict(model="smollm2", prompt=["The sky is", "Grass is"], max_tokens=24, temperature=0, logprobs=2)
+    whole = _client(direct).completions.create(**kw)
+    streamed = list(_client(relayed).completions.create(**kw, stream=True))
+    for ch in whole.choices:
+        parts = [c.choices[0] for c in streamed if c.choices[0].index == ch.index]
+        assert ch.text == "".join(p.text for p in parts) and ch.text
+        assert ch.logprobs is not None
+        assert ch.logprobs.tokens == [t for p in parts if p.logprobs for t in p.logprobs.tokens or ()]
+        assert ch.logprobs.text_offset == [o for p in parts if p.logprobs for o in p.logprobs.text_offset or ()]
+        assert ch.finish_reason == parts[-1].finish_reason
+
+
+def test_a_whole_answer_a_tool_parser_reads_equals_the_stream_put_together(direct: Server) -> None:
+    """Parsed deltas (tool calls) are gathered on the worker's loop, in order."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    kw: dict[str, Any] = dict(model="smollm2", messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=48, temperature=0, tools=tools)
+    for choice in ("required", "auto"):
+        whole = _client(direct).chat.completions.create(**kw, tool_choice=choice)
+        want = _put_together(list(_client(direct).chat.completions.create(**kw, tool_choice=choice, stream=True)))[0]
+        msg = whole.choices[0].message
+        assert (msg.content or "") == want["content"]
+        got_calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments} for c in msg.tool_calls or ()]
+        assert [{**c, "id": None} for c in got_calls] == [{**want["calls"][i], "id": None} for i in sorted(want["calls"])]
+        assert whole.choices[0].finish_reason == want["finish"]
+        if choice == "required":
+            assert got_calls and got_calls[0]["name"] == "get_weather"
+
+
+def test_a_whole_answers_first_token_is_timed_as_it_came(direct: Server) -> None:
+    """The gateway learns when a whole answer's first token came (``DeltaEvent.held``): its time
+    to first token is not the whole answer's time."""
+    ttft, e2e = _metric_sum(direct, "gpt_server_time_to_first_token_seconds"), _metric_sum(direct, "gpt_server_generation_seconds")
+    r = _client(direct).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a long essay."}], max_tokens=64, temperature=0,
+        logit_bias={"2": -100},  # no end-of-turn token: all 64 come
+    )
+    assert r.usage is not None and r.usage.completion_tokens == 64
+    d_ttft = _metric_sum(direct, "gpt_server_time_to_first_token_seconds") - ttft
+    d_e2e = _metric_sum(direct, "gpt_server_generation_seconds") - e2e
+    assert 0 < d_ttft < d_e2e / 2, (d_ttft, d_e2e)
+
+
+def test_the_deadline_ends_a_whole_answer_with_the_timeout_error(direct: Server) -> None:
+    body = {
+        "model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
+        "temperature": 1.0, "logit_bias": {"2": -100},
+    }
+    t0 = time.monotonic()
+    r = httpx.post(f"{direct.base_url}/v1/chat/completions", json=body, headers=direct.headers(), timeout=30)
+    assert r.status_code == 504 and r.json()["error"]["code"] == "timeout", r.text
+    assert time.monotonic() - t0 < TIMEOUT + 2
+    assert_workers_idle(direct)
+
+
+def test_a_hang_up_stops_a_whole_answers_generation(direct: Server) -> None:
+    """The worker sends nothing until the end, yet a client gone stops its engine at once."""
+    payload = json.dumps({
+        "model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
+        "temperature": 1.0, "logit_bias": {"2": -100},
+    }).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s:
+        s.sendall(head + payload)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the worker is generating
+            infos = [httpx.get(f"{w['address']}/worker/info", headers=direct.internal_headers()).json() for w in direct.workers()]
+            if sum(i["inflight"] for i in infos):
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)
+    assert_workers_idle(direct, within=2.0)

@@ -222,18 +222,18 @@ async def stream_sequences(
             write, kick = direct.write, direct.kick
             if (
                 write is not None
-                and kick is not None
                 and direct.posted == direct.drained
                 and ev.finish_reason is None
                 and ev.error is None
                 and write(ev.index, ev.text, ev.logprobs)
             ):
                 direct.taken += 1
-                kicks = _outbox.kicks
-                if kicks is None:
-                    kick()
-                elif kick not in kicks:
-                    kicks.append(kick)
+                if kick is not None:  # something to send
+                    kicks = _outbox.kicks
+                    if kicks is None:
+                        kick()
+                    elif kick not in kicks:
+                        kicks.append(kick)
                 return
             direct.posted += 1
         held = _outbox.held  # the engine thread's, when it holds events for one hand-over

@@ -83,7 +83,7 @@ def _message_id(run: ChatRun) -> str:
 @router.post("/v1/messages")
 async def create_message(body: MessagesRequest, request: Request) -> Response:
     chat_req = to_chat(body)
-    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="msg")
+    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="msg", whole=not body.stream)
     if body.stream:
         return run.streamed(run.translate(_MessageStream(run, body)), done=None, error_event=_stream_error, encode=named_frame)
     choices, usage = await run.collect()

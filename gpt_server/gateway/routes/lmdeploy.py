@@ -163,7 +163,9 @@ async def chat_interactive(body: InteractiveRequest, request: Request) -> Respon
     try:
         messages = (list(s.messages) if s else []) + interactive_messages(body)
         creq = _validate(ChatCompletionRequest, interactive_chat_body(body, body.model, messages))
-        run = await request.app.state.generation.start_chat(creq, body_bytes(request), id_prefix="interactive", affinity=s.affinity if s else None)
+        run = await request.app.state.generation.start_chat(
+            creq, body_bytes(request), id_prefix="interactive", affinity=s.affinity if s else None, whole=not body.stream
+        )
     except BaseException:
         if s is not None:
             store.abandon(s)
@@ -270,7 +272,7 @@ async def _lmdeploy_generate(body: LMDeployGenerateRequest, request: Request) ->
     """LMDeploy's ``/generate`` (see the module's notes)."""
     creq = _validate(CompletionRequest, generate_body(body, body.model))
     service = request.app.state.generation
-    run = await service.start_completion(creq, body_bytes(request), id_prefix="generate")
+    run = await service.start_completion(creq, body_bytes(request), id_prefix="generate", whole=not body.stream)
     tr = _GenerateStream(request, run.model)
     if body.stream:
         return run.streamed(_generate_events(run, tr))

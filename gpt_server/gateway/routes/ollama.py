@@ -220,7 +220,7 @@ async def chat(request: Request) -> Response:
         return FastJSONResponse({**_piece(req.model, True, ""), "done": True, "done_reason": "load"})
     creq = _validate(ChatCompletionRequest, chat_body(req, model))
     clock = _Clock()
-    run = await request.app.state.generation.start_chat(creq, body_bytes(request))
+    run = await request.app.state.generation.start_chat(creq, body_bytes(request), whole=not req.stream)
     return await _answer(request, run, req.model, True, req.stream, clock)
 
 
@@ -240,9 +240,9 @@ async def generate(request: Request) -> Response:
             raise BadRequestError("images need the model's template: not with raw")
         if req.format:
             raise BadRequestError("format is not supported with raw")
-        run = await gen.start_completion(_validate(CompletionRequest, generate_raw_body(req, model)), body_bytes(request))
+        run = await gen.start_completion(_validate(CompletionRequest, generate_raw_body(req, model)), body_bytes(request), whole=not req.stream)
     else:
-        run = await gen.start_chat(_validate(ChatCompletionRequest, generate_chat_body(req, model)), body_bytes(request))
+        run = await gen.start_chat(_validate(ChatCompletionRequest, generate_chat_body(req, model)), body_bytes(request), whole=not req.stream)
     return await _answer(request, run, req.model, False, req.stream, clock)
 
 

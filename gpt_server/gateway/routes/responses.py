@@ -171,7 +171,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     new_items = normalize_input(body)
     conversation = history + new_items
     chat_req = to_chat(body, conversation)
-    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="resp", affinity=chain)
+    run = await request.app.state.generation.start_chat(chat_req, body_bytes(request), id_prefix="resp", affinity=chain, whole=not body.stream)
     stored_input = _with_ids(new_items, _suffix(run))
     stored_history = history + stored_input
     if body.stream:

@@ -34,6 +34,6 @@ async def triton_generate(body: TritonGenerateRequest, request: Request) -> Resp
     except ValidationError as exc:
         message, param = validation_message(list(exc.errors()))
         raise BadRequestError(message, param=param) from None
-    run = await request.app.state.generation.start_chat(creq, body_bytes(request))
+    run = await request.app.state.generation.start_chat(creq, body_bytes(request), whole=True)
     choices, _ = await run.collect()
     return FastJSONResponse({"text": "".join(choices[0].text), "id": body.uuid or str(uuid.uuid4())})
