@@ -76,6 +76,9 @@ _DONE = b"data: [DONE]\n\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _KEEPALIVE = b": keep-alive\n\n"
 _STALE_AFTER = 30.0  # a hand-off nobody took (its request failed in between) is closed after this
+# a stream whose end (its deadline's error, a stop's) cannot be written this long, because the
+# client stopped reading, has its connection shut down: no write waits on a client for ever
+_CUT_GRACE = 2.0
 
 
 def _sse(obj: Any) -> bytes:
@@ -403,13 +406,16 @@ class _Writer:
         self.queued = False  # the sender thread has this stream to send
         self.loop_writing = False  # a write of the loop's is under way (it sends ``pending`` after)
         self.closed = False  # the stream's end is written or being written: nothing more comes
+        self.cut = False  # the connection was shut down: the client took nothing after the stream's end
         self.last = self.loop.time()
         self.ending: str | None = None
         self.main = main
         self.main_writing = False
+        self.main_cancelled = False  # ``_end`` cancelled ``main`` (any other cancel is the caller's)
         self._ping: asyncio.Task[None] | None = None
         self._deadline = self.loop.call_at(h.deadline, self._end, "timeout")
         self._tick = self.loop.call_later(h.keepalive, self._idle)
+        self._cutoff: asyncio.TimerHandle | None = None
         h.stopped.add_done_callback(self._stopped)
 
     async def send(self, data: bytes, last: bool = False, main: bool = True) -> None:
@@ -499,16 +505,34 @@ class _Writer:
             return
         with self.tlock:  # the engine thread takes nothing more
             self.ending = reason
+        self._cutoff = self.loop.call_later(_CUT_GRACE, self._cut)
         # a write of the stream's under way finishes, and the loop sees ``ending`` after it;
         # else stop waiting for the next event now
         if not self.main_writing and self.main is not None:
+            self.main_cancelled = True
             self.main.cancel()
+
+    def _cut(self) -> None:
+        """The stream's end was not written ``_CUT_GRACE`` after it came (a write waits on a
+        client that reads nothing): shut the connection down, so that write fails and the
+        stream ends."""
+        with self.tlock:
+            if self.cut or self.sock.fileno() < 0:
+                return
+            self.cut = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        log.info("a direct stream's client read nothing for %gs after its end: connection shut down", _CUT_GRACE)
 
     def close(self) -> None:
         with self.tlock:  # after this no thread but the loop's touches the socket
             self.closed = True
         self._deadline.cancel()
         self._tick.cancel()
+        if self._cutoff is not None:
+            self._cutoff.cancel()
         assert self.h.stopped is not None
         self.h.stopped.remove_done_callback(self._stopped)
 
@@ -582,7 +606,7 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWr
                 if w.ending is not None:
                     break
         except asyncio.CancelledError:
-            if w.ending is None or w.main is None or w.main.uncancel() > 0:
+            if not w.main_cancelled or w.main is None or w.main.uncancel() > 0:
                 raise
         if w.ending is not None:
             error = True
@@ -594,6 +618,10 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWr
         with w.tlock:  # the end goes last: nothing more from the engine thread
             w.closed = True
         await w.send(b"".join([*tail, _DONE]), last=True)
+    except OSError:
+        if not w.cut:
+            raise
+        error = True  # shut down: the client stopped reading (``_Writer._cut``)
     finally:
         if deltas is not None:
             deltas.write = deltas.kick = None

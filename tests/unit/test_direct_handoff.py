@@ -502,3 +502,34 @@ async def test_the_deadline_ends_a_stream_the_engine_thread_writes() -> None:
         assert isinstance(answer[-1], EndEvent) and answer[-1].error
     finally:
         pair.close()
+
+
+@_sync
+async def test_a_client_that_reads_nothing_is_cut_off_after_the_deadline() -> None:
+    """The client stops reading: once the send buffers are full every write waits on it. At the
+    deadline the stream's end cannot be written either, so after ``_CUT_GRACE`` the connection
+    is shut down, the stream ends and the client reads to the end of the connection."""
+    from gpt_server.transport import direct
+
+    pair = _Pair()
+    grace, direct._CUT_GRACE = direct._CUT_GRACE, 0.3
+    try:
+        pair.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = [DeltaEvent(index=0, text="x" * 65536) for _ in range(64)]  # far more than the buffers hold
+        assert pair.client.hand(pair.path, TOKEN, pair.theirs.fileno(), _shape(), timeout=0.4, limit=9.0, keepalive=15.0)
+        h = await pair.server.take(TOKEN, timeout=2)
+        t0 = time.monotonic()
+        try:
+            answer = await asyncio.wait_for(write_stream(h, _gen(big, then_block=True)), 5.0)
+        finally:
+            pair.server.finished(h)
+        assert 0.4 + 0.3 <= time.monotonic() - t0 < 3.0
+        assert isinstance(answer[-1], EndEvent) and answer[-1].error
+        pair.mine.settimeout(5.0)
+        got = 0
+        while data := pair.mine.recv(1 << 20):  # what was buffered, then the end of the connection
+            got += len(data)
+        assert 0 < got < 64 * 65536
+    finally:
+        direct._CUT_GRACE = grace
+        pair.close()
