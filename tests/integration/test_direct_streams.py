@@ -154,18 +154,23 @@ def _read_response(f: Any) -> tuple[bytes, bytes]:
         body += chunk[:-2]
 
 
+def _raw_chat(body: dict[str, Any], version: str = "1.1") -> bytes:
+    """A chat request as it goes on the wire."""
+    payload = json.dumps({"model": "smollm2", **body}).encode()
+    return (
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
 def test_the_body_ends_once_and_the_next_response_follows(direct: Server) -> None:
     """On the wire: [DONE] and the body's last chunk in one piece (the worker wrote both), no
     second last chunk from the gateway, then the next request's response on the same socket."""
-    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    ).encode()
+    request = _raw_chat({"messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True})
     before = _handed(direct)
     with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s, s.makefile("rb") as f:
         for _ in range(2):
-            s.sendall(head + payload)
+            s.sendall(request)
             status, body = _read_response(f)
             assert status.startswith(b"HTTP/1.1 200"), status
             assert body.endswith(b"data: [DONE]\n\n") and body.count(b"[DONE]") == 1
@@ -177,13 +182,8 @@ def test_the_body_ends_once_and_the_next_response_follows(direct: Server) -> Non
 def test_an_http10_client_is_relayed(direct: Server) -> None:
     """Only HTTP/1.1 connections are handed over (the worker writes chunked bodies)."""
     before = _handed(direct)
-    payload = json.dumps({"model": "smollm2", "messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    ).encode()
     with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s:
-        s.sendall(head + payload)
+        s.sendall(_raw_chat({"messages": MSG, "max_tokens": 32, "temperature": 0, "stream": True}, version="1.0"))
         data = b""
         while chunk := s.recv(65536):
             data += chunk
@@ -351,16 +351,12 @@ def test_the_deadline_ends_a_whole_answer_with_the_timeout_error(direct: Server)
 
 def test_a_hang_up_stops_a_whole_answers_generation(direct: Server) -> None:
     """The worker sends nothing until the end, yet a client gone stops its engine at once."""
-    payload = json.dumps({
-        "model": "smollm2", "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000,
-        "temperature": 1.0, "logit_bias": {"2": -100},
-    }).encode()
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer k1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
-    ).encode()
+    request = _raw_chat({
+        "messages": [{"role": "user", "content": "Write a very long essay."}], "max_tokens": 2000, "temperature": 1.0,
+        "logit_bias": {"2": -100},
+    })
     with socket.create_connection(("127.0.0.1", direct.port), timeout=30) as s:
-        s.sendall(head + payload)
+        s.sendall(request)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # the worker is generating
             infos = [httpx.get(f"{w['address']}/worker/info", headers=direct.internal_headers()).json() for w in direct.workers()]
