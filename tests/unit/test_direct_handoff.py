@@ -533,3 +533,52 @@ async def test_a_client_that_reads_nothing_is_cut_off_after_the_deadline() -> No
     finally:
         direct._CUT_GRACE = grace
         pair.close()
+
+
+@_sync
+async def test_a_whole_answer_keeps_the_order_of_both_paths() -> None:
+    """An answer sent whole (``protocol.deltas.Answer``): deltas kept on the engine thread and
+    deltas that went through the event loop (after one choice's finish, while the loop was
+    busy) come out in the engine's order, each choice as one event, then the finishes."""
+    from gpt_server.protocol.deltas import Answer
+    from gpt_server.worker.generation import Generation
+
+    loop = asyncio.get_running_loop()
+    k, n = 40, 400
+
+    def make(sink: Any, cancelled: threading.Event) -> list[Any]:
+        return [types.SimpleNamespace(index=0, sink=sink), types.SimpleNamespace(index=1, sink=sink)]
+
+    def engine(sink: Any) -> None:
+        hold_events()
+        for i in range(n):
+            if i < k:
+                sink(SeqEvent(index=0, text=f"a{i},"))
+            elif i == k:
+                loop.call_soon_threadsafe(time.sleep, 0.05)  # the loop is busy when the finish comes
+                sink(SeqEvent(index=0, finish_reason="stop", completion_tokens=k))
+            sink(SeqEvent(index=1, text=f"b{i},"))
+            release_events()
+            time.sleep(0.0005)
+        sink(SeqEvent(index=1, finish_reason="length", completion_tokens=n))
+        release_events()
+
+    def submit(seqs: list[Any]) -> None:
+        threading.Thread(target=engine, args=(seqs[0].sink,), daemon=True).start()
+
+    answer = Answer()
+    events = stream_sequences(make, submit, lambda: None, prompt_tokens=3, unchanged=True)
+    first = await _first(events, answer.writer)
+    runtime = types.SimpleNamespace(release=lambda: None, tokens_total=0, last_error=None)
+    answer.take()
+    out = await Generation(runtime, events, first).whole(answer)  # type: ignore[arg-type]
+    deltas = [ev for ev in out if isinstance(ev, DeltaEvent)]
+    assert [d.index for d in deltas] == [0, 1]
+    assert deltas[0].text == "".join(f"a{i}," for i in range(k))
+    assert deltas[1].text == "".join(f"b{i}," for i in range(n))
+    assert all(d.held is not None and d.held > 0 for d in deltas)
+    assert [(ev.index, ev.finish_reason) for ev in out if isinstance(ev, FinishEvent)] == [(0, "stop"), (1, "length")]
+    assert isinstance(out[-1], UsageEvent) and out[-1].completion_tokens == k + n
+    w = answer.writer
+    assert w.taken > n // 2 and w.posted > 10, (w.taken, w.posted)  # both paths carried deltas
+    assert w.write is None  # nothing more once the answer is out
