@@ -27,20 +27,28 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     key = rows[0]["rate_key"] if rows else "requests_per_s"
     unit = "tok/s" if key == "output_tokens_per_s" else "req/s"
     out = [
-        f"| mode | c | A {unit} | B {unit} | A÷B | A req/s | B req/s | A TTFT p50 | B TTFT p50 | ΔTTFT p50 | "
+        f"| mode | c | A {unit} | B {unit} | A÷B | rounds' A÷B: median, 95% CI of A÷B | A req/s | B req/s | A TTFT p50 | B TTFT p50 | ΔTTFT p50 | "
         "A TPOT p50 | B TPOT p50 | A E2E p50/p90/p99 | B E2E p50/p90/p99 | ΔE2E p50 | A goodput | err A/B |",
-        "|" + "---|" * 17,
+        "|" + "---|" * 18,
     ]
     for r in rows:
         a, b = r["A"], r["B"]
         e = lambda s: "/".join(_f(s["e2e_ms"][k]) for k in ("p50", "p90", "p99"))  # noqa: E731
         out.append(
-            f"| {r['mode']} | {r['concurrency']} | {_f(a[key])} | {_f(b[key])} | {_f(r['ratio'], 3)} | "
+            f"| {r['mode']} | {r['concurrency']} | {_f(a[key])} | {_f(b[key])} | {_f(r['ratio'], 3)} | {_rounds(r)} | "
             f"{_f(a['requests_per_s'])} | {_f(b['requests_per_s'])} | {_f(a['ttft_ms']['p50'], 2)} | {_f(b['ttft_ms']['p50'], 2)} | "
             f"{_f(r['delta_ttft_p50_ms'], 2)} | {_f(a['tpot_ms']['p50'], 2)} | {_f(b['tpot_ms']['p50'], 2)} | {e(a)} | {e(b)} | "
             f"{_f(r['delta_e2e_p50_ms'], 2)} | {_f(a['goodput_req_per_s'])} | {a['errors']}/{b['errors']} |"
         )
     return out
+
+
+def _rounds(row: dict[str, Any]) -> str:
+    r = row.get("rounds") or {}
+    if not r.get("n"):
+        return "–"
+    ci = r.get("ci95")
+    return f"{_f(r['median'], 3)}, {_f(ci[0], 3)}–{_f(ci[1], 3)} (n={r['n']})" if ci else f"{_f(r['median'], 3)} (n={r['n']})"
 
 
 def _rows(res: dict[str, Any], pair: str, mode: str | None = None) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import sys
 import time
 from contextlib import ExitStack
@@ -104,6 +105,7 @@ class Runner:
                         got[label].append(agent.round(spec))
                 sa, sb = self._merge(got["A"]), self._merge(got["B"])
                 rows.append(_row(mode, c, sa, sb, rate_key))
+                rows[-1]["rounds"] = _spread(got["A"], got["B"], rate_key)
                 print(_line(rows[-1], rate_key), flush=True)
         return rows
 
@@ -126,12 +128,38 @@ def _row(mode: str, c: int, sa: dict[str, Any], sb: dict[str, Any], rate_key: st
     }
 
 
+def _spread(a: list[dict[str, Any]], b: list[dict[str, Any]], rate_key: str, draws: int = 2000) -> dict[str, Any]:
+    """How far the run's ratio can be trusted: each round's A÷B (rounds run side by side, so the
+    host's drift between rounds cancels in each), and a 95% bootstrap interval of the run's ratio
+    (round pairs drawn with replacement, the ratio of the summed amounts over the summed walls)."""
+    def amount(r: dict[str, Any]) -> float:
+        ok = [s for s in r["samples"] if s["ok"]]
+        return float(sum(s["tokens"] for s in ok)) if rate_key == "output_tokens_per_s" else float(len(ok))
+
+    pairs = [(amount(x), x["wall"], amount(y), y["wall"]) for x, y in zip(a, b, strict=True)]
+    per = sorted(pa / wa / (pb / wb) for pa, wa, pb, wb in pairs if wa > 0 and wb > 0 and pb > 0)
+    if not per:
+        return {"n": 0}
+    rng = random.Random(0)
+    boot = []
+    for _ in range(draws):
+        pick = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        ta, wa, tb, wb = (sum(p[i] for p in pick) for i in range(4))
+        if tb > 0 and wa > 0:
+            boot.append(ta / wa / (tb / wb))
+    boot.sort()
+    q = lambda v, f: round(v[min(len(v) - 1, int(f * len(v)))], 4)  # noqa: E731
+    return {"n": len(per), "median": q(per, 0.5), "q25": q(per, 0.25), "q75": q(per, 0.75),
+            "ci95": [q(boot, 0.025), q(boot, 0.975)] if boot else None}
+
+
 def _line(row: dict[str, Any], rate_key: str) -> str:
     a, b = row["A"], row["B"]
     return (
         f"  {row['mode']:8s} c={row['concurrency']:<3d} {rate_key}: A={a[rate_key]:.1f} B={b[rate_key]:.1f} "
         f"ratio={row['ratio']}  ΔTTFT p50={row['delta_ttft_p50_ms']} ms  ΔE2E p50={row['delta_e2e_p50_ms']} ms"
         f"  errors A={a['errors']} B={b['errors']}"
+        + (f"  rounds: median {r['median']} [{r['q25']}–{r['q75']}], 95% CI {r['ci95']}" if (r := row.get("rounds", {})).get("n") else "")
     )
 
 

@@ -51,9 +51,11 @@ class DeltaWriter:
     def __init__(self) -> None:
         # set by the worker once it writes the stream itself, both called on the engine thread.
         # ``write``: the delta is taken for the connection, in order (True), or cannot be now
-        # (False); ``kick``: send what was taken, called once a step (before the engine blocks)
+        # (False); ``kick``: send what was taken, called once a step (before the engine blocks);
+        # ``kick(True)`` sends it from the calling thread (one non-blocking send), ``kick(False)``
+        # has another thread send it
         self.write: Callable[[int, str, list[TokenLogprob] | None], bool] | None = None  # (index, text, logprobs)
-        self.kick: Callable[[], None] | None = None  # None: nothing to send (``Answer``)
+        self.kick: Callable[[bool], None] | None = None  # None: nothing to send (``Answer``)
         self.posted = 0  # events the engine thread handed to the event loop (engine thread)
         self.taken = 0  # deltas ``write`` took (engine thread)
         self.drained = 0  # of those, how many the worker has written (event loop)

@@ -454,16 +454,20 @@ class _Writer:
                 self.pending += _frame(body)
             return True
 
-    def kick(self) -> None:
-        """On the engine thread, once a step: the sender thread sends what was taken."""
+    def kick(self, here: bool = False) -> None:
+        """On the engine thread, once a step: what was taken is sent, by the sender thread, or
+        with ``here`` on this thread (one non-blocking send, ``send_pending``)."""
         with self.tlock:
             if not self.pending or self.queued or self.loop_writing or self.closed:
                 return  # nothing to send, or a send that will take it is on its way
             self.queued = True
-        _send_thread().put(self)
+        if here:
+            self.send_pending()
+        else:
+            _send_thread().put(self)
 
     def send_pending(self) -> None:
-        """On the sender thread: one non-blocking send of ``pending``."""
+        """On the sender thread (or the engine's, ``kick``): one non-blocking send of ``pending``."""
         with self.tlock:
             self.queued = False
             if not self.pending or self.loop_writing or self.closed:

@@ -185,19 +185,15 @@ def test_stop_string_and_max_tokens_inside_an_accepted_run(engines: dict[str, An
 def _assert_greedy(eng: Any, s: Any) -> None:
     """Each generated token is the best (up to ``NEAR_TIE``) when prompt + answer are scored in one
     prefill on empty slots (the engine is idle; its lock keeps the thread asleep)."""
-    import llama_cpp
     import numpy as np
-
-    from gpt_server.backends.llama_cpp.speculative import put_token
 
     toks = s.prompt + s.generated[:-1]
     with eng._cond:
         _reset(eng)
         n = 0
         for i, t in enumerate(toks):
-            n = put_token(eng._batch, n, t, i, 0, i >= len(s.prompt) - 1)
-        eng._batch.n_tokens = n
-        assert llama_cpp.llama_decode(eng.ctx.ctx, eng._batch) == 0
+            n = eng._batch.put(n, t, i, 0, i >= len(s.prompt) - 1)
+        assert eng._batch.decode(eng.ctx.ctx, n) == 0
         for j, tok in enumerate(s.generated):
             logits = eng._logits(len(s.prompt) - 1 + j)
             assert logits[tok] >= logits.max() - NEAR_TIE, (j, tok, int(np.argmax(logits)))

@@ -411,10 +411,12 @@ async def test_connections_to_workers_that_exited_are_closed_when_another_opens(
 # ---- deltas written on the engine's thread (protocol.deltas) ---------------------------------------
 
 
-def _engine_stream(n: int, pace: float = 0.0, forever: bool = False) -> tuple[AsyncIterator[Event], dict[str, threading.Event]]:
+def _engine_stream(
+    n: int, pace: float = 0.0, forever: bool = False, send_here: bool = False
+) -> tuple[AsyncIterator[Event], dict[str, threading.Event]]:
     """A stream of ``n`` deltas ``<0>``, ``<1>`` … from a thread that acts as an engine: events
-    held and released every few tokens, as a real engine's step does. Returns the events and
-    the stream's cancelled flag (once it starts)."""
+    held and released every few tokens, as a real engine's step does (``send_here``: it sends
+    its deltas itself). Returns the events and the stream's cancelled flag (once it starts)."""
     flag: dict[str, threading.Event] = {}
 
     def make(sink: Any, cancelled: threading.Event) -> list[Any]:
@@ -422,7 +424,7 @@ def _engine_stream(n: int, pace: float = 0.0, forever: bool = False) -> tuple[As
         return [types.SimpleNamespace(index=0, sink=sink)]
 
     def engine(sink: Any) -> None:
-        hold_events()
+        hold_events(send_here)
         i = 0
         while (i < n or forever) and not flag["c"].is_set():
             sink(SeqEvent(index=0, text=f"<{i}>"))
@@ -450,17 +452,26 @@ async def _first(events: AsyncIterator[Event], deltas: DeltaWriter) -> Event:
         DELTA_WRITER.reset(reset)
 
 
-@_sync
-async def test_deltas_written_on_the_engine_thread_keep_their_order() -> None:
+def test_deltas_written_on_the_engine_thread_keep_their_order() -> None:
     """Deltas taken on the engine's thread, sent by the writer thread, partly left for the loop
     where the client reads slowly (a small send buffer), and the loop's own events (the first
     deltas, the finish) come out in the engine's order, each once."""
+    asyncio.run(_deltas_in_order(send_here=False))
+
+
+def test_deltas_the_engine_thread_sends_itself_keep_their_order() -> None:
+    """The same where the engine's thread sends its deltas itself (an engine whose compute threads
+    take every core, ``EngineThread.send_here``)."""
+    asyncio.run(_deltas_in_order(send_here=True))
+
+
+async def _deltas_in_order(send_here: bool) -> None:
     pair = _Pair()
     try:
         pair.theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         n = 1500
         deltas = DeltaWriter()
-        events, _ = _engine_stream(n, pace=0.001)
+        events, _ = _engine_stream(n, pace=0.001, send_here=send_here)
         first = await _first(events, deltas)  # it goes out through the gateway, before the hand-off
         assert isinstance(first, DeltaEvent) and first.text == "<0>"
         shape = _shape(include_usage=True)

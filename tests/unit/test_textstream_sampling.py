@@ -204,3 +204,43 @@ def test_sample_step_never_writes_into_the_logits_it_is_given() -> None:
     assert len(set(rows[0])) == 1 and rows[0][0] == int(np.argmax(base))  # greedy: the same token
     assert set(rows[3]) == {7}  # the bias
     assert len(set(rows[4])) == 6  # penalties: a token once chosen is pushed down
+
+
+def test_text_is_the_incremental_decoders_for_any_bytes_and_chunking() -> None:
+    """Whole characters are decoded without the incremental decoder; split characters, bytes that
+    are not UTF-8 and a character cut at the end still come out as the decoder (errors=replace) gives them."""
+    import codecs
+
+    parts = ["héllo ".encode(), "🌊".encode(), b"\xff", "ü".encode()[:1], b" ok ", b"\xed\xa0\x80", "日本".encode(), b"\xe6\x97"]
+    rng = random.Random(1)
+    for _ in range(300):
+        text = b"".join(rng.choice(parts) for _ in range(rng.randint(1, 10)))
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 8)))) if len(text) > 1 else []
+        pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        want = "".join(dec.decode(p) for p in pieces) + dec.decode(b"", final=True)
+        assert _run(pieces, []) == (want, False)
+        assert _run(pieces, ["\x00never"]) == (want, False)
+
+
+def test_greedy_short_path_picks_what_the_full_path_picks() -> None:
+    """A plain greedy sequence skips the sampler's steps; its tokens are those the full path gives."""
+    import types
+
+    from gpt_server.backends.textgen.sequences import sample_step
+
+    for kw in ({"temperature": 0.0}, {"temperature": 0.0, "logprobs": True}, {"temperature": 0.0, "logit_bias": {3: 1.0}}):
+        toks = []
+        for short in (True, False):
+            s = types.SimpleNamespace(
+                index=0, params=SamplingParams(**kw), max_tokens=100, sampler=None, text=TextStream([]), generated=[],
+                pending_lp=[], done=False, constraint=None, sink=lambda ev: None,
+            )
+            s.sampler = SamplerState(params=s.params, rng=np.random.default_rng(0), n_vocab=64)
+            assert s.sampler.plain_greedy == (kw == {"temperature": 0.0})
+            s.sampler.plain_greedy = s.sampler.plain_greedy and short
+            for i in range(20):
+                logits = np.random.default_rng(i).normal(size=64).astype(np.float32)
+                sample_step(s, logits, is_eos=lambda t: False, piece=lambda t: b"x", text_of=lambda t: ("x", [120]), context_full=False)
+            toks.append(s.generated)
+        assert toks[0] == toks[1], kw

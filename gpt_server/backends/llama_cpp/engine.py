@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -39,13 +40,13 @@ from . import SpeculativeOptions
 from .buffers import use_extra_buffers
 from .speculative import (
     MAX_SEQ,
+    Batch,
     DraftGate,
     DraftModel,
     DraftRequest,
     LogitRows,
     NgramIndex,
     common_prefix,
-    put_token,
 )
 
 __all__ = ["EngineOptions", "LlamaEngine", "Sequence"]
@@ -122,6 +123,14 @@ class _Slot:
     used: int = 0  # admission clock when a sequence last took the slot (LRU)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class LlamaEngine(EngineThread[Sequence, None]):
     """Owns the model, one context and the decode thread."""
 
@@ -134,6 +143,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
         super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp", nice=opts.nice)
+        # compute threads on every core the process may use: another thread woken to send a
+        # stream's deltas would take a core from one of them mid-step (the others then wait at
+        # the step's next barrier), so this thread sends them itself, just before each decode
+        self.send_here = opts.n_gpu_layers == 0 and (opts.n_threads or 1) >= usable_cpus()
         n_ctx_train = self.model.n_ctx_train()
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel
@@ -160,9 +173,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
         # reuse) is capped at n_ctx_seq, so a stream cannot run out
         self._rows = LogitRows(self.ctx.ctx, self.n_vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
-        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._batch = Batch(self.n_batch)
         self._slots = [_Slot(seq_id=i) for i in range(self.n_parallel)]
         self._pieces: dict[int, bytes] = {}
+        self._eog: dict[int, bool] = {}
         self._clock = 0
         self.spec = opts.speculative
         self.gate = DraftGate() if self.spec is not None else None
@@ -246,13 +260,14 @@ class LlamaEngine(EngineThread[Sequence, None]):
         return bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
 
     def is_eog(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        eog = self._eog.get(token)
+        if eog is None:
+            eog = self._eog[token] = bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+        return eog
 
     def close(self) -> None:
         self._stop_thread(timeout=10)
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch.free()
         if self.draft is not None:
             self.draft.close()
         self.ctx.close()
@@ -278,7 +293,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 st["host_us"] += round((time.perf_counter() - t0 - in_decode) * 1e6)
 
     def _busy(self) -> bool:
-        return any(s.seq is not None for s in self._slots)
+        for slot in self._slots:  # checked a few times a step: a plain loop, not a generator
+            if slot.seq is not None:
+                return True
+        return False
 
     def _admit(self) -> None:
         """Move waiting sequences into free slots, reusing the longest cached prefix.
@@ -342,28 +360,25 @@ class LlamaEngine(EngineThread[Sequence, None]):
             s = slot.seq
             assert s is not None
             verify.append((slot, n, drafts.get(slot.seq_id, [])))
-            n = put_token(b, n, s.next_token, s.n_past, slot.seq_id, True)
+            n = b.put(n, s.next_token, s.n_past, slot.seq_id, True)
             for j, tok in enumerate(verify[-1][2]):
-                n = put_token(b, n, tok, s.n_past + 1 + j, slot.seq_id, True)
+                n = b.put(n, tok, s.n_past + 1 + j, slot.seq_id, True)
         # 2) prompt chunks with the remaining budget
         for slot in self._slots:
             s = slot.seq
             if s is None or s.n_past >= len(s.prompt) or n >= self.n_batch:
                 continue
             take = min(len(s.prompt) - s.n_past, self.n_batch - n)
-            for j in range(take):
-                pos = s.n_past + j
-                last = pos == len(s.prompt) - 1
-                n = put_token(b, n, s.prompt[pos], pos, slot.seq_id, last)
-                if last:
-                    outputs.append((slot, n - 1))
+            last = s.n_past + take == len(s.prompt)
+            n = b.put_run(n, s.prompt[s.n_past : s.n_past + take], s.n_past, slot.seq_id, last)
+            if last:
+                outputs.append((slot, n - 1))
             prefill.append((slot, take))
         if n == 0:
             return None
-        b.n_tokens = n
         release_events()  # the event loops run while this thread is in llama_decode, off the GIL
         t0 = time.perf_counter()
-        rc = llama_cpp.llama_decode(self.ctx.ctx, b)
+        rc = b.decode(self.ctx.ctx, n)
         in_decode = time.perf_counter() - t0
         if rc != 0:
             msg = f"llama_decode failed with code {rc}"

@@ -32,7 +32,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp import _internals
 
-__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "LogitRows", "MAX_SEQ", "common_prefix", "put_token"]
+__all__ = ["NgramIndex", "DraftModel", "DraftGate", "DraftRequest", "LogitRows", "MAX_SEQ", "common_prefix", "Batch"]
 
 MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: most sequences (streams) a context takes
 
@@ -374,7 +374,7 @@ class DraftModel:
         self.ctx = _internals.LlamaContext(model=self.model, params=cparams, verbose=False)
         self._rows = LogitRows(self.ctx.ctx, self.n_vocab)
         self.memory = llama_cpp.llama_get_memory(self.ctx.ctx)
-        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+        self._batch = Batch(n_batch)
         self._kv: dict[int, list[int]] = {i: [] for i in range(n_parallel)}  # what each sequence's cache holds
         self._spare = n_parallel
 
@@ -389,9 +389,7 @@ class DraftModel:
         self._kv[a], self._kv[b] = self._kv[b], self._kv[a]
 
     def close(self) -> None:
-        if self._batch is not None:
-            llama_cpp.llama_batch_free(self._batch)
-            self._batch = None
+        self._batch.free()
         self.ctx.close()
         self.model.close()
 
@@ -418,11 +416,10 @@ class DraftModel:
                 if take <= 0:
                     break
                 kv = self._kv[sid]
-                for j in range(take):
-                    last = take == len(toks) and j == take - 1
-                    n = put_token(self._batch, n, toks[j], len(kv) + j, sid, last)
-                    if last:
-                        rows.append((sid, n - 1))
+                last = take == len(toks)
+                n = self._batch.put_run(n, toks[:take], len(kv), sid, last)
+                if last:
+                    rows.append((sid, n - 1))
                 kv.extend(toks[:take])
                 if take == len(toks):
                     del pending[sid]
@@ -438,7 +435,7 @@ class DraftModel:
             for sid, r in live.items():
                 if len(r.drafts) < r.k:
                     kv = self._kv[sid]
-                    n = put_token(self._batch, n, r.drafts[-1], len(kv), sid, True)
+                    n = self._batch.put(n, r.drafts[-1], len(kv), sid, True)
                     kv.append(r.drafts[-1])
                     rows.append((sid, n - 1))
             if not n or not self._decode(n, live):
@@ -447,8 +444,7 @@ class DraftModel:
                 live[sid].drafts.append(self._argmax(i))
 
     def _decode(self, n: int, live: dict[int, DraftRequest]) -> bool:
-        self._batch.n_tokens = n
-        rc = llama_cpp.llama_decode(self.ctx.ctx, self._batch)
+        rc = self._batch.decode(self.ctx.ctx, n)
         if rc != 0:  # drafting is optional: forget the caches, propose nothing more this step
             log.warning("draft model: llama_decode failed with code %d", rc)
             for sid in self._kv:
@@ -495,14 +491,50 @@ class LogitRows:
         return view
 
 
-def put_token(b: Any, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
-    """Row ``n`` of a ``llama_batch``: one token of one sequence; the next row's index."""
-    b.token[n] = token
-    b.pos[n] = pos
-    b.n_seq_id[n] = 1
-    b.seq_id[n][0] = seq_id
-    b.logits[n] = logits
-    return n + 1
+class Batch:
+    """A ``llama_batch`` of up to ``size`` rows, one sequence id each, written through numpy views of
+    its arrays: an item written through ctypes costs about three times as much, and a prompt chunk
+    is written with a few slice assignments instead of a loop over its tokens."""
+
+    def __init__(self, size: int) -> None:
+        b = self.raw = llama_cpp.llama_batch_init(size, 0, 1)
+        self.size = size
+        self.token = np.ctypeslib.as_array(b.token, shape=(size,))
+        self.pos = np.ctypeslib.as_array(b.pos, shape=(size,))
+        np.ctypeslib.as_array(b.n_seq_id, shape=(size,))[:] = 1  # every row is of one sequence
+        self.logits = np.ctypeslib.as_array(b.logits, shape=(size,))
+        self._seq = [b.seq_id[i] for i in range(size)]  # each row's array of one sequence id
+
+    def put(self, n: int, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Row ``n``: one token of one sequence; the next row's index."""
+        self.token[n] = token
+        self.pos[n] = pos
+        self._seq[n][0] = seq_id
+        self.logits[n] = logits
+        return n + 1
+
+    def put_run(self, n: int, tokens: list[int], pos: int, seq_id: int, last_logits: bool) -> int:
+        """Rows from ``n``: ``tokens`` of one sequence at positions from ``pos``, with logits for the
+        last one only if ``last_logits``; the next row's index."""
+        end = n + len(tokens)
+        self.token[n:end] = tokens
+        self.pos[n:end] = np.arange(pos, pos + len(tokens), dtype=np.int32)
+        for row in self._seq[n:end]:
+            row[0] = seq_id
+        self.logits[n:end] = 0
+        if last_logits and end > n:
+            self.logits[end - 1] = 1
+        return end
+
+    def decode(self, ctx: Any, n: int) -> int:
+        """``llama_decode`` of the first ``n`` rows; its return code."""
+        self.raw.n_tokens = n
+        return int(llama_cpp.llama_decode(ctx, self.raw))
+
+    def free(self) -> None:
+        if self.size:
+            llama_cpp.llama_batch_free(self.raw)
+            self.size = 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:

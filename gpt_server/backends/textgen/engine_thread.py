@@ -63,6 +63,9 @@ class EngineThread(Generic[S, A]):
         self._stop = False
         self._failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+        # this thread sends the deltas it writes for handed streams itself, between its steps
+        # (``sequences.hold_events``): set by an engine whose compute threads take every core
+        self.send_here = False
 
     # ---- what an engine implements (on the engine thread) ---------------------------
     def _busy(self) -> bool:
@@ -130,7 +133,7 @@ class EngineThread(Generic[S, A]):
 
     def _run(self) -> None:
         self._lower_priority()
-        hold_events()  # what a turn reports goes to the event loops together, before this thread blocks
+        hold_events(self.send_here)  # what a turn reports goes to the event loops together, before this thread blocks
         try:
             with self._loop_context():
                 while True:

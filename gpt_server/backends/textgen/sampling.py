@@ -34,6 +34,7 @@ class SamplerState:
     _seen_arr: np.ndarray | None = None  # ``_seen_ids`` as an array, until a new token is seen
     _bias_ids: np.ndarray | None = None
     _bias_vals: np.ndarray | None = None
+    plain_greedy: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         p = self.params
@@ -48,6 +49,8 @@ class SamplerState:
             items = [(k, v) for k, v in p.logit_bias.items() if 0 <= k < self.n_vocab]
             self._bias_ids = np.asarray([k for k, _ in items], dtype=np.int64)
             self._bias_vals = np.asarray([v for _, v in items], dtype=np.float32)
+        # the most likely token of the logits as they are: no bias, penalties or logprobs to work out
+        self.plain_greedy = p.temperature <= 0.0 and not self.modifies and not p.logprobs
 
     def accept(self, token: int) -> None:
         if self._counts is not None:

@@ -44,15 +44,18 @@ class _Outbox(threading.local):
     each goes to its event loop at once)."""
 
     held: list[tuple[asyncio.AbstractEventLoop, asyncio.Queue[Any], Any]] | None = None
-    kicks: list[Callable[[], None]] | None = None  # deltas written on this thread: their writers, to start
+    kicks: list[Callable[[bool], None]] | None = None  # deltas written on this thread: their writers, to start
+    send_here = False  # the writers send on this thread (``hold_events``)
 
 
 _outbox = _Outbox()
 
 
-def hold_events() -> None:
+def hold_events(send_here: bool = False) -> None:
     """On an engine thread: the events its sequences report from now on wait until
     ``release_events``, which hands them over together (one wake-up per event loop).
+    ``send_here``: the deltas this thread writes for its streams are sent from this thread, in
+    ``release_events``, not by the sender thread (``EngineThread.send_here``).
 
     Handing each event over at once wakes the event loop in the middle of the step's host work
     (sampling the other sequences, building the next batch). Every ctypes call there lets go of
@@ -61,6 +64,7 @@ def hold_events() -> None:
     an idle wait), the loop runs while the engine does not need the GIL."""
     _outbox.held = []
     _outbox.kicks = []
+    _outbox.send_here = send_here
 
 
 def release_events() -> None:
@@ -69,8 +73,9 @@ def release_events() -> None:
     kicks = _outbox.kicks
     if kicks:
         _outbox.kicks = []
+        here = _outbox.send_here
         for kick in kicks:
-            kick()
+            kick(here)
     held = _outbox.held
     if not held:
         return
@@ -165,22 +170,26 @@ def sample_step(
     ``context_full``: no room for another token after this one.
     """
     assert s.sampler is not None and s.text is not None
-    p = s.params
-    lp = log_softmax(logits) if p.logprobs else None
-    if s.sampler.modifies or s.constraint is not None or hook is not None:
-        logits = logits.copy()
-    processed = s.sampler.process(logits)
-    if s.constraint is not None:
-        s.constraint.mask(processed)
-    if hook is not None:
-        processed = hook(s.generated, processed)
-    tok = sample_token(processed, s.sampler)
-    s.sampler.accept(tok)
-    if s.constraint is not None and not s.constraint.accept(tok):
-        log.error("grammar rejected token %d", tok)
-    s.generated.append(tok)
-    if lp is not None:
-        s.pending_lp.append(token_logprob(tok, lp, p.top_logprobs, text_of))
+    if s.sampler.plain_greedy and s.constraint is None and hook is None:
+        tok = int(logits.argmax())  # what the full path below comes to, in fewer steps (one a token)
+        s.generated.append(tok)
+    else:
+        p = s.params
+        lp = log_softmax(logits) if p.logprobs else None
+        if s.sampler.modifies or s.constraint is not None or hook is not None:
+            logits = logits.copy()
+        processed = s.sampler.process(logits)
+        if s.constraint is not None:
+            s.constraint.mask(processed)
+        if hook is not None:
+            processed = hook(s.generated, processed)
+        tok = sample_token(processed, s.sampler)
+        s.sampler.accept(tok)
+        if s.constraint is not None and not s.constraint.accept(tok):
+            log.error("grammar rejected token %d", tok)
+        s.generated.append(tok)
+        if lp is not None:
+            s.pending_lp.append(token_logprob(tok, lp, p.top_logprobs, text_of))
     if is_eos(tok):
         emit(s, s.text.flush())
         return tok, "stop"
@@ -231,7 +240,7 @@ async def stream_sequences(
                 if kick is not None:  # something to send
                     kicks = _outbox.kicks
                     if kicks is None:
-                        kick()
+                        kick(False)
                     elif kick not in kicks:
                         kicks.append(kick)
                 return

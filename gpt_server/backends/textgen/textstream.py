@@ -20,6 +20,7 @@ class TextStream:
         self._stop = [s for s in stop if s]
         self._max_stop = max((len(s) for s in self._stop), default=0)
         self._pending = ""
+        self._partial = False  # the decoder holds the start of a character
         self.stopped = False
         self.text_len = 0
 
@@ -33,14 +34,24 @@ class TextStream:
                     break
         return best
 
+    def _decode(self, data: bytes) -> str:
+        if not self._partial:
+            try:  # whole characters, the common case: no incremental decoder needed
+                return data.decode()
+            except UnicodeDecodeError:
+                pass
+        text = self._decoder.decode(data)
+        self._partial = bool(self._decoder.getstate()[0])
+        return text
+
     def push(self, data: bytes) -> str:
         if self.stopped:
             return ""
-        self._pending += self._decoder.decode(data)
         if not self._stop:
-            out, self._pending = self._pending, ""
+            out = self._decode(data)
             self.text_len += len(out)
             return out
+        self._pending += self._decode(data)
         cut = -1
         for s in self._stop:
             i = self._pending.find(s)
