@@ -461,8 +461,9 @@ class DraftModel:
 
 # llama_get_logits_ith with the row's address as a plain int: llama-cpp-python's binding returns a
 # float pointer, and numpy's view of one (``np.ctypeslib.as_array``) costs a cast and a new
-# array type each call
-_LOGITS_ITH = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+# array type each call. Called holding the GIL (a lookup that never blocks): letting go of it
+# for so short a call could only hand it to another thread for the engine to wait on
+_LOGITS_ITH = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
     ctypes.cast(llama_cpp.llama_get_logits_ith, ctypes.c_void_p).value or 0
 )
 
