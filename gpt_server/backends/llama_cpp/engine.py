@@ -142,11 +142,14 @@ class LlamaEngine(EngineThread[Sequence, None]):
         mparams.use_extra_bufts = use_extra_buffers(opts.repack)
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
-        super().__init__(n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp", nice=opts.nice)
+        threads = opts.n_threads or 1
         # compute threads on every core the process may use: another thread woken to send a
         # stream's deltas would take a core from one of them mid-step (the others then wait at
         # the step's next barrier), so this thread sends them itself, just before each decode
-        self.send_here = opts.n_gpu_layers == 0 and (opts.n_threads or 1) >= usable_cpus()
+        super().__init__(
+            n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp", nice=opts.nice,
+            send_here=opts.n_gpu_layers == 0 and threads >= usable_cpus(),
+        )
         n_ctx_train = self.model.n_ctx_train()
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel
@@ -164,7 +167,6 @@ class LlamaEngine(EngineThread[Sequence, None]):
         # reads each sequence's own cells only, not every slot's cached prompts, and a
         # sequence's logits do not depend on what the other slots hold
         cparams.kv_unified = False
-        threads = opts.n_threads or 1
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True

@@ -51,10 +51,12 @@ class EngineThread(Generic[S, A]):
     Call ``_start_thread()`` at the end of the subclass's ``__init__``.
     """
 
-    def __init__(self, *, n_vocab: int, thread_name: str, label: str, nice: int = 0) -> None:
+    def __init__(self, *, n_vocab: int, thread_name: str, label: str, nice: int = 0, send_here: bool = False) -> None:
         """``nice``: how many nice steps the engine thread runs below the rest of its process
         (Linux; the compute threads it starts, e.g. OpenMP's, inherit it), so that the event
-        loops around it get a core as soon as they wake."""
+        loops around it get a core as soon as they wake. ``send_here``: this thread sends the
+        deltas it writes for handed streams itself, between its steps (``sequences.hold_events``),
+        for an engine whose compute threads take every core."""
         self.n_vocab = n_vocab
         self._label = label
         self._nice = nice
@@ -63,9 +65,7 @@ class EngineThread(Generic[S, A]):
         self._stop = False
         self._failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
-        # this thread sends the deltas it writes for handed streams itself, between its steps
-        # (``sequences.hold_events``): set by an engine whose compute threads take every core
-        self.send_here = False
+        self.send_here = send_here
 
     # ---- what an engine implements (on the engine thread) ---------------------------
     def _busy(self) -> bool:
