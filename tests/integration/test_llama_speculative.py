@@ -295,6 +295,8 @@ def test_server_output_identical_and_counted(server: Server) -> None:
     assert p["step_steps"] >= plain.usage.completion_tokens - 1, p
     assert p["step_tokens"] >= p["step_steps"] + plain.usage.prompt_tokens - 1, p
     assert 0 < p["step_host_us"] < p["step_decode_us"], p
+    # by default on the CPU the weights (94 MiB) are read into memory backed by huge pages
+    assert p["hugepages_mib"] >= 94 and stats["spec"]["hugepages_mib"] >= 94, p
     # with drafts, fewer steps than tokens: each step verified several
     assert stats["spec"]["step_steps"] < 2 * spec.usage.completion_tokens
 

@@ -65,6 +65,12 @@ class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOption
         description="llama.cpp's extra weight buffers (repacked layouts, AMX; its --no-repack turns them off); "
         "default: on, off on CPUs with AMX, whose AMX path crashes on some hosts (llama.cpp#20824)",
     )
+    hugepages: bool | None = Field(
+        None,
+        description="read the weights into memory backed by 2 MiB transparent huge pages instead of mapping the "
+        "GGUF file (Linux, THP not 'never'): decode steps on the CPU about 3 % shorter; the weights are then the "
+        "process's own, not shared through the page cache; default: on when the model runs on the CPU",
+    )
     compute_nice: int | None = Field(
         None,
         ge=0,

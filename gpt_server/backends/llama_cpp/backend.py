@@ -106,6 +106,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             n_gpu_layers=n_gpu_layers,
             speculative=spec,
             repack=mc.repack,
+            hugepages=mc.hugepages if mc.hugepages is not None else n_gpu_layers == 0,
             nice=mc.compute_nice if mc.compute_nice is not None else (0 if n_gpu_layers else DEFAULT_COMPUTE_NICE),
         )
 
@@ -141,7 +142,8 @@ class LlamaCppBackend(Tokenizes, Backend):
         ``gate_chosen``: expected to pay best, ``gate_explored``: keeping its figures current). The
         decode loop: ``step_steps`` decode steps, ``step_tokens`` batch tokens they decoded,
         ``step_decode_us`` microseconds inside llama_decode and ``step_host_us`` on the engine
-        thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through."""
+        thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through.
+        ``hugepages_mib``: how much of the engine's memory was put in huge pages at load (hugepages.py)."""
         eng = self.engine
         if eng is None:
             return {}
@@ -150,6 +152,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             **{f"spec_{k}": v for k, v in eng.spec_stats.items()},
             **{f"gate_{k}": v for k, v in gate.items()},
             **{f"step_{k}": v for k, v in eng.step_stats.items()},
+            "hugepages_mib": eng.hugepages_bytes >> 20,
         }
 
     # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----

@@ -36,7 +36,7 @@ from ..textgen.engine_thread import EngineThread
 from ..textgen.sampling import SamplerState
 from ..textgen.sequences import SeqEvent, finish, release_events, sample_step
 from ..textgen.textstream import TextStream
-from . import SpeculativeOptions
+from . import SpeculativeOptions, hugepages
 from .buffers import use_extra_buffers
 from .speculative import (
     MAX_SEQ,
@@ -85,6 +85,7 @@ class EngineOptions:
     speculative: SpeculativeOptions | None = None
     repack: bool | None = None  # llama.cpp's extra weight buffers (buffers.py; default: off on AMX CPUs)
     nice: int = 0  # nice steps of the engine thread and ggml's threads below the process (EngineThread)
+    hugepages: bool = False  # weights read into memory backed by 2 MiB pages (hugepages.py), where the OS allows
 
 
 @dataclass
@@ -140,6 +141,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = opts.n_gpu_layers
         mparams.use_extra_bufts = use_extra_buffers(opts.repack)
+        # with huge pages the weights are read into this process's memory, not mapped from the file
+        before = hugepages.anon_mappings() if opts.hugepages and hugepages.available() else None
+        if before is not None:
+            mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
         self.model = _internals.LlamaModel(path_model=opts.model_path, params=mparams, verbose=False)
         self.vocab = self.model.vocab
         threads = opts.n_threads or 1
@@ -188,6 +193,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             self.draft = DraftModel(
                 self.spec.draft_model, n_parallel=self.n_parallel, n_ctx_seq=self.n_ctx_seq, n_batch=self.n_batch,
                 n_threads=threads, n_gpu_layers=self.spec.draft_n_gpu_layers, extra_buffers=mparams.use_extra_bufts,
+                load_mode=mparams.load_mode,
             )
             if self.draft.n_vocab != self.n_vocab:
                 n = self.draft.n_vocab
@@ -203,6 +209,10 @@ class LlamaEngine(EngineThread[Sequence, None]):
         # handing the events over), which llama.cpp's own threads wait through
         # (and ``swaps``: two slots' streams exchanged to keep the slots in use adjacent)
         self.step_stats = {"steps": 0, "tokens": 0, "decode_us": 0, "host_us": 0, "swaps": 0}
+        # the memory the model, its context (and a draft model) took: in 2 MiB pages from here on
+        self.hugepages_bytes = hugepages.collapse_new(before) if before is not None else 0
+        if before is not None:
+            log.info("llama.cpp engine: %d MiB of its memory in huge pages", self.hugepages_bytes >> 20)
         self._start_thread()
 
     # ---- tokens -------------------------------------------------------------

@@ -351,11 +351,14 @@ class DraftModel:
     """A small model proposing drafts greedily, one KV sequence per engine slot."""
 
     def __init__(
-        self, path: str, *, n_parallel: int, n_ctx_seq: int, n_batch: int, n_threads: int, n_gpu_layers: int, extra_buffers: bool = True
+        self, path: str, *, n_parallel: int, n_ctx_seq: int, n_batch: int, n_threads: int, n_gpu_layers: int, extra_buffers: bool = True,
+        load_mode: int | None = None,
     ) -> None:
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
         mparams.use_extra_bufts = extra_buffers  # as the target's (buffers.py)
+        if load_mode is not None:  # as the target's (read into memory for huge pages, hugepages.py)
+            mparams.load_mode = load_mode
         self.model = _internals.LlamaModel(path_model=path, params=mparams, verbose=False)
         self.n_vocab = self.model.n_vocab()
         self.n_ctx_seq = min(n_ctx_seq, self.model.n_ctx_train())
