@@ -24,13 +24,16 @@ __all__ = ["DirectLlama", "DirectST"]
 
 
 class DirectLlama:
-    """gpt_server's LlamaEngine called directly (same GGUF, n_parallel and threads as the worker)."""
+    """gpt_server's LlamaEngine called directly (same GGUF, n_parallel and threads as the worker,
+    and as its default on the CPU, the weights in huge pages)."""
 
     def __init__(self, model_path: str, n_parallel: int, n_threads: int, n_ctx: int = 2048) -> None:
         from gpt_server.backends.llama_cpp.engine import EngineOptions, LlamaEngine
         from gpt_server.chat.templates import ChatTemplate
 
-        self.engine = LlamaEngine(EngineOptions(model_path=model_path, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=n_threads))
+        self.engine = LlamaEngine(
+            EngineOptions(model_path=model_path, n_ctx=n_ctx, n_parallel=n_parallel, n_threads=n_threads, hugepages=True)
+        )
         meta = self.engine.metadata()
 
         def special(key: str) -> str:
