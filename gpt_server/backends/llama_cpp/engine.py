@@ -210,8 +210,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
         # (and ``swaps``: two slots' streams exchanged to keep the slots in use adjacent)
         self.step_stats = {"steps": 0, "tokens": 0, "decode_us": 0, "host_us": 0, "swaps": 0}
         # the memory the model, its context (and a draft model) took: in 2 MiB pages from here on
-        self.hugepages_bytes = hugepages.collapse_new(before) if before is not None else 0
+        self.hugepages_bytes = 0
         if before is not None:
+            self.hugepages_bytes = hugepages.collapse_new(before)
             log.info("llama.cpp engine: %d MiB of its memory in huge pages", self.hugepages_bytes >> 20)
         self._start_thread()
 

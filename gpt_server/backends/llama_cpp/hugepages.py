@@ -24,13 +24,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import logging
+import mmap
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = ["available", "anon_mappings", "collapse", "collapse_new"]
 
-log = logging.getLogger(__name__)
 
 HUGE = 2 << 20  # 2 MiB, the x86-64 and arm64 (4 KiB base pages) PMD size
 _PAGE = 4096
@@ -55,16 +55,12 @@ def _libc() -> ctypes.CDLL | None:
 @functools.cache
 def available() -> bool:
     """Linux with transparent huge pages not set to ``never`` (and 4 KiB base pages)."""
-    if not sys.platform.startswith("linux") or _libc() is None:
+    if not sys.platform.startswith("linux") or mmap.PAGESIZE != _PAGE or _libc() is None:
         return False
     try:
-        mode = _THP.read_text()
-        import resource
-
-        page = resource.getpagesize()
+        return "[never]" not in _THP.read_text()
     except OSError:
         return False
-    return "[never]" not in mode and page == _PAGE
 
 
 def anon_mappings() -> frozenset[tuple[int, int]]:
@@ -84,7 +80,7 @@ def anon_mappings() -> frozenset[tuple[int, int]]:
     return frozenset(out)
 
 
-def collapse(regions: frozenset[tuple[int, int]] | set[tuple[int, int]], min_resident: float = 0.5) -> int:
+def collapse(regions: Iterable[tuple[int, int]], min_resident: float = 0.5) -> int:
     """Mark ``regions`` for huge pages and collapse their 2 MiB ranges that are at least
     ``min_resident`` in memory into huge pages; the bytes collapsed."""
     lib = _libc()
