@@ -231,6 +231,11 @@ class ModelWorkerArgs(_Section):
         description="a gateway on the worker's host hands it the client's connection, and the worker writes a chat or "
         "completion stream's chunks to it (plain HTTP/1.1 clients; no relay per token); false = every stream is relayed",
     )
+    invoke_socket: bool = Field(
+        True,
+        description="a gateway on the worker's host sends it embeddings, rerank, moderation and other JSON calls over "
+        "a Unix socket (private to this user, behind the internal secret) instead of HTTP; false = always HTTP",
+    )
     log_level: Literal["debug", "info", "warning", "error", "critical"] | None = Field(
         None, description="log level of the worker processes (default: serve's own; $GPT_SERVER_LOG_LEVEL wins)"
     )

@@ -230,7 +230,7 @@ class Registry:
         rec.dispatched_total += 1
         return DispatchReply(
             worker_id=rec.worker_id, address=rec.info.address, model_name=rec.info.model_name, fingerprint=rec.info.fingerprint,
-            stream_socket=rec.info.stream_socket,
+            stream_socket=rec.info.stream_socket, invoke_socket=rec.info.invoke_socket,
         )
 
     def knows(self, model: str) -> bool:

@@ -8,7 +8,6 @@ an event stream ends with an error event (``SSEResponse``), never as if it were 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -46,20 +45,7 @@ async def resolve_model(request: Request, model: str, capability: Capability) ->
 async def call_json(request: Request, model: str, capability: Capability, payload: BaseModel) -> dict[str, Any]:
     """Invoke ``capability`` on a worker serving ``model``; its JSON result, all of it
     within the request timeout (dispatch, retries and the answer)."""
-    workers = _workers(request)
-    deadline = workers.deadline()
-    resp = await workers.invoke(model, capability, payload, new_id("req"), deadline=deadline)
-    try:
-        async with asyncio.timeout_at(deadline):
-            raw = await resp.read()
-    except TimeoutError as exc:
-        if asyncio.get_running_loop().time() >= deadline:
-            raise workers.timed_out() from None
-        raise UpstreamError("the model worker stopped responding") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamError("the model worker stopped responding") from exc
-    finally:
-        resp.close()
+    raw = await _workers(request).invoke_json(model, capability, payload, new_id("req"))
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -24,7 +24,13 @@ import orjson
 from pydantic import BaseModel, ValidationError
 
 from ..controller.client import ControllerClient
-from ..errors import GatewayError, ServiceUnavailableError, TimeoutError_, error_from_body
+from ..errors import (
+    GatewayError,
+    ServiceUnavailableError,
+    TimeoutError_,
+    UpstreamError,
+    error_from_body,
+)
 from ..protocol.kinds import Capability
 from ..protocol.worker import (
     EVENT_ADAPTER,
@@ -37,6 +43,7 @@ from ..protocol.worker import (
 )
 from ..transport.direct import DIRECT_HEADER, HandoffClient, is_loopback_address
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
+from ..transport.lane import LaneClient, LaneUnavailable
 from .history import History
 
 __all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
@@ -201,6 +208,7 @@ class WorkerClient:
         self._event_timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=None)
         self._session: aiohttp.ClientSession | None = None
         self.handoff = HandoffClient()  # streams handed to workers on this host (transport.direct)
+        self.lane = LaneClient(secret)  # JSON calls to workers on this host (transport.lane)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -214,6 +222,7 @@ class WorkerClient:
 
     async def aclose(self) -> None:
         self.handoff.close()
+        self.lane.close()
         if self._session is not None:
             await self._session.close()
 
@@ -288,6 +297,51 @@ class WorkerClient:
         resp, target = await self._within(deadline, self._send(model, capability, lambda t: self._post(t, "/worker/invoke", body)))
         return WorkerResponse(resp, self._releaser(target, sent))
 
+    async def invoke_json(
+        self, model: str, capability: Capability, payload: BaseModel, request_id: str, *, deadline: float | None = None
+    ) -> bytes:
+        """Call a capability whose result is JSON; the result's bytes, all of it before
+        ``deadline`` (dispatch, retries and the answer). A worker on this host with an invoke
+        socket is called over it (``transport.lane``), any other over HTTP."""
+        body = invoke_body(request_id, model, capability, payload)
+        deadline = self.deadline() if deadline is None else deadline
+
+        async def call(target: DispatchReply) -> bytes | _Response:
+            path = target.invoke_socket
+            if path and self.lane.usable(path) and is_loopback_address(target.address):
+                try:
+                    status, answer = await self.lane.call(path, body)
+                except LaneUnavailable:
+                    pass  # not reachable from here: over HTTP (``usable`` says no for a while)
+                else:
+                    if status == 200:
+                        return answer
+                    try:
+                        error = orjson.loads(answer)
+                    except ValueError:
+                        error = None
+                    raise error_from_body(status, error)
+            return await self._post(target, "/worker/invoke", body)
+
+        sent = time.perf_counter()
+        result, target = await self._within(deadline, self._send(model, capability, call))
+        release = self._releaser(target, sent)
+        if isinstance(result, bytes):
+            release()
+            return result
+        resp = WorkerResponse(result, release)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await resp.read()
+        except TimeoutError as exc:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise self.timed_out() from None
+            raise UpstreamError("the model worker stopped responding") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("the model worker stopped responding") from exc
+        finally:
+            resp.close()
+
     def _releaser(self, target: DispatchReply, sent: float) -> Callable[[], None]:
         """What closing a worker's answer does (once): the dispatcher and the history hear of it."""
         history = self.history
@@ -352,7 +406,7 @@ class WorkerClient:
                 self.history.begin(target.model_name)  # open from now on: ``end`` or ``abort`` follows
             try:
                 return await call(target), target
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            except (TimeoutError, aiohttp.ClientConnectionError, ConnectionError) as exc:
                 self._failed(target)
                 log.warning("worker %s unreachable (%s); trying another replica", target.worker_id, type(exc).__name__)
                 await self.controller.report_failure(target.worker_id)

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 6
+PROTOCOL_VERSION = 7
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 
@@ -125,6 +125,11 @@ class WorkerInfo(_Strict):
         description="the worker's hand-off socket (a path on its host): a gateway on that host may give it "
         "a client's connection to write a stream to (transport.direct)",
     )
+    invoke_socket: str = Field(
+        "", max_length=256, pattern=r"^(/[^\x00]*)?$",
+        description="the worker's invoke socket (a path on its host): a gateway on that host sends it "
+        "embeddings, rerank and other JSON calls there instead of over HTTP (transport.lane)",
+    )
 
 
 class WorkerView(WorkerInfo):
@@ -181,6 +186,7 @@ class DispatchReply(_Strict):
     model_name: str
     fingerprint: str = ""
     stream_socket: str = ""
+    invoke_socket: str = ""
 
 
 class ModelEntryInfo(_Strict):

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,7 +42,7 @@ from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_re
 from .generation import Generation
 from .runtime import WorkerRuntime
 
-__all__ = ["build_worker_app", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = ["build_worker_app", "lane_handler", "lane_secret_check", "run_invoke", "DEFAULT_MAX_BODY_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,68 @@ def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple
         return cap, cap.parse(req.payload)
     except ValidationError as exc:
         raise _bad_request(exc) from None
+
+
+async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable[[], None]]:
+    """An invoke body run on the backend: its result, and what releases the worker's slot
+    (call it once, when the result has been sent). Errors raise ``GatewayError``."""
+    served = runtime.backend.capabilities
+    if len(body) > _PARSE_OFF_LOOP_BYTES:
+        cap, payload = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
+    else:
+        cap, payload = _typed_invoke(body, served, runtime.model_name)
+    runtime.admit()
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            runtime.release()
+
+    try:
+        result: Any = await runtime.backend.invoke(cap, payload)
+    except GatewayError:
+        release()
+        raise
+    except BaseException as exc:
+        release()
+        if not isinstance(exc, Exception):
+            raise  # cancelled: the caller is gone
+        runtime.last_error = str(exc)
+        log.exception("%s failed", cap)
+        raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
+    return result, release
+
+
+def lane_secret_check(secret: str | None) -> Callable[[bytes], bool]:
+    """Whether an invoke-socket connection's first frame is the internal secret (anything when there is none)."""
+    if not secret:
+        return lambda given: True
+    return lambda given: secret_matches(given, secret)
+
+
+def lane_handler(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
+    """The invoke socket's calls (``transport.lane``): an invoke body → (status, JSON answer)."""
+
+    async def handle(body: bytes) -> tuple[int, bytes]:
+        runtime.lane_calls_total += 1
+        try:
+            result, release = await run_invoke(runtime, body)
+        except GatewayError as exc:
+            return exc.status, exc.to_json()
+        try:
+            if isinstance(result, BinaryResult):  # a media answer goes over HTTP: not a JSON call
+                aclose = getattr(result.body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+                err = InternalError("this capability answers with media: call it over HTTP")
+                return err.status, err.to_json()
+            return 200, orjson.dumps(result)
+        finally:
+            release()
+
+    return handle
 
 
 class _SecretMiddleware:
@@ -133,6 +196,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "inflight": runtime.inflight,
                 "requests_total": runtime.requests_total,
                 "deltas_direct_total": runtime.deltas_direct_total,
+                "lane_calls_total": runtime.lane_calls_total,
                 "last_error": runtime.last_error,
                 "engine_stats": runtime.backend.stats(),
             }
@@ -189,37 +253,17 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
         return ClosingStreamingResponse(body(), on_close=gen.aclose, media_type="application/x-ndjson")
 
     async def invoke(request: Request) -> Response:
-        body = await request.body()
-        served = runtime.backend.capabilities
-        if len(body) > _PARSE_OFF_LOOP_BYTES:
-            cap, payload = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
-        else:
-            cap, payload = _typed_invoke(body, served, runtime.model_name)
-        runtime.admit()
-        released = False
-
-        async def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                runtime.release()
-
-        try:
-            result: Any = await runtime.backend.invoke(cap, payload)
-        except GatewayError:
-            await release()
-            raise
-        except Exception as exc:
-            await release()
-            runtime.last_error = str(exc)
-            log.exception("%s failed", cap)
-            raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
+        result, release = await run_invoke(runtime, await request.body())
         if isinstance(result, BinaryResult):
             if isinstance(result.body, bytes):
-                await release()
+                release()
                 return Response(result.body, media_type=result.media_type, headers=result.headers)
-            return ClosingStreamingResponse(result.body, on_close=release, media_type=result.media_type, headers=result.headers)
-        await release()
+
+            async def on_close() -> None:
+                release()
+
+            return ClosingStreamingResponse(result.body, on_close=on_close, media_type=result.media_type, headers=result.headers)
+        release()
         return FastJSONResponse(result)
 
     async def adapters(request: Request) -> Response:

@@ -6,16 +6,19 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 
 import uvicorn
 
 from ..backends.base import BackendSpec
 from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
+from ..errors import PayloadTooLargeError
 from ..transport.direct import HandoffServer
+from ..transport.lane import LaneServer
 from ..web.internal import connect_host, require_secret_off_loopback
 from ..web.serve import bind_socket, make_server
-from .app import build_worker_app
+from .app import build_worker_app, lane_handler, lane_secret_check
 from .runtime import ControllerLink, WorkerRuntime, advertise_host
 
 __all__ = ["run_worker", "build_runtime", "backend_available", "worker_body_limit", "WORKER_ID_ENV"]
@@ -124,6 +127,12 @@ async def run_worker(
     if mwa.direct_streams:  # a gateway on this host may hand it client connections (transport.direct)
         runtime.handoff = HandoffServer()
         runtime.handoff.start()
+    if mwa.invoke_socket and hasattr(socket, "SO_PEERCRED"):  # JSON calls from a gateway on this host (transport.lane)
+        runtime.lane = LaneServer(
+            lane_handler(runtime), secret_ok=lane_secret_check(runtime.secret), max_frame=worker_body_limit(cfg),
+            too_large=lambda n: PayloadTooLargeError(f"the call's body is over {n} bytes").to_json(),
+        )
+        await runtime.lane.start()
     server = make_server(build_worker_app(runtime, max_body_bytes=worker_body_limit(cfg)), sock, tls=tls)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task[None]] = []
@@ -147,6 +156,8 @@ async def run_worker(
     finally:
         if runtime.handoff is not None:
             runtime.handoff.close()
+        if runtime.lane is not None:
+            runtime.lane.close()
 
 
 async def _drain_then_exit(runtime: WorkerRuntime, server: uvicorn.Server) -> None:

@@ -24,6 +24,7 @@ from ..errors import BadRequestError, ConflictError, RateLimitError, ServiceUnav
 from ..protocol.worker import SECRET_HEADER, Heartbeat, HeartbeatReply, WorkerInfo
 from ..settings import ConfigError
 from ..transport.direct import HandoffServer
+from ..transport.lane import LaneServer
 
 if TYPE_CHECKING:
     from ..controller.registry import Registry
@@ -188,6 +189,9 @@ class WorkerRuntime:
         self.last_error: str | None = None
         # streams written to the client's connection (transport.direct): set by a worker process
         self.handoff: HandoffServer | None = None
+        # JSON calls over a Unix socket from a gateway on this host (transport.lane): set by a worker process
+        self.lane: LaneServer | None = None
+        self.lane_calls_total = 0
         # why the model cannot load because of its config (the worker then exits with CONFIG_ERROR_EXIT)
         self.config_error: ConfigError | None = None
         self._link: ControllerLink | None = controller
@@ -218,6 +222,8 @@ class WorkerRuntime:
         if self.state == "draining":
             return
         self.state = "draining"
+        if self.lane is not None:
+            self.lane.stop_accepting()
         if self._link is not None:
             try:
                 await self._link.unregister(self.worker_id)
@@ -255,6 +261,7 @@ class WorkerRuntime:
             default=self.default,
             fingerprint=self.backend.fingerprint(),
             stream_socket=self.handoff.path if self.handoff is not None else "",
+            invoke_socket=self.lane.path if self.lane is not None else "",
         )
 
     def ready(self) -> bool:

@@ -200,3 +200,39 @@ def test_langchain_default_client_gets_the_vectors_of_the_text(
     assert r.status_code == 200
     got = np.array(r.json()["data"][0]["embedding"])
     assert float(got @ ref[0] / np.linalg.norm(got)) >= 0.999
+
+
+def _lane_calls(server: Server) -> dict[str, int]:
+    infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json() for w in server.workers()]
+    return {i["model_name"]: int(i["lane_calls_total"]) for i in infos}
+
+
+def test_the_gateway_calls_its_workers_over_their_invoke_sockets(server: Server, client: openai.OpenAI) -> None:
+    """Workers on the gateway's host answer JSON calls over a Unix socket (transport.lane): the
+    same vectors as the model's, errors in their OpenAI shape and status."""
+    for w in server.workers():
+        path = w["invoke_socket"]
+        assert path.endswith("/i.sock") and oct(Path(path).stat().st_mode & 0o777) == "0o600"
+    before = _lane_calls(server)
+    a = _vectors(client.embeddings.create(model="minilm", input=TEXTS))
+    with pytest.raises(openai.BadRequestError) as e:
+        client.embeddings.create(model="minilm", input="x", dimensions=128)  # the worker refuses it
+    assert e.value.status_code == 400 and e.value.body["param"] == "dimensions"
+    after = _lane_calls(server)
+    assert after["minilm"] - before["minilm"] == 2 and after["minilm-mrl"] == before["minilm-mrl"]
+    np.testing.assert_array_equal(a, _vectors(client.embeddings.create(model="minilm", input=TEXTS, encoding_format="float")))
+
+
+def test_a_socket_the_gateway_cannot_reach_leaves_calls_on_http(server: Server, client: openai.OpenAI) -> None:
+    """Last in the module: the socket file removed (as for a worker the gateway cannot reach), calls that
+    need a new connection go over HTTP and are answered alike."""
+    for w in server.workers():
+        Path(w["invoke_socket"]).unlink()
+    before = _lane_calls(server)
+    texts = TEXTS * 8  # more at once than the connections the gateway keeps from the tests before
+    with ThreadPoolExecutor(len(texts)) as pool:
+        outs = list(pool.map(lambda t: _vectors(client.embeddings.create(model="minilm-mrl", input=[t])), texts))
+    assert all(o.shape == (1, 384) for o in outs)
+    np.testing.assert_allclose(outs[0], outs[len(TEXTS)], atol=2e-5)  # batched with others or not
+    after = _lane_calls(server)
+    assert after["minilm-mrl"] - before["minilm-mrl"] < len(texts)  # the rest went over HTTP

@@ -24,6 +24,7 @@ KEYS = {
     "engine", "rss_bytes",  # protocol 3: the dashboard's engine and memory columns
     "adapters",  # protocol 4: the aliases that are LoRA adapters (their /v1/models parent)
     "stream_socket",  # the worker's hand-off socket (transport.direct)
+    "invoke_socket",  # protocol 7: the worker's socket for JSON calls (transport.lane)
 }
 
 
@@ -84,7 +85,7 @@ def test_dashboard_workers_keep_their_keys() -> None:
     assert (m["kind"], m["kind_label"], m["work_mode"], m["context_length"], m["memory_bytes"]) == ("auto", "chat", "llama_cpp", 2048, 300 << 20)
     assert (m["ready_workers"], m["live_workers"]) == (0, 1)
     (cw,) = client["workers"]  # the client view: no address, pid or raw error
-    assert not {"address", "pid", "last_error", "stream_socket"} & set(cw) and cw["has_error"] is True and cw["active"] == 3
+    assert not {"address", "pid", "last_error", "stream_socket", "invoke_socket"} & set(cw) and cw["has_error"] is True and cw["active"] == 3
     assert client["models"] == d["models"] and client["history"] == d["history"]
 
 

@@ -1,0 +1,315 @@
+"""Non-generation calls from a gateway to a worker on its host, over a Unix socket.
+
+An embeddings (rerank, classify …) request through the gateway pays two HTTP hops on top of
+the model's work. The second one, gateway → worker, was most of what the gateway added: at
+c=1 on two cores the gateway's CPU per embeddings request was 1.4 ms, its HTTP client alone
+about a third of it, and the worker's HTTP server (uvicorn, Starlette, its middlewares) was
+more again (bench/README.md, issue 23 target 3). For a worker on the gateway's host (a
+loopback address, as for ``transport.direct``), the gateway sends the call over the worker's
+invoke socket instead:
+
+- The socket is a Unix stream socket in a new private directory (mode 0700), accepting only
+  processes of this user (``SO_PEERCRED``) that open with the internal secret (the first
+  frame of a connection; any bytes when the worker has none).
+- A request frame is ``!I`` (its length) and the invoke body: the same JSON bytes as
+  ``POST /worker/invoke``. An answer frame is ``!IH`` (length, HTTP status) and the JSON
+  result, or the OpenAI error body for a status other than 200.
+- A connection carries one call at a time; the gateway keeps a pool per socket, as HTTP/1.1
+  keep-alive. A connection closed mid-call (the client hung up, the deadline passed) cancels
+  the call in the worker.
+- A socket the gateway cannot connect to (another host's path, a worker in a container) is
+  left alone for a while and the call goes over HTTP; a connection lost after the call was
+  sent is the worker lost, as when its HTTP connection breaks before the status line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+__all__ = ["LaneServer", "LaneClient", "LaneUnavailable", "MAX_ANSWER_BYTES"]
+
+log = logging.getLogger(__name__)
+
+_REQ = struct.Struct("!I")
+_ANS = struct.Struct("!IH")
+_MAX_SECRET = 1024
+MAX_ANSWER_BYTES = 2**32 - 1  # what ``!I`` can say
+_IDLE_PER_SOCKET = 64  # idle connections kept per worker
+_RETRY_AFTER_S = 30.0  # a socket that could not be reached is not tried again for this long
+
+Handler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+
+class LaneUnavailable(OSError):
+    """The worker's invoke socket could not be reached: the call was not sent (use HTTP)."""
+
+
+def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+    except OSError:
+        return None
+
+
+def _frame(status: int, body: bytes) -> bytes:
+    return _ANS.pack(len(body), status) + body
+
+
+class _ServerConn(asyncio.Protocol):
+    """One gateway connection to the worker: the secret, then calls one at a time."""
+
+    def __init__(self, server: LaneServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.greeted = False
+        self.task: asyncio.Task[None] | None = None
+        self.skip = 0  # bytes of a refused call still to drop
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport instances
+        uid = _peer_uid(transport)
+        if uid != os.getuid():
+            log.warning("invoke socket: refused a process of uid %s", uid)
+            self.transport.abort()
+            return
+        self.server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.conns.discard(self)
+        self.transport = None
+        if self.task is not None:
+            self.task.cancel()  # nobody to answer: the work behind it stops
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.skip:
+            self._skip()
+        self._next()
+
+    def _skip(self) -> None:
+        drop = min(self.skip, len(self.buf))
+        del self.buf[:drop]
+        self.skip -= drop
+        if not self.skip:
+            self._next()
+
+    def _next(self) -> None:
+        """Start the next complete call in the buffer (none while one runs)."""
+        t = self.transport
+        if t is None or self.task is not None or self.skip or len(self.buf) < _REQ.size:
+            return
+        (n,) = _REQ.unpack_from(self.buf)
+        limit = self.server.max_frame if self.greeted else _MAX_SECRET
+        if n > limit:
+            if not self.greeted:
+                t.close()
+                return
+            t.write(_frame(413, self.server.too_large(limit)))  # answered; its bytes are skipped as they come
+            self.skip = _REQ.size + n
+            self._skip()
+            return
+        if len(self.buf) < _REQ.size + n:
+            return
+        body = bytes(self.buf[_REQ.size : _REQ.size + n])
+        del self.buf[: _REQ.size + n]
+        if not self.greeted:
+            if not self.server.secret_ok(body):
+                log.warning("invoke socket: a connection without the internal secret")
+                t.close()
+                return
+            self.greeted = True
+            self._next()
+            return
+        self.task = asyncio.get_running_loop().create_task(self._call(body))
+
+    async def _call(self, body: bytes) -> None:
+        try:
+            status, out = await self.server.handler(body)
+        except Exception:  # the handler answers errors itself: this is a bug
+            log.exception("invoke socket: the call failed")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        finally:
+            self.task = None
+        t = self.transport
+        if t is None:
+            return
+        if len(out) < 64 * 1024:
+            t.write(_frame(status, out))
+        else:
+            t.writelines((_ANS.pack(len(out), status), out))
+        self._next()
+
+
+class LaneServer:
+    """The worker's invoke socket; ``handler(body) -> (status, answer)`` runs each call."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        secret_ok: Callable[[bytes], bool],
+        max_frame: int,
+        too_large: Callable[[int], bytes],
+    ) -> None:
+        """``secret_ok``: whether a connection's first frame is the internal secret;
+        ``max_frame``: the largest call body taken (``too_large(limit)``, the 413's body, answers a larger one)."""
+        self.handler = handler
+        self.secret_ok = secret_ok
+        self.max_frame = max_frame
+        self.too_large = too_large
+        self.path = ""
+        self._dir = ""
+        self._server: asyncio.AbstractServer | None = None
+        self.conns: set[_ServerConn] = set()
+
+    async def start(self) -> str:
+        """Listen (on the running loop); the socket's path."""
+        self._dir = tempfile.mkdtemp(prefix="gpt-server-invoke-")  # 0700
+        path = os.path.join(self._dir, "i.sock")
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _ServerConn(self), path=path)
+        os.chmod(path, 0o600)
+        self.path = path
+        return path
+
+    def stop_accepting(self) -> None:
+        """No new connections (a draining worker); calls on open ones still run."""
+        if self._server is not None:
+            self._server.close()
+
+    def close(self) -> None:
+        self.stop_accepting()
+        self._server = None
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+        self.conns.clear()
+        if self._dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = ""
+
+
+class _ClientConn(asyncio.Protocol):
+    """One connection to a worker's invoke socket, one call at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        w, self.waiter = self.waiter, None
+        if w is not None and not w.done():
+            w.set_exception(ConnectionResetError("the worker closed its invoke connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if len(self.buf) < _ANS.size:
+            return
+        n, status = _ANS.unpack_from(self.buf)
+        if len(self.buf) < _ANS.size + n:
+            return
+        out = bytes(self.buf[_ANS.size : _ANS.size + n])
+        del self.buf[: _ANS.size + n]
+        w, self.waiter = self.waiter, None
+        if w is None or w.done() or self.buf:  # an answer nobody asked for: the connection is out of step
+            self.close()
+            return
+        w.set_result((status, out))
+
+    async def call(self, body: bytes) -> tuple[int, bytes]:
+        t = self.transport
+        if t is None:
+            raise ConnectionResetError("the worker closed its invoke connection")
+        self.waiter = asyncio.get_running_loop().create_future()
+        if len(body) < 64 * 1024:
+            t.write(_REQ.pack(len(body)) + body)
+        else:
+            t.writelines((_REQ.pack(len(body)), body))
+        return await self.waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+            self.transport = None
+
+
+class LaneClient:
+    """The gateway's side: a pool of connections per worker socket."""
+
+    def __init__(self, secret: str | None) -> None:
+        secret_bytes = (secret or "").encode()
+        self._hello = _REQ.pack(len(secret_bytes)) + secret_bytes
+        self._idle: dict[str, list[_ClientConn]] = {}
+        self._unreachable: dict[str, float] = {}  # path → monotonic time to try again
+
+    def usable(self, path: str) -> bool:
+        until = self._unreachable.get(path)
+        if until is None:
+            return True
+        if time.monotonic() >= until:
+            del self._unreachable[path]
+            return True
+        return False
+
+    async def _connect(self, path: str) -> _ClientConn:
+        try:
+            _, conn = await asyncio.get_running_loop().create_unix_connection(_ClientConn, path)
+        except OSError as exc:
+            self._unreachable[path] = time.monotonic() + _RETRY_AFTER_S
+            log.info("invoke socket %s not reachable (%s): calls go over HTTP", path, type(exc).__name__)
+            raise LaneUnavailable(str(exc)) from None
+        assert conn.transport is not None
+        conn.transport.write(self._hello)
+        return conn
+
+    def _take(self, path: str) -> _ClientConn | None:
+        idle = self._idle.get(path)
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
+
+    async def call(self, path: str, body: bytes) -> tuple[int, bytes]:
+        """(status, answer) of one call; ``LaneUnavailable`` when it could not be sent,
+        ``ConnectionError`` when the connection was lost after it was."""
+        conn = self._take(path) or await self._connect(path)
+        try:
+            answer = await conn.call(body)
+        except BaseException:
+            conn.close()  # cancelled or lost mid-call: the worker stops the call
+            raise
+        idle = self._idle.setdefault(path, [])
+        if len(idle) < _IDLE_PER_SOCKET:
+            idle.append(conn)
+        else:
+            conn.close()
+        return answer
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for conn in idle:
+                conn.close()
+        self._idle.clear()

@@ -1,0 +1,188 @@
+"""The invoke socket (``transport.lane``): real Unix sockets on uvloop, a handler of the test's own.
+
+The served path (a worker process answering the gateway's embeddings over its socket) is
+proven in ``tests/integration/test_embeddings.py``; here the transport's edges: frames of any
+size, one pooled connection for calls in turn, the secret, the body limit, a hang-up that
+cancels the call, a socket that cannot be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+import uvloop
+
+from gpt_server.errors import PayloadTooLargeError
+from gpt_server.protocol.worker import secret_matches
+from gpt_server.transport.lane import LaneClient, LaneServer, LaneUnavailable
+
+SECRET = "s3cret-for-the-lane"
+
+
+def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+    return uvloop.run(main())
+
+
+async def _server(handler: Callable[[bytes], Awaitable[tuple[int, bytes]]], max_frame: int = 8 << 20) -> LaneServer:
+    server = LaneServer(
+        handler, secret_ok=lambda given: secret_matches(given, SECRET), max_frame=max_frame,
+        too_large=lambda n: PayloadTooLargeError(f"over {n} bytes").to_json(),
+    )
+    await server.start()
+    return server
+
+
+async def _echo(body: bytes) -> tuple[int, bytes]:
+    data = orjson.loads(body)
+    if data.get("fail"):
+        return 429, orjson.dumps({"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": None}})
+    return 200, orjson.dumps({"got": data, "pid": os.getpid()})
+
+
+def test_calls_in_turn_share_one_connection_and_answers_of_any_size_arrive_whole() -> None:
+    async def main() -> None:
+        server = await _server(_echo)
+        client = LaneClient(SECRET)
+        try:
+            assert oct(os.stat(server.path).st_mode & 0o777) == "0o600"
+            assert oct(os.stat(os.path.dirname(server.path)).st_mode & 0o777) == "0o700"
+            for size in (0, 10, 70_000, 3_000_000):
+                status, out = await client.call(server.path, orjson.dumps({"x": "y" * size}))
+                assert status == 200 and orjson.loads(out)["got"] == {"x": "y" * size}
+            assert len(server.conns) == 1
+            status, out = await client.call(server.path, orjson.dumps({"fail": True}))
+            assert status == 429 and orjson.loads(out)["error"]["message"] == "busy"
+            # calls at once take a connection each, then go back to the pool
+            outs = await asyncio.gather(*(client.call(server.path, orjson.dumps({"i": i})) for i in range(5)))
+            assert [orjson.loads(o)["got"]["i"] for _, o in outs] == list(range(5))
+            assert len(server.conns) == 5
+        finally:
+            client.close()
+            server.close()
+        assert not os.path.exists(server.path)
+
+    _run(main)
+
+
+def test_a_connection_without_the_secret_is_closed_unanswered() -> None:
+    async def main() -> None:
+        calls: list[bytes] = []
+
+        async def handler(body: bytes) -> tuple[int, bytes]:
+            calls.append(body)
+            return 200, b"{}"
+
+        server = await _server(handler)
+        try:
+            for wrong in ("", "not-the-secret"):
+                client = LaneClient(wrong)
+                with pytest.raises(ConnectionError):
+                    await asyncio.wait_for(client.call(server.path, b'{"a": 1}'), 5)
+                client.close()
+            assert calls == []
+            ok = LaneClient(SECRET)
+            assert await ok.call(server.path, b'{"a": 1}') == (200, b"{}")
+            ok.close()
+        finally:
+            server.close()
+
+    _run(main)
+
+
+def test_a_body_over_the_limit_is_answered_413_and_skipped() -> None:
+    async def main() -> None:
+        server = await _server(_echo, max_frame=1000)
+        client = LaneClient(SECRET)
+        try:
+            status, out = await client.call(server.path, b'{"x": "' + b"y" * 300_000 + b'"}')
+            err = orjson.loads(out)["error"]
+            assert status == 413 and "over 1000 bytes" in err["message"]
+            status, _ = await client.call(server.path, b'{"x": 1}')  # the connection stays in step
+            assert status == 200 and len(server.conns) == 1
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_a_call_abandoned_by_the_gateway_is_cancelled_in_the_worker() -> None:
+    async def main() -> None:
+        started, cancelled = asyncio.Event(), asyncio.Event()
+
+        async def slow(body: bytes) -> tuple[int, bytes]:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+            return 200, b"{}"
+
+        server = await _server(slow)
+        client = LaneClient(SECRET)
+        try:
+            call = asyncio.ensure_future(client.call(server.path, b"{}"))
+            await asyncio.wait_for(started.wait(), 5)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.wait_for(cancelled.wait(), 5)
+            assert not client._idle.get(server.path)  # the cut connection is not pooled
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_a_worker_gone_mid_call_is_a_lost_connection_and_a_missing_socket_is_unavailable() -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def hang(body: bytes) -> tuple[int, bytes]:
+            started.set()
+            await asyncio.sleep(30)
+            return 200, b"{}"
+
+        server = await _server(hang)
+        path = server.path
+        client = LaneClient(SECRET)
+        try:
+            call = asyncio.ensure_future(client.call(path, b"{}"))
+            await asyncio.wait_for(started.wait(), 5)
+            server.close()  # the worker exits: its connections are cut, its socket removed
+            with pytest.raises(ConnectionError):
+                await asyncio.wait_for(call, 5)
+            with pytest.raises(LaneUnavailable):
+                await client.call(path, b"{}")
+            assert not client.usable(path)  # over HTTP for a while, not tried on every call
+            assert client.usable("/elsewhere/i.sock")
+        finally:
+            client.close()
+
+    _run(main)
+
+
+def test_a_draining_worker_takes_no_new_connection_but_answers_on_open_ones() -> None:
+    async def main() -> None:
+        server = await _server(_echo)
+        client = LaneClient(SECRET)
+        try:
+            assert (await client.call(server.path, b"{}"))[0] == 200
+            server.stop_accepting()
+            assert (await client.call(server.path, b"{}"))[0] == 200  # the pooled connection
+            other = LaneClient(SECRET)
+            with pytest.raises(LaneUnavailable):
+                await other.call(server.path, b"{}")
+            other.close()
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
