@@ -21,7 +21,7 @@ from ..web.lifecycle import HangupMiddleware
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import FastJSONResponse
 from .auth import admin_guard, api_key_guard, is_loopback
-from .fastlane import FastLane, plain_routes
+from .fastlane import FastLane, GatewayApp, plain_routes
 from .files import ImageStore
 from .history import History
 from .hosts import HostGuardMiddleware, host_guard_needed
@@ -58,7 +58,7 @@ def build_app(
         await workers.aclose()
         await controller.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="GPT Server",
         version=__version__,
         description="OpenAI-compatible API over self-hosted models.",
@@ -130,4 +130,5 @@ def build_app(
     if host_guard_needed(sa.host, sa.allowed_hosts):
         app.add_middleware(HostGuardMiddleware, bind_host=sa.host, allowed=sa.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.fast_paths = frozenset(plain)
     return app

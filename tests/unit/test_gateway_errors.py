@@ -63,3 +63,36 @@ def test_unsupported_features_are_clear_400(client: TestClient) -> None:
 def test_auth_required(client: TestClient) -> None:
     r = client.get("/v1/models", headers={"Authorization": "Bearer nope"})
     assert r.status_code == 401 and _err(r)["code"] == "invalid_api_key"
+
+
+def test_plain_routes_go_straight_to_the_gateways_middlewares_and_keep_what_they_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GatewayApp``: a POST to a plain route skips FastAPI's and Starlette's own layers, not
+    ours: metrics count it, CORS answers its origin, the body limit holds, and a bug in an
+    endpoint is a 500 in the OpenAI shape."""
+    from gpt_server.gateway.fastlane import GatewayApp
+    from gpt_server.gateway.routes import embeddings
+
+    cfg = parse_config({"serve_args": {"api_keys": "k1", "cors_origins": ["http://ui.example"], "max_body_bytes": 4096}, "models": []})
+    app = build_app(cfg, LocalController(Registry(make_policy("round_robin"))))
+    assert isinstance(app, GatewayApp) and {"/v1/embeddings", "/v1/chat/completions"} <= app.fast_paths
+
+    async def broken(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(embeddings, "resolve_model", broken)
+    with TestClient(app, base_url="http://localhost", raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = "Bearer k1"
+        r = c.post("/v1/embeddings", json={"model": "m", "input": "x"})
+        assert r.status_code == 500 and _err(r)["code"] == "internal_error" and "a bug" not in r.text
+        r = c.post("/v1/embeddings", json={"model": "m", "input": "x" * 5000}, headers={"Origin": "http://ui.example"})
+        assert r.status_code == 413
+        _err(r)
+        assert r.headers["access-control-allow-origin"] == "http://ui.example"
+        assert _fast_stack_built(app)
+        metrics = c.get("/metrics").text
+    assert 'gpt_server_http_requests_total{route="/v1/embeddings",status="500"} 1.0' in metrics
+    assert 'gpt_server_http_requests_total{route="unmatched",status="413"} 1.0' in metrics  # refused before routing, as ever
+
+
+def _fast_stack_built(app: object) -> bool:
+    return getattr(app, "_fast_stack", None) is not None
