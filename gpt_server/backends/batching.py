@@ -6,7 +6,8 @@ close together (up to ``max_batch_size`` items) and runs them through one blocki
 Results are split back per request, in order.
 
 Waiting policy: a lone request on an idle engine runs at once (no added latency at
-concurrency 1). Once traffic is concurrent (the last batch held several requests, or
+concurrency 1), from its own task: no hand-over to the batch loop and back, which was three
+event-loop passes of every request at c=1. Once traffic is concurrent (the last batch held several requests, or
 requests were queued behind it), a new batch waits up to ``max_wait_ms`` for more
 requests before it starts, unless it is already full. Requests that arrive while a
 batch runs simply queue for the next one. Traffic stops counting as concurrent once the
@@ -84,6 +85,8 @@ class DynamicBatcher(Generic[I, O]):
         self._concurrent = False
         self._idle_reset = max(IDLE_RESET_WINDOWS * self.max_wait, IDLE_RESET_MIN_S)
         self._last_done = 0.0  # loop time the last batch finished
+        self._busy = False  # a lone request runs (``_run_lone``)
+        self._running = False  # the batch loop runs a batch
         self._closed = False
 
     # ---- public -----------------------------------------------------------------
@@ -93,8 +96,10 @@ class DynamicBatcher(Generic[I, O]):
             raise BatcherClosedError(f"{self.name} is closed")
         if not items:
             return []
-        self._ensure_started()
         loop = asyncio.get_running_loop()
+        if self._lone(len(items), loop):
+            return await self._run_lone(list(items), loop)
+        self._ensure_started()
         futures: list[asyncio.Future[list[Any]]] = []
         for start in range(0, len(items), self.max_batch_size):
             job = _Job(list(items[start : start + self.max_batch_size]), loop.create_future())
@@ -103,12 +108,55 @@ class DynamicBatcher(Generic[I, O]):
             futures.append(job.future)
         self._wakeup.set()
         try:
-            parts = await asyncio.gather(*futures)
+            parts = [await futures[0]] if len(futures) == 1 else await asyncio.gather(*futures)
         except BaseException:
             for f in futures:
                 f.cancel()  # queued parts are dropped, not run
             raise
         return [out for part in parts for out in part]
+
+    def _lone(self, n: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """Whether a request of ``n`` items finds the engine idle and traffic not concurrent: it
+        then runs at once from its own task (no hand-over to the batch loop and back)."""
+        if self._busy or self._queue or self._running or n > self.max_batch_size:
+            return False
+        if self._concurrent and loop.time() - self._last_done <= self._idle_reset:
+            return False
+        self._concurrent = False
+        return True
+
+    async def _run_lone(self, items: list[I], loop: asyncio.AbstractEventLoop) -> list[O]:
+        self._busy = True
+        ran = False
+        job: _Job[I] | None = None
+        try:
+            await asyncio.sleep(0)  # requests submitted in the same pass go together, through the loop
+            if self._queue:
+                job = _Job(items, loop.create_future())
+                self._queue.appendleft(job)
+                self._pending += len(items)
+            else:
+                ran = True
+                outputs = await self._call(items)
+        finally:
+            self._busy = False
+            if ran:
+                self._last_done = loop.time()
+                if self._queue:  # requests came while it ran: traffic is concurrent
+                    self._concurrent = True
+            if self._queue:
+                self._ensure_started()
+                self._wakeup.set()
+        if job is not None:
+            try:
+                return await job.future
+            except BaseException:
+                job.future.cancel()
+                raise
+        for out in outputs:
+            if isinstance(out, BaseException):
+                raise out
+        return list(outputs)  # type: ignore[arg-type]
 
     def shutdown(self) -> None:
         """Refuse new requests and release the thread (sync; for a backend's ``close``).
@@ -142,6 +190,9 @@ class DynamicBatcher(Generic[I, O]):
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            while self._busy:  # a lone request runs: what queued meanwhile goes as one batch after it
+                self._wakeup.clear()
+                await self._wakeup.wait()
             if self._concurrent and asyncio.get_running_loop().time() - self._last_done > self._idle_reset:
                 self._concurrent = False  # idle since the last burst: this request is alone
             if self._concurrent:
@@ -151,6 +202,7 @@ class DynamicBatcher(Generic[I, O]):
             if not batch:
                 continue
             self._concurrent = len(batch) > 1 or had_backlog
+            self._running = True
             try:
                 await self._run(batch)
                 self._last_done = asyncio.get_running_loop().time()
@@ -159,6 +211,8 @@ class DynamicBatcher(Generic[I, O]):
                     if not job.future.done():
                         job.future.set_exception(BatcherClosedError(f"{self.name} is closed"))
                 raise
+            finally:
+                self._running = False
 
     async def _gather_window(self) -> None:
         """Wait up to ``max_wait`` for more items, unless a full batch is already queued."""

@@ -25,7 +25,7 @@ from ..web.responses import ClosingStreamingResponse
 from .convert import new_id
 from .workers import WorkerClient, WorkerResponse
 
-__all__ = ["resolve_model", "call_json", "call_stream", "call_passthrough", "worker_chunks", "worker_events", "worker_headers"]
+__all__ = ["resolve_model", "call_bytes", "call_json", "call_stream", "call_passthrough", "worker_chunks", "worker_events", "worker_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,12 @@ async def resolve_model(request: Request, model: str, capability: Capability) ->
     """The served model a request naming ``model`` goes to: itself, or for no name the default
     model of ``capability``, or for an unknown name the catch-all (alias ``*``)."""
     return await _workers(request).resolve(model, capability)
+
+
+async def call_bytes(request: Request, model: str, capability: Capability, payload: BaseModel) -> bytes:
+    """Invoke ``capability`` on a worker serving ``model``; its JSON result as the bytes it sent
+    (for a route that answers them as they are), within the request timeout."""
+    return await _workers(request).invoke_json(model, capability, payload, new_id("req"))
 
 
 async def call_json(request: Request, model: str, capability: Capability, payload: BaseModel) -> dict[str, Any]:

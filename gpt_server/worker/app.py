@@ -26,6 +26,7 @@ from ..backends.base import BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
 from ..procs import settle_heap
 from ..protocol.deltas import DELTA_WRITER, Answer, DeltaWriter
+from ..protocol.embeddings import EMBED
 from ..protocol.kinds import Capability, capability
 from ..protocol.worker import (
     SECRET_HEADER,
@@ -69,8 +70,8 @@ async def _parse(request: Request, model: type[M]) -> M:
         raise _bad_request(exc) from None
 
 
-def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple[Capability, BaseModel]:
-    """An invoke body as (capability, its typed payload): the one place a payload is validated."""
+def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple[Capability, BaseModel, str]:
+    """An invoke body as (capability, its typed payload, the model named): the one place a payload is validated."""
     try:
         req = InvokeRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -82,7 +83,7 @@ def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple
     if cap not in served or cap.payload is None:
         raise BadRequestError(f"model '{model_name}' does not support {cap}", param="model")
     try:
-        return cap, cap.parse(req.payload)
+        return cap, cap.parse(req.payload), req.model
     except ValidationError as exc:
         raise _bad_request(exc) from None
 
@@ -92,9 +93,9 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable
     (call it once, when the result has been sent). Errors raise ``GatewayError``."""
     served = runtime.backend.capabilities
     if len(body) > _PARSE_OFF_LOOP_BYTES:
-        cap, payload = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
+        cap, payload, model = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
     else:
-        cap, payload = _typed_invoke(body, served, runtime.model_name)
+        cap, payload, model = _typed_invoke(body, served, runtime.model_name)
     runtime.admit()
     released = False
 
@@ -116,6 +117,8 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable
         runtime.last_error = str(exc)
         log.exception("%s failed", cap)
         raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
+    if cap == EMBED and isinstance(result, dict):
+        result["model"] = model  # the name the client used, resolved by the gateway: it sends the body on as is
     return result, release
 
 

@@ -208,3 +208,30 @@ def test_shutdown_refuses_new_requests() -> None:
             await b.submit([2])
 
     run(main())
+
+
+def test_a_lone_request_runs_from_its_own_task_and_what_comes_meanwhile_is_batched_after_it() -> None:
+    """A request on an idle engine runs without the batch loop; requests that arrive while it
+    runs wait, then go together in one batch; its own failures stay its own."""
+    rec = Recorder(delay=0.1, reject=7)
+
+    async def main() -> None:
+        b = DynamicBatcher(rec, max_batch_size=32, max_wait_ms=5)
+        first = asyncio.ensure_future(b.submit([1]))
+        await asyncio.sleep(0.02)  # it runs now
+        assert b._task is None  # the batch loop was never needed
+        rest = await asyncio.gather(b.submit([2]), b.submit([3]), b.submit([4]))
+        assert await first == [2] and rest == [[4], [6], [8]]
+        assert rec.batches == [[1], [2, 3, 4]]
+        with pytest.raises(ValueError, match="bad item 7"):
+            await asyncio.sleep(0.3) or await b.submit([7])  # idle again: lone, and its bad item is its error
+        cancelled = asyncio.ensure_future(b.submit([8]))
+        await asyncio.sleep(0.02)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        assert await b.submit([9]) == [18]  # runs after the abandoned one, which the thread finishes
+        assert rec.batches[-2:] == [[8], [9]]
+        await b.close()
+
+    run(main())

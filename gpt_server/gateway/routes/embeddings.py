@@ -7,13 +7,14 @@ import base64
 import struct
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 
 from ...errors import BadRequestError, NotFoundError
 from ...protocol.embeddings import EMBED, EMBED_IMAGE, EmbeddingRequest, embed_payload, has_images
 from ...protocol.rerank import RERANK, RerankPayload
 from ...web.responses import FastJSONResponse
 from ..embed_ids import openai_ids_as_text
-from ..invoke import call_json, resolve_model
+from ..invoke import call_bytes, call_json, resolve_model
 
 __all__ = ["router"]
 
@@ -59,13 +60,12 @@ async def _rerank_as_embeddings(body: EmbeddingRequest, query: str, request: Req
 
 
 @router.post("/v1/embeddings")
-async def create_embeddings(body: EmbeddingRequest, request: Request) -> FastJSONResponse:
+async def create_embeddings(body: EmbeddingRequest, request: Request) -> Response:
     if body.query is not None:
         return await _rerank_as_embeddings(body, body.query, request)
     payload = embed_payload(body)
     body.model = await _resolve(request, body.model, has_images(payload))
     if request.app.state.config.serve_args.embedding_token_ids == "auto" and any(isinstance(x, list) for x in payload.inputs):
         payload.inputs = await asyncio.to_thread(openai_ids_as_text, payload.inputs)
-    result = await call_json(request, body.model, EMBED, payload)
-    result["model"] = body.model
-    return FastJSONResponse(result)  # rendered once by orjson, no response-model pass
+    # the worker's body as it sent it, ``model`` stamped (the name resolved here): no parse and render again
+    return Response(await call_bytes(request, body.model, EMBED, payload), media_type="application/json")
