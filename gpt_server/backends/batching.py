@@ -90,15 +90,18 @@ class DynamicBatcher(Generic[I, O]):
         self._closed = False
 
     # ---- public -----------------------------------------------------------------
-    async def submit(self, items: Sequence[I]) -> list[O]:
-        """Run ``items`` (possibly together with other requests' items); their outputs."""
+    async def submit(self, items: Sequence[I], then: Callable[[list[O]], None] | None = None) -> list[O]:
+        """Run ``items`` (possibly together with other requests' items); their outputs.
+        ``then(outputs)``: run on the engine's thread right after them when the request ran on its
+        own and none of its outputs is an error (a request batched with others skips it); its
+        errors are logged, never raised."""
         if self._closed:
             raise BatcherClosedError(f"{self.name} is closed")
         if not items:
             return []
         loop = asyncio.get_running_loop()
         if self._lone(len(items), loop):
-            return await self._run_lone(list(items), loop)
+            return await self._run_lone(list(items), loop, then)
         self._ensure_started()
         futures: list[asyncio.Future[list[Any]]] = []
         for start in range(0, len(items), self.max_batch_size):
@@ -125,7 +128,7 @@ class DynamicBatcher(Generic[I, O]):
         self._concurrent = False
         return True
 
-    async def _run_lone(self, items: list[I], loop: asyncio.AbstractEventLoop) -> list[O]:
+    async def _run_lone(self, items: list[I], loop: asyncio.AbstractEventLoop, then: Callable[[list[O]], None] | None) -> list[O]:
         self._busy = True
         ran = False
         job: _Job[I] | None = None
@@ -137,13 +140,13 @@ class DynamicBatcher(Generic[I, O]):
                 self._pending += len(items)
             else:
                 ran = True
-                outputs = await self._call(items)
+                outputs = await self._call(items, then)
         finally:
             self._busy = False
             if ran:
+                # requests that queued meanwhile run next, at once: they may have come after its
+                # answer left from the engine's thread (``then``), so they are not taken for company
                 self._last_done = loop.time()
-                if self._queue:  # requests came while it ran: traffic is concurrent
-                    self._concurrent = True
             if self._queue:
                 self._ensure_started()
                 self._wakeup.set()
@@ -271,11 +274,24 @@ class DynamicBatcher(Generic[I, O]):
             _settle(job, outputs[offset : offset + len(job.items)])
             offset += len(job.items)
 
-    async def _call(self, items: list[I]) -> Sequence[O | BaseException]:
+    async def _call(self, items: list[I], then: Callable[[list[O]], None] | None = None) -> Sequence[O | BaseException]:
         loop = asyncio.get_running_loop()
-        outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+        if then is None:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+        else:
+            outputs = await loop.run_in_executor(self._executor, self._run_then, items, then)
         if len(outputs) != len(items):
             raise RuntimeError(f"{self.name}: run_batch returned {len(outputs)} outputs for {len(items)} items")
+        return outputs
+
+
+    def _run_then(self, items: list[I], then: Callable[[list[O]], None]) -> Sequence[O | BaseException]:
+        outputs = self._run_batch(items)
+        if len(outputs) == len(items) and not any(isinstance(o, BaseException) for o in outputs):
+            try:
+                then(list(outputs))  # type: ignore[arg-type]
+            except Exception:
+                log.exception("%s: finishing a result on the engine's thread failed", self.name)
         return outputs
 
 

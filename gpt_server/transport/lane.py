@@ -15,7 +15,8 @@ invoke socket instead:
   ``POST /worker/invoke``. An answer frame is ``!IH`` (length, HTTP status) and the JSON
   result, or the OpenAI error body for a status other than 200.
 - A connection carries one call at a time; the gateway keeps a pool per socket, as HTTP/1.1
-  keep-alive. A connection closed mid-call (the client hung up, the deadline passed) cancels
+  keep-alive. An answer may be written by the engine's thread that finished it (``LaneReply``,
+  ``backends.base.ANSWER_SINK``): the gateway has it without waiting for the worker's event loop. A connection closed mid-call (the client hung up, the deadline passed) cancels
   the call in the worker.
 - A socket the gateway cannot connect to (another host's path, a worker in a container) is
   left alone for a while and the call goes over HTTP; a connection lost after the call was
@@ -31,11 +32,12 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import cast
 
-__all__ = ["LaneServer", "LaneClient", "LaneUnavailable", "MAX_ANSWER_BYTES"]
+__all__ = ["LaneServer", "LaneClient", "LaneReply", "LaneUnavailable", "MAX_ANSWER_BYTES"]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,41 @@ MAX_ANSWER_BYTES = 2**32 - 1  # what ``!I`` can say
 _IDLE_PER_SOCKET = 64  # idle connections kept per worker
 _RETRY_AFTER_S = 30.0  # a socket that could not be reached is not tried again for this long
 
-Handler = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+
+class LaneReply:
+    """A call's answer frame, which any thread may write to the gateway's connection, once
+    (an engine's thread that has the result first: ``backends.base.ANSWER_SINK``). It writes
+    through its own duplicate of the connection's descriptor, so a connection closed meanwhile
+    is never confused with another; what a full socket leaves unwritten the event loop writes."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+        self._lock = threading.Lock()
+        self.sent = False
+        self.rest = b""  # of the frame, for the loop to write
+
+    def send(self, body: bytes) -> bool:
+        """Write ``body`` as the 200 answer now; whether it went."""
+        frame = _frame(200, body)
+        with self._lock:
+            if self.sent or self._fd < 0:
+                return False
+            try:
+                n = os.write(self._fd, frame)
+            except OSError:  # full (the loop answers as usual) or gone (the loop sees it too)
+                return False
+            self.sent, self.rest = True, frame[n:]
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+Handler = Callable[[bytes, LaneReply | None], Awaitable[tuple[int, bytes]]]
 
 
 class LaneUnavailable(OSError):
@@ -135,9 +171,17 @@ class _ServerConn(asyncio.Protocol):
             return
         self.task = asyncio.get_running_loop().create_task(self._call(body))
 
-    async def _call(self, body: bytes) -> None:
+    def _reply(self) -> LaneReply | None:
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         try:
-            status, out = await self.server.handler(body)
+            return LaneReply(sock.fileno()) if sock is not None else None
+        except OSError:
+            return None
+
+    async def _call(self, body: bytes) -> None:
+        reply = self._reply()
+        try:
+            status, out = await self.server.handler(body, reply)
         except Exception:  # the handler answers errors itself: this is a bug
             log.exception("invoke socket: the call failed")
             if self.transport is not None:
@@ -145,10 +189,15 @@ class _ServerConn(asyncio.Protocol):
             return
         finally:
             self.task = None
+            if reply is not None:
+                reply.close()
         t = self.transport
         if t is None:
             return
-        if len(out) < 64 * 1024:
+        if reply is not None and reply.sent:  # written by the engine's thread
+            if reply.rest:
+                t.write(reply.rest)
+        elif len(out) < 64 * 1024:
             t.write(_frame(status, out))
         else:
             t.writelines((_ANS.pack(len(out), status), out))

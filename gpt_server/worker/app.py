@@ -22,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..backends.base import BinaryResult
+from ..backends.base import ANSWER_SINK, BinaryResult
 from ..errors import AuthenticationError, BadRequestError, GatewayError, InternalError
 from ..procs import settle_heap
 from ..protocol.deltas import DELTA_WRITER, Answer, DeltaWriter
@@ -37,6 +37,7 @@ from ..protocol.worker import (
     secret_matches,
 )
 from ..transport.direct import DIRECT_HEADER, stream_token, write_stream
+from ..transport.lane import LaneReply
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
 from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
@@ -88,9 +89,26 @@ def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple
         raise _bad_request(exc) from None
 
 
-async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable[[], None]]:
+class _EmbedAnswer:
+    """An embeddings body sent from the engine's thread over the invoke socket (``ANSWER_SINK``)."""
+
+    def __init__(self, reply: LaneReply, model: str) -> None:
+        self.reply, self.model = reply, model
+
+    @property
+    def sent(self) -> bool:
+        return self.reply.sent
+
+    def send(self, result: dict[str, Any]) -> bool:
+        result["model"] = self.model
+        return self.reply.send(orjson.dumps(result))
+
+
+async def run_invoke(runtime: WorkerRuntime, body: bytes, reply: LaneReply | None = None) -> tuple[Any, Callable[[], None]]:
     """An invoke body run on the backend: its result, and what releases the worker's slot
-    (call it once, when the result has been sent). Errors raise ``GatewayError``."""
+    (call it once, when the result has been sent). Errors raise ``GatewayError``. ``reply``: an
+    invoke-socket call's answer, which an embeddings backend may send from its engine's thread
+    (then ``reply.sent``, and the result is not to be sent again)."""
     served = runtime.backend.capabilities
     if len(body) > _PARSE_OFF_LOOP_BYTES:
         cap, payload, model = await asyncio.to_thread(_typed_invoke, body, served, runtime.model_name)
@@ -105,6 +123,7 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable
             released = True
             runtime.release()
 
+    sink = ANSWER_SINK.set(_EmbedAnswer(reply, model) if reply is not None and cap == EMBED else None)
     try:
         result: Any = await runtime.backend.invoke(cap, payload)
     except GatewayError:
@@ -117,6 +136,8 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes) -> tuple[Any, Callable
         runtime.last_error = str(exc)
         log.exception("%s failed", cap)
         raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
+    finally:
+        ANSWER_SINK.reset(sink)
     if cap == EMBED and isinstance(result, dict):
         result["model"] = model  # the name the client used, resolved by the gateway: it sends the body on as is
     return result, release
@@ -129,16 +150,19 @@ def lane_secret_check(secret: str | None) -> Callable[[bytes], bool]:
     return lambda given: secret_matches(given, secret)
 
 
-def lane_handler(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[int, bytes]]]:
+def lane_handler(runtime: WorkerRuntime) -> Callable[[bytes, LaneReply | None], Awaitable[tuple[int, bytes]]]:
     """The invoke socket's calls (``transport.lane``): an invoke body → (status, JSON answer)."""
 
-    async def handle(body: bytes) -> tuple[int, bytes]:
+    async def handle(body: bytes, reply: LaneReply | None) -> tuple[int, bytes]:
         runtime.lane_calls_total += 1
         try:
-            result, release = await run_invoke(runtime, body)
+            result, release = await run_invoke(runtime, body, reply)
         except GatewayError as exc:
             return exc.status, exc.to_json()
         try:
+            if reply is not None and reply.sent:
+                runtime.lane_early_total += 1
+                return 200, b""  # sent from the engine's thread
             if isinstance(result, BinaryResult):  # a media answer goes over HTTP: not a JSON call
                 aclose = getattr(result.body, "aclose", None)
                 if aclose is not None:
@@ -200,6 +224,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "requests_total": runtime.requests_total,
                 "deltas_direct_total": runtime.deltas_direct_total,
                 "lane_calls_total": runtime.lane_calls_total,
+                "lane_early_total": runtime.lane_early_total,
                 "last_error": runtime.last_error,
                 "engine_stats": runtime.backend.stats(),
             }

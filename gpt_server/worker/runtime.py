@@ -192,6 +192,7 @@ class WorkerRuntime:
         # JSON calls over a Unix socket from a gateway on this host (transport.lane): set by a worker process
         self.lane: LaneServer | None = None
         self.lane_calls_total = 0
+        self.lane_early_total = 0  # of those, answered from the engine's thread (backends.base.ANSWER_SINK)
         # why the model cannot load because of its config (the worker then exits with CONFIG_ERROR_EXIT)
         self.config_error: ConfigError | None = None
         self._link: ControllerLink | None = controller

@@ -202,9 +202,9 @@ def test_langchain_default_client_gets_the_vectors_of_the_text(
     assert float(got @ ref[0] / np.linalg.norm(got)) >= 0.999
 
 
-def _lane_calls(server: Server) -> dict[str, int]:
+def _lane_calls(server: Server, key: str = "lane_calls_total") -> dict[str, int]:
     infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json() for w in server.workers()]
-    return {i["model_name"]: int(i["lane_calls_total"]) for i in infos}
+    return {i["model_name"]: int(i[key]) for i in infos}
 
 
 def test_the_gateway_calls_its_workers_over_their_invoke_sockets(server: Server, client: openai.OpenAI) -> None:
@@ -213,14 +213,19 @@ def test_the_gateway_calls_its_workers_over_their_invoke_sockets(server: Server,
     for w in server.workers():
         path = w["invoke_socket"]
         assert path.endswith("/i.sock") and oct(Path(path).stat().st_mode & 0o777) == "0o600"
-    before = _lane_calls(server)
-    a = _vectors(client.embeddings.create(model="minilm", input=TEXTS))
+    before, early = _lane_calls(server), _lane_calls(server, "lane_early_total")
+    a = client.embeddings.create(model="minilm", input=TEXTS)
     with pytest.raises(openai.BadRequestError) as e:
         client.embeddings.create(model="minilm", input="x", dimensions=128)  # the worker refuses it
     assert e.value.status_code == 400 and e.value.body["param"] == "dimensions"
+    b = client.embeddings.create(model="minilm", input=TEXTS, encoding_format="float")
     after = _lane_calls(server)
-    assert after["minilm"] - before["minilm"] == 2 and after["minilm-mrl"] == before["minilm-mrl"]
-    np.testing.assert_array_equal(a, _vectors(client.embeddings.create(model="minilm", input=TEXTS, encoding_format="float")))
+    assert after["minilm"] - before["minilm"] == 3
+    assert after["minilm-mrl"] == before["minilm-mrl"]
+    # a request alone on its engine is answered from the engine's thread: the same body
+    assert _lane_calls(server, "lane_early_total")["minilm"] - early["minilm"] == 2
+    assert a.model == b.model == "minilm" and a.usage == b.usage and a.usage.prompt_tokens > 0
+    np.testing.assert_array_equal(_vectors(a), _vectors(b))
 
 
 def test_a_socket_the_gateway_cannot_reach_leaves_calls_on_http(server: Server, client: openai.OpenAI) -> None:

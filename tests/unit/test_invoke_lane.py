@@ -19,7 +19,7 @@ import uvloop
 
 from gpt_server.errors import PayloadTooLargeError
 from gpt_server.protocol.worker import secret_matches
-from gpt_server.transport.lane import LaneClient, LaneServer, LaneUnavailable
+from gpt_server.transport.lane import LaneClient, LaneReply, LaneServer, LaneUnavailable
 
 SECRET = "s3cret-for-the-lane"
 
@@ -28,7 +28,7 @@ def _run(main: Callable[[], Awaitable[Any]]) -> Any:
     return uvloop.run(main())
 
 
-async def _server(handler: Callable[[bytes], Awaitable[tuple[int, bytes]]], max_frame: int = 8 << 20) -> LaneServer:
+async def _server(handler: Callable[[bytes, LaneReply | None], Awaitable[tuple[int, bytes]]], max_frame: int = 8 << 20) -> LaneServer:
     server = LaneServer(
         handler, secret_ok=lambda given: secret_matches(given, SECRET), max_frame=max_frame,
         too_large=lambda n: PayloadTooLargeError(f"over {n} bytes").to_json(),
@@ -37,7 +37,7 @@ async def _server(handler: Callable[[bytes], Awaitable[tuple[int, bytes]]], max_
     return server
 
 
-async def _echo(body: bytes) -> tuple[int, bytes]:
+async def _echo(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
     data = orjson.loads(body)
     if data.get("fail"):
         return 429, orjson.dumps({"error": {"message": "busy", "type": "rate_limit_error", "param": None, "code": None}})
@@ -73,7 +73,7 @@ def test_a_connection_without_the_secret_is_closed_unanswered() -> None:
     async def main() -> None:
         calls: list[bytes] = []
 
-        async def handler(body: bytes) -> tuple[int, bytes]:
+        async def handler(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
             calls.append(body)
             return 200, b"{}"
 
@@ -115,7 +115,7 @@ def test_a_call_abandoned_by_the_gateway_is_cancelled_in_the_worker() -> None:
     async def main() -> None:
         started, cancelled = asyncio.Event(), asyncio.Event()
 
-        async def slow(body: bytes) -> tuple[int, bytes]:
+        async def slow(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
             started.set()
             try:
                 await asyncio.sleep(30)
@@ -145,7 +145,7 @@ def test_a_worker_gone_mid_call_is_a_lost_connection_and_a_missing_socket_is_una
     async def main() -> None:
         started = asyncio.Event()
 
-        async def hang(body: bytes) -> tuple[int, bytes]:
+        async def hang(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
             started.set()
             await asyncio.sleep(30)
             return 200, b"{}"
@@ -181,6 +181,35 @@ def test_a_draining_worker_takes_no_new_connection_but_answers_on_open_ones() ->
             with pytest.raises(LaneUnavailable):
                 await other.call(server.path, b"{}")
             other.close()
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_an_answer_sent_from_another_thread_arrives_once_whole_and_the_connection_stays_in_step() -> None:
+    """``LaneReply``: an engine's thread writes the answer itself; what a full socket leaves the
+    loop writes after it; a reply closed (its call over) sends nothing more."""
+    async def main() -> None:
+        late: list[LaneReply] = []
+
+        async def threaded(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
+            assert reply is not None
+            size = int(body)
+            sent = await asyncio.to_thread(reply.send, b'"' + b"z" * size + b'"')
+            assert sent and reply.sent and not reply.send(b"again")
+            late.append(reply)
+            return 200, b"ignored: already sent"
+
+        server = await _server(threaded)
+        client = LaneClient(SECRET)
+        try:
+            for size in (10, 5_000_000, 20):  # the middle one is more than the socket takes at once
+                status, out = await client.call(server.path, str(size).encode())
+                assert status == 200 and out == b'"' + b"z" * size + b'"'
+            assert len(server.conns) == 1
+            assert not late[0].send(b"after its call")  # closed with its call
         finally:
             client.close()
             server.close()

@@ -22,7 +22,7 @@ from ...protocol.kinds import Capability, kind
 from ...protocol.moderation import MODERATE, ClassifyPayload
 from ...protocol.rerank import RERANK, RerankPayload
 from ...settings import ConfigError
-from ..base import Backend, BackendSpec, InvokeResult, payload_as
+from ..base import ANSWER_SINK, Backend, BackendSpec, InvokeResult, payload_as
 from ..batching import DynamicBatcher
 from ..options import TextTaskOptions
 from .media import load_images, refuse_images
@@ -183,3 +183,29 @@ class BatchedTextTaskBackend(TextTaskBackend):
     async def embed_items(self, items: list[Any]) -> tuple[np.ndarray, list[int]]:
         outs = await self._batcher().submit(items)
         return np.stack([v for v, _ in outs]), [n for _, n in outs]
+
+    async def _embed(self, p: EmbedPayload) -> dict[str, Any]:
+        """As ``TextTaskBackend._embed``; where the worker offers an ``ANSWER_SINK`` and the request
+        runs on its own, the body is made and sent on the engine's thread, right after the vectors."""
+        sink = ANSWER_SINK.get()
+        if sink is None:
+            return await super()._embed(p)
+        dims = check_dimensions(p.dimensions, self.dimension, self.options.matryoshka_dims)
+        inputs = await self._embed_inputs(p.inputs)
+
+        def then(outs: list[Any]) -> None:  # the engine's thread
+            if len(outs) == len(p.inputs):
+                vectors = np.stack([v for v, _ in outs])
+                sink.send(embedding_response(fit_dimensions(vectors, dims), [n for _, n in outs], p.encoding_format))
+
+        outs = await self._batcher().submit(inputs, then=then)
+        if sink.sent:
+            return {}  # the answer has gone
+        if len(outs) != len(p.inputs):
+            raise InternalError("the engine returned a wrong number of embeddings")
+        vectors, tokens = np.stack([v for v, _ in outs]), [n for _, n in outs]
+
+        def build() -> dict[str, Any]:
+            return embedding_response(fit_dimensions(vectors, dims), tokens, p.encoding_format)
+
+        return await asyncio.to_thread(build) if len(p.inputs) > _OFFLOAD_ITEMS else build()
