@@ -235,3 +235,35 @@ def test_a_lone_request_runs_from_its_own_task_and_what_comes_meanwhile_is_batch
         await b.close()
 
     run(main())
+
+
+def test_then_runs_on_the_engine_thread_for_a_lone_request_only_and_its_errors_stay_there() -> None:
+    """``submit(items, then=...)``: ``then(outputs)`` runs right after a request that ran on its
+    own, on the engine's thread; a request batched with others skips it; an error in ``then``
+    does not fail the request, nor an item's error reach ``then``."""
+    rec = Recorder(delay=0.05, reject=7)
+
+    async def main() -> None:
+        b = DynamicBatcher(rec, max_batch_size=32, max_wait_ms=5)
+        seen: list[tuple[list[int], int]] = []
+
+        def then(outs: list[int]) -> None:
+            seen.append((outs, threading.get_ident()))
+
+        assert await b.submit([1, 2], then=then) == [2, 4]
+        assert seen == [([2, 4], next(iter(rec.threads)))]
+        seen.clear()
+        outs = await asyncio.gather(b.submit([3], then=then), b.submit([4], then=then))  # together: no then
+        assert outs == [[6], [8]] and seen == [] and rec.batches[-1] == [3, 4]
+        await asyncio.sleep(0.3)  # idle again
+
+        def broken(outs: list[int]) -> None:
+            raise RuntimeError("then failed")
+
+        assert await b.submit([5], then=broken) == [10]
+        with pytest.raises(ValueError, match="bad item 7"):
+            await b.submit([7], then=then)
+        assert seen == []
+        await b.close()
+
+    run(main())
