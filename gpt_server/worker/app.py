@@ -163,12 +163,16 @@ def lane_handler(runtime: WorkerRuntime) -> Callable[[bytes, LaneReply | None], 
             if reply is not None and reply.sent:
                 runtime.lane_early_total += 1
                 return 200, b""  # sent from the engine's thread
-            if isinstance(result, BinaryResult):  # a media answer goes over HTTP: not a JSON call
-                aclose = getattr(result.body, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-                err = InternalError("this capability answers with media: call it over HTTP")
-                return err.status, err.to_json()
+            if isinstance(result, BinaryResult):  # a body made by the backend (diffusers' JSON): as over HTTP
+                if isinstance(result.body, bytes):
+                    return 200, result.body
+                try:
+                    return 200, b"".join([chunk async for chunk in result.body])
+                except Exception as exc:  # cut mid-body: an error, not a lost worker (no other replica runs it again)
+                    runtime.last_error = str(exc)
+                    log.exception("the body of a call failed")
+                    err = InternalError(f"the result failed: {type(exc).__name__}")
+                    return err.status, err.to_json()
             return 200, orjson.dumps(result)
         finally:
             release()
