@@ -54,13 +54,26 @@ class LaneReply:
     """A call's answer frame, which any thread may write to the gateway's connection, once
     (an engine's thread that has the result first: ``backends.base.ANSWER_SINK``). It writes
     through its own duplicate of the connection's descriptor, so a connection closed meanwhile
-    is never confused with another; what a full socket leaves unwritten the event loop writes."""
+    is never confused with another; what a full socket leaves unwritten the event loop writes.
+    The duplicate is taken by ``claim``, on the loop, for the calls that may answer this way
+    (embeddings), not for every call."""
 
     def __init__(self, fd: int) -> None:
-        self._fd = os.dup(fd)
+        self._src, self._fd, self._closed = fd, -1, False
         self._lock = threading.Lock()
         self.sent = False
         self.rest = b""  # of the frame, for the loop to write
+
+    def claim(self) -> bool:
+        """Make the reply sendable from another thread (on the event loop, while the call runs);
+        whether it is."""
+        with self._lock:
+            if self._fd < 0 and not self._closed:
+                try:
+                    self._fd = os.dup(self._src)
+                except OSError:
+                    return False
+            return self._fd >= 0
 
     def send(self, body: bytes) -> bool:
         """Write ``body`` as the 200 answer now; whether it went."""
@@ -77,6 +90,7 @@ class LaneReply:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
@@ -173,10 +187,8 @@ class _ServerConn(asyncio.Protocol):
 
     def _reply(self) -> LaneReply | None:
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
-        try:
-            return LaneReply(sock.fileno()) if sock is not None else None
-        except OSError:
-            return None
+        fd = sock.fileno() if sock is not None else -1
+        return LaneReply(fd) if fd >= 0 else None
 
     async def _call(self, body: bytes) -> None:
         reply = self._reply()

@@ -89,6 +89,14 @@ def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple
         raise _bad_request(exc) from None
 
 
+def _stamp(result: Any, cap: Capability, model: str) -> Any:
+    """An embeddings result names the model the client used (resolved by the gateway), which
+    sends the body on as is."""
+    if cap == EMBED and isinstance(result, dict):
+        result["model"] = model
+    return result
+
+
 class _EmbedAnswer:
     """An embeddings body sent from the engine's thread over the invoke socket (``ANSWER_SINK``)."""
 
@@ -100,8 +108,7 @@ class _EmbedAnswer:
         return self.reply.sent
 
     def send(self, result: dict[str, Any]) -> bool:
-        result["model"] = self.model
-        return self.reply.send(orjson.dumps(result))
+        return self.reply.send(orjson.dumps(_stamp(result, EMBED, self.model)))
 
 
 async def run_invoke(runtime: WorkerRuntime, body: bytes, reply: LaneReply | None = None) -> tuple[Any, Callable[[], None]]:
@@ -123,7 +130,8 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes, reply: LaneReply | Non
             released = True
             runtime.release()
 
-    sink = ANSWER_SINK.set(_EmbedAnswer(reply, model) if reply is not None and cap == EMBED else None)
+    # an embeddings call over the socket may be answered by the engine's thread (claim: its descriptor)
+    sink = ANSWER_SINK.set(_EmbedAnswer(reply, model) if reply is not None and cap == EMBED and reply.claim() else None)
     try:
         result: Any = await runtime.backend.invoke(cap, payload)
     except GatewayError:
@@ -138,9 +146,7 @@ async def run_invoke(runtime: WorkerRuntime, body: bytes, reply: LaneReply | Non
         raise InternalError(f"{cap} failed: {type(exc).__name__}") from exc
     finally:
         ANSWER_SINK.reset(sink)
-    if cap == EMBED and isinstance(result, dict):
-        result["model"] = model  # the name the client used, resolved by the gateway: it sends the body on as is
-    return result, release
+    return _stamp(result, cap, model), release
 
 
 def lane_secret_check(secret: str | None) -> Callable[[bytes], bool]:

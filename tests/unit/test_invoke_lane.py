@@ -9,8 +9,9 @@ cancels the call, a socket that cannot be reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -37,6 +38,20 @@ async def _server(handler: Callable[[bytes, LaneReply | None], Awaitable[tuple[i
     return server
 
 
+@contextlib.asynccontextmanager
+async def _lane(
+    handler: Callable[[bytes, LaneReply | None], Awaitable[tuple[int, bytes]]], max_frame: int = 8 << 20
+) -> AsyncIterator[tuple[LaneServer, LaneClient]]:
+    """A served socket and a client with the secret, both closed after."""
+    server = await _server(handler, max_frame)
+    client = LaneClient(SECRET)
+    try:
+        yield server, client
+    finally:
+        client.close()
+        server.close()
+
+
 async def _echo(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
     data = orjson.loads(body)
     if data.get("fail"):
@@ -46,9 +61,7 @@ async def _echo(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes
 
 def test_calls_in_turn_share_one_connection_and_answers_of_any_size_arrive_whole() -> None:
     async def main() -> None:
-        server = await _server(_echo)
-        client = LaneClient(SECRET)
-        try:
+        async with _lane(_echo) as (server, client):
             assert oct(os.stat(server.path).st_mode & 0o777) == "0o600"
             assert oct(os.stat(os.path.dirname(server.path)).st_mode & 0o777) == "0o700"
             for size in (0, 10, 70_000, 3_000_000):
@@ -61,9 +74,6 @@ def test_calls_in_turn_share_one_connection_and_answers_of_any_size_arrive_whole
             outs = await asyncio.gather(*(client.call(server.path, orjson.dumps({"i": i})) for i in range(5)))
             assert [orjson.loads(o)["got"]["i"] for _, o in outs] == list(range(5))
             assert len(server.conns) == 5
-        finally:
-            client.close()
-            server.close()
         assert not os.path.exists(server.path)
 
     _run(main)
@@ -96,17 +106,12 @@ def test_a_connection_without_the_secret_is_closed_unanswered() -> None:
 
 def test_a_body_over_the_limit_is_answered_413_and_skipped() -> None:
     async def main() -> None:
-        server = await _server(_echo, max_frame=1000)
-        client = LaneClient(SECRET)
-        try:
+        async with _lane(_echo, max_frame=1000) as (server, client):
             status, out = await client.call(server.path, b'{"x": "' + b"y" * 300_000 + b'"}')
             err = orjson.loads(out)["error"]
             assert status == 413 and "over 1000 bytes" in err["message"]
             status, _ = await client.call(server.path, b'{"x": 1}')  # the connection stays in step
             assert status == 200 and len(server.conns) == 1
-        finally:
-            client.close()
-            server.close()
 
     _run(main)
 
@@ -124,9 +129,7 @@ def test_a_call_abandoned_by_the_gateway_is_cancelled_in_the_worker() -> None:
                 raise
             return 200, b"{}"
 
-        server = await _server(slow)
-        client = LaneClient(SECRET)
-        try:
+        async with _lane(slow) as (server, client):
             call = asyncio.ensure_future(client.call(server.path, b"{}"))
             await asyncio.wait_for(started.wait(), 5)
             call.cancel()
@@ -134,9 +137,6 @@ def test_a_call_abandoned_by_the_gateway_is_cancelled_in_the_worker() -> None:
                 await call
             await asyncio.wait_for(cancelled.wait(), 5)
             assert not client._idle.get(server.path)  # the cut connection is not pooled
-        finally:
-            client.close()
-            server.close()
 
     _run(main)
 
@@ -171,9 +171,7 @@ def test_a_worker_gone_mid_call_is_a_lost_connection_and_a_missing_socket_is_una
 
 def test_a_draining_worker_takes_no_new_connection_but_answers_on_open_ones() -> None:
     async def main() -> None:
-        server = await _server(_echo)
-        client = LaneClient(SECRET)
-        try:
+        async with _lane(_echo) as (server, client):
             assert (await client.call(server.path, b"{}"))[0] == 200
             server.stop_accepting()
             assert (await client.call(server.path, b"{}"))[0] == 200  # the pooled connection
@@ -181,37 +179,31 @@ def test_a_draining_worker_takes_no_new_connection_but_answers_on_open_ones() ->
             with pytest.raises(LaneUnavailable):
                 await other.call(server.path, b"{}")
             other.close()
-        finally:
-            client.close()
-            server.close()
 
     _run(main)
 
 
 def test_an_answer_sent_from_another_thread_arrives_once_whole_and_the_connection_stays_in_step() -> None:
     """``LaneReply``: an engine's thread writes the answer itself; what a full socket leaves the
-    loop writes after it; a reply closed (its call over) sends nothing more."""
+    loop writes after it; a reply closed (its call over) sends nothing more, nor one not claimed."""
     async def main() -> None:
         late: list[LaneReply] = []
 
         async def threaded(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
             assert reply is not None
+            assert not reply.send(b"unclaimed")  # no descriptor of its own yet: the loop answers
+            assert reply.claim()
             size = int(body)
             sent = await asyncio.to_thread(reply.send, b'"' + b"z" * size + b'"')
             assert sent and reply.sent and not reply.send(b"again")
             late.append(reply)
             return 200, b"ignored: already sent"
 
-        server = await _server(threaded)
-        client = LaneClient(SECRET)
-        try:
+        async with _lane(threaded) as (server, client):
             for size in (10, 5_000_000, 20):  # the middle one is more than the socket takes at once
                 status, out = await client.call(server.path, str(size).encode())
                 assert status == 200 and out == b'"' + b"z" * size + b'"'
             assert len(server.conns) == 1
-            assert not late[0].send(b"after its call")  # closed with its call
-        finally:
-            client.close()
-            server.close()
+            assert not late[0].send(b"after its call") and not late[0].claim()  # closed with its call
 
     _run(main)

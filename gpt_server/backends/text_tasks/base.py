@@ -106,13 +106,7 @@ class TextTaskBackend(Backend):
     async def _embed(self, p: EmbedPayload) -> dict[str, Any]:
         dims = check_dimensions(p.dimensions, self.dimension, self.options.matryoshka_dims)
         vectors, tokens = await self.embed_items(await self._embed_inputs(p.inputs))
-        if len(vectors) != len(p.inputs):
-            raise InternalError("the engine returned a wrong number of embeddings")
-
-        def build() -> dict[str, Any]:
-            return embedding_response(fit_dimensions(vectors, dims), tokens, p.encoding_format)
-
-        return await asyncio.to_thread(build) if len(p.inputs) > _OFFLOAD_ITEMS else build()
+        return await _embed_body(p, dims, vectors, tokens)
 
     async def _rerank(self, p: RerankPayload) -> dict[str, Any]:
         if p.documents:
@@ -181,8 +175,7 @@ class BatchedTextTaskBackend(TextTaskBackend):
         return self.batcher
 
     async def embed_items(self, items: list[Any]) -> tuple[np.ndarray, list[int]]:
-        outs = await self._batcher().submit(items)
-        return np.stack([v for v, _ in outs]), [n for _, n in outs]
+        return _stacked(await self._batcher().submit(items))
 
     async def _embed(self, p: EmbedPayload) -> dict[str, Any]:
         """As ``TextTaskBackend._embed``; where the worker offers an ``ANSWER_SINK`` and the request
@@ -195,17 +188,27 @@ class BatchedTextTaskBackend(TextTaskBackend):
 
         def then(outs: list[Any]) -> None:  # the engine's thread
             if len(outs) == len(p.inputs):
-                vectors = np.stack([v for v, _ in outs])
-                sink.send(embedding_response(fit_dimensions(vectors, dims), [n for _, n in outs], p.encoding_format))
+                vectors, tokens = _stacked(outs)
+                sink.send(embedding_response(fit_dimensions(vectors, dims), tokens, p.encoding_format))
 
         outs = await self._batcher().submit(inputs, then=then)
         if sink.sent:
             return {}  # the answer has gone
-        if len(outs) != len(p.inputs):
-            raise InternalError("the engine returned a wrong number of embeddings")
-        vectors, tokens = np.stack([v for v, _ in outs]), [n for _, n in outs]
+        return await _embed_body(p, dims, *_stacked(outs))
 
-        def build() -> dict[str, Any]:
-            return embedding_response(fit_dimensions(vectors, dims), tokens, p.encoding_format)
 
-        return await asyncio.to_thread(build) if len(p.inputs) > _OFFLOAD_ITEMS else build()
+def _stacked(outs: list[Any]) -> tuple[np.ndarray, list[int]]:
+    """A batch engine's (vector, tokens) per item → the vectors as one array, the token counts."""
+    return np.stack([v for v, _ in outs]), [n for _, n in outs]
+
+
+async def _embed_body(p: EmbedPayload, dims: int | None, vectors: np.ndarray, tokens: list[int]) -> dict[str, Any]:
+    """The embeddings answer for ``p``: the vectors cut to ``dims`` and encoded as asked (a thread's
+    work for many items)."""
+    if len(vectors) != len(p.inputs):
+        raise InternalError("the engine returned a wrong number of embeddings")
+
+    def build() -> dict[str, Any]:
+        return embedding_response(fit_dimensions(vectors, dims), tokens, p.encoding_format)
+
+    return await asyncio.to_thread(build) if len(p.inputs) > _OFFLOAD_ITEMS else build()
