@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import uuid
+import os
 from typing import Any
 
 from ..chat.chunks import chat_logprobs, completion_logprobs, usage_dict
@@ -33,7 +33,8 @@ __all__ = [
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+    """``prefix-`` and 32 random hex digits (as a uuid4's hex, without building the UUID)."""
+    return f"{prefix}-{os.urandom(16).hex()}"
 
 
 def _sampling(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:

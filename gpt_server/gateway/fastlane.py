@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, get_type_hints
 
@@ -47,6 +48,7 @@ Plain = tuple[type[BaseModel], Endpoint, APIRoute]
 # bodies above this are validated in a thread (as the worker does): an 18 MiB chat body
 # of many small parts takes ~1 s of pydantic
 _PARSE_OFF_LOOP_BYTES = 256 * 1024
+_TRACE_RECHECK_S = 1.0
 
 
 def _validate_large(model: type[BaseModel], raw: bytes) -> BaseModel:
@@ -146,6 +148,7 @@ class GatewayApp(FastAPI):
 
     fast_paths: frozenset[str] = frozenset()
     _fast_stack: ASGIApp | None = None
+    _untraced_until = 0.0  # time.monotonic() until which the telemetry check's "no" holds
 
     def _build_fast_stack(self) -> ASGIApp:
         handler = self.exception_handlers.get(500) or self.exception_handlers.get(Exception)
@@ -159,8 +162,16 @@ class GatewayApp(FastAPI):
         return app
 
     def _traced(self) -> bool:
+        """FastAPI's telemetry check, which reads the environment each time (~25 µs a request): a
+        "no" holds for a second (a tracer set up later is seen after it)."""
+        if self._untraced_until and time.monotonic() < self._untraced_until:
+            return False
         telemetry = getattr(self, "_native_telemetry", None)
-        return telemetry is not None and telemetry.enabled()
+        if telemetry is not None and telemetry.enabled():
+            self._untraced_until = 0.0
+            return True
+        self._untraced_until = time.monotonic() + _TRACE_RECHECK_S
+        return False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.fast_paths and not self._traced():

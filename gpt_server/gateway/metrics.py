@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -85,6 +86,22 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # the labelled series, kept: ``labels()`` checks and locks each time (~10 µs a call). Route
+        # templates and statuses are few, so these stay small.
+        self._durations: dict[str, Any] = {}
+        self._counts: dict[tuple[str, int], Any] = {}
+
+    def _duration(self, route: str) -> Any:
+        child = self._durations.get(route)
+        if child is None:
+            child = self._durations[route] = self.metrics.duration.labels(route)
+        return child
+
+    def _count(self, route: str, status: int) -> Any:
+        child = self._counts.get((route, status))
+        if child is None:
+            child = self._counts[(route, status)] = self.metrics.requests.labels(route, str(status))
+        return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -97,14 +114,14 @@ class MetricsMiddleware:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                self.metrics.duration.labels(_route(scope)).observe(time.perf_counter() - start)
+                self._duration(_route(scope)).observe(time.perf_counter() - start)
             await send(msg)
 
         try:
             await self.app(scope, receive, wrapped)
         finally:
             route = _route(scope)
-            self.metrics.requests.labels(route, str(status)).inc()
+            self._count(route, status).inc()
             if status >= 400:
                 self.metrics.errors.labels(route, _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")).inc()
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import math
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -16,7 +16,7 @@ from starlette.types import ASGIApp
 from .internal import InternalTLS
 from .lifecycle import DRAIN_DEADLINE
 
-__all__ = ["bind_socket", "make_server", "run_async", "TRANSPORT_KEY", "ConnectionTap", "connection_tap"]
+__all__ = ["bind_socket", "make_server", "run_async", "TRANSPORT_KEY", "ConnectionTap", "Hangups", "connection_tap"]
 
 # scope["extensions"][TRANSPORT_KEY]: the connection's transport (transport.direct hands it to a worker)
 TRANSPORT_KEY = "gpt_server.transport"
@@ -67,11 +67,29 @@ class ConnectionTap:
 
     _LAST_CHUNK = b"0\r\n\r\n"
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: Any, hangups: Hangups | None = None) -> None:
         self.transport = transport
+        self._hangups = hangups
         self._skip_last = False
         self._holding = False  # the next write (the head) waits for the one after it
         self._head: bytes | None = None
+
+    def on_hangup(self, callback: Callable[[], None]) -> bool:
+        """Have ``callback`` called on the loop, once, when the client's connection is lost (at once
+        if it is already); False where this tap cannot tell (then listen with ``receive``).
+        ``off_hangup`` when the request is over."""
+        hangups = self._hangups
+        if hangups is None:
+            return False
+        if hangups.lost:
+            asyncio.get_running_loop().call_soon(callback)
+        else:
+            hangups.calls.add(callback)
+        return True
+
+    def off_hangup(self, callback: Callable[[], None]) -> None:
+        if self._hangups is not None:
+            self._hangups.calls.discard(callback)
 
     def ended_elsewhere(self) -> None:
         """The chunked body's last chunk has been written by another process."""
@@ -99,6 +117,27 @@ class ConnectionTap:
         return getattr(self.transport, name)
 
 
+class Hangups:
+    """A connection's loss, heard by the requests served on it (``ConnectionTap.on_hangup``): the
+    server tells them directly, where a task per request listening on ``receive`` cost a task's
+    start and cancellation each time."""
+
+    __slots__ = ("lost", "calls")
+
+    def __init__(self) -> None:
+        self.lost = False
+        self.calls: set[Callable[[], None]] = set()
+
+    def fire(self) -> None:
+        self.lost = True
+        calls, self.calls = self.calls, set()
+        for call in calls:
+            try:
+                call()
+            except Exception:  # one request's listener must not keep the others from hearing it
+                log.exception("a hang-up listener failed")
+
+
 def connection_tap(scope: Any) -> ConnectionTap | None:
     """The request's ``ConnectionTap`` (None where the server is not ours, or HTTP/2)."""
     ext = scope.get("extensions")
@@ -116,9 +155,21 @@ def _http_protocol() -> Any:
         return "auto"
 
     class _Protocol(HttpToolsProtocol):
+        _hangups: Hangups | None = None
+
+        def connection_made(self, transport: Any) -> None:
+            self._hangups = Hangups()
+            super().connection_made(transport)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            if self._hangups is not None:
+                self._hangups.fire()
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self.scope["extensions"] = {TRANSPORT_KEY: ConnectionTap(self.transport)}  # type: ignore[dict-item]  # not an ASGI extension's dict
+            tap = ConnectionTap(self.transport, self._hangups)
+            self.scope["extensions"] = {TRANSPORT_KEY: tap}  # type: ignore[dict-item]  # not an ASGI extension's dict
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
