@@ -8,9 +8,11 @@ Results are split back per request, in order.
 Waiting policy: a lone request on an idle engine runs at once (no added latency at
 concurrency 1), from its own task: no hand-over to the batch loop and back, which was three
 event-loop passes of every request at c=1. Once traffic is concurrent (the last batch held several requests, or
-requests were queued behind it), a new batch waits up to ``max_wait_ms`` for more
+requests were queued behind it), a new batch on an idle engine waits up to ``max_wait_ms`` for more
 requests before it starts, unless it is already full. Requests that arrive while a
-batch runs simply queue for the next one. Traffic stops counting as concurrent once the
+batch runs queue for the next one, which starts as soon as the engine is free: they have
+waited already, and an engine kept idle for company costs throughput (int8 ONNX at 32
+clients: ~3 ms idle after every ~20 ms batch). Traffic stops counting as concurrent once the
 engine has sat idle for ``IDLE_RESET_WINDOWS`` windows (at least ``IDLE_RESET_MIN_S``): the
 first request after a burst does not wait for company that is not coming.
 
@@ -85,6 +87,7 @@ class DynamicBatcher(Generic[I, O]):
         self._concurrent = False
         self._idle_reset = max(IDLE_RESET_WINDOWS * self.max_wait, IDLE_RESET_MIN_S)
         self._last_done = 0.0  # loop time the last batch finished
+        self._backlog = False  # requests queued while the last batch ran
         self._busy = False  # a lone request runs (``_run_lone``)
         self._running = False  # the batch loop runs a batch
         self._closed = False
@@ -193,12 +196,15 @@ class DynamicBatcher(Generic[I, O]):
             while not self._queue:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            backlog = False  # the queued requests waited behind a run: they go at once
             while self._busy:  # a lone request runs: what queued meanwhile goes as one batch after it
+                backlog = True
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            backlog = backlog or self._backlog
             if self._concurrent and asyncio.get_running_loop().time() - self._last_done > self._idle_reset:
                 self._concurrent = False  # idle since the last burst: this request is alone
-            if self._concurrent:
+            if self._concurrent and not backlog:
                 await self._gather_window()
             batch = self._take()
             had_backlog = bool(self._queue)
@@ -209,6 +215,7 @@ class DynamicBatcher(Generic[I, O]):
             try:
                 await self._run(batch)
                 self._last_done = asyncio.get_running_loop().time()
+                self._backlog = bool(self._queue)
             except asyncio.CancelledError:
                 for job in batch:
                     if not job.future.done():

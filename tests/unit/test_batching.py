@@ -145,6 +145,36 @@ def test_lone_request_runs_at_once_but_concurrent_traffic_waits_for_the_window()
     assert batches == 1  # the late request joined the waiting batch
 
 
+def test_requests_queued_behind_a_running_batch_start_when_it_ends_without_the_window() -> None:
+    """Under concurrent traffic a batch on an idle engine waits for the window, but requests that
+    queued while a batch ran have waited already: theirs starts the moment the engine is free."""
+    rec = Recorder(delay=0.2)
+    starts: list[float] = []
+
+    def timed(items: list[int]) -> list[int | BaseException]:
+        starts.append(time.perf_counter())
+        return rec(items)
+
+    async def main() -> None:
+        b = DynamicBatcher(timed, max_batch_size=32, max_wait_ms=400)
+        await asyncio.gather(b.submit([1]), b.submit([2]))  # concurrent traffic seen
+        starts.clear()
+        rec.batches.clear()
+        first = asyncio.gather(b.submit([3]), b.submit([4]))  # waits for the window (0.4 s), then runs 0.2 s
+
+        async def behind() -> list[int]:
+            await asyncio.sleep(0.45)  # queues while that batch runs
+            return await b.submit([5])
+
+        await asyncio.gather(first, behind())
+        await b.close()
+
+    run(main())
+    assert rec.batches == [[3, 4], [5]]
+    gap = starts[1] - starts[0]
+    assert 0.19 < gap < 0.3, gap  # at the end of the first batch's 0.2 s, not 0.4 s of window later
+
+
 def test_first_request_after_a_burst_does_not_wait_once_the_engine_went_idle() -> None:
     """Concurrent traffic arms the window (right after it, a request still waits for company:
     the test above); an engine idle since then for ten windows runs the next lone request at once."""
