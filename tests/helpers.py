@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -172,3 +173,14 @@ def llama_engine_options(model_config: dict[str, Any], device: str | None = None
         entry["device"] = device
     cfg = parse_config({"models": [{"m": entry}]})
     return LlamaCppBackend(BackendSpec(entry=cfg.models[0], model_path="/m.gguf")).engine_options(None)
+
+
+async def wait_to_be_cancelled(started: Any, cancelled: Any, seconds: float = 30) -> None:
+    """A handler's work that runs until it is cancelled: ``started`` set first, ``cancelled`` on
+    the cancellation (asyncio events), which is raised on."""
+    started.set()
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        cancelled.set()
+        raise

@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 from gpt_server.web import lifecycle
 from gpt_server.web.lifecycle import HangupMiddleware
 from gpt_server.web.serve import bind_socket, connection_tap, make_server
+from tests.helpers import wait_to_be_cancelled
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -38,12 +39,7 @@ def test_a_hang_up_cancels_the_request_without_a_listening_task() -> None:
                 await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
                 await send({"type": "http.response.body", "body": b"ok"})
                 return
-            started.set()
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
+            await wait_to_be_cancelled(started, cancelled)
 
         real_watch = lifecycle._Watch.__init__
 

@@ -21,6 +21,7 @@ import uvloop
 from gpt_server.errors import PayloadTooLargeError
 from gpt_server.protocol.worker import secret_matches
 from gpt_server.transport.lane import LaneClient, LaneReply, LaneServer, LaneUnavailable
+from tests.helpers import wait_to_be_cancelled
 
 SECRET = "s3cret-for-the-lane"
 
@@ -121,12 +122,7 @@ def test_a_call_abandoned_by_the_gateway_is_cancelled_in_the_worker() -> None:
         started, cancelled = asyncio.Event(), asyncio.Event()
 
         async def slow(body: bytes, reply: LaneReply | None = None) -> tuple[int, bytes]:
-            started.set()
-            try:
-                await asyncio.sleep(30)
-            except asyncio.CancelledError:
-                cancelled.set()
-                raise
+            await wait_to_be_cancelled(started, cancelled)
             return 200, b"{}"
 
         async with _lane(slow) as (server, client):
