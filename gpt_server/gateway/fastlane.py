@@ -164,7 +164,7 @@ class GatewayApp(FastAPI):
     def _traced(self) -> bool:
         """FastAPI's telemetry check, which reads the environment each time (~25 µs a request): a
         "no" holds for a second (a tracer set up later is seen after it)."""
-        if self._untraced_until and time.monotonic() < self._untraced_until:
+        if time.monotonic() < self._untraced_until:
             return False
         telemetry = getattr(self, "_native_telemetry", None)
         if telemetry is not None and telemetry.enabled():

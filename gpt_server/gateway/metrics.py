@@ -87,20 +87,14 @@ class MetricsMiddleware:
         self.app = app
         self.metrics = metrics
         # the labelled series, kept: ``labels()`` checks and locks each time (~10 µs a call). Route
-        # templates and statuses are few, so these stay small.
-        self._durations: dict[str, Any] = {}
-        self._counts: dict[tuple[str, int], Any] = {}
+        # templates, statuses and error types are few, so this stays small.
+        self._series: dict[tuple[Any, ...], Any] = {}
 
-    def _duration(self, route: str) -> Any:
-        child = self._durations.get(route)
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._series.get(key)
         if child is None:
-            child = self._durations[route] = self.metrics.duration.labels(route)
-        return child
-
-    def _count(self, route: str, status: int) -> Any:
-        child = self._counts.get((route, status))
-        if child is None:
-            child = self._counts[(route, status)] = self.metrics.requests.labels(route, str(status))
+            child = self._series[key] = metric.labels(*labels)
         return child
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,16 +108,16 @@ class MetricsMiddleware:
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
-                self._duration(_route(scope)).observe(time.perf_counter() - start)
+                self._child(self.metrics.duration, _route(scope)).observe(time.perf_counter() - start)
             await send(msg)
 
         try:
             await self.app(scope, receive, wrapped)
         finally:
             route = _route(scope)
-            self._count(route, status).inc()
+            self._child(self.metrics.requests, route, str(status)).inc()
             if status >= 400:
-                self.metrics.errors.labels(route, _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")).inc()
+                self._child(self.metrics.errors, route, _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")).inc()
 
 
 def _route(scope: Scope) -> str:
