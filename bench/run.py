@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx-cache-dir", default=None, help="the onnx mode's export cache (default: the engine's)")
     p.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 4), help="engine threads (every side)")
     p.add_argument("--n-parallel", type=int, default=8, help="llama.cpp sequences decoded together")
+    p.add_argument("--llama-option", type=_option, action="append", default=[], metavar="KEY=JSON",
+                   help="a llama_cpp model_config option for the gateway's model (repeatable), e.g. turnaround_hold_ms=0")
     p.add_argument("--n-ctx", type=int, default=2048)
     p.add_argument("--slo-ttft-ms", type=float, default=2000.0)
     p.add_argument("--slo-tpot-ms", type=float, default=200.0)
@@ -71,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in-process", action="store_true",
                    help="chat and embedding workers run inside the gateway process (workers: [{in_process: true}])")
     return p
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: not JSON: {value!r}") from exc
 
 
 def _ints(text: str) -> list[int]:
@@ -177,6 +189,7 @@ def _workers(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def _llama_entry(args: argparse.Namespace) -> dict[str, Any]:
     mc = {"model_name_or_path": LLAMA_MODEL, "n_ctx": args.n_ctx, "n_parallel": args.n_parallel, "n_threads": args.threads}
+    mc.update(args.llama_option)
     return {"smollm2": {"model_config": mc, "work_mode": "llama_cpp", "device": "cpu", "workers": _workers(args)}}
 
 

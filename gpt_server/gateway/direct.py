@@ -1,13 +1,16 @@
 """The gateway's side of streams a worker writes to the client itself (``transport.direct``).
 
 ``HandedSSEResponse`` is the chat/completion stream when the worker was asked for a
-hand-off. The worker answers its status line with the stream's first event, as always; the
-gateway writes the response head and that first event's chunks (the role chunks with the
-first token: the time to first token is the relay's), then hands the client's connection
-to the worker, which writes the rest while the next token is decoded. It then waits for the
-worker's ``EndEvent`` and ends the chunked body. Where the connection cannot be handed over
-(its head still buffered, the worker's socket gone, a first event that is an error), it
-tells the worker so and relays the rest as ``SSEResponse`` does.
+hand-off. Where the engine writes the stream's deltas on its own thread (no parser between
+them and the client, ``protocol.deltas``), the worker answers its status line as soon as the
+engine has the request (``HAND_NOW_HEADER``): the gateway writes the response head (and a
+chat's role chunks) and hands the client's connection over during the prefill, and the
+engine's thread writes the first token to the client itself. Otherwise the worker answers with
+the stream's first event; the gateway writes the head and that event's chunks, then hands the
+connection over, and the worker writes the rest while the next token is decoded. The gateway
+then waits for the worker's ``EndEvent`` and ends the chunked body. Where the connection cannot
+be handed over (its head still buffered, the worker's socket gone, a first event that is an
+error), it tells the worker so and relays the rest as ``SSEResponse`` does.
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ class HandedSSEResponse(SSEResponse):
         transport: Any,
         shape: ChunkShape,
         on_handed: Callable[[], None] | None = None,
+        now: bool = False,
         **kw: Any,
     ) -> None:
+        """``now``: the worker waits for the connection before the stream's first event."""
         super().__init__(events, **kw)
         self.events = events
         self.handoff = handoff
@@ -63,6 +68,7 @@ class HandedSSEResponse(SSEResponse):
         self.transport = transport
         self.shape = shape
         self.on_handed = on_handed
+        self.now = now
 
     def _render(self, batch: list[Event]) -> tuple[list[dict[str, Any]], GatewayError | None]:
         out, failed = render_batch(batch, self.shape.chunks)
@@ -106,7 +112,10 @@ class HandedSSEResponse(SSEResponse):
                     tap.hold_head()  # the head goes with the first chunks, in one write
                 await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
                 relaying = True
-                first, failed = await self._first(deadline)
+                if self.now:
+                    first, failed = b"".join(self.encode(c) for c in self.shape.head()), None
+                else:
+                    first, failed = await self._first(deadline)
                 if failed is not None:  # nothing to hand over: the stream ends here
                     self.handoff.decline(self.socket_path, self.token)
                     await body(first + self.encode(self.error_event(failed)) + self.done, more=False)

@@ -24,6 +24,7 @@ from ..protocol.worker import (
     ToolCallDelta,
     UsageEvent,
 )
+from ..transport.direct import HAND_NOW_HEADER
 from ..web.responses import FastJSONResponse
 from .convert import (
     chat_logprobs,
@@ -339,6 +340,7 @@ class GenerationService:
         return HandedSSEResponse(
             self._batches(stream), handoff=self.workers.handoff, socket_path=path, token=token, transport=client, shape=shape,
             on_handed=handed, timeout=self.timeout, deadline=deadline, on_close=stream.aclose,
+            now=isinstance(stream, EventStream) and HAND_NOW_HEADER in stream.headers,
         )
 
     async def _chunks(self, stream: EventStream | LocalEventStream, shape: ChunkShape) -> AsyncIterator[list[dict[str, Any]]]:

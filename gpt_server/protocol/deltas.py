@@ -40,13 +40,18 @@ from .worker import DeltaEvent
 if TYPE_CHECKING:
     from .worker import TokenLogprob, ToolCallDelta
 
-__all__ = ["DELTA_WRITER", "DeltaWriter", "Answer"]
+__all__ = ["ADMITTED", "DELTA_WRITER", "DeltaWriter", "Answer"]
+
+# what a stream yields first, where its writer asked (``DeltaWriter.announce``), once the engine
+# has taken its sequences: past every check that turns a request away (compared by identity;
+# never sent)
+ADMITTED = DeltaEvent(index=-1, text="")
 
 
 class DeltaWriter:
     """One stream's hook for deltas written on the engine thread (module docstring)."""
 
-    __slots__ = ("drained", "kick", "posted", "taken", "write")
+    __slots__ = ("announce", "drained", "kick", "posted", "taken", "write")
 
     def __init__(self) -> None:
         # set by the worker once it writes the stream itself, both called on the engine thread.
@@ -59,6 +64,9 @@ class DeltaWriter:
         self.posted = 0  # events the engine thread handed to the event loop (engine thread)
         self.taken = 0  # deltas ``write`` took (engine thread)
         self.drained = 0  # of those, how many the worker has written (event loop)
+        # the stream yields ``ADMITTED`` first, as soon as the engine has its sequences (the worker
+        # then takes the client's connection before the first token, ``transport.direct``)
+        self.announce = False
 
 
 # set by a worker around the start of a generation whose stream it may write itself

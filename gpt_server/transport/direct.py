@@ -8,20 +8,26 @@ socket to the worker instead, and the worker writes the stream's chunks itself:
 
 1. The gateway sends ``POST /worker/generate`` with the header ``x-gpt-server-direct: <token>``.
    The worker admits the request as always (an error is its HTTP answer, as always) and
-   answers 200 with the stream's first event, then waits for the socket.
+   answers 200 with the stream's first event, then waits for the socket. Where the engine's
+   thread writes the stream's deltas (no parser between them and the client,
+   ``protocol.deltas``) it answers as soon as the engine has taken the request, with no event
+   and the header ``x-gpt-server-hand-now`` (``HAND_NOW_HEADER``): the hand-off then happens
+   during the prefill and the engine's thread writes the first token to the client itself (a
+   failure before it is an error event in the stream, as a later one is).
 2. The gateway writes the response head and the first event's chunks (the role chunks with the
-   first token, as when relayed), and once they have left (its write buffer is empty) sends the
-   worker, over the worker's hand-off socket (a Unix ``SOCK_SEQPACKET`` socket in a private
+   first token, as when relayed; with ``HAND_NOW_HEADER`` the role chunks alone), and once they
+   have left (its write buffer is empty) sends the worker, over the worker's hand-off socket (a Unix ``SOCK_SEQPACKET`` socket in a private
    directory; only this user's processes may connect), the token, the stream's ``ChunkShape``,
    the time left and a duplicate of the client connection's descriptor (``SCM_RIGHTS``). Where
    it cannot hand it over it sends ``none``, and the worker sends the rest of its events to the
-   gateway as usual. The hand-off happens while the next token is decoded.
+   gateway as usual. The hand-off happens while the next token (or the first) is decoded.
 3. The worker writes each further event's chunks as HTTP/1.1 chunks of SSE, keep-alive
    comments when idle, an error event where the generation fails, its deadline passes or the
    gateway asks it to stop (the drain deadline), then ``[DONE]`` and the body's last chunk in
    one write (a client that stops reading at ``[DONE]`` finds the response complete and reuses
-   the connection); then it answers the gateway with the usage and an ``EndEvent``. The
-   gateway completes the response in its server without writing the last chunk again
+   the connection); then it answers the gateway with the usage and an ``EndEvent`` (after a
+   hand-off before the first token, first an empty delta ``held`` since that token went out: the
+   gateway's metrics time it). The gateway completes the response in its server without writing the last chunk again
    (``web.serve.ConnectionTap``), so the connection serves the client's next request.
 
 The client's hang-up is seen by the gateway as before (it closes the worker's request, which
@@ -52,12 +58,13 @@ import orjson
 from ..chat.chunks import ChunkShape
 from ..errors import TimeoutError_, error_from_body
 from ..protocol.deltas import DeltaWriter
-from ..protocol.worker import EndEvent, ErrorEvent, Event, TokenLogprob, UsageEvent
+from ..protocol.worker import DeltaEvent, EndEvent, ErrorEvent, Event, TokenLogprob, UsageEvent
 from ..web.lifecycle import shutdown_error
 from ..web.serve import TRANSPORT_KEY
 
 __all__ = [
     "DIRECT_HEADER",
+    "HAND_NOW_HEADER",
     "TRANSPORT_KEY",
     "HandoffClient",
     "HandoffServer",
@@ -71,6 +78,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DIRECT_HEADER = "x-gpt-server-direct"
+# on the worker's answer: the stream has no first event yet, hand the connection over now
+HAND_NOW_HEADER = "x-gpt-server-hand-now"
 _MAX_MESSAGE = 16 * 1024
 _DONE = b"data: [DONE]\n\n"
 _LAST_CHUNK = b"0\r\n\r\n"
@@ -403,6 +412,7 @@ class _Writer:
         self.lock = asyncio.Lock()  # the event loop's writes, one at a time
         self.tlock = threading.Lock()  # what follows, between the loop, the engine and the sender thread
         self.pending = b""  # deltas taken on the engine thread, not sent yet
+        self.first: float | None = None  # when the first text was taken (``time.perf_counter``)
         self.queued = False  # the sender thread has this stream to send
         self.loop_writing = False  # a write of the loop's is under way (it sends ``pending`` after)
         self.closed = False  # the stream's end is written or being written: nothing more comes
@@ -452,6 +462,8 @@ class _Writer:
             body = b"".join([_sse(c) for c in self.shape.text_chunks(index, text, logprobs)])
             if body:
                 self.pending += _frame(body)
+                if self.first is None:
+                    self.first = time.perf_counter()
             return True
 
     def kick(self, here: bool = False) -> None:
@@ -580,11 +592,15 @@ def _send_thread() -> _SendThread:
     return _sender
 
 
-async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWriter | None = None) -> list[Event]:
-    """Write the stream of ``events`` (the first event and the head went out through the
-    gateway) to the handed-off client socket; what the worker then answers the gateway (the
-    usage, then an ``EndEvent``). ``deltas``: the generation's hook for deltas written on the
-    engine's thread (``protocol.deltas``), set for as long as this writes the stream."""
+async def write_stream(
+    h: Handoff, events: AsyncIterator[Event], deltas: DeltaWriter | None = None, *, first: bool = False
+) -> list[Event]:
+    """Write the stream of ``events`` (the head went out through the gateway, and the first
+    event unless ``first``) to the handed-off client socket; what the worker then answers the
+    gateway (with ``first``, an empty delta ``held`` since the first text was written, so the
+    gateway can time it; the usage; then an ``EndEvent``). ``deltas``: the generation's hook for
+    deltas written on the engine's thread (``protocol.deltas``), set for as long as this writes
+    the stream."""
     assert h.shape is not None
     w = _Writer(h, asyncio.current_task())
     shape = h.shape
@@ -606,6 +622,8 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWr
                     usage = ev
                 out = [_sse(c) for c in shape.chunks(ev)]
                 if out:
+                    if w.first is None and isinstance(ev, DeltaEvent):
+                        w.first = time.perf_counter()
                     await w.send(b"".join(out))
                 if w.ending is not None:
                     break
@@ -630,6 +648,10 @@ async def write_stream(h: Handoff, events: AsyncIterator[Event], deltas: DeltaWr
         if deltas is not None:
             deltas.write = deltas.kick = None
         w.close()
-    answer: list[Event] = [usage] if usage is not None else []
+    answer: list[Event] = []
+    if first and w.first is not None:
+        answer.append(DeltaEvent(index=0, text="", held=time.perf_counter() - w.first))
+    if usage is not None:
+        answer.append(usage)
     answer.append(EndEvent(error=error))
     return answer

@@ -36,7 +36,7 @@ from ..protocol.worker import (
     InvokeRequest,
     secret_matches,
 )
-from ..transport.direct import DIRECT_HEADER, stream_token, write_stream
+from ..transport.direct import DIRECT_HEADER, HAND_NOW_HEADER, stream_token, write_stream
 from ..transport.lane import LaneReply
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
@@ -233,6 +233,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "inflight": runtime.inflight,
                 "requests_total": runtime.requests_total,
                 "deltas_direct_total": runtime.deltas_direct_total,
+                "handed_before_first_total": runtime.handed_before_first_total,
                 "lane_calls_total": runtime.lane_calls_total,
                 "lane_early_total": runtime.lane_early_total,
                 "last_error": runtime.last_error,
@@ -247,6 +248,8 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
         # deltas on its own thread (protocol.deltas)
         answer = Answer() if req.whole else None
         deltas = answer.writer if answer is not None else DeltaWriter() if token else None
+        if token and deltas is not None:  # the connection may come before the first token
+            deltas.announce = True
         reset = DELTA_WRITER.set(deltas)
         try:
             gen = await Generation.start(runtime, req)
@@ -266,16 +269,22 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 return
             async with contextlib.aclosing(gen.events()) as events:
                 if token and runtime.handoff is not None:  # the client's connection may come (transport.direct)
-                    # the first event goes with the status line, as always (the gateway writes it,
-                    # then hands the connection over): nothing more until the hand-off
-                    first = await anext(events, None)
-                    if first is None:
-                        return
-                    yield _line(first)
+                    if gen.admitted:
+                        # the engine has the request: the status line now (the gateway writes the
+                        # head and hands the connection over during the prefill), every event after
+                        yield b""
+                    else:
+                        # the first event goes with the status line (the gateway writes it, then
+                        # hands the connection over): nothing more until the hand-off
+                        first = await anext(events, None)
+                        if first is None:
+                            return
+                        yield _line(first)
                     handoff = await runtime.handoff.take(token)
                     if handoff.sock is not None:
+                        runtime.handed_before_first_total += gen.admitted
                         try:
-                            end = await write_stream(handoff, events, deltas)
+                            end = await write_stream(handoff, events, deltas, first=gen.admitted)
                         except OSError as exc:  # the client's connection broke: the gateway sees it too
                             log.info("direct stream ended: %s", type(exc).__name__)
                             return
@@ -288,7 +297,9 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 async for ev in events:
                     yield _line(ev)
 
-        return ClosingStreamingResponse(body(), on_close=gen.aclose, media_type="application/x-ndjson")
+        return ClosingStreamingResponse(
+            body(), on_close=gen.aclose, media_type="application/x-ndjson", headers={HAND_NOW_HEADER: "1"} if gen.admitted else None
+        )
 
     async def invoke(request: Request) -> Response:
         result, release = await run_invoke(runtime, await request.body())

@@ -12,7 +12,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from ..errors import BadRequestError, GatewayError, InternalError
-from ..protocol.deltas import Answer
+from ..protocol.deltas import ADMITTED, Answer
 from ..protocol.worker import DeltaEvent, ErrorEvent, Event, GenerateRequest, UsageEvent
 from .runtime import WorkerRuntime
 
@@ -26,18 +26,21 @@ def error_event(exc: GatewayError) -> ErrorEvent:
 
 
 class Generation:
-    """An admitted generation whose first event is known.
+    """An admitted generation whose first event is known, or (``admitted``) whose sequences the
+    engine has taken, where the stream was asked to say so (``DeltaWriter.announce``).
 
     ``start`` raises a ``GatewayError`` (bad request, 429/503 admission, an engine that
     fails before its first event) with nothing left held. After it, ``events()`` yields
     every event, a failure mid-stream as a final ``ErrorEvent``; ``aclose()`` (also run
     when ``events()`` ends or is closed) stops the engine's work and frees the slot, once.
+    An ``admitted`` generation's failures before its first event come as events too.
     """
 
     def __init__(self, runtime: WorkerRuntime, agen: AsyncIterator[Event], first: Event) -> None:
         self.runtime = runtime
         self._agen = agen
-        self._first = first
+        self.admitted = first is ADMITTED
+        self._first: Event | None = None if self.admitted else first
         self._closed = False
 
     @classmethod
@@ -70,7 +73,7 @@ class Generation:
     async def events(self) -> AsyncGenerator[Event, None]:
         runtime = self.runtime
         try:
-            ev = self._first
+            ev = self._first if self._first is not None else await self._agen.__anext__()
             while True:
                 if isinstance(ev, UsageEvent):
                     runtime.tokens_total += ev.completion_tokens

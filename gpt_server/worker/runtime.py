@@ -186,6 +186,7 @@ class WorkerRuntime:
         self.requests_total = 0
         self.tokens_total = 0  # completion tokens generated (dashboard rates)
         self.deltas_direct_total = 0  # deltas taken on the engine's thread: handed streams, whole answers (protocol.deltas)
+        self.handed_before_first_total = 0  # streams whose connection came before their first token (transport.direct)
         self.last_error: str | None = None
         # streams written to the client's connection (transport.direct): set by a worker process
         self.handoff: HandoffServer | None = None

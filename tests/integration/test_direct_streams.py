@@ -37,6 +37,11 @@ def _handed(server: Server) -> float:
     return float(m.group(1)) if m else 0.0
 
 
+def _worker_count(server: Server, key: str) -> int:
+    infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json() for w in server.workers()]
+    return sum(int(i[key]) for i in infos)
+
+
 def _engine_written(server: Server) -> int:
     """Deltas of handed streams the workers wrote from the engine's thread (protocol.deltas)."""
     infos = [httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json() for w in server.workers()]
@@ -73,6 +78,13 @@ def _shapes(chunks: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _by_choice(shapes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chunks of each choice in their order, choice after choice: which of two choices that
+    emit in one engine step comes first depends on the slots they took, which differ between servers
+    whose caches hold different prompts."""
+    return sorted(shapes, key=lambda d: d["choices"][0]["index"] if d["choices"] else 1 << 30)
+
+
 def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
     kw: dict[str, Any] = dict(
         model="smollm2", messages=MSG, max_tokens=40, temperature=0, n=2, logprobs=True, top_logprobs=2,
@@ -81,7 +93,7 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
     before, engine_before = _handed(direct), _engine_written(direct)
     got = _shapes(list(_client(direct).chat.completions.create(**kw)))
     want = _shapes(list(_client(relayed).chat.completions.create(**kw)))
-    assert got == want
+    assert _by_choice(got) == _by_choice(want)
     roles = [c for c in got if c["choices"] and c["choices"][0]["delta"].get("role") == "assistant"]
     assert len(roles) == 2 and got[-1]["usage"]["completion_tokens"] > 0
     assert sum(1 for c in got if c["choices"] and c["choices"][0]["finish_reason"]) == 2
@@ -94,15 +106,39 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
 
 def test_a_stream_a_tool_parser_reads_is_written_by_the_loop_alone(direct: Server, relayed: Server) -> None:
     """A tool parser changes the deltas between the engine and the connection: none is written
-    from the engine's thread, and the stream is the relayed one."""
+    from the engine's thread, and the stream is the relayed one. Its connection is handed over
+    after its first event, as the parser must see the text first."""
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
     kw: dict[str, Any] = dict(model="smollm2", messages=MSG, max_tokens=40, temperature=0, tools=tools, stream=True)
     before, engine_before = _handed(direct), _engine_written(direct)
+    early_before = _worker_count(direct, "handed_before_first_total")
     got = _shapes(list(_client(direct).chat.completions.create(**kw)))
     want = _shapes(list(_client(relayed).chat.completions.create(**kw)))
     assert got == want and len(got) > 3
     assert _handed(direct) == before + 1
     assert _engine_written(direct) == engine_before
+    assert _worker_count(direct, "handed_before_first_total") == early_before
+
+
+def test_a_plain_stream_is_handed_over_before_its_first_token_and_timed(direct: Server) -> None:
+    """No parser: the worker answers as soon as the engine has the request, the gateway hands the
+    connection over during the prefill and the engine's thread writes every token, the first too.
+    The gateway still times the first token (``DeltaEvent.held`` in the worker's end): a number
+    between zero and the whole stream's time."""
+    ttft, e2e = _metric_sum(direct, "gpt_server_time_to_first_token_seconds"), _metric_sum(direct, "gpt_server_generation_seconds")
+    early_before, engine_before = _worker_count(direct, "handed_before_first_total"), _engine_written(direct)
+    chunks = list(_client(direct).chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": "Write a long essay."}], max_tokens=64, temperature=0,
+        logit_bias={"2": -100}, stream=True, stream_options={"include_usage": True},
+    ))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 64 and text
+    assert _worker_count(direct, "handed_before_first_total") == early_before + 1
+    assert _engine_written(direct) - engine_before >= 32
+    d_ttft = _metric_sum(direct, "gpt_server_time_to_first_token_seconds") - ttft
+    d_e2e = _metric_sum(direct, "gpt_server_generation_seconds") - e2e
+    assert 0 < d_ttft < d_e2e / 2, (d_ttft, d_e2e)
 
 
 def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server, relayed: Server) -> None:
@@ -111,7 +147,7 @@ def test_completion_stream_is_the_same_written_by_the_worker_as_relayed(direct: 
     engine_before = _engine_written(direct)
     got = _shapes(list(_client(direct).completions.create(**kw)))
     want = _shapes(list(_client(relayed).completions.create(**kw)))
-    assert got == want
+    assert _by_choice(got) == _by_choice(want)
     assert _engine_written(direct) - engine_before >= 16  # offsets carried across both writers
     assert {c["choices"][0]["index"] for c in got} == {0, 1}
     assert all(c["choices"][0]["logprobs"]["text_offset"] is not None for c in got if c["choices"][0]["text"])

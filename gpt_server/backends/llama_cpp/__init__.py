@@ -79,6 +79,16 @@ class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOption
         "the rest of the worker, so that the event loops streaming the tokens get a core as soon as they wake "
         f"(Linux); default {DEFAULT_COMPUTE_NICE} when the model runs on the CPU, 0 with GPU layers",
     )
+    turnaround_hold_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="after a sequence finishes, how long the engine may wait for the request that follows it before "
+        "its next decode step, so that request joins that step (clients that send their next request as soon as an "
+        "answer ends: agent loops, scripts, benchmarks); it waits only while three quarters of the recent requests "
+        "came back within three quarters of a step, a little longer than they took, at most a step; default: a "
+        "recent step's time (at most 50 ms); a number: these milliseconds in place of the step's; 0: never wait",
+    )
     speculative: SpeculativeOptions | None = Field(
         None,
         description="speculative decoding (default off): {mode: ngram | draft, num_draft_tokens: 1..16 (12 ngram, 5 draft), "

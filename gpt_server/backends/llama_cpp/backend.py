@@ -108,6 +108,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             repack=mc.repack,
             hugepages=mc.hugepages if mc.hugepages is not None else n_gpu_layers == 0,
             nice=mc.compute_nice if mc.compute_nice is not None else (0 if n_gpu_layers else DEFAULT_COMPUTE_NICE),
+            turnaround_hold=_hold(mc.turnaround_hold_ms),
         )
 
     def _tokenizer_info(self) -> Any:
@@ -143,7 +144,9 @@ class LlamaCppBackend(Tokenizes, Backend):
         decode loop: ``step_steps`` decode steps, ``step_tokens`` batch tokens they decoded,
         ``step_decode_us`` microseconds inside llama_decode and ``step_host_us`` on the engine
         thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through.
-        ``hugepages_mib``: how much of the engine's memory was put in huge pages at load (hugepages.py)."""
+        ``hugepages_mib``: how much of the engine's memory was put in huge pages at load (hugepages.py).
+        ``turnaround_holds``: waits after a finish for the request that follows it (textgen/turnaround.py),
+        ``turnaround_joined``: of them, those a request ended (it joined the next step)."""
         eng = self.engine
         if eng is None:
             return {}
@@ -153,6 +156,8 @@ class LlamaCppBackend(Tokenizes, Backend):
             **{f"gate_{k}": v for k, v in gate.items()},
             **{f"step_{k}": v for k, v in eng.step_stats.items()},
             "hugepages_mib": eng.hugepages_bytes >> 20,
+            "turnaround_holds": eng.turnaround.holds,
+            "turnaround_joined": eng.turnaround.joined,
         }
 
     # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----
@@ -290,3 +295,10 @@ class LlamaCppBackend(Tokenizes, Backend):
         ):
 
             yield ev
+
+
+def _hold(ms: float | None) -> float | None:
+    """``turnaround_hold_ms`` as ``EngineOptions.turnaround_hold``: -1 (up to a step), None (0: never), seconds."""
+    if ms is None:
+        return -1.0
+    return ms / 1e3 if ms > 0 else None

@@ -86,6 +86,9 @@ class EngineOptions:
     repack: bool | None = None  # llama.cpp's extra weight buffers (buffers.py; default: off on AMX CPUs)
     nice: int = 0  # nice steps of the engine thread and ggml's threads below the process (EngineThread)
     hugepages: bool = False  # weights read into memory backed by 2 MiB pages (hugepages.py), where the OS allows
+    # after a sequence finishes, the longest wait (seconds) for the request that follows it before
+    # the next step (textgen/turnaround.py): -1 weighed against a recent step, None never
+    turnaround_hold: float | None = -1
 
 
 @dataclass
@@ -155,6 +158,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
             n_vocab=self.model.n_vocab(), thread_name="llama-engine", label="llama.cpp", nice=opts.nice,
             send_here=opts.n_gpu_layers == 0 and threads >= usable_cpus(),
         )
+        self.hold_cap = opts.turnaround_hold
         n_ctx_train = self.model.n_ctx_train()
         self.n_ctx_seq = min(opts.n_ctx or min(4096, n_ctx_train), n_ctx_train)
         self.n_parallel = opts.n_parallel
@@ -361,7 +365,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
         None when there was nothing to decode or the decode failed."""
         b = self._batch
         t_step = time.perf_counter()
-        swapped = self._compact()
+        # slots apart are brought together once no prompt is being read in: a swap's copies run
+        # in the next decode, and in a new sequence's first step they would delay its first token
+        swapped = False if self._reading() else self._compact()
         n = 0
         prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
         outputs: list[tuple[_Slot, int]] = []  # prompts' last positions
@@ -427,6 +433,14 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 longest = max(map(len, drafts.values()), default=0)
                 self.gate.record(len(decoding), len(drafts), longest, time.perf_counter() - t_step)
         return n, in_decode
+
+    def _reading(self) -> bool:
+        """A sequence's prompt is (still) being read into its slot."""
+        for slot in self._slots:
+            s = slot.seq
+            if s is not None and s.n_past < len(s.prompt):
+                return True
+        return False
 
     def _compact(self) -> bool:
         """Keep the slots in use adjacent; whether any moved.
@@ -637,6 +651,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         slot.seq = None
         if s is not None:
             finish(s, reason, error)
+            self._finished()
 
 def _choose_slot(free: list[_Slot], common: dict[int, int], prompt_len: int) -> _Slot:
     """The free slot a new sequence takes: the one whose cache it continues (the prompt covers

@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
@@ -24,10 +25,16 @@ from ...protocol.worker import SamplingParams
 from .sampling import SamplerState
 from .sequences import SeqEvent, hold_events, release_events
 from .textstream import TextStream
+from .turnaround import Turnaround
 
 __all__ = ["EngineThread"]
 
 log = logging.getLogger(__name__)
+
+# the wait for a finished sequence's successor is weighed against a recent step's time, by
+# default, taken as at most this long (seconds); the step time's moving average's weight
+_AUTO_HOLD_MAX = 0.05
+_STEP_EMA = 0.1
 
 
 class _Seq(Protocol):
@@ -66,6 +73,11 @@ class EngineThread(Generic[S, A]):
         self._failed: str | None = None
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
         self.send_here = send_here
+        # the wait for a finished sequence's successor (``turnaround.py``), weighed against a
+        # time: None never; -1 a recent step's (at most _AUTO_HOLD_MAX); else these seconds
+        self.hold_cap: float | None = None
+        self.turnaround = Turnaround()
+        self._step_time = 0.0  # an average of recent steps' wall time (seconds)
 
     # ---- what an engine implements (on the engine thread) ---------------------------
     def _busy(self) -> bool:
@@ -88,11 +100,19 @@ class EngineThread(Generic[S, A]):
         """Entered on the engine thread around the whole loop."""
         return contextlib.nullcontext()
 
+    def _finished(self) -> None:
+        """A sequence ended (an engine calls this on its thread, without the lock)."""
+        if self.hold_cap is not None:
+            with self._cond:
+                self.turnaround.finished(time.perf_counter())
+
     # ---- requests (any thread) -----------------------------------------------------
     def submit(self, seqs: list[S]) -> None:
         with self._cond:
             if self._failed:
                 raise RuntimeError(self._failed)
+            if self.hold_cap is not None:
+                self.turnaround.arrived(time.perf_counter())
             for s in seqs:
                 seed = None if s.params.seed is None else (s.params.seed + s.index) % 2**64
                 s.sampler = SamplerState(
@@ -131,6 +151,24 @@ class EngineThread(Generic[S, A]):
         except OSError as exc:
             log.warning("%s engine thread keeps its priority: %s", self._label, exc)
 
+    def _hold(self) -> None:
+        """Wait (lock held, released while waiting) for the request expected to follow a finish."""
+        cap = self.hold_cap
+        assert cap is not None
+        if cap < 0:
+            cap = min(self._step_time, _AUTO_HOLD_MAX)
+        now = time.perf_counter()
+        left = self.turnaround.hold(now, cap)
+        if left <= 0:
+            return
+        self.turnaround.holds += 1
+        deadline = now + left
+        while not self._waiting and not self._stop and left > 0:
+            self._cond.wait(left)
+            left = deadline - time.perf_counter()
+        if self._waiting:
+            self.turnaround.joined += 1
+
     def _run(self) -> None:
         self._lower_priority()
         hold_events(self.send_here)  # what a turn reports goes to the event loops together, before this thread blocks
@@ -143,8 +181,12 @@ class EngineThread(Generic[S, A]):
                             self._cond.wait()
                         if self._stop:
                             break
+                        if self.hold_cap is not None and not self._waiting:
+                            self._hold()
                         admitted = self._admit()
+                    t0 = time.perf_counter()
                     self._step(admitted)
+                    self._step_time += (time.perf_counter() - t0 - self._step_time) * _STEP_EMA
         except Exception as exc:  # engine failure must reach every request
             log.exception("%s engine loop failed", self._label)
             self._failed = f"engine failure ({type(exc).__name__})"  # the detail is in the log

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ...errors import InternalError
-from ...protocol.deltas import DELTA_WRITER
+from ...protocol.deltas import ADMITTED, DELTA_WRITER
 from ...protocol.worker import (
     DeltaEvent,
     ErrorEvent,
@@ -219,7 +219,7 @@ async def stream_sequences(
     ``make(sink, cancelled)`` builds the sequences; leaving early (client gone) sets
     ``cancelled`` and wakes the engine so it drops them at its next step. ``unchanged``: the
     caller passes the deltas on as they are (no parser), so the worker may take them on the
-    engine thread (``protocol.deltas``).
+    engine thread (``protocol.deltas``), and have ``ADMITTED`` first where it asked.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[SeqEvent] = asyncio.Queue()
@@ -257,6 +257,8 @@ async def stream_sequences(
             for s in seqs:
                 yield DeltaEvent(index=s.index, text=echo(s))
         submit(list(seqs))
+        if direct is not None and direct.announce and echo is None:
+            yield ADMITTED
         remaining, completion, taken = len(seqs), 0, 0
         while remaining:
             if direct is not None:  # what was taken before has been written (protocol.deltas)

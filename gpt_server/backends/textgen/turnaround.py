@@ -1,0 +1,80 @@
+"""How long an engine waits, after a sequence finished, for the request that takes its place.
+
+A client that sends its next request as soon as an answer ends (an agent's tool loop, a script
+working through a list, a chat UI's next turn) is back in a few milliseconds: the answer's last
+event reaches it and its next request travels through the gateway and the worker. If the engine
+starts its next step at once, over the sequences still running, the newcomer arrives during that
+step and waits for its end before its prompt goes in; on a CPU the request's own handling also
+takes cores from the step in progress and stretches it. Waiting briefly instead puts the newcomer
+into the very next step beside the others (its first token about a step sooner), and its handling
+runs while the compute threads idle.
+
+The wait is learnt, not assumed: ``Turnaround`` keeps the gaps between a finish and the next
+arrival and waits only while three quarters of the recent gaps were under three quarters of a
+step (the newcomer would otherwise lose less by waiting for the next step than the others lose
+idling), for a little longer than they were, at most a step from the finish. A finish that no
+request follows within ``HORIZON`` counts as a gap that never ended, so traffic that does not
+come back at once (independent users, a client that stopped) soon stops the waits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+__all__ = ["Turnaround", "HORIZON"]
+
+# a finish not followed by a request this soon is a client that did not come back
+HORIZON = 1.0
+# gaps remembered; the wait needs half as many before it starts
+_WINDOW = 8
+# a wait begins while this quantile of the recent gaps is under _SHARE of a step; it lasts that
+# gap times _SLACK plus _MARGIN seconds (a step at most)
+_QUANTILE = 0.75
+_SHARE = 0.75
+_SLACK = 1.25
+_MARGIN = 0.0005
+
+
+class Turnaround:
+    """Finishes and arrivals on one engine (all calls under the engine's lock)."""
+
+    def __init__(self) -> None:
+        self._open: deque[float] = deque()  # finishes not yet followed by an arrival, oldest first
+        self._gaps: deque[float] = deque(maxlen=_WINDOW)
+        self.holds = 0  # waits begun, and of them those an arrival ended
+        self.joined = 0
+
+    def finished(self, now: float) -> None:
+        self._open.append(now)
+
+    def arrived(self, now: float) -> None:
+        self._expire(now)
+        if self._open:
+            self._gaps.append(now - self._open.popleft())
+
+    def _expire(self, now: float) -> None:
+        while self._open and now - self._open[0] > HORIZON:
+            self._open.popleft()
+            self._gaps.append(math.inf)
+
+    def expected(self) -> float | None:
+        """The recent gap (seconds) all but a quarter of finishes were followed within, or None
+        while too few gaps are known."""
+        if len(self._gaps) < _WINDOW // 2:
+            return None
+        gaps = sorted(self._gaps)
+        return gaps[math.ceil(_QUANTILE * len(gaps)) - 1]
+
+    def hold(self, now: float, step: float) -> float:
+        """Seconds to wait from ``now`` for a request before the next step, whose like takes
+        ``step`` seconds: 0 unless a sequence finished that no arrival has followed yet and the
+        recent gaps were all but a quarter under ``_SHARE`` of a step; then a little longer than
+        they were, at most a step from the finish."""
+        self._expire(now)
+        if not self._open or step <= 0:
+            return 0.0
+        gap = self.expected()
+        if gap is None or gap > step * _SHARE:
+            return 0.0
+        return max(0.0, self._open[-1] + min(gap * _SLACK + _MARGIN, step) - now)

@@ -1,0 +1,70 @@
+"""The llama.cpp engine waits after a finish for the request that follows it
+(``model_config.turnaround_hold_ms``, ``backends/textgen/turnaround.py``), served for real.
+
+Two clients (the openai SDK) each send their next request as soon as their last answer ends.
+With a generous bound (200 ms, so a slow host's round trip qualifies too) the engine learns that
+they come back at once and waits for them: its stats count the waits and those a request ended.
+The answers are the ones a lone client gets (greedy), whatever step a request joined.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.helpers import Server, base_config, served, smollm_entry
+
+PROMPTS = ["Name a colour.", "Name a fruit.", "Name an animal.", "Name a city."]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    cfg = base_config(api_keys="k1", models=[smollm_entry(n_parallel=4, turnaround_hold_ms=200)])
+    with served(cfg, tmp_path_factory.mktemp("turnaround"), "llama_turnaround", 1) as srv:
+        yield srv
+
+
+def _stats(server: Server) -> dict[str, int]:
+    (w,) = server.workers()
+    info = httpx.get(f"{w['address']}/worker/info", headers=server.internal_headers(), timeout=10).json()
+    return info["engine_stats"]
+
+
+def _ask(client: openai.OpenAI, prompt: str) -> str:
+    r = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": prompt}], max_tokens=12, temperature=0, stream=True
+    )
+    return "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+
+
+def test_clients_that_come_back_at_once_are_waited_for(server: Server, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
+    alone = {p: _ask(client, p) for p in PROMPTS}  # one at a time: nothing runs beside a finish, no wait
+    assert _stats(server)["turnaround_holds"] == 0
+    got: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def user(u: int) -> None:
+        try:
+            for k in range(10):
+                p = PROMPTS[(u + 2 * k) % len(PROMPTS)]
+                got.append((p, _ask(client, p)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(got) == 20 and all(text == alone[p] for p, text in got)
+    stats = _stats(server)
+    # the first few finishes teach it the gaps; after them most finishes beside a running stream wait
+    assert stats["turnaround_holds"] >= 4, stats
+    assert stats["turnaround_joined"] >= stats["turnaround_holds"] // 2, stats

@@ -1,0 +1,196 @@
+"""The wait after a finish for the request that follows it (``backends.textgen.turnaround``), and
+the engine loop that waits (``EngineThread``), on a scripted engine whose steps take a fixed time."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from gpt_server.backends.textgen.engine_thread import EngineThread
+from gpt_server.backends.textgen.sequences import SeqEvent
+from gpt_server.backends.textgen.turnaround import HORIZON, Turnaround
+from gpt_server.protocol.worker import SamplingParams
+
+STEP = 0.020
+
+
+def _learnt(t: Turnaround, gap: float, n: int = 8, start: float = 100.0) -> float:
+    """``n`` finishes each followed by an arrival ``gap`` later; the clock after them."""
+    now = start
+    for _ in range(n):
+        t.finished(now)
+        now += gap
+        t.arrived(now)
+        now += 0.05
+    return now
+
+
+def test_no_wait_before_enough_gaps_are_known() -> None:
+    t = Turnaround()
+    now = _learnt(t, 0.003, n=3)
+    t.finished(now)
+    assert t.expected() is None
+    assert t.hold(now, STEP) == 0.0
+
+
+def test_short_gaps_wait_a_little_longer_than_they_took() -> None:
+    t = Turnaround()
+    now = _learnt(t, 0.003)
+    assert t.expected() == pytest.approx(0.003)
+    t.finished(now)
+    left = t.hold(now + 0.001, STEP)  # a millisecond after the finish
+    assert left == pytest.approx(0.003 * 1.25 + 0.0005 - 0.001)
+    assert t.hold(now + 0.001, 0.0) == 0.0  # nothing to weigh it against: no wait
+
+
+def test_no_wait_without_a_finish_no_arrival_has_followed() -> None:
+    t = Turnaround()
+    now = _learnt(t, 0.003)
+    assert t.hold(now, STEP) == 0.0
+    t.finished(now)
+    t.arrived(now + 0.002)
+    assert t.hold(now + 0.002, STEP) == 0.0
+
+
+def test_gaps_near_a_step_wait_not() -> None:
+    t = Turnaround()
+    now = _learnt(t, 0.8 * STEP)
+    t.finished(now)
+    assert t.hold(now, STEP) == 0.0
+
+
+def test_a_wait_lasts_at_most_a_step_from_the_finish() -> None:
+    t = Turnaround()
+    step = 0.002
+    now = _learnt(t, 0.7 * step)  # x 1.25, plus the margin, passes the step
+    t.finished(now)
+    assert t.hold(now, step) == pytest.approx(step)
+
+
+def test_a_quarter_of_clients_that_never_came_back_is_tolerated_more_stop_the_waits() -> None:
+    t = Turnaround()
+    now = _learnt(t, 0.003, n=6)
+    for _ in range(2):  # two finishes nobody follows
+        t.finished(now)
+        now += HORIZON + 0.1
+        t.hold(now, STEP)  # expires them
+    t.finished(now)
+    assert t.hold(now, STEP) > 0  # 6 short gaps of 8
+    t.arrived(now + 0.003)
+    for _ in range(2):
+        t.finished(now)
+        now += HORIZON + 0.1
+        t.hold(now, STEP)
+    t.finished(now)
+    assert t.hold(now, STEP) == 0.0  # 4 of 8 never ended
+
+
+def test_arrivals_match_finishes_in_order() -> None:
+    t = Turnaround()
+    t.finished(1.0)
+    t.finished(1.010)
+    t.arrived(1.012)  # the older finish's
+    t.arrived(1.013)
+    assert sorted(t._gaps) == [pytest.approx(0.003), pytest.approx(0.012)]
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Seq:
+    index: int
+    steps: int  # decode steps until it finishes
+    sink: Callable[[SeqEvent], None]
+    prompt: list[int] = field(default_factory=lambda: [1])
+    params: SamplingParams = field(default_factory=SamplingParams)
+    sampler: object = None
+    text: object = None
+
+
+class _Engine(EngineThread[_Seq, None]):
+    """Every step takes STEP seconds and records which sequences it carried."""
+
+    def __init__(self, hold: float | None) -> None:
+        super().__init__(n_vocab=8, thread_name="test-engine", label="test")
+        self.hold_cap = hold
+        self.running: list[_Seq] = []
+        self.batches: list[list[int]] = []
+        self._start_thread()
+
+    def _busy(self) -> bool:
+        return bool(self.running)
+
+    def _admit(self) -> None:
+        while self._waiting:
+            self.running.append(self._waiting.popleft())
+
+    def _step(self, admitted: None) -> None:
+        time.sleep(STEP)
+        self.batches.append([s.index for s in self.running])
+        for s in list(self.running):
+            s.steps -= 1
+            if s.steps == 0:
+                self.running.remove(s)
+                s.sink(SeqEvent(index=s.index, finish_reason="stop"))
+                self._finished()
+
+    def _fail_running(self, error: str) -> None:
+        self.running.clear()
+
+
+def _closed_loop(engine: _Engine, users: int, rounds: int, think: float) -> list[float]:
+    """``users`` clients, each sending its next request ``think`` seconds after its last one
+    ended; every request's wait from submit to its first step."""
+    waits: list[float] = []
+    lock = threading.Lock()
+
+    def user(u: int) -> None:
+        for r in range(rounds):
+            done = threading.Event()
+            before = len(engine.batches)
+            engine.submit([_Seq(index=u * 1000 + r, steps=6 + u, sink=lambda ev, d=done: d.set())])
+            assert done.wait(10)
+            first = next(i for i, b in enumerate(engine.batches[before:], before) if u * 1000 + r in b)
+            with lock:
+                waits.append(first - before)
+            time.sleep(think)
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(users)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    return [float(w) for w in waits]
+
+
+def test_the_request_that_follows_a_finish_joins_the_next_step() -> None:
+    """Two clients back in 3 ms: with the wait each new request goes into the step right after
+    the finish (no step in between); without it, one step runs without it first."""
+    held = _Engine(hold=-1)
+    plain = _Engine(hold=None)
+    try:
+        w_held = _closed_loop(held, users=2, rounds=12, think=0.003)
+        w_plain = _closed_loop(plain, users=2, rounds=12, think=0.003)
+    finally:
+        held._stop_thread(5)
+        plain._stop_thread(5)
+    assert held.turnaround.holds >= 10 and held.turnaround.joined >= 0.8 * held.turnaround.holds
+    assert plain.turnaround.holds == 0
+    # steps that ran between a request's submit and its first step, after the first few (learning)
+    assert np.mean(w_held[6:]) < 0.3 < np.mean(w_plain[6:]), (w_held, w_plain)
+
+
+def test_a_lone_client_is_never_waited_for() -> None:
+    """Nothing runs after a lone client's finish: the engine sleeps until it is back, no wait."""
+    engine = _Engine(hold=-1)
+    try:
+        _closed_loop(engine, users=1, rounds=8, think=0.003)
+    finally:
+        engine._stop_thread(5)
+    assert engine.turnaround.holds == 0
