@@ -189,6 +189,7 @@ class LlamaEngine(EngineThread[Sequence, None]):
         self._pieces: dict[int, bytes] = {}
         self._eog: dict[int, bool] = {}
         self._clock = 0
+        self._put_off = False  # the last step put its compaction off (``_decode_step``)
         self.spec = opts.speculative
         self.gate = DraftGate() if self.spec is not None else None
         self.draft: DraftModel | None = None
@@ -365,9 +366,13 @@ class LlamaEngine(EngineThread[Sequence, None]):
         None when there was nothing to decode or the decode failed."""
         b = self._batch
         t_step = time.perf_counter()
-        # slots apart are brought together once no prompt is being read in: a swap's copies run
-        # in the next decode, and in a new sequence's first step they would delay its first token
-        swapped = False if self._reading() else self._compact()
+        # slots apart are brought together a step after a prompt is read in: a swap's copies run in
+        # the next decode, and in a new sequence's first step they would delay its first token
+        # (one step only: where prompts come every step, apart slots would cost every step a pass)
+        if self._reading() and not self._put_off:
+            swapped, self._put_off = False, True
+        else:
+            swapped, self._put_off = self._compact(), False
         n = 0
         prefill: list[tuple[_Slot, int]] = []  # (slot, prompt tokens added)
         outputs: list[tuple[_Slot, int]] = []  # prompts' last positions
