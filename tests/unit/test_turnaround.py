@@ -143,6 +143,9 @@ class _Engine(EngineThread[_Seq, None]):
     def _fail_running(self, error: str) -> None:
         self.running.clear()
 
+    def _running(self) -> int:
+        return len(self.running)
+
 
 def _closed_loop(engine: _Engine, users: int, rounds: int, think: float) -> list[float]:
     """``users`` clients, each sending its next request ``think`` seconds after its last one
@@ -194,3 +197,24 @@ def test_a_lone_client_is_never_waited_for() -> None:
     finally:
         engine._stop_thread(5)
     assert engine.turnaround.holds == 0
+
+
+def test_no_wait_where_more_than_one_stream_runs_beside_the_finish() -> None:
+    """Three clients: most finishes leave two streams running, and a wait would cost both; the
+    engine waits only after those that leave one (two finishing in one step)."""
+    engine = _Engine(hold=-1)
+    seen: list[int] = []  # the streams running at each wait begun
+    hold = engine.turnaround.hold
+
+    def recorded(now: float, step: float) -> float:
+        left = hold(now, step)
+        if left > 0:
+            seen.append(len(engine.running))
+        return left
+
+    engine.turnaround.hold = recorded  # type: ignore[method-assign]
+    try:
+        _closed_loop(engine, users=3, rounds=8, think=0.003)
+    finally:
+        engine._stop_thread(5)
+    assert all(n == 1 for n in seen), seen

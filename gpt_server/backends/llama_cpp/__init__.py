@@ -85,8 +85,9 @@ class LlamaCppOptions(ChatOptions, GrammarOptions, ParallelOptions, ThreadOption
         le=1000,
         description="after a sequence finishes, how long the engine may wait for the request that follows it before "
         "its next decode step, so that request joins that step (clients that send their next request as soon as an "
-        "answer ends: agent loops, scripts, benchmarks); it waits only while three quarters of the recent requests "
-        "came back within three quarters of a step, a little longer than they took, at most a step; default: a "
+        "answer ends: agent loops, scripts, benchmarks); it waits only where one other stream runs and three "
+        "quarters of the recent requests came back within three quarters of a step, a little longer than they took, "
+        "at most a step; default: a "
         "recent step's time (at most 50 ms); a number: these milliseconds in place of the step's; 0: never wait",
     )
     speculative: SpeculativeOptions | None = Field(

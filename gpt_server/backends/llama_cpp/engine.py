@@ -310,6 +310,9 @@ class LlamaEngine(EngineThread[Sequence, None]):
                 st["decode_us"] += round(in_decode * 1e6)
                 st["host_us"] += round((time.perf_counter() - t0 - in_decode) * 1e6)
 
+    def _running(self) -> int:
+        return sum(slot.seq is not None for slot in self._slots)
+
     def _busy(self) -> bool:
         for slot in self._slots:  # checked a few times a step: a plain loop, not a generator
             if slot.seq is not None:

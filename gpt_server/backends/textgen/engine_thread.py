@@ -35,6 +35,12 @@ log = logging.getLogger(__name__)
 # default, taken as at most this long (seconds); the step time's moving average's weight
 _AUTO_HOLD_MAX = 0.05
 _STEP_EMA = 0.1
+# the wait is for one stream beside the finish at most: it costs every running sequence the gap,
+# and a step over one sequence costs nearly what a step over two does on a CPU (8.3 against
+# 13.9 ms), so with one it pays (c=2: tok/s 1.035 -> 1.058-1.075x llama-server, first token
+# -4 to -7 ms) and with more it does not (c=4 and c=8: tok/s -2.5 %, first token +5.6 and +12.7 ms,
+# bench/README, tenth session)
+_HOLD_MAX_RUNNING = 1
 
 
 class _Seq(Protocol):
@@ -94,6 +100,11 @@ class EngineThread(Generic[S, A]):
 
     def _fail_running(self, error: str) -> None:
         """The loop failed: end every running sequence with ``error``."""
+        raise NotImplementedError
+
+    def _running(self) -> int:
+        """How many sequences are running (called with the lock held; engines that wait for
+        a finish's successor, ``hold_cap``, implement it)."""
         raise NotImplementedError
 
     def _loop_context(self) -> contextlib.AbstractContextManager[Any]:
@@ -157,6 +168,8 @@ class EngineThread(Generic[S, A]):
         assert cap is not None
         if cap < 0:
             cap = min(self._step_time, _AUTO_HOLD_MAX)
+        if self._running() > _HOLD_MAX_RUNNING:
+            return
         now = time.perf_counter()
         left = self.turnaround.hold(now, cap)
         if left <= 0:

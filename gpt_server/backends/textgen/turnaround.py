@@ -15,6 +15,7 @@ step (the newcomer would otherwise lose less by waiting for the next step than t
 idling), for a little longer than they were, at most a step from the finish. A finish that no
 request follows within ``HORIZON`` counts as a gap that never ended, so traffic that does not
 come back at once (independent users, a client that stopped) soon stops the waits.
+The engine waits only where one stream runs beside the finish (``engine_thread``).
 """
 
 from __future__ import annotations
