@@ -53,7 +53,7 @@ class DeltaWriter:
 
     __slots__ = ("announce", "drained", "kick", "posted", "taken", "write")
 
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = False) -> None:
         # set by the worker once it writes the stream itself, both called on the engine thread.
         # ``write``: the delta is taken for the connection, in order (True), or cannot be now
         # (False); ``kick``: send what was taken, called once a step (before the engine blocks);
@@ -66,7 +66,7 @@ class DeltaWriter:
         self.drained = 0  # of those, how many the worker has written (event loop)
         # the stream yields ``ADMITTED`` first, as soon as the engine has its sequences (the worker
         # then takes the client's connection before the first token, ``transport.direct``)
-        self.announce = False
+        self.announce = announce
 
 
 # set by a worker around the start of a generation whose stream it may write itself

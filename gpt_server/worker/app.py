@@ -247,9 +247,8 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
         # a stream this worker may write itself, or an answer sent whole: the engine may take
         # deltas on its own thread (protocol.deltas)
         answer = Answer() if req.whole else None
-        deltas = answer.writer if answer is not None else DeltaWriter() if token else None
-        if token and deltas is not None:  # the connection may come before the first token
-            deltas.announce = True
+        # a handed stream's connection may come before its first token (``announce``)
+        deltas = answer.writer if answer is not None else DeltaWriter(announce=True) if token else None
         reset = DELTA_WRITER.set(deltas)
         try:
             gen = await Generation.start(runtime, req)

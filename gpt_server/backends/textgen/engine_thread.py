@@ -166,10 +166,10 @@ class EngineThread(Generic[S, A]):
         """Wait (lock held, released while waiting) for the request expected to follow a finish."""
         cap = self.hold_cap
         assert cap is not None
-        if cap < 0:
-            cap = min(self._step_time, _AUTO_HOLD_MAX)
         if self._running() > _HOLD_MAX_RUNNING:
             return
+        if cap < 0:
+            cap = min(self._step_time, _AUTO_HOLD_MAX)
         now = time.perf_counter()
         left = self.turnaround.hold(now, cap)
         if left <= 0:
