@@ -68,3 +68,38 @@ def test_clients_that_come_back_at_once_are_waited_for(server: Server, tmp_path:
     # the first few finishes teach it the gaps; after them most finishes beside a running stream wait
     assert stats["turnaround_holds"] >= 4, stats
     assert stats["turnaround_joined"] >= stats["turnaround_holds"] // 2, stats
+
+
+def test_a_group_that_finished_together_goes_in_together(server: Server) -> None:
+    """Four clients whose answers all end at ``max_tokens`` come back at nearly the same time;
+    the first request to arrive after such a group waits for the rest, so the four prompts go
+    in together (``turnaround_gathered``), and the answers stay a lone client's."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
+    prompts = [
+        "Tell me a long story about a dragon.",
+        "Describe the sea in detail.",
+        "Explain how a bicycle works.",
+        "Write a poem about autumn.",
+    ]
+    alone = {p: _ask(client, p) for p in prompts}
+    before = _stats(server)
+    got: list[tuple[str, str]] = []
+    errors: list[BaseException] = []
+
+    def user(u: int) -> None:
+        try:
+            for k in range(8):
+                p = prompts[(u + k) % len(prompts)]
+                got.append((p, _ask(client, p)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(got) == 32 and all(text == alone[p] for p, text in got)
+    stats = _stats(server)
+    assert stats["turnaround_gathered"] - before["turnaround_gathered"] >= 3, (before, stats)

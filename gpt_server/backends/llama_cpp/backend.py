@@ -146,7 +146,9 @@ class LlamaCppBackend(Tokenizes, Backend):
         thread around it (batch, drafts, sampling, detokenizing, events), which the engine waits through.
         ``hugepages_mib``: how much of the engine's memory was put in huge pages at load (hugepages.py).
         ``turnaround_holds``: waits after a finish for the request that follows it (textgen/turnaround.py),
-        ``turnaround_joined``: of them, those a request ended (it joined the next step)."""
+        ``turnaround_joined``: of them, those after which requests were waiting (they joined the next step),
+        ``turnaround_gathered``: those begun with a request already waiting, for the rest of a group that
+        finished in one step (their prompts go in together)."""
         eng = self.engine
         if eng is None:
             return {}
@@ -158,6 +160,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             "hugepages_mib": eng.hugepages_bytes >> 20,
             "turnaround_holds": eng.turnaround.holds,
             "turnaround_joined": eng.turnaround.joined,
+            "turnaround_gathered": eng.turnaround.gathered,
         }
 
     # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----

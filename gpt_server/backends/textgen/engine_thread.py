@@ -163,7 +163,10 @@ class EngineThread(Generic[S, A]):
             log.warning("%s engine thread keeps its priority: %s", self._label, exc)
 
     def _hold(self) -> None:
-        """Wait (lock held, released while waiting) for the request expected to follow a finish."""
+        """Wait (lock held, released while waiting) for the requests expected to follow the
+        recent finishes: until each finish has been followed by an arrival, or the learnt while
+        (``Turnaround.hold``) is over. With requests already waiting, the wait is for the rest
+        of a group that finished together."""
         cap = self.hold_cap
         assert cap is not None
         if self._running() > _HOLD_MAX_RUNNING:
@@ -175,8 +178,10 @@ class EngineThread(Generic[S, A]):
         if left <= 0:
             return
         self.turnaround.holds += 1
+        if self._waiting:
+            self.turnaround.gathered += 1
         deadline = now + left
-        while not self._waiting and not self._stop and left > 0:
+        while self.turnaround.awaited() and not self._stop and left > 0:
             self._cond.wait(left)
             left = deadline - time.perf_counter()
         if self._waiting:
@@ -194,7 +199,7 @@ class EngineThread(Generic[S, A]):
                             self._cond.wait()
                         if self._stop:
                             break
-                        if self.hold_cap is not None and not self._waiting:
+                        if self.hold_cap is not None:
                             self._hold()
                         admitted = self._admit()
                     t0 = time.perf_counter()
