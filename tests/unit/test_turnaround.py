@@ -90,6 +90,26 @@ def test_a_quarter_of_clients_that_never_came_back_is_tolerated_more_stop_the_wa
     assert t.hold(now, STEP) == 0.0  # 4 of 8 never ended
 
 
+def test_gathering_a_group_waits_for_its_longest_recent_gap() -> None:
+    """With a request of the group already waiting, the wait is sized by the longest recent gap
+    (under three quarters of a step), doubled, plus a millisecond: a group's last arrivals spread."""
+    t = Turnaround()
+    now = 100.0
+    for _ in range(2):  # two groups of four, back 3, 5, 6 and 8 ms after their finish
+        for _ in range(4):
+            t.finished(now)
+        for gap in (0.003, 0.005, 0.006, 0.008):
+            t.arrived(now + gap)
+        now += 0.05
+    for _ in range(4):
+        t.finished(now)
+    t.arrived(now + 0.003)
+    assert t.expected() == pytest.approx(0.006)
+    assert t.hold(now + 0.003, STEP) == pytest.approx(0.006 * 1.25 + 0.0005 - 0.003)
+    assert t.hold(now + 0.003, STEP, gathering=True) == pytest.approx(0.008 * 2 + 0.001 - 0.003)
+    assert t.hold(now + 0.003, 0.012, gathering=True) == pytest.approx(0.012 - 0.003)  # a step at most
+
+
 def test_arrivals_match_finishes_in_order() -> None:
     t = Turnaround()
     t.finished(1.0)
@@ -216,8 +236,8 @@ def test_no_wait_where_more_than_one_stream_runs_beside_the_finish() -> None:
     seen: list[int] = []  # the streams running at each wait begun
     hold = engine.turnaround.hold
 
-    def recorded(now: float, step: float) -> float:
-        left = hold(now, step)
+    def recorded(now: float, step: float, gathering: bool = False) -> float:
+        left = hold(now, step, gathering)
         if left > 0:
             seen.append(len(engine.running))
         return left
@@ -225,6 +245,7 @@ def test_no_wait_where_more_than_one_stream_runs_beside_the_finish() -> None:
     engine.turnaround.hold = recorded  # type: ignore[method-assign]
     try:
         _closed_loop(engine, users=3, rounds=8, think=0.003)
+        assert engine.healthy()
     finally:
         engine._stop_thread(5)
     assert all(n <= 1 for n in seen), seen

@@ -174,7 +174,7 @@ class EngineThread(Generic[S, A]):
         if cap < 0:
             cap = min(self._step_time, _AUTO_HOLD_MAX)
         now = time.perf_counter()
-        left = self.turnaround.hold(now, cap)
+        left = self.turnaround.hold(now, cap, gathering=bool(self._waiting))
         if left <= 0:
             return
         self.turnaround.holds += 1
