@@ -268,3 +268,15 @@ def test_a_group_that_finished_together_goes_in_together() -> None:
     assert held.turnaround.gathered >= 3, held.turnaround.gathered
     # after the first rounds (learning the gaps): steps that ran between a submit and its first step
     assert np.mean(w_held[12:]) < 0.4 < 0.6 < np.mean(w_plain[12:]), (w_held, w_plain)
+
+
+def test_a_pair_that_finished_together_is_left_to_part() -> None:
+    """Two clients in lockstep: the first one back is not held for the other (a pair parts, and
+    then each finish is followed by a wait with one stream beside it)."""
+    engine = _Engine(hold=-1)
+    try:
+        _closed_loop(engine, users=2, rounds=10, think=0.002, spread=0.002, steps=lambda u: 6)
+        assert engine.healthy()
+    finally:
+        engine._stop_thread(5)
+    assert engine.turnaround.gathered == 0 and engine.turnaround.holds >= 2, engine.turnaround.holds

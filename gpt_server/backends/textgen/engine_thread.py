@@ -41,6 +41,11 @@ _STEP_EMA = 0.1
 # -4 to -7 ms) and with more it does not (c=4 and c=8: tok/s -2.5 %, first token +5.6 and +12.7 ms,
 # bench/README, tenth session)
 _HOLD_MAX_RUNNING = 1
+# a request already waiting waits for the rest of its group only where at least this many of the
+# group are still to come (a group of three or more): a pair is left to part, the wait above then
+# joins each one's successor to the other's next step (c=2 in lockstep: one run 10 % fewer tok/s
+# in a session script; c=4 and c=8, groups of 3-8: first token -10 ms p50)
+_GATHER_MIN_AWAITED = 2
 
 
 class _Seq(Protocol):
@@ -173,12 +178,15 @@ class EngineThread(Generic[S, A]):
             return
         if cap < 0:
             cap = min(self._step_time, _AUTO_HOLD_MAX)
+        gathering = bool(self._waiting)
+        if gathering and self.turnaround.awaited() < _GATHER_MIN_AWAITED:
+            return
         now = time.perf_counter()
-        left = self.turnaround.hold(now, cap, gathering=bool(self._waiting))
+        left = self.turnaround.hold(now, cap, gathering=gathering)
         if left <= 0:
             return
         self.turnaround.holds += 1
-        if self._waiting:
+        if gathering:
             self.turnaround.gathered += 1
         deadline = now + left
         while self.turnaround.awaited() and not self._stop and left > 0:
