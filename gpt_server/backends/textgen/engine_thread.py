@@ -171,7 +171,7 @@ class EngineThread(Generic[S, A]):
         """Wait (lock held, released while waiting) for the requests expected to follow the
         recent finishes: until each finish has been followed by an arrival, or the learnt while
         (``Turnaround.hold``) is over. With requests already waiting, the wait is for the rest
-        of a group that finished together."""
+        of a group that finished together, where ``_GATHER_MIN_AWAITED`` of it are to come."""
         cap = self.hold_cap
         assert cap is not None
         if self._running() > _HOLD_MAX_RUNNING:
@@ -179,11 +179,9 @@ class EngineThread(Generic[S, A]):
         if cap < 0:
             cap = min(self._step_time, _AUTO_HOLD_MAX)
         gathering = bool(self._waiting)
-        if gathering and self.turnaround.awaited() < _GATHER_MIN_AWAITED:
-            return
         now = time.perf_counter()
-        left = self.turnaround.hold(now, cap, gathering=gathering)
-        if left <= 0:
+        left = self.turnaround.hold(now, cap, gathering=gathering)  # (finishes long past expire here)
+        if left <= 0 or (gathering and self.turnaround.awaited() < _GATHER_MIN_AWAITED):
             return
         self.turnaround.holds += 1
         if gathering:
