@@ -42,28 +42,36 @@ def _ask(client: openai.OpenAI, prompt: str) -> str:
     return "".join(c.choices[0].delta.content or "" for c in r if c.choices)
 
 
-def test_clients_that_come_back_at_once_are_waited_for(server: Server, tmp_path: Path) -> None:
-    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
-    alone = {p: _ask(client, p) for p in PROMPTS}  # one at a time: nothing runs beside a finish, no wait
-    assert _stats(server)["turnaround_holds"] == 0
+def _closed_loop(client: openai.OpenAI, prompts: list[str], users: int, rounds: int, stride: int) -> list[tuple[str, str]]:
+    """``users`` threads, each asking ``rounds`` prompts back to back (user ``u``'s ``k``-th is
+    ``prompts[(u + stride * k) % len]``); every (prompt, answer)."""
     got: list[tuple[str, str]] = []
     errors: list[BaseException] = []
 
     def user(u: int) -> None:
         try:
-            for k in range(10):
-                p = PROMPTS[(u + 2 * k) % len(PROMPTS)]
+            for k in range(rounds):
+                p = prompts[(u + stride * k) % len(prompts)]
                 got.append((p, _ask(client, p)))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=user, args=(u,)) for u in range(2)]
+    threads = [threading.Thread(target=user, args=(u,)) for u in range(users)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
     assert not errors, errors
-    assert len(got) == 20 and all(text == alone[p] for p, text in got)
+    assert len(got) == users * rounds
+    return got
+
+
+def test_clients_that_come_back_at_once_are_waited_for(server: Server, tmp_path: Path) -> None:
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
+    alone = {p: _ask(client, p) for p in PROMPTS}  # one at a time: nothing runs beside a finish, no wait
+    assert _stats(server)["turnaround_holds"] == 0
+    got = _closed_loop(client, PROMPTS, users=2, rounds=10, stride=2)
+    assert all(text == alone[p] for p, text in got)
     stats = _stats(server)
     # the first few finishes teach it the gaps; after them most finishes beside a running stream wait
     assert stats["turnaround_holds"] >= 4, stats
@@ -83,23 +91,7 @@ def test_a_group_that_finished_together_goes_in_together(server: Server) -> None
     ]
     alone = {p: _ask(client, p) for p in prompts}
     before = _stats(server)
-    got: list[tuple[str, str]] = []
-    errors: list[BaseException] = []
-
-    def user(u: int) -> None:
-        try:
-            for k in range(8):
-                p = prompts[(u + k) % len(prompts)]
-                got.append((p, _ask(client, p)))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=user, args=(u,)) for u in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
-    assert len(got) == 32 and all(text == alone[p] for p, text in got)
+    got = _closed_loop(client, prompts, users=4, rounds=8, stride=1)
+    assert all(text == alone[p] for p, text in got)
     stats = _stats(server)
     assert stats["turnaround_gathered"] - before["turnaround_gathered"] >= 3, (before, stats)
