@@ -108,6 +108,10 @@ def test_gathering_a_group_waits_for_its_longest_recent_gap() -> None:
     assert t.hold(now + 0.003, STEP) == pytest.approx(0.006 * 1.25 + 0.0005 - 0.003)
     assert t.hold(now + 0.003, STEP, gathering=True) == pytest.approx(0.008 * 2 + 0.001 - 0.003)
     assert t.hold(now + 0.003, 0.012, gathering=True) == pytest.approx(0.012 - 0.003)  # a step at most
+    t.arrived(now + 0.004)
+    t.arrived(now + 0.005)  # one of the group still to come: a pair is not gathered
+    assert t.hold(now + 0.005, STEP, gathering=True) == 0.0
+    assert t.hold(now + 0.005, STEP) > 0
 
 
 def test_arrivals_match_finishes_in_order() -> None:

@@ -41,11 +41,6 @@ _STEP_EMA = 0.1
 # -4 to -7 ms) and with more it does not (c=4 and c=8: tok/s -2.5 %, first token +5.6 and +12.7 ms,
 # bench/README, tenth session)
 _HOLD_MAX_RUNNING = 1
-# a request already waiting waits for the rest of its group only where at least this many of the
-# group are still to come (a group of three or more): a pair is left to part, the wait above then
-# joins each one's successor to the other's next step (c=2 in lockstep: one run 10 % fewer tok/s
-# in a session script; c=4 and c=8, groups of 3-8: first token -10 ms p50)
-_GATHER_MIN_AWAITED = 2
 
 
 class _Seq(Protocol):
@@ -171,7 +166,7 @@ class EngineThread(Generic[S, A]):
         """Wait (lock held, released while waiting) for the requests expected to follow the
         recent finishes: until each finish has been followed by an arrival, or the learnt while
         (``Turnaround.hold``) is over. With requests already waiting, the wait is for the rest
-        of a group that finished together, where ``_GATHER_MIN_AWAITED`` of it are to come."""
+        of a group that finished together (``Turnaround.hold``'s ``gathering``)."""
         cap = self.hold_cap
         assert cap is not None
         if self._running() > _HOLD_MAX_RUNNING:
@@ -180,8 +175,8 @@ class EngineThread(Generic[S, A]):
             cap = min(self._step_time, _AUTO_HOLD_MAX)
         gathering = bool(self._waiting)
         now = time.perf_counter()
-        left = self.turnaround.hold(now, cap, gathering=gathering)  # (finishes long past expire here)
-        if left <= 0 or (gathering and self.turnaround.awaited() < _GATHER_MIN_AWAITED):
+        left = self.turnaround.hold(now, cap, gathering=gathering)
+        if left <= 0:
             return
         self.turnaround.holds += 1
         if gathering:
