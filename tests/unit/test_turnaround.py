@@ -206,12 +206,17 @@ def _closed_loop(
 
 def test_the_request_that_follows_a_finish_joins_the_next_step() -> None:
     """Two clients back in 3 ms: with the wait each new request goes into the step right after
-    the finish (no step in between); without it, one step runs without it first."""
+    the finish (no step in between); without it, one step runs without it first.
+
+    Their answers are 6 and 8 steps long. (At 6 and 7 the pair can lock into finishing in one
+    step every round: the first one back goes in alone, the other a step later, and the longer
+    one started first ends with the shorter again. A pair is not gathered, so one request in two
+    then waits a step; CI's host fell into that.)"""
     held = _Engine(hold=-1)
     plain = _Engine(hold=None)
     try:
-        w_held = _closed_loop(held, users=2, rounds=12, think=0.003)
-        w_plain = _closed_loop(plain, users=2, rounds=12, think=0.003)
+        w_held = _closed_loop(held, users=2, rounds=12, think=0.003, steps=lambda u: 6 + 2 * u)
+        w_plain = _closed_loop(plain, users=2, rounds=12, think=0.003, steps=lambda u: 6 + 2 * u)
     finally:
         held._stop_thread(5)
         plain._stop_thread(5)
