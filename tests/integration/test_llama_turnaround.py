@@ -10,6 +10,7 @@ The answers are the ones a lone client gets (greedy), whatever step a request jo
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import httpx
 import openai
 import pytest
 
+from gpt_server.backends.textgen.turnaround import HORIZON
 from tests.helpers import Server, base_config, served, smollm_entry
 
 PROMPTS = ["Name a colour.", "Name a fruit.", "Name an animal.", "Name a city."]
@@ -123,3 +125,29 @@ def test_a_group_that_finished_together_goes_in_together(server: Server) -> None
     assert sum(gathered) >= 3, (steps, gathered)
     # and a gathered wave's four prompts went in in one step: it took as many steps as one answer
     assert all(n == lone_steps for n, g in zip(steps, gathered, strict=True) if g), (lone_steps, steps, gathered)
+
+
+def test_requests_sent_at_once_to_an_idle_engine_go_in_together(server: Server) -> None:
+    """Four clients sending in waves a second and more apart (the last wave's finishes past
+    ``HORIZON``): each wave's requests reach an idle engine a few milliseconds apart, with no
+    finish announcing them. Once a few waves taught it, the first waits for the rest
+    (``turnaround_bursts``) and the wave takes one answer's steps; the answers stay a lone client's."""
+    client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
+    prompts = ["Describe a forest in detail.", "Tell me about the moon.", "Explain how rain forms.", "Write about a ship."]
+    alone = {p: _ask(client, p) for p in prompts[1:]}
+    before = _stats(server)
+    alone[prompts[0]] = _ask(client, prompts[0])
+    lone_steps = _stats(server)["step_steps"] - before["step_steps"]
+    seen: list[dict[str, int]] = []
+
+    def wave() -> None:
+        time.sleep(HORIZON + 0.2)
+        seen.append(_stats(server))
+
+    got = _closed_loop(client, prompts, users=4, rounds=7, stride=1, wave=wave)
+    assert all(text == alone[p] for p, text in got)
+    stats = _stats(server)
+    steps = [b["step_steps"] - a["step_steps"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
+    bursts = [b["turnaround_bursts"] - a["turnaround_bursts"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
+    assert sum(bursts) >= 2, (steps, bursts)  # (it learns from four such arrivals, earlier tests' included)
+    assert all(n == lone_steps for n, b in zip(steps, bursts, strict=True) if b), (lone_steps, steps, bursts)

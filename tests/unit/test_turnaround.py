@@ -289,3 +289,117 @@ def test_a_pair_that_finished_together_is_left_to_part() -> None:
     finally:
         engine._stop_thread(5)
     assert engine.turnaround.gathered == 0 and engine.turnaround.holds >= 2, engine.turnaround.holds
+
+
+# ---- requests sent at once to an idle engine -----------------------------------------------------
+
+
+def _bursts(t: Turnaround, gaps: tuple[float, ...], n: int, start: float = 100.0) -> float:
+    """``n`` bursts at an idle engine: a first arrival, then one ``gap`` after it for each gap;
+    the clock after them."""
+    now = start
+    for _ in range(n):
+        t.arrived(now, idle=True)
+        for g in gaps:
+            t.arrived(now + g)
+        t.burst_over()
+        now += 0.5
+    return now
+
+
+def test_a_burst_is_waited_for_while_it_keeps_coming() -> None:
+    """Learnt from four bursts whose second request came 1 ms after the first, the wait after a
+    request at an idle engine lasts 1 ms twice over plus a millisecond from the latest arrival,
+    at most a step from the first."""
+    t = Turnaround()
+    now = _bursts(t, (0.001, 0.002, 0.003), n=3)
+    t.arrived(now, idle=True)
+    assert t.burst(now, STEP) == 0.0  # three known: too few
+    t.burst_over()
+    now = _bursts(t, (0.001, 0.002, 0.003), n=1, start=now + 0.5)
+    t.arrived(now, idle=True)
+    assert t.burst(now, STEP) == pytest.approx(0.003)
+    t.arrived(now + 0.001)
+    assert t.burst(now + 0.001, STEP) == pytest.approx(0.003)  # the wait moves with each arrival
+    assert t.burst(now + 0.001, 0.0035) == pytest.approx(0.0025)  # a step from the first at most
+    assert t.burst(now + 0.005, STEP) == 0.0
+    t.burst_over()
+    assert t.burst(now + 0.001, STEP) == 0.0  # they went in: nothing to wait for
+
+
+def test_a_burst_wait_is_sized_by_the_widest_spacing_of_its_arrivals() -> None:
+    """Bursts whose second request came 1 ms after the first but the fourth 4 ms after the third:
+    each arrival extends the wait by 4 ms twice over plus a millisecond. Spacings over
+    ``_SPACING_MAX`` are no burst's (a configured bound of 200 ms): the first follower's gap then."""
+    t = Turnaround()
+    now = _bursts(t, (0.001, 0.002, 0.006), n=4)
+    t.arrived(now, idle=True)
+    assert t.burst(now, STEP) == pytest.approx(0.009)
+    t = Turnaround()
+    now = _bursts(t, (0.06,), n=4)
+    t.arrived(now, idle=True)
+    assert t.burst(now, 0.2) == pytest.approx(0.121)
+
+
+def test_no_burst_wait_for_a_lone_client_or_beside_a_finish() -> None:
+    t = Turnaround()
+    now = 100.0
+    for _ in range(8):  # each request at an idle engine, nobody following within a step
+        t.arrived(now, idle=True)
+        t.burst_over()
+        now += 0.3
+    t.arrived(now, idle=True)
+    assert t.burst(now, STEP) == 0.0
+    t = Turnaround()
+    now = _bursts(t, (0.001,), n=8)
+    t.finished(now)
+    t.arrived(now + 0.001)  # it follows a finish, not a burst: that wait is ``hold``'s
+    assert t.burst(now + 0.001, STEP) == 0.0
+    t.finished(now + 0.002)
+    t.arrived(now + 0.003, idle=True)  # idle, but a finish was open: it followed that
+    assert t.burst(now + 0.003, STEP) == 0.0
+
+
+def _waves(engine: _Engine, users: int, waves: int, spread: float, pause: float) -> list[int]:
+    """``waves`` times, ``users`` requests of 6 steps sent ``spread`` apart to the idle engine,
+    then ``pause`` after the last finished; how many of each wave's went into its first step."""
+    firsts: list[int] = []
+    for w in range(waves):
+        before = len(engine.batches)
+        done = [threading.Event() for _ in range(users)]
+        for u in range(users):
+            engine.submit([_Seq(index=w * 100 + u, steps=6, sink=lambda ev, d=done[u]: d.set())])
+            time.sleep(spread)
+        assert all(d.wait(10) for d in done)
+        ids = {w * 100 + u for u in range(users)}
+        firsts.append(len(ids & set(engine.batches[before])))
+        time.sleep(pause)
+    return firsts
+
+
+def test_requests_sent_at_once_to_an_idle_engine_go_in_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three requests 2 ms apart, the previous wave's finishes long past (``HORIZON``, shortened
+    here): with the wait, once four waves taught it, each wave's three go into one step; without,
+    the first one's step runs alone."""
+    monkeypatch.setattr("gpt_server.backends.textgen.turnaround.HORIZON", 0.1)
+    held = _Engine(hold=-1)
+    plain = _Engine(hold=None)
+    try:
+        f_held = _waves(held, users=3, waves=9, spread=0.002, pause=0.15)
+        f_plain = _waves(plain, users=3, waves=9, spread=0.002, pause=0.15)
+        assert held.healthy() and plain.healthy()
+    finally:
+        held._stop_thread(5)
+        plain._stop_thread(5)
+    assert held.turnaround.bursts >= 4 and plain.turnaround.bursts == 0
+    assert f_held[5:] == [3] * 4 and max(f_plain) < 3, (f_held, f_plain)
+
+
+def test_a_lone_client_after_a_pause_is_never_waited_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gpt_server.backends.textgen.turnaround.HORIZON", 0.1)
+    engine = _Engine(hold=-1)
+    try:
+        firsts = _waves(engine, users=1, waves=8, spread=0.0, pause=0.15)
+    finally:
+        engine._stop_thread(5)
+    assert firsts == [1] * 8 and engine.turnaround.bursts == 0

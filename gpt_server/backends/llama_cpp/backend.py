@@ -148,7 +148,8 @@ class LlamaCppBackend(Tokenizes, Backend):
         ``turnaround_holds``: waits after a finish for the request that follows it (textgen/turnaround.py),
         ``turnaround_joined``: of them, those after which requests were waiting (they joined the next step),
         ``turnaround_gathered``: those begun with a request already waiting, for the rest of a group that
-        finished in one step (their prompts go in together)."""
+        finished in one step (their prompts go in together); ``turnaround_bursts``: waits on an idle engine
+        for the rest of requests sent to it at once."""
         eng = self.engine
         if eng is None:
             return {}
@@ -161,6 +162,7 @@ class LlamaCppBackend(Tokenizes, Backend):
             "turnaround_holds": eng.turnaround.holds,
             "turnaround_joined": eng.turnaround.joined,
             "turnaround_gathered": eng.turnaround.gathered,
+            "turnaround_bursts": eng.turnaround.bursts,
         }
 
     # ---- request preparation (in a thread, unless short: textgen.limits.prepares_inline) ----

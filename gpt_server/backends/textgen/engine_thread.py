@@ -123,7 +123,7 @@ class EngineThread(Generic[S, A]):
             if self._failed:
                 raise RuntimeError(self._failed)
             if self.hold_cap is not None:
-                self.turnaround.arrived(time.perf_counter())
+                self.turnaround.arrived(time.perf_counter(), idle=not self._waiting and not self._running())
             for s in seqs:
                 seed = None if s.params.seed is None else (s.params.seed + s.index) % 2**64
                 s.sampler = SamplerState(
@@ -169,10 +169,14 @@ class EngineThread(Generic[S, A]):
         of a group that finished together (``Turnaround.hold``'s ``gathering``)."""
         cap = self.hold_cap
         assert cap is not None
-        if self._running() > _HOLD_MAX_RUNNING:
+        running = self._running()
+        if running > _HOLD_MAX_RUNNING:
+            self.turnaround.burst_over()
             return
         if cap < 0:
             cap = min(self._step_time, _AUTO_HOLD_MAX)
+        if not running and self._waiting:
+            self._gather_burst(cap)
         gathering = bool(self._waiting)
         now = time.perf_counter()
         left = self.turnaround.hold(now, cap, gathering=gathering)
@@ -187,6 +191,17 @@ class EngineThread(Generic[S, A]):
             left = deadline - time.perf_counter()
         if self._waiting:
             self.turnaround.joined += 1
+
+    def _gather_burst(self, cap: float) -> None:
+        """On an idle engine, wait (lock held, released while waiting) for the rest of a burst
+        of requests that began at it idle, while they keep coming (``Turnaround.burst``)."""
+        left = self.turnaround.burst(time.perf_counter(), cap)
+        if left > 0:
+            self.turnaround.bursts += 1
+        while left > 0 and not self._stop:
+            self._cond.wait(left)
+            left = self.turnaround.burst(time.perf_counter(), cap)
+        self.turnaround.burst_over()
 
     def _run(self) -> None:
         self._lower_priority()

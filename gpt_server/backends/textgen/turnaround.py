@@ -23,6 +23,15 @@ few milliseconds apart. Where three or more did, the first one to arrive waits f
 while the others wait for that step (c=4: the first token 42.8 -> 32.8 ms p50 in a session script,
 bench/README). A pair is left to part: the wait beside one running stream then serves each of the
 two (a pair gathered in lockstep ran 10 % fewer requests a second in one session-script run).
+
+Requests sent at once to an idle engine (a harness fanning out a batch, an agent's parallel calls,
+users starting together) arrive a millisecond or two apart, no finish announcing them. The first
+would go in alone and the rest wait for its step. ``burst`` learns, per request that arrived at
+an idle engine with no finish open, how soon the next one followed; while all but a quarter of
+those followed within ``_SHARE`` of a step, the engine waits after such an arrival as long as
+the others keep coming (each extends the wait by the longest recent spacing of a burst's
+arrivals, twice over plus a millisecond), at most a step from the first. A lone client is
+followed by nobody that soon, so it is never waited for.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ _GATHER_SLACK = 2.0
 _GATHER_MARGIN = 0.001
 # and only while at least this many of the group are still to come (a group of three or more)
 _GATHER_MIN_AWAITED = 2
+# arrivals this close after the last one of a burst at an idle engine belong to it
+_SPACING_MAX = 0.05
 
 
 class Turnaround:
@@ -60,14 +71,36 @@ class Turnaround:
         self.holds = 0  # waits begun; of them, those after which requests were waiting
         self.joined = 0
         self.gathered = 0  # waits begun with a request already waiting (for the rest of a group)
+        # arrivals at an idle engine: how soon the next arrival followed each
+        self._followed: deque[float] = deque(maxlen=_WINDOW)
+        self._cold: float | None = None  # such an arrival the next one has not followed yet
+        # the spacing of consecutive arrivals in such bursts (each within _SPACING_MAX of the last)
+        self._spacing: deque[float] = deque(maxlen=2 * _WINDOW)
+        self._prev: float | None = None  # the latest arrival of the burst being measured
+        self._burst: float | None = None  # the one that began the burst the engine may wait for
+        self._last = 0.0  # the latest arrival
+        self.bursts = 0  # waits begun after an arrival at an idle engine, for the rest of its burst
 
     def finished(self, now: float) -> None:
         self._open.append(now)
 
-    def arrived(self, now: float) -> None:
+    def arrived(self, now: float, idle: bool = False) -> None:
+        """A request came; ``idle``: nothing was running or waiting on the engine."""
         self._expire(now)
+        if self._cold is not None:
+            self._followed.append(now - self._cold)
+            self._cold = None
+        if self._prev is not None:
+            if not self._open and now - self._prev <= _SPACING_MAX:
+                self._spacing.append(now - self._prev)
+                self._prev = now
+            else:
+                self._prev = None
+        self._last = now
         if self._open:
             self._gaps.append(now - self._open.popleft())
+        elif idle:
+            self._cold = self._burst = self._prev = now
 
     def _expire(self, now: float) -> None:
         while self._open and now - self._open[0] > HORIZON:
@@ -106,3 +139,22 @@ class Turnaround:
             gap = max(g for g in self._gaps if g <= step * _SHARE)
             return max(0.0, self._open[-1] + min(gap * _GATHER_SLACK + _GATHER_MARGIN, step) - now)
         return max(0.0, self._open[-1] + min(gap * _SLACK + _MARGIN, step) - now)
+
+    def burst(self, now: float, step: float) -> float:
+        """Seconds to wait from ``now``, on an idle engine whose waiting requests began with one
+        that came to it idle, for the rest of their burst: 0 unless all but a quarter of recent
+        such arrivals were followed within ``_SHARE`` of a step; then until the longest recent
+        spacing of a burst's arrivals (under ``_SHARE`` of a step), twice over plus
+        ``_GATHER_MARGIN``, has passed since the latest arrival, at most a step from the first.
+        Call ``burst_over`` when the requests go in."""
+        if self._burst is None or self._open or step <= 0 or len(self._followed) < _WINDOW // 2:
+            return 0.0
+        gaps = sorted(self._followed)
+        gap = gaps[math.ceil(_QUANTILE * len(gaps)) - 1]
+        if gap > step * _SHARE:
+            return 0.0
+        gap = max((g for g in self._spacing if g <= step * _SHARE), default=gap)
+        return max(0.0, min(self._last + gap * _GATHER_SLACK + _GATHER_MARGIN, self._burst + step) - now)
+
+    def burst_over(self) -> None:
+        self._burst = None
