@@ -294,35 +294,39 @@ def test_a_pair_that_finished_together_is_left_to_part() -> None:
 # ---- requests sent at once to an idle engine -----------------------------------------------------
 
 
-def _bursts(t: Turnaround, gaps: tuple[float, ...], n: int, start: float = 100.0) -> float:
+def _bursts(t: Turnaround, gaps: tuple[float, ...], n: int, start: float = 100.0, step: float = STEP) -> float:
     """``n`` bursts at an idle engine: a first arrival, then one ``gap`` after it for each gap;
     the clock after them."""
     now = start
     for _ in range(n):
-        t.arrived(now, idle=True)
+        t.arrived(now, idle=True, step=step)
         for g in gaps:
-            t.arrived(now + g)
+            t.arrived(now + g, step=step)
         t.burst_over()
         now += 0.5
     return now
 
 
 def test_a_burst_is_waited_for_while_it_keeps_coming() -> None:
-    """Learnt from four bursts whose second request came 1 ms after the first, the wait after a
-    request at an idle engine lasts 1 ms twice over plus a millisecond from the latest arrival,
-    at most a step from the first."""
+    """Learnt from four bursts of four, each 1 ms after the last, the wait after a request at an
+    idle engine lasts 1 ms twice over plus a millisecond from the latest arrival, at most a step
+    from the first, and ends when four are in."""
     t = Turnaround()
     now = _bursts(t, (0.001, 0.002, 0.003), n=3)
     t.arrived(now, idle=True)
     assert t.burst(now, STEP) == 0.0  # three known: too few
     t.burst_over()
     now = _bursts(t, (0.001, 0.002, 0.003), n=1, start=now + 0.5)
-    t.arrived(now, idle=True)
+    t.arrived(now, idle=True, step=STEP)
     assert t.burst(now, STEP) == pytest.approx(0.003)
-    t.arrived(now + 0.001)
+    t.arrived(now + 0.001, step=STEP)
     assert t.burst(now + 0.001, STEP) == pytest.approx(0.003)  # the wait moves with each arrival
     assert t.burst(now + 0.001, 0.0035) == pytest.approx(0.0025)  # a step from the first at most
     assert t.burst(now + 0.005, STEP) == 0.0
+    t.arrived(now + 0.002, step=STEP)
+    assert t.burst(now + 0.002, STEP) > 0
+    t.arrived(now + 0.003, step=STEP)  # four in, as each burst brought: no more to wait for
+    assert t.burst(now + 0.003, STEP) == 0.0
     t.burst_over()
     assert t.burst(now + 0.001, STEP) == 0.0  # they went in: nothing to wait for
 
@@ -330,14 +334,14 @@ def test_a_burst_is_waited_for_while_it_keeps_coming() -> None:
 def test_a_burst_wait_is_sized_by_the_widest_spacing_of_its_arrivals() -> None:
     """Bursts whose second request came 1 ms after the first but the fourth 4 ms after the third:
     each arrival extends the wait by 4 ms twice over plus a millisecond. Spacings over
-    ``_SPACING_MAX`` are no burst's (a configured bound of 200 ms): the first follower's gap then."""
+    three quarters of a step are no burst's: under a configured bound of 200 ms, 60 ms is one's."""
     t = Turnaround()
     now = _bursts(t, (0.001, 0.002, 0.006), n=4)
     t.arrived(now, idle=True)
     assert t.burst(now, STEP) == pytest.approx(0.009)
     t = Turnaround()
-    now = _bursts(t, (0.06,), n=4)
-    t.arrived(now, idle=True)
+    now = _bursts(t, (0.06, 0.061, 0.062), n=4, step=0.2)
+    t.arrived(now, idle=True, step=0.2)
     assert t.burst(now, 0.2) == pytest.approx(0.121)
 
 

@@ -123,7 +123,8 @@ class EngineThread(Generic[S, A]):
             if self._failed:
                 raise RuntimeError(self._failed)
             if self.hold_cap is not None:
-                self.turnaround.arrived(time.perf_counter(), idle=not self._waiting and not self._running())
+                idle = not self._waiting and not self._running()
+                self.turnaround.arrived(time.perf_counter(), idle=idle, step=self._hold_step())
             for s in seqs:
                 seed = None if s.params.seed is None else (s.params.seed + s.index) % 2**64
                 s.sampler = SamplerState(
@@ -167,14 +168,11 @@ class EngineThread(Generic[S, A]):
         recent finishes: until each finish has been followed by an arrival, or the learnt while
         (``Turnaround.hold``) is over. With requests already waiting, the wait is for the rest
         of a group that finished together (``Turnaround.hold``'s ``gathering``)."""
-        cap = self.hold_cap
-        assert cap is not None
         running = self._running()
         if running > _HOLD_MAX_RUNNING:
             self.turnaround.burst_over()
             return
-        if cap < 0:
-            cap = min(self._step_time, _AUTO_HOLD_MAX)
+        cap = self._hold_step()
         if not running and self._waiting:
             self._gather_burst(cap)
         gathering = bool(self._waiting)
@@ -191,6 +189,12 @@ class EngineThread(Generic[S, A]):
             left = deadline - time.perf_counter()
         if self._waiting:
             self.turnaround.joined += 1
+
+    def _hold_step(self) -> float:
+        """The time the turnaround waits are weighed against (``hold_cap``; lock held)."""
+        cap = self.hold_cap
+        assert cap is not None
+        return min(self._step_time, _AUTO_HOLD_MAX) if cap < 0 else cap
 
     def _gather_burst(self, cap: float) -> None:
         """On an idle engine, wait (lock held, released while waiting) for the rest of a burst

@@ -30,8 +30,9 @@ would go in alone and the rest wait for its step. ``burst`` learns, per request 
 an idle engine with no finish open, how soon the next one followed; while all but a quarter of
 those followed within ``_SHARE`` of a step, the engine waits after such an arrival as long as
 the others keep coming (each extends the wait by the longest recent spacing of a burst's
-arrivals, twice over plus a millisecond), at most a step from the first. A lone client is
-followed by nobody that soon, so it is never waited for.
+arrivals, twice over plus a millisecond), at most a step from the first, or until as many have
+come as a recent burst usually brought (the median of the last eight). A lone client is followed
+by nobody that soon, so it is never waited for.
 """
 
 from __future__ import annotations
@@ -58,8 +59,6 @@ _GATHER_SLACK = 2.0
 _GATHER_MARGIN = 0.001
 # and only while at least this many of the group are still to come (a group of three or more)
 _GATHER_MIN_AWAITED = 2
-# arrivals this close after the last one of a burst at an idle engine belong to it
-_SPACING_MAX = 0.05
 
 
 class Turnaround:
@@ -74,9 +73,11 @@ class Turnaround:
         # arrivals at an idle engine: how soon the next arrival followed each
         self._followed: deque[float] = deque(maxlen=_WINDOW)
         self._cold: float | None = None  # such an arrival the next one has not followed yet
-        # the spacing of consecutive arrivals in such bursts (each within _SPACING_MAX of the last)
+        # the spacing of consecutive arrivals in such bursts (each within _SHARE of a step of the last)
         self._spacing: deque[float] = deque(maxlen=2 * _WINDOW)
         self._prev: float | None = None  # the latest arrival of the burst being measured
+        self._size = 0  # its arrivals so far
+        self._sizes: deque[int] = deque(maxlen=_WINDOW)  # recent bursts' arrivals
         self._burst: float | None = None  # the one that began the burst the engine may wait for
         self._last = 0.0  # the latest arrival
         self.bursts = 0  # waits begun after an arrival at an idle engine, for the rest of its burst
@@ -84,23 +85,28 @@ class Turnaround:
     def finished(self, now: float) -> None:
         self._open.append(now)
 
-    def arrived(self, now: float, idle: bool = False) -> None:
-        """A request came; ``idle``: nothing was running or waiting on the engine."""
+    def arrived(self, now: float, idle: bool = False, step: float = 0.0) -> None:
+        """A request came; ``idle``: nothing was running or waiting on the engine; ``step``: what
+        a step takes (as ``hold``'s), for the spacing of a burst."""
         self._expire(now)
         if self._cold is not None:
             self._followed.append(now - self._cold)
             self._cold = None
         if self._prev is not None:
-            if not self._open and now - self._prev <= _SPACING_MAX:
+            if not self._open and now - self._prev <= step * _SHARE:
                 self._spacing.append(now - self._prev)
                 self._prev = now
+                self._size += 1
             else:
                 self._prev = None
         self._last = now
         if self._open:
             self._gaps.append(now - self._open.popleft())
         elif idle:
+            if self._size:
+                self._sizes.append(self._size)
             self._cold = self._burst = self._prev = now
+            self._size = 1
 
     def _expire(self, now: float) -> None:
         while self._open and now - self._open[0] > HORIZON:
@@ -145,10 +151,13 @@ class Turnaround:
         that came to it idle, for the rest of their burst: 0 unless all but a quarter of recent
         such arrivals were followed within ``_SHARE`` of a step; then until the longest recent
         spacing of a burst's arrivals (under ``_SHARE`` of a step), twice over plus
-        ``_GATHER_MARGIN``, has passed since the latest arrival, at most a step from the first.
-        Call ``burst_over`` when the requests go in."""
+        ``_GATHER_MARGIN``, has passed since the latest arrival, at most a step from the first,
+        or as many requests as the median recent burst brought are in. Call ``burst_over`` when
+        the requests go in."""
         if self._burst is None or self._open or step <= 0 or len(self._followed) < _WINDOW // 2:
             return 0.0
+        if self._sizes and self._size >= sorted(self._sizes)[(len(self._sizes) - 1) // 2]:
+            return 0.0  # as many as a burst usually brings are in
         gaps = sorted(self._followed)
         gap = gaps[math.ceil(_QUANTILE * len(gaps)) - 1]
         if gap > step * _SHARE:
