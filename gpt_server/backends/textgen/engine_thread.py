@@ -167,7 +167,8 @@ class EngineThread(Generic[S, A]):
         """Wait (lock held, released while waiting) for the requests expected to follow the
         recent finishes: until each finish has been followed by an arrival, or the learnt while
         (``Turnaround.hold``) is over. With requests already waiting, the wait is for the rest
-        of a group that finished together (``Turnaround.hold``'s ``gathering``)."""
+        of a group that finished together (``Turnaround.hold``'s ``gathering``); on an idle
+        engine, first for the rest of requests sent at once (``_gather_burst``)."""
         running = self._running()
         if running > _HOLD_MAX_RUNNING:
             self.turnaround.burst_over()
