@@ -11,6 +11,7 @@ Screenshots go to test-artifacts/ (the dashboard's: test-artifacts/dashboard.png
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import time
@@ -357,9 +358,17 @@ def test_browser_dashboard_draws_the_charts(server: Server) -> None:
         assert span and float(span[2] or 1) <= 3, page.inner_text("#dash-span")
         box = page.locator("#chart-tok_s svg").bounding_box()
         assert box is not None
-        page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] / 3)  # the read-out of the newest samples
-        page.wait_for_selector("#chart-tok_s .chart-tip:not([hidden])")
-        assert "smollm2:" in page.inner_text("#chart-tok_s .chart-tip")
+        # the read-out of the newest samples; a poll that redraws the chart between the move and the
+        # read replaces the read-out with a hidden, empty one (seen on CI), so move again until read
+        tip = ""
+        deadline = time.monotonic() + 20
+        for k in itertools.count():
+            page.mouse.move(box["x"] + box["width"] * (0.95 - 0.005 * (k % 2)), box["y"] + box["height"] / 3)
+            tip = page.eval_on_selector("#chart-tok_s .chart-tip", "t => t.hidden ? '' : t.innerText")
+            if "smollm2:" in tip or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert "smollm2:" in tip, tip
         page.mouse.move(0, 0)
         ARTIFACTS.mkdir(exist_ok=True)
         path = ARTIFACTS / "dashboard.png"
