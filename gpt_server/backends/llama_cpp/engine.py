@@ -656,10 +656,11 @@ class LlamaEngine(EngineThread[Sequence, None]):
 
     def _finish(self, slot: _Slot, reason: str | None, error: str | None = None) -> None:
         s = slot.seq
+        if s is not None:  # noted before the slot frees: a request that comes meanwhile follows it
+            self._finished()
         slot.seq = None
         if s is not None:
             finish(s, reason, error)
-            self._finished()
 
 def _choose_slot(free: list[_Slot], common: dict[int, int], prompt_len: int) -> _Slot:
     """The free slot a new sequence takes: the one whose cache it continues (the prompt covers

@@ -176,6 +176,8 @@ class EngineThread(Generic[S, A]):
         cap = self._hold_step()
         if not running and self._waiting:
             self._gather_burst(cap)
+        else:
+            self.turnaround.burst_over()
         gathering = bool(self._waiting)
         now = time.perf_counter()
         left = self.turnaround.hold(now, cap, gathering=gathering)

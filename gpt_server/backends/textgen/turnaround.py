@@ -15,7 +15,7 @@ step (the newcomer would otherwise lose less by waiting for the next step than t
 idling), for a little longer than they were, at most a step from the finish. A finish that no
 request follows within ``HORIZON`` counts as a gap that never ended, so traffic that does not
 come back at once (independent users, a client that stopped) soon stops the waits.
-The engine waits only where one stream runs beside the finish (``engine_thread``).
+The engine waits only where one stream runs beside the finish (``engine_thread``), or none.
 
 Several sequences that end in one step (clients in lockstep) are followed by as many requests a
 few milliseconds apart. Where three or more did, the first one to arrive waits for the others
@@ -31,8 +31,11 @@ an idle engine with no finish open, how soon the next one followed; while all bu
 those followed within ``_SHARE`` of a step, the engine waits after such an arrival as long as
 the others keep coming (each extends the wait by the longest recent spacing of a burst's
 arrivals, twice over plus a millisecond), at most a step from the first, or until as many have
-come as a recent burst usually brought (the median of the last eight). A lone client is followed
-by nobody that soon, so it is never waited for.
+come as a recent burst usually brought (the median of the last eight). It learns from four such
+arrivals first. A client alone is followed by nobody that soon, so where every client is alone
+nobody is waited for; where most requests come in bursts, a lone one waits as a burst's first
+would. Requests that come within ``HORIZON`` of a finish no arrival has followed count as
+following it (``hold``), not as a burst.
 """
 
 from __future__ import annotations
