@@ -92,6 +92,18 @@ def _alone(server: Server, client: openai.OpenAI, prompts: list[str]) -> tuple[d
     return alone, most
 
 
+def _waves_in_one_step(
+    seen: list[dict[str, int]], stats: dict[str, int], counter: str, lone_steps: int
+) -> tuple[int, list[int], list[int]]:
+    """Of the waves (``seen[k]``: the stats before wave k, ``stats`` after the last), how many
+    began a ``counter`` wait and took as many decode steps as the longest answer alone (their
+    prompts went in in one step); each wave's steps and waits."""
+    ends = [*seen[1:], stats]
+    steps = [b["step_steps"] - a["step_steps"] for a, b in zip(seen, ends, strict=True)]
+    waits = [b[counter] - a[counter] for a, b in zip(seen, ends, strict=True)]
+    return sum(1 for n, w in zip(steps, waits, strict=True) if w and n == lone_steps), steps, waits
+
+
 def test_clients_that_come_back_at_once_are_waited_for(server: Server, tmp_path: Path) -> None:
     client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="k1", max_retries=0, timeout=60)
     alone = {p: _ask(client, p) for p in PROMPTS}  # one at a time: nothing runs beside a finish, no wait
@@ -124,16 +136,11 @@ def test_a_group_that_finished_together_goes_in_together(server: Server) -> None
     seen: list[dict[str, int]] = []
     got = _closed_loop(client, prompts, users=4, rounds=10, stride=1, wave=lambda: seen.append(_stats(server)))
     assert all(text == alone[p] for p, text in got)
-    stats = _stats(server)
-    # each wave's decode steps and gathering waits (seen[k] was taken before wave k)
-    steps = [b["step_steps"] - a["step_steps"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
-    gathered = [b["turnaround_gathered"] - a["turnaround_gathered"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
     # the first waves teach it the gaps; later ones are gathered (where arrivals are not so close
-    # that all four are in before the engine looks: then no wait is needed), and a gathered wave's
-    # four prompts went in in one step: it took as many steps as the longest answer alone (one
-    # that came after its wait ended, on a loaded host, costs its wave a step)
-    together = [g and n == lone_steps for n, g in zip(steps, gathered, strict=True)]
-    assert sum(together) >= 3, (lone_steps, steps, gathered)
+    # that all four are in before the engine looks: then no wait is needed), their four prompts in
+    # one step (one that came after its wait ended, on a loaded host, costs its wave a step)
+    together, steps, gathered = _waves_in_one_step(seen, _stats(server), "turnaround_gathered", lone_steps)
+    assert together >= 3, (lone_steps, steps, gathered)
 
 
 def test_requests_sent_at_once_to_an_idle_engine_go_in_together(server: Server) -> None:
@@ -152,9 +159,6 @@ def test_requests_sent_at_once_to_an_idle_engine_go_in_together(server: Server) 
 
     got = _closed_loop(client, prompts, users=4, rounds=7, stride=1, wave=wave)
     assert all(text == alone[p] for p, text in got)
-    stats = _stats(server)
-    steps = [b["step_steps"] - a["step_steps"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
-    bursts = [b["turnaround_bursts"] - a["turnaround_bursts"] for a, b in zip(seen, [*seen[1:], stats], strict=True)]
     # (it learns from four such arrivals, earlier tests' included)
-    together = [b and n == lone_steps for n, b in zip(steps, bursts, strict=True)]
-    assert sum(together) >= 2, (lone_steps, steps, bursts)
+    together, steps, bursts = _waves_in_one_step(seen, _stats(server), "turnaround_bursts", lone_steps)
+    assert together >= 2, (lone_steps, steps, bursts)
