@@ -123,10 +123,7 @@ class Turnaround:
     def expected(self) -> float | None:
         """The recent gap (seconds) all but a quarter of finishes were followed within, or None
         while too few gaps are known."""
-        if len(self._gaps) < _WINDOW // 2:
-            return None
-        gaps = sorted(self._gaps)
-        return gaps[math.ceil(_QUANTILE * len(gaps)) - 1]
+        return _quantile(self._gaps)
 
     def hold(self, now: float, step: float, gathering: bool = False) -> float:
         """Seconds to wait from ``now`` for a request before the next step, whose like takes
@@ -157,16 +154,22 @@ class Turnaround:
         ``_GATHER_MARGIN``, has passed since the latest arrival, at most a step from the first,
         or as many requests as the median recent burst brought are in. Call ``burst_over`` when
         the requests go in."""
-        if self._burst is None or self._open or step <= 0 or len(self._followed) < _WINDOW // 2:
+        gap = _quantile(self._followed)
+        if self._burst is None or self._open or step <= 0 or gap is None or gap > step * _SHARE:
             return 0.0
         if self._sizes and self._size >= sorted(self._sizes)[(len(self._sizes) - 1) // 2]:
             return 0.0  # as many as a burst usually brings are in
-        gaps = sorted(self._followed)
-        gap = gaps[math.ceil(_QUANTILE * len(gaps)) - 1]
-        if gap > step * _SHARE:
-            return 0.0
         gap = max((g for g in self._spacing if g <= step * _SHARE), default=gap)
         return max(0.0, min(self._last + gap * _GATHER_SLACK + _GATHER_MARGIN, self._burst + step) - now)
 
     def burst_over(self) -> None:
         self._burst = None
+
+
+def _quantile(gaps: deque[float]) -> float | None:
+    """The gap all but a quarter of ``gaps`` were within, or None while fewer than half a window
+    are known."""
+    if len(gaps) < _WINDOW // 2:
+        return None
+    ordered = sorted(gaps)
+    return ordered[math.ceil(_QUANTILE * len(ordered)) - 1]
