@@ -22,7 +22,10 @@ import psutil
 import yaml
 
 from gpt_server.backends.llama_cpp.buffers import server_argv, use_extra_buffers
+from gpt_server.config import ModelWorkerArgs
 from gpt_server.procs import free_port
+
+_DEFAULT_HEARTBEAT = ModelWorkerArgs.model_fields["heartbeat_interval"].default
 
 __all__ = ["free_port", "Proc", "ServeProcess", "serve_config", "Gateway", "PeerServer", "LlamaServer", "BareServer", "Agent", "RssSampler", "ROOT"]
 
@@ -200,8 +203,11 @@ class Gateway(ServeProcess):
 
     def __init__(self, models: list[dict[str, Any]], out: Path, name: str, env: dict[str, str] | None = None,
                  root: Path = ROOT) -> None:
-        """``root``: the checkout whose ``gpt_server`` serves (``python -m`` from there)."""
-        super().__init__(serve_config(models), out / f"{name}.yaml", out / f"{name}.log", env, cwd=root)
+        """``root``: the checkout whose ``gpt_server`` serves (``python -m`` from there). Its
+        workers heartbeat at the default interval (the tests' configs beat every second): what
+        an idle process does beside a decode counts on two cores."""
+        config = serve_config(models, heartbeat_interval=_DEFAULT_HEARTBEAT)
+        super().__init__(config, out / f"{name}.yaml", out / f"{name}.log", env, cwd=root)
 
     def wait(self, timeout: float = 180.0) -> None:
         self.wait_workers(timeout=timeout)

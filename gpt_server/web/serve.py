@@ -180,16 +180,47 @@ def _http_protocol() -> Any:
     return _Protocol
 
 
+# how often an idle server wakes (uvicorn's own loop wakes ten times a second): its Date header
+# is refreshed once a second either way, and an exit asked for is seen at once (``should_exit``)
+_TICK_S = 1.0
+
+
 class _Server(uvicorn.Server):
     """Signals belong to whoever runs the servers (the launcher drains the gateway before the
     workers; each role sets its own handlers), so uvicorn does not capture them. At the
     drain deadline the requests still running are cancelled with ``DRAIN_DEADLINE``, so
     each ends with its own ending (an error event and ``[DONE]``, a 503) before uvicorn's
-    backstop cuts what is left."""
+    backstop cuts what is left.
+
+    The main loop wakes once a second, not ten times: on two cores beside a running decode every
+    wake-up of an idle process takes a core from a compute thread (bench/README.md, thirteenth
+    session). Setting ``should_exit`` (on the loop's thread) ends the wait at once."""
 
     def __init__(self, config: uvicorn.Config, graceful: float) -> None:
+        self._exit = asyncio.Event()
         super().__init__(config)
         self.graceful = graceful
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit.is_set()
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        if value:
+            self._exit.set()
+        else:
+            self._exit.clear()
+
+    async def main_loop(self) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            # on_tick refreshes the Date header where counter % 10 == 0: every tick here
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit.wait(), _TICK_S)
+            should_exit = await self.on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -39,6 +39,26 @@ _MAX_NAMES = 64  # WorkerInfo.aliases' bound
 _READINESS_POLL = 0.25  # seconds between readiness checks inside a heartbeat interval
 
 
+def _descendants(pid: int) -> list[int]:
+    """The process ids below ``pid``, from Linux's ``/proc/<pid>/task/<tid>/children``: reads only
+    this process tree, where psutil's ``children()`` reads every process on the host (a heartbeat's
+    cost then grows with the host's process count: 0.56 ms of CPU at 69 processes). Raises
+    OSError where the kernel does not offer the file."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for task in os.listdir(f"/proc/{p}/task"):
+            try:
+                with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            out.extend(kids)
+            todo.extend(kids)
+    return out
+
+
 def process_memory(*, with_children: bool) -> int:
     """Resident bytes of this process, plus its child processes' (an engine server the worker
     runs) when ``with_children``; 0 when the system does not tell. A worker in the gateway's
@@ -47,7 +67,11 @@ def process_memory(*, with_children: bool) -> int:
         me = psutil.Process()
         total: int = me.memory_info().rss
         if with_children:
-            for child in me.children(recursive=True):
+            try:
+                kids = [psutil.Process(pid) for pid in _descendants(me.pid)]
+            except (OSError, ValueError):  # not Linux, or no children file: psutil's way
+                kids = me.children(recursive=True)
+            for child in kids:
                 try:
                     total += child.memory_info().rss
                 except psutil.Error:
