@@ -184,3 +184,11 @@ async def wait_to_be_cancelled(started: Any, cancelled: Any, seconds: float = 30
     except asyncio.CancelledError:
         cancelled.set()
         raise
+
+
+async def answer_lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's lifespan: start up, then shut down when asked."""
+    while (msg := await receive())["type"] != "lifespan.shutdown":
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})

@@ -15,7 +15,7 @@ from starlette.types import Receive, Scope, Send
 from gpt_server.web import lifecycle
 from gpt_server.web.lifecycle import HangupMiddleware
 from gpt_server.web.serve import bind_socket, connection_tap, make_server
-from tests.helpers import wait_to_be_cancelled
+from tests.helpers import answer_lifespan, wait_to_be_cancelled
 
 REQUEST = b"POST /x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n\r\n{}"
 
@@ -28,10 +28,7 @@ def test_a_hang_up_cancels_the_request_without_a_listening_task() -> None:
 
         async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] == "lifespan":
-                while (msg := await receive())["type"] != "lifespan.shutdown":
-                    if msg["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                await send({"type": "lifespan.shutdown.complete"})
+                await answer_lifespan(receive, send)
                 return
             await receive()  # the body
             taps.append(connection_tap(scope))

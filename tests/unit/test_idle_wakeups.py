@@ -20,14 +20,12 @@ from starlette.types import Receive, Scope, Send
 
 from gpt_server.web.serve import bind_socket, make_server
 from gpt_server.worker.runtime import _descendants, process_memory
+from tests.helpers import answer_lifespan
 
 
 async def _app(scope: Scope, receive: Receive, send: Send) -> None:
     if scope["type"] == "lifespan":
-        while (msg := await receive())["type"] != "lifespan.shutdown":
-            if msg["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await answer_lifespan(receive, send)
         return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"ok"})
