@@ -207,6 +207,8 @@ class _Server(uvicorn.Server):
 
     @should_exit.setter
     def should_exit(self, value: bool) -> None:
+        # on the loop's thread only (an asyncio.Event), as every caller does: the launcher's
+        # coroutines and signal handlers (``loop.add_signal_handler``), the worker's drain task
         if value:
             self._exit.set()
         else:
@@ -219,7 +221,8 @@ class _Server(uvicorn.Server):
             # on_tick refreshes the Date header where counter % 10 == 0: every tick here
             counter = (counter + 10) % 864000
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._exit.wait(), _TICK_S)
+                async with asyncio.timeout(_TICK_S):
+                    await self._exit.wait()
             should_exit = await self.on_tick(counter)
 
     @contextlib.contextmanager

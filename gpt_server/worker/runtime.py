@@ -43,19 +43,33 @@ def _descendants(pid: int) -> list[int]:
     """The process ids below ``pid``, from Linux's ``/proc/<pid>/task/<tid>/children``: reads only
     this process tree, where psutil's ``children()`` reads every process on the host (a heartbeat's
     cost then grows with the host's process count: 0.56 ms of CPU at 69 processes). Raises
-    OSError where the kernel does not offer the file."""
+    OSError where the kernel does not offer the file (``CONFIG_PROC_CHILDREN``) or ``pid``'s
+    threads cannot be listed; a descendant or thread that ends meanwhile is skipped (its
+    children then count from the next beat)."""
+    if not os.path.exists(f"/proc/{pid}/task/{pid}/children"):
+        raise OSError(f"no /proc/{pid}/task/{pid}/children")
     out: list[int] = []
+    seen = {pid}
     todo = [pid]
     while todo:
         p = todo.pop()
-        for task in os.listdir(f"/proc/{p}/task"):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            if p == pid:
+                raise
+            continue  # that descendant ended meanwhile
+        for task in tasks:
             try:
                 with open(f"/proc/{p}/task/{task}/children", "rb") as f:
                     kids = [int(k) for k in f.read().split()]
-            except FileNotFoundError:  # the thread ended meanwhile
+            except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
                 continue
-            out.extend(kids)
-            todo.extend(kids)
+            for k in kids:
+                if k not in seen:
+                    seen.add(k)
+                    out.append(k)
+                    todo.append(k)
     return out
 
 
@@ -66,18 +80,22 @@ def process_memory(*, with_children: bool) -> int:
     try:
         me = psutil.Process()
         total: int = me.memory_info().rss
-        if with_children:
-            try:
-                kids = [psutil.Process(pid) for pid in _descendants(me.pid)]
-            except (OSError, ValueError):  # not Linux, or no children file: psutil's way
-                kids = me.children(recursive=True)
-            for child in kids:
-                try:
-                    total += child.memory_info().rss
-                except psutil.Error:
-                    pass  # gone meanwhile
     except psutil.Error:
         return 0
+    if with_children:
+        try:
+            kids: list[psutil.Process | int] = list(_descendants(me.pid))
+        except (OSError, ValueError):  # not Linux, or no children file: psutil's way
+            try:
+                kids = list(me.children(recursive=True))
+            except psutil.Error:
+                kids = []
+        for child in kids:
+            try:
+                proc = child if isinstance(child, psutil.Process) else psutil.Process(child)
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass  # gone meanwhile
     return min(total, 2**50)
 
 
