@@ -84,16 +84,15 @@ def process_memory(*, with_children: bool) -> int:
         return 0
     if with_children:
         try:
-            kids: list[psutil.Process | int] = list(_descendants(me.pid))
+            pids = _descendants(me.pid)
         except (OSError, ValueError):  # not Linux, or no children file: psutil's way
             try:
-                kids = list(me.children(recursive=True))
+                pids = [child.pid for child in me.children(recursive=True)]
             except psutil.Error:
-                kids = []
-        for child in kids:
+                pids = []
+        for pid in pids:
             try:
-                proc = child if isinstance(child, psutil.Process) else psutil.Process(child)
-                total += proc.memory_info().rss
+                total += psutil.Process(pid).memory_info().rss
             except psutil.Error:
                 pass  # gone meanwhile
     return min(total, 2**50)
