@@ -10,15 +10,12 @@ import httpx
 import openai
 import pytest
 
-from tests.audio_helpers import parse_srt, parse_vtt, speak_in_process, tone_wav, wer
+from tests.audio_helpers import SENTENCE, parse_srt, parse_vtt, speak_in_process, tone_wav, wer
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
 from tests.openai_shapes import assert_openai_shape
 
 __all__ = ["AsrSuite", "SENTENCE"]
-
-SENTENCE = "The weather is nice today. We will walk to the park after lunch."
-
 
 @functools.cache
 def _speech() -> bytes:

@@ -14,13 +14,12 @@ import numpy as np
 import openai
 import pytest
 
-from tests.audio_helpers import decode_seconds, transcribe_in_process, wer
+from tests.audio_helpers import SENTENCE, decode_seconds, transcribe_in_process, wer
 from tests.contract.base import Suite, covers
 from tests.helpers import Server
 
 __all__ = ["TtsSuite", "SENTENCE"]
 
-SENTENCE = "The weather is nice today. We will walk to the park after lunch."
 LONG_TEXT = (
     "Good morning everyone. Today we talk about the garden. The roses are red and the grass is green. "
     "We planted three new trees last spring. They grow a little every week. Thank you for listening."

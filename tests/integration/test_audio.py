@@ -19,10 +19,17 @@ import numpy as np
 import openai
 import pytest
 
-from tests.audio_helpers import audio_config, decode_seconds, parse_srt, parse_vtt, tone_wav, wer
+from tests.audio_helpers import (
+    SENTENCE,
+    audio_config,
+    decode_seconds,
+    parse_srt,
+    parse_vtt,
+    tone_wav,
+    wer,
+)
 from tests.helpers import Server, served
 
-SENTENCE = "The weather is nice today. We will walk to the park after lunch."
 LONG_TEXT = (
     "Good morning everyone. Today we talk about the garden. The roses are red and the grass is green. "
     "We planted three new trees last spring. They grow a little every week. Thank you for listening."
@@ -97,7 +104,7 @@ def test_transcript_formats(client: openai.OpenAI, spoken_wav: bytes) -> None:
     assert [c[:2] for c in vcues] == [c[:2] for c in cues]
     verbose = client.audio.transcriptions.create(
         model="whisper-1", file=f, response_format="verbose_json", timestamp_granularities=["segment", "word"],
-        language="en", temperature=0.0, prompt="A weather report.",
+        language="en", temperature=0.0, prompt="A morning announcement.",
     )
     assert verbose.language == "en" and 2.0 < verbose.duration < 10.0
     assert verbose.segments and all(0 <= s.start <= s.end <= verbose.duration + 0.5 for s in verbose.segments)
