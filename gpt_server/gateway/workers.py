@@ -41,9 +41,9 @@ from ..protocol.worker import (
     GenerateRequest,
     invoke_body,
 )
-from ..transport.direct import DIRECT_HEADER, HandoffClient, is_loopback_address
+from ..transport.direct import DIRECT_HEADER, HAND_NOW_HEADER, HandoffClient, is_loopback_address
 from ..transport.inproc import InProcessTransport, LocalGeneration, LocalResponse, is_local
-from ..transport.lane import LaneClient, LaneUnavailable
+from ..transport.lane import LaneClient, LaneStream, LaneUnavailable
 from .history import History
 
 __all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
@@ -51,9 +51,18 @@ __all__ = ["WorkerClient", "EventStream", "LocalEventStream", "WorkerResponse"]
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {429, 503}
-_Response = aiohttp.ClientResponse | LocalResponse
+_Response = aiohttp.ClientResponse | LocalResponse | LaneStream
 _JSON = {"content-type": "application/json"}
 T = TypeVar("T")
+
+
+def _lane_error(status: int, answer: bytes) -> GatewayError:
+    """A worker's error answer over the invoke socket, as the error it names."""
+    try:
+        error = orjson.loads(answer)
+    except ValueError:
+        error = None
+    return error_from_body(status, error)
 
 
 class WorkerResponse:
@@ -126,7 +135,7 @@ class EventStream(WorkerResponse):
                     yield events
             if buf.strip():
                 yield [EVENT_ADAPTER.validate_json(buf)]
-        except (TimeoutError, aiohttp.ClientError, ValidationError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, ValidationError) as exc:
             log.warning("lost worker %s mid-stream: %s", self.target.worker_id, type(exc).__name__)
             yield [
                 ErrorEvent(
@@ -269,16 +278,30 @@ class WorkerClient:
             if not payload:
                 payload = request.__pydantic_serializer__.to_json(request)
             handed = None
+            local = is_loopback_address(target.address)
             path = target.stream_socket
-            if direct and path and is_loopback_address(target.address) and self.handoff.reachable(path):
+            if direct and path and local and self.handoff.reachable(path):
                 handed = (path, secrets.token_hex(16))
+            lane = target.invoke_socket
+            if lane and local and self.lane.usable(lane):  # over the invoke socket (transport.lane)
+                try:
+                    answer = await self.lane.generate(lane, (handed[1].encode() if handed else b"") + b"\n" + payload)
+                except LaneUnavailable:
+                    pass  # not reachable from here: over HTTP (``usable`` says no for a while)
+                else:
+                    if isinstance(answer, LaneStream):
+                        if answer.flags & 1:
+                            answer.headers[HAND_NOW_HEADER] = "1"
+                        return answer
+                    raise _lane_error(*answer)
+            if handed:
                 return await self._post(target, "/worker/generate", payload, events=True, headers={**_JSON, DIRECT_HEADER: handed[1]})
             return await self._post(target, "/worker/generate", payload, events=True)
 
         sent = time.perf_counter()
         result, target = await self._within(deadline, self._send(model, request.kind, call, affinity))
         on_close = self._releaser(target, sent)
-        if isinstance(result, (aiohttp.ClientResponse, LocalResponse)):
+        if isinstance(result, (aiohttp.ClientResponse, LocalResponse, LaneStream)):
             return EventStream(result, target, on_close, sent, direct=handed)
         return LocalEventStream(result, target, on_close, sent)
 
@@ -316,11 +339,7 @@ class WorkerClient:
                 else:
                     if status == 200:
                         return answer
-                    try:
-                        error = orjson.loads(answer)
-                    except ValueError:
-                        error = None
-                    raise error_from_body(status, error)
+                    raise _lane_error(status, answer)
             return await self._post(target, "/worker/invoke", body)
 
         sent = time.perf_counter()

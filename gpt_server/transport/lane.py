@@ -11,11 +11,16 @@ invoke socket instead:
 - The socket is a Unix stream socket in a new private directory (mode 0700), accepting only
   processes of this user (``SO_PEERCRED``) that open with the internal secret (the first
   frame of a connection; any bytes when the worker has none).
-- A request frame is ``!I`` (its length) and the invoke body: the same JSON bytes as
-  ``POST /worker/invoke``. An answer frame is ``!IH`` (length, HTTP status) and the JSON
-  result, or the OpenAI error body for a status other than 200.
+- A call frame is ``!IB`` (the body's length, the call's kind) and the body. An ``INVOKE``
+  body is the same JSON bytes as ``POST /worker/invoke``; its answer is one frame ``!IH``
+  (length, HTTP status) and the JSON result, or the OpenAI error body for a status other than 200.
+- A ``GENERATE`` call (a chat or completion, as ``POST /worker/generate``) is answered as a
+  stream (``LaneStream``): a head frame with the HTTP status (an error: its body, and nothing
+  after), for 200 a flags byte and the stream's first bytes; then ``DATA`` frames of the stream's
+  bytes and an ``END`` frame. Either side reads the other's frames only as fast as it takes
+  them (a slow client holds the worker's writes, as over HTTP).
 - A connection carries one call at a time; the gateway keeps a pool per socket, as HTTP/1.1
-  keep-alive. An answer may be written by the engine's thread that finished it (``LaneReply``,
+  keep-alive (a stream's connection goes back after its ``END``). An answer may be written by the engine's thread that finished it (``LaneReply``,
   ``backends.base.ANSWER_SINK``): the gateway has it without waiting for the worker's event loop. A connection closed mid-call (the client hung up, the deadline passed) cancels
   the call in the worker.
 - A socket the gateway cannot connect to (another host's path, a worker in a container) is
@@ -34,15 +39,22 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import cast
 
-__all__ = ["LaneServer", "LaneClient", "LaneReply", "LaneUnavailable", "MAX_ANSWER_BYTES"]
+__all__ = [
+    "LaneServer", "LaneClient", "LaneReply", "LaneUnavailable", "LaneStream", "Streamed", "MAX_ANSWER_BYTES", "INVOKE", "GENERATE",
+]
 
 log = logging.getLogger(__name__)
 
-_REQ = struct.Struct("!I")
+_HELLO = struct.Struct("!I")  # the first frame of a connection: the secret
+_REQ = struct.Struct("!IB")  # a call: its body's length, its kind
 _ANS = struct.Struct("!IH")
+INVOKE, GENERATE = 0, 1  # call kinds
+_DATA, _END = 0, 1  # the statuses of a stream's frames after its head
+_READ_HIGH = 256 * 1024  # a stream's bytes the gateway holds unread before it stops reading the socket
 _MAX_SECRET = 1024
 MAX_ANSWER_BYTES = 2**32 - 1  # what ``!I`` can say
 _IDLE_PER_SOCKET = 64  # idle connections kept per worker
@@ -99,6 +111,20 @@ class LaneReply:
 Handler = Callable[[bytes, LaneReply | None], Awaitable[tuple[int, bytes]]]
 
 
+@dataclass
+class Streamed:
+    """A ``GENERATE`` call's 200 answer: ``flags`` (a byte) and ``first`` go in the head frame,
+    each of ``rest`` in a ``DATA`` frame; ``on_close`` runs when the stream is over, however it ends."""
+
+    flags: int
+    first: bytes
+    rest: AsyncGenerator[bytes, None]
+    on_close: Callable[[], Awaitable[None]]
+
+
+StreamHandler = Callable[[bytes], Awaitable["tuple[int, bytes] | Streamed"]]
+
+
 class LaneUnavailable(OSError):
     """The worker's invoke socket could not be reached: the call was not sent (use HTTP)."""
 
@@ -127,6 +153,7 @@ class _ServerConn(asyncio.Protocol):
         self.greeted = False
         self.task: asyncio.Task[None] | None = None
         self.skip = 0  # bytes of a refused call still to drop
+        self.writable: asyncio.Future[None] | None = None  # while the gateway reads nothing more
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport instances
@@ -140,8 +167,18 @@ class _ServerConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
         self.transport = None
+        self.resume_writing()
         if self.task is not None:
             self.task.cancel()  # nobody to answer: the work behind it stops
+
+    def pause_writing(self) -> None:
+        if self.writable is None:
+            self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        w, self.writable = self.writable, None
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -159,22 +196,23 @@ class _ServerConn(asyncio.Protocol):
     def _next(self) -> None:
         """Start the next complete call in the buffer (none while one runs)."""
         t = self.transport
-        if t is None or self.task is not None or self.skip or len(self.buf) < _REQ.size:
+        head = _REQ if self.greeted else _HELLO
+        if t is None or self.task is not None or self.skip or len(self.buf) < head.size:
             return
-        (n,) = _REQ.unpack_from(self.buf)
+        n, kind = head.unpack_from(self.buf) if self.greeted else (*head.unpack_from(self.buf), INVOKE)
         limit = self.server.max_frame if self.greeted else _MAX_SECRET
         if n > limit:
             if not self.greeted:
                 t.close()
                 return
             t.write(_frame(413, self.server.too_large(limit)))  # answered; its bytes are skipped as they come
-            self.skip = _REQ.size + n
+            self.skip = head.size + n
             self._skip()
             return
-        if len(self.buf) < _REQ.size + n:
+        if len(self.buf) < head.size + n:
             return
-        body = bytes(self.buf[_REQ.size : _REQ.size + n])
-        del self.buf[: _REQ.size + n]
+        body = bytes(self.buf[head.size : head.size + n])
+        del self.buf[: head.size + n]
         if not self.greeted:
             if not self.server.secret_ok(body):
                 log.warning("invoke socket: a connection without the internal secret")
@@ -183,7 +221,14 @@ class _ServerConn(asyncio.Protocol):
             self.greeted = True
             self._next()
             return
-        self.task = asyncio.get_running_loop().create_task(self._call(body))
+        loop = asyncio.get_running_loop()
+        if kind == GENERATE and self.server.streams is not None:
+            self.task = loop.create_task(self._stream(body))
+        elif kind == INVOKE:
+            self.task = loop.create_task(self._call(body))
+        else:
+            t.write(_frame(400, self.server.unknown_call(kind)))
+            self._next()
 
     def _reply(self) -> LaneReply | None:
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
@@ -209,15 +254,63 @@ class _ServerConn(asyncio.Protocol):
         if reply is not None and reply.sent:  # written by the engine's thread
             if reply.rest:
                 t.write(reply.rest)
-        elif len(out) < 64 * 1024:
-            t.write(_frame(status, out))
         else:
-            t.writelines((_ANS.pack(len(out), status), out))
+            _write(t, status, out)
         self._next()
+
+    async def _stream(self, body: bytes) -> None:
+        """A ``GENERATE`` call: its head frame, its ``DATA`` frames as they come, its ``END``."""
+        assert self.server.streams is not None
+        answer: tuple[int, bytes] | Streamed | None = None
+        ended = False
+        try:
+            answer = await self.server.streams(body)
+            t = self.transport
+            if isinstance(answer, tuple):
+                if t is not None:
+                    _write(t, *answer)
+                ended = True
+                return
+            if t is None:
+                return
+            _write(t, 200, bytes((answer.flags,)) + answer.first)
+            async for chunk in answer.rest:
+                if not chunk:
+                    continue
+                t = self.transport
+                if t is None:
+                    return
+                _write(t, _DATA, chunk)
+                if self.writable is not None:
+                    await self.writable
+            if self.transport is not None:
+                self.transport.write(_ANS.pack(0, _END))
+                ended = True
+        except Exception:  # the stream broke after its head: the gateway sees the connection end
+            log.exception("invoke socket: a stream failed")
+        finally:
+            self.task = None
+            if isinstance(answer, Streamed):
+                try:
+                    await answer.rest.aclose()
+                finally:
+                    await answer.on_close()
+            if not ended and self.transport is not None:
+                self.transport.abort()  # cut short: the gateway must not take it for whole
+            if ended:
+                self._next()
+
+
+def _write(t: asyncio.Transport, status: int, out: bytes) -> None:
+    if len(out) < 64 * 1024:
+        t.write(_frame(status, out))
+    else:
+        t.writelines((_ANS.pack(len(out), status), out))
 
 
 class LaneServer:
-    """The worker's invoke socket; ``handler(body) -> (status, answer)`` runs each call."""
+    """The worker's invoke socket; ``handler(body) -> (status, answer)`` runs each ``INVOKE``
+    call, ``streams(body)`` each ``GENERATE`` call."""
 
     def __init__(
         self,
@@ -226,10 +319,16 @@ class LaneServer:
         secret_ok: Callable[[bytes], bool],
         max_frame: int,
         too_large: Callable[[int], bytes],
+        streams: StreamHandler | None = None,
+        unknown_call: Callable[[int], bytes] = lambda kind: b"",
     ) -> None:
         """``secret_ok``: whether a connection's first frame is the internal secret;
-        ``max_frame``: the largest call body taken (``too_large(limit)``, the 413's body, answers a larger one)."""
+        ``max_frame``: the largest call body taken (``too_large(limit)``, the 413's body, answers a larger one);
+        ``streams``: runs a ``GENERATE`` call (none: such calls, and calls of any other kind,
+        are answered 400 with ``unknown_call(kind)``)."""
         self.handler = handler
+        self.streams = streams
+        self.unknown_call = unknown_call
         self.secret_ok = secret_ok
         self.max_frame = max_frame
         self.too_large = too_large
@@ -271,6 +370,9 @@ class _ClientConn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.streaming = False  # the call waited for is a stream: its frames go on after a 200 head
+        self.stream: LaneStream | None = None  # the stream being read (after its head, before its end)
+        self.opened: LaneStream | None = None  # the stream the last call's head began, for the caller
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -279,34 +381,56 @@ class _ClientConn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
+        lost = ConnectionResetError("the worker closed its invoke connection")
         w, self.waiter = self.waiter, None
         if w is not None and not w.done():
-            w.set_exception(ConnectionResetError("the worker closed its invoke connection"))
+            w.set_exception(lost)
+        s, self.stream = self.stream, None
+        if s is not None:
+            s._lost(lost)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if len(self.buf) < _ANS.size:
-            return
-        n, status = _ANS.unpack_from(self.buf)
-        if len(self.buf) < _ANS.size + n:
-            return
-        out = bytes(self.buf[_ANS.size : _ANS.size + n])
-        del self.buf[: _ANS.size + n]
-        w, self.waiter = self.waiter, None
-        if w is None or w.done() or self.buf:  # an answer nobody asked for: the connection is out of step
-            self.close()
-            return
-        w.set_result((status, out))
+        while len(self.buf) >= _ANS.size:
+            n, status = _ANS.unpack_from(self.buf)
+            if len(self.buf) < _ANS.size + n:
+                return
+            out = bytes(self.buf[_ANS.size : _ANS.size + n])
+            del self.buf[: _ANS.size + n]
+            if self.stream is not None:
+                if status == _DATA:
+                    self.stream._feed(out)
+                    continue
+                if status == _END and not out:
+                    s, self.stream = self.stream, None
+                    s._end()
+                    continue
+                self.close()  # out of step
+                return
+            w, self.waiter = self.waiter, None
+            if w is None or w.done():  # an answer nobody asked for: the connection is out of step
+                self.close()
+                return
+            if self.streaming and status == 200:
+                self.streaming = False
+                self.stream = self.opened = LaneStream(self, out)
+                w.set_result((status, b""))
+                continue
+            if self.buf:  # nothing may follow a whole answer
+                self.close()
+                return
+            w.set_result((status, out))
 
-    async def call(self, body: bytes) -> tuple[int, bytes]:
+    async def call(self, body: bytes, kind: int = INVOKE) -> tuple[int, bytes]:
         t = self.transport
         if t is None:
             raise ConnectionResetError("the worker closed its invoke connection")
         self.waiter = asyncio.get_running_loop().create_future()
+        self.streaming, self.opened = kind == GENERATE, None
         if len(body) < 64 * 1024:
-            t.write(_REQ.pack(len(body)) + body)
+            t.write(_REQ.pack(len(body), kind) + body)
         else:
-            t.writelines((_REQ.pack(len(body)), body))
+            t.writelines((_REQ.pack(len(body), kind), body))
         return await self.waiter
 
     def close(self) -> None:
@@ -316,12 +440,94 @@ class _ClientConn(asyncio.Protocol):
             self.transport = None
 
 
+class LaneStream:
+    """A ``GENERATE`` call's 200 answer, read as an HTTP response's body is (``content.iter_any()``,
+    ``read()``, ``close()``). ``flags``: the head's flags byte; ``headers``: for the caller to fill.
+    Closing it before its end cuts the connection, which stops the call in the worker."""
+
+    status = 200
+
+    def __init__(self, conn: _ClientConn, head: bytes) -> None:
+        self.conn = conn
+        self.flags = head[0] if head else 0
+        self.headers: dict[str, str] = {}
+        self.content = self
+        self._chunks: list[bytes] = [head[1:]] if len(head) > 1 else []
+        self._held = len(head) - 1 if head else 0
+        self._paused = False
+        self._ended = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.on_end: Callable[[_ClientConn], None] | None = None  # the connection is free again
+
+    def _wake(self) -> None:
+        w, self._waiter = self._waiter, None
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._held += len(data)
+        if self._held > _READ_HIGH and not self._paused and self.conn.transport is not None:
+            self._paused = True
+            self.conn.transport.pause_reading()
+        self._wake()
+
+    def _end(self) -> None:
+        self._ended = True
+        if self._paused and self.conn.transport is not None:
+            self.conn.transport.resume_reading()
+        self._paused = False
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end(self.conn)
+        self._wake()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._error = exc
+        self._wake()
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The stream's bytes as they come (what arrived since the last read, joined); a lost
+        connection raises ``ConnectionResetError``."""
+        while True:
+            if self._chunks:
+                out = b"".join(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+                self._chunks.clear()
+                self._held = 0
+                if self._paused and not self._ended and self.conn.transport is not None:
+                    self._paused = False
+                    self.conn.transport.resume_reading()
+                yield out
+                continue
+            if self._ended:
+                return
+            if self._error is not None:
+                raise self._error
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_any()])
+
+    def close(self) -> None:
+        """Done with it: before its end, the connection is cut (the worker stops the call)."""
+        self.on_end = None
+        if not self._ended:
+            self._ended = True
+            self.conn.stream = None
+            self.conn.close()
+        self._wake()
+
+    release = close
+
+
 class LaneClient:
     """The gateway's side: a pool of connections per worker socket."""
 
     def __init__(self, secret: str | None) -> None:
         secret_bytes = (secret or "").encode()
-        self._hello = _REQ.pack(len(secret_bytes)) + secret_bytes
+        self._hello = _HELLO.pack(len(secret_bytes)) + secret_bytes
         self._idle: dict[str, list[_ClientConn]] = {}
         self._unreachable: dict[str, float] = {}  # path → monotonic time to try again
 
@@ -354,7 +560,7 @@ class LaneClient:
         return None
 
     async def call(self, path: str, body: bytes) -> tuple[int, bytes]:
-        """(status, answer) of one call; ``LaneUnavailable`` when it could not be sent,
+        """(status, answer) of one ``INVOKE`` call; ``LaneUnavailable`` when it could not be sent,
         ``ConnectionError`` when the connection was lost after it was."""
         conn = self._take(path) or await self._connect(path)
         try:
@@ -362,12 +568,37 @@ class LaneClient:
         except BaseException:
             conn.close()  # cancelled or lost mid-call: the worker stops the call
             raise
+        self._give_back(path, conn)
+        return answer
+
+    async def generate(self, path: str, body: bytes) -> tuple[int, bytes] | LaneStream:
+        """A ``GENERATE`` call: its ``LaneStream`` (status 200; the caller reads or closes it),
+        or (status, error body). Fails as ``call``."""
+        conn = self._take(path) or await self._connect(path)
+        try:
+            status, out = await conn.call(body, GENERATE)
+        except BaseException:
+            conn.close()
+            raise
+        stream, conn.opened = conn.opened, None
+        if status != 200 or stream is None:
+            self._give_back(path, conn)
+            return status, out
+        if stream._ended:  # it ended in the same read as its head
+            stream.on_end = None
+            self._give_back(path, conn)
+        else:
+            stream.on_end = lambda c: self._give_back(path, c)
+        return stream
+
+    def _give_back(self, path: str, conn: _ClientConn) -> None:
+        if conn.closed:
+            return
         idle = self._idle.setdefault(path, [])
         if len(idle) < _IDLE_PER_SOCKET:
             idle.append(conn)
         else:
             conn.close()
-        return answer
 
     def close(self) -> None:
         for idle in self._idle.values():

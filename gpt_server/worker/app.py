@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import orjson
@@ -37,14 +37,16 @@ from ..protocol.worker import (
     secret_matches,
 )
 from ..transport.direct import DIRECT_HEADER, HAND_NOW_HEADER, stream_token, write_stream
-from ..transport.lane import LaneReply
+from ..transport.lane import LaneReply, Streamed
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
-from ..web.responses import ClosingStreamingResponse, FastJSONResponse, error_response
+from ..web.responses import ClosingStreamingResponse, FastJSONResponse, aclose_then, error_response
 from .generation import Generation
 from .runtime import WorkerRuntime
 
-__all__ = ["build_worker_app", "lane_handler", "lane_secret_check", "run_invoke", "DEFAULT_MAX_BODY_BYTES"]
+__all__ = [
+    "build_worker_app", "lane_handler", "lane_streams", "lane_secret_check", "open_generation", "run_invoke", "DEFAULT_MAX_BODY_BYTES",
+]
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,106 @@ def lane_handler(runtime: WorkerRuntime) -> Callable[[bytes, LaneReply | None], 
     return handle
 
 
+async def open_generation(
+    runtime: WorkerRuntime, req: GenerateRequest, token: str | None
+) -> tuple[Generation, AsyncGenerator[bytes, None], bool]:
+    """Start ``req`` (errors raise ``GatewayError``): the generation, its answer's body (ndjson
+    event lines; the first chunk is the one that goes with the status line), and whether the
+    engine has the request already, so that a handed stream's connection may come now
+    (``HAND_NOW_HEADER``). ``token``: the stream's hand-off token where the gateway may hand
+    the client's connection over (``transport.direct``). Close the body, then ``gen.aclose``."""
+    token = token if runtime.handoff is not None and not req.whole else None
+    # a stream this worker may write itself, or an answer sent whole: the engine may take
+    # deltas on its own thread (protocol.deltas)
+    answer = Answer() if req.whole else None
+    # a handed stream's connection may come before its first token (``announce``)
+    deltas = answer.writer if answer is not None else DeltaWriter(announce=True) if token else None
+    reset = DELTA_WRITER.set(deltas)
+    try:
+        gen = await Generation.start(runtime, req)
+    finally:
+        DELTA_WRITER.reset(reset)
+
+    async def body() -> AsyncGenerator[bytes, None]:
+        if answer is not None:  # the status line now, the answer in one write at its end
+            answer.take()
+            yield b""
+            try:
+                yield b"".join(_line(ev) for ev in await gen.whole(answer))
+            finally:
+                runtime.deltas_direct_total += answer.writer.taken
+            return
+        async with contextlib.aclosing(gen.events()) as events:
+            if token and runtime.handoff is not None:  # the client's connection may come (transport.direct)
+                if gen.admitted:
+                    # the engine has the request: the status line now (the gateway writes the
+                    # head and hands the connection over during the prefill), every event after
+                    yield b""
+                else:
+                    # the first event goes with the status line (the gateway writes it, then
+                    # hands the connection over): nothing more until the hand-off
+                    first = await anext(events, None)
+                    if first is None:
+                        return
+                    yield _line(first)
+                handoff = await runtime.handoff.take(token)
+                if handoff.sock is not None:
+                    runtime.handed_before_first_total += gen.admitted
+                    try:
+                        end = await write_stream(handoff, events, deltas, first=gen.admitted)
+                    except OSError as exc:  # the client's connection broke: the gateway sees it too
+                        log.info("direct stream ended: %s", type(exc).__name__)
+                        return
+                    finally:
+                        runtime.handoff.finished(handoff)
+                        if deltas is not None:
+                            runtime.deltas_direct_total += deltas.taken
+                    yield b"".join(_line(ev) for ev in end)
+                    return
+            async for ev in events:
+                yield _line(ev)
+
+    return gen, body(), gen.admitted
+
+
+def _generate_request(raw: bytes) -> GenerateRequest:
+    try:
+        return GenerateRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        raise _bad_request(exc) from None
+
+
+def lane_streams(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[int, bytes] | Streamed]]:
+    """The invoke socket's ``GENERATE`` calls (``transport.lane``): the body is the stream's
+    hand-off token (or nothing), a newline and the ``GenerateRequest`` JSON; the answer is
+    ``POST /worker/generate``'s, framed (``Streamed``), or (status, OpenAI error body)."""
+
+    async def handle(body: bytes) -> tuple[int, bytes] | Streamed:
+        runtime.lane_streams_total += 1
+        token, sep, raw = body.partition(b"\n")
+        try:
+            if not sep:
+                raise BadRequestError("a generate call is the hand-off token, a newline and the request")
+            req = await asyncio.to_thread(_generate_request, raw) if len(raw) > _PARSE_OFF_LOOP_BYTES else _generate_request(raw)
+            gen, chunks, now = await open_generation(runtime, req, stream_token(token.decode("ascii", "replace") or None))
+        except GatewayError as exc:
+            return exc.status, exc.to_json()
+        try:
+            first = await anext(chunks, b"")
+        except BaseException as exc:  # before the status line: an answer of its own, as over HTTP
+            await aclose_then(chunks, gen.aclose)
+            if isinstance(exc, GatewayError):
+                return exc.status, exc.to_json()
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("stream failed before its first byte")
+            err = InternalError("internal error while streaming", code="internal_error")
+            return err.status, err.to_json()
+        return Streamed(1 if now else 0, first, chunks, gen.aclose)
+
+    return handle
+
+
 class _SecretMiddleware:
     """401 for any HTTP request without the internal secret (when one is set)."""
 
@@ -236,6 +338,7 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
                 "handed_before_first_total": runtime.handed_before_first_total,
                 "lane_calls_total": runtime.lane_calls_total,
                 "lane_early_total": runtime.lane_early_total,
+                "lane_streams_total": runtime.lane_streams_total,
                 "last_error": runtime.last_error,
                 "engine_stats": runtime.backend.stats(),
             }
@@ -243,61 +346,12 @@ def build_worker_app(runtime: WorkerRuntime, *, max_body_bytes: int = DEFAULT_MA
 
     async def generate(request: Request) -> Response:
         req = await _parse(request, GenerateRequest)
-        token = stream_token(request.headers.get(DIRECT_HEADER)) if runtime.handoff is not None and not req.whole else None
-        # a stream this worker may write itself, or an answer sent whole: the engine may take
-        # deltas on its own thread (protocol.deltas)
-        answer = Answer() if req.whole else None
-        # a handed stream's connection may come before its first token (``announce``)
-        deltas = answer.writer if answer is not None else DeltaWriter(announce=True) if token else None
-        reset = DELTA_WRITER.set(deltas)
         try:
-            gen = await Generation.start(runtime, req)
+            gen, body, now = await open_generation(runtime, req, stream_token(request.headers.get(DIRECT_HEADER)))
         except GatewayError as exc:
             return error_response(exc)
-        finally:
-            DELTA_WRITER.reset(reset)
-
-        async def body() -> AsyncIterator[bytes]:
-            if answer is not None:  # the status line now, the answer in one write at its end
-                answer.take()
-                yield b""
-                try:
-                    yield b"".join(_line(ev) for ev in await gen.whole(answer))
-                finally:
-                    runtime.deltas_direct_total += answer.writer.taken
-                return
-            async with contextlib.aclosing(gen.events()) as events:
-                if token and runtime.handoff is not None:  # the client's connection may come (transport.direct)
-                    if gen.admitted:
-                        # the engine has the request: the status line now (the gateway writes the
-                        # head and hands the connection over during the prefill), every event after
-                        yield b""
-                    else:
-                        # the first event goes with the status line (the gateway writes it, then
-                        # hands the connection over): nothing more until the hand-off
-                        first = await anext(events, None)
-                        if first is None:
-                            return
-                        yield _line(first)
-                    handoff = await runtime.handoff.take(token)
-                    if handoff.sock is not None:
-                        runtime.handed_before_first_total += gen.admitted
-                        try:
-                            end = await write_stream(handoff, events, deltas, first=gen.admitted)
-                        except OSError as exc:  # the client's connection broke: the gateway sees it too
-                            log.info("direct stream ended: %s", type(exc).__name__)
-                            return
-                        finally:
-                            runtime.handoff.finished(handoff)
-                            if deltas is not None:
-                                runtime.deltas_direct_total += deltas.taken
-                        yield b"".join(_line(ev) for ev in end)
-                        return
-                async for ev in events:
-                    yield _line(ev)
-
         return ClosingStreamingResponse(
-            body(), on_close=gen.aclose, media_type="application/x-ndjson", headers={HAND_NOW_HEADER: "1"} if gen.admitted else None
+            body, on_close=gen.aclose, media_type="application/x-ndjson", headers={HAND_NOW_HEADER: "1"} if now else None
         )
 
     async def invoke(request: Request) -> Response:

@@ -13,12 +13,12 @@ import uvicorn
 from ..backends.base import BackendSpec
 from ..backends.registry import engine
 from ..config import Config, ConfigError, ModelEntry, resolve_model_path
-from ..errors import PayloadTooLargeError
+from ..errors import BadRequestError, PayloadTooLargeError
 from ..transport.direct import HandoffServer
 from ..transport.lane import LaneServer
 from ..web.internal import connect_host, require_secret_off_loopback
 from ..web.serve import bind_socket, make_server
-from .app import build_worker_app, lane_handler, lane_secret_check
+from .app import build_worker_app, lane_handler, lane_secret_check, lane_streams
 from .runtime import ControllerLink, WorkerRuntime, advertise_host
 
 __all__ = ["run_worker", "build_runtime", "backend_available", "worker_body_limit", "WORKER_ID_ENV"]
@@ -131,6 +131,8 @@ async def run_worker(
         runtime.lane = LaneServer(
             lane_handler(runtime), secret_ok=lane_secret_check(runtime.secret), max_frame=worker_body_limit(cfg),
             too_large=lambda n: PayloadTooLargeError(f"the call's body is over {n} bytes").to_json(),
+            streams=lane_streams(runtime),
+            unknown_call=lambda kind: BadRequestError(f"unknown call kind {kind}").to_json(),
         )
         await runtime.lane.start()
     server = make_server(build_worker_app(runtime, max_body_bytes=worker_body_limit(cfg)), sock, tls=tls)

@@ -235,6 +235,7 @@ class WorkerRuntime:
         self.lane: LaneServer | None = None
         self.lane_calls_total = 0
         self.lane_early_total = 0  # of those, answered from the engine's thread (backends.base.ANSWER_SINK)
+        self.lane_streams_total = 0  # chats and completions sent over the invoke socket
         # why the model cannot load because of its config (the worker then exits with CONFIG_ERROR_EXIT)
         self.config_error: ConfigError | None = None
         self._link: ControllerLink | None = controller

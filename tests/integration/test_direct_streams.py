@@ -58,9 +58,20 @@ def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Streams relayed by the gateway, over HTTP (the path of a worker on another host)."""
     cfg = base_config(api_keys="k1")
     cfg["model_worker_args"]["direct_streams"] = False
+    cfg["model_worker_args"]["invoke_socket"] = False
     with served(cfg, tmp_path_factory.mktemp("relayed"), "relayed_streams", 1) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def direct_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Streams handed over, with the generate request sent over HTTP (no invoke socket)."""
+    cfg = base_config(api_keys="k1")
+    cfg["model_worker_args"]["invoke_socket"] = False
+    with served(cfg, tmp_path_factory.mktemp("direct_http"), "direct_http_streams", 1) as srv:
         yield srv
 
 
@@ -102,6 +113,25 @@ def test_chat_stream_is_the_same_written_by_the_worker_as_relayed(direct: Server
     # most of its deltas were written from the engine's thread, none of the relayed stream's
     assert _engine_written(direct) - engine_before >= got[-1]["usage"]["completion_tokens"] // 2
     assert _engine_written(relayed) == 0
+
+
+def test_chats_go_to_the_worker_over_its_invoke_socket_or_else_over_http(direct: Server, direct_http: Server, relayed: Server) -> None:
+    """On the worker's host a chat (streamed or whole) is sent over the invoke socket
+    (``transport.lane``); without the socket it goes over HTTP, handed over the same, with the
+    same chunks."""
+    kw: dict[str, Any] = dict(model="smollm2", messages=MSG, max_tokens=40, temperature=0, stream=True)
+    lane_before, handed_before = _worker_count(direct, "lane_streams_total"), _handed(direct)
+    over_lane = _shapes(list(_client(direct).chat.completions.create(**kw)))
+    whole = _client(direct).chat.completions.create(**{**kw, "stream": False})
+    assert _worker_count(direct, "lane_streams_total") == lane_before + 2
+    assert _handed(direct) == handed_before + 1
+    http_handed_before = _handed(direct_http)
+    over_http = _shapes(list(_client(direct_http).chat.completions.create(**kw)))
+    assert _handed(direct_http) == http_handed_before + 1
+    assert over_lane == over_http
+    assert whole.choices[0].message.content == "".join(c["choices"][0]["delta"]["content"] or "" for c in over_lane if c["choices"])
+    _client(relayed).chat.completions.create(**kw)
+    assert _worker_count(direct_http, "lane_streams_total") == 0 == _worker_count(relayed, "lane_streams_total")
 
 
 def test_a_stream_a_tool_parser_reads_is_written_by_the_loop_alone(direct: Server, relayed: Server) -> None:

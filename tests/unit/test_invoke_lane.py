@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,7 +20,14 @@ import uvloop
 
 from gpt_server.errors import PayloadTooLargeError
 from gpt_server.protocol.worker import secret_matches
-from gpt_server.transport.lane import LaneClient, LaneReply, LaneServer, LaneUnavailable
+from gpt_server.transport.lane import (
+    LaneClient,
+    LaneReply,
+    LaneServer,
+    LaneStream,
+    LaneUnavailable,
+    Streamed,
+)
 from tests.helpers import wait_to_be_cancelled
 
 SECRET = "s3cret-for-the-lane"
@@ -201,5 +208,148 @@ def test_an_answer_sent_from_another_thread_arrives_once_whole_and_the_connectio
                 assert status == 200 and out == b'"' + b"z" * size + b'"'
             assert len(server.conns) == 1
             assert not late[0].send(b"after its call") and not late[0].claim()  # closed with its call
+
+    _run(main)
+
+
+# ---- GENERATE calls: a streamed answer --------------------------------------------------
+
+
+async def _streamed_lane(
+    streams: Callable[[bytes], Awaitable[tuple[int, bytes] | Streamed]]
+) -> tuple[LaneServer, LaneClient]:
+    server = LaneServer(
+        _echo, secret_ok=lambda given: secret_matches(given, SECRET), max_frame=8 << 20,
+        too_large=lambda n: b"{}", streams=streams, unknown_call=lambda kind: b'{"kind": %d}' % kind,
+    )
+    await server.start()
+    return server, LaneClient(SECRET)
+
+
+def test_a_stream_arrives_in_order_and_its_connection_serves_the_next_call() -> None:
+    """Head flags and first bytes, every chunk in order (empty ones skipped), the end; an error
+    head is the whole answer; both leave the one connection in step for the next call."""
+    closed: list[str] = []
+
+    async def streams(body: bytes) -> tuple[int, bytes] | Streamed:
+        if body == b"refuse":
+            return 429, b'{"error": {"message": "busy"}}'
+        n = int(body)
+
+        async def rest() -> AsyncGenerator[bytes, None]:
+            for i in range(n):
+                yield b"" if i % 3 == 0 else b"%d," % i
+
+        async def on_close() -> None:
+            closed.append(body.decode())
+
+        return Streamed(flags=1 if n % 2 else 0, first=b"first,", rest=rest(), on_close=on_close)
+
+    async def main() -> None:
+        server, client = await _streamed_lane(streams)
+        try:
+            for n in (0, 5, 2000):
+                stream = await client.generate(server.path, str(n).encode())
+                assert isinstance(stream, LaneStream) and stream.flags == n % 2
+                assert await stream.read() == b"first," + b"".join(b"%d," % i for i in range(n) if i % 3)
+                stream.close()  # after its end: the pooled connection stays open
+            assert await client.generate(server.path, b"refuse") == (429, b'{"error": {"message": "busy"}}')
+            assert await client.call(server.path, b"{}") == (200, orjson.dumps({"got": {}, "pid": os.getpid()}))
+            assert len(server.conns) == 1 and closed == ["0", "5", "2000"]
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_a_stream_closed_by_the_gateway_stops_in_the_worker_and_one_that_fails_is_cut() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+    closed: list[str] = []
+
+    async def streams(body: bytes) -> tuple[int, bytes] | Streamed:
+        async def rest() -> AsyncGenerator[bytes, None]:
+            yield b"one"
+            if body == b"fail":
+                raise RuntimeError("the engine broke")
+            await wait_to_be_cancelled(started, cancelled)
+            yield b"never"
+
+        async def on_close() -> None:
+            closed.append(body.decode())
+
+        return Streamed(flags=0, first=b"", rest=rest(), on_close=on_close)
+
+    async def main() -> None:
+        server, client = await _streamed_lane(streams)
+        try:
+            stream = await client.generate(server.path, b"hang")
+            assert isinstance(stream, LaneStream)
+            chunks = aiter(stream.iter_any())
+            assert await anext(chunks) == b"one"
+            await asyncio.wait_for(started.wait(), 5)
+            stream.close()  # the client hung up
+            await asyncio.wait_for(cancelled.wait(), 5)
+            assert not client._idle.get(server.path)  # a cut connection is not pooled
+            stream = await client.generate(server.path, b"fail")
+            assert isinstance(stream, LaneStream)
+            with pytest.raises(ConnectionResetError):  # not a short stream that looks whole
+                await asyncio.wait_for(stream.read(), 5)
+            for _ in range(50):
+                if len(closed) == 2:
+                    break
+                await asyncio.sleep(0.02)
+            assert sorted(closed) == ["fail", "hang"]
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_a_stream_the_gateway_does_not_read_holds_the_workers_writes() -> None:
+    """Flow control: with the gateway not reading, the worker stops at a bounded amount sent;
+    read afterwards, every byte arrives."""
+    produced: list[int] = []
+    chunk = b"x" * 16_384
+
+    async def streams(body: bytes) -> tuple[int, bytes] | Streamed:
+        async def rest() -> AsyncGenerator[bytes, None]:
+            for i in range(1024):  # 16 MiB
+                produced.append(i)
+                yield chunk
+
+        async def on_close() -> None:
+            pass
+
+        return Streamed(flags=0, first=b"", rest=rest(), on_close=on_close)
+
+    async def main() -> None:
+        server, client = await _streamed_lane(streams)
+        try:
+            stream = await client.generate(server.path, b"big")
+            assert isinstance(stream, LaneStream)
+            await asyncio.sleep(0.5)
+            held = len(produced)
+            assert held < 512, held  # not all 16 MiB went into buffers
+            assert await stream.read() == chunk * 1024
+        finally:
+            client.close()
+            server.close()
+
+    _run(main)
+
+
+def test_a_call_of_an_unknown_kind_is_answered_400_in_step() -> None:
+    async def main() -> None:
+        server, client = await _streamed_lane(lambda body: asyncio.sleep(0, (500, b"")))
+        try:
+            conn = await client._connect(server.path)
+            assert await conn.call(b"{}", kind=7) == (400, b'{"kind": 7}')
+            assert await conn.call(b"{}") == (200, orjson.dumps({"got": {}, "pid": os.getpid()}))
+            conn.close()
+        finally:
+            client.close()
+            server.close()
 
     _run(main)
