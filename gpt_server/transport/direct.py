@@ -6,7 +6,10 @@ every token and part of the time to first token (bench/README.md). For a chat or
 completion stream whose worker runs on the gateway's host, the gateway hands the client's
 socket to the worker instead, and the worker writes the stream's chunks itself:
 
-1. The gateway sends ``POST /worker/generate`` with the header ``x-gpt-server-direct: <token>``.
+1. The gateway sends the generate request with a token: over the worker's invoke socket
+   (``transport.lane``, a ``GENERATE`` call), or ``POST /worker/generate`` with the header
+   ``x-gpt-server-direct: <token>`` where it has none. Below, "status line" and "header" are
+   that call's head frame and its flags where it goes over the socket.
    The worker admits the request as always (an error is its HTTP answer, as always) and
    answers 200 with the stream's first event, then waits for the socket. Where the engine's
    thread writes the stream's deltas (no parser between them and the client,

@@ -20,9 +20,11 @@ invoke socket instead:
   bytes and an ``END`` frame. Either side reads the other's frames only as fast as it takes
   them (a slow client holds the worker's writes, as over HTTP).
 - A connection carries one call at a time; the gateway keeps a pool per socket, as HTTP/1.1
-  keep-alive (a stream's connection goes back after its ``END``). An answer may be written by the engine's thread that finished it (``LaneReply``,
-  ``backends.base.ANSWER_SINK``): the gateway has it without waiting for the worker's event loop. A connection closed mid-call (the client hung up, the deadline passed) cancels
-  the call in the worker.
+  keep-alive (a stream's connection goes back after its ``END``). An invoke answer may be
+  written by the engine's thread that finished it (``LaneReply``, ``backends.base.ANSWER_SINK``):
+  the gateway has it without waiting for the worker's event loop. A connection closed mid-call
+  (the client hung up, the deadline passed) cancels the call in the worker; a stream cut short
+  by the worker is a lost connection, never a short answer that looks whole.
 - A socket the gateway cannot connect to (another host's path, a worker in a container) is
   left alone for a while and the call goes over HTTP; a connection lost after the call was
   sent is the worker lost, as when its HTTP connection breaks before the status line.

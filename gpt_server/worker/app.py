@@ -3,7 +3,9 @@
 This is the internal gateway → worker API, so it runs on plain Starlette routes: the
 body is validated by pydantic straight from its bytes, and there is no dependency
 solving or response-model pass per request (FastAPI's cost, paid once already at
-the gateway). The internal secret is checked by a small ASGI middleware.
+the gateway). The internal secret is checked by a small ASGI middleware. A gateway on the
+worker's host sends the same calls over the worker's invoke socket instead (``transport.lane``:
+``lane_handler`` for invoke calls, ``lane_streams`` for chats and completions), with the same answers.
 """
 
 from __future__ import annotations
