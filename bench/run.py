@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import random
+import signal
 import sys
 import time
 from contextlib import ExitStack
@@ -364,6 +365,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # a SIGTERM (``timeout``, a job runner) unwinds the run's ExitStack like Ctrl-C, so the
+    # gateways, workers and peers it started stop with it instead of running on, idle
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run(build_parser().parse_args(argv))
     return 0
