@@ -233,8 +233,8 @@ class ModelWorkerArgs(_Section):
     )
     invoke_socket: bool = Field(
         True,
-        description="a gateway on the worker's host sends it embeddings, rerank, moderation and other JSON calls over "
-        "a Unix socket (private to this user, behind the internal secret) instead of HTTP; false = always HTTP",
+        description="a gateway on the worker's host sends it chats, completions, embeddings, rerank, moderation and other "
+        "JSON calls over a Unix socket (private to this user, behind the internal secret) instead of HTTP; false = always HTTP",
     )
     log_level: Literal["debug", "info", "warning", "error", "critical"] | None = Field(
         None, description="log level of the worker processes (default: serve's own; $GPT_SERVER_LOG_LEVEL wins)"

@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 # bumped whenever a message changes shape; the controller refuses a worker of another version
-PROTOCOL_VERSION = 7
+PROTOCOL_VERSION = 8  # 8: the invoke socket's call frames carry a kind (chats and completions go over it)
 SECRET_HEADER = "X-GPT-Server-Secret"
 
 

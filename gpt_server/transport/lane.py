@@ -292,13 +292,16 @@ class _ServerConn(asyncio.Protocol):
             log.exception("invoke socket: a stream failed")
         finally:
             self.task = None
-            if isinstance(answer, Streamed):
-                try:
-                    await answer.rest.aclose()
-                finally:
-                    await answer.on_close()
             if not ended and self.transport is not None:
                 self.transport.abort()  # cut short: the gateway must not take it for whole
+            if isinstance(answer, Streamed):
+                try:
+                    try:
+                        await answer.rest.aclose()
+                    finally:
+                        await answer.on_close()
+                except Exception:
+                    log.exception("invoke socket: closing a stream failed")
             if ended:
                 self._next()
 
@@ -347,6 +350,18 @@ class LaneServer:
         os.chmod(path, 0o600)
         self.path = path
         return path
+
+    async def end_calls(self, grace: float = 5.0) -> None:
+        """Cut every connection and wait (up to ``grace`` seconds) for the calls on them to wind
+        down: a stopping worker's streams end before its engine closes."""
+        tasks = [conn.task for conn in self.conns if conn.task is not None]
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
 
     def stop_accepting(self) -> None:
         """No new connections (a draining worker); calls on open ones still run."""
@@ -418,7 +433,8 @@ class _ClientConn(asyncio.Protocol):
                 self.stream = self.opened = LaneStream(self, out)
                 w.set_result((status, b""))
                 continue
-            if self.buf:  # nothing may follow a whole answer
+            if self.buf:  # nothing may follow a whole answer: out of step
+                w.set_exception(ConnectionResetError("the worker's invoke connection is out of step"))
                 self.close()
                 return
             w.set_result((status, out))

@@ -274,6 +274,10 @@ def lane_streams(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[in
             gen, chunks, now = await open_generation(runtime, req, stream_token(token.decode("ascii", "replace") or None))
         except GatewayError as exc:
             return exc.status, exc.to_json()
+        except Exception:  # a bug: a 500, as over HTTP (not a lost worker, which the gateway would retry elsewhere)
+            log.exception("a generate call failed")
+            err = InternalError("internal error", code="internal_error")
+            return err.status, err.to_json()
         try:
             first = await anext(chunks, b"")
         except BaseException as exc:  # before the status line: an answer of its own, as over HTTP

@@ -48,8 +48,9 @@ class Generation:
         if "chat" not in runtime.backend.capabilities and req.kind == "chat":
             raise BadRequestError(f"model '{runtime.model_name}' does not support chat", param="model")
         runtime.admit()
-        agen = runtime.backend.generate(req)
+        agen: AsyncIterator[Event] | None = None
         try:
+            agen = runtime.backend.generate(req)  # a backend may refuse before its first event
             first = await agen.__anext__()
         except StopAsyncIteration:
             runtime.release()
@@ -64,7 +65,8 @@ class Generation:
             raise InternalError(f"generation failed: {type(exc).__name__}") from exc
         except BaseException:  # cancelled before the first event: stop the engine's work
             try:
-                await agen.aclose()  # type: ignore[attr-defined]
+                if agen is not None:
+                    await agen.aclose()  # type: ignore[attr-defined]
             finally:
                 runtime.release()
             raise

@@ -281,6 +281,11 @@ class WorkerRuntime:
         deadline = loop.time() + drain_timeout
         while self.inflight and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        if self.lane is not None:  # calls over the socket (uvicorn has cut its HTTP requests): cut, and let them stop
+            await self.lane.end_calls()
+            deadline = loop.time() + 2.0
+            while self.inflight and loop.time() < deadline:
+                await asyncio.sleep(0.05)
         if self._task is not None:
             self._task.cancel()
         if self._link is not None:

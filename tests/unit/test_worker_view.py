@@ -24,7 +24,7 @@ KEYS = {
     "engine", "rss_bytes",  # protocol 3: the dashboard's engine and memory columns
     "adapters",  # protocol 4: the aliases that are LoRA adapters (their /v1/models parent)
     "stream_socket",  # the worker's hand-off socket (transport.direct)
-    "invoke_socket",  # protocol 7: the worker's socket for JSON calls (transport.lane)
+    "invoke_socket",  # protocol 7: the worker's socket for JSON calls (transport.lane; 8: chats too)
 }
 
 
