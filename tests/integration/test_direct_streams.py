@@ -48,31 +48,30 @@ def _engine_written(server: Server) -> int:
     return sum(int(i["deltas_direct_total"]) for i in infos)
 
 
+def _serve(factory: pytest.TempPathFactory, name: str, timeout: float | None = None, **worker_args: bool) -> Iterator[Server]:
+    cfg = base_config(api_keys="k1")
+    if timeout is not None:
+        cfg["serve_args"]["request_timeout"] = timeout
+    cfg["model_worker_args"].update(worker_args)
+    with served(cfg, factory.mktemp(name), f"{name}_streams", 1) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def direct(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    cfg = base_config(api_keys="k1")
-    cfg["serve_args"]["request_timeout"] = TIMEOUT
-    with served(cfg, tmp_path_factory.mktemp("direct"), "direct_streams", 1) as srv:
-        yield srv
+    yield from _serve(tmp_path_factory, "direct", timeout=TIMEOUT)
 
 
 @pytest.fixture(scope="module")
 def relayed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Streams relayed by the gateway, over HTTP (the path of a worker on another host)."""
-    cfg = base_config(api_keys="k1")
-    cfg["model_worker_args"]["direct_streams"] = False
-    cfg["model_worker_args"]["invoke_socket"] = False
-    with served(cfg, tmp_path_factory.mktemp("relayed"), "relayed_streams", 1) as srv:
-        yield srv
+    yield from _serve(tmp_path_factory, "relayed", direct_streams=False, invoke_socket=False)
 
 
 @pytest.fixture(scope="module")
 def direct_http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Streams handed over, with the generate request sent over HTTP (no invoke socket)."""
-    cfg = base_config(api_keys="k1")
-    cfg["model_worker_args"]["invoke_socket"] = False
-    with served(cfg, tmp_path_factory.mktemp("direct_http"), "direct_http_streams", 1) as srv:
-        yield srv
+    yield from _serve(tmp_path_factory, "direct_http", invoke_socket=False)
 
 
 def _client(server: Server) -> openai.OpenAI:

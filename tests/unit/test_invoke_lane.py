@@ -226,6 +226,17 @@ async def _streamed_lane(
     return server, LaneClient(SECRET)
 
 
+def _answer(
+    rest: AsyncGenerator[bytes, None], closed: list[str] | None = None, name: str = "", flags: int = 0, first: bytes = b""
+) -> Streamed:
+    """A stream answer whose end is noted in ``closed`` (as ``name``)."""
+    async def on_close() -> None:
+        if closed is not None:
+            closed.append(name)
+
+    return Streamed(flags=flags, first=first, rest=rest, on_close=on_close)
+
+
 def test_a_stream_arrives_in_order_and_its_connection_serves_the_next_call() -> None:
     """Head flags and first bytes, every chunk in order (empty ones skipped), the end; an error
     head is the whole answer; both leave the one connection in step for the next call."""
@@ -240,10 +251,7 @@ def test_a_stream_arrives_in_order_and_its_connection_serves_the_next_call() -> 
             for i in range(n):
                 yield b"" if i % 3 == 0 else b"%d," % i
 
-        async def on_close() -> None:
-            closed.append(body.decode())
-
-        return Streamed(flags=1 if n % 2 else 0, first=b"first,", rest=rest(), on_close=on_close)
+        return _answer(rest(), closed, body.decode(), flags=n % 2, first=b"first,")
 
     async def main() -> None:
         server, client = await _streamed_lane(streams)
@@ -275,10 +283,7 @@ def test_a_stream_closed_by_the_gateway_stops_in_the_worker_and_one_that_fails_i
             await wait_to_be_cancelled(started, cancelled)
             yield b"never"
 
-        async def on_close() -> None:
-            closed.append(body.decode())
-
-        return Streamed(flags=0, first=b"", rest=rest(), on_close=on_close)
+        return _answer(rest(), closed, body.decode())
 
     async def main() -> None:
         server, client = await _streamed_lane(streams)
@@ -319,10 +324,7 @@ def test_a_stream_the_gateway_does_not_read_holds_the_workers_writes() -> None:
                 produced.append(i)
                 yield chunk
 
-        async def on_close() -> None:
-            pass
-
-        return Streamed(flags=0, first=b"", rest=rest(), on_close=on_close)
+        return _answer(rest())
 
     async def main() -> None:
         server, client = await _streamed_lane(streams)
