@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -16,7 +16,9 @@ from starlette.types import Receive, Scope, Send
 from ..errors import GatewayError, InternalError
 from .serve import connection_tap
 
-__all__ = ["error_response", "StreamAborted", "DisconnectWatch", "ClosingStreamingResponse", "aclose_then", "FastJSONResponse"]
+__all__ = [
+    "error_response", "StreamAborted", "DisconnectWatch", "ClosingStreamingResponse", "aclose_then", "first_chunk", "FastJSONResponse",
+]
 
 log = logging.getLogger("gpt_server")
 
@@ -71,6 +73,18 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
         task.exception()  # a failed receive is not worth a "never retrieved" warning
 
 
+async def first_chunk(chunks: AsyncIterator[Any]) -> tuple[Any, GatewayError | None]:
+    """A stream's first chunk (b"" when it has none), or what answers the request instead: a
+    ``GatewayError`` it raised, a 500 for any other failure (logged). Cancellation propagates."""
+    try:
+        return await anext(chunks, b""), None
+    except GatewayError as exc:
+        return b"", exc
+    except Exception:
+        log.exception("stream failed before its first byte")
+        return b"", InternalError("internal error while streaming", code="internal_error")
+
+
 class ClosingStreamingResponse(StreamingResponse):
     """A stream with one ending per outcome, whose iterator is always closed.
 
@@ -99,14 +113,9 @@ class ClosingStreamingResponse(StreamingResponse):
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         chunks = aiter(self.body_iterator)
-        try:
-            first = await anext(chunks, b"")
-        except GatewayError as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        except Exception:
-            log.exception("stream failed before its first byte")
-            await error_response(InternalError("internal error while streaming", code="internal_error"))(scope, receive, send)
+        first, failed = await first_chunk(chunks)
+        if failed is not None:
+            await error_response(failed)(scope, receive, send)
             return
         tap = connection_tap(scope) if first else None
         if tap is not None:

@@ -42,7 +42,13 @@ from ..transport.direct import DIRECT_HEADER, HAND_NOW_HEADER, stream_token, wri
 from ..transport.lane import LaneReply, Streamed
 from ..web.error_handlers import install_error_handlers, validation_message
 from ..web.limits import BodyLimitMiddleware
-from ..web.responses import ClosingStreamingResponse, FastJSONResponse, aclose_then, error_response
+from ..web.responses import (
+    ClosingStreamingResponse,
+    FastJSONResponse,
+    aclose_then,
+    error_response,
+    first_chunk,
+)
 from .generation import Generation
 from .runtime import WorkerRuntime
 
@@ -67,12 +73,17 @@ def _bad_request(exc: ValidationError) -> BadRequestError:
     return BadRequestError(message, param=param)
 
 
-async def _parse(request: Request, model: type[M]) -> M:
-    """The request body as ``model``; a 400 in the OpenAI shape when it does not fit."""
+def _validated(model: type[M], raw: bytes) -> M:
+    """``raw`` as ``model``; a 400 in the OpenAI shape when it does not fit."""
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         raise _bad_request(exc) from None
+
+
+async def _parse(request: Request, model: type[M]) -> M:
+    """The request body as ``model`` (``_validated``)."""
+    return _validated(model, await request.body())
 
 
 def _typed_invoke(body: bytes, served: frozenset[str], model_name: str) -> tuple[Capability, BaseModel, str]:
@@ -252,13 +263,6 @@ async def open_generation(
     return gen, body(), gen.admitted
 
 
-def _generate_request(raw: bytes) -> GenerateRequest:
-    try:
-        return GenerateRequest.model_validate_json(raw)
-    except ValidationError as exc:
-        raise _bad_request(exc) from None
-
-
 def lane_streams(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[int, bytes] | Streamed]]:
     """The invoke socket's ``GENERATE`` calls (``transport.lane``): the body is the stream's
     hand-off token (or nothing), a newline and the ``GenerateRequest`` JSON; the answer is
@@ -270,7 +274,10 @@ def lane_streams(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[in
         try:
             if not sep:
                 raise BadRequestError("a generate call is the hand-off token, a newline and the request")
-            req = await asyncio.to_thread(_generate_request, raw) if len(raw) > _PARSE_OFF_LOOP_BYTES else _generate_request(raw)
+            if len(raw) > _PARSE_OFF_LOOP_BYTES:
+                req = await asyncio.to_thread(_validated, GenerateRequest, raw)
+            else:
+                req = _validated(GenerateRequest, raw)
             gen, chunks, now = await open_generation(runtime, req, stream_token(token.decode("ascii", "replace") or None))
         except GatewayError as exc:
             return exc.status, exc.to_json()
@@ -279,16 +286,13 @@ def lane_streams(runtime: WorkerRuntime) -> Callable[[bytes], Awaitable[tuple[in
             err = InternalError("internal error", code="internal_error")
             return err.status, err.to_json()
         try:
-            first = await anext(chunks, b"")
-        except BaseException as exc:  # before the status line: an answer of its own, as over HTTP
+            first, failed = await first_chunk(chunks)  # a failure before it is an answer of its own, as over HTTP
+        except BaseException:
             await aclose_then(chunks, gen.aclose)
-            if isinstance(exc, GatewayError):
-                return exc.status, exc.to_json()
-            if not isinstance(exc, Exception):
-                raise
-            log.exception("stream failed before its first byte")
-            err = InternalError("internal error while streaming", code="internal_error")
-            return err.status, err.to_json()
+            raise
+        if failed is not None:
+            await aclose_then(chunks, gen.aclose)
+            return failed.status, failed.to_json()
         return Streamed(1 if now else 0, first, chunks, gen.aclose)
 
     return handle
