@@ -36,6 +36,9 @@ class RoundSpec:
     items: int = 1  # embedding inputs per request
     temperature: float = 0.0  # chat: 0 is greedy; above it, sampling over the whole vocabulary (top_p 1)
     timeout_s: float = 300.0
+    # the index of the round's first request: a request's prompt (and inputs) follow from its index, so
+    # successive rounds starting where the last one ended go through the whole prompt set however short
+    first: int = 0
 
 
 Target = Callable[[int, RoundSpec], Awaitable[Sample]]
@@ -200,7 +203,7 @@ async def _aiter(lines: Any) -> Any:
 
 async def run_round(target: Target, spec: RoundSpec) -> tuple[list[Sample], float, float]:
     """Closed loop: ``concurrency`` users, ``requests`` in all. Returns samples, wall s, client CPU s."""
-    counter = iter(range(spec.requests))
+    counter = iter(range(spec.first, spec.first + spec.requests))
     samples: list[Sample] = []
 
     async def user() -> None:

@@ -114,8 +114,10 @@ class Runner:
                 got: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
                 for r in range(self.args.rounds):
                     order = [("A", a), ("B", b)] if r % 2 == 0 else [("B", b), ("A", a)]
+                    # both sides' round r sends the same requests; rounds go on through the prompt set
+                    at = {**spec, "first": r * spec["requests"]}
                     for label, agent in order:
-                        got[label].append(agent.round(spec))
+                        got[label].append(agent.round(at))
                 sa, sb = self._merge(got["A"]), self._merge(got["B"])
                 rows.append(_row(mode, c, sa, sb, rate_key))
                 rows[-1]["rounds"] = _spread(got["A"], got["B"], rate_key)

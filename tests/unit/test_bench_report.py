@@ -40,3 +40,39 @@ def test_the_report_says_what_a_dash_means() -> None:
     text = markdown(res)
     assert "| tok/s ≥ 1.0× llama-server (stream, c=1) | 1.010× (95% CI 0.990–1.030) | – |" in text
     assert "not shown" in text
+
+
+def test_rounds_go_on_through_the_prompt_set() -> None:
+    """Round r of both sides sends the same requests, starting where round r-1 ended: rounds of two
+    requests still reach every prompt (they all began at the first before)."""
+    import asyncio
+    from pathlib import Path
+
+    from bench.loadgen import RoundSpec, run_round
+    from bench.metrics import Sample
+    from bench.run import Runner, build_parser
+
+    seen: list[int] = []
+
+    async def target(i: int, spec: RoundSpec) -> Sample:
+        seen.append(i)
+        return Sample(ok=True, e2e=0.01, tokens=1)
+
+    asyncio.run(run_round(target, RoundSpec(concurrency=1, requests=2, first=6)))
+    assert seen == [6, 7]
+
+    class Side:
+        def __init__(self) -> None:
+            self.firsts: list[int] = []
+
+        def round(self, spec: dict[str, Any]) -> dict[str, Any]:
+            self.firsts.append(spec.get("first", 0))
+            samples = [Sample(ok=True, e2e=0.5, ttft=0.01, tokens=64).to_dict() for _ in range(spec["requests"])]
+            return {"samples": samples, "wall": 0.5 * spec["requests"], "cpu": 0.1}
+
+    args = build_parser().parse_args(["--rounds", "4", "--min-requests", "2", "--requests-per-user", "2"])
+    a, b = Side(), Side()
+    runner = Runner(args, Path("."))
+    rows = runner.pair(a, b, [1], ["stream"], runner.chat_spec, "output_tokens_per_s")  # type: ignore[arg-type]
+    assert a.firsts == b.firsts == [0, 0, 2, 4, 6]  # the warm-up round, then rounds 0..3
+    assert rows[0]["ratio"] == 1.0
