@@ -132,8 +132,9 @@ def test_the_weights_are_in_huge_pages(engines: tuple[Any, Any]) -> None:
     mapped, huge = engines
     weights = os.path.getsize(resolve_model_path(MODEL))
     assert mapped.hugepages_bytes == 0
-    # the KV cache and compute buffers of 3 streams of 512 cells are far smaller than the weights
-    assert huge.hugepages_bytes >= weights, (huge.hugepages_bytes, weights)
+    # the weights' worth, bar two 2 MiB ranges: on a busy host the kernel may find no free huge page
+    # for one (a CI run collapsed 96.5 MB against 98.4 MB of weights); that is what best effort means
+    assert huge.hugepages_bytes >= weights - 2 * hugepages.HUGE, (huge.hugepages_bytes, weights)
     assert _anon_huge_kib() * 1024 >= huge.hugepages_bytes
 
 

@@ -37,6 +37,7 @@ _PAGE = 4096
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25
 _THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_TRIES = 3  # MADV_COLLAPSE calls per 2 MiB range
 
 
 @functools.cache
@@ -102,8 +103,10 @@ def collapse(regions: Iterable[tuple[int, int]], min_resident: float = 0.5) -> i
                 continue
             if pages - vec.raw.count(0) < need:  # a byte a page, 1 where it is in memory
                 continue
-            if lib.madvise(chunk, HUGE, _MADV_COLLAPSE) == 0:
-                done += HUGE
+            for _ in range(_TRIES):  # a refusal can be passing (page lock contention, a huge page not free yet)
+                if lib.madvise(chunk, HUGE, _MADV_COLLAPSE) == 0:
+                    done += HUGE
+                    break
     return done
 
 
