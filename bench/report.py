@@ -59,9 +59,11 @@ def _rows(res: dict[str, Any], pair: str, mode: str | None = None) -> list[dict[
 def _at_least(ratio: float | None, ci: list[float] | None, want: float) -> bool | None:
     """Met where the run's ratio reaches ``want`` and so does its 95% interval's lower end (where
     the run has one); not shown (None) where only the ratio does; not met where the ratio falls short."""
-    if ratio is None or ratio < want:
-        return None if ratio is None else False
-    return None if ci is not None and ci[0] < want else True
+    if ratio is None:
+        return None
+    if ratio < want:
+        return False
+    return True if ci is None or ci[0] >= want else None
 
 
 def check_targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
