@@ -54,6 +54,7 @@ def build_tritonserver(root: Path | None = None) -> Path:
     marker = base / ".gpt-server-ready"
     version = f"{PYTRITON_VERSION} {STUB_NUMPY} {sys.version_info.major}.{sys.version_info.minor}"
     if marker.is_file() and marker.read_text().strip() == version:
+        _link_site(base)
         return base
     if base.exists():
         shutil.rmtree(base)
@@ -74,9 +75,20 @@ def build_tritonserver(root: Path | None = None) -> Path:
     _run([sys.executable, "-m", "venv", "--without-pip", str(stubenv)], log)
     site = stubenv / "lib" / f"python{minor}" / "site-packages"
     _run([*pip, "install", "--no-deps", "--target", str(site), f"numpy=={STUB_NUMPY}"], log)
-    (site / "zz_gpt_server_test.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    _link_site(base)
     marker.write_text(version)
     return base
+
+
+def _link_site(base: Path) -> None:
+    """Point the stub venv at this run's site-packages (llama-cpp-python). Written on every call:
+    the unpacked server is cached across checkouts, and a path left by an earlier checkout's venv
+    (since removed) would leave the stub without llama_cpp."""
+    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    pth = base / "stubenv" / "lib" / f"python{minor}" / "site-packages" / "zz_gpt_server_test.pth"
+    line = sysconfig.get_paths()["purelib"] + "\n"
+    if not pth.is_file() or pth.read_text() != line:
+        pth.write_text(line)
 
 
 def ensemble_config(name: str, gguf: str, events_log: Path) -> str:
