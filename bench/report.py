@@ -117,7 +117,7 @@ def markdown(res: dict[str, Any]) -> str:
     ]
     targets = check_targets(res)
     if targets:
-        lines += ["## Targets (issue 4)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += ["## Targets (issues 4 and 23)", "", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {'–' if ok is None else 'yes' if ok else 'NO'} |" for t, v, ok in targets]
         lines += ["", "–: not shown (a ratio at the target whose 95% interval reaches below it, or no figure)."]
         lines.append("")

@@ -52,7 +52,7 @@ def test_files_written(results: tuple[dict[str, Any], Path]) -> None:
     on_disk = json.loads((out / "results.json").read_text())
     assert set(on_disk["pairs"]) == {"direct", "echo"}
     report = (out / "report.md").read_text()
-    assert "| mode | c |" in report and "Targets (issue 4)" in report
+    assert "| mode | c |" in report and "Targets (issues 4 and 23)" in report
     for pair in ("direct", "echo"):
         assert (out / f"{pair}.png").read_bytes()[:4] == b"\x89PNG"
 

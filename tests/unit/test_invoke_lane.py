@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -33,7 +33,7 @@ from tests.helpers import wait_to_be_cancelled
 SECRET = "s3cret-for-the-lane"
 
 
-def _run(main: Callable[[], Awaitable[Any]]) -> Any:
+def _run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     return uvloop.run(main())
 
 
