@@ -67,7 +67,7 @@ def _at_least(ratio: float | None, ci: list[float] | None, want: float) -> bool 
 
 
 def check_targets(res: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met) for every issue-4 target the run has figures for."""
+    """(target, measured, met) for every target of issues 4 and 23 the run has figures for."""
     out: list[tuple[str, str, bool | None]] = []
     for r in _rows(res, "direct", "stream"):
         if r["concurrency"] in (1, 4, 16):

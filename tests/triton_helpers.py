@@ -71,21 +71,22 @@ def build_tritonserver(root: Path | None = None) -> Path:
     shutil.copy(server / "python_backend_stubs" / minor / "triton_python_backend_stub", server / "backends" / "python")
     for p in [server / "bin" / "tritonserver", server / "backends" / "python" / "triton_python_backend_stub"]:
         p.chmod(0o755)
-    stubenv = base / "stubenv"
-    _run([sys.executable, "-m", "venv", "--without-pip", str(stubenv)], log)
-    site = stubenv / "lib" / f"python{minor}" / "site-packages"
-    _run([*pip, "install", "--no-deps", "--target", str(site), f"numpy=={STUB_NUMPY}"], log)
+    _run([sys.executable, "-m", "venv", "--without-pip", str(base / "stubenv")], log)
+    _run([*pip, "install", "--no-deps", "--target", str(_stub_site(base)), f"numpy=={STUB_NUMPY}"], log)
     _link_site(base)
     marker.write_text(version)
     return base
+
+
+def _stub_site(base: Path) -> Path:
+    return base / "stubenv" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
 
 
 def _link_site(base: Path) -> None:
     """Point the stub venv at this run's site-packages (llama-cpp-python). Written on every call:
     the unpacked server is cached across checkouts, and a path left by an earlier checkout's venv
     (since removed) would leave the stub without llama_cpp."""
-    minor = f"{sys.version_info.major}.{sys.version_info.minor}"
-    pth = base / "stubenv" / "lib" / f"python{minor}" / "site-packages" / "zz_gpt_server_test.pth"
+    pth = _stub_site(base) / "zz_gpt_server_test.pth"
     line = sysconfig.get_paths()["purelib"] + "\n"
     if not pth.is_file() or pth.read_text() != line:
         pth.write_text(line)

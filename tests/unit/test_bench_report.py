@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
+from bench.loadgen import RoundSpec, run_round
+from bench.metrics import Sample
 from bench.report import check_targets, markdown
+from bench.run import Runner, build_parser
 
 
 def _row(c: int, ratio: float, ci: list[float] | None, ttft: float = 0.0) -> dict[str, Any]:
@@ -45,13 +50,6 @@ def test_the_report_says_what_a_dash_means() -> None:
 def test_rounds_go_on_through_the_prompt_set() -> None:
     """Round r of both sides sends the same requests, starting where round r-1 ended: rounds of two
     requests still reach every prompt (they all began at the first before)."""
-    import asyncio
-    from pathlib import Path
-
-    from bench.loadgen import RoundSpec, run_round
-    from bench.metrics import Sample
-    from bench.run import Runner, build_parser
-
     seen: list[int] = []
 
     async def target(i: int, spec: RoundSpec) -> Sample:
